@@ -1,0 +1,28 @@
+# `make test` is the project's one test command (the README's and CI's).
+PYTHON ?= python3
+RUST_SOURCES := $(shell find rust_ps -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
+
+.PHONY: install test test-rust test-python test-slow bench clean
+
+# Installs the package in editable mode (builds the Rust extension with maturin).
+# The stamp file makes repeated `make test` runs skip the rebuild when nothing changed.
+.installed: $(RUST_SOURCES)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch .installed
+
+install: .installed
+
+test: test-rust test-python
+
+test-rust:
+	cargo test --release -p rust_ps
+
+test-python: .installed
+	$(PYTHON) -m pytest -q
+
+test-slow: .installed
+	$(PYTHON) -m pytest -q -m slow
+
+clean:
+	rm -rf target .installed

@@ -1,0 +1,42 @@
+"""The `dbl-ps` command line. Each subcommand lives in its own module under
+`dbl_ps.commands` exposing `add_arguments(parser)` and `run(args) -> int`; this
+file only wires them together, so adding a command never touches another's code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Modules are imported only when their command runs,
+# so `dbl-ps plan` never pays for importing torch-heavy training code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cleanup": ("dbl_ps.commands.cleanup", "remove shared-memory segments left by dead parameter stores"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dbl-ps",
+        description="Dual batch size learning and cyclic progressive learning on a parameter server.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        importlib.import_module(module_name).add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

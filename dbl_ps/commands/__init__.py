@@ -1,0 +1,1 @@
+"""One module per `dbl-ps` subcommand (see `dbl_ps.cli`)."""
