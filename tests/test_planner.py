@@ -1,0 +1,325 @@
+"""Tests of dbl_ps.planner: the authors' check values, properties of the plan, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from dbl_ps.planner import (
+    PAPER_BATCH_LARGE,
+    PAPER_TIME_MODELS,
+    InfeasiblePlanError,
+    TimeModel,
+    apportion,
+    feasible_tau_range,
+    fit_time_model,
+    make_plan,
+    plan_all_small_counts,
+    plan_resolution,
+)
+
+CIFAR32 = TimeModel(alpha=0.015562114074817612, beta=0.0005056358858583448)
+
+
+def cifar_plan(small: int, tau: float):
+    return plan_resolution([CIFAR32] * 4, [560] * 4, small=small, tau=tau, dataset_size=50000)
+
+
+# --------------------------------------------------------------------------- check values
+
+
+@pytest.mark.parametrize(
+    ("small", "tau", "d_large", "d_small", "b_small"),
+    [
+        (1, 1.05, 13125, 10625, 102),
+        (2, 1.05, 13125, 11875, 185),
+        (3, 1.05, 13125, 12292, 243),  # exact d_S = 12291.67: shares 12292, 12292, 12291
+        (1, 1.1, 13750, 8750, 47),
+    ],
+)
+def test_authors_check_values(small, tau, d_large, d_small, b_small):
+    p = cifar_plan(small, tau)
+    assert p.d_large == d_large
+    assert p.d_small == d_small
+    assert p.batch_small == b_small
+    assert all(s == d_large for s in p.shares[small:])
+    assert p.batches == (b_small,) * small + (560,) * (4 - small)
+    assert sum(p.shares) == 50000
+
+
+def test_rounding_rule_is_nearest_not_floor_or_ceil():
+    exact = [cifar_plan(s, t).batch_small_exact for s, t in [(1, 1.05), (2, 1.05), (3, 1.05), (1, 1.1)]]
+    assert [math.floor(b) for b in exact] != [102, 185, 243, 47]
+    assert [math.ceil(b) for b in exact] != [102, 185, 243, 47]
+    assert [round(b) for b in exact] == [102, 185, 243, 47]
+    assert exact[0] == pytest.approx(101.5132, abs=1e-4)
+
+
+def test_three_small_shares_sum_exactly():
+    p = cifar_plan(3, 1.05)
+    assert p.shares == (12292, 12292, 12291, 13125)
+    assert p.shares_exact[0] == pytest.approx(36875 / 3)
+
+
+def test_merge_weights_are_share_over_large_share():
+    p = cifar_plan(1, 1.05)
+    assert p.merge_weights == pytest.approx((10625 / 13125, 1.0, 1.0, 1.0))
+    assert cifar_plan(0, 1.05).merge_weights == (1.0, 1.0, 1.0, 1.0)
+
+
+def test_no_small_workers_splits_evenly_at_largest_batch():
+    p = cifar_plan(0, 1.05)
+    assert p.shares == (12500,) * 4
+    assert p.batch_small is None
+    assert p.batches == (560,) * 4
+    t0 = 12500 * (CIFAR32.beta + CIFAR32.alpha / 560)
+    assert p.baseline_epoch_seconds == pytest.approx(t0, rel=1e-12)
+    assert p.epoch_seconds_exact == pytest.approx(t0, rel=1e-12)
+    # rounded prediction counts whole steps: ceil(12500/560) = 23 steps
+    assert p.epoch_seconds == pytest.approx(23 * CIFAR32.alpha + 12500 * CIFAR32.beta)
+
+
+def test_uneven_dataset_remainder_goes_to_lower_ids():
+    p = plan_resolution([CIFAR32] * 4, [560] * 4, small=0, tau=1.0, dataset_size=50003)
+    assert p.shares == (12501, 12501, 12501, 12500)
+
+
+def test_tau_one_gives_largest_batch_and_even_split():
+    p = cifar_plan(2, 1.0)
+    assert p.batch_small == 560
+    assert p.shares == (12500,) * 4
+
+
+def test_all_small_workers():
+    p = cifar_plan(4, 1.05)
+    assert p.shares == (12500,) * 4
+    # every worker: 12500 (beta + alpha / b) = 1.05 T0
+    assert 12500 * CIFAR32.sample_seconds(p.batch_small_exact) == pytest.approx(1.05 * p.baseline_epoch_seconds)
+    assert p.merge_weights == (1.0,) * 4
+
+
+def test_time_ratio_is_tau():
+    p = cifar_plan(1, 1.05)
+    assert p.epoch_seconds_exact / p.baseline_epoch_seconds == pytest.approx(1.05, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_tau_too_large_names_feasible_range():
+    with pytest.raises(InfeasiblePlanError, match=r"tau=1.6 leaves no data for small workers with n_S=1; use tau < 1.3333"):
+        cifar_plan(1, 1.6)
+
+
+def test_tau_above_batch_one_limit():
+    lo, hi, no_data = feasible_tau_range([CIFAR32] * 4, [560] * 4, 1, 50000)
+    assert lo == pytest.approx(1.0)
+    assert no_data == pytest.approx(4 / 3)
+    assert 1.3 < hi < no_data
+    with pytest.raises(InfeasiblePlanError, match=r"below 1 .* tau <= 1.318"):
+        cifar_plan(1, 1.33)
+    assert cifar_plan(1, hi).batch_small == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"tau": 0.9}, r"tau=0.9 must be a number >= 1"),
+        ({"small": 5}, r"small=5 must be in 0..4"),
+        ({"small": -1}, r"small=-1 must be in 0..4"),
+        ({"dataset_size": 3}, r"dataset_size=3 must be >= 4"),
+        ({"dataset_size": 10.5}, r"dataset_size=10.5 must be an integer"),
+    ],
+)
+def test_bad_inputs(kwargs, pattern):
+    args = {"small": 1, "tau": 1.05, "dataset_size": 50000} | kwargs
+    with pytest.raises(ValueError, match=pattern):
+        plan_resolution([CIFAR32] * 4, [560] * 4, **args)
+
+
+def test_bad_batch_large_and_models():
+    with pytest.raises(ValueError, match=r"batch_large\[2\] at 32 px=0 must be >= 1"):
+        plan_resolution([CIFAR32] * 4, [560, 560, 0, 560], small=1, tau=1.05, dataset_size=50000, resolution=32)
+    with pytest.raises(ValueError, match=r"batch_large has 3 entries for 4 workers"):
+        plan_resolution([CIFAR32] * 4, [560] * 3, small=1, tau=1.05, dataset_size=50000)
+    with pytest.raises(InfeasiblePlanError, match=r"alpha=0 <= 0"):
+        plan_resolution([TimeModel(0.0, 0.001)] * 4, [64] * 4, small=1, tau=1.05, dataset_size=1000)
+    with pytest.raises(ValueError, match=r"beta=-1.0 must be >= 0"):
+        TimeModel(0.1, -1.0)
+
+
+def test_make_plan_input_errors():
+    with pytest.raises(ValueError, match=r"differ from batch_large resolutions"):
+        make_plan({24: CIFAR32, 32: CIFAR32}, {32: 560}, 4, 1, 1.05, 50000)
+    with pytest.raises(ValueError, match=r"batch_large at 32 px has 2 entries; give one value or one per worker \(4\)"):
+        make_plan({32: CIFAR32}, {32: [560, 560]}, 4, 1, 1.05, 50000)
+    with pytest.raises(ValueError, match=r"workers=0 must be >= 1"):
+        make_plan({32: CIFAR32}, {32: 560}, 0, 0, 1.05, 50000)
+
+
+def test_worker_without_data_is_an_error():
+    with pytest.raises(InfeasiblePlanError, match=r"gets no data"):
+        plan_resolution([TimeModel(1.0, 0.001)] * 2, [1000] * 2, small=1, tau=1.95, dataset_size=10)
+
+
+# --------------------------------------------------------------------------- make_plan / Plan
+
+
+def test_make_plan_paper_cifar_hybrid_and_json():
+    plan = make_plan(PAPER_TIME_MODELS["cifar"], PAPER_BATCH_LARGE["cifar"], 4, 1, 1.05, 50000)
+    d = plan.to_dict()
+    assert d["resolutions"] == [24, 32]
+    assert d["d_large"] == [13125, 13125]
+    assert d["d_small"] == [10625, 10625]
+    assert d["batch_large"] == [600, 560]
+    assert d["batch_small"][1] == 102
+    assert d["batch_small"][0] == plan[24].batch_small
+    assert len(d["predicted_epoch_seconds"]) == 2
+    assert d["per_resolution"]["32"]["shares"] == [10625, 13125, 13125, 13125]
+    assert d["per_resolution"]["32"]["steps"] == [math.ceil(10625 / 102)] + [math.ceil(13125 / 560)] * 3
+    import json
+
+    json.dumps(d)  # JSON-ready
+
+
+def test_plan_all_small_counts_marks_infeasible():
+    rows = plan_all_small_counts({32: CIFAR32}, {32: 560}, 4, 1.32, 50000)
+    assert [n for n, _ in rows] == [0, 1, 2, 3, 4]
+    assert not isinstance(rows[0][1], Exception)
+    assert isinstance(rows[1][1], InfeasiblePlanError)  # tau=1.32 -> b_S < 1 with one small worker
+    assert rows[2][1][32].batch_small >= 1
+
+
+# --------------------------------------------------------------------------- mixed hardware
+
+
+def test_mixed_hardware_load_balance():
+    fast = TimeModel(0.01, 0.0002)
+    slow = TimeModel(0.02, 0.0006)
+    p = plan_resolution([slow, fast, fast, slow], [256, 512, 512, 256], small=0, tau=1.0, dataset_size=40000)
+    times = [m.epoch_seconds(d, b) for m, d, b in zip(p.time_models, p.shares_exact, p.batches)]
+    assert times == pytest.approx([times[0]] * 4, rel=1e-12)
+    assert p.shares[1] > 2 * p.shares[0]
+    assert sum(p.shares) == 40000
+    assert p.merge_weights[1] / p.merge_weights[0] == pytest.approx(p.shares[1] / p.shares[0])
+
+
+def test_mixed_hardware_small_workers_keep_tau():
+    a, b = TimeModel(0.02, 0.0004), TimeModel(0.03, 0.0003)
+    models = [a, b, a, b]
+    p = plan_resolution(models, [300, 400, 300, 400], small=2, tau=1.1, dataset_size=60000)
+    times = [m.epoch_seconds(d, bs) for m, d, bs in zip(models, p.shares_exact, [p.batch_small_exact] * 2 + [300, 400])]
+    assert times == pytest.approx([1.1 * p.baseline_epoch_seconds] * 4, rel=1e-9)
+    assert 1 <= p.batch_small <= 300
+
+
+# --------------------------------------------------------------------------- properties
+
+models_st = st.builds(
+    TimeModel,
+    alpha=st.floats(1e-4, 0.1),
+    beta=st.floats(1e-6, 1e-2),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    workers=st.integers(1, 8),
+    data=st.data(),
+    dataset_size=st.integers(100, 2_000_000),
+    tau_frac=st.floats(0.0, 1.0),
+    mixed=st.booleans(),
+)
+def test_property_equal_times_and_exact_sum(workers, data, dataset_size, tau_frac, mixed):
+    if mixed:
+        models = data.draw(st.lists(models_st, min_size=workers, max_size=workers))
+        batches = data.draw(st.lists(st.integers(2, 2048), min_size=workers, max_size=workers))
+    else:
+        models = [data.draw(models_st)] * workers
+        batches = [data.draw(st.integers(2, 2048))] * workers
+    small = data.draw(st.integers(0, workers))
+    if small:
+        lo, hi, _ = feasible_tau_range(models, batches, small, dataset_size)
+        assume(hi > lo)
+        tau = lo + tau_frac * (hi - lo)
+    else:
+        tau = 1 + tau_frac
+    try:
+        p = plan_resolution(models, batches, small=small, tau=tau, dataset_size=dataset_size)
+    except InfeasiblePlanError as err:
+        assert "gets no data" in str(err)  # only rounding to 0 samples may still fail
+        return
+    b_exact = [p.batch_small_exact] * small + batches[small:]
+    times = [m.epoch_seconds(d, b) for m, d, b in zip(models, p.shares_exact, b_exact)]
+    for t in times:
+        assert abs(t - p.epoch_seconds_exact) <= 1e-9 * p.epoch_seconds_exact
+    assert sum(p.shares_exact) == pytest.approx(dataset_size, rel=1e-9)
+    assert sum(p.shares) == dataset_size
+    assert all(abs(s - e) < 1 for s, e in zip(p.shares, p.shares_exact))
+    expected_ratio = tau if small else 1.0
+    assert p.epoch_seconds_exact == pytest.approx(expected_ratio * p.baseline_epoch_seconds, rel=1e-9)
+    if small:
+        assert 1 <= p.batch_small <= min(batches[:small])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=models_st,
+    batch=st.integers(2, 2048),
+    workers=st.integers(2, 8),
+    data=st.data(),
+    fracs=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+)
+def test_property_larger_tau_never_raises_small_batch(model, batch, workers, data, fracs):
+    small = data.draw(st.integers(1, workers))
+    lo, hi, _ = feasible_tau_range([model] * workers, [batch] * workers, small, 100_000)
+    assume(hi > lo)
+    t1, t2 = sorted(lo + f * (hi - lo) for f in fracs)
+    p1 = plan_resolution([model] * workers, [batch] * workers, small=small, tau=t1, dataset_size=100_000)
+    p2 = plan_resolution([model] * workers, [batch] * workers, small=small, tau=t2, dataset_size=100_000)
+    assert p2.batch_small_exact <= p1.batch_small_exact * (1 + 1e-12)
+    assert p2.batch_small <= p1.batch_small
+
+
+# --------------------------------------------------------------------------- fit and apportion
+
+
+def test_fit_recovers_exact_line():
+    m = fit_time_model([(b, 0.02 + 0.001 * b) for b in (8, 16, 32, 64)])
+    assert m.alpha == pytest.approx(0.02)
+    assert m.beta == pytest.approx(0.001)
+    assert m.r2 == pytest.approx(1.0)
+
+
+def test_fit_r2_drops_with_noise():
+    samples = [(8, 0.03), (16, 0.05), (32, 0.04), (64, 0.09)]
+    m = fit_time_model(samples)
+    assert 0 < m.r2 < 0.95
+    # by hand: mean b = 30, mean t = 0.0525, sum db*dt = 1.78, sum db^2 = 1840
+    assert m.beta == pytest.approx(1.78 / 1840, rel=1e-12)
+    assert m.alpha == pytest.approx(0.0525 - 30 * 1.78 / 1840, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("samples", "pattern"),
+    [
+        ([(8, 0.1)], r"at least 2"),
+        ([(8, 0.1), (8, 0.2)], r"2 distinct batch sizes"),
+        ([(8, 0.1), (16, -0.2)], r"step time -0.2"),
+        ([(8, 0.2), (16, 0.1)], r"fitted beta=.* < 0"),
+        ([(0, 0.2), (16, 0.1)], r"batch size 0"),
+    ],
+)
+def test_fit_errors(samples, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        fit_time_model(samples)
+
+
+def test_apportion():
+    assert apportion([1.5, 1.5, 1.0], 4) == [2, 1, 1]
+    assert apportion([0.2, 0.3, 0.5], 1) == [0, 0, 1]
+    with pytest.raises(ValueError, match="not to total"):
+        apportion([1.0, 1.0], 3)
