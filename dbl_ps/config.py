@@ -1,0 +1,541 @@
+"""Typed, validated run configuration.
+
+A run is a tree of small dataclasses (`RunConfig` at the root). It is loaded
+from YAML plus `key=value` command-line overrides and validated once, at load:
+an unknown key, a value of the wrong type or out of range, or sections that
+disagree with each other is one `ConfigError` that names the full dotted key,
+the value and what is allowed.
+
+    cfg = load_config("configs/cifar100_resnet18.yaml", ["dbl.tau=1.1", "dbl.small=2"])
+    cfg = RunConfig()                      # the embedded default: DBSL+CPL on digits, CPU
+    cfg = RunConfig.from_dict(cfg.to_dict())
+
+Type annotations are the schema: `int`, `float`, `bool`, `str`, `Literal[...]`,
+`list[T]`, `X | None` and nested config dataclasses. Range limits live in each
+field's metadata (`ge`, `gt`, `le`, `lt`); rules that involve more than one
+field live in the class's `check(prefix)` method.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "SyntheticConfig",
+    "ModelConfig",
+    "ScheduleConfig",
+    "DBSLConfig",
+    "StoreConfig",
+    "OptimConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+    "per_resolution",
+    "SOURCES",
+    "MODELS",
+]
+
+SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet")
+# Sources read from files: `data.path` must be set for them.
+FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+
+
+class ConfigError(ValueError):
+    """One bad configuration value. `key` is the full dotted key (or None when
+    the error is about a file or an override's syntax), `value` what was given."""
+
+    def __init__(self, message: str, *, key: str | None = None, value: Any = None):
+        super().__init__(message)
+        self.key = key
+        self.value = value
+
+
+def _bad(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"config key '{key}': got {value!r}, expected {allowed}", key=key, value=value)
+
+
+def _f(default: Any, *, ge=None, gt=None, le=None, lt=None, help: str = "") -> Any:
+    """A dataclass field with range limits (checked per element for lists)."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def per_resolution(values: Sequence[Any] | None, num_resolutions: int) -> list[Any] | None:
+    """Expand a per-resolution list: one value means "the same at every
+    resolution"; otherwise there is exactly one value per resolution."""
+    if values is None:
+        return None
+    if len(values) == 1:
+        return list(values) * num_resolutions
+    if len(values) != num_resolutions:
+        raise ValueError(f"expected 1 or {num_resolutions} values, got {len(values)}: {list(values)}")
+    return list(values)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(kw_only=True)
+class SyntheticConfig:
+    """Generated images with learnable class structure (for fast tests)."""
+
+    num_train: int = _f(1024, ge=1)
+    num_test: int = _f(256, ge=1)
+    num_classes: int = _f(10, ge=2)
+    channels: int = _f(3, ge=1, le=4)
+    size: int = _f(16, ge=4, help="stored image side in pixels")
+    seed: int = _f(0, ge=0, help="the data set's own seed (independent of the run's seed)")
+
+    def check(self, prefix: str) -> None:
+        pass
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "digits"
+    path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic)")
+    augment: bool = _f(True, help="random crop with padding (+ flip where the source allows it)")
+    flip: bool | None = _f(None, help="horizontal flip; null = the source's default (off for digits/MNIST)")
+    crop_padding: int | None = _f(None, ge=0, help="pixels of padding for random crop; null = resolution // 8")
+    image_size: int | None = _f(None, ge=4, help="stored side for imagefolder (short-side resize + centre crop); null = largest resolution")
+    train_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many training images")
+    test_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many test images")
+    eval_batch_size: int = _f(512, ge=1)
+    num_workers: int = _f(0, ge=0, help="threads decoding image files at load (imagefolder)")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def check(self, prefix: str) -> None:
+        if self.source in FILE_SOURCES and not self.path:
+            raise _bad(f"{prefix}path", self.path, f"the directory holding the {self.source} files (source '{self.source}' reads files)")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: Literal["small_resnet", "resnet18_cifar", "resnet18_imagenet"] = "small_resnet"
+    dropout: list[float] = _f([0.0, 0.1], ge=0.0, lt=1.0, help="dropout rate per resolution (one value = all)")
+
+    def check(self, prefix: str) -> None:
+        if not self.dropout:
+            raise _bad(f"{prefix}dropout", self.dropout, "at least one dropout rate")
+
+
+@dataclass(kw_only=True)
+class ScheduleConfig:
+    epochs: int = _f(24, ge=1, help="global epochs (one global epoch = `workers` pushes)")
+    lr: float = _f(0.1, gt=0.0)
+    milestones: list[int] = _f([12, 20], ge=1, help="global epochs where the LR is multiplied by gamma")
+    gamma: float = _f(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = _f(1, ge=0, help="linear LR warm-up over the first epochs")
+    resolutions: list[int] = _f([12, 16], ge=4, help="CPL resolutions, low to high; one value = no CPL")
+    cyclic: bool = _f(True, help="restart the resolution climb in every LR stage (CPL); false = one climb over the run")
+
+    def check(self, prefix: str) -> None:
+        if not self.resolutions:
+            raise _bad(f"{prefix}resolutions", self.resolutions, "at least one resolution")
+        if any(b <= a for a, b in zip(self.resolutions, self.resolutions[1:])):
+            raise _bad(f"{prefix}resolutions", self.resolutions, "strictly increasing resolutions (low to high), e.g. [24, 32]")
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise _bad(f"{prefix}milestones", self.milestones, "strictly increasing epochs, e.g. [80, 120]")
+        if self.milestones and self.milestones[-1] >= self.epochs:
+            raise _bad(f"{prefix}milestones", self.milestones, f"epochs between 1 and schedule.epochs - 1 = {self.epochs - 1}")
+        if self.warmup_epochs >= self.epochs:
+            raise _bad(f"{prefix}warmup_epochs", self.warmup_epochs, f"fewer than schedule.epochs = {self.epochs}")
+
+
+@dataclass(kw_only=True)
+class DBSLConfig:
+    workers: int = _f(4, ge=1, help="W, the number of worker processes")
+    small: int = _f(1, ge=0, help="n_S, how many workers train with the small batch (0 = plain PS training)")
+    tau: float = _f(1.1, ge=1.0, help="time budget: a small-batch epoch may take tau x the all-large time")
+    batch_large: list[int] | None = _f(None, ge=1, help="B_L per resolution; null = from the calibration file")
+    calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution)")
+    alpha: list[float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
+    beta: list[float] | None = _f(None, gt=0.0, help="time model: seconds per sample, per resolution")
+
+    def check(self, prefix: str) -> None:
+        if self.small > self.workers:
+            raise _bad(f"{prefix}small", self.small, f"0..dbl.workers = 0..{self.workers}")
+        if (self.alpha is None) != (self.beta is None):
+            key, value = ("alpha", self.alpha) if self.alpha is not None else ("beta", self.beta)
+            other = "beta" if key == "alpha" else "alpha"
+            raise _bad(f"{prefix}{key}", value, f"to be given together with dbl.{other} (the time model is t(b) = alpha + beta*b)")
+
+
+@dataclass(kw_only=True)
+class StoreConfig:
+    mode: Literal["bsp", "asp", "ssp"] = _f("asp", help="synchronisation: bulk-synchronous, asynchronous, stale-synchronous")
+    rule: Literal["average", "blend", "sgd"] = _f("blend", help="merge: weighted mean, (w + f*w_i)/(1+f), or server-side SGD on gradients")
+    staleness: int = _f(1, ge=0, help="SSP bound on how many pushes a worker may run ahead")
+    sync_every: int | Literal["mini_epoch"] = _f("mini_epoch", ge=1, help="push after each mini-epoch (paper) or every k steps")
+    apply_threads: int = _f(0, ge=0, help="store threads applying updates; 0 = auto")
+
+    def check(self, prefix: str) -> None:
+        pass
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    momentum: float = _f(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = _f(1e-4, ge=0.0)
+    nesterov: bool = False
+
+    def check(self, prefix: str) -> None:
+        if self.nesterov and self.momentum == 0.0:
+            raise _bad(f"{prefix}nesterov", self.nesterov, "false when optim.momentum is 0 (Nesterov needs momentum)")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The root of a run's configuration. `RunConfig()` is the embedded default
+    job: hybrid DBSL+CPL, small ResNet on scikit-learn digits, 4 CPU workers."""
+
+    name: str = "digits-hybrid"
+    description: str = "Embedded default: hybrid DBSL+CPL (1 small-batch worker of 4, tau 1.1, 12->16 px cycles) on scikit-learn digits."
+    out_dir: str = _f("runs", help="run directories are created under this folder")
+    seed: int = _f(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    dbl: DBSLConfig = field(default_factory=DBSLConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation
+
+    def validate(self) -> None:
+        """Check every value (types, ranges, cross-section rules); raise the first problem."""
+        _validate(self, "")
+
+    def check(self, prefix: str) -> None:
+        n = len(self.schedule.resolutions)
+        per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
+                   ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta)]
+        for key, values in per_res:
+            if values is not None and len(values) not in (1, n):
+                raise _bad(key, values, f"1 value or one per resolution ({n} values for schedule.resolutions={self.schedule.resolutions})")
+        if self.data.image_size is not None and self.data.source == "imagefolder" and self.data.image_size < max(self.schedule.resolutions):
+            raise _bad("data.image_size", self.data.image_size, f"at least the largest resolution, {max(self.schedule.resolutions)}")
+
+    # -- conversion
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        """Build and validate from plain data (e.g. parsed YAML); unknown keys are errors."""
+        return _build(cls, raw, "")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as YAML (`.yaml`/`.yml`) or JSON (anything else)."""
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else json.dumps(self.to_dict(), indent=2) + "\n"
+        path.write_text(text)
+        return path
+
+    # -- per-resolution views (index i into schedule.resolutions)
+
+    def dropout_at(self, i: int) -> float:
+        return per_resolution(self.model.dropout, len(self.schedule.resolutions))[i]
+
+    def batch_large_at(self, i: int) -> int | None:
+        values = per_resolution(self.dbl.batch_large, len(self.schedule.resolutions))
+        return None if values is None else values[i]
+
+
+# --------------------------------------------------------------------------- schema walking
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        return "null"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return f"a list of ({_describe(item)})"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if _is_config(tp):
+        return f"a section ({', '.join(f.name for f in dataclasses.fields(tp))})"
+    return str(tp)
+
+
+def _limits(meta: Mapping[str, Any]) -> str:
+    parts = []
+    for name, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if meta.get(name) is not None:
+            parts.append(f"{sym} {meta[name]}")
+    return " and ".join(parts)
+
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+class _NoMatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return `value` as type `tp` or raise _NoMatch. Nested lists report the element key."""
+    origin = typing.get_origin(tp)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _NoMatch
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _NoMatch
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _NoMatch
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # YAML 1.1 reads `1e-4` (no dot) as a string; accept numeric strings.
+        if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
+            return float(value)
+        raise _NoMatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _NoMatch
+    if origin is Literal:
+        if any(value == a and type(value) is type(a) for a in typing.get_args(tp)):
+            return value
+        raise _NoMatch
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise _NoMatch
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(_coerce(item, item_tp, f"{key}[{i}]"))
+            except _NoMatch:
+                raise _bad(f"{key}[{i}]", item, _describe(item_tp)) from None
+        return out
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except _NoMatch:
+                continue
+        raise _NoMatch
+    if _is_config(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return _build(tp, value, key + ".")
+        raise _NoMatch
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _check_limits(value: Any, meta: Mapping[str, Any], key: str, tp: Any) -> None:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_limits(item, meta, f"{key}[{i}]", tp)
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    ok = ((meta.get("ge") is None or value >= meta["ge"]) and (meta.get("gt") is None or value > meta["gt"])
+          and (meta.get("le") is None or value <= meta["le"]) and (meta.get("lt") is None or value < meta["lt"]))
+    if not ok:
+        kind = "an integer" if isinstance(value, int) else "a number"
+        raise _bad(key, value, f"{kind} {_limits(meta)}")
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = prefix + f.name
+        value = getattr(obj, f.name)
+        tp = hints[f.name]
+        if _is_config(tp):
+            if not isinstance(value, tp):
+                raise _bad(key, value, _describe(tp))
+            _validate(value, key + ".")
+            continue
+        try:
+            coerced = _coerce(value, tp, key)
+        except _NoMatch:
+            allowed = _describe(tp)
+            if _limits(f.metadata):
+                allowed += f" ({_limits(f.metadata)})"
+            raise _bad(key, value, allowed) from None
+        _check_limits(coerced, f.metadata, key, tp)
+        object.__setattr__(obj, f.name, coerced)
+    obj.check(prefix)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        if _is_config(hints[f.name]):
+            keys.extend(_all_keys(hints[f.name], prefix + f.name + "."))
+    return keys
+
+
+def _suggest(name: str, cls: type, prefix: str) -> str | None:
+    siblings = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
+    if close:
+        return prefix + close[0]
+    # The key may belong to another section: `tau` -> `dbl.tau`.
+    root = [k for k in _all_keys(RunConfig)]
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in root}
+    close = difflib.get_close_matches(name, list(by_leaf), n=1, cutoff=0.8)
+    return by_leaf[close[0]] if close else None
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    section = prefix[:-1] if prefix else "the top level"
+    if not isinstance(raw, Mapping):
+        raise _bad(section, raw, _describe(cls))
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in names:
+            key = f"{prefix}{name}"
+            hint = _suggest(str(name), cls, prefix)
+            msg = f"unknown config key '{key}'"
+            if hint:
+                msg += f"; did you mean '{hint}'?"
+            msg += f" Allowed keys in {section}: {', '.join(sorted(names))}"
+            raise ConfigError(msg, key=key, value=raw[name])
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        key = prefix + f.name
+        tp = hints[f.name]
+        try:
+            kwargs[f.name] = _coerce(raw[f.name], tp, key)
+        except _NoMatch:
+            allowed = _describe(tp)
+            if _limits(f.metadata):
+                allowed += f" ({_limits(f.metadata)})"
+            raise _bad(key, raw[f.name], allowed) from None
+    # Sub-sections are plain constructors; RunConfig.__post_init__ validates the whole tree.
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"dbl.tau=1.1"` -> `("dbl.tau", 1.1)`. The value is read as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+        raise ConfigError(f"bad override {text!r}: expected KEY=VALUE with a dotted key, e.g. dbl.tau=1.1 or schedule.milestones=[80,120]",
+                          value=text)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # not YAML: take it as a plain string (the type check decides)
+    return key, value
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"bad override '{key}': '{where}' is a value ({child!r}), not a section", key=where, value=child)
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """A new validated config: `raw` (a config or plain data) with `key=value` overrides applied."""
+    data = raw.to_dict() if isinstance(raw, RunConfig) else copy.deepcopy(dict(raw))
+    set_keys = []
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+        set_keys.append((key, text))
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as err:
+        for key, text in set_keys:
+            if err.key is not None and (err.key == key or err.key.startswith(key + ".") or err.key.startswith(key + "[")
+                                        or key.startswith(err.key + ".")):
+                raise ConfigError(f"{err} (from the command-line override {text!r})", key=err.key, value=err.value) from None
+        raise
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML (or JSON) config file and apply overrides; no file = the embedded default."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist (expected a YAML file such as configs/digits_default.yaml)",
+                              value=str(path))
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}", value=str(path)) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(loaded).__name__}",
+                              value=str(path))
+        raw = loaded
+    try:
+        return apply_overrides(raw, overrides)
+    except ConfigError as err:
+        if path is not None and "command-line override" not in str(err) and err.key is not None:
+            raise ConfigError(f"{err} (in {path})", key=err.key, value=err.value) from None
+        raise

@@ -1,0 +1,151 @@
+"""Per-worker data shares.
+
+`epoch_shares` is the pure function: for epoch `e`, one seeded permutation of
+the training set cut into consecutive pieces of the planned sizes, so shares are
+disjoint within an epoch and reshuffled every epoch, deterministically from
+(seed, epoch). `ShareLoader` yields one worker's share as transformed batches,
+the last partial batch included, and can resume mid-epoch from its state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from dbl_ps.data.sources import Split
+from dbl_ps.data.transforms import BatchTransform
+
+__all__ = ["epoch_shares", "ShareLoader", "eval_batches", "batch_seed"]
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def epoch_shares(num_samples: int, shares: Sequence[int], epoch: int, seed: int) -> list[np.ndarray]:
+    """Sample indices for each worker in `epoch`: worker i gets exactly
+    `shares[i]` indices, disjoint from every other worker's. The shares may add
+    up to less than `num_samples` (the rest sit this epoch out), never more."""
+    num_samples = _check_count("num_samples", num_samples, 0)
+    epoch = _check_count("epoch", epoch, 0)
+    seed = _check_count("seed", seed, 0)
+    counts = [_check_count(f"shares[{i}]", s, 0) for i, s in enumerate(shares)]
+    if sum(counts) > num_samples:
+        raise ValueError(f"shares {counts} add up to {sum(counts)}, more than the {num_samples} samples; "
+                         f"disjoint shares must add up to at most {num_samples}")
+    order = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(num_samples)
+    bounds = np.cumsum([0] + counts)
+    return [order[bounds[i]:bounds[i + 1]].astype(np.int64) for i in range(len(counts))]
+
+
+def batch_seed(seed: int, worker: int, epoch: int, position: int) -> int:
+    """The augmentation seed of the batch that starts at `position` of a worker's
+    share: a function of where the batch is, so a resumed run draws the same."""
+    return int(np.random.SeedSequence([seed, worker, epoch, position]).generate_state(1)[0])
+
+
+class ShareLoader:
+    """Batches of `(images, labels)` from worker `worker`'s share of an epoch.
+
+    Reconfigure at schedule boundaries with `set_epoch(epoch, shares=...,
+    batch_size=..., resolution=...)`; iterating yields the rest of the current
+    epoch's share (ceil(share / batch_size) batches from a fresh epoch) and
+    records the position, which `state_dict` saves for resuming mid-epoch.
+    """
+
+    def __init__(self, split: Split, transform: BatchTransform, *, worker: int, shares: Sequence[int], batch_size: int,
+                 resolution: int, seed: int, epoch: int = 0, device: torch.device | str | None = None):
+        self.split = split
+        self.transform = transform
+        self.device = torch.device(device) if device is not None else split.images.device
+        self.worker = _check_count("worker", worker, 0)
+        self.seed = _check_count("seed", seed, 0)
+        self._indices: np.ndarray | None = None
+        self.position = 0
+        self.set_epoch(epoch, shares=shares, batch_size=batch_size, resolution=resolution)
+
+    # -- configuration
+
+    def set_epoch(self, epoch: int, *, shares: Sequence[int] | None = None, batch_size: int | None = None,
+                  resolution: int | None = None) -> None:
+        """Start `epoch` from its beginning, optionally with new shares, batch size or resolution."""
+        if shares is not None:
+            counts = [int(s) for s in shares]
+            if self.worker >= len(counts):
+                raise ValueError(f"worker {self.worker} has no share: shares {counts} cover workers 0..{len(counts) - 1}")
+            self.shares = counts
+        if batch_size is not None:
+            self.batch_size = _check_count("batch_size", batch_size, 1)
+        if resolution is not None:
+            self.resolution = _check_count("resolution", resolution, 1)
+        self.epoch = _check_count("epoch", epoch, 0)
+        self.position = 0
+        self._indices = None
+
+    @property
+    def indices(self) -> np.ndarray:
+        """This worker's sample indices for the current epoch."""
+        if self._indices is None:
+            self._indices = epoch_shares(len(self.split), self.shares, self.epoch, self.seed)[self.worker]
+        return self._indices
+
+    @property
+    def share(self) -> int:
+        return self.shares[self.worker]
+
+    @property
+    def remaining(self) -> int:
+        """Samples of the current epoch's share not yet yielded."""
+        return self.share - self.position
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch."""
+        return math.ceil(self.remaining / self.batch_size)
+
+    # -- iteration
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = self.indices
+        while self.position < self.share:
+            start = self.position
+            stop = min(start + self.batch_size, self.share)
+            idx = torch.from_numpy(indices[start:stop]).to(self.split.images.device)
+            gen = torch.Generator().manual_seed(batch_seed(self.seed, self.worker, self.epoch, start))
+            images = self.split.images[idx].to(self.device, non_blocking=True)
+            labels = self.split.labels[idx].to(self.device, non_blocking=True)
+            # Count the batch as consumed before handing it out: a checkpoint taken
+            # after training on it resumes with the next batch.
+            self.position = stop
+            yield self.transform(images, self.resolution, train=True, generator=gen), labels
+
+    # -- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"worker": self.worker, "seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "shares": list(self.shares), "batch_size": self.batch_size, "resolution": self.resolution}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["worker"] != self.worker or state["seed"] != self.seed:
+            raise ValueError(f"state is for worker {state['worker']} seed {state['seed']}, "
+                             f"this loader is worker {self.worker} seed {self.seed}")
+        self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"], resolution=state["resolution"])
+        position = _check_count("position", state["position"], 0)
+        if position > self.share:
+            raise ValueError(f"state position {position} is past the end of the share ({self.share} samples)")
+        self.position = position
+
+
+def eval_batches(split: Split, transform: BatchTransform, batch_size: int, resolution: int,
+                 device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole split in order, without augmentation, for evaluation."""
+    batch_size = _check_count("batch_size", batch_size, 1)
+    device = torch.device(device) if device is not None else split.images.device
+    for start in range(0, len(split), batch_size):
+        images = split.images[start:start + batch_size].to(device, non_blocking=True)
+        labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
+        yield transform(images, resolution, train=False), labels
