@@ -1,0 +1,205 @@
+//! The merge rules as pure functions on slices. The server calls them on disjoint
+//! slices of the state from several threads; tests call them directly.
+
+/// Elements processed per block; the f64 accumulator for one block lives on the stack.
+const BLOCK: usize = 1024;
+
+/// `out = sum_i coefficients[i] * sources[i]` (coefficients already normalised to sum
+/// to 1 for a weighted mean), accumulated in f64 and rounded once to f32.
+pub fn weighted_sum(out: &mut [f32], sources: &[&[f32]], coefficients: &[f64]) {
+    weighted_sum_at(out, sources, 0, coefficients);
+}
+
+/// [`weighted_sum`] of `sources[i][offset..offset + out.len()]`.
+fn weighted_sum_at(out: &mut [f32], sources: &[&[f32]], offset: usize, coefficients: &[f64]) {
+    assert_eq!(sources.len(), coefficients.len());
+    assert!(sources.iter().all(|s| s.len() >= offset + out.len()));
+    let mut acc = [0.0f64; BLOCK];
+    for start in (0..out.len()).step_by(BLOCK) {
+        let end = (start + BLOCK).min(out.len());
+        let acc = &mut acc[..end - start];
+        acc.fill(0.0);
+        for (source, &c) in sources.iter().zip(coefficients) {
+            for (a, &x) in acc.iter_mut().zip(&source[offset + start..offset + end]) {
+                *a += c * x as f64;
+            }
+        }
+        for (o, &a) in out[start..end].iter_mut().zip(acc.iter()) {
+            *o = a as f32;
+        }
+    }
+}
+
+/// The paper's asynchronous rule: `out = (state + f * update) / (1 + f)`.
+pub fn blend(out: &mut [f32], state: &[f32], update: &[f32], weight: f64) {
+    assert!(state.len() == out.len() && update.len() == out.len());
+    let keep = (1.0 / (1.0 + weight)) as f32;
+    let take = (weight / (1.0 + weight)) as f32;
+    for ((o, &w), &u) in out.iter_mut().zip(state).zip(update) {
+        *o = keep * w + take * u;
+    }
+}
+
+/// SGD settings, in the same roles as `torch.optim.SGD` (dampening 0).
+#[derive(Debug, Clone, Copy)]
+pub struct SgdParams {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub nesterov: bool,
+}
+
+/// One SGD step, written to match `torch.optim.SGD` operation for operation in f32:
+///
+/// ```text
+/// g   = sum_i c_i * grad_i            (one source: c * grad; several: in f64, rounded once)
+/// g   = g + weight_decay * w
+/// buf = momentum * buf + g            (momentum > 0; buf starts at 0, so step one gives buf = g)
+/// g   = g + momentum * buf  if nesterov,  else  g = buf
+/// out = w - lr * g
+/// ```
+pub fn sgd(
+    out: &mut [f32],
+    state: &[f32],
+    momentum_buffer: Option<&mut [f32]>,
+    grads: &[&[f32]],
+    coefficients: &[f64],
+    p: SgdParams,
+) {
+    assert_eq!(grads.len(), coefficients.len());
+    assert!(!grads.is_empty() && state.len() == out.len());
+    let mut block = [0.0f32; BLOCK];
+    let mut buffer = momentum_buffer;
+    for start in (0..out.len()).step_by(BLOCK) {
+        let end = (start + BLOCK).min(out.len());
+        let g = &mut block[..end - start];
+        if grads.len() == 1 {
+            let c = coefficients[0] as f32;
+            if c == 1.0 {
+                g.copy_from_slice(&grads[0][start..end]);
+            } else {
+                for (gi, &x) in g.iter_mut().zip(&grads[0][start..end]) {
+                    *gi = c * x;
+                }
+            }
+        } else {
+            weighted_sum_at(g, grads, start, coefficients);
+        }
+        let w = &state[start..end];
+        if p.weight_decay != 0.0 {
+            for (gi, &wi) in g.iter_mut().zip(w) {
+                *gi += p.weight_decay * wi;
+            }
+        }
+        if p.momentum != 0.0 {
+            let buf = &mut buffer.as_deref_mut().expect("momentum needs a buffer")[start..end];
+            for (b, gi) in buf.iter_mut().zip(g.iter_mut()) {
+                *b = p.momentum * *b + *gi;
+                if p.nesterov {
+                    *gi += p.momentum * *b;
+                } else {
+                    *gi = *b;
+                }
+            }
+        }
+        for ((o, &wi), &gi) in out[start..end].iter_mut().zip(w).zip(g.iter()) {
+            *o = wi - p.lr * gi;
+        }
+    }
+}
+
+/// Range of slice `part` of `parts` near-equal parts of `0..len`, boundaries rounded to
+/// 16 floats (one cache line) so neighbouring threads never write the same line.
+pub fn slice_range(len: usize, parts: usize, part: usize) -> std::ops::Range<usize> {
+    let chunk = len.div_ceil(parts).div_ceil(16) * 16;
+    let start = (part * chunk).min(len);
+    let end = ((part + 1) * chunk).min(len);
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_sum_is_the_weighted_mean() {
+        let a = [1.0f32, 2.0, 3.0];
+        let b = [3.0f32, 6.0, 9.0];
+        let mut out = [0.0f32; 3];
+        // weights 1 and 3 -> coefficients 0.25, 0.75
+        weighted_sum(&mut out, &[&a, &b], &[0.25, 0.75]);
+        assert_eq!(out, [2.5, 5.0, 7.5]);
+    }
+
+    #[test]
+    fn weighted_sum_handles_lengths_past_a_block() {
+        let n = BLOCK * 2 + 7;
+        let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let mut out = vec![0.0f32; n];
+        weighted_sum(&mut out, &[&a, &a], &[0.5, 0.5]);
+        assert_eq!(out, a);
+    }
+
+    #[test]
+    fn blend_follows_the_papers_rule() {
+        let w = [1.0f32, -2.0];
+        let u = [4.0f32, 2.0];
+        let mut out = [0.0f32; 2];
+        blend(&mut out, &w, &u, 0.5); // (w + 0.5 u) / 1.5
+        assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] + 0.666_666_7).abs() < 1e-6, "{out:?}");
+        blend(&mut out, &w, &u, 1.0); // plain mean
+        assert_eq!(out, [2.5, 0.0]);
+    }
+
+    #[test]
+    fn sgd_plain_step() {
+        let w = [1.0f32, 2.0];
+        let g = [0.5f32, -1.0];
+        let mut out = [0.0f32; 2];
+        let p = SgdParams { lr: 0.1, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        sgd(&mut out, &w, None, &[&g], &[1.0], p);
+        assert_eq!(out, [1.0 - 0.1 * 0.5, 2.0 + 0.1]);
+    }
+
+    #[test]
+    fn sgd_momentum_weight_decay_and_weight_scaling() {
+        let p = SgdParams { lr: 0.5, momentum: 0.9, weight_decay: 0.1, nesterov: false };
+        let w0 = [1.0f32];
+        let g = [1.0f32];
+        let mut buf = [0.0f32];
+        let mut w1 = [0.0f32];
+        // weight 2 doubles the gradient: g = 2; + wd*w = 2.1; buf = 2.1; w = 1 - 0.5*2.1
+        sgd(&mut w1, &w0, Some(&mut buf), &[&g], &[2.0], p);
+        assert!((w1[0] - (1.0 - 0.5 * 2.1)).abs() < 1e-7 && (buf[0] - 2.1).abs() < 1e-7);
+        let mut w2 = [0.0f32];
+        // second step: g = 2 + 0.1*w1; buf = 0.9*2.1 + g
+        sgd(&mut w2, &w1, Some(&mut buf), &[&g], &[2.0], p);
+        let g2 = 2.0 + 0.1 * w1[0];
+        let buf2 = 0.9 * 2.1 + g2;
+        assert!((buf[0] - buf2).abs() < 1e-6 && (w2[0] - (w1[0] - 0.5 * buf2)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn sgd_nesterov_looks_ahead() {
+        let p = SgdParams { lr: 1.0, momentum: 0.5, weight_decay: 0.0, nesterov: true };
+        let mut buf = [0.0f32];
+        let mut out = [0.0f32];
+        sgd(&mut out, &[0.0], Some(&mut buf), &[&[1.0]], &[1.0], p);
+        // buf = 1; g = 1 + 0.5 * 1 = 1.5
+        assert_eq!((out[0], buf[0]), (-1.5, 1.0));
+    }
+
+    #[test]
+    fn slices_cover_everything_once_and_align() {
+        for len in [1usize, 15, 16, 17, 1000, 4097] {
+            for parts in 1..6 {
+                let ranges: Vec<_> = (0..parts).map(|p| slice_range(len, parts, p)).collect();
+                assert_eq!(ranges.iter().map(|r| r.len()).sum::<usize>(), len);
+                for pair in ranges.windows(2) {
+                    assert_eq!(pair[0].end, pair[1].start);
+                }
+                assert!(ranges.iter().all(|r| r.start % 16 == 0 || r.is_empty()));
+            }
+        }
+    }
+}

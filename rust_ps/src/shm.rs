@@ -1,0 +1,202 @@
+//! Named POSIX shared-memory segments (`/dev/shm/dblps-<name>` on Linux) and the
+//! liveness checks used to clean up after owners that died without closing.
+
+use crate::error::{Result, StoreError};
+use std::ffi::CString;
+
+/// Every segment this crate creates starts with this prefix, so cleanup only ever
+/// looks at our own segments.
+pub const PREFIX: &str = "dblps-";
+
+/// A mapping of a named shared-memory segment into this process.
+///
+/// Invariant: `ptr..ptr+len` stays mapped until `Drop`; the bytes are shared with other
+/// processes, so every access goes through atomics or is ordered by the store's
+/// protocols (see `protocol.rs`).
+pub struct Segment {
+    ptr: *mut u8,
+    len: usize,
+    name: String,
+}
+
+// SAFETY: the mapping is plain memory valid for the life of `Segment`; all concurrent
+// access to it is synchronised by the atomics and protocols documented in `layout.rs`
+// and `protocol.rs`, never by the `Segment` itself.
+unsafe impl Send for Segment {}
+// SAFETY: see `Send`; `&Segment` only hands out raw pointers whose use is synchronised.
+unsafe impl Sync for Segment {}
+
+/// Checks a user-given store name and returns the OS-level name (`/dblps-<name>`).
+pub fn os_name(name: &str) -> Result<CString> {
+    let valid = !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(StoreError::invalid(format!(
+            "store name {name:?} is not allowed: use 1-200 characters from A-Z a-z 0-9 - _ ."
+        )));
+    }
+    Ok(CString::new(format!("/{PREFIX}{name}")).expect("validated name has no NUL"))
+}
+
+impl Segment {
+    /// Create a new zero-filled segment of `len` bytes; fails if the name is taken.
+    pub fn create(name: &str, len: usize) -> Result<Segment> {
+        let c_name = os_name(name)?;
+        // SAFETY: `c_name` is a valid NUL-terminated string; flags are plain constants.
+        let fd = unsafe {
+            libc::shm_open(c_name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600)
+        };
+        if fd < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EEXIST) {
+                return Err(StoreError::invalid(format!(
+                    "a parameter store named {name:?} already exists; choose another name, \
+                     or run `dbl-ps cleanup` if its owner died"
+                )));
+            }
+            return Err(StoreError::Os(format!("shm_open({name:?}) failed: {err}")));
+        }
+        // SAFETY: `fd` is the descriptor we just opened.
+        let sized = unsafe { libc::ftruncate(fd, len as libc::off_t) };
+        if sized != 0 {
+            let err = StoreError::last_os(format!(
+                "could not size shared memory {name:?} to {len} bytes (is /dev/shm large enough?)"
+            ));
+            // SAFETY: `fd` is ours; the name was created by us just now.
+            unsafe {
+                libc::close(fd);
+                libc::shm_unlink(c_name.as_ptr());
+            }
+            return Err(err);
+        }
+        Self::map(fd, len, name).inspect_err(|_| {
+            // SAFETY: the name was created by us just now and is not yet published.
+            unsafe { libc::shm_unlink(c_name.as_ptr()) };
+        })
+    }
+
+    /// Map an existing segment by name.
+    pub fn open(name: &str) -> Result<Segment> {
+        let c_name = os_name(name)?;
+        // SAFETY: valid NUL-terminated name.
+        let fd = unsafe { libc::shm_open(c_name.as_ptr(), libc::O_RDWR, 0) };
+        if fd < 0 {
+            return Err(StoreError::NotFound(format!(
+                "no parameter store named {name:?} (looked for shared memory /dev/shm/{PREFIX}{name}); \
+                 is the store's owner running and did you pass `store.name`?"
+            )));
+        }
+        // SAFETY: `stat` is plain old data; fstat fills it for a valid `fd`.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open and `stat` is a valid out-pointer.
+        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+            let err = StoreError::last_os(format!("fstat of store {name:?}"));
+            // SAFETY: `fd` is ours.
+            unsafe { libc::close(fd) };
+            return Err(err);
+        }
+        Self::map(fd, stat.st_size as usize, name)
+    }
+
+    /// mmap `fd` shared and read-write, then close the descriptor (the mapping stays).
+    fn map(fd: libc::c_int, len: usize, name: &str) -> Result<Segment> {
+        if len == 0 {
+            // SAFETY: `fd` is ours.
+            unsafe { libc::close(fd) };
+            return Err(StoreError::NotFound(format!(
+                "shared memory {name:?} is empty: its owner is still creating it or died while doing so"
+            )));
+        }
+        // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor; the
+        // kernel picks the address, so no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        // SAFETY: `fd` is ours; a mapping outlives its descriptor.
+        unsafe { libc::close(fd) };
+        if ptr == libc::MAP_FAILED {
+            return Err(StoreError::last_os(format!("mmap of store {name:?} ({len} bytes)")));
+        }
+        Ok(Segment { ptr: ptr.cast(), len, name: name.to_string() })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Remove the name from the system; mappings stay valid until unmapped.
+    pub fn unlink(&self) {
+        if let Ok(c_name) = os_name(&self.name) {
+            // SAFETY: valid NUL-terminated name; unlinking an absent name is harmless.
+            unsafe { libc::shm_unlink(c_name.as_ptr()) };
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr+len` was mapped by `map` and nothing borrows it past the
+        // `Segment`'s life (views hold an `Arc<Segment>`).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// This process's id.
+pub fn current_pid() -> u32 {
+    std::process::id()
+}
+
+/// Start time of a process (clock ticks since boot, `/proc/PID/stat` field 22), which
+/// together with the pid identifies a process even if the pid is later reused.
+/// `None` where /proc is unavailable or the process does not exist.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `start_time` (0 = unknown) still runs.
+pub fn process_alive(pid: u32, start_time: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    match (start_time, process_start_time(pid)) {
+        (0, _) | (_, None) => true,
+        // A zombie (killed, not yet reaped) still has a /proc entry; treat it as dead.
+        (expected, Some(actual)) => expected == actual && !is_zombie(pid),
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}

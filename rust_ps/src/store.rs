@@ -1,0 +1,468 @@
+//! The owner side: creates the segment, runs the server that applies updates, and
+//! removes the segment on close (or, for owners that died, at the next store's start).
+
+use crate::error::{Result, StoreError};
+use crate::layout::{is_active, Header, Layout, Shared, LAYOUT_VERSION, MAGIC};
+use crate::options::{Mode, Rule, StoreOptions};
+use crate::pool::ApplyPool;
+use crate::rules::{self, SgdParams};
+use crate::shm::{self, Segment, PREFIX};
+use crate::snapshot::Pinned;
+use crate::sync::Ordering;
+use crate::wait;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Per-worker counters, for progress displays and staleness metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStats {
+    pub pushes: u64,
+    pub applied: u64,
+    pub attached_pid: u32,
+    pub departed: bool,
+}
+
+pub struct ParameterStore {
+    shared: Shared,
+    options: StoreOptions,
+    name: String,
+    apply_threads: usize,
+    stop_server: Arc<AtomicBool>,
+    server: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl ParameterStore {
+    /// Create a store and start its server. `initial` (length `num_params`) seeds the
+    /// state; otherwise it starts at zero. Segments of owners that died are removed first.
+    pub fn create(options: StoreOptions, initial: Option<&[f32]>) -> Result<ParameterStore> {
+        options.validate()?;
+        if let Some(values) = initial {
+            if values.len() != options.num_params {
+                return Err(StoreError::invalid(format!(
+                    "initial has {} values but num_params={}",
+                    values.len(),
+                    options.num_params
+                )));
+            }
+        }
+        cleanup_stale();
+        let name = options.name.clone().unwrap_or_else(unique_name);
+        let layout = Layout::for_options(&options);
+        let shared = Shared::new(Segment::create(&name, layout.total)?, layout);
+        // SAFETY: we just created the segment (O_EXCL) and have not set `ready`, so no
+        // other process reads the header's plain fields yet (attach refuses before
+        // `ready`); the pointer is the page-aligned start of a mapping larger than a Header.
+        unsafe {
+            let h = shared.segment().as_ptr() as *mut Header;
+            (*h).magic = MAGIC;
+            (*h).layout_version = LAYOUT_VERSION;
+            (*h).mode = options.mode as u32;
+            (*h).rule = options.rule as u32;
+            (*h).num_workers = options.num_workers as u32;
+            (*h).slots = options.slots as u32;
+            (*h).staleness = options.staleness;
+            (*h).nesterov = options.nesterov as u32;
+            (*h).owner_pid = shm::current_pid();
+            (*h).num_params = options.num_params as u64;
+            (*h).owner_start_time = shm::process_start_time(shm::current_pid()).unwrap_or(0);
+            (*h).momentum = options.momentum;
+            (*h).weight_decay = options.weight_decay;
+            (*h).total_len = layout.total as u64;
+        }
+        if let Some(values) = initial {
+            // SAFETY: copy 0 is `num_params` floats inside the mapping; nobody reads it
+            // before `ready`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(values.as_ptr(), shared.state_ptr(0), values.len())
+            };
+        }
+        let header = shared.header();
+        header.lr_bits.store(options.lr.to_bits(), Ordering::SeqCst);
+        header.ready.store(1, Ordering::SeqCst);
+
+        let apply_threads = options.effective_apply_threads();
+        let stop_server = Arc::new(AtomicBool::new(false));
+        let server = {
+            let shared = shared.clone();
+            let stop = Arc::clone(&stop_server);
+            std::thread::Builder::new()
+                .name("rust_ps-server".into())
+                .spawn(move || Server::new(shared, apply_threads).run(&stop))
+                .map_err(|e| StoreError::Os(format!("could not start the server thread: {e}")))?
+        };
+        Ok(ParameterStore {
+            shared,
+            options,
+            name,
+            apply_threads,
+            stop_server,
+            server: Mutex::new(Some(server)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    pub fn apply_threads(&self) -> usize {
+        self.apply_threads
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub fn version(&self) -> u64 {
+        self.shared.header().version.load(Ordering::SeqCst)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(StoreError::Closed(format!("parameter store {:?} is closed", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Change the learning rate of rule `sgd`; takes effect at the next applied update.
+    pub fn set_lr(&self, lr: f64) -> Result<()> {
+        self.check_open()?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(StoreError::invalid(format!("lr={lr} must be a finite number >= 0")));
+        }
+        self.shared.header().lr_bits.store(lr.to_bits(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn lr(&self) -> f64 {
+        f64::from_bits(self.shared.header().lr_bits.load(Ordering::SeqCst))
+    }
+
+    /// Copy the latest state into `out`; returns its version.
+    pub fn read(&self, out: &mut [f32]) -> Result<u64> {
+        let pinned = self.pin()?;
+        if out.len() != pinned.len() {
+            return Err(StoreError::invalid(format!(
+                "out has {} values but the store holds num_params={}",
+                out.len(),
+                pinned.len()
+            )));
+        }
+        pinned.copy_to(out);
+        Ok(pinned.version())
+    }
+
+    /// Pin the latest state for zero-copy reading (see [`Pinned`]).
+    pub fn pin(&self) -> Result<Pinned> {
+        self.check_open()?;
+        Ok(Pinned::new(&self.shared, None))
+    }
+
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        (0..self.shared.layout.num_workers)
+            .map(|w| {
+                let block = self.shared.worker(w);
+                WorkerStats {
+                    pushes: block.published.load(Ordering::SeqCst),
+                    applied: block.consumed.load(Ordering::SeqCst),
+                    attached_pid: block.control.attached_pid.load(Ordering::SeqCst),
+                    departed: !is_active(block),
+                }
+            })
+            .collect()
+    }
+
+    /// Stop the server, fail every waiting client, and remove the segment's name.
+    /// Mappings (clients, zero-copy views) stay valid until they are dropped.
+    /// Idempotent.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let header = self.shared.header();
+        header.closed.store(1, Ordering::SeqCst);
+        self.stop_server.store(true, Ordering::SeqCst);
+        wait::ring(&header.server_bell);
+        wait::ring(&header.version_bell);
+        wait::ring(&header.pin_bell);
+        if let Some(server) = self.server.lock().expect("server handle").take() {
+            let _ = server.join();
+        }
+        self.shared.segment().unlink();
+    }
+}
+
+impl Drop for ParameterStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn unique_name() -> String {
+    use std::sync::atomic::AtomicU64;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{}-{}-{:x}", shm::current_pid(), COUNTER.fetch_add(1, Ordering::SeqCst), nanos)
+}
+
+/// A raw pointer that may cross into the apply threads. Each thread derives a slice of
+/// a range disjoint from every other thread's (see `rules::slice_range`).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to build disjoint per-thread slices of shared-memory regions
+// that the server alone writes during an apply (see `Server::apply`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper, not the field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One payload to merge: its slot and its normalised coefficient.
+struct Source {
+    worker: usize,
+    seq: u64,
+    coefficient: f64,
+}
+
+/// The server: a coordinator thread (this) plus an [`ApplyPool`]. It alone consumes
+/// queues and writes the state.
+struct Server {
+    shared: Shared,
+    pool: ApplyPool,
+    mode: Mode,
+    rule: Rule,
+    next_worker: usize,
+    last_liveness_check: Instant,
+}
+
+impl Server {
+    fn new(shared: Shared, apply_threads: usize) -> Server {
+        let (mode, rule) = (shared.mode(), shared.rule());
+        Server { shared, pool: ApplyPool::new(apply_threads), mode, rule, next_worker: 0, last_liveness_check: Instant::now() }
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let shared = self.shared.clone();
+        let header = shared.header();
+        while !stop.load(Ordering::SeqCst) {
+            let seen = header.server_bell.load(Ordering::SeqCst);
+            let worked = match self.mode {
+                Mode::Bsp => self.try_round(stop),
+                Mode::Asp | Mode::Ssp => self.try_apply_one(stop),
+            };
+            if worked {
+                continue;
+            }
+            self.check_liveness(Duration::from_millis(200));
+            wait::sleep_while(&header.server_bell, seen, wait::TICK);
+        }
+    }
+
+    /// ASP/SSP: apply the oldest payload of the next worker (round robin) that has one.
+    fn try_apply_one(&mut self, stop: &AtomicBool) -> bool {
+        let workers = self.shared.layout.num_workers;
+        for k in 0..workers {
+            let worker = (self.next_worker + k) % workers;
+            if let Some(seq) = self.shared.ring(worker).consumer_next() {
+                let weight = f64::from_bits(self.shared.slot_weight(worker, seq).load(Ordering::SeqCst));
+                let sources = [Source { worker, seq, coefficient: weight }];
+                if self.apply(&sources, stop) {
+                    self.next_worker = (worker + 1) % workers;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// BSP: once every active worker has a payload queued, merge one from each (plus
+    /// any left by workers that have departed since pushing).
+    fn try_round(&mut self, stop: &AtomicBool) -> bool {
+        let mut sources = Vec::new();
+        for worker in 0..self.shared.layout.num_workers {
+            match self.shared.ring(worker).consumer_next() {
+                Some(seq) => sources.push(Source { worker, seq, coefficient: 0.0 }),
+                None if is_active(self.shared.worker(worker)) => return false,
+                None => {}
+            }
+        }
+        if sources.is_empty() {
+            return false;
+        }
+        let weights: Vec<f64> = sources
+            .iter()
+            .map(|s| f64::from_bits(self.shared.slot_weight(s.worker, s.seq).load(Ordering::SeqCst)))
+            .collect();
+        let total: f64 = weights.iter().sum();
+        for (source, weight) in sources.iter_mut().zip(weights) {
+            source.coefficient = weight / total;
+        }
+        self.apply(&sources, stop);
+        true
+    }
+
+    /// Merge `sources` into the stale state copy, publish it, free the slots.
+    /// Returns false only if asked to stop while waiting for readers.
+    fn apply(&mut self, sources: &[Source], stop: &AtomicBool) -> bool {
+        let shared = self.shared.clone();
+        let header = shared.header();
+        let buffers = shared.double_buffer();
+        let target = buffers.write_target();
+        loop {
+            let seen = header.pin_bell.load(Ordering::SeqCst);
+            if buffers.may_write(self.shared.all_pins(target)) {
+                break;
+            }
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            wait::sleep_while(&header.pin_bell, seen, wait::TICK);
+            self.check_liveness(wait::TICK);
+        }
+
+        let n = self.shared.layout.num_params;
+        let out = SendPtr(self.shared.state_ptr(target));
+        let state = SendPtr(self.shared.state_ptr(1 - target));
+        let momentum = self.shared.momentum_ptr().map(SendPtr);
+        let payloads: Vec<SendPtr> = sources.iter().map(|s| SendPtr(self.shared.slot_ptr(s.worker, s.seq))).collect();
+        let coefficients: Vec<f64> = sources.iter().map(|s| s.coefficient).collect();
+        let lr = f64::from_bits(header.lr_bits.load(Ordering::SeqCst));
+        let sgd = SgdParams {
+            lr: lr as f32,
+            momentum: header.momentum as f32,
+            weight_decay: header.weight_decay as f32,
+            nesterov: header.nesterov != 0,
+        };
+        let rule = self.rule;
+        let parts = self.pool.parts();
+        self.pool.run(&|part| {
+            let range = rules::slice_range(n, parts, part);
+            let len = range.len();
+            // SAFETY: `out` is the copy no reader holds (checked above) and that only
+            // this server writes; `state`, the momentum buffer and the payload slots
+            // are each `n` floats inside the mapping. Every part works on its own
+            // `range`, disjoint from the others, so the `&mut` slices never alias, and
+            // published payload slots are not written by their producer until we
+            // consume them below.
+            let (out, state, momentum, payloads) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(out.get().add(range.start), len),
+                    std::slice::from_raw_parts(state.get().add(range.start), len),
+                    momentum.map(|m| std::slice::from_raw_parts_mut(m.get().add(range.start), len)),
+                    payloads
+                        .iter()
+                        .map(|p| std::slice::from_raw_parts(p.get().add(range.start), len))
+                        .collect::<Vec<&[f32]>>(),
+                )
+            };
+            match rule {
+                Rule::Average => rules::weighted_sum(out, &payloads, &coefficients),
+                Rule::Blend => rules::blend(out, state, payloads[0], coefficients[0]),
+                Rule::Sgd => rules::sgd(out, state, momentum, &payloads, &coefficients, sgd),
+            }
+        });
+
+        let version = header.version.load(Ordering::SeqCst) + 1;
+        header.buffer_version[target].store(version, Ordering::SeqCst);
+        buffers.flip(target);
+        header.version.store(version, Ordering::SeqCst);
+        for source in sources {
+            self.shared.ring(source.worker).consume(source.seq);
+        }
+        wait::ring(&header.version_bell);
+        true
+    }
+
+    /// Mark workers whose process died as departed, dropping any pins they held, so
+    /// that BSP rounds, SSP bounds and state writes stop waiting for them.
+    fn check_liveness(&mut self, every: Duration) {
+        if self.last_liveness_check.elapsed() < every {
+            return;
+        }
+        self.last_liveness_check = Instant::now();
+        let own = shm::current_pid();
+        let mut changed = false;
+        for worker in 0..self.shared.layout.num_workers {
+            let control = &self.shared.worker(worker).control;
+            let pid = control.attached_pid.load(Ordering::SeqCst);
+            if pid == 0 || pid == own {
+                continue;
+            }
+            let start = control.attached_start_time.load(Ordering::SeqCst);
+            if !shm::process_alive(pid, start)
+                && control.attached_pid.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
+                control.pins[0].store(0, Ordering::SeqCst);
+                control.pins[1].store(0, Ordering::SeqCst);
+                control.departed.store(1, Ordering::SeqCst);
+                changed = true;
+            }
+        }
+        if changed {
+            let header = self.shared.header();
+            wait::ring(&header.version_bell);
+            wait::ring(&header.pin_bell);
+        }
+    }
+}
+
+/// Remove segments whose owner process is gone (e.g. killed with SIGKILL), and
+/// segments left half-created more than a minute ago. Returns the names removed.
+pub fn cleanup_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file_name.strip_prefix(PREFIX) else { continue };
+        let stale = match Segment::open(name) {
+            Ok(segment) if segment.len() >= std::mem::size_of::<Header>() => {
+                // SAFETY: page-aligned mapping at least a header long; any bit pattern
+                // is a valid `Header`.
+                let header = unsafe { &*(segment.as_ptr() as *const Header) };
+                if header.magic == MAGIC && header.owner_pid != 0 {
+                    !shm::process_alive(header.owner_pid, header.owner_start_time)
+                } else {
+                    older_than(&entry, Duration::from_secs(60))
+                }
+            }
+            _ => older_than(&entry, Duration::from_secs(60)),
+        };
+        if stale {
+            if let Ok(c_name) = shm::os_name(name) {
+                // SAFETY: a valid NUL-terminated name of one of our own segments.
+                unsafe { libc::shm_unlink(c_name.as_ptr()) };
+                removed.push(name.to_string());
+            }
+        }
+    }
+    removed
+}
+
+fn older_than(entry: &std::fs::DirEntry, age: Duration) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default() > age)
+        .unwrap_or(false)
+}
