@@ -77,15 +77,26 @@ def _f(default: Any, *, ge=None, gt=None, le=None, lt=None, help: str = "") -> A
     return field(default=default, metadata=meta)
 
 
-def per_resolution(values: Sequence[Any] | None, num_resolutions: int) -> list[Any] | None:
-    """Expand a per-resolution list: one value means "the same at every
-    resolution"; otherwise there is exactly one value per resolution."""
+PerResolution = Any  # list[T] (1 value = all, else one per resolution) or dict[int, T] keyed by resolution
+
+
+def per_resolution(values: PerResolution | None, resolutions: Sequence[int]) -> list[Any] | None:
+    """One value per entry of `resolutions`, from either form of a per-resolution
+    setting: a list (one value = the same everywhere, else one per resolution, in
+    order) or a mapping {resolution: value} that covers every resolution (extra
+    entries are allowed, so a config can list 24 and 32 px and run at 32 only)."""
     if values is None:
         return None
+    resolutions = list(resolutions)
+    if isinstance(values, Mapping):
+        missing = [r for r in resolutions if r not in values]
+        if missing:
+            raise ValueError(f"no value for resolution(s) {missing} in {dict(values)}")
+        return [values[r] for r in resolutions]
     if len(values) == 1:
-        return list(values) * num_resolutions
-    if len(values) != num_resolutions:
-        raise ValueError(f"expected 1 or {num_resolutions} values, got {len(values)}: {list(values)}")
+        return list(values) * len(resolutions)
+    if len(values) != len(resolutions):
+        raise ValueError(f"expected 1 or {len(resolutions)} values for resolutions {resolutions}, got {len(values)}: {list(values)}")
     return list(values)
 
 
@@ -129,10 +140,11 @@ class DataConfig:
 @dataclass(kw_only=True)
 class ModelConfig:
     name: Literal["small_resnet", "resnet18_cifar", "resnet18_imagenet"] = "small_resnet"
-    dropout: list[float] = _f([0.0, 0.1], ge=0.0, lt=1.0, help="dropout rate per resolution (one value = all)")
+    dropout: list[float] | dict[int, float] = _f({12: 0.0, 16: 0.1}, ge=0.0, lt=1.0,
+                                                  help="dropout rate per resolution: {px: rate} or a list (one value = all)")
 
     def check(self, prefix: str) -> None:
-        if not self.dropout:
+        if len(self.dropout) == 0:
             raise _bad(f"{prefix}dropout", self.dropout, "at least one dropout rate")
 
 
@@ -164,10 +176,11 @@ class DBSLConfig:
     workers: int = _f(4, ge=1, help="W, the number of worker processes")
     small: int = _f(1, ge=0, help="n_S, how many workers train with the small batch (0 = plain PS training)")
     tau: float = _f(1.1, ge=1.0, help="time budget: a small-batch epoch may take tau x the all-large time")
-    batch_large: list[int] | None = _f(None, ge=1, help="B_L per resolution; null = from the calibration file")
+    batch_large: list[int] | dict[int, int] | None = _f({12: 96, 16: 64}, ge=1,
+                                                        help="B_L per resolution ({px: batch} or a list); null = from the calibration file")
     calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution)")
-    alpha: list[float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
-    beta: list[float] | None = _f(None, gt=0.0, help="time model: seconds per sample, per resolution")
+    alpha: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
+    beta: list[float] | dict[int, float] | None = _f(None, gt=0.0, help="time model: seconds per sample, per resolution")
 
     def check(self, prefix: str) -> None:
         if self.small > self.workers:
@@ -229,12 +242,16 @@ class RunConfig:
         _validate(self, "")
 
     def check(self, prefix: str) -> None:
-        n = len(self.schedule.resolutions)
+        res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
                    ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta)]
         for key, values in per_res:
-            if values is not None and len(values) not in (1, n):
-                raise _bad(key, values, f"1 value or one per resolution ({n} values for schedule.resolutions={self.schedule.resolutions})")
+            if isinstance(values, dict):
+                missing = [r for r in res if r not in values]
+                if missing:
+                    raise _bad(key, values, f"a value for every resolution in schedule.resolutions={res} (missing {missing})")
+            elif values is not None and len(values) not in (1, len(res)):
+                raise _bad(key, values, f"1 value or one per resolution ({len(res)} values for schedule.resolutions={res})")
         if self.data.image_size is not None and self.data.source == "imagefolder" and self.data.image_size < max(self.schedule.resolutions):
             raise _bad("data.image_size", self.data.image_size, f"at least the largest resolution, {max(self.schedule.resolutions)}")
 
@@ -260,12 +277,20 @@ class RunConfig:
 
     # -- per-resolution views (index i into schedule.resolutions)
 
-    def dropout_at(self, i: int) -> float:
-        return per_resolution(self.model.dropout, len(self.schedule.resolutions))[i]
+    def dropouts(self) -> list[float]:
+        """Dropout rate at each of `schedule.resolutions`, in order."""
+        return per_resolution(self.model.dropout, self.schedule.resolutions)
 
-    def batch_large_at(self, i: int) -> int | None:
-        values = per_resolution(self.dbl.batch_large, len(self.schedule.resolutions))
-        return None if values is None else values[i]
+    def batch_large(self) -> list[int] | None:
+        """B_L at each resolution (None: take it from the calibration file)."""
+        return per_resolution(self.dbl.batch_large, self.schedule.resolutions)
+
+    def time_model(self) -> list[tuple[float, float]] | None:
+        """(alpha, beta) at each resolution, or None when the config has no time model."""
+        if self.dbl.alpha is None or self.dbl.beta is None:
+            return None
+        res = self.schedule.resolutions
+        return list(zip(per_resolution(self.dbl.alpha, res), per_resolution(self.dbl.beta, res)))
 
 
 # --------------------------------------------------------------------------- schema walking
@@ -296,6 +321,9 @@ def _describe(tp: Any) -> str:
     if origin is list:
         (item,) = typing.get_args(tp)
         return f"a list of ({_describe(item)})"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping of ({_describe(k)}) to ({_describe(v)})"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if _is_config(tp):
@@ -359,6 +387,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except _NoMatch:
                 raise _bad(f"{key}[{i}]", item, _describe(item_tp)) from None
         return out
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise _NoMatch
+        out_map = {}
+        for k, item in value.items():
+            # JSON round trips turn int keys into strings: accept "24" for 24.
+            if key_tp is int and isinstance(k, str) and k.strip().lstrip("+-").isdigit():
+                k = int(k)
+            try:
+                k = _coerce(k, key_tp, key)
+            except _NoMatch:
+                raise _bad(key, value, f"keys that are {_describe(key_tp)} (got key {k!r})") from None
+            try:
+                out_map[k] = _coerce(item, value_tp, f"{key}[{k}]")
+            except _NoMatch:
+                raise _bad(f"{key}[{k}]", item, _describe(value_tp)) from None
+        return out_map
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             try:
@@ -379,6 +425,10 @@ def _check_limits(value: Any, meta: Mapping[str, Any], key: str, tp: Any) -> Non
     if isinstance(value, list):
         for i, item in enumerate(value):
             _check_limits(item, meta, f"{key}[{i}]", tp)
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            _check_limits(item, meta, f"{key}[{k}]", tp)
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return

@@ -1,0 +1,210 @@
+"""Metrics: a JSON-lines file per run plus a small logger fan-out.
+
+`MetricsWriter` appends one JSON object per line to `RUN_DIR/metrics.jsonl`,
+flushed per line so a crash loses at most the line being written. Resuming a run
+reopens the same file, drops a torn last line, and can drop records newer than
+the checkpoint it resumes from (`keep_through=epoch`), so the file never holds
+an epoch twice. `read_metrics` reads it back.
+
+`Logger` fans `log(step, metrics)` out to any number of sinks (anything with
+`log(step, metrics)` and `close()`): the JSONL writer, the console, and later
+W&B. Record schema the report reads (other keys are free-form):
+
+    epoch       global epoch (int)            wall_time   seconds since the run started
+    test_acc    top-1 of the global model     test_loss   mean cross-entropy on the test set
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, TextIO
+
+__all__ = [
+    "METRICS_FILE",
+    "EPOCH",
+    "WALL_TIME",
+    "TEST_ACC",
+    "TEST_LOSS",
+    "Sink",
+    "MetricsWriter",
+    "ConsoleSink",
+    "Logger",
+    "read_metrics",
+    "MetricsFileError",
+]
+
+METRICS_FILE = "metrics.jsonl"
+EPOCH = "epoch"
+WALL_TIME = "wall_time"
+TEST_ACC = "test_acc"
+TEST_LOSS = "test_loss"
+
+
+class MetricsFileError(ValueError):
+    """A metrics file is unreadable in the middle (a torn last line is tolerated)."""
+
+
+class Sink(Protocol):
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _to_json(value: Any) -> Any:
+    """json.dumps fallback for numpy/torch scalars and arrays and paths."""
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"metric value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def _metrics_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / METRICS_FILE if path.is_dir() else path
+
+
+def _parse_lines(path: Path, text: str) -> tuple[list[dict], bool]:
+    """The records of `text`, and whether its last line was torn (not valid JSON)."""
+    records = []
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if number == len(lines):  # torn final line from a crash mid-write: ignore it
+                return records, True
+            raise MetricsFileError(f"{path} line {number} is not a JSON object ({exc}): {line[:80]!r}") from None
+        records.append(record)
+    return records, False
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """All records of a metrics file (or of `RUN_DIR/metrics.jsonl`), in order."""
+    path = _metrics_path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file {path} does not exist (a run directory holds {METRICS_FILE})")
+    return _parse_lines(path, path.read_text())[0]
+
+
+class MetricsWriter:
+    """Append-only JSON-lines sink. `log(step, metrics)` writes `{step_key: step, **metrics}`.
+
+    `resume=False` refuses a file that already holds records (nothing is
+    overwritten by accident); `resume=True` continues it, first dropping a torn
+    last line and, with `keep_through`, the records whose `step_key` is larger.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, resume: bool = False, keep_through: int | None = None,
+                 step_key: str = EPOCH, fsync: bool = False):
+        self.path = Path(run_dir) / METRICS_FILE
+        self.step_key = step_key
+        self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            if not resume:
+                raise FileExistsError(f"{self.path} already holds metrics; resume the run or choose a new run directory")
+            self._repair(keep_through)
+        self._fh: TextIO | None = open(self.path, "a", encoding="utf-8")
+
+    def _repair(self, keep_through: int | None) -> None:
+        text = self.path.read_text(encoding="utf-8")
+        records, torn = _parse_lines(self.path, text)
+        if keep_through is not None:
+            kept = [r for r in records if not (isinstance(r.get(self.step_key), (int, float)) and r[self.step_key] > keep_through)]
+        else:
+            kept = records
+        if len(kept) == len(records) and not torn and text.endswith("\n"):
+            return  # nothing to fix
+        body = "".join(json.dumps(r, default=_to_json) + "\n" for r in kept)
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text(body, encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        if self._fh is None:
+            raise ValueError(f"MetricsWriter for {self.path} is closed")
+        line = json.dumps(dict(record), default=_to_json)
+        self._fh.write(line + "\n")
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.write({self.step_key: step, **metrics})
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isfinite(value) and (value == 0 or 1e-3 <= abs(value) < 1e5):
+            return f"{value:.4g}"
+        return f"{value:.3e}"
+    return str(value)
+
+
+class ConsoleSink:
+    """One line per log call with the scalar metrics (`keys` picks and orders them)."""
+
+    def __init__(self, stream: TextIO | None = None, keys: Iterable[str] | None = None, prefix: str = "epoch"):
+        self.stream = stream if stream is not None else sys.stdout
+        self.keys = list(keys) if keys is not None else None
+        self.prefix = prefix
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        keys = self.keys if self.keys is not None else list(metrics)
+        parts = [f"{k}={_fmt(metrics[k])}" for k in keys if k in metrics and isinstance(metrics[k], (int, float, str))]
+        print(f"{self.prefix} {step}: " + " ".join(parts), file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Logger:
+    """Fans each `log(step, metrics)` out to every sink, in order."""
+
+    def __init__(self, sinks: Iterable[Sink] = ()):
+        self.sinks: list[Sink] = list(sinks)
+
+    def add(self, sink: Sink) -> None:
+        self.sinks.append(sink)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        for sink in self.sinks:
+            sink.log(step, metrics)
+
+    def close(self) -> None:
+        errors = []
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # close every sink even if one fails
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "Logger":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

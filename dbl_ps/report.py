@@ -1,0 +1,265 @@
+"""Reports over finished (or running) runs.
+
+From run directories (each with `config.yaml` or `config.json` and
+`metrics.jsonl`) draw test accuracy and test loss against wall time and against
+epoch (PNG, matplotlib Agg), and tabulate final and best accuracy, total time and
+the ratios to a named baseline. Runs that share a label (the config's `name`,
+e.g. the same variant with different seeds) are one row, averaged, and one
+colour in the plots.
+
+    write_report(["runs/baseline-s0", "runs/hybrid-s0"], "runs/report", baseline="baseline")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics
+
+__all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "plot_runs", "write_report", "PLOTS"]
+
+# file name -> (y key, x key)
+PLOTS = {
+    "accuracy_vs_time.png": (TEST_ACC, WALL_TIME),
+    "loss_vs_time.png": (TEST_LOSS, WALL_TIME),
+    "accuracy_vs_epoch.png": (TEST_ACC, EPOCH),
+    "loss_vs_epoch.png": (TEST_LOSS, EPOCH),
+}
+_AXIS_NAMES = {TEST_ACC: "test accuracy (top-1)", TEST_LOSS: "test loss", WALL_TIME: "wall time", EPOCH: "epoch"}
+
+
+class ReportError(ValueError):
+    """A run directory cannot be reported on."""
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    label: str
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    evals: list[dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.evals = [r for r in self.records if isinstance(r.get(TEST_ACC), (int, float))]
+
+    @property
+    def final_acc(self) -> float | None:
+        return float(self.evals[-1][TEST_ACC]) if self.evals else None
+
+    @property
+    def best_acc(self) -> float | None:
+        return max(float(r[TEST_ACC]) for r in self.evals) if self.evals else None
+
+    @property
+    def final_loss(self) -> float | None:
+        value = self.evals[-1].get(TEST_LOSS) if self.evals else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def total_time(self) -> float | None:
+        times = [float(r[WALL_TIME]) for r in self.records if isinstance(r.get(WALL_TIME), (int, float))]
+        return max(times) if times else None
+
+    @property
+    def epochs(self) -> int | None:
+        epochs = [r[EPOCH] for r in self.evals if isinstance(r.get(EPOCH), (int, float))]
+        return int(max(epochs)) + 1 if epochs else None
+
+    def time_to_accuracy(self, target: float) -> float | None:
+        """Wall time of the first evaluation at or above `target` (None if never)."""
+        for r in self.evals:
+            if float(r[TEST_ACC]) >= target and isinstance(r.get(WALL_TIME), (int, float)):
+                return float(r[WALL_TIME])
+        return None
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    for name in ("config.yaml", "config.yml", "config.json"):
+        path = run_dir / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+            except (ValueError, yaml.YAMLError) as exc:
+                raise ReportError(f"{path} is not readable {path.suffix[1:].upper()}: {exc}") from None
+            if not isinstance(data, dict):
+                raise ReportError(f"{path} holds a {type(data).__name__}, expected a mapping")
+            return data
+    return {}
+
+
+def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
+    """A run directory's config (empty if it has none) and metrics records.
+    The label defaults to the config's `name`, else the directory name."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ReportError(f"run directory {run_dir} does not exist")
+    if not (run_dir / METRICS_FILE).is_file():
+        raise ReportError(f"run directory {run_dir} has no {METRICS_FILE} (expected one JSON record per line)")
+    config = _read_config(run_dir)
+    records = read_metrics(run_dir / METRICS_FILE)
+    if label is None:
+        name = config.get("name")
+        label = name if isinstance(name, str) and name else run_dir.name
+    return RunData(run_dir, label, config, records)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def _group(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
+    groups: dict[str, list[RunData]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
+def summarize(runs: Sequence[RunData], baseline: str | None = None) -> list[dict[str, Any]]:
+    """One row per label: means over its runs of final/best accuracy, final loss
+    and total time; with a baseline label, the time ratio, the accuracy change
+    and the time each row needs to reach the baseline's final accuracy."""
+    groups = _group(runs)
+    if baseline is not None and baseline not in groups:
+        raise ReportError(f"baseline {baseline!r} is not one of the runs' labels: {', '.join(map(repr, groups))}")
+    rows = []
+    for label, members in groups.items():
+        rows.append({
+            "label": label,
+            "runs": len(members),
+            "epochs": max((m.epochs or 0) for m in members) or None,
+            "final_acc": _mean([m.final_acc for m in members]),
+            "best_acc": _mean([m.best_acc for m in members]),
+            "final_loss": _mean([m.final_loss for m in members]),
+            "total_time": _mean([m.total_time for m in members]),
+        })
+    if baseline is not None:
+        base = next(r for r in rows if r["label"] == baseline)
+        for row, members in zip(rows, groups.values()):
+            row["time_ratio"] = (row["total_time"] / base["total_time"]
+                                 if row["total_time"] is not None and base["total_time"] else None)
+            row["acc_delta"] = (row["final_acc"] - base["final_acc"]
+                                if row["final_acc"] is not None and base["final_acc"] is not None else None)
+            target = base["final_acc"]
+            reach = _mean([m.time_to_accuracy(target) for m in members]) if target is not None else None
+            row["time_to_baseline_acc"] = reach
+            row["time_to_baseline_acc_ratio"] = reach / base["total_time"] if reach is not None and base["total_time"] else None
+    return rows
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    if seconds < 120:
+        return 1.0, "s"
+    if seconds < 7200:
+        return 60.0, "min"
+    return 3600.0, "h"
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.2f}"
+    if kind == "points":
+        return f"{100 * value:+.2f}"
+    if kind == "ratio":
+        return f"{value:.3f}"
+    if kind == "time":
+        scale, unit = _time_unit(value)
+        return f"{value / scale:.1f} {unit}"
+    if kind == "loss":
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str:
+    """The summary as a markdown table (`style="markdown"`) or aligned plain text."""
+    if style not in ("markdown", "plain"):
+        raise ValueError(f"table style must be 'markdown' or 'plain', got {style!r}")
+    columns = [("run", "label", "str"), ("seeds", "runs", "str"), ("epochs", "epochs", "str"),
+               ("final acc %", "final_acc", "pct"), ("best acc %", "best_acc", "pct"),
+               ("final loss", "final_loss", "loss"), ("total time", "total_time", "time")]
+    if rows and "time_ratio" in rows[0]:
+        columns += [("time / baseline", "time_ratio", "ratio"), ("acc vs baseline (points)", "acc_delta", "points"),
+                    ("time to baseline acc / baseline time", "time_to_baseline_acc_ratio", "ratio")]
+    header = [c[0] for c in columns]
+    body = [[_cell(row.get(key), kind) for _, key, kind in columns] for row in rows]
+    if style == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
+    """Write the four PNGs of `PLOTS` into `out_dir`; one colour per label."""
+    # Figure + FigureCanvasAgg draw with the Agg backend without touching pyplot's
+    # global backend, so this works headless and inside notebooks alike.
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = _group(runs)
+    colours = matplotlib.colormaps["tab10"]
+    max_time = max((r.total_time or 0.0 for r in runs), default=0.0)
+    scale, unit = _time_unit(max_time)
+    written = []
+    for filename, (y_key, x_key) in PLOTS.items():
+        fig = Figure(figsize=(6.4, 4.4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for g, (label, members) in enumerate(groups.items()):
+            for k, run in enumerate(members):
+                pts = [(r[x_key], r[y_key]) for r in run.evals
+                       if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))]
+                if not pts:
+                    continue
+                xs = [p[0] / scale if x_key == WALL_TIME else p[0] for p in pts]
+                ys = [p[1] for p in pts]
+                ax.plot(xs, ys, color=colours(g % 10), alpha=1.0 if len(members) == 1 else 0.75,
+                        label=label if k == 0 else None, marker="." if len(pts) < 40 else None)
+        ax.set_xlabel(f"{_AXIS_NAMES[x_key]} ({unit})" if x_key == WALL_TIME else _AXIS_NAMES[x_key])
+        ax.set_ylabel(_AXIS_NAMES[y_key])
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path)
+        written.append(path)
+    return written
+
+
+def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, baseline: str | None = None,
+                 title: str = "dbl-ps report") -> Path:
+    """Plots, `summary.json` and `report.md` (table + plots) in `out_dir`; returns the report's path."""
+    loaded = [r if isinstance(r, RunData) else load_run(r) for r in runs]
+    if not loaded:
+        raise ReportError("no runs to report on")
+    out_dir = Path(out_dir)
+    rows = summarize(loaded, baseline)
+    plots = plot_runs(loaded, out_dir)
+    (out_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [f"# {title}", ""]
+    if baseline is not None:
+        lines += [f"Baseline: `{baseline}`. Ratios below are against its mean total time and final accuracy.", ""]
+    lines += [format_table(rows, "markdown"), "Runs:", ""]
+    lines += [f"- `{r.label}`: {r.run_dir}" for r in loaded]
+    lines.append("")
+    lines += [f"![{p.stem}]({p.name})" for p in plots]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
