@@ -1,0 +1,292 @@
+"""Config: defaults, YAML + overrides, one clear error per bad input, round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dbl_ps.config import (
+    ConfigError,
+    DataConfig,
+    RunConfig,
+    apply_overrides,
+    load_config,
+    parse_override,
+    per_resolution,
+)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# --------------------------------------------------------------------------- defaults and files
+
+
+def test_default_is_the_digits_hybrid_job():
+    cfg = RunConfig()
+    assert cfg.data.source == "digits"
+    assert cfg.model.name == "small_resnet"
+    assert cfg.dbl.workers == 4 and cfg.dbl.small == 1
+    assert 1.05 <= cfg.dbl.tau <= 1.1
+    assert len(cfg.schedule.resolutions) >= 2 and cfg.schedule.cyclic
+    assert cfg.dropouts() == [0.0, 0.1]
+    assert cfg.batch_large() == [96, 64]
+    assert load_config() == cfg
+
+
+def test_digits_default_yaml_equals_embedded_default():
+    assert load_config(CONFIGS / "digits_default.yaml") == RunConfig()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_says_what_it_reproduces(path):
+    cfg = load_config(path)
+    assert cfg.description, f"{path.name} needs a description"
+    assert path.read_text().lstrip().startswith("#"), f"{path.name} should open with a comment saying what it is"
+    assert len(cfg.dropouts()) == len(cfg.schedule.resolutions)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_shipped_config_set_is_complete():
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {"digits_default.yaml", "fashion_mnist_cpu.yaml", "cifar100_resnet18.yaml", "imagenet_resnet18.yaml"} <= names
+
+
+def test_cifar100_config_is_the_papers_run():
+    cfg = load_config(CONFIGS / "cifar100_resnet18.yaml")
+    assert cfg.model.name == "resnet18_cifar" and cfg.data.source == "cifar100"
+    assert (cfg.schedule.epochs, cfg.schedule.lr, cfg.schedule.milestones, cfg.schedule.gamma) == (140, 0.2, [80, 120], 0.1)
+    assert cfg.schedule.resolutions == [24, 32] and cfg.dropouts() == [0.1, 0.2]
+    assert (cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau) == (4, 1, 1.05)
+    assert cfg.batch_large()[-1] == 560
+    alpha, beta = cfg.time_model()[-1]
+    assert alpha == pytest.approx(0.015562114074817612) and beta == pytest.approx(0.0005056358858583448)
+    # The paper's check value at 32 px from these numbers (DESIGN): b_S = 102 for n_S = 1.
+    n, w, tau, b_l = 50000, 4, cfg.dbl.tau, 560
+    d_l = tau * n / w
+    d_s = n - 3 * d_l
+    t0 = (n / w) * (beta + alpha / b_l)
+    assert (d_l, d_s) == (13125, 10625)
+    assert round(alpha / (tau * t0 / d_s - beta)) == 102
+
+
+def test_cifar100_variants_by_override():
+    base = load_config(CONFIGS / "cifar100_resnet18.yaml", ["dbl.small=0", "schedule.resolutions=[32]"])
+    assert base.dbl.small == 0 and base.dropouts() == [0.2] and base.batch_large() == [560]
+    tau = load_config(CONFIGS / "cifar100_resnet18.yaml", ["dbl.tau=1.1", "dbl.small=4"])
+    assert tau.dbl.tau == 1.1 and tau.dbl.small == 4
+
+
+def test_imagenet_config_is_the_papers_run():
+    cfg = load_config(CONFIGS / "imagenet_resnet18.yaml")
+    assert (cfg.schedule.epochs, cfg.schedule.milestones) == (105, [60, 90])
+    assert cfg.schedule.resolutions == [160, 224, 288] and cfg.dropouts() == [0.1, 0.2, 0.3]
+    assert cfg.model.name == "resnet18_imagenet"
+
+
+def test_partial_yaml_keeps_defaults(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"dbl": {"tau": 1.05}, "schedule": {"epochs": 30}})
+    cfg = load_config(path)
+    assert cfg.dbl.tau == 1.05 and cfg.schedule.epochs == 30
+    assert cfg.dbl.workers == RunConfig().dbl.workers
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def test_overrides_parse_yaml_scalars_and_lists():
+    cfg = load_config(None, ["dbl.tau=1.05", "schedule.epochs=40", "schedule.milestones=[20,30]",
+                             "optim.nesterov=true", "data.path=null", "name=my run", "store.sync_every=5"])
+    assert cfg.dbl.tau == 1.05
+    assert cfg.schedule.milestones == [20, 30]
+    assert cfg.optim.nesterov is True
+    assert cfg.name == "my run"
+    assert cfg.store.sync_every == 5
+
+
+def test_override_beats_file(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"dbl": {"tau": 1.05}})
+    assert load_config(path, ["dbl.tau=1.2"]).dbl.tau == 1.2
+
+
+def test_float_written_without_dot_is_accepted():
+    # YAML 1.1 reads `1e-4` as a string; a float field takes it as a number.
+    assert load_config(None, ["optim.weight_decay=5e-4"]).optim.weight_decay == 5e-4
+
+
+def test_int_given_for_float_becomes_float():
+    cfg = load_config(None, ["schedule.lr=1"])
+    assert cfg.schedule.lr == 1.0 and isinstance(cfg.schedule.lr, float)
+
+
+def test_per_resolution_map_and_list_forms():
+    cfg = load_config(None, ["schedule.resolutions=[8,12,16]", "model.dropout=[0.0,0.1,0.2]", "dbl.batch_large=[128]"])
+    assert cfg.dropouts() == [0.0, 0.1, 0.2]
+    assert cfg.batch_large() == [128, 128, 128]
+    # A map may hold extra resolutions: switching CPL off picks the right entry.
+    cfg = load_config(None, ["schedule.resolutions=[16]"])
+    assert cfg.dropouts() == [0.1] and cfg.batch_large() == [64]
+
+
+def test_per_resolution_function():
+    assert per_resolution(None, [24, 32]) is None
+    assert per_resolution([0.1], [24, 32]) == [0.1, 0.1]
+    assert per_resolution({32: 2, 24: 1}, [24, 32]) == [1, 2]
+    with pytest.raises(ValueError, match="resolution"):
+        per_resolution({24: 1}, [24, 32])
+    with pytest.raises(ValueError, match="1 or 2"):
+        per_resolution([1, 2, 3], [24, 32])
+
+
+def test_apply_overrides_to_a_config_object():
+    cfg = apply_overrides(RunConfig(), ["dbl.small=0"])
+    assert cfg.dbl.small == 0 and RunConfig().dbl.small == 1
+
+
+@pytest.mark.parametrize("text", ["dbl.tau", "=1", "dbl..tau=1", "dbl tau=1", "1dbl=2"])
+def test_malformed_override_is_one_clear_error(text):
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override(text)
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides(RunConfig(), ["dbl.tau.x=1"])
+
+
+# --------------------------------------------------------------------------- one clear error
+
+
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("dbl.tau=abc", "dbl.tau", "a number"),
+        ("dbl.tau=0.9", "dbl.tau", ">= 1.0"),
+        ("dbl.workers=0", "dbl.workers", ">= 1"),
+        ("dbl.workers=2.5", "dbl.workers", "an integer"),
+        ("dbl.small=5", "dbl.small", "0..dbl.workers"),
+        ("schedule.epochs=true", "schedule.epochs", "an integer"),
+        ("schedule.milestones=[120,80]", "schedule.milestones", "strictly increasing"),
+        ("schedule.milestones=[10,30]", "schedule.milestones", "schedule.epochs - 1"),
+        ("schedule.milestones=[1,x]", "schedule.milestones[1]", "an integer"),
+        ("schedule.resolutions=[16,12]", "schedule.resolutions", "strictly increasing"),
+        ("schedule.warmup_epochs=24", "schedule.warmup_epochs", "fewer than"),
+        ("store.mode=fast", "store.mode", "'bsp', 'asp', 'ssp'"),
+        ("store.sync_every=0", "store.sync_every", ">= 1"),
+        ("store.sync_every=epoch", "store.sync_every", "'mini_epoch'"),
+        ("model.name=vgg", "model.name", "'small_resnet'"),
+        ("model.dropout=[0.1,0.2,0.3]", "model.dropout", "one per resolution"),
+        ("model.dropout={12: 0.0}", "model.dropout", "missing [16]"),
+        ("model.dropout={12: 0.0, 16: 1.0}", "model.dropout[16]", "< 1.0"),
+        ("data.source=svhn", "data.source", "'digits'"),
+        ("data.source=cifar10", "data.path", "directory"),
+        ("device=tpu", "device", "'cuda'"),
+        ("dbl.alpha=[0.01,0.02]", "dbl.alpha", "dbl.beta"),
+        ("optim.momentum=0", None, None),  # fine on its own
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(override, key, expected):
+    if key is None:
+        load_config(None, [override])
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    err = info.value
+    assert err.key == key
+    message = str(err)
+    assert f"'{key}'" in message and expected in message
+    assert override.split("=", 1)[1].split(",")[0].strip("[{") in message  # the value given is shown
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'dbl.tua'; did you mean 'dbl.tau'\?"):
+        load_config(None, ["dbl.tua=1.1"])
+    # A key in the wrong section points at the section that has it.
+    with pytest.raises(ConfigError, match=r"did you mean 'dbl.tau'"):
+        load_config(None, ["tau=1.1"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'schedule.milestone'; did you mean 'schedule.milestones'"):
+        load_config(None, ["schedule.milestone=[1]"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"store": {"mdoe": "bsp"}})
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "store.mdoe" in str(info.value) and "store.mode" in str(info.value) and str(path) in str(info.value)
+
+
+def test_error_from_override_says_so(tmp_path):
+    with pytest.raises(ConfigError, match="command-line override 'dbl.tau=0.5'"):
+        load_config(None, ["dbl.tau=0.5"])
+
+
+def test_section_given_as_value_is_an_error(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"dbl": 4})
+    with pytest.raises(ConfigError, match="'dbl'.*a section"):
+        load_config(path)
+
+
+def test_config_file_problems(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dbl: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == RunConfig()
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ConfigError, match="data.path"):
+        RunConfig(data=DataConfig(source="mnist"))
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_through_yaml_and_json(tmp_path):
+    cfg = load_config(CONFIGS / "cifar100_resnet18.yaml", ["store.sync_every=4", "dbl.tau=1.1"])
+    assert RunConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    # JSON turns the {px: value} keys into strings; from_dict reads them back as ints.
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert load_config(cfg.save(tmp_path / "config.yaml")) == cfg
+    assert load_config(cfg.save(tmp_path / "config.json")) == cfg
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    tau=st.floats(1.0, 2.0),
+    workers=st.integers(1, 16),
+    data=st.data(),
+    lr=st.floats(1e-5, 10.0),
+    epochs=st.integers(2, 300),
+    sync=st.one_of(st.just("mini_epoch"), st.integers(1, 1000)),
+)
+def test_round_trip_property(tau, workers, data, lr, epochs, sync):
+    small = data.draw(st.integers(0, workers))
+    milestones = sorted(data.draw(st.sets(st.integers(1, epochs - 1), max_size=3)))
+    cfg = load_config(None, [f"dbl.tau={tau!r}", f"dbl.workers={workers}", f"dbl.small={small}", f"schedule.lr={lr!r}",
+                             f"schedule.epochs={epochs}", f"schedule.milestones={milestones}", f"store.sync_every={sync}",
+                             "schedule.warmup_epochs=0"])
+    assert (cfg.dbl.tau, cfg.dbl.workers, cfg.dbl.small, cfg.schedule.lr) == (tau, workers, small, lr)
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

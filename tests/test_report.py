@@ -1,0 +1,187 @@
+"""Metrics (JSONL writer, reader, logger fan-out) and reports over run directories."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dbl_ps.config import RunConfig
+from dbl_ps.metrics import ConsoleSink, Logger, MetricsFileError, MetricsWriter, read_metrics
+from dbl_ps.report import PLOTS, ReportError, format_table, load_run, plot_runs, summarize, write_report
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_writer_appends_flushed_lines(tmp_path):
+    writer = MetricsWriter(tmp_path)
+    writer.log(0, {"test_acc": 0.5, "wall_time": 1.0})
+    # Flushed per line: readable before close (a crash after this loses nothing).
+    assert read_metrics(tmp_path) == [{"epoch": 0, "test_acc": 0.5, "wall_time": 1.0}]
+    writer.write({"event": "end"})
+    writer.close()
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1] == {"event": "end"}
+    with pytest.raises(ValueError, match="closed"):
+        writer.log(1, {})
+
+
+def test_writer_serialises_numpy_and_torch(tmp_path):
+    with MetricsWriter(tmp_path) as writer:
+        writer.log(np.int64(2), {"a": np.float32(0.25), "b": torch.tensor(3.0), "c": np.arange(3),
+                                 "workers": [{"batch": np.int32(64)}], "path": tmp_path})
+    record = read_metrics(tmp_path)[0]
+    assert record == {"epoch": 2, "a": 0.25, "b": 3.0, "c": [0, 1, 2], "workers": [{"batch": 64}], "path": str(tmp_path)}
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        MetricsWriter(tmp_path / "x").log(0, {"bad": object()})
+
+
+def test_writer_refuses_to_clobber_and_resume_continues(tmp_path):
+    with MetricsWriter(tmp_path) as writer:
+        writer.log(0, {"test_acc": 0.1})
+    with pytest.raises(FileExistsError, match="already holds metrics"):
+        MetricsWriter(tmp_path)
+    with MetricsWriter(tmp_path, resume=True) as writer:
+        writer.log(1, {"test_acc": 0.2})
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [0, 1]
+
+
+def test_resume_drops_torn_line_and_records_after_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"epoch": e, "test_acc": e / 10}) for e in range(5)]
+    path.write_text("\n".join(lines) + "\n" + '{"epoch": 5, "test_a')  # crash mid-write
+    assert [r["epoch"] for r in read_metrics(path)] == [0, 1, 2, 3, 4]  # reader tolerates the torn tail
+    with MetricsWriter(tmp_path, resume=True, keep_through=2) as writer:  # checkpoint was epoch 2
+        writer.log(3, {"test_acc": 0.33})
+    records = read_metrics(path)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3] and records[-1]["test_acc"] == 0.33
+    assert path.read_text().endswith("\n")
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
+    with pytest.raises(MetricsFileError, match="line 2 is not a JSON object"):
+        read_metrics(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_metrics(tmp_path / "nothing")
+
+
+class ListSink:
+    def __init__(self):
+        self.calls, self.closed = [], False
+
+    def log(self, step, metrics):
+        self.calls.append((step, dict(metrics)))
+
+    def close(self):
+        self.closed = True
+
+
+def test_logger_fans_out_to_every_sink(tmp_path):
+    a, b, out = ListSink(), ListSink(), io.StringIO()
+    with Logger([a, MetricsWriter(tmp_path), ConsoleSink(out, keys=["test_acc", "lr"])]) as logger:
+        logger.add(b)
+        logger.log(3, {"test_acc": 0.91234, "lr": 0.1, "workers": [1, 2]})
+    assert a.calls == b.calls == [(3, {"test_acc": 0.91234, "lr": 0.1, "workers": [1, 2]})]
+    assert a.closed and b.closed
+    assert read_metrics(tmp_path) == [{"epoch": 3, "test_acc": 0.91234, "lr": 0.1, "workers": [1, 2]}]
+    assert out.getvalue() == "epoch 3: test_acc=0.9123 lr=0.1\n"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def make_run(root: Path, name: str, accs: list[float], seconds_per_epoch: float, seed: int = 0) -> Path:
+    """A run directory as the runtime writes it: config.yaml + metrics.jsonl."""
+    run_dir = root / f"{name}-s{seed}"
+    run_dir.mkdir(parents=True)
+    RunConfig(name=name, seed=seed).save(run_dir / "config.yaml")
+    with MetricsWriter(run_dir) as writer:
+        for epoch, acc in enumerate(accs):
+            writer.log(epoch, {"wall_time": (epoch + 1) * seconds_per_epoch, "test_acc": acc, "test_loss": 2.0 * (1 - acc),
+                               "lr": 0.1, "workers": [{"worker": 0, "train_loss": 1.0}]})
+            writer.write({"event": "checkpoint", "epoch": epoch, "wall_time": (epoch + 1) * seconds_per_epoch + 0.5})
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [
+        make_run(tmp_path, "baseline", [0.5, 0.7, 0.8], 10.0),
+        make_run(tmp_path, "hybrid", [0.6, 0.85, 0.84], 8.0),
+        make_run(tmp_path, "hybrid", [0.6, 0.75, 0.86], 9.0, seed=1),
+    ]
+
+
+def test_load_run_reads_config_and_evaluations(runs):
+    run = load_run(runs[0])
+    assert run.label == "baseline" and run.config["seed"] == 0
+    assert len(run.records) == 6 and len(run.evals) == 3
+    assert (run.final_acc, run.best_acc, run.epochs) == (0.8, 0.8, 3)
+    assert run.total_time == 30.5  # the last record of any kind
+    assert run.time_to_accuracy(0.7) == 20.0 and run.time_to_accuracy(0.9) is None
+    assert load_run(runs[0], label="other").label == "other"
+
+
+def test_load_run_errors_and_json_config(tmp_path):
+    with pytest.raises(ReportError, match="does not exist"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "r").mkdir()
+    with pytest.raises(ReportError, match="no metrics.jsonl"):
+        load_run(tmp_path / "r")
+    (tmp_path / "r" / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.5, "wall_time": 1}\n')
+    assert load_run(tmp_path / "r").label == "r"  # no config: the directory's name
+    (tmp_path / "r" / "config.json").write_text(json.dumps({"name": "from-json"}))
+    assert load_run(tmp_path / "r").label == "from-json"
+
+
+def test_summary_groups_seeds_and_compares_to_baseline(runs):
+    rows = summarize([load_run(r) for r in runs], baseline="baseline")
+    base, hybrid = rows
+    assert (base["label"], base["runs"], hybrid["runs"]) == ("baseline", 1, 2)
+    assert base["time_ratio"] == 1.0 and base["acc_delta"] == 0.0
+    assert hybrid["final_acc"] == pytest.approx(0.85)
+    assert hybrid["best_acc"] == pytest.approx((0.85 + 0.86) / 2)
+    assert hybrid["total_time"] == pytest.approx((24.5 + 27.5) / 2)
+    assert hybrid["time_ratio"] == pytest.approx(26.0 / 30.5)
+    assert hybrid["acc_delta"] == pytest.approx(0.05)
+    # Reaches the baseline's final 0.8 at epoch 1 (16 s) in seed 0 and epoch 2 (27 s) in seed 1.
+    assert hybrid["time_to_baseline_acc"] == pytest.approx((16.0 + 27.0) / 2)
+    assert hybrid["time_to_baseline_acc_ratio"] == pytest.approx(21.5 / 30.5)
+    with pytest.raises(ReportError, match="baseline 'conventional' is not one of the runs' labels: 'baseline', 'hybrid'"):
+        summarize([load_run(r) for r in runs], baseline="conventional")
+
+
+def test_tables(runs):
+    rows = summarize([load_run(r) for r in runs], baseline="baseline")
+    md = format_table(rows, "markdown").splitlines()
+    assert md[0].startswith("| run | seeds |") and "time / baseline" in md[0]
+    assert md[3].startswith("| hybrid | 2 | 3 | 85.00 | 85.50 |") and "| 0.852 |" in md[3] and "+5.00" in md[3]
+    plain = format_table(summarize([load_run(runs[0])]), "plain").splitlines()
+    assert plain[0].split()[:2] == ["run", "seeds"] and "time / baseline" not in plain[0]
+    assert plain[1].split()[0] == "baseline" and "30.5 s" in plain[1]
+    with pytest.raises(ValueError, match="'markdown' or 'plain'"):
+        format_table(rows, "html")
+
+
+def test_plots_are_pngs(runs, tmp_path):
+    paths = plot_runs([load_run(r) for r in runs], tmp_path / "plots")
+    assert sorted(p.name for p in paths) == sorted(PLOTS)
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_write_report(runs, tmp_path):
+    path = write_report(runs, tmp_path / "report", baseline="baseline", title="digits compare")
+    text = path.read_text()
+    assert text.startswith("# digits compare") and "| hybrid | 2 |" in text
+    for name in PLOTS:
+        assert f"({name})" in text and (path.parent / name).is_file()
+    summary = json.loads((path.parent / "summary.json").read_text())
+    assert [r["label"] for r in summary] == ["baseline", "hybrid"]
+    with pytest.raises(ReportError, match="no runs"):
+        write_report([], tmp_path / "empty")
