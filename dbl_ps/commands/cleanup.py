@@ -1,0 +1,20 @@
+"""`dbl-ps cleanup`: remove shared memory left behind by parameter stores whose owner
+process died (e.g. killed with SIGKILL). Segments of live stores are never touched."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # no options
+
+
+def run(args: argparse.Namespace) -> int:
+    from dbl_ps.store import SEGMENT_PREFIX, cleanup_stale_segments
+
+    removed = cleanup_stale_segments()
+    for name in removed:
+        print(f"removed /dev/shm/{SEGMENT_PREFIX}{name}")
+    print(f"{len(removed)} stale segment(s) removed")
+    return 0
