@@ -12,6 +12,8 @@ import sys
 # so `dbl-ps plan` never pays for importing torch-heavy training code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("dbl_ps.commands.cleanup", "remove shared-memory segments left by dead parameter stores"),
+    "plan": ("dbl_ps.commands.plan", "DBSL plan: small batch, data shares and predicted epoch time per resolution"),
+    "calibrate": ("dbl_ps.commands.calibrate", "measure the time model t(b) = alpha + beta*b and the largest batch"),
 }
 
 

@@ -1,0 +1,457 @@
+"""Measure the time model ``t(b) = alpha + beta * b`` of a model on this device.
+
+For every resolution: find the largest batch ``B_L`` (GPU: probe out-of-memory, keep a
+safety margin; CPU: a configured cap), time real training steps (forward, backward,
+SGD step on synthetic data of the right shape) over a grid of batch sizes up to
+``B_L`` - warm-up steps excluded, median of the timed steps - and fit
+``alpha``, ``beta`` by least squares (``planner.fit_time_model``). The result is a
+JSON file that ``dbl-ps plan`` and ``dbl-ps train`` read (``load_calibration``)::
+
+    {"device": "cpu", "model": "small_resnet",
+     "resolutions": {"24": {"alpha": .., "beta": .., "r2": .., "batch_large": ..,
+                            "samples": [[b, seconds], ...]}, ...},
+     "torch_version": "2.x", "created": "2026-01-01T00:00:00+00:00", "settings": {...}}
+
+Data loading is not timed: the plan balances compute, and the loader is expected to
+keep up (pre-resized shards). torch is imported inside the functions that need it,
+so reading a calibration file costs no torch import.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbl_ps.planner import TimeModel, fit_time_model
+
+
+CPU_BATCH_CAP = 128
+GPU_PROBE_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True)
+class ResolutionCalibration:
+    """Fitted time model, largest batch and raw ``(batch, median seconds)`` samples of one resolution."""
+
+    resolution: int
+    alpha: float
+    beta: float
+    r2: float
+    batch_large: int
+    samples: tuple[tuple[int, float], ...]
+
+    def time_model(self) -> TimeModel:
+        return TimeModel(alpha=self.alpha, beta=self.beta, r2=self.r2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "r2": self.r2,
+            "batch_large": self.batch_large,
+            "samples": [[b, s] for b, s in self.samples],
+        }
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A calibration file's content."""
+
+    device: str
+    model: str
+    resolutions: dict[int, ResolutionCalibration]
+    torch_version: str
+    created: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def time_models(self) -> dict[int, TimeModel]:
+        return {r: c.time_model() for r, c in self.resolutions.items()}
+
+    def batch_large(self) -> dict[int, int]:
+        return {r: c.batch_large for r, c in self.resolutions.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "model": self.model,
+            "resolutions": {str(r): c.to_dict() for r, c in sorted(self.resolutions.items())},
+            "torch_version": self.torch_version,
+            "created": self.created,
+            "settings": self.settings,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "calibration") -> Calibration:
+        """Validate and build; every problem is a ``ValueError`` naming the key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        for key in ("device", "model", "resolutions"):
+            if key not in data:
+                raise ValueError(f"{source}: missing key {key!r}")
+        if not isinstance(data["resolutions"], dict) or not data["resolutions"]:
+            raise ValueError(f"{source}: 'resolutions' must be a non-empty object keyed by pixels")
+        resolutions = {}
+        for key, entry in data["resolutions"].items():
+            where = f"{source}: resolutions[{key!r}]"
+            try:
+                r = int(key)
+            except ValueError:
+                raise ValueError(f"{where}: key must be a resolution in pixels") from None
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: expected an object")
+            for name in ("alpha", "beta", "batch_large"):
+                if name not in entry:
+                    raise ValueError(f"{where}: missing key {name!r}")
+            b_large = entry["batch_large"]
+            if isinstance(b_large, bool) or not isinstance(b_large, int) or b_large < 1:
+                raise ValueError(f"{where}: batch_large={b_large!r} must be a positive integer")
+            try:
+                model = TimeModel(alpha=entry["alpha"], beta=entry["beta"])
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+            samples = tuple((int(b), float(s)) for b, s in entry.get("samples", []))
+            r2 = entry.get("r2")
+            resolutions[r] = ResolutionCalibration(
+                resolution=r,
+                alpha=model.alpha,
+                beta=model.beta,
+                r2=float("nan") if r2 is None else float(r2),
+                batch_large=b_large,
+                samples=samples,
+            )
+        return cls(
+            device=str(data["device"]),
+            model=str(data["model"]),
+            resolutions=dict(sorted(resolutions.items())),
+            torch_version=str(data.get("torch_version", "")),
+            created=str(data.get("created", "")),
+            settings=dict(data.get("settings", {})),
+        )
+
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read a calibration JSON file written by ``dbl-ps calibrate`` (``ValueError`` if unusable)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"calibration file {str(path)!r} cannot be read: {err.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"calibration file {str(path)!r} is not valid JSON: {err}") from None
+    return Calibration.from_dict(data, source=str(path))
+
+
+def save_calibration(calibration: Calibration, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
+
+
+def format_calibration_table(calibration: Calibration) -> str:
+    """Plain-text table: resolution, alpha, beta, R^2, largest batch, ms per sample at it."""
+    rows = [("res", "alpha (s)", "beta (s/sample)", "R^2", "batch_large", "ms/sample at B_L", "samples")]
+    for r, c in calibration.resolutions.items():
+        rows.append(
+            (
+                str(r),
+                f"{c.alpha:.4g}",
+                f"{c.beta:.4g}",
+                f"{c.r2:.4f}",
+                str(c.batch_large),
+                f"{1000 * c.time_model().sample_seconds(c.batch_large):.4g}",
+                str(len(c.samples)),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    head = f"{calibration.model} on {calibration.device}"
+    return head + "\n" + "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def batch_grid(batch_large: int, *, smallest: int = 8, points: int = 6) -> list[int]:
+    """About ``points`` batch sizes spaced geometrically from ``smallest`` to ``batch_large``
+    (both included, distinct, increasing)."""
+    if batch_large < 1:
+        raise ValueError(f"batch_large={batch_large} must be >= 1")
+    if points < 2:
+        raise ValueError(f"points={points} must be >= 2 to fit a line")
+    lo = min(smallest, batch_large)
+    if lo == batch_large:
+        return [batch_large] if batch_large == 1 else [max(1, batch_large // 2), batch_large]
+    ratio = (batch_large / lo) ** (1 / (points - 1))
+    grid = sorted({round(lo * ratio**i) for i in range(points)} | {batch_large})
+    return [b for b in grid if 1 <= b <= batch_large]
+
+
+def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int = 1 << 16) -> int:
+    """Largest ``b <= limit`` with ``fits(b)`` true, assuming fits is monotone (true up to a
+    point): double from ``start`` until it fails, then bisect. Returns 0 if ``fits(1)`` fails."""
+    if not fits(1):
+        return 0
+    good, bad = 1, None
+    b = max(2, min(start, limit))
+    while b <= limit:
+        if fits(b):
+            good = b
+            if b == limit:
+                return limit
+            b = min(2 * b, limit)
+        else:
+            bad = b
+            break
+    if bad is None:
+        return good
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+# --------------------------------------------------------------------------- torch parts
+
+
+def make_train_step(
+    model: Any,
+    batch_size: int,
+    resolution: int,
+    *,
+    device: str,
+    num_classes: int,
+    in_channels: int = 3,
+    lr: float = 0.01,
+) -> Callable[[], None]:
+    """A closure doing one real SGD training step of ``model`` on a fixed synthetic batch."""
+    import torch
+
+    x = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def measure_grid(
+    model: Any,
+    grid: Sequence[int],
+    resolution: int,
+    *,
+    device: str,
+    num_classes: int,
+    in_channels: int,
+    warmup: int,
+    repeats: int,
+    sync: Callable[[], None],
+    progress: Any = None,
+) -> list[tuple[int, float]]:
+    """``(batch, median seconds per step)`` for every batch in ``grid``.
+
+    Each batch size first runs ``warmup`` untimed steps (allocator, cuDNN autotuning,
+    torch.compile at that shape); then the timed steps go round-robin over the grid,
+    ``repeats`` rounds, so slow drift or a busy neighbour process spreads over all
+    batch sizes instead of bending the fitted line.
+    """
+    steps = {b: make_train_step(model, b, resolution, device=device, num_classes=num_classes, in_channels=in_channels) for b in grid}
+    for b, step in steps.items():
+        for _ in range(warmup):
+            step()
+            if progress is not None:
+                progress.update(1)
+    sync()
+    times: dict[int, list[float]] = {b: [] for b in grid}
+    for _ in range(repeats):
+        for b, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync()
+            times[b].append(time.perf_counter() - start)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(batch=b, ms=f"{1000 * times[b][-1]:.1f}")
+    if progress is not None:
+        progress.close()
+    return [(b, statistics.median(times[b])) for b in grid]
+
+
+def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in_channels: int) -> Callable[[int], bool]:
+    import torch
+
+    def fits(batch_size: int) -> bool:
+        try:
+            make_train_step(model, batch_size, resolution, device=device, num_classes=num_classes, in_channels=in_channels)()
+            torch.cuda.synchronize()
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+
+    return fits
+
+
+def calibrate(
+    model_name: str,
+    resolutions: Sequence[int],
+    *,
+    device: str = "cpu",
+    num_classes: int = 10,
+    in_channels: int = 3,
+    batch_sizes: Sequence[int] | None = None,
+    batch_cap: int | None = None,
+    grid_points: int = 6,
+    smallest_batch: int = 8,
+    warmup: int = 2,
+    repeats: int = 5,
+    margin: float = 0.9,
+    compile: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> Calibration:
+    """Measure and fit ``t(b)`` per resolution; see the module doc.
+
+    ``batch_cap`` is ``B_L`` on the CPU (default ``CPU_BATCH_CAP``: above it, CPU step
+    time stops being linear in the batch as activations leave the caches) and the
+    probe's upper limit on a GPU (default ``GPU_PROBE_LIMIT``), where
+    ``B_L = floor(margin * largest batch that fits)``. ``batch_sizes`` overrides the
+    grid (entries above ``B_L`` are dropped). With ``compile=True`` the model is wrapped
+    in ``torch.compile`` and warmed up at every shape before timing.
+    """
+    import torch
+
+    if not resolutions:
+        raise ValueError("resolutions is empty; give e.g. 24,32")
+    for r in resolutions:
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"resolution {r!r} must be a positive integer (pixels)")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r} must be 'cpu' or 'cuda' (or 'cuda:N')")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch finds no CUDA GPU; use --device cpu")
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin={margin} must be in (0, 1]")
+    if batch_cap is None:
+        batch_cap = GPU_PROBE_LIMIT if device.startswith("cuda") else CPU_BATCH_CAP
+    if batch_cap < 2:
+        raise ValueError(f"batch_cap={batch_cap} must be >= 2")
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
+    if batch_sizes is not None and any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes={list(batch_sizes)} must all be >= 1")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _calibrate(
+            model_name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
+            batch_sizes=batch_sizes, batch_cap=batch_cap, grid_points=grid_points, smallest_batch=smallest_batch,
+            warmup=warmup, repeats=repeats, margin=margin, compile=compile, progress=progress,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _calibrate(
+    model_name: str,
+    resolutions: Sequence[int],
+    *,
+    device: str,
+    num_classes: int,
+    in_channels: int,
+    batch_sizes: Sequence[int] | None,
+    batch_cap: int,
+    grid_points: int,
+    smallest_batch: int,
+    warmup: int,
+    repeats: int,
+    margin: float,
+    compile: bool,
+    progress: bool,
+) -> Calibration:
+    import torch
+    from tqdm import tqdm
+
+    from dbl_ps.models import build_model
+
+    torch.manual_seed(0)
+    on_gpu = device.startswith("cuda")
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+    model = build_model(model_name, num_classes, in_channels=in_channels).to(device).train()
+    runner = torch.compile(model) if compile else model
+
+    results = {}
+    for r in sorted(resolutions):
+        if on_gpu:
+            fits = _cuda_fits(model, r, device=device, num_classes=num_classes, in_channels=in_channels)
+            largest = probe_max_batch(fits, limit=batch_cap)
+            if largest == 0:
+                raise ValueError(f"{model_name} at {r} px does not fit on {device} even with batch 1")
+            b_large = max(1, math.floor(margin * largest))
+        else:
+            b_large = batch_cap
+        grid = sorted({b for b in (batch_sizes or batch_grid(b_large, smallest=smallest_batch, points=grid_points)) if b <= b_large})
+        if len(grid) < 2:
+            raise ValueError(f"need at least 2 batch sizes <= batch_large={b_large} at {r} px, got {grid}")
+        samples = measure_grid(
+            runner,
+            grid,
+            r,
+            device=device,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            warmup=warmup,
+            repeats=repeats,
+            sync=sync,
+            progress=tqdm(
+                total=len(grid) * (warmup + repeats),
+                desc=f"calibrate {model_name} {r}px",
+                unit="step",
+                disable=not progress,
+            ),
+        )
+        fit = fit_time_model(samples)
+        results[r] = ResolutionCalibration(
+            resolution=r,
+            alpha=fit.alpha,
+            beta=fit.beta,
+            r2=float(fit.r2),
+            batch_large=b_large,
+            samples=tuple(samples),
+        )
+    return Calibration(
+        device=torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        model=model_name,
+        resolutions=results,
+        torch_version=torch.__version__,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        settings={
+            "device": device,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "warmup": warmup,
+            "repeats": repeats,
+            "batch_cap": batch_cap,
+            "margin": margin if on_gpu else None,
+            "compile": compile,
+            "threads": torch.get_num_threads(),
+        },
+    )

@@ -1,0 +1,353 @@
+"""`dbl-ps plan`: the DBSL plan (small batch, data shares, predicted epoch times) per resolution.
+
+Time models come from exactly one source: a run config (`--config`, its `dbl` section),
+calibration files (`--calibration`, one for all workers or one per worker for mixed
+hardware), the authors' fits (`--preset cifar|imagenet`), or flags (`--alpha`,
+`--beta`, `--batch-large`, `--resolutions`). Flags given next to a config or preset
+override it. Prints every n_S in 0..W with the chosen one marked, or JSON with `--json`.
+No torch import: planning is arithmetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+# Training-set sizes of the built-in sources (digits: scikit-learn's 1797 minus the
+# data module's default 360 test images). Others need --dataset-size.
+TRAIN_SIZES = {"digits": 1437, "fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+PRESETS = {
+    "cifar": {"dataset_size": 50000, "epochs": 140, "milestones": (80, 120), "dropouts": (0.1, 0.2)},
+    "imagenet": {"dataset_size": 1281167, "epochs": 105, "milestones": (60, 90), "dropouts": (0.1, 0.2, 0.3)},
+}
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("time model source (one of)")
+    src.add_argument("--config", metavar="FILE", help="run config (YAML); its dbl and schedule sections")
+    src.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. dbl.tau=1.1")
+    src.add_argument(
+        "--calibration",
+        metavar="FILE",
+        action="append",
+        help="file from `dbl-ps calibrate`; repeat once per worker for mixed hardware",
+    )
+    src.add_argument("--preset", choices=sorted(PRESETS), help="the authors' own time models and largest batches")
+    src.add_argument("--alpha", type=_floats, help="seconds per step, one per resolution (comma list)")
+    src.add_argument("--beta", type=_floats, help="seconds per sample, one per resolution (comma list)")
+    src.add_argument("--resolutions", type=_ints, help="pixels, one per --alpha value (comma list)")
+    src.add_argument("--batch-large", type=_ints, help="largest batch B_L, one per resolution (comma list)")
+    p = parser.add_argument_group("plan")
+    p.add_argument("--workers", type=int, help="W (default: config, else 4)")
+    p.add_argument("--small", type=int, help="n_S, the chosen number of small workers (default: config, else 1)")
+    p.add_argument("--tau", type=float, help="time budget, >= 1 (default: config, else 1.05)")
+    p.add_argument("--dataset-size", type=int, help="N, training samples per epoch (default: from preset or config source)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    s = parser.add_argument_group("schedule")
+    s.add_argument("--show-schedule", action="store_true", help="print the schedule table and draw it to a PNG")
+    s.add_argument("--schedule-png", default="schedule.png", metavar="FILE", help="where --show-schedule draws (default %(default)s)")
+    s.add_argument("--epochs", type=float, help="global epochs (default: config or preset, else 140)")
+    s.add_argument("--lr", type=float, help="base learning rate (default: config, else 0.2)")
+    s.add_argument("--milestones", type=_floats, help="LR milestones in epochs (default: config or preset, else 80,120)")
+    s.add_argument("--gamma", type=float, help="LR factor at each milestone (default 0.1)")
+    s.add_argument("--warmup-epochs", type=float, help="linear LR warm-up (default: config, else 0)")
+    s.add_argument("--dropouts", type=_floats, help="dropout per resolution (default: config or preset, else 0)")
+
+
+@dataclass
+class PlanInputs:
+    """Everything `make_plan` and the schedule need, gathered from config, files and flags."""
+
+    time_models: dict[int, Any]
+    batch_large: dict[int, Any]
+    workers: int
+    small: int
+    tau: float
+    dataset_size: int
+    epochs: float = 140
+    lr: float = 0.2
+    milestones: tuple[float, ...] = (80, 120)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    dropouts: tuple[float, ...] | None = None
+    cyclic: bool = True
+
+
+def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
+    """Plan inputs from a `dbl_ps.config.RunConfig` (time model from `dbl.alpha/beta` or
+    `dbl.calibration`; `dataset_size` defaults to the source's training-set size)."""
+    from dbl_ps.calibrate import load_calibration
+    from dbl_ps.planner import TimeModel
+
+    resolutions = list(cfg.schedule.resolutions)
+    models: dict[int, Any] = {}
+    batches: dict[int, Any] = {}
+    if cfg.dbl.calibration:
+        cal = load_calibration(cfg.dbl.calibration)
+        missing = [r for r in resolutions if r not in cal.resolutions]
+        if missing:
+            raise ValueError(
+                f"calibration file {cfg.dbl.calibration!r} has no entry for resolution(s) {missing}; "
+                f"it covers {sorted(cal.resolutions)}"
+            )
+        models = {r: cal.resolutions[r].time_model() for r in resolutions}
+        batches = {r: cal.resolutions[r].batch_large for r in resolutions}
+    tm = cfg.time_model()
+    if tm is not None:
+        models = {r: TimeModel(alpha=a, beta=b) for r, (a, b) in zip(resolutions, tm)}
+    if cfg.batch_large() is not None:
+        batches = dict(zip(resolutions, cfg.batch_large()))
+    if not models:
+        raise ValueError("the config has no time model: set dbl.alpha and dbl.beta, or dbl.calibration")
+    if not batches:
+        raise ValueError("the config has no largest batch: set dbl.batch_large or dbl.calibration")
+    if dataset_size is None:
+        source = cfg.data.source
+        if source == "synthetic":
+            dataset_size = cfg.data.synthetic.num_train
+        elif source in TRAIN_SIZES:
+            dataset_size = TRAIN_SIZES[source]
+        else:
+            raise ValueError(f"data.source={source!r} has no known training-set size; pass --dataset-size")
+        if cfg.data.train_limit is not None:
+            dataset_size = min(dataset_size, cfg.data.train_limit)
+    return PlanInputs(
+        time_models=models,
+        batch_large=batches,
+        workers=cfg.dbl.workers,
+        small=cfg.dbl.small,
+        tau=cfg.dbl.tau,
+        dataset_size=dataset_size,
+        epochs=cfg.schedule.epochs,
+        lr=cfg.schedule.lr,
+        milestones=tuple(cfg.schedule.milestones),
+        gamma=cfg.schedule.gamma,
+        warmup_epochs=cfg.schedule.warmup_epochs,
+        dropouts=tuple(cfg.dropouts()),
+        cyclic=cfg.schedule.cyclic,
+    )
+
+
+def gather_inputs(args: argparse.Namespace) -> PlanInputs:
+    """Resolve the command line into `PlanInputs` (ValueError on conflicts or gaps)."""
+    from dbl_ps.planner import PAPER_BATCH_LARGE, PAPER_TIME_MODELS, TimeModel
+
+    sources = [
+        name
+        for name, given in (
+            ("--config", args.config),
+            ("--calibration", args.calibration),
+            ("--preset", args.preset),
+            ("--alpha/--beta", args.alpha is not None or args.beta is not None),
+        )
+        if given
+    ]
+    if len(sources) > 1:
+        raise ValueError(f"give one time model source, not {' and '.join(sources)}")
+    if args.overrides and not args.config:
+        raise ValueError(f"overrides {args.overrides} need --config")
+
+    if args.config:
+        from dbl_ps.config import load_config
+
+        inputs = inputs_from_config(load_config(args.config, args.overrides), args.dataset_size)
+    elif args.calibration:
+        from dbl_ps.calibrate import load_calibration
+
+        cals = [load_calibration(path) for path in args.calibration]
+        common = sorted(set.intersection(*(set(c.resolutions) for c in cals)))
+        if not common:
+            raise ValueError(f"the calibration files {args.calibration} share no resolution")
+        if len(cals) == 1:
+            models = {r: cals[0].resolutions[r].time_model() for r in common}
+            batches = {r: cals[0].resolutions[r].batch_large for r in common}
+        else:
+            models = {r: [c.resolutions[r].time_model() for c in cals] for r in common}
+            batches = {r: [c.resolutions[r].batch_large for c in cals] for r in common}
+        workers = args.workers if args.workers is not None else (len(cals) if len(cals) > 1 else 4)
+        if len(cals) > 1 and workers != len(cals):
+            raise ValueError(f"--workers={workers} but {len(cals)} calibration files (give one per worker, or one for all)")
+        if args.dataset_size is None:
+            raise ValueError("--calibration needs --dataset-size (training samples per epoch)")
+        inputs = PlanInputs(models, batches, workers, 1, 1.05, args.dataset_size)
+    elif args.preset:
+        preset = PRESETS[args.preset]
+        inputs = PlanInputs(
+            dict(PAPER_TIME_MODELS[args.preset]),
+            dict(PAPER_BATCH_LARGE[args.preset]),
+            4,
+            1,
+            1.05,
+            preset["dataset_size"],
+            epochs=preset["epochs"],
+            milestones=preset["milestones"],
+            dropouts=preset["dropouts"],
+        )
+    elif args.alpha is not None:
+        if args.beta is None or args.batch_large is None or args.resolutions is None:
+            raise ValueError("--alpha needs --beta, --batch-large and --resolutions (one value per resolution each)")
+        if args.dataset_size is None:
+            raise ValueError("--alpha needs --dataset-size (training samples per epoch)")
+        k = len(args.resolutions)
+        for name, values in (("--alpha", args.alpha), ("--beta", args.beta), ("--batch-large", args.batch_large)):
+            if len(values) != k:
+                raise ValueError(f"{name} has {len(values)} values for {k} resolutions {args.resolutions}")
+        if len(set(args.resolutions)) != k:
+            raise ValueError(f"--resolutions={args.resolutions} lists a resolution twice")
+        models = {r: TimeModel(alpha=a, beta=b) for r, a, b in zip(args.resolutions, args.alpha, args.beta)}
+        inputs = PlanInputs(models, dict(zip(args.resolutions, args.batch_large)), 4, 1, 1.05, args.dataset_size)
+    else:
+        raise ValueError("no time model: give --config, --calibration, --preset, or --alpha/--beta/--batch-large/--resolutions")
+
+    # flags override whatever the source said
+    if args.batch_large is not None and args.alpha is None:
+        res = sorted(inputs.time_models)
+        if len(args.batch_large) != len(res):
+            raise ValueError(f"--batch-large has {len(args.batch_large)} values for {len(res)} resolutions {res}")
+        inputs.batch_large = dict(zip(res, args.batch_large))
+    for name in ("workers", "small", "tau", "dataset_size", "epochs", "lr", "gamma", "warmup_epochs"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(inputs, name, value)
+    if args.milestones is not None:
+        inputs.milestones = tuple(args.milestones)
+    if args.dropouts is not None:
+        inputs.dropouts = tuple(args.dropouts)
+    return inputs
+
+
+def schedule_spec(inputs: PlanInputs, plan: Any) -> Any:
+    """The `ScheduleSpec` of a plan: resolutions and batch sizes from the plan, the rest from inputs."""
+    from dbl_ps.schedule import ScheduleSpec
+
+    resolutions = tuple(plan.resolutions)
+    rplans = [plan[r] for r in resolutions]
+    return ScheduleSpec(
+        epochs=inputs.epochs,
+        base_lr=inputs.lr,
+        milestones=tuple(m for m in inputs.milestones),
+        gamma=inputs.gamma,
+        warmup_epochs=inputs.warmup_epochs,
+        resolutions=resolutions,
+        dropouts=inputs.dropouts,
+        # uniform hardware: every large worker's B_L; mixed hardware: the largest, and
+        # each worker reads its own batch from plan[r].batches
+        batch_large=tuple(max(p.batch_large) for p in rplans),
+        batch_small=tuple(p.batch_small for p in rplans) if plan.small else None,
+        cyclic=inputs.cyclic,
+    )
+
+
+def predicted_run_seconds(plan: Any, spec: Any) -> float:
+    """Sum over schedule phases of (phase epochs) x (predicted epoch seconds at its resolution)."""
+    from dbl_ps.schedule import phases
+
+    return sum((ph.end - ph.start) * plan[ph.resolution].epoch_seconds for ph in phases(spec))
+
+
+def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
+    """One line per (n_S, resolution): b_S, shares, predicted epoch seconds; chosen n_S marked."""
+    header = ("", "n_S", "res", "b_S", "B_L", "d_S", "d_L", "epoch s", "vs all-large", "merge f_S")
+    lines: list[tuple[str, ...]] = [header]
+    for n_s, result in rows:
+        mark = "*" if n_s == chosen else ""
+        if isinstance(result, Exception):
+            lines.append((mark, str(n_s), "-", "infeasible: " + str(result)))
+            continue
+        for r, p in result.resolutions.items():
+            lines.append(
+                (
+                    mark,
+                    str(n_s),
+                    str(r),
+                    "-" if p.batch_small is None else str(p.batch_small),
+                    "/".join(sorted({str(b) for b in p.batch_large})),
+                    "-" if p.d_small is None else str(p.d_small),
+                    "-" if p.small == p.workers else str(p.d_large),
+                    f"{p.epoch_seconds:.4g}",
+                    f"{p.epoch_seconds / p.baseline_epoch_seconds:.3f}",
+                    "-" if p.small == 0 else f"{p.merge_weights[0]:.3f}",
+                )
+            )
+    widths = [max(len(line[i]) for line in lines if len(line) > i and len(line) == len(header)) for i in range(len(header))]
+    out = []
+    for line in lines:
+        if len(line) == len(header):
+            out.append("  ".join(c.rjust(w) for c, w in zip(line, widths)))
+        else:
+            out.append("  ".join(c.rjust(w) for c, w in zip(line[:3], widths[:3])) + "  " + line[3])
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dbl_ps.planner import InfeasiblePlanError, make_plan, plan_all_small_counts
+
+    try:
+        inputs = gather_inputs(args)
+        rows = plan_all_small_counts(inputs.time_models, inputs.batch_large, inputs.workers, inputs.tau, inputs.dataset_size)
+        plan = make_plan(inputs.time_models, inputs.batch_large, inputs.workers, inputs.small, inputs.tau, inputs.dataset_size)
+        spec = schedule_spec(inputs, plan) if args.show_schedule else None
+    except InfeasiblePlanError as err:
+        if not args.json:
+            print(format_plan_table(rows, inputs.small))
+        print(f"dbl-ps plan: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:
+        print(f"dbl-ps plan: error: {err}", file=sys.stderr)
+        return 2
+
+    if args.json:
+        out = plan.to_dict()
+        out["options"] = [
+            {"small": n, "feasible": not isinstance(p, Exception), "error": str(p) if isinstance(p, Exception) else None,
+             "batch_small": None if isinstance(p, Exception) else [x.batch_small for x in p.resolutions.values()],
+             "predicted_epoch_seconds": None if isinstance(p, Exception) else [x.epoch_seconds for x in p.resolutions.values()]}
+            for n, p in rows
+        ]
+        if spec is not None:
+            from dbl_ps.schedule import phases, plot_schedule
+
+            plot_schedule(spec, args.schedule_png)
+            out["schedule"] = {"method": spec.method, "phases": [ph.to_dict() for ph in phases(spec)],
+                               "predicted_run_seconds": predicted_run_seconds(plan, spec), "png": args.schedule_png}
+        print(json.dumps(out, indent=2))
+        return 0
+
+    print(
+        f"W={inputs.workers} workers, N={inputs.dataset_size}, tau={inputs.tau:g}; "
+        f"small workers are ids 0..n_S-1; * = chosen n_S={inputs.small}"
+    )
+    print(format_plan_table(rows, inputs.small))
+    if spec is not None:
+        from dbl_ps.schedule import format_phases, plot_schedule
+
+        print()
+        print(f"schedule ({spec.method}):")
+        print(format_phases(spec))
+        total = predicted_run_seconds(plan, spec)
+        top = max(plan.resolutions)
+        baseline = spec.epochs * rows[0][1][top].epoch_seconds  # n_S = 0, always feasible
+        print(
+            f"predicted training time {total:.4g} s = {total / baseline:.3f} x all-large training at {top} px "
+            f"({baseline:.4g} s)"
+        )
+        plot_schedule(spec, args.schedule_png)
+        print(f"schedule drawn to {args.schedule_png}")
+    return 0

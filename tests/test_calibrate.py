@@ -1,0 +1,259 @@
+"""Tests of dbl_ps.calibrate and the `plan` / `calibrate` commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from dbl_ps.calibrate import (
+    Calibration,
+    batch_grid,
+    calibrate,
+    format_calibration_table,
+    load_calibration,
+    probe_max_batch,
+    save_calibration,
+)
+from dbl_ps.commands import calibrate as calibrate_cmd
+from dbl_ps.commands import plan as plan_cmd
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_command(module, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(argv))
+
+
+def write_calibration(path: Path, alpha32: float, beta32: float, batch32: int, device: str = "cpu") -> Path:
+    data = {
+        "device": device,
+        "model": "resnet18_cifar",
+        "resolutions": {
+            "24": {"alpha": 0.014788833468238893, "beta": 0.00035268184915307385, "r2": 0.99, "batch_large": 600,
+                   "samples": [[100, 0.05], [600, 0.23]]},
+            "32": {"alpha": alpha32, "beta": beta32, "r2": 0.99, "batch_large": batch32, "samples": []},
+        },
+        "torch_version": "2.x",
+        "created": "2026-01-01T00:00:00+00:00",
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_batch_grid():
+    assert batch_grid(256) == [8, 16, 32, 64, 128, 256]
+    grid = batch_grid(560, points=8)
+    assert grid[0] == 8 and grid[-1] == 560 and grid == sorted(set(grid)) and len(grid) == 8
+    assert batch_grid(5) == [2, 5]
+    with pytest.raises(ValueError, match=r"points=1 must be >= 2"):
+        batch_grid(64, points=1)
+
+
+@pytest.mark.parametrize("largest", [1, 2, 3, 17, 300, 4096, 65536])
+def test_probe_max_batch_finds_the_oom_edge(largest):
+    calls = []
+
+    def fits(b: int) -> bool:
+        calls.append(b)
+        return b <= largest
+
+    assert probe_max_batch(fits, start=16, limit=65536) == largest
+    assert len(calls) <= 40  # doubling then bisection, not a linear scan
+
+
+def test_probe_max_batch_limits():
+    assert probe_max_batch(lambda b: False) == 0
+    assert probe_max_batch(lambda b: True, limit=1000) == 1000
+
+
+# --------------------------------------------------------------------------- calibration files
+
+
+def test_load_roundtrip_and_table(tmp_path):
+    path = write_calibration(tmp_path / "c.json", 0.015562114074817612, 0.0005056358858583448, 560)
+    cal = load_calibration(path)
+    assert sorted(cal.resolutions) == [24, 32]
+    assert cal.batch_large() == {24: 600, 32: 560}
+    assert cal.time_models()[32].alpha == 0.015562114074817612
+    assert cal.resolutions[24].samples == ((100, 0.05), (600, 0.23))
+    save_calibration(cal, tmp_path / "d.json")
+    assert load_calibration(tmp_path / "d.json") == cal
+    table = format_calibration_table(cal)
+    assert "560" in table and "0.01556" in table
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("not json", r"is not valid JSON"),
+        ("[]", r"expected a JSON object"),
+        ('{"device": "cpu", "model": "m"}', r"missing key 'resolutions'"),
+        ('{"device": "cpu", "model": "m", "resolutions": {"x": {}}}', r"key must be a resolution in pixels"),
+        ('{"device": "cpu", "model": "m", "resolutions": {"32": {"alpha": 0.1, "beta": 0.01}}}', r"missing key 'batch_large'"),
+        ('{"device": "cpu", "model": "m", "resolutions": {"32": {"alpha": 0.1, "beta": 0.01, "batch_large": 0}}}',
+         r"batch_large=0 must be a positive integer"),
+        ('{"device": "cpu", "model": "m", "resolutions": {"32": {"alpha": 0.1, "beta": -1, "batch_large": 8}}}',
+         r"resolutions\['32'\]: beta=-1 must be >= 0"),
+    ],
+)
+def test_load_errors(tmp_path, content, pattern):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=pattern):
+        load_calibration(path)
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"cannot be read"):
+        load_calibration(tmp_path / "nope.json")
+
+
+# --------------------------------------------------------------------------- real measurement (CPU)
+
+
+def test_calibrate_cpu_measures_real_steps(tmp_path):
+    torch = pytest.importorskip("torch")
+    threads_before = torch.get_num_threads()
+    cal = calibrate(
+        "small_resnet", [8, 12], batch_sizes=[2, 64], batch_cap=64, warmup=1, repeats=3, threads=1, progress=False
+    )
+    assert isinstance(cal, Calibration)
+    assert cal.device == "cpu" and cal.model == "small_resnet"
+    assert cal.settings["threads"] == 1
+    assert torch.get_num_threads() == threads_before  # restored
+    for r in (8, 12):
+        c = cal.resolutions[r]
+        assert [b for b, _ in c.samples] == [2, 64]
+        assert all(0 < s < 5 for _, s in c.samples)
+        assert c.batch_large == 64
+        assert c.beta > 0
+        # two points: the line passes through both
+        assert c.alpha + c.beta * 64 == pytest.approx(c.samples[1][1])
+    save_calibration(cal, tmp_path / "cal.json")
+    data = json.loads((tmp_path / "cal.json").read_text())
+    assert set(data) >= {"device", "model", "resolutions", "torch_version", "created"}
+    assert set(data["resolutions"]["8"]) == {"alpha", "beta", "r2", "batch_large", "samples"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"resolutions": []}, r"resolutions is empty"),
+        ({"device": "tpu"}, r"device='tpu' must be 'cpu' or 'cuda'"),
+        ({"batch_sizes": [64], "batch_cap": 64}, r"need at least 2 batch sizes"),
+        ({"model_name": "vgg"}, r"model name 'vgg' is unknown"),
+    ],
+)
+def test_calibrate_errors(kwargs, pattern):
+    args = {"model_name": "small_resnet", "resolutions": [8], "progress": False, "warmup": 0, "repeats": 1} | kwargs
+    with pytest.raises(ValueError, match=pattern):
+        calibrate(args.pop("model_name"), args.pop("resolutions"), **args)
+
+
+def test_calibrate_command_writes_file(tmp_path, capsys):
+    out = tmp_path / "cal.json"
+    rc = run_command(
+        calibrate_cmd,
+        ["--resolutions", "8", "--batch-sizes", "2,32", "--batch-cap", "32", "--warmup", "1", "--repeats", "2",
+         "--threads", "1", "--quiet", "--out", str(out)],
+    )
+    assert rc == 0
+    assert load_calibration(out).resolutions[8].batch_large == 32
+    assert "wrote" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- plan command
+
+
+def test_plan_json_preset_check_values(capsys):
+    assert run_command(plan_cmd, ["--preset", "cifar", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["d_large"] == [13125, 13125]
+    assert out["d_small"] == [10625, 10625]
+    assert out["batch_small"][1] == 102
+    assert out["batch_large"] == [600, 560]
+    assert len(out["predicted_epoch_seconds"]) == 2
+    assert [o["small"] for o in out["options"]] == [0, 1, 2, 3, 4]
+    assert out["options"][2]["batch_small"][1] == 185
+
+
+def test_plan_flags_table(capsys):
+    argv = ["--alpha", "0.015562114074817612", "--beta", "0.0005056358858583448", "--batch-large", "560",
+            "--resolutions", "32", "--dataset-size", "50000", "--tau", "1.1"]
+    assert run_command(plan_cmd, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    chosen = [line for line in lines if line.startswith("*")]
+    assert len(chosen) == 1
+    assert chosen[0].split()[1:7] == ["1", "32", "47", "560", "8750", "13750"]
+
+
+def test_plan_infeasible_exit_code_and_message(capsys):
+    assert run_command(plan_cmd, ["--preset", "cifar", "--tau", "1.6"]) == 2
+    err = capsys.readouterr().err
+    assert "tau=1.6 leaves no data for small workers with n_S=1" in err
+    assert "use tau < 1.3333" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["--alpha", "0.1", "--beta", "0.001", "--batch-large", "64", "--dataset-size", "100"], r"--alpha needs"),
+        (["--alpha", "0.1,0.2", "--beta", "0.001", "--batch-large", "64", "--resolutions", "8,16", "--dataset-size", "100"],
+         r"--beta has 1 values for 2 resolutions"),
+        (["--preset", "cifar", "--alpha", "0.1"], r"give one time model source"),
+        ([], r"no time model"),
+        (["--preset", "cifar", "--small", "9"], r"small=9 must be in 0..4"),
+    ],
+)
+def test_plan_input_errors(argv, pattern, capsys):
+    assert run_command(plan_cmd, argv) == 2
+    assert re.search(pattern, capsys.readouterr().err)
+
+
+def test_plan_calibration_file_and_mixed_hardware(tmp_path, capsys):
+    one = write_calibration(tmp_path / "one.json", 0.015562114074817612, 0.0005056358858583448, 560)
+    assert run_command(plan_cmd, ["--calibration", str(one), "--dataset-size", "50000", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["batch_small"][1] == 102 and out["d_small"] == [10625, 10625]
+
+    slow = write_calibration(tmp_path / "slow.json", 0.03, 0.001, 280)
+    argv = ["--dataset-size", "50000", "--small", "0", "--json"]
+    for path in (one, one, slow, slow):
+        argv += ["--calibration", str(path)]
+    assert run_command(plan_cmd, argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    shares = out["per_resolution"]["32"]["shares"]
+    assert sum(shares) == 50000
+    assert shares[0] == shares[1] > 1.8 * shares[2]  # the fast devices get more data
+    assert out["per_resolution"]["32"]["batches"] == [560, 560, 280, 280]
+    times = out["per_resolution"]["32"]["predicted_epoch_seconds"]
+    assert max(times) / min(times) < 1.01
+
+
+def test_plan_from_config(capsys):
+    pytest.importorskip("yaml")
+    config = REPO / "configs" / "cifar100_resnet18.yaml"
+    if not config.exists():
+        pytest.skip("config file not in this checkout")
+    assert run_command(plan_cmd, ["--config", str(config), "--json", "dbl.tau=1.1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dataset_size"] == 50000
+    assert out["d_large"][1] == 13750 and out["d_small"][1] == 8750 and out["batch_small"][1] == 47
+
+
+def test_plan_show_schedule(tmp_path, capsys):
+    png = tmp_path / "s.png"
+    assert run_command(plan_cmd, ["--preset", "cifar", "--show-schedule", "--schedule-png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "130-140  0.002   32      0.2          560          102" in out
+    assert "x all-large training at 32 px" in out
