@@ -190,6 +190,8 @@ impl ParameterStore {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Unlink first: whoever sees `closed` also finds the name gone.
+        self.shared.segment().unlink();
         let header = self.shared.header();
         header.closed.store(1, Ordering::SeqCst);
         self.stop_server.store(true, Ordering::SeqCst);
@@ -199,7 +201,6 @@ impl ParameterStore {
         if let Some(server) = self.server.lock().expect("server handle").take() {
             let _ = server.join();
         }
-        self.shared.segment().unlink();
     }
 }
 
