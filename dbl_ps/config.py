@@ -154,7 +154,8 @@ class ScheduleConfig:
     lr: float = _f(0.1, gt=0.0)
     milestones: list[int] = _f([12, 20], ge=1, help="global epochs where the LR is multiplied by gamma")
     gamma: float = _f(0.1, gt=0.0, le=1.0)
-    warmup_epochs: int = _f(1, ge=0, help="linear LR warm-up over the first epochs")
+    warmup_epochs: int = _f(1, ge=0, help="linear LR warm-up over the first epochs (at most until the first milestone)")
+    warmup_start_factor: float = _f(0.1, ge=0.0, le=1.0, help="warm-up starts at this fraction of lr")
     resolutions: list[int] = _f([12, 16], ge=4, help="CPL resolutions, low to high; one value = no CPL")
     cyclic: bool = _f(True, help="restart the resolution climb in every LR stage (CPL); false = one climb over the run")
 
@@ -167,8 +168,9 @@ class ScheduleConfig:
             raise _bad(f"{prefix}milestones", self.milestones, "strictly increasing epochs, e.g. [80, 120]")
         if self.milestones and self.milestones[-1] >= self.epochs:
             raise _bad(f"{prefix}milestones", self.milestones, f"epochs between 1 and schedule.epochs - 1 = {self.epochs - 1}")
-        if self.warmup_epochs >= self.epochs:
-            raise _bad(f"{prefix}warmup_epochs", self.warmup_epochs, f"fewer than schedule.epochs = {self.epochs}")
+        limit, what = (self.milestones[0], "the first milestone") if self.milestones else (self.epochs, "schedule.epochs")
+        if self.warmup_epochs > limit:
+            raise _bad(f"{prefix}warmup_epochs", self.warmup_epochs, f"0..{limit} (warm-up ends by {what})")
 
 
 @dataclass(kw_only=True)

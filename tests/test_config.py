@@ -179,7 +179,8 @@ def test_override_into_a_value_is_an_error():
         ("schedule.milestones=[10,30]", "schedule.milestones", "schedule.epochs - 1"),
         ("schedule.milestones=[1,x]", "schedule.milestones[1]", "an integer"),
         ("schedule.resolutions=[16,12]", "schedule.resolutions", "strictly increasing"),
-        ("schedule.warmup_epochs=24", "schedule.warmup_epochs", "fewer than"),
+        ("schedule.warmup_epochs=13", "schedule.warmup_epochs", "0..12 (warm-up ends by the first milestone)"),
+        ("schedule.warmup_start_factor=2", "schedule.warmup_start_factor", "<= 1.0"),
         ("store.mode=fast", "store.mode", "'bsp', 'asp', 'ssp'"),
         ("store.sync_every=0", "store.sync_every", ">= 1"),
         ("store.sync_every=epoch", "store.sync_every", "'mini_epoch'"),
@@ -290,3 +291,33 @@ def test_round_trip_property(tau, workers, data, lr, epochs, sync):
     assert (cfg.dbl.tau, cfg.dbl.workers, cfg.dbl.small, cfg.schedule.lr) == (tau, workers, small, lr)
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+# --------------------------------------------------------------------------- configs feed the schedule and the planner
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_config_gives_a_valid_schedule_spec(path):
+    from dbl_ps.schedule import ScheduleSpec
+
+    cfg = load_config(path)
+    s = cfg.schedule
+    spec = ScheduleSpec(epochs=s.epochs, base_lr=s.lr, milestones=tuple(s.milestones), gamma=s.gamma,
+                        warmup_epochs=s.warmup_epochs, warmup_start_factor=s.warmup_start_factor,
+                        resolutions=tuple(s.resolutions), dropouts=tuple(cfg.dropouts()),
+                        batch_large=tuple(cfg.batch_large()), cyclic=s.cyclic)
+    assert spec.resolutions == tuple(s.resolutions)
+
+
+@pytest.mark.parametrize("name, dataset_size", [("cifar100_resnet18.yaml", 50000), ("imagenet_resnet18.yaml", 1281167)])
+def test_paper_configs_plan_feasibly(name, dataset_size):
+    from dbl_ps.planner import TimeModel, make_plan
+
+    cfg = load_config(CONFIGS / name)
+    res = cfg.schedule.resolutions
+    models = {r: TimeModel(a, b) for r, (a, b) in zip(res, cfg.time_model())}
+    plan = make_plan(models, dict(zip(res, cfg.batch_large())), cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size)
+    for r in res:
+        assert sum(plan[r].shares) == dataset_size and 1 <= plan[r].batch_small <= plan[r].batch_large[0]
+    if name.startswith("cifar"):
+        assert (plan[32].d_large, plan[32].d_small, plan[32].batch_small) == (13125, 10625, 102)
