@@ -175,7 +175,7 @@ class ScheduleConfig:
 
 @dataclass(kw_only=True)
 class DBSLConfig:
-    workers: int = _f(4, ge=1, help="W, the number of worker processes")
+    workers: int = _f(4, ge=1, le=4096, help="W, the number of worker processes")
     small: int = _f(1, ge=0, help="n_S, how many workers train with the small batch (0 = plain PS training)")
     tau: float = _f(1.1, ge=1.0, help="time budget: a small-batch epoch may take tau x the all-large time")
     batch_large: list[int] | dict[int, int] | None = _f({12: 96, 16: 64}, ge=1,
@@ -197,12 +197,20 @@ class DBSLConfig:
 class StoreConfig:
     mode: Literal["bsp", "asp", "ssp"] = _f("asp", help="synchronisation: bulk-synchronous, asynchronous, stale-synchronous")
     rule: Literal["average", "blend", "sgd"] = _f("blend", help="merge: weighted mean, (w + f*w_i)/(1+f), or server-side SGD on gradients")
-    staleness: int = _f(1, ge=0, help="SSP bound on how many pushes a worker may run ahead")
+    staleness: int = _f(0, ge=0, help="SSP bound on how many pushes a worker may run ahead (mode ssp only)")
     sync_every: int | Literal["mini_epoch"] = _f("mini_epoch", ge=1, help="push after each mini-epoch (paper) or every k steps")
-    apply_threads: int = _f(0, ge=0, help="store threads applying updates; 0 = auto")
+    apply_threads: int = _f(0, ge=0, le=256, help="store threads applying updates; 0 = auto")
 
     def check(self, prefix: str) -> None:
-        pass
+        # The same pairings the parameter store enforces, caught before any process starts.
+        if self.rule == "blend" and self.mode == "bsp":
+            raise _bad(f"{prefix}rule", self.rule, f"'average' or 'sgd' with {prefix}mode='bsp' "
+                       "('blend' applies each push on arrival and needs mode 'asp' or 'ssp')")
+        if self.rule == "average" and self.mode != "bsp":
+            raise _bad(f"{prefix}rule", self.rule, f"'blend' or 'sgd' with {prefix}mode='{self.mode}' "
+                       "('average' merges a whole round and needs mode 'bsp')")
+        if self.staleness > 0 and self.mode != "ssp":
+            raise _bad(f"{prefix}staleness", self.staleness, f"0 with {prefix}mode='{self.mode}' (the bound applies to mode 'ssp' only)")
 
 
 @dataclass(kw_only=True)

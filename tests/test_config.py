@@ -113,6 +113,12 @@ def test_overrides_parse_yaml_scalars_and_lists():
     assert cfg.store.sync_every == 5
 
 
+def test_store_pairings_accepted():
+    assert load_config(None, ["store.mode=bsp", "store.rule=average"]).store.rule == "average"
+    assert load_config(None, ["store.mode=ssp", "store.staleness=2"]).store.staleness == 2
+    assert load_config(None, ["store.mode=bsp", "store.rule=sgd", "store.sync_every=1"]).store.rule == "sgd"
+
+
 def test_override_beats_file(tmp_path):
     path = write_yaml(tmp_path / "c.yaml", {"dbl": {"tau": 1.05}})
     assert load_config(path, ["dbl.tau=1.2"]).dbl.tau == 1.2
@@ -192,6 +198,10 @@ def test_override_into_a_value_is_an_error():
         ("data.source=cifar10", "data.path", "directory"),
         ("device=tpu", "device", "'cuda'"),
         ("dbl.alpha=[0.01,0.02]", "dbl.alpha", "dbl.beta"),
+        ("store.mode=bsp", "store.rule", "'average' or 'sgd' with store.mode='bsp'"),
+        ("store.rule=average", "store.rule", "'blend' or 'sgd' with store.mode='asp'"),
+        ("store.staleness=2", "store.staleness", "mode 'ssp' only"),
+        ("store.apply_threads=300", "store.apply_threads", "<= 256"),
         ("optim.momentum=0", None, None),  # fine on its own
     ],
 )
@@ -321,3 +331,25 @@ def test_paper_configs_plan_feasibly(name, dataset_size):
         assert sum(plan[r].shares) == dataset_size and 1 <= plan[r].batch_small <= plan[r].batch_large[0]
     if name.startswith("cifar"):
         assert (plan[32].d_large, plan[32].d_small, plan[32].batch_small) == (13125, 10625, 102)
+
+
+@pytest.mark.parametrize("mode", ["bsp", "asp", "ssp"])
+@pytest.mark.parametrize("rule", ["average", "blend", "sgd"])
+@pytest.mark.parametrize("staleness", [0, 2])
+def test_store_settings_the_config_accepts_are_the_ones_the_store_accepts(mode, rule, staleness):
+    pytest.importorskip("dbl_ps._rust_ps", reason="the Rust extension is not built")
+    from dbl_ps.store import ParameterStore
+
+    overrides = [f"store.mode={mode}", f"store.rule={rule}", f"store.staleness={staleness}"]
+    try:
+        cfg = load_config(None, overrides)
+    except ConfigError:
+        cfg = None
+    try:
+        # Momentum/weight decay on the server apply to rule 'sgd' only.
+        extra = {"momentum": 0.9, "weight_decay": 1e-4} if rule == "sgd" else {}
+        with ParameterStore(8, 2, mode=mode, rule=rule, staleness=staleness, **extra):
+            store_ok = True
+    except ValueError:
+        store_ok = False
+    assert (cfg is not None) == store_ok
