@@ -180,13 +180,17 @@ class DBSLConfig:
     tau: float = _f(1.1, ge=1.0, help="time budget: a small-batch epoch may take tau x the all-large time")
     batch_large: list[int] | dict[int, int] | None = _f({12: 96, 16: 64}, ge=1,
                                                         help="B_L per resolution ({px: batch} or a list); null = from the calibration file")
-    calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution)")
+    calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution); "
+                                            "values given here explicitly take precedence over it")
     alpha: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
     beta: list[float] | dict[int, float] | None = _f(None, gt=0.0, help="time model: seconds per sample, per resolution")
 
     def check(self, prefix: str) -> None:
         if self.small > self.workers:
             raise _bad(f"{prefix}small", self.small, f"0..dbl.workers = 0..{self.workers}")
+        if self.batch_large is None and self.calibration is None:
+            raise _bad(f"{prefix}batch_large", None, f"B_L per resolution, or a calibration file in {prefix}calibration "
+                       "(written by `dbl-ps calibrate`)")
         if (self.alpha is None) != (self.beta is None):
             key, value = ("alpha", self.alpha) if self.alpha is not None else ("beta", self.beta)
             other = "beta" if key == "alpha" else "alpha"

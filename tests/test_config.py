@@ -113,6 +113,11 @@ def test_overrides_parse_yaml_scalars_and_lists():
     assert cfg.store.sync_every == 5
 
 
+def test_calibration_file_can_replace_batch_large():
+    cfg = load_config(None, ["dbl.batch_large=null", "dbl.calibration=runs/calibration.json"])
+    assert cfg.batch_large() is None and cfg.dbl.calibration == "runs/calibration.json"
+
+
 def test_store_pairings_accepted():
     assert load_config(None, ["store.mode=bsp", "store.rule=average"]).store.rule == "average"
     assert load_config(None, ["store.mode=ssp", "store.staleness=2"]).store.staleness == 2
@@ -198,6 +203,7 @@ def test_override_into_a_value_is_an_error():
         ("data.source=cifar10", "data.path", "directory"),
         ("device=tpu", "device", "'cuda'"),
         ("dbl.alpha=[0.01,0.02]", "dbl.alpha", "dbl.beta"),
+        ("dbl.batch_large=null", "dbl.batch_large", "dbl.calibration"),
         ("store.mode=bsp", "store.rule", "'average' or 'sgd' with store.mode='bsp'"),
         ("store.rule=average", "store.rule", "'blend' or 'sgd' with store.mode='asp'"),
         ("store.staleness=2", "store.staleness", "mode 'ssp' only"),
