@@ -17,6 +17,8 @@ test: test-rust test-python
 
 test-rust:
 	cargo test --release -p rust_ps
+	# loom: every interleaving of the publish/consume and double-buffer protocols
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --release -p rust_ps --test loom_protocol
 
 test-python: .installed
 	$(PYTHON) -m pytest -q

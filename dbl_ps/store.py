@@ -137,6 +137,10 @@ class ParameterStore:
         """Pin the latest state for zero-copy reading: ``np.asarray(snap)``."""
         return self._store.snapshot()
 
+    def server_stats(self) -> dict[str, float]:
+        """Server totals: ``applies``, ``apply_seconds``, ``wait_seconds``, ``bytes_moved``."""
+        return self._store.server_stats()
+
     def worker_stats(self) -> list[dict[str, Any]]:
         """Per worker: ``pushes``, ``applied``, ``attached_pid`` (0 = none), ``departed``."""
         return self._store.worker_stats()

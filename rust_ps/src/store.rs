@@ -15,6 +15,19 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// What the server has done, for benchmarks and the runtime's metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Merges applied (updates in asp/ssp, rounds in bsp).
+    pub applies: std::sync::atomic::AtomicU64,
+    /// Time spent merging (the apply threads' parallel section), in nanoseconds.
+    pub apply_nanos: std::sync::atomic::AtomicU64,
+    /// Payload bytes read plus state bytes read and written by those merges.
+    pub bytes_moved: std::sync::atomic::AtomicU64,
+    /// Time spent waiting for readers to release the copy to be written.
+    pub wait_nanos: std::sync::atomic::AtomicU64,
+}
+
 /// Per-worker counters, for progress displays and staleness metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerStats {
@@ -32,6 +45,7 @@ pub struct ParameterStore {
     stop_server: Arc<AtomicBool>,
     server: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    stats: Arc<ServerStats>,
 }
 
 impl ParameterStore {
@@ -85,12 +99,14 @@ impl ParameterStore {
 
         let apply_threads = options.effective_apply_threads();
         let stop_server = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(ServerStats::default());
         let server = {
             let shared = shared.clone();
             let stop = Arc::clone(&stop_server);
+            let stats = Arc::clone(&stats);
             std::thread::Builder::new()
                 .name("rust_ps-server".into())
-                .spawn(move || Server::new(shared, apply_threads).run(&stop))
+                .spawn(move || Server::new(shared, apply_threads, stats).run(&stop))
                 .map_err(|e| StoreError::Os(format!("could not start the server thread: {e}")))?
         };
         Ok(ParameterStore {
@@ -101,6 +117,7 @@ impl ParameterStore {
             stop_server,
             server: Mutex::new(Some(server)),
             closed: AtomicBool::new(false),
+            stats,
         })
     }
 
@@ -167,6 +184,10 @@ impl ParameterStore {
     pub fn pin(&self) -> Result<Pinned> {
         self.check_open()?;
         Ok(Pinned::new(&self.shared, None))
+    }
+
+    pub fn server_stats(&self) -> &ServerStats {
+        &self.stats
     }
 
     pub fn worker_stats(&self) -> Vec<WorkerStats> {
@@ -253,12 +274,21 @@ struct Server {
     rule: Rule,
     next_worker: usize,
     last_liveness_check: Instant,
+    stats: Arc<ServerStats>,
 }
 
 impl Server {
-    fn new(shared: Shared, apply_threads: usize) -> Server {
+    fn new(shared: Shared, apply_threads: usize, stats: Arc<ServerStats>) -> Server {
         let (mode, rule) = (shared.mode(), shared.rule());
-        Server { shared, pool: ApplyPool::new(apply_threads), mode, rule, next_worker: 0, last_liveness_check: Instant::now() }
+        Server {
+            shared,
+            pool: ApplyPool::new(apply_threads),
+            mode,
+            rule,
+            next_worker: 0,
+            last_liveness_check: Instant::now(),
+            stats,
+        }
     }
 
     fn run(mut self, stop: &AtomicBool) {
@@ -328,6 +358,7 @@ impl Server {
         let header = shared.header();
         let buffers = shared.double_buffer();
         let target = buffers.write_target();
+        let waiting = Instant::now();
         loop {
             let seen = header.pin_bell.load(Ordering::SeqCst);
             if buffers.may_write(self.shared.all_pins(target)) {
@@ -341,6 +372,7 @@ impl Server {
         }
 
         let n = self.shared.layout.num_params;
+        let applying = Instant::now();
         let out = SendPtr(self.shared.state_ptr(target));
         let state = SendPtr(self.shared.state_ptr(1 - target));
         let momentum = self.shared.momentum_ptr().map(SendPtr);
@@ -381,6 +413,18 @@ impl Server {
                 Rule::Sgd => rules::sgd(out, state, momentum, &payloads, &coefficients, sgd),
             }
         });
+
+        let stats = &self.stats;
+        stats.wait_nanos.fetch_add((applying - waiting).as_nanos() as u64, Ordering::Relaxed);
+        stats.apply_nanos.fetch_add(applying.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.applies.fetch_add(1, Ordering::Relaxed);
+        // floats read (payloads, plus state and momentum where used) and written (out, momentum)
+        let floats = match (rule, self.shared.layout.momentum.is_some()) {
+            (Rule::Average, _) => sources.len() + 1,
+            (Rule::Blend, _) | (Rule::Sgd, false) => sources.len() + 2,
+            (Rule::Sgd, true) => sources.len() + 4,
+        };
+        stats.bytes_moved.fetch_add((floats * n * 4) as u64, Ordering::Relaxed);
 
         let version = header.version.load(Ordering::SeqCst) + 1;
         header.buffer_version[target].store(version, Ordering::SeqCst);

@@ -141,6 +141,19 @@ impl PyParameterStore {
         Ok(PyStateSnapshot::new(self.inner.pin().map_err(to_py_err)?))
     }
 
+    /// Server totals: ``applies``, ``apply_seconds`` (merging), ``wait_seconds`` (for
+    /// readers to release a copy) and ``bytes_moved`` (floats read and written x 4).
+    fn server_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.inner.server_stats();
+        let d = PyDict::new(py);
+        d.set_item("applies", s.applies.load(Relaxed))?;
+        d.set_item("apply_seconds", s.apply_nanos.load(Relaxed) as f64 * 1e-9)?;
+        d.set_item("wait_seconds", s.wait_nanos.load(Relaxed) as f64 * 1e-9)?;
+        d.set_item("bytes_moved", s.bytes_moved.load(Relaxed))?;
+        Ok(d)
+    }
+
     /// Per worker: pushes published, pushes applied, attached pid (0 = none), departed.
     fn worker_stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         self.inner
