@@ -7,7 +7,6 @@ RUST_SOURCES := $(shell find rust_ps -name '*.rs' -o -name Cargo.toml) Cargo.tom
 # Installs the package in editable mode (builds the Rust extension with maturin).
 # The stamp file makes repeated `make test` runs skip the rebuild when nothing changed.
 .installed: $(RUST_SOURCES)
-	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -e ".[dev]"
 	touch .installed
 
