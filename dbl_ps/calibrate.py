@@ -192,6 +192,13 @@ def batch_grid(batch_large: int, *, smallest: int = 8, points: int = 6) -> list[
     return [b for b in grid if 1 <= b <= batch_large]
 
 
+def best_throughput_index(samples: Sequence[tuple[int, float]]) -> int:
+    """Index of the sample with the fewest seconds per sample, ``t / b`` (the last on ties)."""
+    per_sample = [t / b for b, t in samples]
+    best = min(per_sample)
+    return max(i for i, v in enumerate(per_sample) if v == best)
+
+
 def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int = 1 << 16) -> int:
     """Largest ``b <= limit`` with ``fits(b)`` true, assuming fits is monotone (true up to a
     point): double from ``start`` until it fails, then bisect. Returns 0 if ``fits(1)`` fails."""
@@ -322,6 +329,7 @@ def calibrate(
     repeats: int = 5,
     margin: float = 0.9,
     compile: bool = False,
+    auto_cap: bool = False,
     threads: int | None = None,
     progress: bool = True,
 ) -> Calibration:
@@ -332,7 +340,11 @@ def calibrate(
     probe's upper limit on a GPU (default ``GPU_PROBE_LIMIT``), where
     ``B_L = floor(margin * largest batch that fits)``. ``batch_sizes`` overrides the
     grid (entries above ``B_L`` are dropped). With ``compile=True`` the model is wrapped
-    in ``torch.compile`` and warmed up at every shape before timing.
+    in ``torch.compile`` and warmed up at every shape before timing. With
+    ``auto_cap=True`` on the CPU, ``B_L`` is the grid batch with the lowest seconds per
+    sample and only the grid up to it is fitted: CPU throughput stops improving (and
+    step time stops being linear) once activations outgrow the caches, so a larger
+    "largest batch" would be slower per sample, which breaks DBSL's premise.
     """
     import torch
 
@@ -362,7 +374,8 @@ def calibrate(
         return _calibrate(
             model_name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
             batch_sizes=batch_sizes, batch_cap=batch_cap, grid_points=grid_points, smallest_batch=smallest_batch,
-            warmup=warmup, repeats=repeats, margin=margin, compile=compile, progress=progress,
+            warmup=warmup, repeats=repeats, margin=margin, compile=compile, auto_cap=auto_cap,
+            progress=progress,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -383,6 +396,7 @@ def _calibrate(
     repeats: int,
     margin: float,
     compile: bool,
+    auto_cap: bool,
     progress: bool,
 ) -> Calibration:
     import torch
@@ -428,6 +442,14 @@ def _calibrate(
                 disable=not progress,
             ),
         )
+        if auto_cap and not on_gpu:
+            samples = samples[: best_throughput_index(samples) + 1]
+            if len(samples) < 2:
+                raise ValueError(
+                    f"at {r} px the smallest batch {grid[0]} already has the best throughput; "
+                    f"give smaller --batch-sizes"
+                )
+            b_large = samples[-1][0]
         fit = fit_time_model(samples)
         results[r] = ResolutionCalibration(
             resolution=r,
@@ -452,6 +474,7 @@ def _calibrate(
             "batch_cap": batch_cap,
             "margin": margin if on_gpu else None,
             "compile": compile,
+            "auto_cap": auto_cap and not on_gpu,
             "threads": torch.get_num_threads(),
         },
     )

@@ -12,6 +12,7 @@ import pytest
 from dbl_ps.calibrate import (
     Calibration,
     batch_grid,
+    best_throughput_index,
     calibrate,
     format_calibration_table,
     load_calibration,
@@ -68,6 +69,12 @@ def test_probe_max_batch_finds_the_oom_edge(largest):
 
     assert probe_max_batch(fits, start=16, limit=65536) == largest
     assert len(calls) <= 40  # doubling then bisection, not a linear scan
+
+
+def test_best_throughput_index():
+    # seconds per sample: 0.5, 0.25, 0.2, 0.25 -> batch 16 is the CPU's best
+    assert best_throughput_index([(4, 2.0), (8, 2.0), (16, 3.2), (32, 8.0)]) == 2
+    assert best_throughput_index([(4, 1.0), (8, 2.0)]) == 1  # tie: the larger batch
 
 
 def test_probe_max_batch_limits():
@@ -142,6 +149,23 @@ def test_calibrate_cpu_measures_real_steps(tmp_path):
     data = json.loads((tmp_path / "cal.json").read_text())
     assert set(data) >= {"device", "model", "resolutions", "torch_version", "created"}
     assert set(data["resolutions"]["8"]) == {"alpha", "beta", "r2", "batch_large", "samples"}
+
+
+def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
+    import dbl_ps.calibrate as cal_mod
+
+    def fake_measure(model, grid, resolution, **kwargs):  # 2 ms + 1 ms/sample up to 16, then 2 ms/sample
+        return [(b, 0.002 + 0.001 * b if b <= 16 else 0.002 * b) for b in grid]
+
+    monkeypatch.setattr(cal_mod, "measure_grid", fake_measure)
+    cal = calibrate("small_resnet", [8], batch_sizes=[4, 8, 16, 32, 64], batch_cap=64, auto_cap=True, progress=False)
+    c = cal.resolutions[8]
+    assert c.batch_large == 16
+    assert [b for b, _ in c.samples] == [4, 8, 16]
+    assert c.alpha == pytest.approx(0.002) and c.beta == pytest.approx(0.001)
+    assert cal.settings["auto_cap"] is True
+    plain = calibrate("small_resnet", [8], batch_sizes=[4, 8, 16, 32, 64], batch_cap=64, progress=False)
+    assert plain.resolutions[8].batch_large == 64
 
 
 @pytest.mark.parametrize(

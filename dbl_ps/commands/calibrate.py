@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per batch size (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per batch size; the median counts (default %(default)s)")
     parser.add_argument("--margin", type=float, default=0.9, help="GPU: B_L = margin x largest batch that fits (default %(default)s)")
+    parser.add_argument(
+        "--auto-cap",
+        action="store_true",
+        help="CPU: B_L = the grid batch with the best throughput (fewest seconds per sample); fit only up to it",
+    )
     parser.add_argument("--compile", action="store_true", help="time the torch.compile'd model (warmed up per shape)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             margin=args.margin,
             compile=args.compile,
+            auto_cap=args.auto_cap,
             threads=args.threads,
             progress=not args.quiet,
         )
