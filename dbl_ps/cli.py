@@ -14,6 +14,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cleanup": ("dbl_ps.commands.cleanup", "remove shared-memory segments left by dead parameter stores"),
     "plan": ("dbl_ps.commands.plan", "DBSL plan: small batch, data shares and predicted epoch time per resolution"),
     "calibrate": ("dbl_ps.commands.calibrate", "measure the time model t(b) = alpha + beta*b and the largest batch"),
+    "train": ("dbl_ps.commands.train", "train a model: parameter store + worker processes (DBSL, CPL, hybrid)"),
+    "compare": ("dbl_ps.commands.compare", "run baseline, DBSL, CPL and hybrid on one config and write one report"),
+    "report": ("dbl_ps.commands.report", "plots and a table (ratios to a baseline) for existing run directories"),
 }
 
 

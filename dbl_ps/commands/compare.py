@@ -1,0 +1,124 @@
+"""`dbl-ps compare --config FILE [--seeds 0,1] [key=value ...]`: baseline, DBSL, CPL and
+hybrid on the same data and seeds, then one report.
+
+The four variants of a config (which itself describes the hybrid run):
+
+* baseline: every worker large (`dbl.small=0`), one resolution (the highest), no CPL
+* dbsl:     the config's `dbl.small`, one resolution (the highest)
+* cpl:      `dbl.small=0`, the config's resolution cycle
+* hybrid:   the config as it is
+
+All variants use the same time model: the config's, or one measured once at the
+start and written into each variant's config, so their plans agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+METHODS = ("baseline", "dbsl", "cpl", "hybrid")
+PER_RESOLUTION = (("model", "dropout"), ("dbl", "batch_large"), ("dbl", "alpha"), ("dbl", "beta"))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML run config of the hybrid run (default: the embedded digits job)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every variant")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1 (default: %(default)s)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="subset of %(default)s")
+    parser.add_argument("--out", metavar="DIR", help="folder for the runs and the report (default: OUT_DIR/compare-NAME-TIMESTAMP)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _error(message: str) -> int:
+    print(f"dbl-ps compare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def variant(cfg: Any, method: str, seed: int) -> Any:
+    """The config of one method and seed (see the module doc)."""
+    from dbl_ps.config import RunConfig
+
+    data = cfg.to_dict()
+    res = list(cfg.schedule.resolutions)
+    for section, key in PER_RESOLUTION:  # lists -> {px: value} so a single resolution still finds its value
+        values = data[section][key]
+        if isinstance(values, list):
+            data[section][key] = {r: v for r, v in zip(res, values if len(values) > 1 else values * len(res))}
+    if method in ("baseline", "dbsl"):
+        data["schedule"]["resolutions"] = [max(res)]
+    if method in ("baseline", "cpl"):
+        data["dbl"]["small"] = 0
+    data["name"] = method
+    data["seed"] = seed
+    data["description"] = f"{method} variant (seed {seed}) of: {cfg.description}"
+    return RunConfig.from_dict(data)
+
+
+def with_time_model(cfg: Any, log=print) -> Any:
+    """`cfg` with dbl.alpha/beta set, measuring them once if the config has none."""
+    from dbl_ps.config import RunConfig
+    from dbl_ps.data import load_dataset
+    from dbl_ps.runtime.setup import resolve_time_models
+
+    if cfg.time_model() is not None or cfg.dbl.calibration:
+        return cfg
+    data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
+    import torch
+
+    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    models, _, source = resolve_time_models(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
+                                            device=device, log=log)
+    raw = cfg.to_dict()
+    raw["dbl"]["alpha"] = {r: m.alpha for r, m in models.items()}
+    raw["dbl"]["beta"] = {r: m.beta for r, m in models.items()}
+    log(f"time model ({source}): " + ", ".join(f"{r}px alpha={m.alpha:.4g} beta={m.beta:.4g}" for r, m in models.items()))
+    return RunConfig.from_dict(raw)
+
+
+def run(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from dbl_ps.commands.train import train_run
+    from dbl_ps.config import ConfigError, load_config
+    from dbl_ps.report import format_table, load_run, summarize, write_report
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        return _error(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or not seeds:
+        return _error(f"--methods {args.methods!r}: expected a subset of {','.join(METHODS)}; --seeds at least one")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        configs = {(m, s): variant(cfg, m, s) for m in methods for s in seeds}  # all checked before any run
+    except ConfigError as exc:
+        return _error(str(exc))
+    cfg = with_time_model(cfg)
+    out = Path(args.out) if args.out else Path(cfg.out_dir) / f"compare-{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dirs = []
+    for seed in seeds:
+        for method in methods:
+            vcfg = variant(cfg, method, seed)
+            run_dir = out / f"{method}-s{seed}"
+            print(f"=== {method}, seed {seed}: {run_dir}", flush=True)
+            if (run_dir / "summary.json").is_file():
+                print("    already done, skipped", flush=True)
+                code = 0
+            elif (run_dir / "checkpoint.pt").is_file():
+                code = train_run(None, resume=str(run_dir), progress=False if args.no_progress else None)
+            else:
+                code = train_run(vcfg, run_dir=str(run_dir), progress=False if args.no_progress else None)
+            if code != 0:
+                return code
+            run_dirs.append(run_dir)
+    runs = [load_run(d) for d in run_dirs]
+    baseline = "baseline" if "baseline" in methods else None
+    path = write_report(runs, out / "report", baseline=baseline, title=f"dbl-ps compare: {cfg.name}")
+    print(format_table(summarize(runs, baseline), "plain"), end="")
+    print(f"report: {path}")
+    return 0

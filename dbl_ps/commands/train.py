@@ -1,0 +1,55 @@
+"""`dbl-ps train [--config FILE] [key=value ...]` and `dbl-ps train --resume RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="YAML run config (default: the embedded digits job)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. dbl.tau=1.05 store.mode=bsp")
+    parser.add_argument("--run-dir", metavar="DIR", help="run directory (default: OUT_DIR/NAME-TIMESTAMP)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
+
+
+def error(message: str) -> int:
+    print(f"dbl-ps train: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from dbl_ps.config import ConfigError, load_config
+
+    if args.resume and (args.config or args.overrides or args.run_dir):
+        return error("--resume RUN_DIR takes the config from the run directory; give no --config, --run-dir or overrides")
+    try:
+        cfg = None if args.resume else load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        return error(str(exc))
+    return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
+
+
+def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
+    """Run (or resume) one training job with the command line's error handling; returns the exit code."""
+    from dbl_ps.config import ConfigError
+    from dbl_ps.data import DataError
+    from dbl_ps.planner import InfeasiblePlanError
+    from dbl_ps.runtime import Trainer, TrainingInterrupted, WorkerError
+    from dbl_ps.runtime.checkpoint import CheckpointError
+
+    try:
+        trainer = Trainer.resume(resume, progress=progress) if resume else Trainer(cfg, run_dir, progress=progress)
+        trainer.prepare()
+    except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError) as exc:
+        return error(str(exc))
+    try:
+        trainer.train()
+    except TrainingInterrupted as exc:
+        print(f"dbl-ps train: {exc}", file=sys.stderr)
+        return 130
+    except WorkerError as exc:
+        print(f"dbl-ps train: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,81 @@
+"""A model's state as one flat float32 vector, the unit the parameter store moves.
+
+The vector holds every parameter and every floating-point buffer (BatchNorm running
+mean and variance), in `named_parameters()` then `named_buffers()` order, so
+BatchNorm statistics travel with the weights. Integer buffers (BatchNorm's
+`num_batches_tracked`) are not averaged: they stay with each worker and are saved in
+its checkpoint (`int_buffers` / `load_int_buffers`).
+
+    flat = FlatState(model)
+    vec = flat.new_vector()          # float32 CPU tensor of flat.numel values
+    flat.gather(vec)                 # model -> vector
+    flat.scatter(vec)                # vector -> model
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["FlatState"]
+
+
+class FlatState:
+    """Copies between a model's floating state and a flat float32 CPU vector."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        entries: list[tuple[str, torch.Tensor]] = []
+        self.int_names: list[str] = []
+        for name, p in model.named_parameters():
+            entries.append((name, p))
+        for name, b in model.named_buffers():
+            if b.is_floating_point():
+                entries.append((name, b))
+            else:
+                self.int_names.append(name)
+        self.names = [n for n, _ in entries]
+        self.tensors = [t for _, t in entries]
+        self.sizes = [t.numel() for t in self.tensors]
+        self.numel = sum(self.sizes)
+
+    def new_vector(self) -> torch.Tensor:
+        return torch.empty(self.numel, dtype=torch.float32)
+
+    @torch.no_grad()
+    def gather(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's state written into `out` (a float32 CPU vector of `numel`)."""
+        if out is None:
+            out = self.new_vector()
+        if out.numel() != self.numel:
+            raise ValueError(f"flat vector has {out.numel()} values, the model's state has {self.numel}")
+        offset = 0
+        for t, n in zip(self.tensors, self.sizes):
+            out[offset:offset + n].copy_(t.detach().reshape(-1), non_blocking=False)
+            offset += n
+        return out
+
+    @torch.no_grad()
+    def scatter(self, vec: Any) -> None:
+        """Load the model's state from a flat float32 vector (tensor or ndarray)."""
+        if not isinstance(vec, torch.Tensor):
+            vec = torch.from_numpy(vec)
+        if vec.numel() != self.numel:
+            raise ValueError(f"flat vector has {vec.numel()} values, the model's state has {self.numel}")
+        offset = 0
+        for t, n in zip(self.tensors, self.sizes):
+            t.copy_(vec[offset:offset + n].view_as(t))
+            offset += n
+
+    def int_buffers(self) -> dict[str, torch.Tensor]:
+        """The integer buffers (not in the vector), for a worker's checkpoint."""
+        buffers = dict(self.model.named_buffers())
+        return {name: buffers[name].detach().cpu().clone() for name in self.int_names}
+
+    @torch.no_grad()
+    def load_int_buffers(self, state: dict[str, torch.Tensor]) -> None:
+        buffers = dict(self.model.named_buffers())
+        for name, value in state.items():
+            buffers[name].copy_(value)

@@ -1,0 +1,174 @@
+"""Pure pieces of a run's setup, shared by the launcher and the workers: the time
+models and plan from a config, the schedule spec, where a worker syncs inside an
+epoch, and the seeds of every random draw.
+
+Time models come, in order of precedence, from `dbl.alpha`/`dbl.beta`, from the
+calibration file in `dbl.calibration`, or are measured on the spot with
+`dbl_ps.calibrate.calibrate` (a few seconds on the CPU). When that measurement
+gives a time model the planner cannot use (e.g. no fixed cost per step), the run
+falls back to `DEFAULT_TIME_MODEL` and says so. The plan is saved in the run
+directory and a resumed run reads it back instead of measuring again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, make_plan
+from dbl_ps.schedule import ScheduleSpec
+
+__all__ = [
+    "DEFAULT_TIME_MODEL",
+    "resolve_time_models",
+    "build_plan",
+    "build_spec",
+    "plan_from_dict",
+    "sync_boundaries",
+    "epoch_seed",
+    "cpu_cores",
+    "threads_per_worker",
+]
+
+# Typical of a small ResNet at 8-16 px on one CPU core: 3 ms fixed cost per step,
+# 0.2 ms per sample. Only used when a measurement on the spot is unusable.
+DEFAULT_TIME_MODEL = TimeModel(alpha=0.003, beta=0.0002)
+
+
+def cpu_cores() -> int:
+    try:
+        import os
+
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        import os
+
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(cfg: Any) -> int:
+    """Torch threads per worker: the config's value, else cores // workers (at least 1)."""
+    if cfg.threads_per_worker:
+        return int(cfg.threads_per_worker)
+    return max(1, cpu_cores() // cfg.dbl.workers)
+
+
+def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device: str = "cpu",
+                        log: Callable[[str], None] = print) -> tuple[dict[int, TimeModel], dict[int, int], str]:
+    """`(time model per resolution, B_L per resolution, where they came from)`."""
+    resolutions = list(cfg.schedule.resolutions)
+    models: dict[int, TimeModel] = {}
+    batches: dict[int, int] = {}
+    source = ""
+    if cfg.dbl.calibration:
+        from dbl_ps.calibrate import load_calibration
+
+        cal = load_calibration(cfg.dbl.calibration)
+        missing = [r for r in resolutions if r not in cal.resolutions]
+        if missing:
+            raise ValueError(f"calibration file {cfg.dbl.calibration!r} has no entry for resolution(s) {missing}; "
+                             f"it covers {sorted(cal.resolutions)} (set dbl.calibration to a matching file)")
+        models = {r: cal.resolutions[r].time_model() for r in resolutions}
+        batches = {r: cal.resolutions[r].batch_large for r in resolutions}
+        source = f"calibration file {cfg.dbl.calibration}"
+    tm = cfg.time_model()
+    if tm is not None:
+        models = {r: TimeModel(alpha=a, beta=b) for r, (a, b) in zip(resolutions, tm)}
+        source = "config (dbl.alpha, dbl.beta)"
+    if cfg.batch_large() is not None:
+        batches = dict(zip(resolutions, cfg.batch_large()))
+    if not models:
+        if cfg.dbl.small == 0:
+            # n_S = 0: every worker gets N/W at B_L whatever the time model.
+            return {r: DEFAULT_TIME_MODEL for r in resolutions}, batches, "default (not needed: dbl.small=0)"
+        from dbl_ps.calibrate import batch_grid, calibrate
+
+        log(f"measuring the time model of {cfg.model.name} at {resolutions} px on {device} "
+            f"(set dbl.alpha/dbl.beta or dbl.calibration to skip this)")
+        try:
+            grid = sorted({b for r in resolutions for b in batch_grid(batches[r], smallest=8, points=5)})
+            cal = calibrate(cfg.model.name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
+                            batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
+                            threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False)
+            models = cal.time_models()
+            source = "measured on the spot"
+        except ValueError as exc:
+            log(f"time model measurement failed ({exc}); using the default {DEFAULT_TIME_MODEL}")
+            models = {r: DEFAULT_TIME_MODEL for r in resolutions}
+            source = "default (measurement failed)"
+    return models, batches, source
+
+
+def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int],
+               source: str = "", log: Callable[[str], None] = print) -> Plan:
+    """The DBSL plan of every resolution. A measured time model the planner cannot
+    use falls back to `DEFAULT_TIME_MODEL`; a configured one is an error."""
+    try:
+        return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size)
+    except InfeasiblePlanError as exc:
+        if source != "measured on the spot":
+            raise
+        log(f"the measured time model gives no feasible plan ({exc}); using the default {DEFAULT_TIME_MODEL}")
+        defaults = {r: DEFAULT_TIME_MODEL for r in models}
+        return make_plan(defaults, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size)
+
+
+def plan_from_dict(data: dict[str, Any]) -> Plan:
+    """Rebuild a `Plan` from `Plan.to_dict()` output (what plan.json holds)."""
+    plans = {}
+    for key, rp in data["per_resolution"].items():
+        models = [TimeModel(alpha=m["alpha"], beta=m["beta"], r2=m.get("r2")) for m in rp["time_models"]]
+        # Re-plan from the saved inputs: the planner is deterministic, so this is the saved plan.
+        from dbl_ps.planner import plan_resolution
+
+        plans[int(key)] = plan_resolution(models, rp["batch_large"], small=rp["small"], tau=rp["tau"],
+                                          dataset_size=rp["dataset_size"], resolution=int(key))
+        if list(plans[int(key)].shares) != list(rp["shares"]) or list(plans[int(key)].batches) != list(rp["batches"]):
+            raise ValueError(f"saved plan at {key} px does not match its inputs (shares {rp['shares']}, batches {rp['batches']})")
+    return Plan(workers=data["workers"], small=data["small"], tau=data["tau"], dataset_size=data["dataset_size"],
+                resolutions=dict(sorted(plans.items())))
+
+
+def build_spec(cfg: Any, plan: Plan) -> ScheduleSpec:
+    """The schedule of a run: LR, resolution cycle and dropout from the config, batch
+    sizes from the plan (the largest per resolution; each worker reads its own)."""
+    resolutions = tuple(cfg.schedule.resolutions)
+    rplans = [plan[r] for r in resolutions]
+    s = cfg.schedule
+    return ScheduleSpec(
+        epochs=s.epochs, base_lr=s.lr, milestones=tuple(s.milestones), gamma=s.gamma,
+        warmup_epochs=s.warmup_epochs, warmup_start_factor=s.warmup_start_factor,
+        resolutions=resolutions, dropouts=tuple(cfg.dropouts()),
+        batch_large=tuple(max(p.batch_large) for p in rplans),
+        batch_small=tuple(p.batch_small for p in rplans) if plan.small else None,
+        cyclic=s.cyclic,
+    )
+
+
+def sync_boundaries(steps: int, sync_every: int | str, mode: str, all_steps: Sequence[int]) -> list[int]:
+    """Local step counts after which a worker with `steps` steps this epoch pushes.
+
+    `mini_epoch`: once, at the end. Every `k` steps in asp/ssp: after k, 2k, ... and at
+    the end. In bsp every worker must push the same number of times per epoch (a
+    round needs all of them), so there are `S = ceil(max(all_steps) / k)` pushes,
+    spread evenly over each worker's own steps (`ceil(j * steps / S)`, j = 1..S).
+    """
+    if steps < 1:
+        raise ValueError(f"steps={steps} must be >= 1")
+    if sync_every == "mini_epoch":
+        return [steps]
+    k = int(sync_every)
+    if mode == "bsp":
+        rounds = max(1, math.ceil(max(all_steps) / k))
+        return [math.ceil(j * steps / rounds) for j in range(1, rounds + 1)]
+    points = list(range(k, steps, k))
+    return points + [steps]
+
+
+def epoch_seed(seed: int, worker: int, epoch: int) -> int:
+    """Seed of a worker's torch RNG (dropout) for one epoch: a function of
+    (seed, worker, epoch) only, so a resumed run draws exactly what the
+    uninterrupted one drew."""
+    return int(np.random.SeedSequence([seed, 1_000_003, worker, epoch]).generate_state(1)[0])
