@@ -1,0 +1,45 @@
+"""Packaging promises: importing dbl_ps needs no extra, a missing extra is named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dbl_ps._optional import EXTRAS, MissingExtraError, require
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_dbl_ps_module_imports_without_any_extra(tmp_path):
+    # Block the optional packages as if uninstalled, then import every module.
+    modules = sorted(
+        ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        for p in (ROOT / "dbl_ps").rglob("*.py")
+        if p.name != "__main__.py"
+    )
+    blocked = ", ".join(f"{m!r}: None" for m in EXTRAS)
+    script = f"import sys; sys.modules.update({{{blocked}}})\n" + "".join(
+        f"import {m.removesuffix('.__init__')}\n" for m in modules
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_extra_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'dbl-ps\[wandb\]'") as info:
+        require("wandb", feature="Weights & Biases tracking")
+    assert "Weights & Biases tracking needs the package 'wandb'" in str(info.value)
+
+
+def test_extras_in_pyproject_match_the_import_helper():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for module, extra in EXTRAS.items():
+        assert extra in extras, f"{module} maps to extra {extra!r}, missing from pyproject"
+        assert any(req.startswith(module) for req in extras[extra]), (module, extras[extra])
+    assert {"deepspeed", "wandb", "shards", "dev"} <= set(extras)
