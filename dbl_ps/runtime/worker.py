@@ -31,6 +31,8 @@ from typing import Any
 __all__ = ["WorkerArgs", "worker_main", "worker_state_path", "pack_train_data", "unpack_train_data"]
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress messages
+# Testing hook: "WORKER:EPOCH" makes that worker raise at the start of that epoch.
+FAULT_ENV = "DBL_PS_FAIL_WORKER"
 
 
 @dataclass
@@ -173,6 +175,8 @@ class _Worker:
                 if mode == "bsp":
                     self.wait_gate(epoch)
                 self.check_stop()
+                if os.environ.get(FAULT_ENV) == f"{a.worker}:{epoch}":
+                    raise RuntimeError(f"injected failure of worker {a.worker} at epoch {epoch} ({FAULT_ENV})")
                 point, changed = tracker.update(epoch)
                 rp = plan[point.resolution]
                 batch, weight = rp.batches[a.worker], rp.merge_weights[a.worker]

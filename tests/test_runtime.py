@@ -1,0 +1,158 @@
+"""End-to-end runs of the training runtime on small data (digits, W=2, a few epochs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dbl_ps.config import load_config
+from dbl_ps.data import epoch_shares
+from dbl_ps.metrics import read_metrics
+from dbl_ps.models import build_model
+from dbl_ps.runtime import Trainer, WorkerError
+from dbl_ps.runtime.flat import FlatState
+from dbl_ps.runtime.setup import plan_from_dict, sync_boundaries
+
+# Small, fast runs: 2 workers (1 small), time model given (no measuring), digits.
+BASE = ["dbl.workers=2", "dbl.small=1", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.warmup_epochs=0",
+        "schedule.lr=0.05"]
+
+
+def cfg_for(*overrides: str):
+    return load_config(None, [*BASE, *overrides])
+
+
+def run(cfg, run_dir: Path) -> dict:
+    return Trainer(cfg, run_dir, progress=False, log=lambda m: None).train()
+
+
+def final_state(run_dir: Path) -> torch.Tensor:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+def test_flat_state_round_trip_keeps_int_buffers_out():
+    model = build_model("small_resnet", 10, in_channels=1)
+    flat = FlatState(model)
+    n_float = sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for b in model.buffers() if b.is_floating_point())
+    assert flat.numel == n_float
+    assert flat.int_names and all("num_batches_tracked" in n for n in flat.int_names)
+    vec = torch.arange(flat.numel, dtype=torch.float32)
+    flat.scatter(vec)
+    assert torch.equal(flat.gather(), vec)
+    other = FlatState(build_model("small_resnet", 10, in_channels=1))
+    other.scatter(vec.numpy())
+    for (_, a), (_, b) in zip(model.state_dict().items(), other.model.state_dict().items()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="values"):
+        flat.scatter(torch.zeros(3))
+
+
+def test_sync_boundaries():
+    assert sync_boundaries(7, "mini_epoch", "asp", [7, 3]) == [7]
+    assert sync_boundaries(7, 3, "asp", [7, 3]) == [3, 6, 7]
+    # bsp: the same number of pushes for every worker, spread over its own steps
+    assert sync_boundaries(7, 3, "bsp", [7, 3]) == [3, 5, 7]
+    assert sync_boundaries(3, 3, "bsp", [7, 3]) == [1, 2, 3]
+    assert sync_boundaries(2, 1, "bsp", [3, 2]) == [1, 2, 2]
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_bsp_run_learns_and_switches_resolution(tmp_path):
+    # CPL in one LR stage over 4 epochs: 12 px for epochs 0-1, 16 px for 2-3.
+    cfg = cfg_for("store.mode=bsp", "store.rule=average", "schedule.epochs=4", "schedule.milestones=[]")
+    summary = run(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert [r["resolution"] for r in records] == [12, 12, 16, 16]
+    assert {w["resolution"] for r in records for w in r["workers"]} == {12, 16}
+    for r in records:
+        assert {"wall_time", "test_loss", "test_acc", "lr", "store_version", "workers"} <= set(r)
+        assert [w["worker"] for w in r["workers"]] == [0, 1]
+        assert all(w["samples_per_s"] > 0 and w["batch"] >= 1 for w in r["workers"])
+    assert records[-1]["store_version"] == 4  # one bsp round per epoch
+    assert summary["final_test_acc"] > 0.6, records  # chance is 0.1
+    for name in ("config.yaml", "plan.json", "schedule.json", "summary.json", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+def test_asp_run_learns_and_shares_cover_the_data(tmp_path):
+    cfg = cfg_for("store.mode=asp", "store.rule=blend", "schedule.epochs=4", "schedule.milestones=[3]",
+                  "schedule.resolutions=[16]")
+    summary = run(cfg, tmp_path / "run")
+    assert summary["final_test_acc"] > 0.6
+    records = read_metrics(tmp_path / "run")
+    plan = plan_from_dict(json.loads((tmp_path / "run" / "plan.json").read_text()))
+    n = plan.dataset_size
+    assert n == 1437  # digits training split
+    for r in records:
+        # every sample trained exactly once per epoch across the workers
+        assert sum(w["samples"] for w in r["workers"]) == n
+        assert [w["samples"] for w in r["workers"]] == list(plan[16].shares)
+        assert [w["batch"] for w in r["workers"]] == list(plan[16].batches)
+        shares = epoch_shares(n, plan[16].shares, r["epoch"], cfg.seed)
+        together = np.concatenate(shares)
+        assert len(np.unique(together)) == n == len(together)
+    assert plan[16].batches[0] < plan[16].batches[1]  # worker 0 is the small-batch worker
+    assert records[-1]["store_version"] == 8  # asp: one update per push, W pushes per epoch
+
+
+def _train_cli(run_dir: Path, *overrides: str, resume: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "dbl_ps.cli", "train", "--no-progress"]
+    cmd += ["--resume", str(run_dir)] if resume else ["--run-dir", str(run_dir), *BASE, *overrides]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_bsp_resume_after_interrupt_matches_uninterrupted_run(tmp_path):
+    overrides = ["store.mode=bsp", "store.rule=average", "schedule.epochs=5", "schedule.milestones=[3]",
+                 "data.train_limit=600"]
+    # interrupted run: SIGINT once epoch 1 is in the metrics, then resume
+    proc = _train_cli(tmp_path / "cut", *overrides)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert ckpt["status"] == "interrupted" and 1 <= ckpt["next_epoch"] < 5
+    proc = _train_cli(tmp_path / "cut", resume=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    # uninterrupted run in this process
+    run(load_config(None, [*BASE, *overrides]), tmp_path / "full")
+    records = read_metrics(tmp_path / "cut")
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]  # metrics continue, no epoch twice
+    assert torch.equal(final_state(tmp_path / "cut"), final_state(tmp_path / "full"))
+    full = read_metrics(tmp_path / "full")
+    assert [r["test_acc"] for r in records] == [r["test_acc"] for r in full]
+    assert records[-1]["store_version"] == full[-1]["store_version"] == 5
+
+
+def test_worker_failure_fails_the_run_with_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("DBL_PS_FAIL_WORKER", "1:1")
+    cfg = cfg_for("store.mode=bsp", "store.rule=average", "schedule.epochs=3", "schedule.milestones=[]",
+                  "data.train_limit=300")
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="(?s)worker 1 failed.*Traceback.*injected failure of worker 1 at epoch 1"):
+        run(cfg, tmp_path / "run")
+    assert time.monotonic() - start < 60
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [0]
