@@ -117,32 +117,44 @@ def _train_cli(run_dir: Path, *overrides: str, resume: bool = False) -> subproce
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_bsp_resume_after_interrupt_matches_uninterrupted_run(tmp_path):
-    overrides = ["store.mode=bsp", "store.rule=average", "schedule.epochs=5", "schedule.milestones=[3]",
-                 "data.train_limit=600"]
-    # interrupted run: SIGINT once epoch 1 is in the metrics, then resume
-    proc = _train_cli(tmp_path / "cut", *overrides)
+RESUME_OVERRIDES = ["store.mode=bsp", "store.rule=average", "schedule.epochs=5", "schedule.milestones=[3]",
+                    "data.train_limit=600"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bsp_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bsp") / "full"
+    run(load_config(None, [*BASE, *RESUME_OVERRIDES]), run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_bsp_resume_after_kill_matches_uninterrupted_run(tmp_path, uninterrupted_bsp_run, sig):
+    # kill the launcher once epoch 1 is in the metrics, then resume
+    proc = _train_cli(tmp_path / "cut", *RESUME_OVERRIDES)
     metrics = tmp_path / "cut" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
             break
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out
-    assert "--resume" in out
     ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
-    assert ckpt["status"] == "interrupted" and 1 <= ckpt["next_epoch"] < 5
+    assert 1 <= ckpt["next_epoch"] < 5
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, out
+        assert "--resume" in out
+        assert ckpt["status"] == "interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL
     proc = _train_cli(tmp_path / "cut", resume=True)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
-    # uninterrupted run in this process
-    run(load_config(None, [*BASE, *overrides]), tmp_path / "full")
+    full = read_metrics(uninterrupted_bsp_run)
     records = read_metrics(tmp_path / "cut")
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]  # metrics continue, no epoch twice
-    assert torch.equal(final_state(tmp_path / "cut"), final_state(tmp_path / "full"))
-    full = read_metrics(tmp_path / "full")
+    assert torch.equal(final_state(tmp_path / "cut"), final_state(uninterrupted_bsp_run))
     assert [r["test_acc"] for r in records] == [r["test_acc"] for r in full]
     assert records[-1]["store_version"] == full[-1]["store_version"] == 5
 
