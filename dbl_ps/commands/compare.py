@@ -98,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
         configs = {(m, s): variant(cfg, m, s) for m in methods for s in seeds}  # all checked before any run
     except ConfigError as exc:
         return _error(str(exc))
-    cfg = with_time_model(cfg)
+    try:
+        cfg = with_time_model(cfg)
+    except (ConfigError, ValueError) as exc:
+        return _error(str(exc))
     out = Path(args.out) if args.out else Path(cfg.out_dir) / f"compare-{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dirs = []
     for seed in seeds:

@@ -89,11 +89,19 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
             f"(set dbl.alpha/dbl.beta or dbl.calibration to skip this)")
         try:
             grid = sorted({b for r in resolutions for b in batch_grid(batches[r], smallest=8, points=5)})
+            # auto_cap (CPU): fit only up to the batch with the best throughput; beyond it a
+            # CPU gets slower per sample (caches), which bends the line to a negative alpha.
             cal = calibrate(cfg.model.name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
                             batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
-                            threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False)
+                            threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
+                            auto_cap=device == "cpu")
             models = cal.time_models()
             source = "measured on the spot"
+            for r, m in models.items():
+                if m.alpha <= 0:
+                    log(f"measured alpha={m.alpha:.3g} <= 0 at {r} px (no fixed cost per step to trade against); "
+                        f"using the default {DEFAULT_TIME_MODEL} there")
+                    models[r] = DEFAULT_TIME_MODEL
         except ValueError as exc:
             log(f"time model measurement failed ({exc}); using the default {DEFAULT_TIME_MODEL}")
             models = {r: DEFAULT_TIME_MODEL for r in resolutions}
