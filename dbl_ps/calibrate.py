@@ -33,6 +33,9 @@ from dbl_ps.planner import TimeModel, fit_time_model
 
 
 CPU_BATCH_CAP = 128
+# How the timed steps of one batch size become one sample. The median is the default;
+# the minimum suits a machine shared with other jobs, whose load only ever slows a step.
+STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 GPU_PROBE_LIMIT = 1 << 16
 
 
@@ -267,8 +270,10 @@ def measure_grid(
     repeats: int,
     sync: Callable[[], None],
     progress: Any = None,
+    statistic: str = "median",
 ) -> list[tuple[int, float]]:
-    """``(batch, median seconds per step)`` for every batch in ``grid``.
+    """``(batch, seconds per step)`` for every batch in ``grid``: the median (or the
+    minimum, ``statistic="min"``) of the timed steps.
 
     Each batch size first runs ``warmup`` untimed steps (allocator, cuDNN autotuning,
     torch.compile at that shape); then the timed steps go round-robin over the grid,
@@ -294,7 +299,8 @@ def measure_grid(
                 progress.set_postfix(batch=b, ms=f"{1000 * times[b][-1]:.1f}")
     if progress is not None:
         progress.close()
-    return [(b, statistics.median(times[b])) for b in grid]
+    reduce = STATISTICS[statistic]
+    return [(b, reduce(times[b])) for b in grid]
 
 
 def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in_channels: int) -> Callable[[int], bool]:
@@ -330,6 +336,7 @@ def calibrate(
     margin: float = 0.9,
     compile: bool = False,
     auto_cap: bool = False,
+    statistic: str = "median",
     threads: int | None = None,
     progress: bool = True,
 ) -> Calibration:
@@ -363,6 +370,8 @@ def calibrate(
         batch_cap = GPU_PROBE_LIMIT if device.startswith("cuda") else CPU_BATCH_CAP
     if batch_cap < 2:
         raise ValueError(f"batch_cap={batch_cap} must be >= 2")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic={statistic!r} must be one of {', '.join(STATISTICS)}")
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
     if batch_sizes is not None and any(b < 1 for b in batch_sizes):
@@ -375,7 +384,7 @@ def calibrate(
             model_name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
             batch_sizes=batch_sizes, batch_cap=batch_cap, grid_points=grid_points, smallest_batch=smallest_batch,
             warmup=warmup, repeats=repeats, margin=margin, compile=compile, auto_cap=auto_cap,
-            progress=progress,
+            statistic=statistic, progress=progress,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -397,6 +406,7 @@ def _calibrate(
     margin: float,
     compile: bool,
     auto_cap: bool,
+    statistic: str,
     progress: bool,
 ) -> Calibration:
     import torch
@@ -435,6 +445,7 @@ def _calibrate(
             warmup=warmup,
             repeats=repeats,
             sync=sync,
+            statistic=statistic,
             progress=tqdm(
                 total=len(grid) * (warmup + repeats),
                 desc=f"calibrate {model_name} {r}px",
@@ -471,6 +482,7 @@ def _calibrate(
             "in_channels": in_channels,
             "warmup": warmup,
             "repeats": repeats,
+            "statistic": statistic,
             "batch_cap": batch_cap,
             "margin": margin if on_gpu else None,
             "compile": compile,

@@ -155,6 +155,7 @@ def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
     import dbl_ps.calibrate as cal_mod
 
     def fake_measure(model, grid, resolution, **kwargs):  # 2 ms + 1 ms/sample up to 16, then 2 ms/sample
+        assert kwargs["statistic"] == "median"
         return [(b, 0.002 + 0.001 * b if b <= 16 else 0.002 * b) for b in grid]
 
     monkeypatch.setattr(cal_mod, "measure_grid", fake_measure)
@@ -164,6 +165,7 @@ def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
     assert [b for b, _ in c.samples] == [4, 8, 16]
     assert c.alpha == pytest.approx(0.002) and c.beta == pytest.approx(0.001)
     assert cal.settings["auto_cap"] is True
+    assert cal.settings["statistic"] == "median"
     plain = calibrate("small_resnet", [8], batch_sizes=[4, 8, 16, 32, 64], batch_cap=64, progress=False)
     assert plain.resolutions[8].batch_large == 64
 
@@ -175,6 +177,7 @@ def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
         ({"device": "tpu"}, r"device='tpu' must be 'cpu' or 'cuda'"),
         ({"batch_sizes": [64], "batch_cap": 64}, r"need at least 2 batch sizes"),
         ({"model_name": "vgg"}, r"model name 'vgg' is unknown"),
+        ({"statistic": "mean"}, r"statistic='mean' must be one of median, min"),
     ],
 )
 def test_calibrate_errors(kwargs, pattern):

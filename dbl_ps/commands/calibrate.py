@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=6, help="grid points when --batch-sizes is not given (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per batch size (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per batch size; the median counts (default %(default)s)")
+    parser.add_argument(
+        "--statistic",
+        choices=("median", "min"),
+        default="median",
+        help="per batch size: median of the timed steps, or min on a machine shared with other jobs (default %(default)s)",
+    )
     parser.add_argument("--margin", type=float, default=0.9, help="GPU: B_L = margin x largest batch that fits (default %(default)s)")
     parser.add_argument(
         "--auto-cap",
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             margin=args.margin,
             compile=args.compile,
             auto_cap=args.auto_cap,
+            statistic=args.statistic,
             threads=args.threads,
             progress=not args.quiet,
         )
