@@ -90,10 +90,12 @@ def test_bsp_run_learns_and_switches_resolution(tmp_path):
         assert (tmp_path / "run" / name).is_file()
 
 
-def test_asp_run_learns_and_shares_cover_the_data(tmp_path):
+def test_asp_run_learns_and_shares_cover_the_data(tmp_path, capsys):
     cfg = cfg_for("store.mode=asp", "store.rule=blend", "schedule.epochs=4", "schedule.milestones=[3]",
                   "schedule.resolutions=[16]")
-    summary = run(cfg, tmp_path / "run")
+    summary = Trainer(cfg, tmp_path / "run", progress=True).train()  # progress bars on (to stderr)
+    captured = capsys.readouterr()
+    assert "epochs" in captured.err and "final test acc" in captured.out
     assert summary["final_test_acc"] > 0.6
     records = read_metrics(tmp_path / "run")
     plan = plan_from_dict(json.loads((tmp_path / "run" / "plan.json").read_text()))
@@ -109,6 +111,16 @@ def test_asp_run_learns_and_shares_cover_the_data(tmp_path):
         assert len(np.unique(together)) == n == len(together)
     assert plan[16].batches[0] < plan[16].batches[1]  # worker 0 is the small-batch worker
     assert records[-1]["store_version"] == 8  # asp: one update per push, W pushes per epoch
+
+
+def test_asp_gradient_pushes_every_step_learn(tmp_path):
+    # rule sgd, a push per local step: the store adds each worker's update as it arrives
+    cfg = cfg_for("store.mode=asp", "store.rule=sgd", "store.sync_every=1", "schedule.epochs=3",
+                  "schedule.milestones=[]", "schedule.resolutions=[16]", "data.train_limit=800")
+    summary = run(cfg, tmp_path / "run")
+    records = read_metrics(tmp_path / "run")
+    assert summary["final_test_acc"] > 0.5, [(r["train_loss"], r["test_acc"]) for r in records]
+    assert all(w["pushes"] == w["steps"] for r in records for w in r["workers"])
 
 
 def _train_cli(run_dir: Path, *overrides: str, resume: bool = False) -> subprocess.Popen:

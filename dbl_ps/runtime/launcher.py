@@ -192,13 +192,10 @@ class Trainer:
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
         queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch)
-        rule = cfg.store.rule
-        sgd_per_step = rule == "sgd" and cfg.store.sync_every == 1
+        # rule sgd: payloads are displacements already scaled by the local LR (see worker.py)
         store = ParameterStore(
-            self.flat.numel, W, mode=cfg.store.mode, rule=rule, staleness=cfg.store.staleness,
-            apply_threads=cfg.store.apply_threads or None, lr=1.0,
-            momentum=cfg.optim.momentum if sgd_per_step else 0.0,
-            nesterov=cfg.optim.nesterov if sgd_per_step else False, initial=initial,
+            self.flat.numel, W, mode=cfg.store.mode, rule=cfg.store.rule, staleness=cfg.store.staleness,
+            apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0, initial=initial,
         )
         procs: list[Any] = []
         self._status = "running"

@@ -143,15 +143,12 @@ class _Worker:
                             dropout=spec.dropouts[0]).to(device)
         flat = FlatState(model)
         vec = flat.new_vector()
-        # Rule sgd: the payload is the displacement since the last pull; the server
-        # applies momentum when pushes are per step (a classic PS), so locally plain SGD.
-        server_momentum = rule == "sgd" and cfg.store.sync_every == 1
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=spec.base_lr,
-            momentum=0.0 if server_momentum else cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
-            nesterov=cfg.optim.nesterov and not server_momentum,
-        )
+        # Rule sgd: the payload is the displacement since the last pull (the LR-scaled
+        # update of the local optimizer, momentum included); the store adds it with weight
+        # f_i at lr 1 and no server momentum, which would also amplify the BatchNorm
+        # statistics' changes that travel in the same vector.
+        optimizer = torch.optim.SGD(model.parameters(), lr=spec.base_lr, momentum=cfg.optim.momentum,
+                                    weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
         if a.resume_file:
             state = torch.load(a.resume_file, map_location="cpu", weights_only=False)
             optimizer.load_state_dict(state["optimizer"])
