@@ -86,6 +86,7 @@ class PlanInputs:
     milestones: tuple[float, ...] = (80, 120)
     gamma: float = 0.1
     warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
     dropouts: tuple[float, ...] | None = None
     cyclic: bool = True
 
@@ -115,7 +116,10 @@ def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
     if cfg.batch_large() is not None:
         batches = dict(zip(resolutions, cfg.batch_large()))
     if not models:
-        raise ValueError("the config has no time model: set dbl.alpha and dbl.beta, or dbl.calibration")
+        raise ValueError(
+            "the config has no time model: set dbl.alpha and dbl.beta, or dbl.calibration to a file "
+            "from `dbl-ps calibrate` (`dbl-ps train` measures one on the spot instead)"
+        )
     if not batches:
         raise ValueError("the config has no largest batch: set dbl.batch_large or dbl.calibration")
     if dataset_size is None:
@@ -140,6 +144,7 @@ def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
         milestones=tuple(cfg.schedule.milestones),
         gamma=cfg.schedule.gamma,
         warmup_epochs=cfg.schedule.warmup_epochs,
+        warmup_start_factor=getattr(cfg.schedule, "warmup_start_factor", 0.1),
         dropouts=tuple(cfg.dropouts()),
         cyclic=cfg.schedule.cyclic,
     )
@@ -245,6 +250,7 @@ def schedule_spec(inputs: PlanInputs, plan: Any) -> Any:
         milestones=tuple(m for m in inputs.milestones),
         gamma=inputs.gamma,
         warmup_epochs=inputs.warmup_epochs,
+        warmup_start_factor=inputs.warmup_start_factor,
         resolutions=resolutions,
         dropouts=inputs.dropouts,
         # uniform hardware: every large worker's B_L; mixed hardware: the largest, and
