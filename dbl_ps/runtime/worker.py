@@ -169,8 +169,11 @@ class _Worker:
             tracker = ScheduleTracker(spec)
             last_progress = 0.0
             for epoch in range(a.start_epoch, int(spec.epochs)):
-                if mode == "bsp":
-                    self.wait_gate(epoch)
+                # bsp: the launcher must copy round e-1 before round e can start. asp/ssp:
+                # run at most two epochs ahead of the launcher, so that the state it
+                # evaluates as "epoch e" is not many epochs newer (evaluation can be slower
+                # than a training epoch on a busy CPU).
+                self.wait_gate(epoch if mode == "bsp" else epoch - 1)
                 self.check_stop()
                 if os.environ.get(FAULT_ENV) == f"{a.worker}:{epoch}":
                     raise RuntimeError(f"injected failure of worker {a.worker} at epoch {epoch} ({FAULT_ENV})")
