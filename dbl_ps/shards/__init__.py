@@ -1,0 +1,38 @@
+"""Multi-resolution webdataset shards: `dbl-ps shard` writes one shard set per
+resolution and split (`writer`), `index.json` describes them (`index`), and
+`ShardShareLoader` feeds a DBSL worker its exact share from the set of the
+current CPL resolution (`loader`). webdataset is imported only when shards are
+read or written (the `shards` extra)."""
+
+from dbl_ps.shards.errors import ShardError
+from dbl_ps.shards.index import INDEX_FILE, ShardIndex, ShardInfo, ShardSetInfo, sample_key
+from dbl_ps.shards.loader import (
+    DEFAULT_MEMORY_LIMIT,
+    ShardShareLoader,
+    StreamSet,
+    crop_batch,
+    load_shard_dataset,
+    load_shard_set,
+    read_shard,
+)
+from dbl_ps.shards.writer import SOURCE_TYPES, detect_source, train_side, write_shards
+
+__all__ = [
+    "DEFAULT_MEMORY_LIMIT",
+    "INDEX_FILE",
+    "SOURCE_TYPES",
+    "ShardError",
+    "ShardIndex",
+    "ShardInfo",
+    "ShardSetInfo",
+    "ShardShareLoader",
+    "StreamSet",
+    "crop_batch",
+    "detect_source",
+    "load_shard_dataset",
+    "load_shard_set",
+    "read_shard",
+    "sample_key",
+    "train_side",
+    "write_shards",
+]

@@ -1,0 +1,61 @@
+"""Encoding of one image (uint8, (C, H, W)) as the bytes of a webdataset member.
+
+Formats and the member extension each one writes (webdataset picks decoders by
+extension, so any webdataset reader can open these shards):
+
+* ``jpeg`` -> ``.jpg`` (lossy, ``quality`` 1..100; the smallest shards),
+* ``png``  -> ``.png`` (lossless),
+* ``raw``  -> ``.npy`` (lossless, no decoding cost beyond a memory copy).
+
+Grayscale images are stored as 1-channel (PIL mode ``L``), colour as RGB.
+Labels are stored as ``.cls`` members holding the class number in ASCII, the
+webdataset convention.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+__all__ = ["FORMATS", "EXTENSIONS", "encode_image", "decode_image", "LOSSLESS"]
+
+FORMATS = ("jpeg", "png", "raw")
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "raw": "npy"}
+LOSSLESS = {"jpeg": False, "png": True, "raw": True}
+
+
+def encode_image(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+    """uint8 (C, H, W) with C in (1, 3) -> bytes in `fmt`."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"encode_image expects uint8 (C, H, W) with 1 or 3 channels, got {image.dtype} {image.shape}")
+    if fmt == "raw":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(image), allow_pickle=False)
+        return buf.getvalue()
+    from PIL import Image
+
+    pil = Image.fromarray(image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0))
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        pil.save(buf, format="JPEG", quality=int(quality))
+    elif fmt == "png":
+        pil.save(buf, format="PNG", compress_level=6)
+    else:
+        raise ValueError(f"image format {fmt!r} is not one of {', '.join(FORMATS)}")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, ext: str, channels: int) -> np.ndarray:
+    """Bytes of a `.jpg`/`.png`/`.npy` member -> uint8 (C, H, W) with `channels` channels."""
+    if ext == "npy":
+        image = np.load(io.BytesIO(data), allow_pickle=False)
+        if image.dtype != np.uint8 or image.ndim != 3:
+            raise ValueError(f"npy member holds {image.dtype} {image.shape}, expected uint8 (C, H, W)")
+        return image
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as pil:
+        pil = pil.convert("L" if channels == 1 else "RGB")
+        array = np.asarray(pil, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)

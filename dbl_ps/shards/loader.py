@@ -1,0 +1,503 @@
+"""Reading shard sets: whole sets into memory, or sample by sample by byte offset,
+and `ShardShareLoader`, the shard-backed twin of `dbl_ps.data.ShareLoader`.
+
+Why index-addressable and not a plain streaming pipeline: DBSL needs each worker
+to train on *exactly* its planned share (the time model assumes the counts), with
+shares disjoint within an epoch and reshuffled from (seed, epoch). A streaming
+webdataset pipeline with shard and buffer shuffles gives approximately equal,
+order-dependent shares. So samples are addressed by id (`epoch_shares` decides
+ids exactly as for in-memory sources) and come from one of two backends:
+
+* ``memory`` -- the set of the current resolution is read once with a webdataset
+  pipeline, one shard per DataLoader worker process (decoding happens there),
+  into a uint8 tensor; batches are then plain indexing. Sets of resolutions
+  already visited stay cached (within `memory_limit`), so the CPL cycle
+  24 -> 32 -> 24 decodes each set once per run. All the CPU data sets here fit
+  (Fashion-MNIST at 32 px: 61 MB).
+* ``stream`` -- for sets larger than `memory_limit`: the tar headers of each shard
+  are scanned once for every image member's byte offset, and a map-style
+  dataset reads and decodes each sample with one `pread` in DataLoader worker
+  processes, the batch sampler handing out exactly the share's batches.
+
+``auto`` (the default) picks memory when the decoded set fits `memory_limit`.
+
+The training augmentation runs after decoding: on sets stored at the
+resolution it is the run's `BatchTransform` (pad + random crop, flip, normalise;
+the resize is a no-op), drawing from the same `batch_seed` generator as
+`ShareLoader`, so on lossless shards at the source's own size both loaders give
+identical batches. Sets stored with a crop margin (ImageFolder training sets)
+get a random crop of the resolution out of the margin instead of zero padding.
+
+DataLoader worker processes cannot be started from a daemonic process (the
+training runtime's workers are daemonic); there decoding falls back to a thread
+pool (PIL releases the GIL while decoding) and is said once in the log.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from dbl_ps.data.shares import _check_count, batch_seed, epoch_shares
+from dbl_ps.data.sources import Dataset, Split
+from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
+from dbl_ps.shards.codec import EXTENSIONS, decode_image
+from dbl_ps.shards.errors import ShardError
+from dbl_ps.shards.index import ShardIndex, ShardInfo, ShardSetInfo, sample_key
+
+__all__ = ["read_shard", "load_shard_set", "StreamSet", "ShardShareLoader", "load_shard_dataset", "crop_batch",
+           "DEFAULT_MEMORY_LIMIT", "subset_ids"]
+
+DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded images a loader keeps in memory
+
+
+def _wds():
+    from dbl_ps._optional import require
+
+    return require("webdataset", feature="reading webdataset shards (data.source: shards)")
+
+
+def _in_daemon() -> bool:
+    return bool(multiprocessing.current_process().daemon)
+
+
+def subset_ids(n: int, limit: int | None) -> np.ndarray:
+    """Sample ids kept by `data.train_limit` (the same pick as `Split.subset(limit, seed=0)`)."""
+    if limit is None or limit >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(0).permutation(n)[:limit]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- one shard, sequentially
+
+
+def read_shard(shard: ShardInfo, *, ext: str, channels: int, side: int, labels: np.ndarray) -> np.ndarray:
+    """Decode a whole shard through a webdataset pipeline -> uint8 (n, C, side, side).
+
+    Checks every sample against the index: keys in order (`first` ..), the image
+    member and label present, the image's shape, the label equal to the index's.
+    Any difference, a truncated tar or an undecodable image is a ShardError
+    naming the shard and the sample key."""
+    wds = _wds()
+    out = np.empty((shard.samples, channels, side, side), dtype=np.uint8)
+    expected = iter(shard.ids)
+    count = 0
+    key = None
+    try:
+        pipeline = wds.WebDataset(str(shard.path), shardshuffle=False, nodesplitter=None, workersplitter=None,
+                                  empty_check=False)
+        for sample in pipeline:
+            key = sample.get("__key__")
+            sid = next(expected, None)
+            if sid is None:
+                raise ShardError(f"shard {shard.path} holds more samples than the {shard.samples} its index lists "
+                                 f"(extra key {key!r}); the index does not match the shards, rebuild with `dbl-ps shard --overwrite`")
+            if key != sample_key(sid):
+                raise ShardError(f"shard {shard.path}: sample {count} has key {key!r}, the index expects {sample_key(sid)!r}; "
+                                 "the index does not match the shards, rebuild with `dbl-ps shard --overwrite`")
+            if ext not in sample or "cls" not in sample:
+                raise ShardError(f"shard {shard.path}, sample {key}: members {sorted(k for k in sample if not k.startswith('__'))}, "
+                                 f"expected 'cls' and {ext!r} (the index says the encoding makes .{ext} members)")
+            try:
+                image = decode_image(sample[ext], ext, channels)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise ShardError(f"shard {shard.path}, sample {key}: the .{ext} image cannot be decoded ({exc}); "
+                                 "the shard is corrupt, rebuild it with `dbl-ps shard --overwrite`") from None
+            if image.shape != (channels, side, side):
+                raise ShardError(f"shard {shard.path}, sample {key}: image of shape {image.shape}, the index says "
+                                 f"{(channels, side, side)}")
+            label = int(sample["cls"])
+            if label != int(labels[sid]):
+                raise ShardError(f"shard {shard.path}, sample {key}: label {label}, the index says {int(labels[sid])}; "
+                                 "the index does not match the shards")
+            out[count] = image
+            count += 1
+    except ShardError:
+        raise
+    except Exception as exc:  # tarfile.ReadError, truncated streams, ... from inside webdataset
+        where = f"after sample {key}" if key is not None else "at its start"
+        raise ShardError(f"shard {shard.path} is corrupt or truncated {where} ({type(exc).__name__}: {exc}); "
+                         "rebuild it with the same `dbl-ps shard` command and --overwrite") from None
+    if count != shard.samples:
+        last = f"last key {key!r}" if key is not None else "no sample"
+        raise ShardError(f"shard {shard.path} holds {count} samples ({last}), the index lists {shard.samples}: "
+                         "the shard is truncated or does not match the index; rebuild it with `dbl-ps shard --overwrite`")
+    return out
+
+
+class _ShardReader(torch.utils.data.IterableDataset):
+    """Yields `(shard number, images or None, error or None)`, one item per shard; in a
+    DataLoader each worker process reads (and decodes) every n-th shard. Errors travel
+    as text so the main process raises one clear ShardError, not a wrapped traceback."""
+
+    def __init__(self, info: ShardSetInfo, ext: str, channels: int, labels: np.ndarray):
+        self.info, self.ext, self.channels, self.labels = info, ext, channels, labels
+
+    def __iter__(self) -> Iterator[tuple[int, Any, Any]]:
+        wi = torch.utils.data.get_worker_info()
+        mine = range(len(self.info.shards))[wi.id::wi.num_workers] if wi is not None else range(len(self.info.shards))
+        for j in mine:
+            try:
+                yield j, read_shard(self.info.shards[j], ext=self.ext, channels=self.channels, side=self.info.side,
+                                    labels=self.labels), None
+            except ShardError as exc:
+                yield j, None, str(exc)
+
+
+def load_shard_set(index: ShardIndex, split: str, resolution: int, *, num_workers: int = 0,
+                   log: Callable[[str], None] | None = None) -> Split:
+    """The whole set of `split` at `resolution` in memory: uint8 (N, C, side, side), int64 labels.
+
+    Shards are decoded in `num_workers` DataLoader worker processes (a thread pool
+    inside a daemonic process, 0 = in this thread)."""
+    info = index.check_files(split, resolution)
+    labels = index.labels(split)
+    ext = EXTENSIONS.get(index.encoding)
+    if ext is None:
+        raise ShardError(f"shard index {index.path}: unknown encoding {index.encoding!r}")
+    reader = _ShardReader(info, ext, index.channels, labels)
+    parts: dict[int, np.ndarray] = {}
+    workers = min(num_workers, len(info.shards))
+    if workers > 0 and _in_daemon():
+        if log is not None:
+            log("shards: decoding in threads (DataLoader worker processes cannot start inside a daemonic process)")
+        with ThreadPoolExecutor(workers) as pool:
+            def one(j: int) -> tuple[int, Any, Any]:
+                try:
+                    return j, read_shard(info.shards[j], ext=ext, channels=index.channels, side=info.side, labels=labels), None
+                except ShardError as exc:
+                    return j, None, str(exc)
+            items: Iterator[tuple[int, Any, Any]] = iter(list(pool.map(one, range(len(info.shards)))))
+    elif workers > 0:
+        loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers)
+        items = iter(loader)
+    else:
+        items = iter(reader)
+    for j, images, error in items:
+        if error is not None:
+            raise ShardError(error)
+        parts[j] = images if isinstance(images, np.ndarray) else np.asarray(images)
+    images = np.concatenate([parts[j] for j in range(len(info.shards))]) if parts else \
+        np.empty((0, index.channels, info.side, info.side), dtype=np.uint8)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels.copy()))
+
+
+# --------------------------------------------------------------------------- sample by sample, by offset
+
+
+class StreamSet(torch.utils.data.Dataset):
+    """Map-style access to a shard set by sample id: `self[i]` reads sample `ids[i]`'s
+    image member with one `pread` at its byte offset (found by scanning the tar
+    headers once) and decodes it. Picklable, so DataLoader workers decode."""
+
+    def __init__(self, index: ShardIndex, split: str, resolution: int):
+        self.info = index.check_files(split, resolution)
+        self.ext = EXTENSIONS[index.encoding]
+        self.channels = index.channels
+        self.labels = index.labels(split)
+        n = self.info.samples
+        self.shard_of = np.empty(n, dtype=np.int32)
+        self.offsets = np.empty(n, dtype=np.int64)
+        self.sizes = np.empty(n, dtype=np.int64)
+        for j, shard in enumerate(self.info.shards):
+            self._scan(j, shard)
+        self._files: dict[int, int] = {}
+
+    def _scan(self, j: int, shard: ShardInfo) -> None:
+        seen = 0
+        name = None
+        suffix = "." + self.ext
+        try:
+            with tarfile.open(shard.path, "r:") as tar:
+                for member in tar:
+                    name = member.name
+                    if not name.endswith(suffix):
+                        continue
+                    key = name[: -len(suffix)]
+                    sid = shard.first + seen
+                    if key != sample_key(sid):
+                        raise ShardError(f"shard {shard.path}: image member {name!r} where the index expects key "
+                                         f"{sample_key(sid)!r}; the index does not match the shards")
+                    self.shard_of[sid], self.offsets[sid], self.sizes[sid] = j, member.offset_data, member.size
+                    seen += 1
+        except ShardError:
+            raise
+        except (tarfile.TarError, OSError, IndexError) as exc:
+            raise ShardError(f"shard {shard.path} is corrupt or truncated after member {name!r} ({exc}); "
+                             "rebuild it with `dbl-ps shard --overwrite`") from None
+        if seen != shard.samples:
+            raise ShardError(f"shard {shard.path} holds {seen} images, the index lists {shard.samples}: truncated "
+                             "or not matching the index; rebuild it with `dbl-ps shard --overwrite`")
+
+    def __len__(self) -> int:
+        return len(self.shard_of)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # file descriptors are per process
+        return state
+
+    def __getitem__(self, sid: int) -> tuple[np.ndarray, int]:
+        j = int(self.shard_of[sid])
+        fd = self._files.get(j)
+        if fd is None:
+            fd = self._files[j] = os.open(self.info.shards[j].path, os.O_RDONLY)
+        data = os.pread(fd, int(self.sizes[sid]), int(self.offsets[sid]))
+        try:
+            image = decode_image(data, self.ext, self.channels)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise ShardError(f"shard {self.info.shards[j].path}, sample {sample_key(sid)}: the .{self.ext} image cannot "
+                             f"be decoded ({exc}); rebuild it with `dbl-ps shard --overwrite`") from None
+        return image, int(self.labels[sid])
+
+    def __del__(self) -> None:
+        for fd in getattr(self, "_files", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _collate(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([im for im, _ in items])) if items else torch.empty(0, dtype=torch.uint8)
+    return images, torch.tensor([lab for _, lab in items], dtype=torch.int64)
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The batches of sample ids to read; replaced every epoch (persistent DataLoader
+    workers call `iter` on it again for each pass)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+# --------------------------------------------------------------------------- the share loader
+
+
+def crop_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Crop (N, C, S, S) to (N, C, size, size): at a random offset per image when a
+    generator is given, else the centre."""
+    n, c, h, w = x.shape
+    if (h, w) == (size, size):
+        return x
+    if h < size or w < size:
+        raise ValueError(f"crop_batch: images of {h}x{w} are smaller than {size}")
+    if generator is None or n == 0:
+        top, left = (h - size) // 2, (w - size) // 2
+        return x[:, :, top:top + size, left:left + size]
+    oy = torch.randint(0, h - size + 1, (n,), generator=generator).to(x.device)
+    ox = torch.randint(0, w - size + 1, (n,), generator=generator).to(x.device)
+    rows = oy[:, None] + torch.arange(size, device=x.device)[None, :]
+    cols = ox[:, None] + torch.arange(size, device=x.device)[None, :]
+    b = torch.arange(n, device=x.device)[:, None, None, None]
+    ch = torch.arange(c, device=x.device)[None, :, None, None]
+    return x[b, ch, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class ShardShareLoader:
+    """Batches of `(images, labels)` from worker `worker`'s share of an epoch, read
+    from the shard set of the current resolution. Same interface and the same
+    share/augmentation draws as `ShareLoader`: `set_epoch(epoch, shares=...,
+    batch_size=..., resolution=...)` (a new resolution switches shard sets in
+    place), iterate for the rest of the epoch's share, `state_dict` to resume.
+
+    `limit` keeps the fixed subset `data.train_limit` keeps; `mode` is
+    'auto' | 'memory' | 'stream' (module docstring); `num_workers` decoding
+    processes (threads in a daemonic process)."""
+
+    def __init__(self, shards: str | os.PathLike | ShardIndex, transform: BatchTransform, *, worker: int,
+                 shares: Sequence[int], batch_size: int, resolution: int, seed: int, epoch: int = 0,
+                 device: torch.device | str | None = None, split: str = "train", limit: int | None = None,
+                 mode: str = "auto", num_workers: int = 0, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                 log: Callable[[str], None] | None = None):
+        if mode not in ("auto", "memory", "stream"):
+            raise ValueError(f"mode must be 'auto', 'memory' or 'stream', got {mode!r}")
+        self.index = shards if isinstance(shards, ShardIndex) else ShardIndex.load(shards)
+        self.split_name = split
+        self.transform = transform
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.worker = _check_count("worker", worker, 0)
+        self.seed = _check_count("seed", seed, 0)
+        self.mode = mode
+        self.num_workers = _check_count("num_workers", num_workers, 0)
+        self.memory_limit = int(memory_limit)
+        self.log = log
+        self.ids = subset_ids(self.index.num_samples(split), limit)
+        self._dense = len(self.ids) == self.index.num_samples(split)
+        self._memory: dict[int, Split] = {}  # resolution -> set, most recently used last
+        self._streams: dict[int, tuple[StreamSet, _Batches, torch.utils.data.DataLoader]] = {}
+        self._indices: np.ndarray | None = None
+        self.position = 0
+        self.set_epoch(epoch, shares=shares, batch_size=batch_size, resolution=resolution)
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch."""
+        return math.ceil(self.remaining / self.batch_size)
+
+    # -- configuration (as ShareLoader)
+
+    def set_epoch(self, epoch: int, *, shares: Sequence[int] | None = None, batch_size: int | None = None,
+                  resolution: int | None = None) -> None:
+        if shares is not None:
+            counts = [int(s) for s in shares]
+            if self.worker >= len(counts):
+                raise ValueError(f"worker {self.worker} has no share: shares {counts} cover workers 0..{len(counts) - 1}")
+            self.shares = counts
+        if batch_size is not None:
+            self.batch_size = _check_count("batch_size", batch_size, 1)
+        if resolution is not None:
+            resolution = _check_count("resolution", resolution, 1)
+            self.info = self.index.shard_set(self.split_name, resolution)  # a missing set fails here, by name
+            self.resolution = resolution
+        self.epoch = _check_count("epoch", epoch, 0)
+        self.position = 0
+        self._indices = None
+
+    @property
+    def indices(self) -> np.ndarray:
+        """This worker's sample positions (into `ids`) for the current epoch."""
+        if self._indices is None:
+            self._indices = epoch_shares(len(self.ids), self.shares, self.epoch, self.seed)[self.worker]
+        return self._indices
+
+    @property
+    def share(self) -> int:
+        return self.shares[self.worker]
+
+    @property
+    def remaining(self) -> int:
+        return self.share - self.position
+
+    # -- backends
+
+    def backend(self, resolution: int | None = None) -> str:
+        """'memory' or 'stream' for the set at `resolution` (default: the current one)."""
+        info = self.info if resolution is None else self.index.shard_set(self.split_name, resolution)
+        if self.mode != "auto":
+            return self.mode
+        decoded = len(self.ids) * self.index.channels * info.side * info.side
+        return "memory" if decoded <= self.memory_limit else "stream"
+
+    def _memory_set(self) -> Split:
+        r = self.resolution
+        if r in self._memory:
+            self._memory[r] = self._memory.pop(r)  # most recently used
+            return self._memory[r]
+        full = load_shard_set(self.index, self.split_name, r, num_workers=self.num_workers, log=self.log)
+        if not self._dense:
+            sel = torch.from_numpy(self.ids)
+            full = Split(full.images[sel], full.labels[sel])
+        used = full.images.numel() + sum(s.images.numel() for s in self._memory.values())
+        while self._memory and used > self.memory_limit:
+            used -= self._memory.pop(next(iter(self._memory))).images.numel()
+        self._memory[r] = full
+        return full
+
+    def _stream(self) -> tuple[_Batches, torch.utils.data.DataLoader]:
+        r = self.resolution
+        if r not in self._streams:
+            dataset = StreamSet(self.index, self.split_name, r)
+            sampler = _Batches()
+            workers = 0 if _in_daemon() else self.num_workers
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                                 collate_fn=_collate, persistent_workers=workers > 0)
+            self._streams[r] = (dataset, sampler, loader)
+        _, sampler, loader = self._streams[r]
+        return sampler, loader
+
+    # -- iteration
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if images.shape[-1] == self.resolution:
+            return self.transform(images, self.resolution, train=True, generator=generator)
+        # Stored with a crop margin: crop the resolution out of real pixels (random when augmenting).
+        t = self.transform
+        x = crop_batch(to_float(images), self.resolution, generator if t.augment else None)
+        if t.augment and t.flip:
+            x = random_flip(x, generator)
+        return normalize(x, t.mean, t.std)
+
+    def _batches(self) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+        """(start, stop, uint8 images, labels) for the rest of the share."""
+        indices = self.indices
+        starts = list(range(self.position, self.share, self.batch_size))
+        bounds = [(s, min(s + self.batch_size, self.share)) for s in starts]
+        if self.backend() == "memory":
+            data = self._memory_set()
+            for start, stop in bounds:
+                idx = torch.from_numpy(indices[start:stop])
+                yield start, stop, data.images[idx], data.labels[idx]
+        else:
+            sampler, loader = self._stream()
+            sampler.batches = [self.ids[indices[start:stop]].tolist() for start, stop in bounds]
+            for (start, stop), (images, labels) in zip(bounds, loader):
+                yield start, stop, images, labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start, stop, images, labels in self._batches():
+            gen = torch.Generator().manual_seed(batch_seed(self.seed, self.worker, self.epoch, start))
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            self.position = stop  # counted before handing out, as ShareLoader does
+            yield self._augment(images, gen), labels
+
+    # -- resume (the same state as ShareLoader)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"worker": self.worker, "seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "shares": list(self.shares), "batch_size": self.batch_size, "resolution": self.resolution}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["worker"] != self.worker or state["seed"] != self.seed:
+            raise ValueError(f"state is for worker {state['worker']} seed {state['seed']}, "
+                             f"this loader is worker {self.worker} seed {self.seed}")
+        self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"], resolution=state["resolution"])
+        position = _check_count("position", state["position"], 0)
+        if position > self.share:
+            raise ValueError(f"state position {position} is past the end of the share ({self.share} samples)")
+        self.position = position
+
+    def close(self) -> None:
+        """Stop persistent DataLoader workers and drop cached sets."""
+        self._streams.clear()
+        self._memory.clear()
+
+
+# --------------------------------------------------------------------------- a Dataset for the launcher
+
+
+def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *, num_workers: int = 0,
+                       load_train: bool = False, log: Callable[[str], None] | None = None) -> Dataset:
+    """A `Dataset` from a shard directory: the test split decoded at `resolution`
+    (default: the largest stored) for evaluation; the training split as labels
+    with zero-size images unless `load_train` (workers read it with
+    `ShardShareLoader`, set by set), so planning needs no decoding."""
+    index = ShardIndex.load(root)
+    r = max(index.resolutions) if resolution is None else int(resolution)
+    test_split = "test" if "test" in index.splits else index.splits[-1]
+    test = load_shard_set(index, test_split, r, num_workers=num_workers, log=log)
+    if test.images.shape[-1] != r:
+        test = Split(crop_batch(test.images, r), test.labels)
+    if load_train:
+        train = load_shard_set(index, "train", r, num_workers=num_workers, log=log)
+        if train.images.shape[-1] != r:
+            train = Split(crop_batch(train.images, r).contiguous(), train.labels)
+    else:
+        labels = torch.from_numpy(index.labels("train"))
+        train = Split(torch.empty((len(labels), index.channels, 0, 0), dtype=torch.uint8), labels)
+    d = index.data
+    return Dataset(str(d.get("source", "shards")), train, test, index.num_classes, tuple(d["mean"]), tuple(d["std"]),
+                   bool(d["flip"]), list(d["classes"]))
