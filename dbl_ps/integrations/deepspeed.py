@@ -1,0 +1,269 @@
+"""DeepSpeed engines as DBSL workers, and multi-node DBSL with per-rank batch sizes.
+
+DeepSpeed asserts ``train_batch = micro x accumulation x data-parallel size`` and
+all-reduces gradients over its data-parallel group on every step, so it cannot give
+ranks different batch sizes or step counts. Here every worker's engine gets a
+data-parallel group of its own rank only (``SingleRankMPU``): DeepSpeed then never
+communicates during a step, its batch arithmetic is per rank (``train_batch =
+micro``), and the DBSL merge runs between engines at each sync point through
+``dbl_ps.integrations.averaging`` (``sum f_i w_i / sum f_i`` with
+``torch.distributed.all_reduce``: NCCL on GPUs, gloo on CPUs).
+
+Two uses:
+
+* collective mode (no parameter store, one node or many)::
+
+      deepspeed --num_gpus 4 -m dbl_ps.integrations.deepspeed --config configs/cifar100_resnet18.yaml \\
+          --deepspeed-config configs/deepspeed/gpu_bf16.json
+      torchrun --nproc_per_node 4 -m dbl_ps.integrations.deepspeed --config ...     # same, under torchrun
+
+  Rank ``i`` is worker ``i``; ranks ``0 .. n_S-1`` use the small batch. The loop is
+  ``dbl_ps.integrations.collective.CollectiveTrainer``.
+
+* ``build_engine(module, cfg, ...)``: one DeepSpeed engine for a single worker (what
+  ``engine: deepspeed`` in a ``dbl-ps train`` run uses inside each worker process).
+
+Precision: with bf16/fp16 DeepSpeed keeps fp32 master weights; a sync averages the
+module's (low-precision) parameters in fp32 and then reloads the masters from them
+(``refresh_fp32_params``), so a sync costs one rounding to bf16/fp16 per period,
+not per step. ZeRO stages 1-2 are accepted but partition over a group of one rank,
+so they save nothing in collective mode; stage 3 is refused.
+
+DeepSpeed is imported lazily (``pip install "dbl-ps[deepspeed]"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dbl_ps._optional import require
+from dbl_ps.integrations.collective import (
+    CollectiveTrainer,
+    LaunchError,
+    Topology,
+    WorkerEngine,
+    _load_replicated,
+    _save_replicated,
+    base_arg_parser,
+    load_run_config,
+    run_main,
+)
+
+__all__ = ["DeepSpeedEngine", "SingleRankMPU", "build_engine", "load_ds_config", "DEFAULT_CPU_CONFIG", "main"]
+
+FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+# Used when no --deepspeed-config is given: fp32, no ZeRO (what runs on a CPU with gloo).
+DEFAULT_CPU_CONFIG: dict[str, Any] = {
+    "train_micro_batch_size_per_gpu": 1,
+    "gradient_accumulation_steps": 1,
+    "gradient_clipping": 0.0,
+    "zero_optimization": {"stage": 0},
+    "bf16": {"enabled": False},
+    "fp16": {"enabled": False},
+    "steps_per_print": 1_000_000_000,
+    "wall_clock_breakdown": False,
+}
+
+
+def _deepspeed() -> Any:
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    return require("deepspeed", feature=FEATURE)
+
+
+class SingleRankMPU:
+    """A Megatron-style ``mpu`` that tells DeepSpeed its data-parallel group is this
+    rank alone (and there is no model parallelism): no collective inside a step."""
+
+    def __init__(self, group: dist.ProcessGroup):
+        self.group = group
+
+    def get_data_parallel_group(self) -> dist.ProcessGroup:
+        return self.group
+
+    def get_data_parallel_world_size(self) -> int:
+        return 1
+
+    def get_data_parallel_rank(self) -> int:
+        return 0
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return [dist.get_rank()]
+
+    def get_model_parallel_world_size(self) -> int:
+        return 1
+
+    def get_model_parallel_rank(self) -> int:
+        return 0
+
+    def get_model_parallel_group(self) -> dist.ProcessGroup:
+        return self.group
+
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_group = get_model_parallel_group
+
+    def get_pipeline_model_parallel_world_size(self) -> int:
+        return 1
+
+    def get_pipeline_model_parallel_rank(self) -> int:
+        return 0
+
+
+def single_rank_groups() -> dist.ProcessGroup:
+    """This rank's own process group. ``new_group`` is collective: every rank creates
+    every one-rank group, in rank order, and keeps its own."""
+    own = None
+    for r in range(dist.get_world_size()):
+        g = dist.new_group([r])
+        if r == dist.get_rank():
+            own = g
+    assert own is not None
+    return own
+
+
+def load_ds_config(source: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A DeepSpeed config dict from a JSON file, a mapping, or None (``DEFAULT_CPU_CONFIG``).
+    A bare name such as ``cpu_gloo`` means ``configs/deepspeed/cpu_gloo.json``."""
+    if source is None:
+        return copy.deepcopy(DEFAULT_CPU_CONFIG)
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source))
+    path = Path(source)
+    if not path.is_file() and not path.suffix and (CONFIG_DIR / f"{path.name}.json").is_file():
+        path = CONFIG_DIR / f"{path.name}.json"
+    if not path.is_file():
+        raise LaunchError(f"DeepSpeed config {str(source)!r} does not exist (e.g. configs/deepspeed/cpu_gloo.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LaunchError(f"DeepSpeed config {str(path)!r} is not valid JSON: {exc}") from None
+
+
+def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """The per-rank config DeepSpeed accepts: micro batch = this worker's batch, no
+    accumulation, data-parallel size 1; the optimizer is ours (SGD from the run config)."""
+    conf = copy.deepcopy(dict(ds_config))
+    for key in ("optimizer", "scheduler"):
+        if key in conf:
+            raise LaunchError(f"DeepSpeed config has an {key!r} section; remove it: the optimizer (SGD) and LR "
+                              f"schedule come from the run config (optim.*, schedule.*)")
+    stage = int(conf.get("zero_optimization", {}).get("stage", 0))
+    if stage >= 3:
+        raise LaunchError(f"DeepSpeed ZeRO stage {stage} partitions parameters across a data-parallel group; a DBSL "
+                          f"worker here is one rank, so use stage 0-2 (or FSDP groups: dbl_ps.integrations.fsdp)")
+    if stage > 0:
+        conf.setdefault("zero_allow_untested_optimizer", True)  # torch SGD as a client optimizer
+        conf.setdefault("zero_force_ds_cpu_optimizer", False)
+    conf["train_micro_batch_size_per_gpu"] = int(batch_size)
+    conf["gradient_accumulation_steps"] = 1
+    conf["train_batch_size"] = int(batch_size)
+    conf.setdefault("steps_per_print", 1_000_000_000)
+    return conf
+
+
+class DeepSpeedEngine(WorkerEngine):
+    """A DeepSpeed engine training one worker's module with its own batch size."""
+
+    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, *, ds_config: Any = None,
+                 batch_size: int = 1, group: dist.ProcessGroup | None = None):
+        ds = _deepspeed()
+        if group is None:
+            group = single_rank_groups()
+        self.device = device
+        o = cfg.optim
+        module = module.to(device)
+        optimizer = torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
+                                    weight_decay=o.weight_decay, nesterov=o.nesterov)
+        self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size)
+        self.engine, self.optimizer, _, _ = ds.initialize(model=module, optimizer=optimizer, config=self.ds_config,
+                                                          mpu=SingleRankMPU(group), dist_init_required=False)
+        self.module = self.engine.module
+        self.dtype = next(self.module.parameters()).dtype
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.engine(images.to(self.dtype))
+        loss = self.loss_fn(out.float(), labels)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach(), out.detach()
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def set_batch_size(self, batch_size: int) -> None:
+        # Only DeepSpeed's bookkeeping (throughput timers, its own loaders): the forward
+        # takes any batch, so a resolution boundary needs no new engine or process.
+        self.engine.set_train_micro_batch_size(int(batch_size))
+
+    def after_sync(self) -> None:
+        refresh = getattr(self.optimizer, "refresh_fp32_params", None)
+        if callable(refresh):  # bf16/fp16/ZeRO: fp32 masters := the averaged module
+            refresh()
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def save(self, folder: Path, topo: Topology) -> None:
+        _save_replicated(folder, topo, self.module, self.optimizer.state_dict())
+
+    def load(self, folder: Path, topo: Topology, meta: dict[str, Any]) -> None:
+        optim = _load_replicated(folder, topo, self.module, meta)
+        self.after_sync()
+        if optim is not None:
+            self.optimizer.load_state_dict(optim)
+
+
+def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, batch_size: int,
+                 ds_config: Any = None) -> DeepSpeedEngine:
+    """A DeepSpeed engine for one worker process of ``dbl-ps train`` (``engine: deepspeed``).
+
+    The worker is not part of a multi-process job, so a one-process gloo group is
+    created (on a free local port) when torch.distributed is not initialised yet."""
+    if not dist.is_initialized():
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        store = dist.TCPStore("127.0.0.1", port, 1, True)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    return DeepSpeedEngine(module, cfg, torch.device(device), ds_config=ds_config, batch_size=batch_size,
+                           group=dist.group.WORLD if dist.get_world_size() == 1 else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_arg_parser("python -m dbl_ps.integrations.deepspeed",
+                        "Collective DBSL/CPL training: every rank is a worker with a DeepSpeed engine.")
+    p.add_argument("--deepspeed-config", "--deepspeed_config", dest="ds_config", default=None,
+                   help="DeepSpeed JSON (precision, ZeRO stage 0-2, gradient clipping); a bare name means "
+                        "configs/deepspeed/<name>.json; default: fp32 without ZeRO")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_run_config(args)
+        ds_config = load_ds_config(args.ds_config)
+    except (ValueError, LaunchError) as err:
+        print(f"dbl-ps: error: {err}", file=sys.stderr, flush=True)
+        return 2
+
+    def make_engine(module: nn.Module, cfg: Any, device: torch.device, topo: Topology) -> DeepSpeedEngine:
+        return DeepSpeedEngine(module, cfg, device, ds_config=ds_config, batch_size=1)
+
+    trainer = CollectiveTrainer(cfg, make_engine, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
+                                timeout_s=args.timeout, engine_name="deepspeed")
+    return run_main(trainer)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
