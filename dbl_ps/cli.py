@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dbl_ps.commands.train", "train a model: parameter store + worker processes (DBSL, CPL, hybrid)"),
     "compare": ("dbl_ps.commands.compare", "run baseline, DBSL, CPL and hybrid on one config and write one report"),
     "report": ("dbl_ps.commands.report", "plots and a table (ratios to a baseline) for existing run directories"),
+    "shard": ("dbl_ps.commands.shard", "pre-encode a data source into webdataset shards, one set per resolution"),
 }
 
 

@@ -64,6 +64,10 @@ def _wds():
     return require("webdataset", feature="reading webdataset shards (data.source: shards)")
 
 
+def index_encoding(ext: str) -> str:
+    return next((fmt for fmt, e in EXTENSIONS.items() if e == ext), ext)
+
+
 def _in_daemon() -> bool:
     return bool(multiprocessing.current_process().daemon)
 
@@ -104,7 +108,8 @@ def read_shard(shard: ShardInfo, *, ext: str, channels: int, side: int, labels: 
                                  "the index does not match the shards, rebuild with `dbl-ps shard --overwrite`")
             if ext not in sample or "cls" not in sample:
                 raise ShardError(f"shard {shard.path}, sample {key}: members {sorted(k for k in sample if not k.startswith('__'))}, "
-                                 f"expected 'cls' and {ext!r} (the index says the encoding makes .{ext} members)")
+                                 f"expected 'cls' and {ext!r}: the shard is truncated or corrupt (or not {index_encoding(ext)} "
+                                 "as the index says); rebuild it with `dbl-ps shard --overwrite`")
             try:
                 image = decode_image(sample[ext], ext, channels)
             except (OSError, ValueError, SyntaxError) as exc:

@@ -145,7 +145,7 @@ def run_job(job: ShardJob) -> list[dict[str, Any]]:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(final.name + ".tmp")
         with open(tmp, "wb") as fh:
-            writer = wds.TarWriter(fh, encoder=False, mtime=0.0)
+            writer = wds.TarWriter(fh, encoder=False, mtime=0)  # int: a float mtime adds a PAX header per member
             for k in range(n):
                 image = images_at(r, k)
                 if image.shape[0] != job.channels:
