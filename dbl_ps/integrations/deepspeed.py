@@ -189,6 +189,13 @@ class DeepSpeedEngine(WorkerEngine):
                                                           mpu=SingleRankMPU(group), dist_init_required=False)
         self.module = self.engine.module
         self.dtype = next(self.module.parameters()).dtype
+        if self.dtype != torch.float32:
+            # DeepSpeed casts parameters only; BatchNorm needs its running statistics in the
+            # same dtype as its weight (bf16/fp16 statistics, averaged in fp32 at syncs).
+            for m in self.module.modules():
+                for name, b in m.named_buffers(recurse=False):
+                    if b.is_floating_point():
+                        setattr(m, name, b.to(self.dtype))
         self.loss_fn = nn.CrossEntropyLoss()
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,6 +246,9 @@ def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, bat
             port = s.getsockname()[1]
         store = dist.TCPStore("127.0.0.1", port, 1, True)
         dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    # DeepSpeed insists on the launcher's variables even for one process.
+    for name, value in (("LOCAL_RANK", "0"), ("RANK", str(dist.get_rank())), ("WORLD_SIZE", str(dist.get_world_size()))):
+        os.environ.setdefault(name, value)
     return DeepSpeedEngine(module, cfg, torch.device(device), ds_config=ds_config, batch_size=batch_size,
                            group=dist.group.WORLD if dist.get_world_size() == 1 else None)
 
