@@ -1,0 +1,162 @@
+"""DeepSpeed collective mode on the CPU (gloo) under the real launchers.
+
+Each rank is a DBSL worker with its own DeepSpeed engine and batch size (worker 0
+small, worker 1 large, so their step counts differ); the test checks the first sync
+against the weighted mean computed here from the ranks' pre-sync states, that a
+short run on digits learns, that it resumes from its checkpoint, and that a launch
+contradicting the plan fails fast.
+
+The `deepspeed` launcher on a machine without GPUs: `deepspeed --num_gpus N` starts
+N local processes (DeepSpeed's CPU accelerator is picked automatically, or with
+DS_ACCELERATOR=cpu; CUDA_VISIBLE_DEVICES it sets is harmless); `--module` runs
+`python -m`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("deepspeed")
+
+from dbl_ps.metrics import read_metrics  # noqa: E402
+
+# 4 epochs of digits, 2 workers (worker 0 small), a fixed time model (no measuring).
+RUN = ["schedule.epochs=4", "schedule.milestones=[2]", "schedule.warmup_epochs=0", "dbl.workers=2", "dbl.small=1",
+       "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "data.eval_batch_size=1024"]
+MODULE = "dbl_ps.integrations.deepspeed"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def deepspeed_cmd(nproc: int, *args: str) -> list[str]:
+    exe = shutil.which("deepspeed")
+    assert exe, "the deepspeed launcher is not on PATH"
+    return [exe, "--num_gpus", str(nproc), "--master_port", str(_port()), "--module", MODULE, *args]
+
+
+def torchrun_cmd(nproc: int, module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(_port()), "-m", module, *args]
+
+
+def launch(cmd: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**env))
+
+
+def check_weighted_mean(dump: Path, ranks: int) -> None:
+    """post-sync tensors equal sum f_i pre_i / sum f_i on every rank (computed here)."""
+    pres = [torch.load(dump / f"pre_rank{r}.pt") for r in range(ranks)]
+    posts = [torch.load(dump / f"post_rank{r}.pt") for r in range(ranks)]
+    weights = [p["weight"] for p in pres]
+    assert len(set(weights)) > 1, f"the workers should have different merge weights, got {weights}"
+    for i in range(len(pres[0]["local"])):
+        want = sum(w * p["local"][i].double() for w, p in zip(weights, pres)) / sum(weights)
+        for r in range(ranks):
+            torch.testing.assert_close(posts[r]["local"][i].double(), want, rtol=1e-5, atol=1e-6)
+        assert all(torch.equal(posts[0]["local"][i], posts[r]["local"][i]) for r in range(ranks))
+    # the ranks really had different models before the sync
+    assert any(not torch.equal(a, b) for a, b in zip(pres[0]["local"], pres[1]["local"]))
+
+
+def check_run(run_dir: Path, min_acc: float = 0.8) -> list[dict]:
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert records[-1]["test_acc"] >= min_acc, records[-1]  # chance is 0.1
+    steps = [w["steps"] for w in records[-1]["workers"]]
+    batches = [w["batch"] for w in records[-1]["workers"]]
+    assert batches[0] < batches[1] and steps[0] > steps[1], (batches, steps)  # unequal step counts, no hang
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["status"] == "finished" and meta["next_epoch"] == 4
+    return records
+
+
+def test_deepspeed_launcher_two_ranks_sync_is_weighted_mean_and_learns(tmp_path: Path) -> None:
+    run_dir, dump = tmp_path / "run", tmp_path / "dump"
+    proc = launch(deepspeed_cmd(2, "--run-dir", str(run_dir), *RUN), DBL_PS_DUMP_SYNC=str(dump))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    check_weighted_mean(dump, 2)
+    check_run(run_dir)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["engine"] == "deepspeed" and plan["small"] == 1
+
+
+def test_launch_contradicting_the_plan_fails_fast(tmp_path: Path) -> None:
+    # 2 processes for a plan of 3 workers: every rank refuses before any collective
+    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(tmp_path / "run"), *RUN, "dbl.workers=3"), timeout=120)
+    assert proc.returncode != 0
+    assert "dbl.workers=3" in proc.stderr and "WORLD_SIZE=2" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_not_launched_by_a_launcher_is_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", MODULE, "--run-dir", str(tmp_path / "r"), *RUN], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert "torchrun" in proc.stderr and "RANK" in proc.stderr
+
+
+def test_ds_config_preparation_rules() -> None:
+    from dbl_ps.integrations.collective import LaunchError
+    from dbl_ps.integrations.deepspeed import _prepare_ds_config, load_ds_config
+
+    for name in ("cpu_gloo", "gpu_bf16", "gpu_fp16_zero1"):
+        conf = _prepare_ds_config(load_ds_config(name), 37)
+        assert conf["train_micro_batch_size_per_gpu"] == conf["train_batch_size"] == 37
+        assert conf["gradient_accumulation_steps"] == 1
+    with pytest.raises(LaunchError, match="stage 3"):
+        _prepare_ds_config({"zero_optimization": {"stage": 3}}, 8)
+    with pytest.raises(LaunchError, match="optimizer"):
+        _prepare_ds_config({"optimizer": {"type": "Adam"}}, 8)
+    with pytest.raises(LaunchError, match="does not exist"):
+        load_ds_config("no/such/file.json")
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_resume_repeats_the_uninterrupted_run(tmp_path: Path) -> None:
+    """Under torchrun: the same checks, and a run stopped after epoch 1 and resumed ends
+    with exactly the model of the uninterrupted run."""
+    full, part, dump = tmp_path / "full", tmp_path / "part", tmp_path / "dump"
+    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(full), *RUN), DBL_PS_DUMP_SYNC=str(dump))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_weighted_mean(dump, 2)
+    records = check_run(full)
+    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(part), *RUN), DBL_PS_STOP_AFTER_EPOCH="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((part / "checkpoint.json").read_text())["next_epoch"] == 2
+    proc = launch(torchrun_cmd(2, MODULE, "--resume", str(part)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = check_run(part)
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
+    a = torch.load(full / "checkpoints" / "epoch00003" / "model.pt")
+    b = torch.load(part / "checkpoints" / "epoch00003" / "model.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert resumed[-1]["test_acc"] == records[-1]["test_acc"]
+
+
+@pytest.mark.slow
+def test_deepspeed_bf16_config_runs_on_cpu(tmp_path: Path) -> None:
+    """The GPU bf16 config also runs on DeepSpeed's CPU accelerator (bf16 BN buffers, fp32 masters refreshed)."""
+    run_dir = tmp_path / "run"
+    proc = launch(deepspeed_cmd(2, "--run-dir", str(run_dir), "--deepspeed-config", "gpu_bf16", *RUN))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_run(run_dir, min_acc=0.6)
