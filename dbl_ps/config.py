@@ -229,6 +229,22 @@ class OptimConfig:
 
 
 @dataclass(kw_only=True)
+class WandbConfig:
+    enabled: bool = _f(False, help="log the run to Weights & Biases (needs the [wandb] extra)")
+    project: str = "dbl-ps"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = _f(
+        "auto", help="auto: online when an API key is configured, else an offline run directory (wandb sync uploads it)")
+    tags: list[str] = _f([])
+    group: str | None = _f(None, help="W&B group; `dbl-ps compare` sets one so its runs overlay")
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """The root of a run's configuration. `RunConfig()` is the embedded default
     job: hybrid DBSL+CPL, small ResNet on scikit-learn digits, 4 CPU workers."""
@@ -245,6 +261,7 @@ class RunConfig:
     dbl: DBSLConfig = field(default_factory=DBSLConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -473,7 +490,9 @@ def _validate(obj: Any, prefix: str) -> None:
             raise _bad(key, value, allowed) from None
         _check_limits(coerced, f.metadata, key, tp)
         object.__setattr__(obj, f.name, coerced)
-    obj.check(prefix)
+    check = getattr(obj, "check", None)  # cross-field rules, for sections that have them
+    if check is not None:
+        check(prefix)
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
