@@ -255,6 +255,10 @@ class RunConfig:
     seed: int = _f(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
+    engine: Literal["torch", "deepspeed"] = _f("torch", help="each worker's training engine: plain torch SGD, or a "
+                                               "DeepSpeed engine (needs the [deepspeed] extra)")
+    deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or a name in "
+                                                 "configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1); null = fp32, no ZeRO")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -273,6 +277,8 @@ class RunConfig:
         _validate(self, "")
 
     def check(self, prefix: str) -> None:
+        if self.deepspeed_config is not None and self.engine != "deepspeed":
+            raise _bad("deepspeed_config", self.deepspeed_config, "null unless engine is 'deepspeed' (set engine: deepspeed)")
         res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
                    ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta)]
