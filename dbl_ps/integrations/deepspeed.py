@@ -258,11 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                         "Collective DBSL/CPL training: every rank is a worker with a DeepSpeed engine.")
     p.add_argument("--deepspeed-config", "--deepspeed_config", dest="ds_config", default=None,
                    help="DeepSpeed JSON (precision, ZeRO stage 0-2, gradient clipping); a bare name means "
-                        "configs/deepspeed/<name>.json; default: fp32 without ZeRO")
+                        "configs/deepspeed/<name>.json; default: the run config's deepspeed_config, else fp32 "
+                        "without ZeRO")
     args = p.parse_args(argv)
     try:
         cfg = load_run_config(args)
-        ds_config = load_ds_config(args.ds_config)
+        ds_config = load_ds_config(args.ds_config or cfg.deepspeed_config)
     except (ValueError, LaunchError) as err:
         print(f"dbl-ps: error: {err}", file=sys.stderr, flush=True)
         return 2
