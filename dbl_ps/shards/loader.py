@@ -150,8 +150,9 @@ class _ShardReader(torch.utils.data.IterableDataset):
         mine = range(len(self.info.shards))[wi.id::wi.num_workers] if wi is not None else range(len(self.info.shards))
         for j in mine:
             try:
-                yield j, read_shard(self.info.shards[j], ext=self.ext, channels=self.channels, side=self.info.side,
-                                    labels=self.labels), None
+                # As a tensor: DataLoader passes tensors through shared memory, not a pickle down a pipe.
+                yield j, torch.from_numpy(read_shard(self.info.shards[j], ext=self.ext, channels=self.channels,
+                                                     side=self.info.side, labels=self.labels)), None
             except ShardError as exc:
                 yield j, None, str(exc)
 
@@ -188,7 +189,7 @@ def load_shard_set(index: ShardIndex, split: str, resolution: int, *, num_worker
     for j, images, error in items:
         if error is not None:
             raise ShardError(error)
-        parts[j] = images if isinstance(images, np.ndarray) else np.asarray(images)
+        parts[j] = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     images = np.concatenate([parts[j] for j in range(len(info.shards))]) if parts else \
         np.empty((0, index.channels, info.side, info.side), dtype=np.uint8)
     return Split(torch.from_numpy(images), torch.from_numpy(labels.copy()))
