@@ -180,3 +180,11 @@ def test_worker_failure_fails_the_run_with_its_traceback(tmp_path, monkeypatch):
         run(cfg, tmp_path / "run")
     assert time.monotonic() - start < 60
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [0]
+
+
+def test_worker_killed_by_a_signal_fails_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("DBL_PS_FAIL_WORKER", "0:1:kill")
+    cfg = cfg_for("store.mode=asp", "store.rule=blend", "schedule.epochs=3", "schedule.milestones=[]",
+                  "data.train_limit=300")
+    with pytest.raises(WorkerError, match="worker 0 exited with code -9"):
+        run(cfg, tmp_path / "run")

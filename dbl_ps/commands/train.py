@@ -42,6 +42,9 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     try:
         trainer = Trainer.resume(resume, progress=progress) if resume else Trainer(cfg, run_dir, progress=progress)
         trainer.prepare()
+    except KeyboardInterrupt:
+        print("dbl-ps train: interrupted before training started; nothing to resume", file=sys.stderr)
+        return 130
     except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError) as exc:
         return error(str(exc))
     try:
@@ -52,4 +55,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     except WorkerError as exc:
         print(f"dbl-ps train: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+        print("dbl-ps train: interrupted while stopping; the last complete epoch's checkpoint is kept", file=sys.stderr)
+        return 130
     return 0

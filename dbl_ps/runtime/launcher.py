@@ -238,37 +238,51 @@ class Trainer:
         W = self.cfg.dbl.workers
         reports: dict[int, dict[int, dict[str, Any]]] = {}
         finished: set[int] = set()
+        last_check = time.monotonic()
         while self.last_complete < epochs - 1:
             if self._signal is not None:
                 raise TrainingInterrupted(self._interrupt_message(), self.run_dir, self.last_complete)
+            if time.monotonic() - last_check > 0.5:
+                last_check = time.monotonic()
+                dead = [w for w, p in enumerate(procs) if p.exitcode is not None and w not in finished]
+                if dead:
+                    # It may have reported just before exiting: handle what is queued (for at
+                    # most a second; the others keep sending progress), then look again.
+                    until = time.monotonic() + 1.0
+                    while time.monotonic() < until:
+                        try:
+                            self._handle(queue.get(timeout=0.2), reports, finished, store, gate)
+                        except queue_mod.Empty:
+                            break
+                    dead = [w for w in dead if w not in finished]
+                    if dead:
+                        w = dead[0]
+                        raise WorkerError(f"worker {w} exited with code {procs[w].exitcode} without reporting an "
+                                          f"error (killed by a signal or out of memory?)")
+                    continue
             try:
                 msg = queue.get(timeout=0.1)
             except queue_mod.Empty:
-                for w, p in enumerate(procs):
-                    if p.exitcode is not None and w not in finished:
-                        # it may have reported just before exiting: read the queue first
-                        try:
-                            msg = queue.get(timeout=0.5)
-                            break
-                        except queue_mod.Empty:
-                            raise WorkerError(f"worker {w} exited with code {p.exitcode} without reporting an error "
-                                              f"(killed by a signal or out of memory?)") from None
-                else:
-                    continue
-            kind, w = msg[0], msg[1]
-            if kind == "error":
-                raise WorkerError(f"worker {w} failed:\n{msg[2]}")
-            if kind in ("finished", "stopped"):
-                finished.add(w)
-                if kind == "stopped" and self._signal is None:
-                    raise WorkerError(f"worker {w} stopped unexpectedly (the parameter store closed?)")
-            elif kind == "progress":
-                self._update_worker_bar(*msg[1:])
-            elif kind == "epoch":
-                reports.setdefault(msg[2], {})[w] = msg[3]
-                while len(reports.get(self.last_complete + 1, {})) == W:
-                    epoch = self.last_complete + 1
-                    self._complete_epoch(epoch, reports.pop(epoch), store, gate)
+                continue
+            self._handle(msg, reports, finished, store, gate)
+
+    def _handle(self, msg: tuple, reports: dict[int, dict[int, dict[str, Any]]], finished: set[int], store: Any,
+                gate: Any) -> None:
+        W = self.cfg.dbl.workers
+        kind, w = msg[0], msg[1]
+        if kind == "error":
+            raise WorkerError(f"worker {w} failed:\n{msg[2]}")
+        if kind in ("finished", "stopped"):
+            finished.add(w)
+            if kind == "stopped" and self._signal is None:
+                raise WorkerError(f"worker {w} stopped unexpectedly (the parameter store closed?)")
+        elif kind == "progress":
+            self._update_worker_bar(*msg[1:])
+        elif kind == "epoch":
+            reports.setdefault(msg[2], {})[w] = msg[3]
+            while len(reports.get(self.last_complete + 1, {})) == W:
+                epoch = self.last_complete + 1
+                self._complete_epoch(epoch, reports.pop(epoch), store, gate)
 
     def _complete_epoch(self, epoch: int, reports: dict[int, dict[str, Any]], store: Any, gate: Any) -> None:
         import torch
@@ -285,7 +299,9 @@ class Trainer:
         gate.value = epoch + 1  # bsp: workers may start the next epoch now
         self.last_complete = epoch
         wall = self.wall_offset + time.perf_counter() - self.t0
+        eval_start = time.perf_counter()
         test_loss, test_acc = self.evaluate(state)
+        eval_seconds = time.perf_counter() - eval_start
         point = schedule_at(epoch, self.spec)
         workers = [reports[w] for w in sorted(reports)]
         samples = sum(r["samples"] for r in workers)
@@ -298,6 +314,7 @@ class Trainer:
             "store_version": self.version_offset + version,
             "test_loss": test_loss,
             "test_acc": test_acc,
+            "eval_seconds": eval_seconds,
             "train_loss": sum(r["loss"] * r["samples"] for r in workers) / max(samples, 1),
             "train_acc": sum(r["acc"] * r["samples"] for r in workers) / max(samples, 1),
             "samples": samples,

@@ -31,7 +31,8 @@ from typing import Any
 __all__ = ["WorkerArgs", "worker_main", "worker_state_path", "pack_train_data", "unpack_train_data"]
 
 PROGRESS_INTERVAL = 0.25  # seconds between progress messages
-# Testing hook: "WORKER:EPOCH" makes that worker raise at the start of that epoch.
+# Testing hook: "WORKER:EPOCH" makes that worker raise at the start of that epoch,
+# "WORKER:EPOCH:kill" makes it SIGKILL itself there.
 FAULT_ENV = "DBL_PS_FAIL_WORKER"
 
 
@@ -175,8 +176,11 @@ class _Worker:
                 # than a training epoch on a busy CPU).
                 self.wait_gate(epoch if mode == "bsp" else epoch - 1)
                 self.check_stop()
-                if os.environ.get(FAULT_ENV) == f"{a.worker}:{epoch}":
+                fault = os.environ.get(FAULT_ENV, "")
+                if fault == f"{a.worker}:{epoch}":
                     raise RuntimeError(f"injected failure of worker {a.worker} at epoch {epoch} ({FAULT_ENV})")
+                if fault == f"{a.worker}:{epoch}:kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
                 point, changed = tracker.update(epoch)
                 rp = plan[point.resolution]
                 batch, weight = rp.batches[a.worker], rp.merge_weights[a.worker]
