@@ -150,6 +150,14 @@ class _Worker:
         # statistics' changes that travel in the same vector.
         optimizer = torch.optim.SGD(model.parameters(), lr=spec.base_lr, momentum=cfg.optim.momentum,
                                     weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+        ds_engine = None
+        if cfg.engine == "deepspeed":  # a DeepSpeed engine steps the same model (dbl_ps.integrations.deepspeed)
+            from dbl_ps.integrations.deepspeed import build_engine
+
+            ds_engine = build_engine(model, cfg, device, batch_size=plan[spec.resolutions[0]].batches[a.worker],
+                                     ds_config=cfg.deepspeed_config)
+            model, optimizer = ds_engine.module, ds_engine.optimizer
+            flat = FlatState(model)  # DeepSpeed may recast parameters and buffers (bf16/fp16)
         if a.resume_file:
             state = torch.load(a.resume_file, map_location="cpu", weights_only=False)
             optimizer.load_state_dict(state["optimizer"])
@@ -161,6 +169,8 @@ class _Worker:
         try:
             version = client.pull(vec)
             flat.scatter(vec)
+            if ds_engine is not None:
+                ds_engine.after_sync()  # fp32 master weights := the pulled model
             reference = vec.clone() if rule == "sgd" else None
             payload = flat.new_vector() if rule == "sgd" else None
             first = plan[spec.resolutions[0]]
@@ -190,6 +200,8 @@ class _Worker:
                     group["lr"] = point.lr
                 torch.manual_seed(epoch_seed(cfg.seed, a.worker, epoch))
                 loader.set_epoch(epoch, shares=rp.shares, batch_size=batch, resolution=point.resolution)
+                if ds_engine is not None:
+                    ds_engine.set_batch_size(batch)  # same engine, new micro-batch (resolution boundary)
                 steps = rp.steps()[a.worker]
                 bounds = sync_boundaries(steps, cfg.store.sync_every, mode, rp.steps())
                 model.train()
@@ -199,11 +211,14 @@ class _Worker:
                 start = time.perf_counter()
                 for images, labels in loader:
                     self.check_stop()
-                    out = model(images)
-                    loss = loss_fn(out, labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
+                    if ds_engine is not None:
+                        loss, out = ds_engine.train_step(images, labels)
+                    else:
+                        out = model(images)
+                        loss = loss_fn(out, labels)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
                     with torch.no_grad():
                         loss_sum += loss.detach().double() * labels.shape[0]
                         correct += (out.argmax(1) == labels).sum()
@@ -218,6 +233,8 @@ class _Worker:
                             client.push(vec, weight=weight)
                         version = client.pull(vec)
                         flat.scatter(vec)
+                        if ds_engine is not None:
+                            ds_engine.after_sync()
                         if reference is not None:
                             reference.copy_(vec)
                         next_sync += 1
