@@ -100,6 +100,7 @@ def test_two_ranks_weighted_mean_of_params_and_bn_buffers(tmp_path: Path) -> Non
     torch.testing.assert_close(bf[0].float(), torch.full((5,), want), rtol=1e-2, atol=0)
 
 
+@pytest.mark.slow  # the FSDP tests use subgroups (the replicate axis) in the default suite
 def test_subgroups_average_only_inside_their_group(tmp_path: Path) -> None:
     # 4 ranks, replicate groups {0, 2} and {1, 3} (as FSDP's replicate axis with 2 shards per worker)
     weights = [0.5, 2.0, 1.0, 1.0]

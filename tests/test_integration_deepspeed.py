@@ -160,3 +160,30 @@ def test_deepspeed_bf16_config_runs_on_cpu(tmp_path: Path) -> None:
     proc = launch(deepspeed_cmd(2, "--run-dir", str(run_dir), "--deepspeed-config", "gpu_bf16", *RUN))
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run(run_dir, min_acc=0.6)
+
+
+def _train_with_engine(tmp_path: Path, extra: list[str]) -> dict:
+    from dbl_ps.config import load_config
+    from dbl_ps.runtime.launcher import Trainer
+
+    cfg = load_config(None, ["engine=deepspeed", "dbl.workers=2", "dbl.small=1", "schedule.epochs=6",
+                             "schedule.milestones=[4]", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]",
+                             "store.mode=bsp", "store.rule=average", f"out_dir={tmp_path}", *extra])
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return Trainer(cfg, tmp_path / "run", progress=False, log=lambda m: None).train()
+
+
+def test_dbl_ps_train_worker_with_deepspeed_engine_learns(tmp_path: Path) -> None:
+    """`engine: deepspeed` in a `dbl-ps train` run: each worker process steps through a DeepSpeed engine."""
+    summary = _train_with_engine(tmp_path, [])
+    assert summary["status"] == "finished" and summary["epochs"] == 6
+    assert summary["final_test_acc"] >= 0.6, summary  # chance 0.1
+    records = read_metrics(tmp_path / "run")
+    # the schedule changed batch sizes (12 -> 16 px) without new processes
+    assert {w["batch"] for r in records for w in r["workers"] if w["worker"] == 1} == {96, 64}
+
+
+@pytest.mark.slow
+def test_dbl_ps_train_worker_with_deepspeed_bf16_engine(tmp_path: Path) -> None:
+    summary = _train_with_engine(tmp_path, ["deepspeed_config=gpu_bf16"])
+    assert summary["final_test_acc"] >= 0.5, summary
