@@ -49,10 +49,10 @@ __all__ = [
     "MODELS",
 ]
 
-SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards")
 MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet")
 # Sources read from files: `data.path` must be set for them.
-FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder")
+FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "shards")
 
 
 class ConfigError(ValueError):
@@ -120,8 +120,9 @@ class SyntheticConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"] = "digits"
-    path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic)")
+    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards"] = "digits"
+    path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic); "
+                                     "for shards, the directory `dbl-ps shard --out` wrote")
     augment: bool = _f(True, help="random crop with padding (+ flip where the source allows it)")
     flip: bool | None = _f(None, help="horizontal flip; null = the source's default (off for digits/MNIST)")
     crop_padding: int | None = _f(None, ge=0, help="pixels of padding for random crop; null = resolution // 8")

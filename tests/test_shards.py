@@ -361,3 +361,29 @@ def test_fashion_mnist_round_trip(tmp_path):
         assert n == shares[w]
         seen |= set(loader.indices.tolist())
     assert len(seen) == sum(shares)
+
+
+# --------------------------------------------------------------------------- run integration
+
+
+def test_config_source_shards_and_share_loader_for(raw_dir, digits):
+    from dbl_ps.config import load_config
+    from dbl_ps.data import ShareLoader, load_dataset
+    from dbl_ps.shards import share_loader_for
+
+    cfg = load_config(None, ["data.source=shards", f"data.path={raw_dir}", "data.train_limit=1000",
+                             "schedule.resolutions=[8,12]", "model.dropout=[0.0]", "dbl.batch_large=[64]"])
+    ds = load_dataset(cfg.data, image_size=12)
+    assert len(ds.train) == 1000 and ds.test.images.shape[-1] == 12 and ds.num_classes == 10
+    tr = BatchTransform(ds.mean, ds.std)
+    kw = dict(worker=0, shares=[600, 400], batch_size=100, resolution=8, seed=0)
+    loader = share_loader_for(cfg.data, ds.train, tr, resolutions=[8, 12], **kw)
+    assert isinstance(loader, ShardShareLoader) and sum(y.shape[0] for _, y in loader) == 600
+    loader.set_epoch(1, resolution=12)
+    assert next(iter(loader))[0].shape == (100, 1, 12, 12)
+    with pytest.raises(ShardError, match="no 16 px set"):
+        share_loader_for(cfg.data, ds.train, tr, resolutions=[8, 16], **kw)
+    other = load_config(None, ["data.source=digits"])
+    assert isinstance(share_loader_for(other.data, digits.train, tr, **kw), ShareLoader)
+    with pytest.raises(Exception, match="data.path"):
+        load_config(None, ["data.source=shards"])

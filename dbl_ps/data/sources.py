@@ -404,8 +404,15 @@ def load_dataset(cfg: "DataConfig", *, image_size: int | None = None) -> Dataset
     elif source == "synthetic":
         s = cfg.synthetic
         ds = make_synthetic(s.num_train, s.num_test, s.num_classes, s.channels, s.size, s.seed)
+    elif source == "shards":
+        from dbl_ps.shards import load_shard_dataset
+
+        # Training split decoded at the largest resolution, so ShareLoader works as for any source;
+        # `dbl_ps.shards.share_loader_for` reads the set of each resolution instead.
+        ds = load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=True)
     else:
-        raise DataError(f"data source {source!r} is not one of digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder, synthetic")
+        raise DataError(f"data source {source!r} is not one of digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder, "
+                        "synthetic, shards")
     if cfg.train_limit is not None:
         ds.train = ds.train.subset(cfg.train_limit, seed=0)
     if cfg.test_limit is not None:

@@ -115,6 +115,10 @@ class Trainer:
         torch.set_num_threads(self.threads)
         self.devices = self._devices()
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
+        if cfg.data.source == "shards":  # every resolution of the schedule has a complete set, before any process starts
+            from dbl_ps.shards import ShardIndex
+
+            ShardIndex.load(cfg.data.path).check_resolutions(cfg.schedule.resolutions)
         self.transform = build_transform(cfg.data, self.data)
         n = len(self.data.train)
         plan_file = self.run_dir / "plan.json"

@@ -120,9 +120,10 @@ class _Worker:
         import torch
 
         from dbl_ps.config import RunConfig
-        from dbl_ps.data import ShareLoader, build_transform, load_dataset
+        from dbl_ps.data import build_transform, load_dataset
         from dbl_ps.models import build_model, set_dropout
         from dbl_ps.runtime.flat import FlatState
+        from dbl_ps.shards.loader import share_loader_for
         from dbl_ps.runtime.setup import build_spec, epoch_seed, plan_from_dict, sync_boundaries
         from dbl_ps.schedule import ScheduleTracker
         from dbl_ps.store import StoreClient
@@ -174,9 +175,10 @@ class _Worker:
             reference = vec.clone() if rule == "sgd" else None
             payload = flat.new_vector() if rule == "sgd" else None
             first = plan[spec.resolutions[0]]
-            loader = ShareLoader(data.train, transform, worker=a.worker, shares=first.shares,
-                                 batch_size=first.batches[a.worker], resolution=spec.resolutions[0],
-                                 seed=cfg.seed, epoch=a.start_epoch, device=device)
+            # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
+            loader = share_loader_for(cfg.data, data.train, transform, resolutions=spec.resolutions, worker=a.worker,
+                                      shares=first.shares, batch_size=first.batches[a.worker],
+                                      resolution=spec.resolutions[0], seed=cfg.seed, epoch=a.start_epoch, device=device)
             tracker = ScheduleTracker(spec)
             last_progress = 0.0
             for epoch in range(a.start_epoch, int(spec.epochs)):

@@ -14,6 +14,7 @@ from dbl_ps.shards.loader import (
     load_shard_dataset,
     load_shard_set,
     read_shard,
+    share_loader_for,
 )
 from dbl_ps.shards.writer import SOURCE_TYPES, detect_source, train_side, write_shards
 
@@ -33,6 +34,7 @@ __all__ = [
     "load_shard_set",
     "read_shard",
     "sample_key",
+    "share_loader_for",
     "train_side",
     "write_shards",
 ]

@@ -53,7 +53,7 @@ from dbl_ps.shards.errors import ShardError
 from dbl_ps.shards.index import ShardIndex, ShardInfo, ShardSetInfo, sample_key
 
 __all__ = ["read_shard", "load_shard_set", "StreamSet", "ShardShareLoader", "load_shard_dataset", "crop_batch",
-           "DEFAULT_MEMORY_LIMIT", "subset_ids"]
+           "DEFAULT_MEMORY_LIMIT", "subset_ids", "share_loader_for"]
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded images a loader keeps in memory
 
@@ -507,3 +507,20 @@ def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *
     d = index.data
     return Dataset(str(d.get("source", "shards")), train, test, index.num_classes, tuple(d["mean"]), tuple(d["std"]),
                    bool(d["flip"]), list(d["classes"]))
+
+
+def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
+                     resolutions: Sequence[int] | None = None, **kwargs: Any) -> Any:
+    """The share loader a worker of a run uses: `ShardShareLoader` on the shard set of
+    each resolution when `data.source` is `shards`, else `ShareLoader` over `split`.
+    `resolutions` (the schedule's) are checked up front, so a missing set fails
+    before the first step; `kwargs` are ShareLoader's (worker, shares, batch_size,
+    resolution, seed, epoch, device)."""
+    if getattr(data_cfg, "source", None) != "shards":
+        from dbl_ps.data.shares import ShareLoader
+
+        return ShareLoader(split, transform, **kwargs)
+    index = ShardIndex.load(data_cfg.path)
+    if resolutions:
+        index.check_resolutions(list(resolutions))
+    return ShardShareLoader(index, transform, limit=data_cfg.train_limit, num_workers=data_cfg.num_workers, **kwargs)
