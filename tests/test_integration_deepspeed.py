@@ -61,6 +61,11 @@ def launch(cmd: list[str], timeout: float = 240, **env: str) -> subprocess.Compl
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(**env))
 
 
+def _ds_shm() -> set[str]:
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("deepspeed_allreduce_buffer*")} if shm.is_dir() else set()
+
+
 def check_weighted_mean(dump: Path, ranks: int) -> None:
     """post-sync tensors equal sum f_i pre_i / sum f_i on every rank (computed here)."""
     pres = [torch.load(dump / f"pre_rank{r}.pt") for r in range(ranks)]
@@ -90,8 +95,10 @@ def check_run(run_dir: Path, min_acc: float = 0.8) -> list[dict]:
 
 def test_deepspeed_launcher_two_ranks_sync_is_weighted_mean_and_learns(tmp_path: Path) -> None:
     run_dir, dump = tmp_path / "run", tmp_path / "dump"
+    shm_before = _ds_shm()
     proc = launch(deepspeed_cmd(2, "--run-dir", str(run_dir), *RUN), DBL_PS_DUMP_SYNC=str(dump))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _ds_shm() <= shm_before, "DeepSpeed's CPU all-reduce buffers were left in /dev/shm"
     check_weighted_mean(dump, 2)
     check_run(run_dir)
     plan = json.loads((run_dir / "plan.json").read_text())

@@ -185,8 +185,16 @@ class DeepSpeedEngine(WorkerEngine):
         optimizer = torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
                                     weight_decay=o.weight_decay, nesterov=o.nesterov)
         self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size)
-        self.engine, self.optimizer, _, _ = ds.initialize(model=module, optimizer=optimizer, config=self.ds_config,
-                                                          mpu=SingleRankMPU(group), dist_init_required=False)
+        # With LOCAL_SIZE set (the deepspeed launcher sets it), DeepSpeed's CPU backend creates
+        # 66 MiB shared-memory all-reduce buffers per rank in /dev/shm and never removes
+        # them; our collectives go through torch.distributed, so hide it during set-up.
+        local_size = os.environ.pop("LOCAL_SIZE", None)
+        try:
+            self.engine, self.optimizer, _, _ = ds.initialize(model=module, optimizer=optimizer, config=self.ds_config,
+                                                              mpu=SingleRankMPU(group), dist_init_required=False)
+        finally:
+            if local_size is not None:
+                os.environ["LOCAL_SIZE"] = local_size
         self.module = self.engine.module
         self.dtype = next(self.module.parameters()).dtype
         if self.dtype != torch.float32:
