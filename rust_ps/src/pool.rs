@@ -1,10 +1,22 @@
-//! A fixed team of threads that runs one closure over disjoint slices of the state.
+//! A fixed team of threads that runs one job over many chunks of the state, claimed
+//! dynamically, so a merge finishes with whichever threads are actually running.
 //!
-//! The coordinator (the server thread that owns the pool) publishes a job and a new
-//! `generation`, unparks the helpers, runs part 0 itself, and parks until `remaining`
-//! reaches zero. There is no mutex anywhere: the job pointer travels by release/acquire
-//! on `generation`, completion by acquire/release on `remaining`, and sleeping uses
-//! park/unpark, whose token makes a wake-up before the park harmless.
+//! Why dynamic: on a CPU node the server shares cores with the training workers, so a
+//! helper thread may be descheduled for a whole time slice; with a static split the
+//! merge would wait for it. Here the coordinator (the server thread that owns the pool)
+//! and the helpers claim chunk indices from `next_chunk`; a helper that wakes late
+//! finds nothing left and goes back to sleep.
+//!
+//! The job is borrowed from the coordinator's stack, so it must not be touched after
+//! `run` returns. Protocol (no mutex anywhere):
+//! * coordinator: store job, reset `next_chunk`, clear `closed`, bump `generation`
+//!   (release), unpark helpers; claim chunks until none are left; set `closed`; wait
+//!   until `active == 0`; clear the job pointer.
+//! * helper: on a new generation, `active += 1`, then (SeqCst, Dekker-style against the
+//!   coordinator's `closed` then `active` check) re-check `closed`: if set, leave
+//!   without touching the job; else claim chunks, then `active -= 1`.
+//!   Either the coordinator sees the helper's `active` increment and waits for it, or
+//!   the helper sees `closed` and never dereferences the job.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,14 +24,19 @@ use std::thread::{self, JoinHandle, Thread};
 
 use crate::layout::CachePadded;
 
-/// A job: called once per part with the part's index.
+/// A job: called once per chunk with the chunk's index.
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
 struct PoolShared {
-    /// Incremented once per job; helpers run the job when they see a new value.
+    /// Incremented once per job; helpers look for work when they see a new value.
     generation: CachePadded<AtomicU64>,
-    /// Helpers still running the current job.
-    remaining: CachePadded<AtomicUsize>,
+    /// Next chunk index to claim; chunks `>= chunks` mean the job is exhausted.
+    next_chunk: CachePadded<AtomicUsize>,
+    chunks: AtomicUsize,
+    /// Set by the coordinator once every chunk is claimed: late helpers must not start.
+    closed: CachePadded<AtomicBool>,
+    /// Helpers currently inside the job.
+    active: CachePadded<AtomicUsize>,
     /// Points at the coordinator's `Job` for the current generation (null between jobs).
     job: AtomicPtr<()>,
     shutdown: AtomicBool,
@@ -34,49 +51,56 @@ pub struct ApplyPool {
 const SPINS: u32 = 256;
 
 impl ApplyPool {
-    /// A pool of `parts` parts: the calling thread (which must be the one that calls
-    /// `run`) plus `parts - 1` helper threads.
-    pub fn new(parts: usize) -> ApplyPool {
+    /// A pool of `threads` threads: the calling thread (which must be the one that
+    /// calls `run`) plus `threads - 1` helpers.
+    pub fn new(threads: usize) -> ApplyPool {
         let shared = Arc::new(PoolShared {
             generation: CachePadded(AtomicU64::new(0)),
-            remaining: CachePadded(AtomicUsize::new(0)),
+            next_chunk: CachePadded(AtomicUsize::new(0)),
+            chunks: AtomicUsize::new(0),
+            closed: CachePadded(AtomicBool::new(true)),
+            active: CachePadded(AtomicUsize::new(0)),
             job: AtomicPtr::new(std::ptr::null_mut()),
             shutdown: AtomicBool::new(false),
             coordinator: thread::current(),
         });
-        let helpers = (1..parts.max(1))
-            .map(|part| {
+        let helpers = (1..threads.max(1))
+            .map(|index| {
                 let shared = Arc::clone(&shared);
                 thread::Builder::new()
-                    .name(format!("rust_ps-apply-{part}"))
-                    .spawn(move || helper_loop(&shared, part))
+                    .name(format!("rust_ps-apply-{index}"))
+                    .spawn(move || helper_loop(&shared))
                     .expect("spawn apply thread")
             })
             .collect();
         ApplyPool { shared, helpers }
     }
 
-    pub fn parts(&self) -> usize {
+    pub fn threads(&self) -> usize {
         self.helpers.len() + 1
     }
 
-    /// Run `job(part)` for every part in parallel; returns when all parts are done.
-    pub fn run(&self, job: &(dyn Fn(usize) + Sync)) {
-        if self.helpers.is_empty() {
-            job(0);
+    /// Run `job(chunk)` for every chunk in `0..chunks`, each exactly once, on the pool's
+    /// threads; returns when all are done.
+    pub fn run(&self, chunks: usize, job: &(dyn Fn(usize) + Sync)) {
+        if self.helpers.is_empty() || chunks <= 1 {
+            (0..chunks).for_each(job);
             return;
         }
-        let job_ref: Job<'_> = job;
         let shared = &self.shared;
-        shared.job.store(&job_ref as *const Job<'_> as *mut (), Ordering::Release);
-        shared.remaining.store(self.helpers.len(), Ordering::Release);
-        shared.generation.fetch_add(1, Ordering::Release);
+        let job_ref: Job<'_> = job;
+        shared.job.store(&job_ref as *const Job<'_> as *mut (), Ordering::SeqCst);
+        shared.chunks.store(chunks, Ordering::SeqCst);
+        shared.next_chunk.store(0, Ordering::SeqCst);
+        shared.closed.store(false, Ordering::SeqCst);
+        shared.generation.fetch_add(1, Ordering::SeqCst);
         for helper in &self.helpers {
             helper.thread().unpark();
         }
-        job(0);
+        claim_chunks(shared, job);
+        shared.closed.store(true, Ordering::SeqCst);
         let mut spins = 0;
-        while shared.remaining.load(Ordering::Acquire) != 0 {
+        while shared.active.load(Ordering::SeqCst) != 0 {
             if spins < SPINS {
                 spins += 1;
                 std::hint::spin_loop();
@@ -84,12 +108,24 @@ impl ApplyPool {
                 thread::park();
             }
         }
-        // Helpers are done with `job_ref`; it must not be reachable after we return.
-        shared.job.store(std::ptr::null_mut(), Ordering::Release);
+        // No helper is inside the job and none will enter it: it may go out of scope.
+        shared.job.store(std::ptr::null_mut(), Ordering::SeqCst);
     }
 }
 
-fn helper_loop(shared: &PoolShared, part: usize) {
+/// Claim and run chunks until none are left.
+fn claim_chunks(shared: &PoolShared, job: &(dyn Fn(usize) + Sync)) {
+    let chunks = shared.chunks.load(Ordering::SeqCst);
+    loop {
+        let chunk = shared.next_chunk.fetch_add(1, Ordering::SeqCst);
+        if chunk >= chunks {
+            return;
+        }
+        job(chunk);
+    }
+}
+
+fn helper_loop(shared: &PoolShared) {
     let mut seen = 0u64;
     loop {
         let mut spins = 0;
@@ -97,7 +133,7 @@ fn helper_loop(shared: &PoolShared, part: usize) {
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let generation = shared.generation.load(Ordering::Acquire);
+            let generation = shared.generation.load(Ordering::SeqCst);
             if generation != seen {
                 seen = generation;
                 break;
@@ -109,12 +145,16 @@ fn helper_loop(shared: &PoolShared, part: usize) {
                 thread::park();
             }
         }
-        let job = shared.job.load(Ordering::Acquire) as *const Job<'_>;
-        // SAFETY: `run` stored a pointer to a live `Job` before bumping `generation`
-        // (release, paired with our acquire) and does not return, so the job stays
-        // alive, until `remaining` reaches zero, which happens only after this call.
-        unsafe { (*job)(part) };
-        if shared.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        if !shared.closed.load(Ordering::SeqCst) {
+            let job = shared.job.load(Ordering::SeqCst) as *const Job<'_>;
+            // SAFETY: `closed` was false after we registered in `active`, so the
+            // coordinator had not yet finished its `closed`-then-`active` check and will
+            // wait for our `active` decrement before letting the job go out of scope;
+            // the pointer was stored before `generation` was bumped.
+            claim_chunks(shared, unsafe { *job });
+        }
+        if shared.active.fetch_sub(1, Ordering::SeqCst) == 1 {
             shared.coordinator.unpark();
         }
     }
@@ -136,28 +176,42 @@ mod tests {
     use std::sync::atomic::AtomicU64 as Counter;
 
     #[test]
-    fn every_part_runs_exactly_once_per_job() {
+    fn every_chunk_runs_exactly_once_per_job() {
         let pool = ApplyPool::new(4);
-        let counts: Vec<Counter> = (0..4).map(|_| Counter::new(0)).collect();
+        let counts: Vec<Counter> = (0..37).map(|_| Counter::new(0)).collect();
         for _ in 0..2000 {
-            pool.run(&|part| {
-                counts[part].fetch_add(1, Ordering::Relaxed);
+            pool.run(counts.len(), &|chunk| {
+                counts[chunk].fetch_add(1, Ordering::Relaxed);
             });
         }
         assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 2000));
     }
 
     #[test]
-    fn writes_of_all_parts_are_visible_after_run() {
+    fn writes_of_all_chunks_are_visible_after_run() {
         let pool = ApplyPool::new(3);
         let data: Vec<Counter> = (0..300).map(|_| Counter::new(0)).collect();
         for round in 1..=500u64 {
-            pool.run(&|part| {
-                for cell in &data[part * 100..(part + 1) * 100] {
+            pool.run(30, &|chunk| {
+                for cell in &data[chunk * 10..(chunk + 1) * 10] {
                     cell.store(round, Ordering::Relaxed);
                 }
             });
             assert!(data.iter().all(|c| c.load(Ordering::Relaxed) == round));
         }
+    }
+
+    #[test]
+    fn a_slow_thread_does_not_hold_the_others_back() {
+        // One chunk sleeps; with dynamic claiming the other chunks are done by the
+        // remaining threads meanwhile, so the job takes about one sleep, not more.
+        let pool = ApplyPool::new(2);
+        let started = std::time::Instant::now();
+        pool.run(20, &|chunk| {
+            if chunk == 0 {
+                thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        assert!(started.elapsed() < std::time::Duration::from_millis(500));
     }
 }

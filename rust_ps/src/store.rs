@@ -241,6 +241,10 @@ fn unique_name() -> String {
     format!("{}-{}-{:x}", shm::current_pid(), COUNTER.fetch_add(1, Ordering::SeqCst), nanos)
 }
 
+/// Floats per chunk of a merge (1 MiB): small enough that threads balance the load
+/// when one is descheduled, large enough that claiming a chunk costs nothing.
+const CHUNK_FLOATS: usize = 1 << 18;
+
 /// A raw pointer that may cross into the apply threads. Each thread derives a slice of
 /// a range disjoint from every other thread's (see `rules::slice_range`).
 #[derive(Clone, Copy)]
@@ -386,14 +390,15 @@ impl Server {
             nesterov: header.nesterov != 0,
         };
         let rule = self.rule;
-        let parts = self.pool.parts();
-        self.pool.run(&|part| {
-            let range = rules::slice_range(n, parts, part);
+        let chunks = n.div_ceil(CHUNK_FLOATS);
+        self.pool.run(chunks, &|chunk| {
+            let range = rules::slice_range(n, chunks, chunk);
             let len = range.len();
             // SAFETY: `out` is the copy no reader holds (checked above) and that only
             // this server writes; `state`, the momentum buffer and the payload slots
-            // are each `n` floats inside the mapping. Every part works on its own
-            // `range`, disjoint from the others, so the `&mut` slices never alias, and
+            // are each `n` floats inside the mapping. Every chunk runs once (pool
+            // contract) on its own `range`, disjoint from the others, so the `&mut`
+            // slices never alias, and
             // published payload slots are not written by their producer until we
             // consume them below.
             let (out, state, momentum, payloads) = unsafe {
