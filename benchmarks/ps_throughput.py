@@ -3,6 +3,7 @@
 State of ResNet-18 size (11.2 M floats by default); W worker processes push and pull
 as fast as they can, in every sync mode. Reported as ratios against:
   (a) memcpy of the same bytes (numpy copy in one process: the physical limit),
+      measured right before each store run so both see the same machine load,
   (b) the same merge maths done by torch in one process (torch._foreach_* on the
       ResNet-18 parameter tensors, or optim.SGD(foreach=True) for rule sgd),
   (c) torch.distributed.all_reduce (gloo) of the same size over W processes,
@@ -278,7 +279,9 @@ def main() -> int:
               "| rounds/s vs gloo all_reduce | pushes/s vs rpc server | server busy |")
         print("|---|---|---|---|---|---|---|---|---|")
         for mode, rule in MODES:
+            memcpy = memcpy_gbps(n)
             r = run_store(n, workers, mode, rule, args.seconds)
+            r["memcpy_gbps"] = memcpy
             r["foreach_gbps"] = foreach_gbps(n, rule, workers)
             report["runs"].append(r)
             rounds = f"{r['versions_per_s'] / allreduce:.2f}x" if mode == "bsp" else "-"
