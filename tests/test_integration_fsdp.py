@@ -92,14 +92,33 @@ def test_two_groups_of_two_sync_is_weighted_mean_and_learns(tmp_path: Path) -> N
     assert (run_dir / "checkpoints" / "epoch00003" / "model" / ".metadata").is_file()
 
 
-def test_bad_mesh_and_too_many_groups_fail_fast(tmp_path: Path) -> None:
-    # 3 ranks cannot be groups of 2
+def test_bad_mesh_fails_fast_under_torchrun(tmp_path: Path) -> None:
+    # 3 ranks cannot be groups of 2: every rank refuses before any collective
     proc = torchrun(3, "--ranks-per-worker", "2", "--run-dir", str(tmp_path / "a"), *RUN, timeout=120)
     assert proc.returncode != 0 and "not divisible" in proc.stderr, proc.stderr[-2000:]
-    # a plan for 3 groups on 2 ranks (groups of 1)
-    proc = torchrun(2, "--run-dir", str(tmp_path / "b"), *RUN, "dbl.workers=3", timeout=120)
-    assert proc.returncode != 0 and "dbl.workers=3" in proc.stderr, proc.stderr[-2000:]
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("world,group_size,workers,message", [
+    (3, 2, 2, "not divisible"),            # mesh does not divide the world
+    (2, 1, 3, "dbl.workers=3"),            # a plan for more groups than exist
+    (4, 2, 3, "dbl.workers=3"),
+    (8, 2, 2, "WORLD_SIZE=8"),             # fewer groups planned than launched
+    (4, 0, 2, "group size"),
+])
+def test_launch_checks_before_any_collective(monkeypatch: pytest.MonkeyPatch, world: int, group_size: int,
+                                             workers: int, message: str) -> None:
+    from dbl_ps.integrations.collective import LaunchError, read_topology
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(LaunchError, match=message):
+        read_topology(workers, group_size)
+    monkeypatch.setenv("WORLD_SIZE", str(workers * max(group_size, 1)))
+    if group_size >= 1:
+        topo = read_topology(workers, group_size)
+        assert (topo.workers, topo.worker, topo.member) == (workers, 0, 0)
 
 
 @pytest.mark.slow

@@ -421,6 +421,8 @@ class CollectiveTrainer:
             if topo.is_main else None
         eval_model = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels) \
             if topo.is_main else None
+        self.tracker = self._open_tracker() if topo.is_main and cfg.tracking.wandb.enabled else None
+        dist.barrier()  # start the clocks together (W&B start-up on rank 0 is slow)
         first = self.plan[spec.resolutions[0]]
         loader = ShareLoader(self.data.train, self.transform, worker=w, shares=first.shares,
                              batch_size=first.batches[w], resolution=spec.resolutions[0], seed=cfg.seed,
@@ -446,7 +448,7 @@ class CollectiveTrainer:
                 engine.module.train()
                 loss_sum = torch.zeros((), dtype=torch.float64)
                 correct = samples = step = next_sync = 0
-                sync_s = 0.0
+                sync_s = wait_s = 0.0
                 start = time.perf_counter()
                 for images, labels in loader:
                     images, labels = engine.local_batch(images, labels)
@@ -459,8 +461,11 @@ class CollectiveTrainer:
                         if dump and syncs_done == 0:
                             self._dump(Path(dump), "pre", weight)
                         s = time.perf_counter()
+                        dist.barrier()  # waiting for slower workers, timed apart from the merge itself
+                        m = time.perf_counter()
                         engine.sync(weight)
-                        sync_s += time.perf_counter() - s
+                        wait_s += m - s
+                        sync_s += time.perf_counter() - m
                         if dump and syncs_done == 0:
                             self._dump(Path(dump), "post", weight)
                         next_sync += 1
@@ -471,7 +476,7 @@ class CollectiveTrainer:
                 record = {"worker": w, "rank": topo.rank, "loss": float(loss_sum) / max(samples, 1),
                           "acc": correct / max(samples, 1), "batch": batch, "samples": samples, "steps": step,
                           "syncs": next_sync, "seconds": seconds, "sync_seconds": sync_s,
-                          "train_seconds": seconds - sync_s, "weight": weight}
+                          "wait_seconds": wait_s, "train_seconds": seconds - sync_s - wait_s, "weight": weight}
                 gathered: list[Any] = [None] * topo.world
                 dist.all_gather_object(gathered, record)
                 full = engine.full_state_dict()
@@ -495,6 +500,8 @@ class CollectiveTrainer:
         finally:
             if metrics is not None:
                 metrics.close()
+            if self.tracker is not None:
+                self.tracker.close()
         summary: dict[str, Any] = {}
         if topo.is_main:
             summary = {"run_dir": str(self.run_dir), "name": cfg.name, "method": spec.method, "engine": self.engine_name,
@@ -525,6 +532,7 @@ class CollectiveTrainer:
                 "acc": sum(m["acc"] * m["samples"] for m in members) / max(samples, 1),
                 "seconds": max(m["seconds"] for m in members),
                 "sync_seconds": max(m["sync_seconds"] for m in members),
+                "wait_seconds": max(m["wait_seconds"] for m in members),
                 "train_seconds": max(m["train_seconds"] for m in members),
             })
         samples = sum(x["samples"] for x in workers)
@@ -540,10 +548,23 @@ class CollectiveTrainer:
             "workers": workers,
         }
         metrics.log(epoch, record)
+        if self.tracker is not None:
+            self.tracker.log(epoch, record)
         self._log(f"epoch {epoch + 1}/{int(self.spec.epochs)}  res {point.resolution}px  lr {point.lr:.4g}  "
                   f"train loss {record['train_loss']:.4f}  test acc {test_acc:.4f}  "
-                  f"sync {record['sync_seconds']:.3f}s of {max(x['seconds'] for x in workers):.2f}s  t {wall:.1f}s")
+                  f"merge {record['sync_seconds']:.3f}s of {max(x['seconds'] for x in workers):.2f}s  t {wall:.1f}s")
         return {"test_acc": test_acc, "test_loss": test_loss, "wall_time": wall}
+
+    def _open_tracker(self) -> Any:
+        """W&B on rank 0 (tracking.wandb.enabled): the same records as metrics.jsonl, plan and phases tables."""
+        from dbl_ps.integrations.wandb import WandbTracker
+        from dbl_ps.schedule import phases
+
+        w = self.cfg.tracking.wandb
+        tracker = WandbTracker(run_dir=self.run_dir, config=self.cfg.to_dict(), project=w.project, entity=w.entity,
+                               mode=w.mode, tags=[*w.tags, self.engine_name], group=w.group, name=self.run_dir.name)
+        tracker.log_tables(plan=self.plan.to_dict(), phases=[p.to_dict() for p in phases(self.spec)])
+        return tracker
 
     def evaluate(self, model: nn.Module, state: dict[str, Any]) -> tuple[float, float]:
         """Test loss and top-1 of the global model at the highest resolution (rank 0)."""
