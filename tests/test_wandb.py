@@ -92,3 +92,44 @@ def test_a_failing_tracker_reports_once_and_never_raises(tmp_path):
         tracker.log(epoch, RECORD)  # must not raise
     tracker.close()
     assert len(warnings) == 1 and "W&B went away" in warnings[0]
+
+
+# --- through the runtime: `dbl-ps train` with tracking on --------------------------
+
+TINY = ["schedule.epochs=2", "schedule.milestones=[1]", "schedule.warmup_epochs=0", "dbl.workers=2",
+        "tracking.wandb.enabled=true", "tracking.wandb.mode=offline"]
+
+
+def _train(run_dir, overrides):
+    from dbl_ps.commands.train import train_run
+    from dbl_ps.config import load_config
+
+    return train_run(load_config(None, overrides), run_dir=str(run_dir), progress=False)
+
+
+def test_a_tracked_digits_run_writes_an_offline_run_with_metrics_plan_and_summary(tmp_path):
+    assert _train(tmp_path / "run", TINY) == 0
+    (run_path,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    run = read_offline_run(run_path)
+    rows = [h for h in run["history"] if "test/acc" in h]
+    assert [h["epoch"] for h in rows] == [0, 1]
+    assert {"test/loss", "schedule/lr", "schedule/resolution", "store/version", "train/worker0/loss",
+            "train/worker1/samples_per_s", "train/worker0/wait_seconds", "store/staleness_max"} <= set(rows[-1])
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert run["summary"]["final/test_acc"] == pytest.approx(metrics[-1]["test_acc"])
+    assert list(run_path.rglob("plan_*.table.json")) and list(run_path.rglob("schedule_*.table.json"))
+    assert run["config"]["dbl"]["workers"] == 2  # the full run config...
+    assert run["config"]["system"]["torch"] and run["config"]["system"]["cpus"] >= 1  # ...and system info
+
+
+def test_a_tracker_that_breaks_mid_run_does_not_stop_training(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    def broken(self, *args, **kwargs):
+        raise ConnectionError("W&B is unreachable")
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", broken)
+    assert _train(tmp_path / "run", TINY) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # every epoch still recorded
+    assert capsys.readouterr().out.count("W&B tracking failed") == 1

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="subset of %(default)s")
     parser.add_argument("--out", metavar="DIR", help="folder for the runs and the report (default: OUT_DIR/compare-NAME-TIMESTAMP)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log every run to Weights & Biases, in one group so their curves overlay")
 
 
 def _error(message: str) -> int:
@@ -37,8 +39,9 @@ def _error(message: str) -> int:
     return 2
 
 
-def variant(cfg: Any, method: str, seed: int) -> Any:
-    """The config of one method and seed (see the module doc)."""
+def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
+    """The config of one method and seed (see the module doc); `group` is the W&B group
+    shared by all runs of one comparison."""
     from dbl_ps.config import RunConfig
 
     data = cfg.to_dict()
@@ -53,6 +56,9 @@ def variant(cfg: Any, method: str, seed: int) -> Any:
         data["dbl"]["small"] = 0
     data["name"] = method
     data["seed"] = seed
+    wandb = data["tracking"]["wandb"]
+    wandb["group"] = wandb["group"] or group
+    wandb["tags"] = [*wandb["tags"], method, f"seed{seed}"]
     data["description"] = f"{method} variant (seed {seed}) of: {cfg.description}"
     return RunConfig.from_dict(data)
 
@@ -94,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not methods or not seeds:
         return _error(f"--methods {args.methods!r}: expected a subset of {','.join(METHODS)}; --seeds at least one")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])])
         configs = {(m, s): variant(cfg, m, s) for m in methods for s in seeds}  # all checked before any run
     except ConfigError as exc:
         return _error(str(exc))
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     run_dirs = []
     for seed in seeds:
         for method in methods:
-            vcfg = variant(cfg, method, seed)
+            vcfg = variant(cfg, method, seed, group=out.name)
             run_dir = out / f"{method}-s{seed}"
             print(f"=== {method}, seed {seed}: {run_dir}", flush=True)
             if (run_dir / "summary.json").is_file():

@@ -12,6 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", metavar="DIR", help="run directory (default: OUT_DIR/NAME-TIMESTAMP)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="log to Weights & Biases (same as tracking.wandb.enabled=true; offline without an API key)")
 
 
 def error(message: str) -> int:
@@ -25,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and (args.config or args.overrides or args.run_dir):
         return error("--resume RUN_DIR takes the config from the run directory; give no --config, --run-dir or overrides")
     try:
-        cfg = None if args.resume else load_config(args.config, args.overrides)
+        overrides = [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])]
+        cfg = None if args.resume else load_config(args.config, overrides)
     except ConfigError as exc:
         return error(str(exc))
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
 def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     """Run (or resume) one training job with the command line's error handling; returns the exit code."""
+    from dbl_ps._optional import MissingExtraError
     from dbl_ps.config import ConfigError
     from dbl_ps.data import DataError
     from dbl_ps.planner import InfeasiblePlanError
@@ -45,7 +49,8 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     except KeyboardInterrupt:
         print("dbl-ps train: interrupted before training started; nothing to resume", file=sys.stderr)
         return 130
-    except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError) as exc:
+    except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError,
+            MissingExtraError) as exc:
         return error(str(exc))
     try:
         trainer.train()

@@ -150,6 +150,10 @@ class Trainer:
                 {"method": self.spec.method, "epochs": self.spec.epochs, "phases": [p.to_dict() for p in phases(self.spec)]},
                 indent=2) + "\n")
             (self.run_dir / "schedule.txt").write_text(format_phases(self.spec) + "\n")
+        if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
+            from dbl_ps._optional import require
+
+            require("wandb", feature="tracking.wandb (Weights & Biases)")
         self._prepared = True
 
     def _devices(self) -> list[str]:
@@ -171,7 +175,7 @@ class Trainer:
 
         import torch
 
-        from dbl_ps.metrics import MetricsWriter
+        from dbl_ps.metrics import Logger, MetricsWriter
         from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
         from dbl_ps.store import ParameterStore
 
@@ -191,7 +195,10 @@ class Trainer:
         self.t0 = time.perf_counter()
         if ckpt:
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch} of {epochs}")
-        self.metrics = MetricsWriter(self.run_dir, resume=self.resuming, keep_through=self.last_complete)
+        self.metrics = Logger([MetricsWriter(self.run_dir, resume=self.resuming, keep_through=self.last_complete)])
+        tracker = self._start_tracker()
+        if tracker is not None:
+            self.metrics.add(tracker)
 
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
@@ -235,6 +242,25 @@ class Trainer:
             self.metrics.close()
             self._restore_signal_handlers(old_handlers)
         return self._summary()
+
+    def _start_tracker(self) -> Any:
+        """A W&B sink for the epoch records (None unless tracking.wandb.enabled); it logs
+        the plan and schedule as tables and keeps its run id so a resumed run continues it."""
+        wb = self.cfg.tracking.wandb
+        if not wb.enabled or wb.mode == "disabled":
+            return None
+        from dbl_ps.integrations.wandb import WandbTracker
+
+        id_file = self.run_dir / "wandb_id.txt"
+        resume_id = id_file.read_text().strip() if self.resuming and id_file.is_file() else None
+        tracker = WandbTracker(run_dir=self.run_dir, config=self.cfg.to_dict(), project=wb.project, entity=wb.entity,
+                               mode=wb.mode, tags=wb.tags, group=wb.group, name=self.run_dir.name,
+                               resume_id=resume_id, warn=self.log)
+        if tracker.run_id:
+            id_file.write_text(tracker.run_id + "\n")
+        tracker.log_tables(plan=json.loads((self.run_dir / "plan.json").read_text()),
+                           phases=json.loads((self.run_dir / "schedule.json").read_text())["phases"])
+        return tracker
 
     def _loop(self, store: Any, queue: Any, stop: Any, gate: Any, procs: list[Any], epochs: int) -> None:
         import queue as queue_mod
@@ -324,7 +350,7 @@ class Trainer:
             "samples": samples,
             "samples_per_s": sum(r["samples_per_s"] for r in workers),
             "workers": [{k: r[k] for k in ("worker", "loss", "acc", "batch", "resolution", "samples", "steps",
-                                           "pushes", "samples_per_s", "seconds", "weight")} for r in workers],
+                                           "pushes", "samples_per_s", "seconds", "wait_seconds", "weight", "version")} for r in workers],
         }
         self.metrics.log(epoch, {k: v for k, v in record.items() if k != "epoch"})
         self.records.append(record)

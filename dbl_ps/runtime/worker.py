@@ -210,6 +210,7 @@ class _Worker:
                 loss_sum = torch.zeros((), dtype=torch.float64, device=device)
                 correct = torch.zeros((), dtype=torch.int64, device=device)
                 samples = step = next_sync = pushes = 0
+                wait_seconds = 0.0  # in push/pull: queue full, bsp round, ssp bound
                 start = time.perf_counter()
                 for images, labels in loader:
                     self.check_stop()
@@ -228,12 +229,14 @@ class _Worker:
                     step += 1
                     while next_sync < len(bounds) and bounds[next_sync] <= step:
                         flat.gather(vec)
+                        waited = time.perf_counter()
                         if rule == "sgd":
                             torch.sub(reference, vec, out=payload)
                             client.push(payload, weight=weight)
                         else:
                             client.push(vec, weight=weight)
                         version = client.pull(vec)
+                        wait_seconds += time.perf_counter() - waited
                         flat.scatter(vec)
                         if ds_engine is not None:
                             ds_engine.after_sync()
@@ -258,6 +261,7 @@ class _Worker:
                     "steps": step,
                     "pushes": pushes,
                     "seconds": seconds,
+                    "wait_seconds": wait_seconds,
                     "samples_per_s": samples / max(seconds, 1e-9),
                     "weight": weight,
                     "version": version,
