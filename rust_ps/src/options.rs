@@ -6,6 +6,10 @@ use crate::error::{Result, StoreError};
 /// Most payload slots per worker queue (the header reserves a weight for each).
 pub const MAX_SLOTS: usize = 8;
 
+/// Floats per chunk of a merge (1 MiB): small enough that threads balance the load
+/// when one is descheduled, large enough that claiming a chunk costs nothing.
+pub const CHUNK_FLOATS: usize = 1 << 18;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Bulk synchronous: a round completes when every worker has pushed.
@@ -179,13 +183,12 @@ impl StoreOptions {
         Ok(())
     }
 
-    /// Apply threads actually used: small states are merged on one thread, where
-    /// handing work to other threads would cost more than it saves.
+    /// Apply threads actually used: no more than there are chunks to share, so a
+    /// state of one chunk is merged by the server thread alone.
     pub fn effective_apply_threads(&self) -> usize {
         let wanted = self.apply_threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
         });
-        let by_size = (self.num_params / (1 << 16)).max(1);
-        wanted.min(by_size)
+        wanted.min(self.num_params.div_ceil(CHUNK_FLOATS).max(1))
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Result, StoreError};
 use crate::layout::{is_active, Header, Layout, Shared, LAYOUT_VERSION, MAGIC};
-use crate::options::{Mode, Rule, StoreOptions};
+use crate::options::{Mode, Rule, StoreOptions, CHUNK_FLOATS};
 use crate::pool::ApplyPool;
 use crate::rules::{self, SgdParams};
 use crate::shm::{self, Segment, PREFIX};
@@ -240,10 +240,6 @@ fn unique_name() -> String {
         .unwrap_or(0);
     format!("{}-{}-{:x}", shm::current_pid(), COUNTER.fetch_add(1, Ordering::SeqCst), nanos)
 }
-
-/// Floats per chunk of a merge (1 MiB): small enough that threads balance the load
-/// when one is descheduled, large enough that claiming a chunk costs nothing.
-const CHUNK_FLOATS: usize = 1 << 18;
 
 /// A raw pointer that may cross into the apply threads. Each thread derives a slice of
 /// a range disjoint from every other thread's (see `rules::slice_range`).

@@ -21,7 +21,7 @@ fn options(num_params: usize, num_workers: usize, mode: Mode, rule: Rule) -> Sto
 fn bsp_rounds_give_the_exact_weighted_mean() {
     let workers = 4;
     let rounds = 50;
-    let n = 300_000; // large enough to use several apply threads
+    let n = 800_000; // 4 chunks: enough to use several apply threads
     let mut opts = options(n, workers, Mode::Bsp, Rule::Average);
     opts.apply_threads = Some(3);
     let store = ParameterStore::create(opts, None).unwrap();
@@ -138,7 +138,7 @@ fn ssp_bounds_how_far_a_worker_runs_ahead() {
 /// Readers never see a half-written state: every pull returns a constant vector.
 #[test]
 fn pulls_see_whole_versions_while_the_server_writes() {
-    let n = 200_000;
+    let n = 600_000; // 3 chunks, merged by 2 threads
     let mut opts = options(n, 2, Mode::Asp, Rule::Blend);
     opts.apply_threads = Some(2);
     let store = ParameterStore::create(opts, None).unwrap();
