@@ -150,3 +150,14 @@ def test_split_params_buffers_order_matches_state_dict() -> None:
     with torch.no_grad():
         params[0].fill_(3.0)  # views: writes reach the model
     assert float(next(model.parameters()).detach().flatten()[0]) == 3.0
+
+
+def test_deepspeed_integration_imports_lazily_and_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from dbl_ps._optional import MissingExtraError
+    from dbl_ps.integrations import collective, deepspeed as ds_integration, fsdp  # noqa: F401 - no deepspeed needed
+
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # as if not installed
+    with pytest.raises(MissingExtraError, match=r"dbl-ps\[deepspeed\]"):
+        ds_integration._deepspeed()
