@@ -155,3 +155,12 @@ def test_resume_same_and_other_number_of_groups(tmp_path: Path) -> None:
     records = check_run(saved, [0, 1, 2, 3], min_acc=0.7)
     assert len(records[-1]["workers"]) == 3
     assert json.loads((saved / "plan.json").read_text())["workers"] == 3
+
+
+@pytest.mark.slow
+def test_bf16_compute_with_fp32_shards(tmp_path: Path) -> None:
+    """--param-dtype bf16 (FSDP2 mixed precision; BatchNorm statistics in bf16) runs and learns on the CPU."""
+    run_dir = tmp_path / "run"
+    proc = torchrun(2, "--param-dtype", "bf16", "--run-dir", str(run_dir), *RUN)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    check_run(run_dir, [0, 1, 2, 3], min_acc=0.7)

@@ -69,6 +69,13 @@ def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype |
         if isinstance(m, BasicBlock):
             fully_shard(m, mesh=shard_mesh, mp_policy=mp)
     fully_shard(module, mesh=shard_mesh, mp_policy=mp)
+    if param_dtype is not None:
+        # FSDP2 casts parameters for compute, not buffers; BatchNorm needs its running
+        # statistics in its weight's dtype (they are kept in param_dtype, merged in fp32).
+        for m in module.modules():
+            for name, b in m.named_buffers(recurse=False):
+                if b.is_floating_point():
+                    setattr(m, name, b.to(param_dtype))
     return module
 
 
