@@ -220,7 +220,9 @@ class DeepSpeedEngine(WorkerEngine):
     def set_batch_size(self, batch_size: int) -> None:
         # Only DeepSpeed's bookkeeping (throughput timers, its own loaders): the forward
         # takes any batch, so a resolution boundary needs no new engine or process.
-        self.engine.set_train_micro_batch_size(int(batch_size))
+        setter = getattr(self.engine, "set_train_micro_batch_size", None)  # DeepSpeed >= 0.12
+        if callable(setter):
+            setter(int(batch_size))
 
     def after_sync(self) -> None:
         refresh = getattr(self.optimizer, "refresh_fp32_params", None)
