@@ -102,8 +102,12 @@ def main() -> int:
     base_cfg = load_config(None, [*common, "dbl.workers=1"])
     plain = plain_samples_per_s(base_cfg, args.epochs, cores)
     print(f"plain torch, 1 process, {cores} threads: {plain:,.0f} samples/s  ({args.data}, {res} px, batch 128)")
+    # Intra-op threads scale poorly for a small model: one single-threaded process per core
+    # would be the ideal. Also measured, as a second reference: 1 thread x cores.
+    plain1 = plain_samples_per_s(base_cfg, args.epochs, 1)
+    print(f"plain torch, 1 process, 1 thread: {plain1:,.0f} samples/s; x {cores} cores = {plain1 * cores:,.0f}")
     results = {"data": args.data, "resolution": res, "batch": 128, "cores": cores, "plain_samples_per_s": plain,
-               "runs": []}
+               "plain_1thread_samples_per_s": plain1, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for w in [int(x) for x in args.workers.split(",")]:
             cfg = load_config(None, [*common, f"dbl.workers={w}"])
@@ -112,10 +116,12 @@ def main() -> int:
             print(f"dbl-ps train, W={w} ({threads} thread(s) each, {args.mode}): {steady:,.0f} samples/s steady "
                   f"(with per-epoch evaluation) = {steady / plain:.3f} x plain; training loops only "
                   f"{train_only:,.0f} samples/s = {train_only / plain:.3f} x plain; {e2e:,.0f} samples/s end to end "
-                  f"incl. start-up = {e2e / plain:.3f} x plain (final test acc {acc:.4f})")
+                  f"incl. start-up = {e2e / plain:.3f} x plain (final test acc {acc:.4f}); "
+                  f"training loops vs {cores} x the 1-thread process: {train_only / (plain1 * cores):.3f}")
             results["runs"].append({"workers": w, "threads_per_worker": threads, "samples_per_s": steady,
                                     "ratio": steady / plain, "train_only_samples_per_s": train_only,
                                     "train_only_ratio": train_only / plain, "end_to_end_samples_per_s": e2e,
+                                    "train_only_vs_1thread_x_cores": train_only / (plain1 * cores),
                                     "end_to_end_ratio": e2e / plain, "final_test_acc": acc})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
