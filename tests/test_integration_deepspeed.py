@@ -197,3 +197,19 @@ def test_dbl_ps_train_worker_with_deepspeed_engine_learns(tmp_path: Path) -> Non
 def test_dbl_ps_train_worker_with_deepspeed_bf16_engine(tmp_path: Path) -> None:
     summary = _train_with_engine(tmp_path, ["deepspeed_config=gpu_bf16"])
     assert summary["final_test_acc"] >= 0.5, summary
+
+
+@pytest.mark.slow
+def test_zero1_stop_and_resume_keeps_its_engine_config(tmp_path: Path) -> None:
+    """ZeRO-1 (fp32 masters in DeepSpeed's optimizer, refreshed after each merge): a run stopped
+    after epoch 1 resumes without repeating --deepspeed-config (saved in the run directory)."""
+    conf = tmp_path / "zero1.json"
+    conf.write_text(json.dumps({"zero_optimization": {"stage": 1}, "gradient_clipping": 5.0}))
+    run_dir = tmp_path / "run"
+    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(run_dir), "--deepspeed-config", str(conf), *RUN),
+                  DBL_PS_STOP_AFTER_EPOCH="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "deepspeed_config.json").read_text())["zero_optimization"]["stage"] == 1
+    proc = launch(torchrun_cmd(2, MODULE, "--resume", str(run_dir)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_run(run_dir)

@@ -308,7 +308,8 @@ class CollectiveTrainer:
 
     def __init__(self, cfg: Any, make_engine: Callable[..., WorkerEngine], *, run_dir: str | Path | None = None,
                  resume: bool = False, group_size: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 engine_name: str = "torch", log: Callable[[str], None] | None = None):
+                 engine_name: str = "torch", log: Callable[[str], None] | None = None,
+                 run_files: dict[str, Any] | None = None):
         self.cfg = cfg
         self.make_engine = make_engine
         self.resume = resume
@@ -317,6 +318,7 @@ class CollectiveTrainer:
         self.engine_name = engine_name
         self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_files = dict(run_files or {})  # extra JSON files rank 0 writes into the run directory
 
     def log(self, message: str) -> None:
         if self.topo.is_main:
@@ -403,6 +405,8 @@ class CollectiveTrainer:
         plan["ranks_per_worker"] = self.group_size
         (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
         (run_dir / "schedule.txt").write_text(format_phases(self.spec) + "\n")
+        for name, content in self.run_files.items():
+            _atomic_json(run_dir / name, content)
 
     # -- training
 

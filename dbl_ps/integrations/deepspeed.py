@@ -61,6 +61,7 @@ from dbl_ps.integrations.collective import (
 __all__ = ["DeepSpeedEngine", "SingleRankMPU", "build_engine", "load_ds_config", "DEFAULT_CPU_CONFIG", "main"]
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
+DS_CONFIG_FILE = "deepspeed_config.json"  # the engine config, saved in the run directory
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 # Used when no --deepspeed-config is given: fp32, no ZeRO (what runs on a CPU with gloo).
 DEFAULT_CPU_CONFIG: dict[str, Any] = {
@@ -239,7 +240,12 @@ class DeepSpeedEngine(WorkerEngine):
         optim = _load_replicated(folder, topo, self.module, meta)
         self.after_sync()
         if optim is not None:
-            self.optimizer.load_state_dict(optim)
+            import inspect
+
+            # ZeRO and bf16 optimizers take one state per data-parallel rank (here: one).
+            first = next(iter(inspect.signature(self.optimizer.load_state_dict).parameters), "")
+            self.optimizer.load_state_dict([optim] if first == "state_dict_list" else optim)
+            self.after_sync()  # loading may restore masters saved before the last merge
 
 
 def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, batch_size: int,
@@ -273,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_run_config(args)
-        ds_config = load_ds_config(args.ds_config or cfg.deepspeed_config)
+        saved = Path(args.resume) / DS_CONFIG_FILE if args.resume else None
+        if args.ds_config is None and saved is not None and saved.is_file():
+            ds_config = load_ds_config(saved)  # a resumed run keeps its engine config
+        else:
+            ds_config = load_ds_config(args.ds_config or cfg.deepspeed_config)
     except (ValueError, LaunchError) as err:
         print(f"dbl-ps: error: {err}", file=sys.stderr, flush=True)
         return 2
@@ -282,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         return DeepSpeedEngine(module, cfg, device, ds_config=ds_config, batch_size=1)
 
     trainer = CollectiveTrainer(cfg, make_engine, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
-                                timeout_s=args.timeout, engine_name="deepspeed")
+                                timeout_s=args.timeout, engine_name="deepspeed",
+                                run_files={DS_CONFIG_FILE: ds_config})
     return run_main(trainer)
 
 
