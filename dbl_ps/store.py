@@ -55,6 +55,7 @@ __all__ = [
     "StoreNotFoundError",
     "OwnerDiedError",
     "cleanup_stale_segments",
+    "list_segments",
     "SEGMENT_PREFIX",
 ]
 
@@ -214,6 +215,12 @@ class StoreClient:
 
     def __repr__(self) -> str:
         return repr(self._client)
+
+
+def list_segments() -> list[dict[str, Any]]:
+    """Every store segment on the machine: ``name``, ``owner_pid``, ``owner_alive``,
+    ``stale`` (what ``cleanup_stale_segments`` would remove)."""
+    return _rust_ps.list_segments()
 
 
 def cleanup_stale_segments() -> list[str]:

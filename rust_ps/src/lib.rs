@@ -43,4 +43,4 @@ pub use client::StoreClient;
 #[cfg(not(loom))]
 pub use snapshot::Pinned;
 #[cfg(not(loom))]
-pub use store::{cleanup_stale, ParameterStore, ServerStats, WorkerStats};
+pub use store::{cleanup_stale, list_segments, ParameterStore, SegmentInfo, ServerStats, WorkerStats};

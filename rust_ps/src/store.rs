@@ -471,35 +471,56 @@ impl Server {
     }
 }
 
-/// Remove segments whose owner process is gone (e.g. killed with SIGKILL), and
-/// segments left half-created more than a minute ago. Returns the names removed.
-pub fn cleanup_stale() -> Vec<String> {
-    let mut removed = Vec::new();
+/// One of this crate's segments on the machine, as `list_segments` sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentInfo {
+    pub name: String,
+    /// 0 when the header is unreadable (half-created, or not a store of this version).
+    pub owner_pid: u32,
+    /// Whether the owner process still runs (false for unreadable headers).
+    pub owner_alive: bool,
+    /// Dead owner, or half-created more than a minute ago: `cleanup_stale` removes it.
+    pub stale: bool,
+}
+
+/// Every `dblps-*` segment on the machine with its owner and whether it is stale.
+pub fn list_segments() -> Vec<SegmentInfo> {
     let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-        return removed;
+        return Vec::new();
     };
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
         let Some(name) = file_name.strip_prefix(PREFIX) else { continue };
-        let stale = match Segment::open(name) {
+        let owner = match Segment::open(name) {
             Ok(segment) if segment.len() >= std::mem::size_of::<Header>() => {
                 // SAFETY: page-aligned mapping at least a header long; any bit pattern
                 // is a valid `Header`.
                 let header = unsafe { &*(segment.as_ptr() as *const Header) };
-                if header.magic == MAGIC && header.owner_pid != 0 {
-                    !shm::process_alive(header.owner_pid, header.owner_start_time)
-                } else {
-                    older_than(&entry, Duration::from_secs(60))
-                }
+                (header.magic == MAGIC && header.owner_pid != 0)
+                    .then(|| (header.owner_pid, shm::process_alive(header.owner_pid, header.owner_start_time)))
             }
-            _ => older_than(&entry, Duration::from_secs(60)),
+            _ => None,
         };
-        if stale {
-            if let Ok(c_name) = shm::os_name(name) {
-                // SAFETY: a valid NUL-terminated name of one of our own segments.
-                unsafe { libc::shm_unlink(c_name.as_ptr()) };
-                removed.push(name.to_string());
-            }
+        let (owner_pid, owner_alive) = owner.unwrap_or((0, false));
+        let stale = match owner {
+            Some((_, alive)) => !alive,
+            None => older_than(&entry, Duration::from_secs(60)),
+        };
+        found.push(SegmentInfo { name: name.to_string(), owner_pid, owner_alive, stale });
+    }
+    found
+}
+
+/// Remove segments whose owner process is gone (e.g. killed with SIGKILL), and
+/// segments left half-created more than a minute ago. Returns the names removed.
+pub fn cleanup_stale() -> Vec<String> {
+    let mut removed = Vec::new();
+    for segment in list_segments().into_iter().filter(|s| s.stale) {
+        if let Ok(c_name) = shm::os_name(&segment.name) {
+            // SAFETY: a valid NUL-terminated name of one of our own segments.
+            unsafe { libc::shm_unlink(c_name.as_ptr()) };
+            removed.push(segment.name);
         }
     }
     removed

@@ -16,6 +16,23 @@ fn cleanup_stale(py: Python<'_>) -> Vec<String> {
     py.detach(crate::store::cleanup_stale)
 }
 
+/// Every `dblps-*` segment on the machine: name, owner_pid, owner_alive, stale.
+#[pyfunction]
+fn list_segments(py: Python<'_>) -> PyResult<Vec<Bound<'_, pyo3::types::PyDict>>> {
+    let segments = py.detach(crate::store::list_segments);
+    segments
+        .into_iter()
+        .map(|s| {
+            let d = pyo3::types::PyDict::new(py);
+            d.set_item("name", s.name)?;
+            d.set_item("owner_pid", s.owner_pid)?;
+            d.set_item("owner_alive", s.owner_alive)?;
+            d.set_item("stale", s.stale)?;
+            Ok(d)
+        })
+        .collect()
+}
+
 #[pymodule]
 fn _rust_ps(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<store::PyParameterStore>()?;
@@ -23,6 +40,7 @@ fn _rust_ps(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::PyStateSnapshot>()?;
     m.add_class::<views::PySlotView>()?;
     m.add_function(wrap_pyfunction!(cleanup_stale, m)?)?;
+    m.add_function(wrap_pyfunction!(list_segments, m)?)?;
     m.add("SEGMENT_PREFIX", crate::shm::PREFIX)?;
     errors::register(m)?;
     Ok(())
