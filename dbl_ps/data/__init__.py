@@ -1,7 +1,7 @@
 """Data: sources (uint8 images in memory), batch transforms (torch ops) and
 per-worker shares. See the submodules' docstrings."""
 
-from dbl_ps.data.shares import ShareLoader, batch_seed, epoch_shares, eval_batches
+from dbl_ps.data.shares import ShareCursor, ShareLoader, batch_seed, epoch_shares, eval_batches
 from dbl_ps.data.sources import (
     FLIP_DEFAULT,
     DataError,
@@ -31,6 +31,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "FLIP_DEFAULT",
+    "ShareCursor",
     "ShareLoader",
     "Split",
     "batch_seed",

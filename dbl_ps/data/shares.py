@@ -49,7 +49,66 @@ def batch_seed(seed: int, worker: int, epoch: int, position: int) -> int:
     return int(np.random.SeedSequence([seed, worker, epoch, position]).generate_state(1)[0])
 
 
-class ShareLoader:
+class ShareCursor:
+    """Which samples worker `worker` reads in an epoch, and how far it got: the share
+    bookkeeping every loader of planned shares needs (`ShareLoader` for in-memory
+    splits, `dbl_ps.shards.ShardShareLoader` for shard sets). Subclasses say how many
+    samples there are (`_num_samples`) and may act on a resolution change
+    (`_use_resolution`)."""
+
+    worker: int
+    seed: int
+    shares: list[int]
+    batch_size: int
+    resolution: int
+    epoch: int
+    position: int = 0
+    _indices: np.ndarray | None = None
+
+    def _num_samples(self) -> int:
+        raise NotImplementedError
+
+    def _use_resolution(self, resolution: int) -> None:
+        self.resolution = resolution
+
+    def set_epoch(self, epoch: int, *, shares: Sequence[int] | None = None, batch_size: int | None = None,
+                  resolution: int | None = None) -> None:
+        """Start `epoch` from its beginning, optionally with new shares, batch size or resolution."""
+        if shares is not None:
+            counts = [int(s) for s in shares]
+            if self.worker >= len(counts):
+                raise ValueError(f"worker {self.worker} has no share: shares {counts} cover workers 0..{len(counts) - 1}")
+            self.shares = counts
+        if batch_size is not None:
+            self.batch_size = _check_count("batch_size", batch_size, 1)
+        if resolution is not None:
+            self._use_resolution(_check_count("resolution", resolution, 1))
+        self.epoch = _check_count("epoch", epoch, 0)
+        self.position = 0
+        self._indices = None
+
+    @property
+    def indices(self) -> np.ndarray:
+        """This worker's sample indices for the current epoch."""
+        if self._indices is None:
+            self._indices = epoch_shares(self._num_samples(), self.shares, self.epoch, self.seed)[self.worker]
+        return self._indices
+
+    @property
+    def share(self) -> int:
+        return self.shares[self.worker]
+
+    @property
+    def remaining(self) -> int:
+        """Samples of the current epoch's share not yet yielded."""
+        return self.share - self.position
+
+    def __len__(self) -> int:
+        """Batches left in the current epoch."""
+        return math.ceil(self.remaining / self.batch_size)
+
+
+class ShareLoader(ShareCursor):
     """Batches of `(images, labels)` from worker `worker`'s share of an epoch.
 
     Reconfigure at schedule boundaries with `set_epoch(epoch, shares=...,
@@ -69,43 +128,8 @@ class ShareLoader:
         self.position = 0
         self.set_epoch(epoch, shares=shares, batch_size=batch_size, resolution=resolution)
 
-    # -- configuration
-
-    def set_epoch(self, epoch: int, *, shares: Sequence[int] | None = None, batch_size: int | None = None,
-                  resolution: int | None = None) -> None:
-        """Start `epoch` from its beginning, optionally with new shares, batch size or resolution."""
-        if shares is not None:
-            counts = [int(s) for s in shares]
-            if self.worker >= len(counts):
-                raise ValueError(f"worker {self.worker} has no share: shares {counts} cover workers 0..{len(counts) - 1}")
-            self.shares = counts
-        if batch_size is not None:
-            self.batch_size = _check_count("batch_size", batch_size, 1)
-        if resolution is not None:
-            self.resolution = _check_count("resolution", resolution, 1)
-        self.epoch = _check_count("epoch", epoch, 0)
-        self.position = 0
-        self._indices = None
-
-    @property
-    def indices(self) -> np.ndarray:
-        """This worker's sample indices for the current epoch."""
-        if self._indices is None:
-            self._indices = epoch_shares(len(self.split), self.shares, self.epoch, self.seed)[self.worker]
-        return self._indices
-
-    @property
-    def share(self) -> int:
-        return self.shares[self.worker]
-
-    @property
-    def remaining(self) -> int:
-        """Samples of the current epoch's share not yet yielded."""
-        return self.share - self.position
-
-    def __len__(self) -> int:
-        """Batches left in the current epoch."""
-        return math.ceil(self.remaining / self.batch_size)
+    def _num_samples(self) -> int:
+        return len(self.split)
 
     # -- iteration
 

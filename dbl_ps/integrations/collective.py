@@ -165,12 +165,22 @@ class WorkerEngine:
     module: nn.Module
     device: torch.device
 
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns ``(mean loss, logits)`` of this rank's part of the batch."""
-        raise NotImplementedError
+        """One optimizer step; returns ``(mean loss, logits)`` of this rank's part of the batch.
+        (The loss is taken in fp32, which is a no-op for fp32 logits.)"""
+        out = self.module(images)
+        loss = self.loss_fn(out.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), out.detach()
 
     def set_lr(self, lr: float) -> None:
-        raise NotImplementedError
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
 
     def set_batch_size(self, batch_size: int) -> None:
         """The worker's batch changed (resolution boundary); engines that track it update here."""
@@ -212,28 +222,21 @@ class WorkerEngine:
         raise NotImplementedError
 
 
+def plain_sgd(module: nn.Module, cfg: Any) -> torch.optim.SGD:
+    """The workers' local optimizer: SGD with the run's optim settings."""
+    o = cfg.optim
+    return torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
+                           weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
 class TorchEngine(WorkerEngine):
     """A plain module + SGD: the baseline engine (and what ``engine: torch`` means)."""
 
     def __init__(self, module: nn.Module, cfg: Any, device: torch.device):
         self.module = module.to(device)
         self.device = device
-        o = cfg.optim
-        self.optimizer = torch.optim.SGD(self.module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, nesterov=o.nesterov)
+        self.optimizer = plain_sgd(self.module, cfg)
         self.loss_fn = nn.CrossEntropyLoss()
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.module(images)
-        loss = self.loss_fn(out, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), out.detach()
-
-    def set_lr(self, lr: float) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
 
     def save(self, folder: Path, topo: Topology) -> None:
         _save_replicated(folder, topo, self.module, self.optimizer.state_dict())

@@ -43,6 +43,7 @@ from dbl_ps.integrations.collective import (
     LaunchError,
     Topology,
     WorkerEngine,
+    plain_sgd,
     base_arg_parser,
     load_run_config,
     run_main,
@@ -90,9 +91,7 @@ class FSDPEngine(WorkerEngine):
         self.replicate_group = self.mesh.get_group("replicate")
         self.shard_group = self.mesh.get_group("shard")
         self.module = apply_fsdp(module.to(device), self.mesh["shard"], param_dtype=param_dtype)
-        o = cfg.optim
-        self.optimizer = torch.optim.SGD(self.module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
-                                         weight_decay=o.weight_decay, nesterov=o.nesterov)
+        self.optimizer = plain_sgd(self.module, cfg)
         self.loss_fn = nn.CrossEntropyLoss()
 
     # -- training
@@ -104,18 +103,6 @@ class FSDPEngine(WorkerEngine):
         if images.shape[0] < gs:  # a last partial batch smaller than the group: every member takes all of it
             return images, labels
         return images.tensor_split(gs)[m], labels.tensor_split(gs)[m]
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.module(images)
-        loss = self.loss_fn(out.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.detach(), out.detach()
-
-    def set_lr(self, lr: float) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
 
     # -- the merge
 

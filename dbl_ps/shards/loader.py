@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from dbl_ps.data.shares import _check_count, batch_seed, epoch_shares
+from dbl_ps.data.shares import ShareCursor, _check_count, batch_seed, epoch_shares
 from dbl_ps.data.sources import Dataset, Split
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
 from dbl_ps.shards.codec import EXTENSIONS, decode_image
@@ -313,7 +313,7 @@ def crop_batch(x: torch.Tensor, size: int, generator: torch.Generator | None = N
     return x[b, ch, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-class ShardShareLoader:
+class ShardShareLoader(ShareCursor):
     """Batches of `(images, labels)` from worker `worker`'s share of an epoch, read
     from the shard set of the current resolution. Same interface and the same
     share/augmentation draws as `ShareLoader`: `set_epoch(epoch, shares=...,
@@ -349,43 +349,14 @@ class ShardShareLoader:
         self.position = 0
         self.set_epoch(epoch, shares=shares, batch_size=batch_size, resolution=resolution)
 
-    def __len__(self) -> int:
-        """Batches left in the current epoch."""
-        return math.ceil(self.remaining / self.batch_size)
+    # -- the share bookkeeping is ShareCursor's; what differs for shard sets:
 
-    # -- configuration (as ShareLoader)
+    def _num_samples(self) -> int:
+        return len(self.ids)
 
-    def set_epoch(self, epoch: int, *, shares: Sequence[int] | None = None, batch_size: int | None = None,
-                  resolution: int | None = None) -> None:
-        if shares is not None:
-            counts = [int(s) for s in shares]
-            if self.worker >= len(counts):
-                raise ValueError(f"worker {self.worker} has no share: shares {counts} cover workers 0..{len(counts) - 1}")
-            self.shares = counts
-        if batch_size is not None:
-            self.batch_size = _check_count("batch_size", batch_size, 1)
-        if resolution is not None:
-            resolution = _check_count("resolution", resolution, 1)
-            self.info = self.index.shard_set(self.split_name, resolution)  # a missing set fails here, by name
-            self.resolution = resolution
-        self.epoch = _check_count("epoch", epoch, 0)
-        self.position = 0
-        self._indices = None
-
-    @property
-    def indices(self) -> np.ndarray:
-        """This worker's sample positions (into `ids`) for the current epoch."""
-        if self._indices is None:
-            self._indices = epoch_shares(len(self.ids), self.shares, self.epoch, self.seed)[self.worker]
-        return self._indices
-
-    @property
-    def share(self) -> int:
-        return self.shares[self.worker]
-
-    @property
-    def remaining(self) -> int:
-        return self.share - self.position
+    def _use_resolution(self, resolution: int) -> None:
+        self.info = self.index.shard_set(self.split_name, resolution)  # a missing set fails here, by name
+        self.resolution = resolution
 
     # -- backends
 
