@@ -226,11 +226,16 @@ def test_ctrl_c_interrupts_a_blocked_pull():
         store.close()
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "blocked"
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=20)
-    assert "interrupted" in out and proc.returncode == 0
+    try:
+        assert proc.stdout.readline().strip() == "blocked"
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        assert "interrupted" in out and proc.returncode == 0
+    finally:
+        if proc.poll() is None:  # never leave a blocked child (and its store) behind
+            proc.kill()
+            proc.wait()
 
 
 # --- bad input: one clear error each -----------------------------------------------
