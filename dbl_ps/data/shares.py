@@ -107,6 +107,22 @@ class ShareCursor:
         """Batches left in the current epoch."""
         return math.ceil(self.remaining / self.batch_size)
 
+    # -- resume (mid-epoch: the position within the share)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"worker": self.worker, "seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "shares": list(self.shares), "batch_size": self.batch_size, "resolution": self.resolution}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["worker"] != self.worker or state["seed"] != self.seed:
+            raise ValueError(f"state is for worker {state['worker']} seed {state['seed']}, "
+                             f"this loader is worker {self.worker} seed {self.seed}")
+        self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"], resolution=state["resolution"])
+        position = _check_count("position", state["position"], 0)
+        if position > self.share:
+            raise ValueError(f"state position {position} is past the end of the share ({self.share} samples)")
+        self.position = position
+
 
 class ShareLoader(ShareCursor):
     """Batches of `(images, labels)` from worker `worker`'s share of an epoch.
@@ -147,21 +163,6 @@ class ShareLoader(ShareCursor):
             self.position = stop
             yield self.transform(images, self.resolution, train=True, generator=gen), labels
 
-    # -- resume
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "shares": list(self.shares), "batch_size": self.batch_size, "resolution": self.resolution}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["worker"] != self.worker or state["seed"] != self.seed:
-            raise ValueError(f"state is for worker {state['worker']} seed {state['seed']}, "
-                             f"this loader is worker {self.worker} seed {self.seed}")
-        self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"], resolution=state["resolution"])
-        position = _check_count("position", state["position"], 0)
-        if position > self.share:
-            raise ValueError(f"state position {position} is past the end of the share ({self.share} samples)")
-        self.position = position
 
 
 def eval_batches(split: Split, transform: BatchTransform, batch_size: int, resolution: int,

@@ -431,22 +431,6 @@ class ShardShareLoader(ShareCursor):
             self.position = stop  # counted before handing out, as ShareLoader does
             yield self._augment(images, gen), labels
 
-    # -- resume (the same state as ShareLoader)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "shares": list(self.shares), "batch_size": self.batch_size, "resolution": self.resolution}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["worker"] != self.worker or state["seed"] != self.seed:
-            raise ValueError(f"state is for worker {state['worker']} seed {state['seed']}, "
-                             f"this loader is worker {self.worker} seed {self.seed}")
-        self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"], resolution=state["resolution"])
-        position = _check_count("position", state["position"], 0)
-        if position > self.share:
-            raise ValueError(f"state position {position} is past the end of the share ({self.share} samples)")
-        self.position = position
-
     def close(self) -> None:
         """Stop persistent DataLoader workers and drop cached sets."""
         self._streams.clear()
