@@ -9,24 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dbl_ps.commands._arguments import int_list
+
 R2_WARNING = 0.95
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="small_resnet", help="small_resnet, resnet18_cifar or resnet18_imagenet (default %(default)s)")
-    parser.add_argument("--resolutions", type=_ints, required=True, help="pixels, comma list, e.g. 24,32")
+    parser.add_argument("--resolutions", type=int_list, required=True, help="pixels, comma list, e.g. 24,32")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--out", metavar="FILE", help="output JSON (default calibration-MODEL-DEVICE.json)")
     parser.add_argument("--num-classes", type=int, default=10, help="classifier outputs (default %(default)s)")
     parser.add_argument("--in-channels", type=int, default=3, help="image channels (default %(default)s)")
-    parser.add_argument("--batch-sizes", type=_ints, help="batch-size grid (default: geometric from 8 to B_L)")
+    parser.add_argument("--batch-sizes", type=int_list, help="batch-size grid (default: geometric from 8 to B_L)")
     parser.add_argument(
         "--batch-cap",
         type=int,

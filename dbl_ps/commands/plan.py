@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from dbl_ps.commands._arguments import float_list, int_list
+
 # Training-set sizes of the built-in sources (digits: scikit-learn's 1797 minus the
 # data module's default 360 test images). Others need --dataset-size.
 TRAIN_SIZES = {"digits": 1437, "fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
@@ -25,18 +27,6 @@ PRESETS = {
 }
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="file from `dbl-ps calibrate`; repeat once per worker for mixed hardware",
     )
     src.add_argument("--preset", choices=sorted(PRESETS), help="the authors' own time models and largest batches")
-    src.add_argument("--alpha", type=_floats, help="seconds per step, one per resolution (comma list)")
-    src.add_argument("--beta", type=_floats, help="seconds per sample, one per resolution (comma list)")
-    src.add_argument("--resolutions", type=_ints, help="pixels, one per --alpha value (comma list)")
-    src.add_argument("--batch-large", type=_ints, help="largest batch B_L, one per resolution (comma list)")
+    src.add_argument("--alpha", type=float_list, help="seconds per step, one per resolution (comma list)")
+    src.add_argument("--beta", type=float_list, help="seconds per sample, one per resolution (comma list)")
+    src.add_argument("--resolutions", type=int_list, help="pixels, one per --alpha value (comma list)")
+    src.add_argument("--batch-large", type=int_list, help="largest batch B_L, one per resolution (comma list)")
     p = parser.add_argument_group("plan")
     p.add_argument("--workers", type=int, help="W (default: config, else 4)")
     p.add_argument("--small", type=int, help="n_S, the chosen number of small workers (default: config, else 1)")
@@ -65,10 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--schedule-png", default="schedule.png", metavar="FILE", help="where --show-schedule draws (default %(default)s)")
     s.add_argument("--epochs", type=float, help="global epochs (default: config or preset, else 140)")
     s.add_argument("--lr", type=float, help="base learning rate (default: config, else 0.2)")
-    s.add_argument("--milestones", type=_floats, help="LR milestones in epochs (default: config or preset, else 80,120)")
+    s.add_argument("--milestones", type=float_list, help="LR milestones in epochs (default: config or preset, else 80,120)")
     s.add_argument("--gamma", type=float, help="LR factor at each milestone (default 0.1)")
     s.add_argument("--warmup-epochs", type=float, help="linear LR warm-up (default: config, else 0)")
-    s.add_argument("--dropouts", type=_floats, help="dropout per resolution (default: config or preset, else 0)")
+    s.add_argument("--dropouts", type=float_list, help="dropout per resolution (default: config or preset, else 0)")
 
 
 @dataclass

@@ -14,14 +14,10 @@ import argparse
 import shlex
 import sys
 
+from dbl_ps.commands._arguments import int_list
+
 NAMED_SOURCES = ("digits", "synthetic")
 
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 16,24,32") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("source", nargs="?", metavar="SOURCE",
                         help="source directory, or 'digits' / 'synthetic' (the built-in sources)")
-    parser.add_argument("--resolutions", type=_ints, help="pixels, comma list, e.g. 16,24,32 (one shard set each)")
+    parser.add_argument("--resolutions", type=int_list, help="pixels, comma list, e.g. 16,24,32 (one shard set each)")
     parser.add_argument("--out", metavar="DIR", help="output directory (DIR/train/r24/train-000000.tar, ..., DIR/index.json)")
     parser.add_argument("--format", choices=("jpeg", "png", "raw"), default="png",
                         help="image encoding: jpeg (smallest, lossy), png (lossless), raw (.npy, no decoding) (default %(default)s)")
