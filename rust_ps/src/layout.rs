@@ -267,10 +267,6 @@ impl Shared {
     pub fn slot_weight(&self, worker: usize, seq: u64) -> &AtomicU64 {
         &self.worker(worker).control.weights[(seq % self.layout.slots as u64) as usize]
     }
-
-    pub fn byte_offset(&self, ptr: *const f32) -> usize {
-        ptr as usize - self.segment.as_ptr() as usize
-    }
 }
 
 /// Is this worker still expected to push (attached or not yet arrived)?
