@@ -69,6 +69,7 @@ def test_offline_run_directory_holds_history_summary_and_plan(tmp_path, capsys):
     tracker.close()
     assert f"wandb sync {run_path}" in capsys.readouterr().out
     run = read_offline_run(run_path)
+    assert run["complete"], "the transaction log has no closing exit record"
     rows = [h for h in run["history"] if "test/acc" in h]
     assert [round(h["test/acc"], 6) for h in rows] == [0.5, 0.6, 0.7]
     assert {"train/worker0/loss", "schedule/lr", "store/version"} <= set(rows[0])

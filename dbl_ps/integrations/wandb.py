@@ -23,6 +23,7 @@ import os
 import platform
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -192,6 +193,11 @@ class WandbTracker:
             except Exception:
                 pass
         if self.run is not None and self.mode == "offline" and not self.failed:
+            # finish() can return before W&B's writer has flushed its last block to disk
+            # (seen on a loaded machine): wait for the log's closing `exit` record, so the
+            # directory we announce is complete.
+            if not wait_for_offline_run(self.run_path, timeout=30.0):
+                self.warn(f"W&B offline run {self.run_path} is still being written after 30 s")
             print(f"W&B offline run written to {self.run_path}; upload it with: wandb sync {self.run_path}",
                   flush=True)
         self.run = None
@@ -214,6 +220,8 @@ def _records(path: str | os.PathLike) -> list[bytes]:
             pos += left
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
+        if pos + _HEADER + length > len(data):  # the writer has not flushed this record yet
+            break
         chunk, pos = data[pos + _HEADER:pos + _HEADER + length], pos + _HEADER + length
         if kind == 0:
             break
@@ -229,13 +237,52 @@ def _records(path: str | os.PathLike) -> list[bytes]:
     return records
 
 
-def read_offline_run(run_path: str | os.PathLike) -> dict[str, Any]:
+def _transaction_log(run_path: str | os.PathLike) -> Path:
+    logs = glob.glob(str(Path(run_path) / "run-*.wandb"))
+    if len(logs) != 1:
+        raise FileNotFoundError(f"{run_path} is not a W&B run directory: expected one run-*.wandb file, "
+                                f"found {len(logs)}")
+    return Path(logs[0])
+
+
+def _kinds(log: Path) -> list[str]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    kinds = []
+    for raw in _records(log):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kinds.append(record.WhichOneof("record_type"))
+    return kinds
+
+
+def wait_for_offline_run(run_path: str | os.PathLike, timeout: float = 30.0) -> bool:
+    """Wait until W&B has written the closing ``exit`` record of a finished run's
+    transaction log; False if it is still incomplete after ``timeout`` seconds."""
+    require("wandb", feature="reading W&B runs")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if "exit" in _kinds(_transaction_log(run_path)):
+                return True
+        except (OSError, ValueError):  # not created or header not flushed yet
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def read_offline_run(run_path: str | os.PathLike, wait_seconds: float = 30.0) -> dict[str, Any]:
     """History rows, summary and config of a W&B offline run directory (the one that
-    ``wandb sync`` takes), decoded with wandb's own protobuf records."""
+    ``wandb sync`` takes), decoded with wandb's own protobuf records.
+
+    Waits up to ``wait_seconds`` for the run's closing ``exit`` record (W&B flushes the
+    log asynchronously); ``complete`` in the result says whether it was there."""
     require("wandb", feature="reading W&B runs")
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (log,) = glob.glob(str(Path(run_path) / "run-*.wandb"))
+    complete = wait_for_offline_run(run_path, timeout=wait_seconds)
+    log = _transaction_log(run_path)
     history, summary, config = [], {}, {}
     key = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731
     for raw in _records(log):
@@ -250,4 +297,4 @@ def read_offline_run(run_path: str | os.PathLike) -> dict[str, Any]:
             config.update({key(i): json.loads(i.value_json) for i in record.config.update})
         elif kind == "run":
             config.update({key(i): json.loads(i.value_json) for i in record.run.config.update})
-    return {"history": history, "summary": summary, "config": config}
+    return {"history": history, "summary": summary, "config": config, "complete": complete}
