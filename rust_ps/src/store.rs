@@ -6,7 +6,7 @@ use crate::layout::{is_active, Header, Layout, Shared, LAYOUT_VERSION, MAGIC};
 use crate::options::{Mode, Rule, StoreOptions, CHUNK_FLOATS};
 use crate::pool::ApplyPool;
 use crate::rules::{self, SgdParams};
-use crate::shm::{self, Segment, PREFIX};
+use crate::shm::{self, Segment};
 use crate::snapshot::Pinned;
 use crate::sync::Ordering;
 use crate::wait;
@@ -485,14 +485,9 @@ pub struct SegmentInfo {
 
 /// Every `dblps-*` segment on the machine with its owner and whether it is stale.
 pub fn list_segments() -> Vec<SegmentInfo> {
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-        return Vec::new();
-    };
     let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(name) = file_name.strip_prefix(PREFIX) else { continue };
-        let owner = match Segment::open(name) {
+    for entry in shm::segment_names() {
+        let owner = match Segment::open(&entry.name) {
             Ok(segment) if segment.len() >= std::mem::size_of::<Header>() => {
                 // SAFETY: page-aligned mapping at least a header long; any bit pattern
                 // is a valid `Header`.
@@ -505,9 +500,9 @@ pub fn list_segments() -> Vec<SegmentInfo> {
         let (owner_pid, owner_alive) = owner.unwrap_or((0, false));
         let stale = match owner {
             Some((_, alive)) => !alive,
-            None => older_than(&entry, Duration::from_secs(60)),
+            None => entry.age.is_some_and(|age| age > Duration::from_secs(60)),
         };
-        found.push(SegmentInfo { name: name.to_string(), owner_pid, owner_alive, stale });
+        found.push(SegmentInfo { name: entry.name, owner_pid, owner_alive, stale });
     }
     found
 }
@@ -517,19 +512,8 @@ pub fn list_segments() -> Vec<SegmentInfo> {
 pub fn cleanup_stale() -> Vec<String> {
     let mut removed = Vec::new();
     for segment in list_segments().into_iter().filter(|s| s.stale) {
-        if let Ok(c_name) = shm::os_name(&segment.name) {
-            // SAFETY: a valid NUL-terminated name of one of our own segments.
-            unsafe { libc::shm_unlink(c_name.as_ptr()) };
-            removed.push(segment.name);
-        }
+        shm::unlink_name(&segment.name);
+        removed.push(segment.name);
     }
     removed
-}
-
-fn older_than(entry: &std::fs::DirEntry, age: Duration) -> bool {
-    entry
-        .metadata()
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().unwrap_or_default() > age)
-        .unwrap_or(false)
 }

@@ -1,12 +1,10 @@
-//! Named POSIX shared-memory segments (`/dev/shm/dblps-<name>` on Linux) and the
-//! liveness checks used to clean up after owners that died without closing.
+//! POSIX backend of `shm` (Linux, macOS): named segments from `shm_open` + `mmap`
+//! (`/dev/shm/dblps-<name>` on Linux) and the liveness checks used to clean up after
+//! owners that died without closing.
 
+use super::{validate_name, SegmentEntry, PREFIX};
 use crate::error::{Result, StoreError};
 use std::ffi::CString;
-
-/// Every segment this crate creates starts with this prefix, so cleanup only ever
-/// looks at our own segments.
-pub const PREFIX: &str = "dblps-";
 
 /// A mapping of a named shared-memory segment into this process.
 ///
@@ -27,15 +25,8 @@ unsafe impl Send for Segment {}
 unsafe impl Sync for Segment {}
 
 /// Checks a user-given store name and returns the OS-level name (`/dblps-<name>`).
-pub fn os_name(name: &str) -> Result<CString> {
-    let valid = !name.is_empty()
-        && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if !valid {
-        return Err(StoreError::invalid(format!(
-            "store name {name:?} is not allowed: use 1-200 characters from A-Z a-z 0-9 - _ ."
-        )));
-    }
+fn os_name(name: &str) -> Result<CString> {
+    validate_name(name)?;
     Ok(CString::new(format!("/{PREFIX}{name}")).expect("validated name has no NUL"))
 }
 
@@ -146,11 +137,35 @@ impl Segment {
 
     /// Remove the name from the system; mappings stay valid until unmapped.
     pub fn unlink(&self) {
-        if let Ok(c_name) = os_name(&self.name) {
-            // SAFETY: valid NUL-terminated name; unlinking an absent name is harmless.
-            unsafe { libc::shm_unlink(c_name.as_ptr()) };
-        }
+        unlink_name(&self.name);
     }
+}
+
+/// Remove the segment `name` from the system (mappings stay valid until unmapped);
+/// an absent or invalid name is ignored.
+pub fn unlink_name(name: &str) {
+    if let Ok(c_name) = os_name(name) {
+        // SAFETY: valid NUL-terminated name; unlinking an absent name is harmless.
+        unsafe { libc::shm_unlink(c_name.as_ptr()) };
+    }
+}
+
+/// Our segments on this machine. Linux lists them in `/dev/shm`; macOS has no way to
+/// enumerate POSIX shm names, so there the list is empty (stores still unlink on close
+/// and at exit; only a killed owner's segment stays until reboot).
+pub fn segment_names() -> Vec<SegmentEntry> {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let name = file_name.strip_prefix(PREFIX)?.to_string();
+            let age = entry.metadata().and_then(|m| m.modified()).ok().map(|t| t.elapsed().unwrap_or_default());
+            Some(SegmentEntry { name, age })
+        })
+        .collect()
 }
 
 impl Drop for Segment {
@@ -159,11 +174,6 @@ impl Drop for Segment {
         // `Segment`'s life (views hold an `Arc<Segment>`).
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
-}
-
-/// This process's id.
-pub fn current_pid() -> u32 {
-    std::process::id()
 }
 
 /// Start time of a process (clock ticks since boot, `/proc/PID/stat` field 22), which
