@@ -193,6 +193,24 @@ def test_dbl_ps_train_worker_with_deepspeed_engine_learns(tmp_path: Path) -> Non
     assert {w["batch"] for r in records for w in r["workers"] if w["worker"] == 1} == {96, 64}
 
 
+def test_dbl_ps_train_zero1_engine_resumes_after_a_worker_failure(tmp_path: Path, monkeypatch) -> None:
+    """ZeRO's optimizer takes a list of per-rank states: a `dbl-ps train` worker resuming
+    with a ZeRO-1 engine must restore its checkpointed optimizer state through it."""
+    from dbl_ps.runtime.launcher import Trainer, WorkerError
+
+    conf = tmp_path / "zero1.json"
+    conf.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    monkeypatch.setenv("DBL_PS_FAIL_WORKER", "1:1")
+    with pytest.raises(WorkerError, match="injected failure of worker 1 at epoch 1"):
+        _train_with_engine(tmp_path, [f"deepspeed_config={conf}", "schedule.epochs=3", "schedule.milestones=[2]",
+                                      "data.train_limit=400"])
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [0]
+    monkeypatch.delenv("DBL_PS_FAIL_WORKER")
+    summary = Trainer.resume(tmp_path / "run", progress=False, log=lambda m: None).train()
+    assert summary["status"] == "finished" and summary["epochs"] == 3, summary
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == [0, 1, 2]
+
+
 @pytest.mark.slow
 def test_dbl_ps_train_worker_with_deepspeed_bf16_engine(tmp_path: Path) -> None:
     summary = _train_with_engine(tmp_path, ["deepspeed_config=gpu_bf16"])

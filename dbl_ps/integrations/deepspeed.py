@@ -233,6 +233,14 @@ class DeepSpeedEngine(WorkerEngine):
     def optimizer_state(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``optimizer_state`` returned. ZeRO and bf16 optimizers take one
+        state per data-parallel rank (here: one), plain ones a single dict."""
+        import inspect
+
+        first = next(iter(inspect.signature(self.optimizer.load_state_dict).parameters), "")
+        self.optimizer.load_state_dict([state] if first == "state_dict_list" else state)
+
     def save(self, folder: Path, topo: Topology) -> None:
         _save_replicated(folder, topo, self.module, self.optimizer.state_dict())
 
@@ -240,11 +248,7 @@ class DeepSpeedEngine(WorkerEngine):
         optim = _load_replicated(folder, topo, self.module, meta)
         self.after_sync()
         if optim is not None:
-            import inspect
-
-            # ZeRO and bf16 optimizers take one state per data-parallel rank (here: one).
-            first = next(iter(inspect.signature(self.optimizer.load_state_dict).parameters), "")
-            self.optimizer.load_state_dict([optim] if first == "state_dict_list" else optim)
+            self.load_optimizer_state(optim)
             self.after_sync()  # loading may restore masters saved before the last merge
 
 

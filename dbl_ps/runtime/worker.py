@@ -161,7 +161,10 @@ class _Worker:
             flat = FlatState(model)  # DeepSpeed may recast parameters and buffers (bf16/fp16)
         if a.resume_file:
             state = torch.load(a.resume_file, map_location="cpu", weights_only=False)
-            optimizer.load_state_dict(state["optimizer"])
+            if ds_engine is not None:  # ZeRO optimizers take a list of per-rank states
+                ds_engine.load_optimizer_state(state["optimizer"])
+            else:
+                optimizer.load_state_dict(state["optimizer"])
             flat.load_int_buffers(state["int_buffers"])
         loss_fn = torch.nn.CrossEntropyLoss()
 
