@@ -387,3 +387,24 @@ def test_config_source_shards_and_share_loader_for(raw_dir, digits):
     assert isinstance(share_loader_for(other.data, digits.train, tr, **kw), ShareLoader)
     with pytest.raises(Exception, match="data.path"):
         load_config(None, ["data.source=shards"])
+
+
+def test_dbl_ps_train_on_shards_learns_without_decoding_the_training_split(raw_dir, tmp_path):
+    """The launcher plans from the index's labels (the training split is never decoded
+    there: ImageNet-sized sets would not fit) and workers read each resolution's set."""
+    from dbl_ps.config import load_config
+    from dbl_ps.data import load_dataset
+    from dbl_ps.runtime.launcher import Trainer
+
+    cfg = load_config(None, ["data.source=shards", f"data.path={raw_dir}", "schedule.resolutions=[8,12]",
+                             "schedule.epochs=3", "schedule.milestones=[2]", "schedule.warmup_epochs=0",
+                             "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "model.dropout=[0.0]",
+                             "dbl.batch_large=[64]",
+                             "store.mode=bsp", "store.rule=average"])
+    ds = load_dataset(cfg.data, image_size=12)
+    assert ds.train.images.numel() == 0 and len(ds.train) == 1437 and ds.image_size == 12
+    summary = Trainer(cfg, tmp_path / "run", progress=False, log=quiet).train()
+    assert summary["status"] == "finished" and summary["final_test_acc"] >= 0.5, summary  # chance 0.1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["resolution"] for r in records] == [8, 12, 8]
+    assert [sum(w["samples"] for w in r["workers"]) for r in records] == [1437] * 3  # every planned sample, once

@@ -117,7 +117,9 @@ class Dataset:
 
     @property
     def image_size(self) -> int:
-        return int(self.train.images.shape[-1])
+        # A shard dataset's training split is labels only (zero-size images): use the test split.
+        images = self.train.images if self.train.images.numel() else self.test.images
+        return int(images.shape[-1])
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -407,9 +409,9 @@ def load_dataset(cfg: "DataConfig", *, image_size: int | None = None) -> Dataset
     elif source == "shards":
         from dbl_ps.shards import load_shard_dataset
 
-        # Training split decoded at the largest resolution, so ShareLoader works as for any source;
-        # `dbl_ps.shards.share_loader_for` reads the set of each resolution instead.
-        ds = load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=True)
+        # The training split as labels only (no decoding, whatever its size): workers read the
+        # set of each resolution through `dbl_ps.shards.share_loader_for`.
+        ds = load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False)
     else:
         raise DataError(f"data source {source!r} is not one of digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder, "
                         "synthetic, shards")

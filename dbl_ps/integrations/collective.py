@@ -415,11 +415,11 @@ class CollectiveTrainer:
 
     def train(self) -> dict[str, Any]:
         """Run every remaining epoch; returns the summary (rank 0; others get {})."""
-        from dbl_ps.data import ShareLoader
         from dbl_ps.metrics import MetricsWriter
         from dbl_ps.models import build_model, set_dropout
         from dbl_ps.runtime.setup import epoch_seed, sync_boundaries
         from dbl_ps.schedule import ScheduleTracker
+        from dbl_ps.shards.loader import share_loader_for
 
         self.setup()
         cfg, topo, engine, spec = self.cfg, self.topo, self.engine, self.spec
@@ -431,9 +431,10 @@ class CollectiveTrainer:
         self.tracker = self._open_tracker() if topo.is_main and cfg.tracking.wandb.enabled else None
         dist.barrier()  # start the clocks together (W&B start-up on rank 0 is slow)
         first = self.plan[spec.resolutions[0]]
-        loader = ShareLoader(self.data.train, self.transform, worker=w, shares=first.shares,
-                             batch_size=first.batches[w], resolution=spec.resolutions[0], seed=cfg.seed,
-                             epoch=self.start_epoch, device=self.device)
+        # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
+        loader = share_loader_for(cfg.data, self.data.train, self.transform, resolutions=spec.resolutions, worker=w,
+                                  shares=first.shares, batch_size=first.batches[w], resolution=spec.resolutions[0],
+                                  seed=cfg.seed, epoch=self.start_epoch, device=self.device)
         tracker = ScheduleTracker(spec)
         dump = os.environ.get(DUMP_ENV)
         syncs_done = 0
