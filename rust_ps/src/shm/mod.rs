@@ -17,12 +17,14 @@
 #[cfg(all(unix, not(dblps_check_windows)))]
 mod posix;
 #[cfg(all(unix, not(dblps_check_windows)))]
-pub use posix::{process_alive, process_start_time, segment_names, unlink_name, Segment};
+use posix as backend;
 
 #[cfg(any(windows, dblps_check_windows))]
 mod windows;
 #[cfg(any(windows, dblps_check_windows))]
-pub use windows::{process_alive, process_start_time, segment_names, unlink_name, Segment};
+use windows as backend;
+
+pub use backend::{process_alive, process_start_time, segment_names, unlink_name};
 
 #[cfg(not(any(unix, windows, dblps_check_windows)))]
 compile_error!("rust_ps has shared-memory backends for Unix (POSIX shm) and Windows only");
@@ -50,6 +52,73 @@ pub fn validate_name(name: &str) -> Result<()> {
         Err(StoreError::invalid(format!(
             "store name {name:?} is not allowed: use 1-{MAX_NAME_LEN} characters from A-Z a-z 0-9 - _ ."
         )))
+    }
+}
+
+/// A mapping of a named shared-memory segment into this process.
+///
+/// Invariant: `ptr..ptr+len` stays mapped (and `os`, the backend's handle, open) until
+/// `Drop`; the bytes are shared with other processes, so every access goes through
+/// atomics or is ordered by the store's protocols (see `protocol.rs`).
+pub struct Segment {
+    ptr: *mut u8,
+    len: usize,
+    name: String,
+    os: backend::OsMapping,
+}
+
+// SAFETY: the mapping is plain memory valid for the life of `Segment` and the backend's
+// handle (if any) is usable from any thread; all concurrent access to the bytes is
+// synchronised by the atomics and protocols documented in `layout.rs` and
+// `protocol.rs`, never by the `Segment` itself.
+unsafe impl Send for Segment {}
+// SAFETY: see `Send`; `&Segment` only hands out raw pointers whose use is synchronised.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Create a new zero-filled segment of at least `len` bytes; fails if the name is taken.
+    pub fn create(name: &str, len: usize) -> Result<Segment> {
+        backend::create(name, len)
+    }
+
+    /// Map an existing segment by name.
+    pub fn open(name: &str) -> Result<Segment> {
+        backend::open(name)
+    }
+
+    /// Wrap a fresh mapping made by the backend; it is unmapped when the `Segment` drops.
+    fn from_raw(ptr: *mut u8, len: usize, name: &str, os: backend::OsMapping) -> Segment {
+        Segment { ptr, len, name: name.to_string(), os }
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Remove the name from the system so no new process can attach; mappings stay
+    /// valid until unmapped (a no-op on Windows, where the name goes with the last handle).
+    pub fn unlink(&self) {
+        backend::unlink_name(&self.name);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `ptr..ptr+len` was mapped by the backend for this `Segment` alone and
+        // nothing borrows it past the `Segment`'s life (views hold an `Arc<Segment>`).
+        unsafe { backend::unmap(self.ptr, self.len, &self.os) };
     }
 }
 

@@ -2,27 +2,12 @@
 //! (`/dev/shm/dblps-<name>` on Linux) and the liveness checks used to clean up after
 //! owners that died without closing.
 
-use super::{validate_name, SegmentEntry, PREFIX};
+use super::{validate_name, Segment, SegmentEntry, PREFIX};
 use crate::error::{Result, StoreError};
 use std::ffi::CString;
 
-/// A mapping of a named shared-memory segment into this process.
-///
-/// Invariant: `ptr..ptr+len` stays mapped until `Drop`; the bytes are shared with other
-/// processes, so every access goes through atomics or is ordered by the store's
-/// protocols (see `protocol.rs`).
-pub struct Segment {
-    ptr: *mut u8,
-    len: usize,
-    name: String,
-}
-
-// SAFETY: the mapping is plain memory valid for the life of `Segment`; all concurrent
-// access to it is synchronised by the atomics and protocols documented in `layout.rs`
-// and `protocol.rs`, never by the `Segment` itself.
-unsafe impl Send for Segment {}
-// SAFETY: see `Send`; `&Segment` only hands out raw pointers whose use is synchronised.
-unsafe impl Sync for Segment {}
+/// Nothing beyond the mapping itself: the descriptor is closed right after `mmap`.
+pub struct OsMapping;
 
 /// Checks a user-given store name and returns the OS-level name (`/dblps-<name>`).
 fn os_name(name: &str) -> Result<CString> {
@@ -30,115 +15,92 @@ fn os_name(name: &str) -> Result<CString> {
     Ok(CString::new(format!("/{PREFIX}{name}")).expect("validated name has no NUL"))
 }
 
-impl Segment {
-    /// Create a new zero-filled segment of `len` bytes; fails if the name is taken.
-    pub fn create(name: &str, len: usize) -> Result<Segment> {
-        let c_name = os_name(name)?;
-        // SAFETY: `c_name` is a valid NUL-terminated string; flags are plain constants.
-        let fd = unsafe {
-            libc::shm_open(c_name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600)
-        };
-        if fd < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EEXIST) {
-                return Err(StoreError::invalid(format!(
-                    "a parameter store named {name:?} already exists; choose another name, \
-                     or run `dbl-ps cleanup` if its owner died"
-                )));
-            }
-            return Err(StoreError::Os(format!("shm_open({name:?}) failed: {err}")));
-        }
-        // SAFETY: `fd` is the descriptor we just opened.
-        let sized = unsafe { libc::ftruncate(fd, len as libc::off_t) };
-        if sized != 0 {
-            let err = StoreError::last_os(format!(
-                "could not size shared memory {name:?} to {len} bytes (is /dev/shm large enough?)"
-            ));
-            // SAFETY: `fd` is ours; the name was created by us just now.
-            unsafe {
-                libc::close(fd);
-                libc::shm_unlink(c_name.as_ptr());
-            }
-            return Err(err);
-        }
-        Self::map(fd, len, name).inspect_err(|_| {
-            // SAFETY: the name was created by us just now and is not yet published.
-            unsafe { libc::shm_unlink(c_name.as_ptr()) };
-        })
-    }
-
-    /// Map an existing segment by name.
-    pub fn open(name: &str) -> Result<Segment> {
-        let c_name = os_name(name)?;
-        // SAFETY: valid NUL-terminated name.
-        let fd = unsafe { libc::shm_open(c_name.as_ptr(), libc::O_RDWR, 0) };
-        if fd < 0 {
-            return Err(StoreError::NotFound(format!(
-                "no parameter store named {name:?} (looked for shared memory /dev/shm/{PREFIX}{name}); \
-                 is the store's owner running and did you pass `store.name`?"
+/// Create a new zero-filled segment of `len` bytes; fails if the name is taken.
+pub fn create(name: &str, len: usize) -> Result<Segment> {
+    let c_name = os_name(name)?;
+    // SAFETY: `c_name` is a valid NUL-terminated string; flags are plain constants.
+    let fd = unsafe {
+        libc::shm_open(c_name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_RDWR, 0o600)
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) {
+            return Err(StoreError::invalid(format!(
+                "a parameter store named {name:?} already exists; choose another name, \
+                 or run `dbl-ps cleanup` if its owner died"
             )));
         }
-        // SAFETY: `stat` is plain old data; fstat fills it for a valid `fd`.
-        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: `fd` is open and `stat` is a valid out-pointer.
-        if unsafe { libc::fstat(fd, &mut stat) } != 0 {
-            let err = StoreError::last_os(format!("fstat of store {name:?}"));
-            // SAFETY: `fd` is ours.
-            unsafe { libc::close(fd) };
-            return Err(err);
-        }
-        Self::map(fd, stat.st_size as usize, name)
+        return Err(StoreError::Os(format!("shm_open({name:?}) failed: {err}")));
     }
-
-    /// mmap `fd` shared and read-write, then close the descriptor (the mapping stays).
-    fn map(fd: libc::c_int, len: usize, name: &str) -> Result<Segment> {
-        if len == 0 {
-            // SAFETY: `fd` is ours.
-            unsafe { libc::close(fd) };
-            return Err(StoreError::NotFound(format!(
-                "shared memory {name:?} is empty: its owner is still creating it or died while doing so"
-            )));
+    // SAFETY: `fd` is the descriptor we just opened.
+    let sized = unsafe { libc::ftruncate(fd, len as libc::off_t) };
+    if sized != 0 {
+        let err = StoreError::last_os(format!(
+            "could not size shared memory {name:?} to {len} bytes (is /dev/shm large enough?)"
+        ));
+        // SAFETY: `fd` is ours; the name was created by us just now.
+        unsafe {
+            libc::close(fd);
+            libc::shm_unlink(c_name.as_ptr());
         }
-        // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor; the
-        // kernel picks the address, so no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        // SAFETY: `fd` is ours; a mapping outlives its descriptor.
+        return Err(err);
+    }
+    map(fd, len, name).inspect_err(|_| {
+        // SAFETY: the name was created by us just now and is not yet published.
+        unsafe { libc::shm_unlink(c_name.as_ptr()) };
+    })
+}
+
+/// Map an existing segment by name.
+pub fn open(name: &str) -> Result<Segment> {
+    let c_name = os_name(name)?;
+    // SAFETY: valid NUL-terminated name.
+    let fd = unsafe { libc::shm_open(c_name.as_ptr(), libc::O_RDWR, 0) };
+    if fd < 0 {
+        return Err(StoreError::NotFound(format!(
+            "no parameter store named {name:?} (looked for shared memory /dev/shm/{PREFIX}{name}); \
+             is the store's owner running and did you pass `store.name`?"
+        )));
+    }
+    // SAFETY: `stat` is plain old data; fstat fills it for a valid `fd`.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `stat` is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        let err = StoreError::last_os(format!("fstat of store {name:?}"));
+        // SAFETY: `fd` is ours.
         unsafe { libc::close(fd) };
-        if ptr == libc::MAP_FAILED {
-            return Err(StoreError::last_os(format!("mmap of store {name:?} ({len} bytes)")));
-        }
-        Ok(Segment { ptr: ptr.cast(), len, name: name.to_string() })
+        return Err(err);
     }
+    map(fd, stat.st_size as usize, name)
+}
 
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr
+/// mmap `fd` shared and read-write, then close the descriptor (the mapping stays).
+fn map(fd: libc::c_int, len: usize, name: &str) -> Result<Segment> {
+    if len == 0 {
+        // SAFETY: `fd` is ours.
+        unsafe { libc::close(fd) };
+        return Err(StoreError::NotFound(format!(
+            "shared memory {name:?} is empty: its owner is still creating it or died while doing so"
+        )));
     }
-
-    pub fn len(&self) -> usize {
-        self.len
+    // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor; the
+    // kernel picks the address, so no existing memory is affected.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    // SAFETY: `fd` is ours; a mapping outlives its descriptor.
+    unsafe { libc::close(fd) };
+    if ptr == libc::MAP_FAILED {
+        return Err(StoreError::last_os(format!("mmap of store {name:?} ({len} bytes)")));
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Remove the name from the system; mappings stay valid until unmapped.
-    pub fn unlink(&self) {
-        unlink_name(&self.name);
-    }
+    Ok(Segment::from_raw(ptr.cast(), len, name, OsMapping))
 }
 
 /// Remove the segment `name` from the system (mappings stay valid until unmapped);
@@ -168,12 +130,13 @@ pub fn segment_names() -> Vec<SegmentEntry> {
         .collect()
 }
 
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: `ptr..ptr+len` was mapped by `map` and nothing borrows it past the
-        // `Segment`'s life (views hold an `Arc<Segment>`).
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
+/// Unmap a segment's view (called once, by `Segment::drop`).
+///
+/// # Safety
+/// `ptr..ptr+len` must be a mapping made by `map` that nothing uses afterwards.
+pub unsafe fn unmap(ptr: *mut u8, len: usize, _os: &OsMapping) {
+    // SAFETY: the caller guarantees `ptr..ptr+len` is our mapping and no longer used.
+    unsafe { libc::munmap(ptr.cast(), len) };
 }
 
 /// Start time of a process (clock ticks since boot, `/proc/PID/stat` field 22), which

@@ -12,7 +12,7 @@
 //! Only portable `std` and `windows-sys` are used, so that `--cfg dblps_check_windows`
 //! type-checks this file on Linux (see `mod.rs`).
 
-use super::{validate_name, SegmentEntry, PREFIX};
+use super::{validate_name, Segment, SegmentEntry, PREFIX};
 use crate::error::{Result, StoreError};
 use windows_sys::Win32::Foundation::{
     CloseHandle, GetLastError, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, FILETIME, HANDLE, INVALID_HANDLE_VALUE,
@@ -26,24 +26,9 @@ use windows_sys::Win32::System::Threading::{
     GetExitCodeProcess, GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
 };
 
-/// A view of a named file mapping in this process.
-///
-/// Invariant: `ptr..ptr+len` stays mapped and `mapping` open until `Drop`; the bytes are
-/// shared with other processes, so every access goes through atomics or is ordered by
-/// the store's protocols (see `protocol.rs`).
-pub struct Segment {
-    ptr: *mut u8,
-    len: usize,
-    name: String,
-    mapping: HANDLE,
-}
-
-// SAFETY: the view is plain memory valid for the life of `Segment`, and `mapping` is a
-// kernel handle usable from any thread; all concurrent access to the bytes is
-// synchronised by the atomics and protocols in `layout.rs` and `protocol.rs`.
-unsafe impl Send for Segment {}
-// SAFETY: see `Send`; `&Segment` only hands out raw pointers whose use is synchronised.
-unsafe impl Sync for Segment {}
+/// The file-mapping handle, kept open as long as the view (a kernel handle is usable
+/// from any thread); closed by `unmap`.
+pub struct OsMapping(HANDLE);
 
 /// Checks a user-given store name and returns the object name, NUL-terminated UTF-16.
 /// `Local\` keeps it in this logon session's namespace (no privilege needed).
@@ -56,116 +41,98 @@ fn os_error(code: u32) -> std::io::Error {
     std::io::Error::from_raw_os_error(code as i32)
 }
 
-impl Segment {
-    /// Create a new zero-filled segment of `len` bytes; fails if the name is taken.
-    pub fn create(name: &str, len: usize) -> Result<Segment> {
-        let wide = os_name(name)?;
-        let size = len as u64;
-        // SAFETY: INVALID_HANDLE_VALUE asks for a mapping backed by the paging file
-        // (zero-filled); a null security descriptor means the default; `wide` is a
-        // NUL-terminated UTF-16 string that outlives the call.
-        let mapping = unsafe {
-            CreateFileMappingW(
-                INVALID_HANDLE_VALUE,
-                std::ptr::null(),
-                PAGE_READWRITE,
-                (size >> 32) as u32,
-                size as u32,
-                wide.as_ptr(),
-            )
-        };
-        // SAFETY: reads this thread's last-error value; no arguments.
-        let code = unsafe { GetLastError() };
-        if mapping.is_null() {
-            return Err(StoreError::Os(format!(
-                "CreateFileMappingW({name:?}, {len} bytes) failed: {} (is the paging file large enough?)",
-                os_error(code)
-            )));
-        }
-        if code == ERROR_ALREADY_EXISTS {
-            // SAFETY: `mapping` is a handle we own (to the existing object); closing it
-            // leaves the other owner's mapping untouched.
-            unsafe { CloseHandle(mapping) };
-            return Err(StoreError::invalid(format!(
-                "a parameter store named {name:?} already exists; choose another name"
-            )));
-        }
-        Self::map(mapping, len, name)
+/// Create a new zero-filled segment of `len` bytes; fails if the name is taken.
+pub fn create(name: &str, len: usize) -> Result<Segment> {
+    let wide = os_name(name)?;
+    let size = len as u64;
+    // SAFETY: INVALID_HANDLE_VALUE asks for a mapping backed by the paging file
+    // (zero-filled); a null security descriptor means the default; `wide` is a
+    // NUL-terminated UTF-16 string that outlives the call.
+    let mapping = unsafe {
+        CreateFileMappingW(
+            INVALID_HANDLE_VALUE,
+            std::ptr::null(),
+            PAGE_READWRITE,
+            (size >> 32) as u32,
+            size as u32,
+            wide.as_ptr(),
+        )
+    };
+    // SAFETY: reads this thread's last-error value; no arguments.
+    let code = unsafe { GetLastError() };
+    if mapping.is_null() {
+        return Err(StoreError::Os(format!(
+            "CreateFileMappingW({name:?}, {len} bytes) failed: {} (is the paging file large enough?)",
+            os_error(code)
+        )));
     }
-
-    /// Map an existing segment by name.
-    pub fn open(name: &str) -> Result<Segment> {
-        let wide = os_name(name)?;
-        // SAFETY: `wide` is NUL-terminated UTF-16; the handle is not inheritable (0).
-        let mapping = unsafe { OpenFileMappingW(FILE_MAP_ALL_ACCESS, 0, wide.as_ptr()) };
-        if mapping.is_null() {
-            return Err(StoreError::NotFound(format!(
-                "no parameter store named {name:?} (looked for the file mapping Local\\{PREFIX}{name}); \
-                 is the store's owner running and did you pass `store.name`?"
-            )));
-        }
-        Self::map(mapping, 0, name)
+    if code == ERROR_ALREADY_EXISTS {
+        // SAFETY: `mapping` is a handle we own (to the existing object); closing it
+        // leaves the other owner's mapping untouched.
+        unsafe { CloseHandle(mapping) };
+        return Err(StoreError::invalid(format!(
+            "a parameter store named {name:?} already exists; choose another name"
+        )));
     }
-
-    /// Map the whole of `mapping` read-write (`len` 0: as large as the mapping), taking
-    /// ownership of the handle (closed on failure or on drop).
-    fn map(mapping: HANDLE, len: usize, name: &str) -> Result<Segment> {
-        // SAFETY: `mapping` is an open file-mapping handle; offset 0 and `len` (0 = all)
-        // stay inside it; the kernel picks the address, so no existing memory is affected.
-        let view = unsafe { MapViewOfFile(mapping, FILE_MAP_ALL_ACCESS, 0, 0, len) };
-        if view.Value.is_null() {
-            let err = StoreError::last_os(format!("MapViewOfFile of store {name:?}"));
-            // SAFETY: we own `mapping` and nothing else refers to it.
-            unsafe { CloseHandle(mapping) };
-            return Err(err);
-        }
-        let mut len = len;
-        if len == 0 {
-            // SAFETY: MEMORY_BASIC_INFORMATION is plain old data; all-zero is valid.
-            let mut info: MEMORY_BASIC_INFORMATION = unsafe { std::mem::zeroed() };
-            // SAFETY: `view.Value` is the base of the view we just mapped and `info` a
-            // valid out-pointer of the size we pass.
-            let filled = unsafe {
-                VirtualQuery(view.Value, &mut info, std::mem::size_of::<MEMORY_BASIC_INFORMATION>())
-            };
-            // The view's size, rounded up to whole pages (the store checks its layout fits).
-            len = if filled == 0 { 0 } else { info.RegionSize };
-        }
-        let segment = Segment { ptr: view.Value.cast(), len, name: name.to_string(), mapping };
-        if segment.len == 0 {
-            return Err(StoreError::last_os(format!("VirtualQuery of store {name:?}")));
-        }
-        Ok(segment)
-    }
-
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Nothing to do on Windows: the mapping disappears with its last handle.
-    pub fn unlink(&self) {}
+    map(mapping, len, name)
 }
 
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` is the base of the view `map` created and nothing borrows it past
-        // the `Segment`'s life (views hold an `Arc<Segment>`); `mapping` is ours.
-        unsafe {
-            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: self.ptr.cast() });
-            CloseHandle(self.mapping);
-        }
+/// Map an existing segment by name.
+pub fn open(name: &str) -> Result<Segment> {
+    let wide = os_name(name)?;
+    // SAFETY: `wide` is NUL-terminated UTF-16; the handle is not inheritable (0).
+    let mapping = unsafe { OpenFileMappingW(FILE_MAP_ALL_ACCESS, 0, wide.as_ptr()) };
+    if mapping.is_null() {
+        return Err(StoreError::NotFound(format!(
+            "no parameter store named {name:?} (looked for the file mapping Local\\{PREFIX}{name}); \
+             is the store's owner running and did you pass `store.name`?"
+        )));
+    }
+    map(mapping, 0, name)
+}
+
+/// Map the whole of `mapping` read-write (`len` 0: as large as the mapping), taking
+/// ownership of the handle (closed on failure or on drop).
+fn map(mapping: HANDLE, len: usize, name: &str) -> Result<Segment> {
+    // SAFETY: `mapping` is an open file-mapping handle; offset 0 and `len` (0 = all)
+    // stay inside it; the kernel picks the address, so no existing memory is affected.
+    let view = unsafe { MapViewOfFile(mapping, FILE_MAP_ALL_ACCESS, 0, 0, len) };
+    if view.Value.is_null() {
+        let err = StoreError::last_os(format!("MapViewOfFile of store {name:?}"));
+        // SAFETY: we own `mapping` and nothing else refers to it.
+        unsafe { CloseHandle(mapping) };
+        return Err(err);
+    }
+    let mut len = len;
+    if len == 0 {
+        // SAFETY: MEMORY_BASIC_INFORMATION is plain old data; all-zero is valid.
+        let mut info: MEMORY_BASIC_INFORMATION = unsafe { std::mem::zeroed() };
+        // SAFETY: `view.Value` is the base of the view we just mapped and `info` a
+        // valid out-pointer of the size we pass.
+        let filled = unsafe {
+            VirtualQuery(view.Value, &mut info, std::mem::size_of::<MEMORY_BASIC_INFORMATION>())
+        };
+        // The view's size, rounded up to whole pages (the store checks its layout fits).
+        len = if filled == 0 { 0 } else { info.RegionSize };
+    }
+    // From here on the Segment owns the view and the handle (dropping it unmaps both).
+    let segment = Segment::from_raw(view.Value.cast(), len, name, OsMapping(mapping));
+    if segment.is_empty() {
+        return Err(StoreError::last_os(format!("VirtualQuery of store {name:?}")));
+    }
+    Ok(segment)
+}
+
+/// Unmap a segment's view and close its mapping handle (called once, by `Segment::drop`).
+///
+/// # Safety
+/// `ptr` must be the base of a view made by `map` that nothing uses afterwards.
+pub unsafe fn unmap(ptr: *mut u8, _len: usize, os: &OsMapping) {
+    // SAFETY: the caller guarantees `ptr` is our view's base and no longer used; the
+    // handle is ours and closed only here.
+    unsafe {
+        UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: ptr.cast() });
+        CloseHandle(os.0);
     }
 }
 
