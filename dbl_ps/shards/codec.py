@@ -55,7 +55,11 @@ def decode_image(data: bytes, ext: str, channels: int) -> np.ndarray:
         return image
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as pil:
-        pil = pil.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    # Only our own two formats: skips PIL's probing of every other plugin (a hot path
+    # of the stream loader, where decoding a small image costs less than PIL's overhead).
+    with Image.open(io.BytesIO(data), formats=("JPEG", "PNG")) as pil:
+        if pil.mode != mode:
+            pil = pil.convert(mode)
         array = np.asarray(pil, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)

@@ -263,6 +263,17 @@ class StreamSet(torch.utils.data.Dataset):
                              f"be decoded ({exc}); rebuild it with `dbl-ps shard --overwrite`") from None
         return image, int(self.labels[sid])
 
+    def __getitems__(self, sids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch (the DataLoader calls this instead of `__getitem__` per sample):
+        decoded straight into one array, so a DataLoader worker sends one tensor per
+        batch instead of a list of per-sample arrays."""
+        side = self.info.side
+        images = np.empty((len(sids), self.channels, side, side), dtype=np.uint8)
+        labels = np.empty(len(sids), dtype=np.int64)
+        for k, sid in enumerate(sids):
+            images[k], labels[k] = self[sid]
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
     def __del__(self) -> None:
         for fd in getattr(self, "_files", {}).values():
             try:
@@ -271,9 +282,8 @@ class StreamSet(torch.utils.data.Dataset):
                 pass
 
 
-def _collate(items: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(np.stack([im for im, _ in items])) if items else torch.empty(0, dtype=torch.uint8)
-    return images, torch.tensor([lab for _, lab in items], dtype=torch.int64)
+def _collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # `StreamSet.__getitems__` already made the batch tensors
 
 
 class _Batches(torch.utils.data.Sampler):
