@@ -45,6 +45,10 @@ def test_extras_in_pyproject_match_the_import_helper():
         assert extra in extras, f"{module} maps to extra {extra!r}, missing from pyproject"
         assert any(req.startswith(module) for req in extras[extra]), (module, extras[extra])
     assert {"deepspeed", "wandb", "shards", "dev"} <= set(extras)
+    # the test command installs [dev]: it must bring every extra, or integration tests skip unseen
+    assert "dbl-ps[all]" in extras["dev"]
+    (everything,) = extras["all"]  # "dbl-ps[deepspeed,wandb,...]"
+    assert set(EXTRAS.values()) <= set(everything.split("[", 1)[1].rstrip("]").split(","))
 
 
 def test_release_workflow_builds_every_platform_and_its_scripts_exist():
