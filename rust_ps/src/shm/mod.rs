@@ -1,8 +1,10 @@
 //! Named shared-memory segments and owner-liveness checks, with one backend per OS:
 //!
 //! * `posix.rs` (Linux, macOS): `shm_open` + `mmap`. On Linux a segment is the file
-//!   `/dev/shm/dblps-<name>`; a segment outlives its processes until it is unlinked, so
-//!   stores unlink on close and `cleanup_stale` removes those of owners that died.
+//!   `/dev/shm/dblps-<name>`; macOS cannot list shm names, so each segment is also
+//!   recorded in `$TMPDIR/dblps-shm/`. A segment outlives its processes until it is
+//!   unlinked, so stores unlink on close and `cleanup_stale` removes those of owners
+//!   that died.
 //! * `windows.rs`: a pagefile-backed named file mapping `Local\dblps-<name>`. Windows
 //!   reference-counts it and frees it when the last process holding it exits (also after
 //!   a crash), so there is never anything stale to remove.

@@ -1,5 +1,6 @@
 //! POSIX backend of `shm` (Linux, macOS): named segments from `shm_open` + `mmap`
-//! (`/dev/shm/dblps-<name>` on Linux) and the liveness checks used to clean up after
+//! (`/dev/shm/dblps-<name>` on Linux; on macOS also an entry in `$TMPDIR/dblps-shm/`,
+//! since its shm names cannot be listed) and the liveness checks used to clean up after
 //! owners that died without closing.
 
 use super::{validate_name, Segment, SegmentEntry, PREFIX};
@@ -45,10 +46,12 @@ pub fn create(name: &str, len: usize) -> Result<Segment> {
         }
         return Err(err);
     }
-    map(fd, len, name).inspect_err(|_| {
+    let segment = map(fd, len, name).inspect_err(|_| {
         // SAFETY: the name was created by us just now and is not yet published.
         unsafe { libc::shm_unlink(c_name.as_ptr()) };
-    })
+    })?;
+    register(name);
+    Ok(segment)
 }
 
 /// Map an existing segment by name.
@@ -109,14 +112,47 @@ pub fn unlink_name(name: &str) {
     if let Ok(c_name) = os_name(name) {
         // SAFETY: valid NUL-terminated name; unlinking an absent name is harmless.
         unsafe { libc::shm_unlink(c_name.as_ptr()) };
+        if let Some(dir) = registry_dir() {
+            unregister_in(&dir, name);
+        }
     }
 }
 
-/// Our segments on this machine. Linux lists them in `/dev/shm`; macOS has no way to
-/// enumerate POSIX shm names, so there the list is empty (stores still unlink on close
-/// and at exit; only a killed owner's segment stays until reboot).
+/// Our segments on this machine: Linux lists them in `/dev/shm`; elsewhere (macOS) POSIX
+/// shm names cannot be enumerated, so `create` also records each one in a registry
+/// directory, with the same file names, and that is listed instead.
 pub fn segment_names() -> Vec<SegmentEntry> {
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+    match registry_dir() {
+        Some(dir) => list_dir(&dir),
+        None => list_dir(std::path::Path::new("/dev/shm")),
+    }
+}
+
+/// `$TMPDIR/dblps-shm` where /dev/shm does not list segments (macOS); `None` on Linux.
+fn registry_dir() -> Option<std::path::PathBuf> {
+    (!cfg!(target_os = "linux")).then(|| std::env::temp_dir().join("dblps-shm"))
+}
+
+/// Record a new segment where the OS cannot list it. Best effort: a store whose entry
+/// cannot be written still works, only `dbl-ps cleanup` will not see it after a crash.
+fn register(name: &str) {
+    if let Some(dir) = registry_dir() {
+        let _ = register_in(&dir, name);
+    }
+}
+
+fn register_in(dir: &std::path::Path, name: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(format!("{PREFIX}{name}")), b"")
+}
+
+fn unregister_in(dir: &std::path::Path, name: &str) {
+    let _ = std::fs::remove_file(dir.join(format!("{PREFIX}{name}")));
+}
+
+/// The `dblps-*` entries of `dir` as segments (a missing directory lists nothing).
+fn list_dir(dir: &std::path::Path) -> Vec<SegmentEntry> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     entries
@@ -172,4 +208,27 @@ fn is_zombie(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry that stands in for /dev/shm on macOS, exercised in a scratch directory.
+    #[test]
+    fn registry_lists_what_was_registered_until_it_is_removed() {
+        let dir = std::env::temp_dir().join(format!("dblps-registry-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(list_dir(&dir).is_empty(), "a missing registry lists nothing");
+        register_in(&dir, "run-a").unwrap();
+        register_in(&dir, "run-b").unwrap();
+        std::fs::write(dir.join("someone-else"), b"").unwrap(); // not ours: ignored
+        let mut names: Vec<_> = list_dir(&dir).into_iter().map(|e| (e.name, e.age.is_some())).collect();
+        names.sort();
+        assert_eq!(names, vec![("run-a".to_string(), true), ("run-b".to_string(), true)]);
+        unregister_in(&dir, "run-a");
+        unregister_in(&dir, "never-registered"); // harmless
+        assert_eq!(list_dir(&dir).into_iter().map(|e| e.name).collect::<Vec<_>>(), vec!["run-b".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
