@@ -80,6 +80,18 @@ def test_offline_run_directory_holds_history_summary_and_plan(tmp_path, capsys):
     table = json.loads(tables[0].read_text())
     assert table["columns"][:3] == ["worker", "role", "resolution"] and len(table["data"]) == 4
 
+    # A log W&B is still writing (cut inside a record, no exit record yet) reads as an
+    # incomplete prefix instead of failing or waiting forever.
+    (log,) = Path(run_path).glob("run-*.wandb")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    data = log.read_bytes()
+    (partial / log.name).write_bytes(data[: len(data) * 2 // 3])
+    cut = read_offline_run(partial, wait_seconds=0.2)
+    assert not cut["complete"]
+    cut_rows = [h for h in cut["history"] if "test/acc" in h]
+    assert len(cut_rows) < 3 and cut_rows == rows[: len(cut_rows)]
+
 
 def test_a_failing_tracker_reports_once_and_never_raises(tmp_path):
     warnings = []
