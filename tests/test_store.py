@@ -352,6 +352,15 @@ def test_a_new_store_removes_segments_of_dead_owners_and_the_cli_reports_them():
     assert "stale segment(s) removed" in out.stdout
 
 
+def test_cleanup_list_shows_a_live_store_with_its_owner_and_removes_nothing():
+    with ParameterStore(4, 1) as store:
+        out = subprocess.run([sys.executable, "-m", "dbl_ps.cli", "cleanup", "--list"], capture_output=True,
+                             text=True, check=True).stdout
+        line = next(l for l in out.splitlines() if store.name in l)
+        assert str(os.getpid()) in line and line.endswith("live")
+        assert segment_exists(store.name)
+
+
 def test_owner_exit_without_close_removes_the_segment():
     script = "from dbl_ps import ParameterStore; s = ParameterStore(64, 1); print(s.name)"
     name = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
