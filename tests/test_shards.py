@@ -281,6 +281,22 @@ def test_corrupt_image_names_shard_and_key(copy_dir, digits):
             list(make_loader(copy_dir, digits, mode=mode, shares=[1437], worker=0))
 
 
+def test_image_of_the_wrong_shape_names_shard_and_key(copy_dir, digits):
+    import tarfile
+
+    shard = copy_dir / "train" / "r8" / "train-000001.tar"
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar.getmembers() if m.name == "00000410.npy")
+    data = bytearray(shard.read_bytes())
+    header = bytes(data[member.offset_data:member.offset_data + 128])
+    at = member.offset_data + header.index(b"(1, 8, 8)")
+    data[at:at + 9] = b"(1, 4,16)"  # same bytes, other shape: a valid .npy of the wrong size
+    shard.write_bytes(bytes(data))
+    for mode in ("memory", "stream"):
+        with pytest.raises(ShardError, match=r"train-000001.tar, sample 00000410: image of shape \(1, 4, 16\)"):
+            list(make_loader(copy_dir, digits, mode=mode, shares=[1437], worker=0))
+
+
 def test_index_mismatch(copy_dir, digits):
     index = json.loads((copy_dir / "index.json").read_text())
     index["splits"]["train"]["labels"][5] = (index["splits"]["train"]["labels"][5] + 1) % 10

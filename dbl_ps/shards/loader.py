@@ -271,7 +271,12 @@ class StreamSet(torch.utils.data.Dataset):
         images = np.empty((len(sids), self.channels, side, side), dtype=np.uint8)
         labels = np.empty(len(sids), dtype=np.int64)
         for k, sid in enumerate(sids):
-            images[k], labels[k] = self[sid]
+            image, labels[k] = self[sid]
+            if image.shape != images.shape[1:]:
+                shard = self.info.shards[int(self.shard_of[sid])].path
+                raise ShardError(f"shard {shard}, sample {sample_key(sid)}: image of shape {image.shape}, the index "
+                                 f"says {images.shape[1:]}; rebuild it with `dbl-ps shard --overwrite`")
+            images[k] = image
         return torch.from_numpy(images), torch.from_numpy(labels)
 
     def __del__(self) -> None:
