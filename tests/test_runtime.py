@@ -88,6 +88,7 @@ def test_bsp_run_learns_and_switches_resolution(tmp_path):
     assert summary["final_test_acc"] > 0.6, records  # chance is 0.1
     for name in ("config.yaml", "plan.json", "schedule.json", "summary.json", "checkpoint.pt"):
         assert (tmp_path / "run" / name).is_file()
+    assert (tmp_path / "run" / "schedule.png").read_bytes().startswith(b"\x89PNG")  # the schedule, drawn
 
 
 def test_asp_run_learns_and_shares_cover_the_data(tmp_path, capsys):

@@ -25,7 +25,7 @@ Fail fast: the launch (``WORLD_SIZE`` and ranks per worker) is checked against t
 plan's worker count before ``init_process_group``, and the process group has a
 timeout, so a contradiction is a clear error on every rank rather than a hang.
 
-Run directory (written by rank 0): ``config.yaml``, ``plan.json``, ``schedule.txt``,
+Run directory (written by rank 0): ``config.yaml``, ``plan.json``, ``schedule.txt``, ``schedule.png``,
 ``metrics.jsonl``, ``checkpoints/epochNNNNN/`` (engine files) and ``checkpoint.json``
 (the last complete one), ``summary.json``.
 """
@@ -395,7 +395,7 @@ class CollectiveTrainer:
         dist.barrier()
 
     def _write_run_files(self, fresh: bool) -> None:
-        from dbl_ps.schedule import format_phases
+        from dbl_ps.schedule import format_phases, plot_schedule
 
         run_dir = self.run_dir
         if fresh:
@@ -408,6 +408,7 @@ class CollectiveTrainer:
         plan["ranks_per_worker"] = self.group_size
         (run_dir / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
         (run_dir / "schedule.txt").write_text(format_phases(self.spec) + "\n")
+        plot_schedule(self.spec, str(run_dir / "schedule.png"))
         for name, content in self.run_files.items():
             _atomic_json(run_dir / name, content)
 

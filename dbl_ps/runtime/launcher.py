@@ -6,7 +6,7 @@
 `prepare()` loads the data (test split for evaluation, training-set size for the
 plan), resolves the time models (config, calibration file, or measured on the spot),
 makes the DBSL plan and the schedule, and writes `config.yaml`, `plan.json` and
-`schedule.json`/`schedule.txt` into the run directory. `train()` starts the
+`schedule.json`/`schedule.txt`/`schedule.png` into the run directory. `train()` starts the
 parameter store with the seeded initial model (or the checkpoint's), spawns W
 worker processes, and then, for every global epoch (W pushes, one mini-epoch per
 worker), once all workers reported it: reads the global model from the store,
@@ -108,7 +108,7 @@ class Trainer:
         from dbl_ps.runtime.flat import FlatState
         from dbl_ps.runtime.setup import (build_plan, build_spec, plan_from_dict, resolve_time_models,
                                           threads_per_worker)
-        from dbl_ps.schedule import format_phases, phases
+        from dbl_ps.schedule import format_phases, phases, plot_schedule
 
         cfg = self.cfg
         self.threads = threads_per_worker(cfg)
@@ -150,6 +150,7 @@ class Trainer:
                 {"method": self.spec.method, "epochs": self.spec.epochs, "phases": [p.to_dict() for p in phases(self.spec)]},
                 indent=2) + "\n")
             (self.run_dir / "schedule.txt").write_text(format_phases(self.spec) + "\n")
+            plot_schedule(self.spec, str(self.run_dir / "schedule.png"))
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
             from dbl_ps._optional import require
 
