@@ -2,8 +2,9 @@
 
 From run directories (each with `config.yaml` or `config.json` and
 `metrics.jsonl`) draw test accuracy and test loss against wall time and against
-epoch (PNG, matplotlib Agg), and tabulate final and best accuracy, total time and
-the ratios to a named baseline. Runs that share a label (the config's `name`,
+epoch (PNG, matplotlib Agg), each worker's seconds per mini-epoch against the plan's
+prediction (does DBSL keep the workers together?), and tabulate final and best
+accuracy, total time and the ratios to a named baseline. Runs that share a label (the config's `name`,
 e.g. the same variant with different seeds) are one row, averaged, and one
 colour in the plots.
 
@@ -22,7 +23,8 @@ import yaml
 
 from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics
 
-__all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "plot_runs", "write_report", "PLOTS"]
+__all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "plot_runs", "plot_worker_times",
+           "write_report", "PLOTS"]
 
 # file name -> (y key, x key)
 PLOTS = {
@@ -243,6 +245,47 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
     return written
 
 
+def plot_worker_times(run: RunData, path: str | Path) -> Path | None:
+    """Each worker's measured seconds per mini-epoch against the epoch (solid) and the
+    plan's predicted seconds for its share and batch at that resolution (dashed, from
+    `plan.json` when the run has one). DBSL plans the shares so that the lines of all
+    workers meet. None (nothing drawn) for runs without per-worker records."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = [(r[EPOCH], w) for r in run.records if isinstance(r.get(EPOCH), (int, float))
+              for w in r.get("workers") or [] if isinstance(w, dict) and isinstance(w.get("seconds"), (int, float))]
+    if not points:
+        return None
+    plan: dict[str, Any] = {}
+    if (run.run_dir / "plan.json").is_file():
+        plan = json.loads((run.run_dir / "plan.json").read_text())
+    per_resolution = plan.get("per_resolution", {})
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for worker in sorted({w["worker"] for _, w in points}):
+        mine = [(epoch, w) for epoch, w in points if w["worker"] == worker]
+        role = "" if not plan else (" (small)" if worker < plan.get("small", 0) else " (large)")
+        (line,) = ax.plot([e for e, _ in mine], [w["seconds"] for _, w in mine], label=f"worker {worker}{role}",
+                          marker="." if len(mine) < 40 else None)
+        predicted = [(e, per_resolution[str(w.get("resolution"))]["predicted_epoch_seconds"][worker]) for e, w in mine
+                     if str(w.get("resolution")) in per_resolution]
+        if predicted:
+            ax.plot([e for e, _ in predicted], [t for _, t in predicted], linestyle="--", color=line.get_color(),
+                    drawstyle="steps-post")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("seconds per mini-epoch (dashed: plan)")
+    ax.set_title(f"{run.label}: worker times")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, baseline: str | None = None,
                  title: str = "dbl-ps report") -> Path:
     """Plots, `summary.json` and `report.md` (table + plots) in `out_dir`; returns the report's path."""
@@ -252,6 +295,11 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
     out_dir = Path(out_dir)
     rows = summarize(loaded, baseline)
     plots = plot_runs(loaded, out_dir)
+    for label, members in _group(loaded).items():  # one worker-time plot per label (its first run)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+        drawn = plot_worker_times(members[0], out_dir / f"workers_{safe}.png")
+        if drawn is not None:
+            plots.append(drawn)
     (out_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = [f"# {title}", ""]
     if baseline is not None:

@@ -185,3 +185,20 @@ def test_write_report(runs, tmp_path):
     assert [r["label"] for r in summary] == ["baseline", "hybrid"]
     with pytest.raises(ReportError, match="no runs"):
         write_report([], tmp_path / "empty")
+
+
+def test_worker_times_are_drawn_against_the_plan(tmp_path, runs):
+    run_dir = tmp_path / "dbsl"
+    run_dir.mkdir()
+    RunConfig(name="dbsl run").save(run_dir / "config.yaml")
+    plan = {"small": 1, "per_resolution": {"12": {"predicted_epoch_seconds": [0.5, 0.5]}}}
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    with MetricsWriter(run_dir) as writer:
+        for epoch in range(3):
+            writer.log(epoch, {"wall_time": epoch + 1.0, "test_acc": 0.5, "workers": [
+                {"worker": 0, "seconds": 0.6, "resolution": 12}, {"worker": 1, "seconds": 0.55, "resolution": 12}]})
+    path = write_report([run_dir, runs[0]], tmp_path / "report")
+    drawn = path.parent / "workers_dbsl_run.png"  # the label, made safe for a file name
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(workers_dbsl_run.png)" in path.read_text()
+    # the fixture's runs have no per-worker seconds: nothing to draw for them
+    assert sorted(p.name for p in path.parent.glob("workers_*.png")) == ["workers_dbsl_run.png"]
