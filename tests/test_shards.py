@@ -151,6 +151,15 @@ def test_batches_equal_share_loader(raw_dir, digits):
         ref.set_epoch(2)
 
 
+def test_stream_mode_without_pread_reads_the_same_batches(raw_dir, digits, monkeypatch):
+    """Windows has no os.pread: the stream loader falls back to seek + read."""
+    expected = [(x, y) for x, y in make_loader(raw_dir, digits, mode="stream")]
+    monkeypatch.delattr(os, "pread")
+    got = [(x, y) for x, y in make_loader(raw_dir, digits, mode="stream")]
+    assert len(got) == len(expected) == 7
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(expected, got))
+
+
 def test_share_sizes_disjoint_and_reshuffled(raw_dir, digits):
     shares = [600, 500, 337]
     ids = {}

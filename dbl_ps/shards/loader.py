@@ -16,7 +16,7 @@ ids exactly as for in-memory sources) and come from one of two backends:
   (Fashion-MNIST at 32 px: 61 MB).
 * ``stream`` -- for sets larger than `memory_limit`: the tar headers of each shard
   are scanned once for every image member's byte offset, and a map-style
-  dataset reads and decodes each sample with one `pread` in DataLoader worker
+  dataset reads and decodes each sample with one `pread` (seek + read on Windows) in DataLoader worker
   processes, the batch sampler handing out exactly the share's batches.
 
 ``auto`` (the default) picks memory when the decoded set fits `memory_limit`.
@@ -198,6 +198,15 @@ def load_shard_set(index: ShardIndex, split: str, resolution: int, *, num_worker
 # --------------------------------------------------------------------------- sample by sample, by offset
 
 
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """`size` bytes at `offset`: one `pread` where the OS has it; Windows has none, and
+    seek + read is safe there because each process reads through its own descriptor."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
 class StreamSet(torch.utils.data.Dataset):
     """Map-style access to a shard set by sample id: `self[i]` reads sample `ids[i]`'s
     image member with one `pread` at its byte offset (found by scanning the tar
@@ -254,8 +263,9 @@ class StreamSet(torch.utils.data.Dataset):
         j = int(self.shard_of[sid])
         fd = self._files.get(j)
         if fd is None:
-            fd = self._files[j] = os.open(self.info.shards[j].path, os.O_RDONLY)
-        data = os.pread(fd, int(self.sizes[sid]), int(self.offsets[sid]))
+            # O_BINARY: Windows would otherwise open the tar in text mode (CRLF translation)
+            fd = self._files[j] = os.open(self.info.shards[j].path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        data = _read_at(fd, int(self.sizes[sid]), int(self.offsets[sid]))
         try:
             image = decode_image(data, self.ext, self.channels)
         except (OSError, ValueError, SyntaxError) as exc:
