@@ -42,8 +42,8 @@ def main() -> None:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     # BSP, weighted average over two processes: (1*2 + 3*6) / (1 + 3) = 5
-    with ParameterStore(NUM_PARAMS, 2, mode="bsp", rule="average") as store:
-        workers = [ctx.Process(target=bsp_worker, args=(store.name, w, v, f, results))
+    with ParameterStore(NUM_PARAMS, 2, mode="bsp", rule="average") as bsp:
+        workers = [ctx.Process(target=bsp_worker, args=(bsp.name, w, v, f, results))
                    for w, (v, f) in enumerate([(2.0, 1.0), (6.0, 3.0)])]
         for p in workers:
             p.start()
@@ -54,7 +54,10 @@ def main() -> None:
         for worker_id, version, low, high in seen:
             check(version == 1, f"worker {worker_id} saw version {version}, expected 1 round")
             check(low == high == 5.0, f"worker {worker_id} pulled [{low}, {high}], expected the weighted mean 5.0")
-        name = store.name
+        name = bsp.name
+    # Closed and dropped, the name is gone: POSIX unlinks it on close, Windows frees the
+    # mapping with its last handle (the workers have exited, and this is the last reference).
+    del bsp
 
     # ASP blend: w <- (w + f*w_i) / (1 + f) = (0 + 1*4) / 2 = 2
     with ParameterStore(NUM_PARAMS, 1, mode="asp", rule="blend") as store, StoreClient(store.name, 0) as client:
