@@ -26,7 +26,7 @@ from dbl_ps import (
     StoreNotFoundError,
     cleanup_stale_segments,
 )
-from dbl_ps.store import SEGMENT_PREFIX
+from dbl_ps.store import SEGMENT_PREFIX, list_segments
 
 SPAWN = mp.get_context("spawn")
 
@@ -387,3 +387,19 @@ def test_stub_matches_the_native_module():
             assert public <= stubbed, f"{node.name}: not in the stub: {public - stubbed}"
         elif isinstance(node, ast.FunctionDef):
             assert callable(getattr(_rust_ps, node.name))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/dev/shm is Linux's")
+def test_a_store_larger_than_the_free_shared_memory_is_refused_up_front():
+    # tmpfs sizes lazily: unchecked, such a store would be created and the first write past
+    # the free space would kill the process with SIGBUS (Docker's /dev/shm is 64 MB).
+    import shutil
+
+    free = shutil.disk_usage("/dev/shm").free
+    if free > 100 << 30:
+        pytest.skip("more than 100 GB of /dev/shm free: no store within num_params' range is sure to exceed it")
+    num_params = free // 8 + (1 << 20)  # the two state copies alone exceed what is free
+    before = {s["name"] for s in list_segments()}
+    with pytest.raises(OSError, match=r"needs \d+ MB of shared memory and /dev/shm has only \d+ MB free.*--shm-size"):
+        ParameterStore(num_params, 1)
+    assert {s["name"] for s in list_segments()} == before  # nothing left behind

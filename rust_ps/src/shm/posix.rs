@@ -35,10 +35,14 @@ pub fn create(name: &str, len: usize) -> Result<Segment> {
     }
     // SAFETY: `fd` is the descriptor we just opened.
     let sized = unsafe { libc::ftruncate(fd, len as libc::off_t) };
-    if sized != 0 {
-        let err = StoreError::last_os(format!(
+    let reserved = if sized != 0 {
+        Err(StoreError::last_os(format!(
             "could not size shared memory {name:?} to {len} bytes (is /dev/shm large enough?)"
-        ));
+        )))
+    } else {
+        reserve(fd, len)
+    };
+    if let Err(err) = reserved {
         // SAFETY: `fd` is ours; the name was created by us just now.
         unsafe {
             libc::close(fd);
@@ -52,6 +56,52 @@ pub fn create(name: &str, len: usize) -> Result<Segment> {
     })?;
     register(name);
     Ok(segment)
+}
+
+/// Claim the segment's memory now (Linux). tmpfs sizes a segment lazily: without this, a
+/// store larger than /dev/shm's free space (Docker's default /dev/shm is 64 MB) is created
+/// fine and its first write past the free space kills the process with SIGBUS.
+#[cfg(target_os = "linux")]
+fn reserve(fd: libc::c_int, len: usize) -> Result<()> {
+    let too_big = |free: Option<u64>| {
+        let free = free.map_or("less".to_string(), |f| format!("only {} MB", f >> 20));
+        StoreError::Os(format!(
+            "the parameter store needs {} MB of shared memory and /dev/shm has {free} free: enlarge /dev/shm \
+             (Docker: --shm-size, e.g. --shm-size=8g) or use fewer workers or queue slots",
+            len.div_ceil(1 << 20)
+        ))
+    };
+    let free = shm_free_bytes();
+    if free.is_some_and(|f| (len as u64) > f) {
+        return Err(too_big(free)); // refuse before taking any of it
+    }
+    // SAFETY: `fd` is an open shared-memory descriptor of size `len`; posix_fallocate only
+    // allocates its pages (already zero) and returns an error number, never touching errno.
+    match unsafe { libc::posix_fallocate(fd, 0, len as libc::off_t) } {
+        0 => Ok(()),
+        libc::ENOSPC => Err(too_big(shm_free_bytes())),
+        // Filesystems without fallocate: the lazy sizing above is all there is.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        code => Err(StoreError::Os(format!(
+            "could not reserve {len} bytes of shared memory: {}",
+            std::io::Error::from_raw_os_error(code)
+        ))),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_fd: libc::c_int, _len: usize) -> Result<()> {
+    Ok(())
+}
+
+/// Free bytes of the filesystem behind /dev/shm, if it can be read.
+#[cfg(target_os = "linux")]
+fn shm_free_bytes() -> Option<u64> {
+    // SAFETY: `statvfs` is plain old data; all-zero is a valid value to overwrite.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path literal and a valid out-pointer.
+    let ok = unsafe { libc::statvfs(c"/dev/shm".as_ptr(), &mut stat) } == 0;
+    ok.then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
 /// Map an existing segment by name.
