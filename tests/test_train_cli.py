@@ -4,6 +4,9 @@ compare variants, and a tiny compare + report end to end."""
 from __future__ import annotations
 
 import multiprocessing
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +67,24 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
     assert "baseline" in (tmp_path / "rep" / "report.md").read_text()
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 2
+
+
+def _can_mount_a_private_dev_shm() -> bool:
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+                           capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_a_private_dev_shm(), reason="needs unshare and mount (root, Linux)")
+def test_a_too_small_dev_shm_fails_up_front_with_the_sizes_and_the_fix(tmp_path):
+    """Docker's 64 MB /dev/shm, made real: a 1 MB tmpfs over /dev/shm in a private mount
+    namespace. The run stops before any worker starts, in one line, exit code 1."""
+    train = [sys.executable, "-m", "dbl_ps.cli", "train", "--no-progress", "--run-dir", str(tmp_path / "run"), *FAST]
+    script = "mount -t tmpfs -o size=1m tmpfs /dev/shm && exec " + " ".join(f"'{a}'" for a in train)
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "cannot create the parameter store: the parameter store needs" in done.stderr
+    assert "/dev/shm has only 1 MB free" in done.stderr and "--shm-size" in done.stderr
+    assert "Traceback" not in done.stderr

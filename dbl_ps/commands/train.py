@@ -40,7 +40,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     from dbl_ps.config import ConfigError
     from dbl_ps.data import DataError
     from dbl_ps.planner import InfeasiblePlanError
-    from dbl_ps.runtime import Trainer, TrainingInterrupted, WorkerError
+    from dbl_ps.runtime import StoreSetupError, Trainer, TrainingInterrupted, WorkerError
     from dbl_ps.runtime.checkpoint import CheckpointError
 
     try:
@@ -54,6 +54,9 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         return error(str(exc))
     try:
         trainer.train()
+    except StoreSetupError as exc:
+        print(f"dbl-ps train: error: {exc}", file=sys.stderr)
+        return 1
     except TrainingInterrupted as exc:
         print(f"dbl-ps train: {exc}", file=sys.stderr)
         return 130

@@ -1,6 +1,6 @@
 """The training runtime: launcher (`Trainer`), worker processes, flat model state
 and checkpoints. See `dbl_ps.runtime.launcher` for the data flow."""
 
-from dbl_ps.runtime.launcher import Trainer, TrainingInterrupted, WorkerError, new_run_dir
+from dbl_ps.runtime.launcher import StoreSetupError, Trainer, TrainingInterrupted, WorkerError, new_run_dir
 
-__all__ = ["Trainer", "TrainingInterrupted", "WorkerError", "new_run_dir"]
+__all__ = ["StoreSetupError", "Trainer", "TrainingInterrupted", "WorkerError", "new_run_dir"]

@@ -46,7 +46,8 @@ def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist: the run stopped before its first epoch completed; "
-                              f"start it again instead of resuming")
+                              f"start it again instead of resuming: `dbl-ps train --config {Path(run_dir) / 'config.yaml'} "
+                              f"--run-dir NEW_DIR` (or remove {run_dir} first)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # a torn or foreign file

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["Trainer", "WorkerError", "TrainingInterrupted", "new_run_dir"]
+__all__ = ["Trainer", "WorkerError", "StoreSetupError", "TrainingInterrupted", "new_run_dir"]
 
 STOP_TIMEOUT = 30.0  # seconds a worker gets to stop before it is terminated
 PASS_DATA_BYTES = 1 << 30  # training splits up to this size go to the workers with their arguments
@@ -39,6 +39,10 @@ PASS_DATA_BYTES = 1 << 30  # training splits up to this size go to the workers w
 
 class WorkerError(RuntimeError):
     """A worker process failed; the message holds its traceback."""
+
+
+class StoreSetupError(RuntimeError):
+    """The parameter store could not be created (e.g. too little shared memory)."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -196,19 +200,28 @@ class Trainer:
         self.t0 = time.perf_counter()
         if ckpt:
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch} of {epochs}")
-        self.metrics = Logger([MetricsWriter(self.run_dir, resume=self.resuming, keep_through=self.last_complete)])
-        tracker = self._start_tracker()
-        if tracker is not None:
-            self.metrics.add(tracker)
+        # The store first: a machine short of shared memory fails here, before anything
+        # else is opened or installed.
+        try:
+            # rule sgd: payloads are displacements already scaled by the local LR (see worker.py)
+            store = ParameterStore(
+                self.flat.numel, W, mode=cfg.store.mode, rule=cfg.store.rule, staleness=cfg.store.staleness,
+                apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0, initial=initial,
+            )
+        except OSError as exc:
+            raise StoreSetupError(f"cannot create the parameter store: {exc}") from None
+        try:
+            self.metrics = Logger([MetricsWriter(self.run_dir, resume=self.resuming, keep_through=self.last_complete)])
+            tracker = self._start_tracker()
+            if tracker is not None:
+                self.metrics.add(tracker)
+        except BaseException:
+            store.close()
+            raise
 
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
         queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch)
-        # rule sgd: payloads are displacements already scaled by the local LR (see worker.py)
-        store = ParameterStore(
-            self.flat.numel, W, mode=cfg.store.mode, rule=cfg.store.rule, staleness=cfg.store.staleness,
-            apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0, initial=initial,
-        )
         procs: list[Any] = []
         self._status = "running"
         try:
