@@ -211,7 +211,8 @@ impl ParameterStore {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
-        // Unlink first: whoever sees `closed` also finds the name gone.
+        // Unlink first: whoever sees `closed` also finds the name gone (POSIX; on Windows
+        // the name lives while a handle does, and a late `attach` reads `closed` instead).
         self.shared.segment().unlink();
         let header = self.shared.header();
         header.closed.store(1, Ordering::SeqCst);
