@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,21 +26,13 @@ import pytest
 import torch
 
 from dbl_ps.metrics import read_metrics
+from launch_helpers import RUN, free_port
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 # Every test here but the missing-extra one needs DeepSpeed installed.
 pytestmark = pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
 
-# 4 epochs of digits, 2 workers (worker 0 small), a fixed time model (no measuring).
-RUN = ["schedule.epochs=4", "schedule.milestones=[2]", "schedule.warmup_epochs=0", "dbl.workers=2", "dbl.small=1",
-       "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "data.eval_batch_size=1024"]
 MODULE = "dbl_ps.integrations.deepspeed"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -52,12 +43,12 @@ def _env(**extra: str) -> dict[str, str]:
 def deepspeed_cmd(nproc: int, *args: str) -> list[str]:
     exe = shutil.which("deepspeed")
     assert exe, "the deepspeed launcher is not on PATH"
-    return [exe, "--num_gpus", str(nproc), "--master_port", str(_port()), "--module", MODULE, *args]
+    return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", MODULE, *args]
 
 
 def torchrun_cmd(nproc: int, module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(_port()), "-m", module, *args]
+            str(free_port()), "-m", module, *args]
 
 
 def launch(cmd: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:

@@ -320,12 +320,17 @@ def test_a_worker_killed_with_sigkill_does_not_stall_the_store():
         StoreClient(store.name, 1).close()
 
 
-def test_an_owner_killed_with_sigkill_leaves_nothing_after_cleanup():
+def _spawn_store_owner():
+    """A process that creates a store and blocks forever; returns it and the store's name."""
     ready, names = SPAWN.Event(), SPAWN.Queue()
     owner = SPAWN.Process(target=store_workers.own_store_then_block_forever, args=(ready, names))
     owner.start()
     assert ready.wait(60)
-    name = names.get(timeout=10)
+    return owner, names.get(timeout=10)
+
+
+def test_an_owner_killed_with_sigkill_leaves_nothing_after_cleanup():
+    owner, name = _spawn_store_owner()
     client = StoreClient(name, 0)
     client.push(np.ones(1000, np.float32))
     os.kill(owner.pid, signal.SIGKILL)
@@ -339,11 +344,7 @@ def test_an_owner_killed_with_sigkill_leaves_nothing_after_cleanup():
 
 
 def test_a_new_store_removes_segments_of_dead_owners_and_the_cli_reports_them():
-    ready, names = SPAWN.Event(), SPAWN.Queue()
-    owner = SPAWN.Process(target=store_workers.own_store_then_block_forever, args=(ready, names))
-    owner.start()
-    assert ready.wait(60)
-    name = names.get(timeout=10)
+    owner, name = _spawn_store_owner()
     os.kill(owner.pid, signal.SIGKILL)
     owner.join()
     with ParameterStore(4, 1):
