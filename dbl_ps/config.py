@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards")
-MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet")
+MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet")
 # Sources read from files: `data.path` must be set for them.
 FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "shards")
 
@@ -140,7 +140,7 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    name: Literal["small_resnet", "resnet18_cifar", "resnet18_imagenet"] = "small_resnet"
+    name: Literal["small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet"] = "small_resnet"
     dropout: list[float] | dict[int, float] = _f({12: 0.0, 16: 0.1}, ge=0.0, lt=1.0,
                                                   help="dropout rate per resolution: {px: rate} or a list (one value = all)")
 

@@ -2,6 +2,7 @@
 
 * ``resnet18_cifar``    ResNet-18, 3x3 stride-1 stem, no max-pool (CIFAR-style), ~11.2M params at 100 classes
 * ``resnet18_imagenet`` ResNet-18, 7x7 stride-2 stem + 3x3 stride-2 max-pool (ImageNet-style)
+* ``resnet50_imagenet`` ResNet-50 (bottleneck blocks, ImageNet stem), ~25.6M params at 1000 classes
 * ``small_resnet``      3x3 stem and three residual stages of 16/32/64 channels, for CPU runs at 8-32 px
 
 All end in adaptive average pooling, dropout and a linear classifier, so one set of
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-MODEL_NAMES = ("resnet18_cifar", "resnet18_imagenet", "small_resnet")
+MODEL_NAMES = ("resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet", "small_resnet")
 
 
 class BasicBlock(nn.Module):
@@ -39,8 +40,41 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride), 1x1 expand to ``4 x width``; identity or
+    1x1 conv-BN projection shortcut (torchvision's "ResNet v1.5" placement of the stride)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.shortcut(x))
+
+
+RESIDUAL_BLOCKS = (BasicBlock, Bottleneck)  # the units FSDP wraps one by one
+
+
 class ResNet(nn.Module):
-    """``stem -> stages of BasicBlocks -> adaptive avg pool -> dropout -> fc``."""
+    """``stem -> stages of residual blocks -> adaptive avg pool -> dropout -> fc``."""
 
     def __init__(
         self,
@@ -50,6 +84,7 @@ class ResNet(nn.Module):
         blocks_per_stage: tuple[int, ...],
         num_classes: int,
         dropout: float,
+        block: type[BasicBlock] | type[Bottleneck] = BasicBlock,
     ) -> None:
         super().__init__()
         self.stem = stem
@@ -59,8 +94,8 @@ class ResNet(nn.Module):
             layers = []
             for j in range(blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(in_channels, width, stride))
-                in_channels = width
+                layers.append(block(in_channels, width, stride))
+                in_channels = width * (Bottleneck.expansion if block is Bottleneck else 1)
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -101,6 +136,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, dropout: floa
     if name == "resnet18_imagenet":
         stem = nn.Sequential(*_conv_bn_relu(in_channels, 64, 7, 2), nn.MaxPool2d(3, stride=2, padding=1))
         return ResNet(stem, 64, (64, 128, 256, 512), (2, 2, 2, 2), num_classes, dropout)
+    if name == "resnet50_imagenet":
+        stem = nn.Sequential(*_conv_bn_relu(in_channels, 64, 7, 2), nn.MaxPool2d(3, stride=2, padding=1))
+        return ResNet(stem, 64, (64, 128, 256, 512), (3, 4, 6, 3), num_classes, dropout, block=Bottleneck)
     stem = nn.Sequential(*_conv_bn_relu(in_channels, 16, 3, 1))
     return ResNet(stem, 16, (16, 32, 64), (1, 1, 1), num_classes, dropout)
 

@@ -18,6 +18,7 @@ def n_params(model: nn.Module) -> int:
     [
         ("resnet18_cifar", (16, 24, 32), 3),
         ("resnet18_imagenet", (64, 96, 112), 3),
+        ("resnet50_imagenet", (64, 96), 3),
         ("small_resnet", (8, 16, 24, 32), 1),
     ],
 )
@@ -35,6 +36,7 @@ def test_parameter_counts():
     # torchvision's resnet18 with a 100-class head and a 3x3 CIFAR stem has 11,220,132 parameters
     assert n_params(build_model("resnet18_cifar", 100)) == 11_220_132
     assert n_params(build_model("resnet18_imagenet", 1000)) == 11_689_512  # torchvision resnet18
+    assert n_params(build_model("resnet50_imagenet", 1000)) == 25_557_032  # torchvision resnet50
     assert 50_000 < n_params(build_model("small_resnet", 10)) < 200_000
 
 

@@ -60,6 +60,29 @@ def test_flat_state_round_trip_keeps_int_buffers_out():
         flat.scatter(torch.zeros(3))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_flat_state_on_gpu_moves_through_pinned_memory_and_matches_the_cpu_path():
+    torch.manual_seed(0)
+    cpu_model = build_model("small_resnet", 10, in_channels=1)
+    gpu_model = build_model("small_resnet", 10, in_channels=1).cuda()
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    cpu_flat, gpu_flat = FlatState(cpu_model), FlatState(gpu_model)
+    vec = gpu_flat.new_vector()
+    assert vec.is_pinned() and not cpu_flat.new_vector().is_pinned()
+    assert torch.equal(gpu_flat.gather(vec), cpu_flat.gather())
+    new = torch.randn(gpu_flat.numel)
+    gpu_flat.scatter(new)  # pageable source
+    assert torch.equal(gpu_flat.gather(vec), new)
+    vec.copy_(new * 2)
+    gpu_flat.scatter(vec.numpy())  # pinned memory seen through numpy
+    cpu_flat.scatter(new * 2)
+    for (name, a), (_, b) in zip(gpu_model.state_dict().items(), cpu_model.state_dict().items()):
+        assert torch.equal(a.cpu(), b), name
+    cpu_model.fc.cuda()
+    with pytest.raises(ValueError, match="several devices"):
+        FlatState(cpu_model)
+
+
 def test_sync_boundaries():
     assert sync_boundaries(7, "mini_epoch", "asp", [7, 3]) == [7]
     assert sync_boundaries(7, 3, "asp", [7, 3]) == [3, 6, 7]

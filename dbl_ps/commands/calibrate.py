@@ -16,7 +16,7 @@ R2_WARNING = 0.95
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="small_resnet", help="small_resnet, resnet18_cifar or resnet18_imagenet (default %(default)s)")
+    parser.add_argument("--model", default="small_resnet", help="small_resnet, resnet18_cifar, resnet18_imagenet or resnet50_imagenet (default %(default)s)")
     parser.add_argument("--resolutions", type=int_list, required=True, help="pixels, comma list, e.g. 24,32")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--out", metavar="FILE", help="output JSON (default calibration-MODEL-DEVICE.json)")

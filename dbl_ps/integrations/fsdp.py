@@ -63,11 +63,11 @@ def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype |
     """``fully_shard`` every residual block, then the root, on the 1-D ``shard`` mesh."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    from dbl_ps.models import BasicBlock
+    from dbl_ps.models import RESIDUAL_BLOCKS
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
     for m in module.modules():
-        if isinstance(m, BasicBlock):
+        if isinstance(m, RESIDUAL_BLOCKS):
             fully_shard(m, mesh=shard_mesh, mp_policy=mp)
     fully_shard(module, mesh=shard_mesh, mp_policy=mp)
     if param_dtype is not None:

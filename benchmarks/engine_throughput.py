@@ -1,0 +1,110 @@
+"""Training throughput of one DBSL worker per engine: DeepSpeed (bf16, fp32) against plain torch.
+
+One process, one device, the same model, batch and synthetic data for every engine;
+each trains `--steps` timed steps after `--warmup` untimed ones (CUDA synchronised
+before the clock is read), repeated `--repeats` times, engines taken round-robin so
+drift in the machine's load spreads over all of them. Reported: median samples/s and
+the ratio to the plain torch worker (fp32, what `engine: torch` trains with) measured
+in the same run.
+
+Engines (all from `dbl_ps.integrations`, as `dbl-ps train` builds them):
+
+* torch:        `TorchEngine` (fp32 module + SGD)
+* ds_bf16:      `build_engine` with `configs/deepspeed/gpu_bf16.json` (bf16 compute, fp32 masters)
+* ds_fp32:      `build_engine` with `configs/deepspeed/cpu_gloo.json` (DeepSpeed's own overhead)
+
+    python benchmarks/engine_throughput.py                       # GPU, ResNet-18 CIFAR at 32 px, batch 256
+    python benchmarks/engine_throughput.py --device cpu --model small_resnet --batch 64 --engines torch,ds_fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ENGINES = {"torch": None, "ds_bf16": "gpu_bf16", "ds_fp32": "cpu_gloo"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="resnet18_cifar")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--engines", default="torch,ds_bf16,ds_fp32")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args()
+
+    import torch
+
+    from dbl_ps.config import RunConfig
+    from dbl_ps.integrations.collective import TorchEngine
+    from dbl_ps.integrations.deepspeed import build_engine
+    from dbl_ps.models import build_model
+
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+    cfg = RunConfig.from_dict({"optim": {"momentum": 0.9, "weight_decay": 5e-4}})
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(args.batch, 3, args.resolution, args.resolution, generator=gen).to(device)
+    labels = torch.randint(0, args.classes, (args.batch,), generator=gen).to(device)
+
+    engines = {}
+    for name in args.engines.split(","):
+        if name not in ENGINES:
+            raise SystemExit(f"--engines: unknown engine {name!r}; use some of {', '.join(ENGINES)}")
+        torch.manual_seed(0)
+        module = build_model(args.model, args.classes, in_channels=3)
+        if ENGINES[name] is None:
+            engines[name] = TorchEngine(module, cfg, device)
+        else:
+            engines[name] = build_engine(module, cfg, device, batch_size=args.batch, ds_config=ENGINES[name])
+        engines[name].module.train()
+        for _ in range(args.warmup):
+            engines[name].train_step(images, labels)
+        sync()
+
+    rates: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(args.repeats):
+        for name, engine in engines.items():
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                engine.train_step(images, labels)
+            sync()
+            rates[name].append(args.steps * args.batch / (time.perf_counter() - start))
+    base = statistics.median(rates["torch"]) if "torch" in rates else None
+    result = {
+        "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
+        "torch": torch.__version__,
+        "deepspeed": __import__("deepspeed").__version__,
+        "model": args.model, "resolution": args.resolution, "batch": args.batch, "steps": args.steps,
+        "samples_per_s": {n: statistics.median(r) for n, r in rates.items()},
+    }
+    if base:
+        result["ratio_to_torch"] = {n: statistics.median(r) / base for n, r in rates.items()}
+    print(f"{result['device']}, torch {result['torch']}, deepspeed {result['deepspeed']}: {args.model} at "
+          f"{args.resolution} px, batch {args.batch}")
+    for n in rates:
+        ratio = f"{result['ratio_to_torch'][n]:.2f}x" if base else "-"
+        print(f"  {n:<8} {result['samples_per_s'][n]:>10.0f} samples/s   vs torch: {ratio}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    sys.stdout.flush()
+    os._exit(0)  # DeepSpeed's process group and threads: nothing else to finish
+
+
+if __name__ == "__main__":
+    main()
