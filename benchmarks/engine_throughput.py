@@ -10,6 +10,7 @@ in the same run.
 Engines (all from `dbl_ps.integrations`, as `dbl-ps train` builds them):
 
 * torch:        `TorchEngine` (fp32 module + SGD)
+* torch_bf16:   the same under `torch.autocast(bfloat16)` (reference for what bf16 buys this model)
 * ds_bf16:      `build_engine` with `configs/deepspeed/gpu_bf16.json` (bf16 compute, fp32 masters)
 * ds_fp32:      `build_engine` with `configs/deepspeed/cpu_gloo.json` (DeepSpeed's own overhead)
 
@@ -26,7 +27,20 @@ import statistics
 import sys
 import time
 
-ENGINES = {"torch": None, "ds_bf16": "gpu_bf16", "ds_fp32": "cpu_gloo"}
+ENGINES = {"torch": None, "torch_bf16": None, "ds_bf16": "gpu_bf16", "ds_fp32": "cpu_gloo"}
+
+
+def autocast_engine_class():
+    import torch
+
+    from dbl_ps.integrations.collective import TorchEngine
+
+    class AutocastEngine(TorchEngine):
+        def train_step(self, images, labels):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return super().train_step(images, labels)
+
+    return AutocastEngine
 
 
 def main() -> None:
@@ -38,7 +52,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--engines", default="torch,ds_bf16,ds_fp32")
+    p.add_argument("--engines", default="torch,torch_bf16,ds_bf16,ds_fp32")
     p.add_argument("--device", default="cuda")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
@@ -50,6 +64,7 @@ def main() -> None:
     from dbl_ps.integrations.deepspeed import build_engine
     from dbl_ps.models import build_model
 
+    AutocastEngine = autocast_engine_class()
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
@@ -66,8 +81,10 @@ def main() -> None:
             raise SystemExit(f"--engines: unknown engine {name!r}; use some of {', '.join(ENGINES)}")
         torch.manual_seed(0)
         module = build_model(args.model, args.classes, in_channels=3)
-        if ENGINES[name] is None:
+        if name == "torch":
             engines[name] = TorchEngine(module, cfg, device)
+        elif name == "torch_bf16":
+            engines[name] = AutocastEngine(module, cfg, device)
         else:
             engines[name] = build_engine(module, cfg, device, batch_size=args.batch, ds_config=ENGINES[name])
         engines[name].module.train()
@@ -98,7 +115,7 @@ def main() -> None:
           f"{args.resolution} px, batch {args.batch}")
     for n in rates:
         ratio = f"{result['ratio_to_torch'][n]:.2f}x" if base else "-"
-        print(f"  {n:<8} {result['samples_per_s'][n]:>10.0f} samples/s   vs torch: {ratio}")
+        print(f"  {n:<10} {result['samples_per_s'][n]:>10.0f} samples/s   vs torch: {ratio}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

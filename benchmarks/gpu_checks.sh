@@ -49,15 +49,18 @@ for s in $STEPS; do
         step ps_cuda 120 python3 benchmarks/ps_cuda.py --json "$OUT/ps_cuda.json" ;;
     calibrate)
         step calibrate 240 python3 -m dbl_ps.cli calibrate --model resnet18_cifar --resolutions 24,32 --device cuda \
-            --num-classes 100 --quiet --out "$OUT/calibration_resnet18_cifar.json" ;;
+            --num-classes 100 --out "$OUT/calibration_resnet18_cifar.json" ;;
     engines)
         step engines 180 python3 benchmarks/engine_throughput.py --json "$OUT/engines.json" ;;
     fsdp)
         step fsdp 180 python3 benchmarks/fsdp_memory.py --json "$OUT/fsdp_memory.json" ;;
     compare0 | compare1)
         seed=${s#compare}
+        # COMPARE_TIME_MODEL: dbl.alpha/dbl.beta overrides to skip measuring the time model
+        # (e.g. the values a first compare on the same GPU printed); empty: measure it.
+        # shellcheck disable=SC2086
         step "$s" 600 python3 -m dbl_ps.cli compare --config configs/fashion_mnist_gpu.yaml --seeds "$seed" \
-            --out "/tmp/compare-gpu" --no-progress "data.path=$DATA"
+            --out "/tmp/compare-gpu" --no-progress "data.path=$DATA" ${COMPARE_TIME_MODEL:-}
         tar -czf "$OUT/$s.tar.gz" -C /tmp compare-gpu --exclude '*.pt' 2>/dev/null
         ;;
     *) echo "unknown step $s"; exit 2 ;;

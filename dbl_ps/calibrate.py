@@ -37,6 +37,8 @@ CPU_BATCH_CAP = 128
 # the minimum suits a machine shared with other jobs, whose load only ever slows a step.
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 GPU_PROBE_LIMIT = 1 << 16
+# The OOM probe stops within 1/64 of the edge (B_L keeps `margin` = 90 % of it anyway).
+PROBE_TOLERANCE = 1 / 64
 
 
 @dataclass(frozen=True)
@@ -202,9 +204,15 @@ def best_throughput_index(samples: Sequence[tuple[int, float]]) -> int:
     return max(i for i, v in enumerate(per_sample) if v == best)
 
 
-def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int = 1 << 16) -> int:
+def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int = 1 << 16,
+                    tolerance: float = 0.0) -> int:
     """Largest ``b <= limit`` with ``fits(b)`` true, assuming fits is monotone (true up to a
-    point): double from ``start`` until it fails, then bisect. Returns 0 if ``fits(1)`` fails."""
+    point): double from ``start`` until it fails, then bisect. Returns 0 if ``fits(1)`` fails.
+
+    With ``tolerance > 0`` the bisection stops once the gap between the largest batch
+    that fit and the smallest that did not is at most ``tolerance x`` the former, and
+    returns a batch that fit: on a GPU every probe near the edge is a full training step
+    at tens of thousands of images, and calibration keeps only ``margin x`` of it anyway."""
     if not fits(1):
         return 0
     good, bad = 1, None
@@ -220,7 +228,7 @@ def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int 
             break
     if bad is None:
         return good
-    while bad - good > 1:
+    while bad - good > max(1.0, tolerance * good):
         mid = (good + bad) // 2
         if fits(mid):
             good = mid
@@ -307,6 +315,10 @@ def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in
     import torch
 
     def fits(batch_size: int) -> bool:
+        # No cuDNN autotuning while probing: it would time every algorithm at every probed
+        # shape (minutes at tens of thousands of images) and its workspaces blur the edge.
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False
         try:
             make_train_step(model, batch_size, resolution, device=device, num_classes=num_classes, in_channels=in_channels)()
             torch.cuda.synchronize()
@@ -314,6 +326,7 @@ def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in
         except torch.cuda.OutOfMemoryError:
             return False
         finally:
+            torch.backends.cudnn.benchmark = benchmark
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
 
@@ -426,7 +439,7 @@ def _calibrate(
     for r in sorted(resolutions):
         if on_gpu:
             fits = _cuda_fits(model, r, device=device, num_classes=num_classes, in_channels=in_channels)
-            largest = probe_max_batch(fits, limit=batch_cap)
+            largest = probe_max_batch(fits, limit=batch_cap, tolerance=PROBE_TOLERANCE)
             if largest == 0:
                 raise ValueError(f"{model_name} at {r} px does not fit on {device} even with batch 1")
             b_large = max(1, math.floor(margin * largest))

@@ -71,6 +71,17 @@ def test_probe_max_batch_finds_the_oom_edge(largest):
     assert len(calls) <= 40  # doubling then bisection, not a linear scan
 
 
+@pytest.mark.parametrize("largest", [3, 300, 5000, 40000])
+def test_probe_max_batch_with_tolerance_stops_near_the_edge_with_fewer_probes(largest):
+    exact, near = [], []
+    assert probe_max_batch(lambda b: exact.append(b) or b <= largest, limit=65536) == largest
+    found = probe_max_batch(lambda b: near.append(b) or b <= largest, limit=65536, tolerance=1 / 64)
+    assert largest * (1 - 1 / 64) - 1 <= found <= largest  # a batch that fits, within the tolerance
+    assert len(near) <= len(exact)
+    if largest >= 5000:
+        assert len(near) < len(exact) - 3
+
+
 def test_best_throughput_index():
     # seconds per sample: 0.5, 0.25, 0.2, 0.25 -> batch 16 is the CPU's best
     assert best_throughput_index([(4, 2.0), (8, 2.0), (16, 3.2), (32, 8.0)]) == 2
