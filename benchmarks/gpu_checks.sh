@@ -60,8 +60,9 @@ for s in $STEPS; do
         # (e.g. the values a first compare on the same GPU printed); empty: measure it.
         # shellcheck disable=SC2086
         step "$s" 600 python3 -m dbl_ps.cli compare --config configs/fashion_mnist_gpu.yaml --seeds "$seed" \
+            --methods "${COMPARE_METHODS:-baseline,dbsl,cpl,hybrid}" \
             --out "/tmp/compare-gpu" --no-progress "data.path=$DATA" ${COMPARE_TIME_MODEL:-}
-        tar -czf "$OUT/$s.tar.gz" -C /tmp compare-gpu --exclude '*.pt' 2>/dev/null
+        tar -czf "$OUT/$s.tar.gz" --exclude='*.pt' --exclude='*.png' -C /tmp compare-gpu 2>/dev/null
         ;;
     *) echo "unknown step $s"; exit 2 ;;
     esac

@@ -166,7 +166,13 @@ def _stage_bounds(spec: ScheduleSpec) -> list[float]:
 
 
 def _phase_starts(spec: ScheduleSpec) -> list[tuple[float, int, int]]:
-    """``(start, lr_stage, resolution_index)`` of every phase in order."""
+    """``(start, lr_stage, resolution_index)`` of every phase in order.
+
+    Phases are whole epochs, because every runtime changes resolution (data loader,
+    batch sizes, dropout) between epochs: a block of ``L`` epochs gives resolution ``k``
+    of ``n`` the epochs from ``floor(k L / n)``, so a remainder goes to the higher
+    resolutions, and a block shorter than ``n`` epochs drops the lowest ones (CPL ends
+    every stage at its highest resolution, the one the model is evaluated at)."""
     n = len(spec.resolutions)
     bounds = _stage_bounds(spec)
     if spec.cyclic:
@@ -176,8 +182,10 @@ def _phase_starts(spec: ScheduleSpec) -> list[tuple[float, int, int]]:
     starts: list[float] = []
     res_index: list[int] = []
     for a, b in blocks:
+        length = b - a
         for k in range(n):
-            starts.append(a + k * (b - a) / n)
+            offset = (k * int(length)) // n if float(length).is_integer() else math.floor(k * length / n)
+            starts.append(a + offset)
             res_index.append(k)
     # Non-cyclic phases may straddle milestones: split them there so each phase has one LR.
     points = sorted(set(starts) | set(bounds[1:-1]))

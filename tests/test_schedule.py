@@ -97,13 +97,24 @@ def test_non_cyclic_progressive():
     assert got == [(0, 70, 24, 0), (70, 80, 32, 0), (80, 120, 32, 1), (120, 140, 32, 2)]
 
 
-def test_fractional_boundaries():
+def test_phases_are_whole_epochs_with_the_remainder_to_higher_resolutions():
+    # Runtimes change resolution between epochs, so a 10-epoch stage of 3 resolutions is 3/3/4.
     spec = ScheduleSpec(epochs=10, base_lr=0.1, resolutions=(8, 12, 16), batch_large=(64, 64, 64))
-    ps = phases(spec)
-    assert [p.resolution for p in ps] == [8, 12, 16]
-    assert ps[1].start == pytest.approx(10 / 3)
-    assert schedule_at(3.3, spec).resolution == 8
-    assert schedule_at(3.34, spec).resolution == 12
+    assert [(p.start, p.end, p.resolution) for p in phases(spec)] == [(0, 3, 8), (3, 6, 12), (6, 10, 16)]
+    assert schedule_at(2.9, spec).resolution == 8
+    assert schedule_at(3, spec).resolution == 12
+
+
+def test_a_stage_shorter_than_the_cycle_keeps_its_highest_resolutions():
+    # Stages [0, 6), [6, 9), [9, 10) with 3 resolutions: 2/2/2, 1/1/1, then only the top one,
+    # so the run ends at the resolution it is evaluated at (it ended at 8 px before).
+    spec = ScheduleSpec(epochs=10, base_lr=0.1, milestones=(6, 9), resolutions=(8, 12, 16), batch_large=(64, 64, 64))
+    got = [(p.start, p.end, p.resolution, p.lr_stage) for p in phases(spec)]
+    assert got == [(0, 2, 8, 0), (2, 4, 12, 0), (4, 6, 16, 0), (6, 7, 8, 1), (7, 8, 12, 1), (8, 9, 16, 1),
+                   (9, 10, 16, 2)]
+    two = dataclasses.replace(spec, epochs=11)  # last stage [9, 11): 12 then 16
+    assert [p.resolution for p in phases(two)][-2:] == [12, 16]
+    assert all(float(p.start).is_integer() for p in phases(two))
 
 
 @given(st.floats(0, 140))

@@ -270,7 +270,7 @@ def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, bat
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         store = dist.TCPStore("127.0.0.1", port, 1, True)
-        if device.type == "cuda":
+        if device.type == "cuda" and device.index is not None:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1)
     # DeepSpeed insists on the launcher's variables even for one process.
