@@ -422,7 +422,7 @@ def test_dbl_ps_train_on_shards_learns_without_decoding_the_training_split(raw_d
     from dbl_ps.runtime.launcher import Trainer
 
     cfg = load_config(None, ["data.source=shards", f"data.path={raw_dir}", "schedule.resolutions=[8,12]",
-                             "schedule.epochs=3", "schedule.milestones=[2]", "schedule.warmup_epochs=0",
+                             "schedule.epochs=4", "schedule.milestones=[2]", "schedule.warmup_epochs=0",
                              "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "model.dropout=[0.0]",
                              "dbl.batch_large=[64]",
                              "store.mode=bsp", "store.rule=average"])
@@ -431,5 +431,5 @@ def test_dbl_ps_train_on_shards_learns_without_decoding_the_training_split(raw_d
     summary = Trainer(cfg, tmp_path / "run", progress=False, log=quiet).train()
     assert summary["status"] == "finished" and summary["final_test_acc"] >= 0.5, summary  # chance 0.1
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["resolution"] for r in records] == [8, 12, 8]
-    assert [sum(w["samples"] for w in r["workers"]) for r in records] == [1437] * 3  # every planned sample, once
+    assert [r["resolution"] for r in records] == [8, 12, 8, 12]  # up, down (new LR stage), up again
+    assert [sum(w["samples"] for w in r["workers"]) for r in records] == [1437] * 4  # every planned sample, once
