@@ -11,7 +11,10 @@ resizing the source on the fly, at each resolution, in one run (ratios only).
    then the training `BatchTransform`. Shards: `dbl-ps shard --format jpeg` at
    `--resolutions`, read by `ShardShareLoader` in stream mode (a pread + decode of
    a small JPEG per sample in the same number of DataLoader workers) and in
-   memory mode (first epoch including decoding the set, and later epochs).
+   memory mode (first epoch including decoding the set, and later epochs). At
+   `--raw-resolutions` (default: the lowest) also `--format raw` shards (`.npy`
+   members: no decoding, a memory copy per sample) in stream mode, the format to
+   choose when the low resolutions must be read fastest and disk is cheap.
 2. Fashion-MNIST itself (60000 x 28 px, in memory): baseline `ShareLoader` over
    the IDX images, resizing every batch to the resolution; shards (png) read by
    `ShardShareLoader` in memory mode (first and later epochs) and stream mode.
@@ -145,6 +148,12 @@ def bench_imagefolder(args, work: Path, log) -> dict:
                          samples_per_shard=1000, workers=args.workers, progress=False, log=log)
     encode_s = time.perf_counter() - t
     log(f"shards written in {encode_s:.1f} s")
+    wanted = args.raw_resolutions if args.raw_resolutions is not None else [min(args.resolutions)]
+    raw_res = [r for r in args.resolutions if r in wanted]
+    raw_index = None
+    if raw_res:
+        raw_index = write_shards("imagefolder", str(tree), raw_res, work / "shards_raw", fmt="raw",
+                                 samples_per_shard=1000, workers=args.workers, progress=False, log=log)
     _, items = _list_tree(tree / "train", None)
     transform = BatchTransform((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     plain = BatchTransform(transform.mean, transform.std, augment=False)  # loaders timed without augmentation
@@ -161,13 +170,24 @@ def bench_imagefolder(args, work: Path, log) -> dict:
         first = loader_rate(mem)
         later = best_rate(lambda: loader_rate(mem), args.repeats)
         mem.close()
+        raw_note = ""
+        raw = None
+        if r in raw_res:
+            raw_loader = ShardShareLoader(work / "shards_raw", plain, worker=0, shares=[n], batch_size=args.batch,
+                                          resolution=r, seed=0, mode="stream", num_workers=args.workers)
+            raw = best_rate(lambda: loader_rate(raw_loader), args.repeats)
+            raw_loader.close()
+            raw_note = f"  raw stream {raw:8.0f}/s ({raw / base:5.2f}x, {shard_bytes(raw_index, r)['train'] / 1e6:.1f} MB)"
         consume = train_rate(3, r, args.train_batch)
         aug = augment_rate(transform, 3, r, args.batch)
         row = {"resolution": r, "onthefly": base, "stream": s_rate, "memory_first": first, "memory_later": later,
                "augment": aug, "train": consume, "bytes": shard_bytes(index, r), "side_train": index.shard_set("train", r).side}
+        if raw is not None:
+            row.update(raw_stream=raw, raw_bytes=shard_bytes(raw_index, r))
         rows.append(row)
         log(f"  {r:>4} px: on-the-fly {base:8.0f}/s  stream {s_rate:8.0f}/s ({s_rate / base:5.2f}x)  "
-            f"memory 1st {first:8.0f}/s ({first / base:5.2f}x) later {later:9.0f}/s  augment {aug:6.0f}/s  train {consume:6.0f}/s")
+            f"memory 1st {first:8.0f}/s ({first / base:5.2f}x) later {later:9.0f}/s  augment {aug:6.0f}/s  train {consume:6.0f}/s"
+            f"{raw_note}")
     return {"images": n, "val": index.num_samples("test"), "jpeg_bytes": jpeg_bytes, "encode_seconds": encode_s,
             "rows": rows}
 
@@ -216,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ImageFolder shard resolutions (default 96,160,224)")
     p.add_argument("--fashion-resolutions", type=lambda s: [int(x) for x in s.split(",")], default=[16, 24, 28],
                    help="Fashion-MNIST shard resolutions (default 16,24,28)")
+    p.add_argument("--raw-resolutions", type=lambda s: [int(x) for x in s.split(",") if x], default=None,
+                   help="ImageFolder resolutions also read from raw (.npy) shards (default: the lowest; '' for none)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader / encoding processes (default %(default)s)")
     p.add_argument("--batch", type=int, default=128, help="loader batch (default %(default)s)")
     p.add_argument("--train-batch", type=int, default=32,

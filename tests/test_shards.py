@@ -86,6 +86,23 @@ def test_import_does_not_need_webdataset():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_raw_member_decoding_matches_numpy_and_refuses_truncation():
+    import io
+
+    from dbl_ps.shards.codec import decode_image, encode_image
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 8, 8), (3, 12, 12), (3, 12, 12), (1, 5, 5)):  # the repeat hits the header cache
+        image = rng.integers(0, 256, shape, dtype=np.uint8)
+        data = encode_image(image, "raw")
+        assert np.array_equal(decode_image(data, "npy", shape[0]), image)
+        with pytest.raises(ValueError, match="truncated"):
+            decode_image(data[:-3], "npy", shape[0])
+    fortran = io.BytesIO()
+    np.save(fortran, np.asfortranarray(rng.integers(0, 256, (3, 4, 4), dtype=np.uint8)))
+    assert decode_image(fortran.getvalue(), "npy", 3).shape == (3, 4, 4)  # numpy's own reader
+
+
 # --------------------------------------------------------------------------- round trip
 
 

@@ -46,10 +46,39 @@ def encode_image(image: np.ndarray, fmt: str, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
+_NPY_MAGIC_V1 = b"\x93NUMPY\x01\x00"  # format 1.0: a 2-byte header length follows
+# Parsed .npy headers by their bytes. Every sample of one shard set has the same header,
+# and np.load parses it with ast.literal_eval (tens of microseconds, more than copying a
+# small image), which made raw shards slower to stream than JPEG ones.
+_npy_headers: dict[bytes, tuple[tuple[int, ...], bool, np.dtype]] = {}
+
+
+def _decode_npy(data: bytes) -> np.ndarray:
+    """An array from the bytes of a `.npy` file (a read-only view of `data`)."""
+    if not data.startswith(_NPY_MAGIC_V1) or len(data) < 10:
+        return np.load(io.BytesIO(data), allow_pickle=False)  # other versions: numpy's reader
+    end = 10 + int.from_bytes(data[8:10], "little")
+    header = data[10:end]
+    parsed = _npy_headers.get(header)
+    if parsed is None:
+        stream = io.BytesIO(data)
+        np.lib.format.read_magic(stream)
+        parsed = np.lib.format.read_array_header_1_0(stream)
+        if len(_npy_headers) < 256:
+            _npy_headers[header] = parsed
+    shape, fortran_order, dtype = parsed
+    if fortran_order or dtype.hasobject:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    count = int(np.prod(shape, dtype=np.int64))
+    if len(data) - end < count * dtype.itemsize:
+        raise ValueError(f"npy member is truncated: {len(data) - end} bytes of data for shape {shape} {dtype}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=end).reshape(shape)
+
+
 def decode_image(data: bytes, ext: str, channels: int) -> np.ndarray:
     """Bytes of a `.jpg`/`.png`/`.npy` member -> uint8 (C, H, W) with `channels` channels."""
     if ext == "npy":
-        image = np.load(io.BytesIO(data), allow_pickle=False)
+        image = _decode_npy(data)
         if image.dtype != np.uint8 or image.ndim != 3:
             raise ValueError(f"npy member holds {image.dtype} {image.shape}, expected uint8 (C, H, W)")
         return image
