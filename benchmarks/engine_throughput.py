@@ -27,20 +27,20 @@ import statistics
 import sys
 import time
 
+import torch
+from _common import timing_device
+
+from dbl_ps.integrations.collective import TorchEngine
+
 ENGINES = {"torch": None, "torch_bf16": None, "ds_bf16": "gpu_bf16", "ds_fp32": "cpu_gloo"}
 
 
-def autocast_engine_class():
-    import torch
+class AutocastEngine(TorchEngine):
+    """`TorchEngine` under bf16 autocast: what bf16 alone buys this model."""
 
-    from dbl_ps.integrations.collective import TorchEngine
-
-    class AutocastEngine(TorchEngine):
-        def train_step(self, images, labels):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return super().train_step(images, labels)
-
-    return AutocastEngine
+    def train_step(self, images, labels):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return super().train_step(images, labels)
 
 
 def main() -> None:
@@ -57,19 +57,12 @@ def main() -> None:
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args()
 
-    import torch
-
     from dbl_ps.config import RunConfig
-    from dbl_ps.integrations.collective import TorchEngine
     from dbl_ps.integrations.deepspeed import build_engine
     from dbl_ps.models import build_model
 
-    AutocastEngine = autocast_engine_class()
-    device = torch.device(args.device)
+    device, sync = timing_device(args.device)
     on_gpu = device.type == "cuda"
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
     cfg = RunConfig.from_dict({"optim": {"momentum": 0.9, "weight_decay": 5e-4}})
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, args.resolution, args.resolution, generator=gen).to(device)

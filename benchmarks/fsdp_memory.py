@@ -27,17 +27,10 @@ import argparse
 import gc
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import relaunch_under_torchrun
 
 
 def state_bytes(engine) -> int:
@@ -144,10 +137,7 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
-    if "RANK" not in os.environ:  # relaunch under torchrun
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks), "--master_port",
-               str(_port()), __file__, *sys.argv[1:]]
-        raise SystemExit(subprocess.call(cmd, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))))
+    relaunch_under_torchrun(__file__, args.ranks)
     rows = measure(args)
     if not rows:
         return

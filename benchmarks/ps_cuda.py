@@ -31,6 +31,7 @@ import statistics
 import time
 
 import torch
+from _common import timing_device
 
 
 def timed(fn, repeats: int, sync) -> float:
@@ -62,11 +63,8 @@ def main() -> None:
     from dbl_ps.models import build_model
     from dbl_ps.runtime.flat import FlatState
 
-    device = torch.device(args.device)
+    device, sync = timing_device(args.device)
     on_gpu = device.type == "cuda"
-    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    if on_gpu:
-        torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     model = build_model(args.model, args.classes, in_channels=3).to(device).train()
     flat = FlatState(model)

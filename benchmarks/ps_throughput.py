@@ -21,21 +21,15 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import sys
 import time
 
 import numpy as np
+from _common import free_port
 
 SPAWN = mp.get_context("spawn")
 MODES = [("bsp", "average"), ("asp", "blend"), ("ssp", "blend"), ("asp", "sgd")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def median_seconds(fn, repeats: int) -> float:

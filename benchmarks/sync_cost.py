@@ -18,17 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import relaunch_under_torchrun
 
 
 def measure(engines: list[str], models: list[str], repeats: int) -> list[dict]:
@@ -104,11 +97,7 @@ def main() -> None:
     args = p.parse_args()
     engines = args.engines.split(",")
     models = args.models.split(",")
-    if "RANK" not in os.environ:  # relaunch under torchrun
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.ranks), "--master_port",
-               str(_port()), __file__, *sys.argv[1:]]
-        env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        raise SystemExit(subprocess.call(cmd, env=env))
+    relaunch_under_torchrun(__file__, args.ranks, DS_ACCELERATOR="cpu")
     rows = measure(engines, models, args.repeats)
     if rows:
         print(f"{'engine':<10} {'model':<15} {'res':>4} {'batch':>5} {'steps':>5} {'values':>10} "

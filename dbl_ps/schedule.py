@@ -182,10 +182,8 @@ def _phase_starts(spec: ScheduleSpec) -> list[tuple[float, int, int]]:
     starts: list[float] = []
     res_index: list[int] = []
     for a, b in blocks:
-        length = b - a
         for k in range(n):
-            offset = (k * int(length)) // n if float(length).is_integer() else math.floor(k * length / n)
-            starts.append(a + offset)
+            starts.append(a + math.floor(k * (b - a) / n))  # exact for whole-epoch stages
             res_index.append(k)
     # Non-cyclic phases may straddle milestones: split them there so each phase has one LR.
     points = sorted(set(starts) | set(bounds[1:-1]))
