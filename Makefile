@@ -26,6 +26,8 @@ check-windows:
 	RUSTFLAGS="--cfg dblps_check_windows -D warnings" CARGO_TARGET_DIR=target/wincheck cargo check -p rust_ps --features python
 
 test-python: .installed
+	# the layers of docs/ARCHITECTURE.md: imports point one way (contracts in pyproject.toml)
+	lint-imports
 	$(PYTHON) -m pytest -q
 
 test-slow: .installed

@@ -11,8 +11,8 @@ Engines (all from `dbl_ps.integrations`, as `dbl-ps train` builds them):
 
 * torch:        `TorchEngine` (fp32 module + SGD)
 * torch_bf16:   the same under `torch.autocast(bfloat16)` (reference for what bf16 buys this model)
-* ds_bf16:      `build_engine` with `configs/deepspeed/gpu_bf16.json` (bf16 compute, fp32 masters)
-* ds_fp32:      `build_engine` with `configs/deepspeed/cpu_gloo.json` (DeepSpeed's own overhead)
+* ds_bf16:      `worker_engine` with `configs/deepspeed/gpu_bf16.json` (bf16 compute, fp32 masters)
+* ds_fp32:      `worker_engine` with `configs/deepspeed/cpu_gloo.json` (DeepSpeed's own overhead)
 
     python benchmarks/engine_throughput.py                       # GPU, ResNet-18 CIFAR at 32 px, batch 256
     python benchmarks/engine_throughput.py --device cpu --model small_resnet --batch 64 --engines torch,ds_fp32
@@ -30,7 +30,8 @@ import time
 import torch
 from _common import timing_device
 
-from dbl_ps.integrations.collective import TorchEngine
+from dbl_ps.training.engine import TorchEngine
+from dbl_ps.training.topology import Topology
 
 ENGINES = {"torch": None, "torch_bf16": None, "ds_bf16": "gpu_bf16", "ds_fp32": "cpu_gloo"}
 
@@ -58,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
 
     from dbl_ps.config import RunConfig
-    from dbl_ps.integrations.deepspeed import build_engine
+    from dbl_ps.integrations.deepspeed import worker_engine
     from dbl_ps.models import build_model
 
     device, sync = timing_device(args.device)
@@ -75,11 +76,12 @@ def main() -> None:
         torch.manual_seed(0)
         module = build_model(args.model, args.classes, in_channels=3)
         if name == "torch":
-            engines[name] = TorchEngine(module, cfg, device)
+            engines[name] = TorchEngine(module, cfg, device, Topology.single(0, 1))
         elif name == "torch_bf16":
             engines[name] = AutocastEngine(module, cfg, device)
         else:
-            engines[name] = build_engine(module, cfg, device, batch_size=args.batch, ds_config=ENGINES[name])
+            engines[name] = worker_engine(module, cfg, device, Topology.single(0, 1), batch_size=args.batch,
+                                           ds_config=ENGINES[name])
         engines[name].module.train()
         for _ in range(args.warmup):
             engines[name].train_step(images, labels)

@@ -57,7 +57,8 @@ def measure(args) -> list[dict]:
     import torch.distributed as dist
 
     from dbl_ps.config import RunConfig
-    from dbl_ps.integrations.collective import Topology, TorchEngine
+    from dbl_ps.training.engine import TorchEngine
+    from dbl_ps.training.topology import Topology
     from dbl_ps.integrations.fsdp import FSDPEngine
     from dbl_ps.models import build_model
 
@@ -88,7 +89,7 @@ def measure(args) -> list[dict]:
         row = {"setup": setup, "rank": rank}
         try:
             if setup == "plain":
-                engine = TorchEngine(module, cfg, device)
+                engine = TorchEngine(module, cfg, device, Topology(rank=rank, world=world, local_rank=local_rank, group_size=1))
             else:
                 group = world if setup == "sharded" else 1
                 engine = FSDPEngine(module, cfg, device, Topology(rank=rank, world=world, local_rank=local_rank,

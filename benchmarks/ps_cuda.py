@@ -6,7 +6,7 @@ measures, for ResNet-18 in its CIFAR form (11.2 M floats at 100 classes):
 
 * step:   one SGD training step (forward, backward, update) at the given batch and
           resolution: the unit the sync is paid against;
-* pinned: the runtime's path (`dbl_ps.runtime.flat.FlatState`): tensors packed into one
+* pinned: the runtime's path (`dbl_ps.training.flat.FlatState`): tensors packed into one
           device buffer, one copy to/from pinned host memory, the store copying into /
           out of that pinned vector;
 * pageable (baseline, measured in the same run): tensor-by-tensor copies between the
@@ -61,7 +61,7 @@ def main() -> None:
     from dbl_ps import ParameterStore, StoreClient
     from dbl_ps.calibrate import make_train_step
     from dbl_ps.models import build_model
-    from dbl_ps.runtime.flat import FlatState
+    from dbl_ps.training.flat import FlatState
 
     device, sync = timing_device(args.device)
     on_gpu = device.type == "cuda"

@@ -29,12 +29,14 @@ def measure(engines: list[str], models: list[str], repeats: int) -> list[dict]:
     import torch.distributed as dist
 
     from dbl_ps.config import RunConfig
-    from dbl_ps.integrations.collective import TorchEngine, init_distributed, read_topology
     from dbl_ps.models import build_model
+    from dbl_ps.synchronizers import CollectiveSynchronizer, init_distributed
+    from dbl_ps.training.engine import TorchEngine
+    from dbl_ps.training.topology import read_topology
 
     topo = read_topology(int(os.environ["WORLD_SIZE"]), 1)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // topo.world))
-    init_distributed(topo, "gloo")
+    init_distributed(topo, "gloo", 600.0)
     cfg = RunConfig()
     device = torch.device("cpu")
     weight = 0.8 if topo.rank == 0 else 1.0
@@ -50,18 +52,18 @@ def measure(engines: list[str], models: list[str], repeats: int) -> list[dict]:
             torch.manual_seed(0)
             module = build_model(name, classes, in_channels=3)
             if kind == "torch":
-                engine = TorchEngine(module, cfg, device)
+                engine = TorchEngine(module, cfg, device, topo)
             elif kind == "deepspeed":
                 from dbl_ps.integrations.deepspeed import DeepSpeedEngine
 
-                engine = DeepSpeedEngine(module, cfg, device, batch_size=batch)
+                engine = DeepSpeedEngine(module, cfg, device, topo, batch_size=batch)
             else:
                 from dbl_ps.integrations.fsdp import FSDPEngine
 
                 engine = FSDPEngine(module, cfg, device, topo)
             engine.module.train()
             engine.train_step(images, labels)  # warm-up
-            engine.sync(weight)
+            CollectiveSynchronizer.merge(engine, weight)
             periods, syncs = [], []
             for _ in range(repeats):
                 dist.barrier()
@@ -71,7 +73,7 @@ def measure(engines: list[str], models: list[str], repeats: int) -> list[dict]:
                 periods.append(time.perf_counter() - t)
                 dist.barrier()
                 t = time.perf_counter()
-                engine.sync(weight)
+                CollectiveSynchronizer.merge(engine, weight)
                 syncs.append(time.perf_counter() - t)
             numel = sum(x.numel() for x in engine.sync_tensors())
             gathered: list = [None] * topo.world

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dbl-ps",
         description="Dual batch size learning and cyclic progressive learning on a parameter server.",
     )
+    # The deepspeed launcher passes --local_rank=N before the command (`deepspeed --module dbl_ps train ...`);
+    # the rank is read from LOCAL_RANK, which it sets too.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
@@ -36,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may stand on both sides of options (`train engine=fsdp --run-dir D x=1`);
+    # argparse alone takes one block of positionals, so the later ones are collected here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     if args.command is None:
         parser.print_help()
         return 2

@@ -40,6 +40,8 @@ __all__ = [
     "DBSLConfig",
     "StoreConfig",
     "OptimConfig",
+    "FSDPConfig",
+    "LaunchConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -246,6 +248,20 @@ class TrackingConfig:
 
 
 @dataclass(kw_only=True)
+class FSDPConfig:
+    ranks_per_worker: int = _f(1, ge=1, help="ranks sharding one worker's model under a launcher (engine fsdp): "
+                                             "WORLD_SIZE = dbl.workers x this")
+    param_dtype: Literal["fp32", "bf16"] = _f("fp32", help="FSDP2 compute dtype of parameters (bf16 on GPUs; "
+                                                           "shards and the merge stay fp32)")
+
+
+@dataclass(kw_only=True)
+class LaunchConfig:
+    timeout: float = _f(600.0, gt=0, help="seconds a collective of a multi-rank run (torchrun, deepspeed "
+                                          "launcher) may wait for a missing rank before failing")
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """The root of a run's configuration. `RunConfig()` is the embedded default
     job: hybrid DBSL+CPL, small ResNet on scikit-learn digits, 4 CPU workers."""
@@ -256,8 +272,9 @@ class RunConfig:
     seed: int = _f(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
-    engine: Literal["torch", "deepspeed"] = _f("torch", help="each worker's training engine: plain torch SGD, or a "
-                                               "DeepSpeed engine (needs the [deepspeed] extra)")
+    engine: Literal["torch", "deepspeed", "fsdp"] = _f(
+        "torch", help="each worker's training engine: plain torch SGD, a DeepSpeed engine (needs the [deepspeed] "
+                      "extra), or FSDP2 groups of ranks (under torchrun only)")
     deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or a name in "
                                                  "configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1); null = fp32, no ZeRO")
     data: DataConfig = field(default_factory=DataConfig)
@@ -267,6 +284,8 @@ class RunConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -280,6 +299,8 @@ class RunConfig:
     def check(self, prefix: str) -> None:
         if self.deepspeed_config is not None and self.engine != "deepspeed":
             raise _bad("deepspeed_config", self.deepspeed_config, "null unless engine is 'deepspeed' (set engine: deepspeed)")
+        if self.fsdp.ranks_per_worker > 1 and self.engine != "fsdp":
+            raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, "1 unless engine is 'fsdp' (set engine: fsdp)")
         res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
                    ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta)]

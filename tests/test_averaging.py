@@ -156,7 +156,7 @@ def test_deepspeed_integration_imports_lazily_and_names_the_extra(monkeypatch: p
     import sys
 
     from dbl_ps._optional import MissingExtraError
-    from dbl_ps.integrations import collective, deepspeed as ds_integration, fsdp  # noqa: F401 - no deepspeed needed
+    from dbl_ps.integrations import deepspeed as ds_integration, fsdp  # noqa: F401 - no deepspeed needed
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # as if not installed
     with pytest.raises(MissingExtraError, match=r"dbl-ps\[deepspeed\]"):

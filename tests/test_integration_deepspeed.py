@@ -32,7 +32,7 @@ HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 # Every test here but the missing-extra one needs DeepSpeed installed.
 pytestmark = pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
 
-MODULE = "dbl_ps.integrations.deepspeed"
+TRAIN = ["train", "engine=deepspeed"]  # `python -m dbl_ps train ...` under the launcher
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -43,12 +43,16 @@ def _env(**extra: str) -> dict[str, str]:
 def deepspeed_cmd(nproc: int, *args: str) -> list[str]:
     exe = shutil.which("deepspeed")
     assert exe, "the deepspeed launcher is not on PATH"
-    return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", MODULE, *args]
+    return [exe, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "dbl_ps", *TRAIN, *args]
 
 
-def torchrun_cmd(nproc: int, module: str, *args: str) -> list[str]:
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    if args and args[0] == "--resume":
+        args = ("train", *args)  # a resume takes its config (engine included) from the run directory
+    else:
+        args = (*TRAIN, *args)
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(free_port()), "-m", module, *args]
+            str(free_port()), "-m", "dbl_ps", *args]
 
 
 def launch(cmd: list[str], timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
@@ -101,7 +105,7 @@ def test_deepspeed_launcher_two_ranks_sync_is_weighted_mean_and_learns(tmp_path:
 
 def test_launch_contradicting_the_plan_fails_fast(tmp_path: Path) -> None:
     # 2 processes for a plan of 3 workers: every rank refuses before any collective
-    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(tmp_path / "run"), *RUN, "dbl.workers=3"), timeout=120)
+    proc = launch(torchrun_cmd(2, "--run-dir", str(tmp_path / "run"), *RUN, "dbl.workers=3"), timeout=120)
     assert proc.returncode != 0
     assert "dbl.workers=3" in proc.stderr and "WORLD_SIZE=2" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "run").exists()
@@ -109,15 +113,16 @@ def test_launch_contradicting_the_plan_fails_fast(tmp_path: Path) -> None:
 
 def test_not_launched_by_a_launcher_is_a_clear_error(tmp_path: Path) -> None:
     env = {k: v for k, v in _env().items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.run([sys.executable, "-m", MODULE, "--run-dir", str(tmp_path / "r"), *RUN], capture_output=True,
-                          text=True, timeout=120, env=env)
+    # engine fsdp needs a launcher: without one, `dbl-ps train` says how to start it
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "engine=fsdp", "--run-dir", str(tmp_path / "r"),
+                           *RUN], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2
-    assert "torchrun" in proc.stderr and "RANK" in proc.stderr
+    assert "torchrun" in proc.stderr and "fsdp" in proc.stderr, proc.stderr
 
 
 def test_ds_config_preparation_rules() -> None:
-    from dbl_ps.integrations.collective import LaunchError
     from dbl_ps.integrations.deepspeed import _prepare_ds_config, load_ds_config
+    from dbl_ps.training.topology import LaunchError
 
     for name in ("cpu_gloo", "gpu_bf16", "gpu_fp16_zero1"):
         conf = _prepare_ds_config(load_ds_config(name), 37)
@@ -136,14 +141,14 @@ def test_torchrun_two_ranks_resume_repeats_the_uninterrupted_run(tmp_path: Path)
     """Under torchrun: the same checks, and a run stopped after epoch 1 and resumed ends
     with exactly the model of the uninterrupted run."""
     full, part, dump = tmp_path / "full", tmp_path / "part", tmp_path / "dump"
-    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(full), *RUN), DBL_PS_DUMP_SYNC=str(dump))
+    proc = launch(torchrun_cmd(2, "--run-dir", str(full), *RUN), DBL_PS_DUMP_SYNC=str(dump))
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_weighted_mean(dump, 2)
     records = check_run(full)
-    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(part), *RUN), DBL_PS_STOP_AFTER_EPOCH="1")
+    proc = launch(torchrun_cmd(2, "--run-dir", str(part), *RUN), DBL_PS_STOP_AFTER_EPOCH="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((part / "checkpoint.json").read_text())["next_epoch"] == 2
-    proc = launch(torchrun_cmd(2, MODULE, "--resume", str(part)))
+    proc = launch(torchrun_cmd(2, "--resume", str(part)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = check_run(part)
     assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
@@ -158,7 +163,7 @@ def test_torchrun_two_ranks_resume_repeats_the_uninterrupted_run(tmp_path: Path)
 def test_deepspeed_bf16_config_runs_on_cpu(tmp_path: Path) -> None:
     """The GPU bf16 config also runs on DeepSpeed's CPU accelerator (bf16 BN buffers, fp32 masters refreshed)."""
     run_dir = tmp_path / "run"
-    proc = launch(deepspeed_cmd(2, "--run-dir", str(run_dir), "--deepspeed-config", "gpu_bf16", *RUN))
+    proc = launch(deepspeed_cmd(2, "--run-dir", str(run_dir), "deepspeed_config=gpu_bf16", *RUN))
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run(run_dir, min_acc=0.6)
 
@@ -215,10 +220,10 @@ def test_zero1_stop_and_resume_keeps_its_engine_config(tmp_path: Path) -> None:
     conf = tmp_path / "zero1.json"
     conf.write_text(json.dumps({"zero_optimization": {"stage": 1}, "gradient_clipping": 5.0}))
     run_dir = tmp_path / "run"
-    proc = launch(torchrun_cmd(2, MODULE, "--run-dir", str(run_dir), "--deepspeed-config", str(conf), *RUN),
+    proc = launch(torchrun_cmd(2, "--run-dir", str(run_dir), f"deepspeed_config={conf}", *RUN),
                   DBL_PS_STOP_AFTER_EPOCH="1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "deepspeed_config.json").read_text())["zero_optimization"]["stage"] == 1
-    proc = launch(torchrun_cmd(2, MODULE, "--resume", str(run_dir)))
+    proc = launch(torchrun_cmd(2, "--resume", str(run_dir)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run(run_dir)

@@ -24,12 +24,24 @@ import torch
 from dbl_ps.metrics import read_metrics
 from launch_helpers import RUN, free_port
 
-MODULE = "dbl_ps.integrations.fsdp"
-
-
 def torchrun(nproc: int, *args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    """`torchrun -m dbl_ps train engine=fsdp ...`; `--ranks-per-worker N` stands for fsdp.ranks_per_worker=N."""
+    args = list(args)
+    overrides = []
+    if "--ranks-per-worker" in args:
+        i = args.index("--ranks-per-worker")
+        overrides.append(f"fsdp.ranks_per_worker={args[i + 1]}")
+        del args[i:i + 2]
+    if "--param-dtype" in args:
+        i = args.index("--param-dtype")
+        overrides.append(f"fsdp.param_dtype={args[i + 1]}")
+        del args[i:i + 2]
+    if "--resume" in args:  # a resume may change the shard groups (fsdp.ranks_per_worker)
+        args = [*args, *overrides]
+    else:
+        args = ["engine=fsdp", *overrides, *args]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-           "-m", MODULE, *args]
+           "-m", "dbl_ps", "train", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env))
 
@@ -81,7 +93,8 @@ def test_two_groups_of_two_sync_is_weighted_mean_and_learns(tmp_path: Path) -> N
     assert workers[0]["batch"] < workers[1]["batch"] and workers[0]["steps"] > workers[1]["steps"]
     assert workers[0]["syncs"] == workers[1]["syncs"] > 1  # same syncs, different steps: no hang
     assert json.loads((run_dir / "checkpoint.json").read_text())["status"] == "finished"
-    assert (run_dir / "checkpoints" / "epoch00003" / "model" / ".metadata").is_file()
+    assert (run_dir / "checkpoints" / "epoch00003" / "model.pt").is_file()
+    assert (run_dir / "checkpoints" / "epoch00003" / "optim_group1" / ".metadata").is_file()
 
 
 def test_bad_mesh_fails_fast_under_torchrun(tmp_path: Path) -> None:
@@ -100,7 +113,7 @@ def test_bad_mesh_fails_fast_under_torchrun(tmp_path: Path) -> None:
 ])
 def test_launch_checks_before_any_collective(monkeypatch: pytest.MonkeyPatch, world: int, group_size: int,
                                              workers: int, message: str) -> None:
-    from dbl_ps.integrations.collective import LaunchError, read_topology
+    from dbl_ps.training.topology import LaunchError, read_topology
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", str(world))

@@ -19,8 +19,9 @@ from dbl_ps.data import epoch_shares
 from dbl_ps.metrics import read_metrics
 from dbl_ps.models import build_model
 from dbl_ps.runtime import Trainer, WorkerError
-from dbl_ps.runtime.flat import FlatState
-from dbl_ps.runtime.setup import plan_from_dict, sync_boundaries
+from dbl_ps.training.flat import FlatState
+from dbl_ps.training.rundir import RunDirectory
+from dbl_ps.training.setup import plan_from_dict, sync_boundaries
 
 # Small, fast runs: 2 workers (1 small), time model given (no measuring), digits.
 BASE = ["dbl.workers=2", "dbl.small=1", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.warmup_epochs=0",
@@ -35,8 +36,9 @@ def run(cfg, run_dir: Path) -> dict:
     return Trainer(cfg, run_dir, progress=False, log=lambda m: None).train()
 
 
-def final_state(run_dir: Path) -> torch.Tensor:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]
+def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    run = RunDirectory(run_dir)
+    return run.load_model(run.load_checkpoint())
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -109,7 +111,7 @@ def test_bsp_run_learns_and_switches_resolution(tmp_path):
         assert all(w["samples_per_s"] > 0 and w["batch"] >= 1 for w in r["workers"])
     assert records[-1]["store_version"] == 4  # one bsp round per epoch
     assert summary["final_test_acc"] > 0.6, records  # chance is 0.1
-    for name in ("config.yaml", "plan.json", "schedule.json", "summary.json", "checkpoint.pt"):
+    for name in ("config.yaml", "plan.json", "schedule.json", "summary.json", "checkpoint.json"):
         assert (tmp_path / "run" / name).is_file()
     assert (tmp_path / "run" / "schedule.png").read_bytes().startswith(b"\x89PNG")  # the schedule, drawn
 
@@ -145,7 +147,7 @@ def test_asp_gradient_pushes_every_step_learn(tmp_path):
     summary = run(cfg, tmp_path / "run")
     records = read_metrics(tmp_path / "run")
     assert summary["final_test_acc"] > 0.4, [(r["train_loss"], r["test_acc"]) for r in records]
-    assert all(w["pushes"] == w["steps"] for r in records for w in r["workers"])
+    assert all(w["syncs"] == w["steps"] for r in records for w in r["workers"])
 
 
 def _train_cli(run_dir: Path, *overrides: str, resume: bool = False) -> subprocess.Popen:
@@ -177,7 +179,7 @@ def test_bsp_resume_after_kill_matches_uninterrupted_run(tmp_path, uninterrupted
         time.sleep(0.02)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    ckpt = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert 1 <= ckpt["next_epoch"] < 5
     if sig == signal.SIGINT:
         assert proc.returncode == 130, out
@@ -191,7 +193,8 @@ def test_bsp_resume_after_kill_matches_uninterrupted_run(tmp_path, uninterrupted
     full = read_metrics(uninterrupted_bsp_run)
     records = read_metrics(tmp_path / "cut")
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]  # metrics continue, no epoch twice
-    assert torch.equal(final_state(tmp_path / "cut"), final_state(uninterrupted_bsp_run))
+    resumed, full_state = final_state(tmp_path / "cut"), final_state(uninterrupted_bsp_run)
+    assert all(torch.equal(resumed[k], full_state[k]) for k in full_state)
     assert [r["test_acc"] for r in records] == [r["test_acc"] for r in full]
     assert records[-1]["store_version"] == full[-1]["store_version"] == 5
 

@@ -67,7 +67,7 @@ def with_time_model(cfg: Any, log=print) -> Any:
     """`cfg` with dbl.alpha/beta set, measuring them once if the config has none."""
     from dbl_ps.config import RunConfig
     from dbl_ps.data import load_dataset
-    from dbl_ps.runtime.setup import resolve_time_models
+    from dbl_ps.training.setup import resolve_time_models
 
     if cfg.time_model() is not None or cfg.dbl.calibration:
         return cfg
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             if (run_dir / "summary.json").is_file():
                 print("    already done, skipped", flush=True)
                 code = 0
-            elif (run_dir / "checkpoint.pt").is_file():
+            elif (run_dir / "checkpoint.json").is_file():
                 code = train_run(None, resume=str(run_dir), progress=False if args.no_progress else None)
             else:
                 code = train_run(vcfg, run_dir=str(run_dir), progress=False if args.no_progress else None)

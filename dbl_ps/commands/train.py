@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from dbl_ps.config import ConfigError, load_config
+from dbl_ps.training.topology import launched_by_a_launcher
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
     parser.add_argument("--wandb", action="store_true",
                         help="log to Weights & Biases (same as tracking.wandb.enabled=true; offline without an API key)")
+    parser.add_argument("--deepspeed-config", "--deepspeed_config", metavar="JSON",
+                        help="same as deepspeed_config=JSON (a path, or a packaged name such as gpu_bf16)")
 
 
 def error(message: str) -> int:
@@ -21,16 +27,35 @@ def error(message: str) -> int:
     return 2
 
 
-def run(args: argparse.Namespace) -> int:
-    from dbl_ps.config import ConfigError, load_config
+# What a resume may change: the shape of a multi-rank launch (e.g. resume an FSDP run with
+# other shard groups); everything else comes from the run directory.
+RESUME_OVERRIDES = ("fsdp.ranks_per_worker", "launch.timeout")
 
-    if args.resume and (args.config or args.overrides or args.run_dir):
-        return error("--resume RUN_DIR takes the config from the run directory; give no --config, --run-dir or overrides")
+
+def run(args: argparse.Namespace) -> int:
+    # torch-heavy modules are imported when the command runs: `dbl-ps --help` stays fast
+    from dbl_ps.runtime.collective import run_collective
+
+    launched = launched_by_a_launcher()
+    if args.resume and (args.config or args.run_dir or args.deepspeed_config):
+        return error("--resume RUN_DIR takes the config from the run directory; give no --config, --run-dir "
+                     "or --deepspeed-config")
+    if args.resume:
+        bad = [o for o in args.overrides if o.split("=", 1)[0] not in RESUME_OVERRIDES or not launched]
+        if bad:
+            return error(f"--resume RUN_DIR takes the config from the run directory; {bad[0]!r} cannot change "
+                         f"(a resume under torchrun may set {', '.join(RESUME_OVERRIDES)})")
     try:
-        overrides = [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])]
-        cfg = None if args.resume else load_config(args.config, overrides)
+        overrides = [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else []),
+                     *([f"deepspeed_config={args.deepspeed_config}"] if args.deepspeed_config else [])]
+        if args.resume:
+            cfg = load_config(Path(args.resume) / "config.yaml", overrides) if launched else None
+        else:
+            cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         return error(str(exc))
+    if launched:  # torchrun / deepspeed launcher: every rank is (part of) a worker
+        return run_collective(cfg, run_dir=args.run_dir, resume=args.resume)
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
 
 
@@ -41,7 +66,8 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     from dbl_ps.data import DataError
     from dbl_ps.planner import InfeasiblePlanError
     from dbl_ps.runtime import StoreSetupError, Trainer, TrainingInterrupted, WorkerError
-    from dbl_ps.runtime.checkpoint import CheckpointError
+    from dbl_ps.training.rundir import CheckpointError
+    from dbl_ps.training.topology import LaunchError
 
     try:
         trainer = Trainer.resume(resume, progress=progress) if resume else Trainer(cfg, run_dir, progress=progress)
@@ -50,7 +76,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         print("dbl-ps train: interrupted before training started; nothing to resume", file=sys.stderr)
         return 130
     except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError,
-            MissingExtraError) as exc:
+            MissingExtraError, LaunchError) as exc:
         return error(str(exc))
     try:
         trainer.train()

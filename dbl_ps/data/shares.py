@@ -18,10 +18,10 @@ import torch
 from dbl_ps.data.sources import Split
 from dbl_ps.data.transforms import BatchTransform
 
-__all__ = ["epoch_shares", "ShareLoader", "eval_batches", "batch_seed"]
+__all__ = ["epoch_shares", "ShareLoader", "ShareCursor", "eval_batches", "batch_seed", "check_count"]
 
 
-def _check_count(name: str, value: Any, minimum: int) -> int:
+def check_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -31,10 +31,10 @@ def epoch_shares(num_samples: int, shares: Sequence[int], epoch: int, seed: int)
     """Sample indices for each worker in `epoch`: worker i gets exactly
     `shares[i]` indices, disjoint from every other worker's. The shares may add
     up to less than `num_samples` (the rest sit this epoch out), never more."""
-    num_samples = _check_count("num_samples", num_samples, 0)
-    epoch = _check_count("epoch", epoch, 0)
-    seed = _check_count("seed", seed, 0)
-    counts = [_check_count(f"shares[{i}]", s, 0) for i, s in enumerate(shares)]
+    num_samples = check_count("num_samples", num_samples, 0)
+    epoch = check_count("epoch", epoch, 0)
+    seed = check_count("seed", seed, 0)
+    counts = [check_count(f"shares[{i}]", s, 0) for i, s in enumerate(shares)]
     if sum(counts) > num_samples:
         raise ValueError(f"shares {counts} add up to {sum(counts)}, more than the {num_samples} samples; "
                          f"disjoint shares must add up to at most {num_samples}")
@@ -80,10 +80,10 @@ class ShareCursor:
                 raise ValueError(f"worker {self.worker} has no share: shares {counts} cover workers 0..{len(counts) - 1}")
             self.shares = counts
         if batch_size is not None:
-            self.batch_size = _check_count("batch_size", batch_size, 1)
+            self.batch_size = check_count("batch_size", batch_size, 1)
         if resolution is not None:
-            self._use_resolution(_check_count("resolution", resolution, 1))
-        self.epoch = _check_count("epoch", epoch, 0)
+            self._use_resolution(check_count("resolution", resolution, 1))
+        self.epoch = check_count("epoch", epoch, 0)
         self.position = 0
         self._indices = None
 
@@ -118,7 +118,7 @@ class ShareCursor:
             raise ValueError(f"state is for worker {state['worker']} seed {state['seed']}, "
                              f"this loader is worker {self.worker} seed {self.seed}")
         self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"], resolution=state["resolution"])
-        position = _check_count("position", state["position"], 0)
+        position = check_count("position", state["position"], 0)
         if position > self.share:
             raise ValueError(f"state position {position} is past the end of the share ({self.share} samples)")
         self.position = position
@@ -138,8 +138,8 @@ class ShareLoader(ShareCursor):
         self.split = split
         self.transform = transform
         self.device = torch.device(device) if device is not None else split.images.device
-        self.worker = _check_count("worker", worker, 0)
-        self.seed = _check_count("seed", seed, 0)
+        self.worker = check_count("worker", worker, 0)
+        self.seed = check_count("seed", seed, 0)
         self._indices: np.ndarray | None = None
         self.position = 0
         self.set_epoch(epoch, shares=shares, batch_size=batch_size, resolution=resolution)
@@ -168,7 +168,7 @@ class ShareLoader(ShareCursor):
 def eval_batches(split: Split, transform: BatchTransform, batch_size: int, resolution: int,
                  device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The whole split in order, without augmentation, for evaluation."""
-    batch_size = _check_count("batch_size", batch_size, 1)
+    batch_size = check_count("batch_size", batch_size, 1)
     device = torch.device(device) if device is not None else split.images.device
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)

@@ -18,7 +18,7 @@ import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -386,6 +386,15 @@ def make_synthetic(num_train: int = 1024, num_test: int = 256, num_classes: int 
 
 # --------------------------------------------------------------------------- dispatch
 
+# Sources that plugins add (`dbl_ps.shards` registers "shards" when it is imported):
+# name -> loader(cfg, image_size) -> Dataset. Plugins depend on this module, never the reverse.
+_PLUGIN_SOURCES: dict[str, Callable[[Any, int | None], Dataset]] = {}
+
+
+def register_source(name: str, loader: Callable[[Any, int | None], Dataset]) -> None:
+    """Make `data.source: <name>` load through `loader(data_cfg, image_size)`."""
+    _PLUGIN_SOURCES[name] = loader
+
 
 def load_dataset(cfg: "DataConfig", *, image_size: int | None = None) -> Dataset:
     """The data set `cfg` describes, with `train_limit`/`test_limit` applied.
@@ -406,12 +415,8 @@ def load_dataset(cfg: "DataConfig", *, image_size: int | None = None) -> Dataset
     elif source == "synthetic":
         s = cfg.synthetic
         ds = make_synthetic(s.num_train, s.num_test, s.num_classes, s.channels, s.size, s.seed)
-    elif source == "shards":
-        from dbl_ps.shards import load_shard_dataset
-
-        # The training split as labels only (no decoding, whatever its size): workers read the
-        # set of each resolution through `dbl_ps.shards.share_loader_for`.
-        ds = load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False)
+    elif source in _PLUGIN_SOURCES:
+        ds = _PLUGIN_SOURCES[source](cfg, image_size)
     else:
         raise DataError(f"data source {source!r} is not one of digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder, "
                         "synthetic, shards")

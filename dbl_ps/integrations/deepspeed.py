@@ -9,19 +9,18 @@ micro``), and the DBSL merge runs between engines at each sync point through
 ``dbl_ps.integrations.averaging`` (``sum f_i w_i / sum f_i`` with
 ``torch.distributed.all_reduce``: NCCL on GPUs, gloo on CPUs).
 
-Two uses:
+Two uses, both through ``dbl-ps train`` with ``engine: deepspeed``:
 
-* collective mode (no parameter store, one node or many)::
+* multi-rank (no parameter store, one node or many)::
 
-      deepspeed --num_gpus 4 -m dbl_ps.integrations.deepspeed --config configs/cifar100_resnet18.yaml \\
-          --deepspeed-config configs/deepspeed/gpu_bf16.json
-      torchrun --nproc_per_node 4 -m dbl_ps.integrations.deepspeed --config ...     # same, under torchrun
+      deepspeed --num_gpus 4 --module dbl_ps train --config configs/cifar100_resnet18.yaml engine=deepspeed \\
+          deepspeed_config=gpu_bf16
+      torchrun --nproc_per_node 4 -m dbl_ps train --config ... engine=deepspeed     # same, under torchrun
 
-  Rank ``i`` is worker ``i``; ranks ``0 .. n_S-1`` use the small batch. The loop is
-  ``dbl_ps.integrations.collective.CollectiveTrainer``.
+  Rank ``i`` is worker ``i``; ranks ``0 .. n_S-1`` use the small batch.
 
-* ``build_engine(module, cfg, ...)``: one DeepSpeed engine for a single worker (what
-  ``engine: deepspeed`` in a ``dbl-ps train`` run uses inside each worker process).
+* inside each worker process of a one-machine ``dbl-ps train`` run (``worker_engine``),
+  where the parameter store merges as usual.
 
 Precision: with bf16/fp16 DeepSpeed keeps fp32 master weights; a sync averages the
 module's (low-precision) parameters in fp32 and then reloads the masters from them
@@ -35,9 +34,10 @@ DeepSpeed is imported lazily (``pip install "dbl-ps[deepspeed]"``).
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
-import sys
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -46,19 +46,11 @@ import torch.distributed as dist
 from torch import nn
 
 from dbl_ps._optional import require
-from dbl_ps.integrations.collective import (
-    CollectiveTrainer,
-    LaunchError,
-    Topology,
-    WorkerEngine,
-    _load_replicated,
-    _save_replicated,
-    base_arg_parser,
-    load_run_config,
-    run_main,
-)
+from dbl_ps.training.engine import Engine, sgd_for
+from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["DeepSpeedEngine", "SingleRankMPU", "build_engine", "load_ds_config", "DEFAULT_CPU_CONFIG", "main"]
+__all__ = ["DeepSpeedEngine", "SingleRankMPU", "worker_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
+           "DS_CONFIG_FILE", "CONFIG_DIR"]
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
 DS_CONFIG_FILE = "deepspeed_config.json"  # the engine config, saved in the run directory
@@ -172,19 +164,18 @@ def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int) -> dict[st
     return conf
 
 
-class DeepSpeedEngine(WorkerEngine):
+class DeepSpeedEngine(Engine):
     """A DeepSpeed engine training one worker's module with its own batch size."""
 
-    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, *, ds_config: Any = None,
-                 batch_size: int = 1, group: dist.ProcessGroup | None = None):
+    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,
+                 ds_config: Any = None, batch_size: int = 1, group: dist.ProcessGroup | None = None):
         ds = _deepspeed()
         if group is None:
             group = single_rank_groups()
         self.device = device
-        o = cfg.optim
+        self.topology = topology
         module = module.to(device)
-        optimizer = torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
-                                    weight_decay=o.weight_decay, nesterov=o.nesterov)
+        optimizer = sgd_for(module, cfg)
         self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size)
         # With LOCAL_SIZE set (the deepspeed launcher sets it), DeepSpeed's CPU backend creates
         # 66 MiB shared-memory all-reduce buffers per rank in /dev/shm and never removes
@@ -214,10 +205,6 @@ class DeepSpeedEngine(WorkerEngine):
         self.engine.step()
         return loss.detach(), out.detach()
 
-    def set_lr(self, lr: float) -> None:
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-
     def set_batch_size(self, batch_size: int) -> None:
         # Only DeepSpeed's bookkeeping (throughput timers, its own loaders): the forward
         # takes any batch, so a resolution boundary needs no new engine or process.
@@ -230,30 +217,15 @@ class DeepSpeedEngine(WorkerEngine):
         if callable(refresh):  # bf16/fp16/ZeRO: fp32 masters := the averaged module
             refresh()
 
-    def optimizer_state(self) -> dict[str, Any]:
-        return self.optimizer.state_dict()
-
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         """Restore what ``optimizer_state`` returned. ZeRO and bf16 optimizers take one
         state per data-parallel rank (here: one), plain ones a single dict."""
-        import inspect
-
         first = next(iter(inspect.signature(self.optimizer.load_state_dict).parameters), "")
         self.optimizer.load_state_dict([state] if first == "state_dict_list" else state)
 
-    def save(self, folder: Path, topo: Topology) -> None:
-        _save_replicated(folder, topo, self.module, self.optimizer.state_dict())
 
-    def load(self, folder: Path, topo: Topology, meta: dict[str, Any]) -> None:
-        optim = _load_replicated(folder, topo, self.module, meta)
-        self.after_sync()
-        if optim is not None:
-            self.load_optimizer_state(optim)
-            self.after_sync()  # loading may restore masters saved before the last merge
-
-
-def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, batch_size: int,
-                 ds_config: Any = None) -> DeepSpeedEngine:
+def worker_engine(module: nn.Module, cfg: Any, device: torch.device | str, topology: Topology, *,
+                  batch_size: int, ds_config: Any = None) -> DeepSpeedEngine:
     """A DeepSpeed engine for one worker process of ``dbl-ps train`` (``engine: deepspeed``).
 
     The worker is not part of a multi-process job, so a one-process group is created
@@ -264,8 +236,6 @@ def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, bat
     0.68x of plain torch with gloo, 0.85x with NCCL; benchmarks/RESULTS.md)."""
     device = torch.device(device)
     if not dist.is_initialized():
-        import socket
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -276,37 +246,5 @@ def build_engine(module: nn.Module, cfg: Any, device: torch.device | str, *, bat
     # DeepSpeed insists on the launcher's variables even for one process.
     for name, value in (("LOCAL_RANK", "0"), ("RANK", str(dist.get_rank())), ("WORLD_SIZE", str(dist.get_world_size()))):
         os.environ.setdefault(name, value)
-    return DeepSpeedEngine(module, cfg, device, ds_config=ds_config, batch_size=batch_size,
+    return DeepSpeedEngine(module, cfg, device, topology, ds_config=ds_config, batch_size=batch_size,
                            group=dist.group.WORLD if dist.get_world_size() == 1 else None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = base_arg_parser("python -m dbl_ps.integrations.deepspeed",
-                        "Collective DBSL/CPL training: every rank is a worker with a DeepSpeed engine.")
-    p.add_argument("--deepspeed-config", "--deepspeed_config", dest="ds_config", default=None,
-                   help="DeepSpeed JSON (precision, ZeRO stage 0-2, gradient clipping); a bare name means "
-                        "configs/deepspeed/<name>.json; default: the run config's deepspeed_config, else fp32 "
-                        "without ZeRO")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_run_config(args)
-        saved = Path(args.resume) / DS_CONFIG_FILE if args.resume else None
-        if args.ds_config is None and saved is not None and saved.is_file():
-            ds_config = load_ds_config(saved)  # a resumed run keeps its engine config
-        else:
-            ds_config = load_ds_config(args.ds_config or cfg.deepspeed_config)
-    except (ValueError, LaunchError) as err:
-        print(f"dbl-ps: error: {err}", file=sys.stderr, flush=True)
-        return 2
-
-    def make_engine(module: nn.Module, cfg: Any, device: torch.device, topo: Topology) -> DeepSpeedEngine:
-        return DeepSpeedEngine(module, cfg, device, ds_config=ds_config, batch_size=1)
-
-    trainer = CollectiveTrainer(cfg, make_engine, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
-                                timeout_s=args.timeout, engine_name="deepspeed",
-                                run_files={DS_CONFIG_FILE: ds_config})
-    return run_main(trainer)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

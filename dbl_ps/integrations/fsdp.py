@@ -15,56 +15,49 @@ rank ``r`` is member ``r % ranks_per_worker`` of worker group ``r // ranks_per_w
   different on each member) are averaged over the whole world with the same weights,
   which is the weighted mean over groups of each group's member mean.
 
-Groups ``0 .. n_S-1`` are the small-batch workers. The loop (schedule, shares,
-sync points, rank-0 evaluation and metrics) is ``collective.CollectiveTrainer``.
+Groups ``0 .. n_S-1`` are the small-batch workers. The loop is the one every
+worker runs (``dbl_ps.training.loop``); the merge is the collective synchronizer's.
 
-Checkpoints use ``torch.distributed.checkpoint``: ``model/`` (the global model,
-saved once: the groups' identical shards are de-duplicated) and ``optim_group<g>/``
-(each group's momentum, written by that group's ranks). Loading reshards, so a run
-resumes onto another ``ranks_per_worker`` or another number of groups (a group
-without a saved counterpart takes the momentum of the last saved group).
+Checkpoints: the global model is ``model.pt`` like every engine's (gathered whole on
+rank 0 and loaded whole by every rank, so any shard layout reads it), and each group's
+momentum is a sharded ``torch.distributed.checkpoint`` folder ``optim_group<g>/``
+written by that group's ranks. Loading reshards, so a run resumes onto another
+``ranks_per_worker`` or another number of groups (a group without a saved
+counterpart takes the momentum of the last saved group).
 
-    torchrun --nproc_per_node 4 -m dbl_ps.integrations.fsdp --config FILE --ranks-per-worker 2
+    torchrun --nproc_per_node 4 -m dbl_ps train --config FILE engine=fsdp fsdp.ranks_per_worker=2
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from dbl_ps.integrations.averaging import split_params_buffers, weighted_average_
-from dbl_ps.integrations.collective import (
-    CollectiveTrainer,
-    LaunchError,
-    Topology,
-    WorkerEngine,
-    plain_sgd,
-    base_arg_parser,
-    load_run_config,
-    run_main,
-)
+from dbl_ps.models import RESIDUAL_BLOCKS
+from dbl_ps.training.averaging import split_params_buffers, weighted_average_
+from dbl_ps.training.engine import Engine, sgd_for
+from dbl_ps.training.topology import Topology
 
-__all__ = ["FSDPEngine", "build_mesh", "apply_fsdp", "main"]
+__all__ = ["FSDPEngine", "build_mesh", "apply_fsdp"]
 
 
 def build_mesh(topo: Topology, device: torch.device) -> Any:
     """The ``(replicate, shard)`` mesh of shape ``(workers, ranks_per_worker)``."""
-    from torch.distributed.device_mesh import init_device_mesh
-
     return init_device_mesh(device.type, (topo.workers, topo.group_size), mesh_dim_names=("replicate", "shard"))
 
 
 def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype | None = None) -> nn.Module:
     """``fully_shard`` every residual block, then the root, on the 1-D ``shard`` mesh."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from dbl_ps.models import RESIDUAL_BLOCKS
-
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
     for m in module.modules():
         if isinstance(m, RESIDUAL_BLOCKS):
@@ -80,24 +73,24 @@ def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype |
     return module
 
 
-class FSDPEngine(WorkerEngine):
+class FSDPEngine(Engine):
     """One member of a worker group: an FSDP2-sharded module and SGD on its shards."""
 
     def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topo: Topology, *,
                  param_dtype: torch.dtype | None = None):
-        self.topo = topo
+        self.topology = topo
         self.device = device
         self.mesh = build_mesh(topo, device)
         self.replicate_group = self.mesh.get_group("replicate")
         self.shard_group = self.mesh.get_group("shard")
         self.module = apply_fsdp(module.to(device), self.mesh["shard"], param_dtype=param_dtype)
-        self.optimizer = plain_sgd(self.module, cfg)
+        self.optimizer = sgd_for(self.module, cfg)
         self.loss_fn = nn.CrossEntropyLoss()
 
     # -- training
 
     def local_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gs, m = self.topo.group_size, self.topo.member
+        gs, m = self.topology.group_size, self.topology.member
         if gs == 1:
             return images, labels
         if images.shape[0] < gs:  # a last partial batch smaller than the group: every member takes all of it
@@ -121,17 +114,17 @@ class FSDPEngine(WorkerEngine):
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Rank 0 gets the whole model on the CPU (all-gathers inside every group)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         sd = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return sd if self.topo.is_main else None
+        return sd if self.topology.is_main else None
 
     def full_state_dict_all(self) -> dict[str, torch.Tensor]:
         """Every rank gets its group's whole model (for checks)."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
         sd = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
         return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # every rank read the same model.pt: each keeps its own shards of it
+        set_model_state_dict(self.module, state, options=StateDictOptions(full_state_dict=True))
 
     def _init_momentum(self) -> None:
         # SGD creates momentum lazily; DCP loads only into existing state.
@@ -142,54 +135,15 @@ class FSDPEngine(WorkerEngine):
                     if "momentum_buffer" not in st:
                         st["momentum_buffer"] = torch.zeros_like(p)
 
-    def save(self, folder: Path, topo: Topology) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
+    def save_worker_state(self, folder: Path) -> None:
         self._init_momentum()
-        dcp.save({"model": get_model_state_dict(self.module)}, checkpoint_id=str(folder / "model"))
         dcp.save({"optim": get_optimizer_state_dict(self.module, self.optimizer)},
-                 checkpoint_id=str(folder / f"optim_group{topo.worker}"), process_group=self.shard_group)
+                 checkpoint_id=str(folder / f"optim_group{self.topology.worker}"), process_group=self.shard_group)
 
-    def load(self, folder: Path, topo: Topology, meta: dict[str, Any]) -> None:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
-                                                             set_model_state_dict, set_optimizer_state_dict)
-
-        sd = {"model": get_model_state_dict(self.module)}
-        dcp.load(sd, checkpoint_id=str(folder / "model"))
-        set_model_state_dict(self.module, sd["model"])
-        saved_groups = int(meta.get("workers", topo.workers))
-        source = min(topo.worker, saved_groups - 1)
+    def load_worker_state(self, folder: Path, saved_workers: int) -> bool:
+        source = min(self.topology.worker, saved_workers - 1)
         self._init_momentum()
         osd = {"optim": get_optimizer_state_dict(self.module, self.optimizer)}
         dcp.load(osd, checkpoint_id=str(folder / f"optim_group{source}"), process_group=self.shard_group)
         set_optimizer_state_dict(self.module, self.optimizer, osd["optim"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = base_arg_parser("python -m dbl_ps.integrations.fsdp",
-                        "Collective DBSL/CPL training with FSDP2 worker groups (launch with torchrun).")
-    p.add_argument("--ranks-per-worker", type=int, default=1,
-                   help="ranks sharding one worker's model (the mesh's shard axis); WORLD_SIZE must be "
-                        "dbl.workers x this (default 1)")
-    p.add_argument("--param-dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="FSDP2 compute dtype of parameters (bf16 on GPUs; shards and the merge stay fp32)")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_run_config(args)
-    except ValueError as err:
-        print(f"dbl-ps: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    dtype = torch.bfloat16 if args.param_dtype == "bf16" else None
-
-    def make_engine(module: nn.Module, cfg: Any, device: torch.device, topo: Topology) -> FSDPEngine:
-        return FSDPEngine(module, cfg, device, topo, param_dtype=dtype)
-
-    trainer = CollectiveTrainer(cfg, make_engine, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
-                                group_size=args.ranks_per_worker, timeout_s=args.timeout, engine_name="fsdp")
-    return run_main(trainer)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        return True

@@ -21,15 +21,35 @@ makes `train()` raise `WorkerError` carrying that worker's traceback.
 
 from __future__ import annotations
 
-import json
+import multiprocessing as mp
 import os
+import queue as queue_mod
 import signal
 import sys
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from dbl_ps._optional import require
+from dbl_ps.config import load_config
+from dbl_ps.data import build_transform, load_dataset
+from dbl_ps.metrics import Logger, MetricsWriter
+from dbl_ps.models import build_model
+from dbl_ps.runtime.engines import engine_options
+from dbl_ps.runtime.tracking import open_tracker
+from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
+from dbl_ps.shards import ShardIndex
+from dbl_ps.store import ParameterStore
+from dbl_ps.training.finisher import EpochFinisher, Evaluator
+from dbl_ps.training.flat import FlatState
+from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
+from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
+from dbl_ps.training.setup import build_plan, build_spec, plan_from_dict, resolve_time_models, threads_per_worker
+from dbl_ps.training.topology import LaunchError
 
 __all__ = ["Trainer", "WorkerError", "StoreSetupError", "TrainingInterrupted", "new_run_dir"]
 
@@ -54,15 +74,6 @@ class TrainingInterrupted(RuntimeError):
         self.epoch = epoch
 
 
-def new_run_dir(cfg: Any) -> Path:
-    """`out_dir/<name>-<YYYYmmdd-HHMMSS>` (a suffix is added if it exists)."""
-    base = Path(cfg.out_dir) / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = Path(f"{base}-{n}"), n + 1
-    return path
-
-
 class Trainer:
     """One run of `cfg` in `run_dir`. `progress`: True/False, None = when stderr is a terminal."""
 
@@ -70,34 +81,29 @@ class Trainer:
                  log: Callable[[str], None] | None = None, _checkpoint: dict[str, Any] | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+        self.dir = RunDirectory(self.run_dir)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self._log = log or (lambda msg: print(msg, flush=True))
         self.checkpoint = _checkpoint
         self.resuming = _checkpoint is not None
         self._signal: int | None = None
         self._prepared = False
+        self._bars: list[Any] = []
 
     @classmethod
     def resume(cls, run_dir: str | Path, **kwargs: Any) -> "Trainer":
         """Continue the run in `run_dir` from its last checkpoint (config and plan from the directory)."""
-        from dbl_ps.config import load_config
-        from dbl_ps.runtime.checkpoint import CheckpointError, load_checkpoint
-
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml")
-        return cls(cfg, run_dir, _checkpoint=load_checkpoint(run_dir), **kwargs)
+        return cls(cfg, run_dir, _checkpoint=RunDirectory(run_dir).load_checkpoint(), **kwargs)
 
     def log(self, message: str) -> None:
         if self._bars:
-            from tqdm import tqdm
-
             tqdm.write(message, file=sys.stderr)
         else:
             self._log(message)
-
-    _bars: list[Any] = []
 
     # ------------------------------------------------------------------ setup
 
@@ -105,65 +111,44 @@ class Trainer:
         """Data, plan, schedule, run directory. Raises before any process starts."""
         if self._prepared:
             return
-        import torch
-
-        from dbl_ps.data import build_transform, load_dataset
-        from dbl_ps.models import build_model
-        from dbl_ps.runtime.flat import FlatState
-        from dbl_ps.runtime.setup import (build_plan, build_spec, plan_from_dict, resolve_time_models,
-                                          threads_per_worker)
-        from dbl_ps.schedule import format_phases, phases, plot_schedule
-
         cfg = self.cfg
+        if cfg.engine == "fsdp":
+            raise LaunchError("engine 'fsdp' shards a worker over several ranks: run it under a launcher, e.g. "
+                              "`torchrun --nproc_per_node N -m dbl_ps train engine=fsdp ...`")
         self.threads = threads_per_worker(cfg)
         torch.set_num_threads(self.threads)
         self.devices = self._devices()
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
         if cfg.data.source == "shards":  # every resolution of the schedule has a complete set, before any process starts
-            from dbl_ps.shards import ShardIndex
-
             ShardIndex.load(cfg.data.path).check_resolutions(cfg.schedule.resolutions)
         self.transform = build_transform(cfg.data, self.data)
-        n = len(self.data.train)
-        plan_file = self.run_dir / "plan.json"
         if self.resuming:
-            self.plan = plan_from_dict(json.loads(plan_file.read_text()))
-            self.plan_source = "plan.json of the run"
+            plan_dict = self.dir.read_json("plan.json")
+            self.plan = plan_from_dict(plan_dict)
+            self.plan_source = plan_dict.get("time_model_source", "plan.json of the run")
         else:
             models, batches, source = resolve_time_models(cfg, num_classes=self.data.num_classes,
                                                           in_channels=self.data.in_channels,
                                                           device="cuda" if self.devices[0].startswith("cuda") else "cpu",
                                                           log=self._log)
-            self.plan = build_plan(cfg, n, models, batches, source, log=self._log)
+            self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
             self.plan_source = source
         self.spec = build_spec(cfg, self.plan)
-        self.eval_resolution = max(self.spec.resolutions)
         self.eval_device = torch.device(self.devices[0])
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels).to(self.eval_device)
         self.flat = FlatState(self.model)
-        if not self.resuming:
-            if self.run_dir.exists() and any(self.run_dir.iterdir()):
-                raise FileExistsError(f"run directory {self.run_dir} is not empty; resume it with --resume or choose another")
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.yaml")
-            plan_dict = self.plan.to_dict()
-            plan_dict["time_model_source"] = self.plan_source
-            plan_file.write_text(json.dumps(plan_dict, indent=2) + "\n")
-            (self.run_dir / "schedule.json").write_text(json.dumps(
-                {"method": self.spec.method, "epochs": self.spec.epochs, "phases": [p.to_dict() for p in phases(self.spec)]},
-                indent=2) + "\n")
-            (self.run_dir / "schedule.txt").write_text(format_phases(self.spec) + "\n")
-            plot_schedule(self.spec, str(self.run_dir / "schedule.png"))
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
-            from dbl_ps._optional import require
-
             require("wandb", feature="tracking.wandb (Weights & Biases)")
+        if not self.resuming:
+            self.dir.create()
+            plan_dict = {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": cfg.engine,
+                         "ranks_per_worker": 1}
+            self.dir.write_setup(cfg, plan_dict, self.spec, fresh=True)
+        self.engine_options = engine_options(cfg, self.run_dir, resuming=self.resuming)
         self._prepared = True
 
     def _devices(self) -> list[str]:
-        import torch
-
         want = self.cfg.device
         if want == "cuda" and not torch.cuda.is_available():
             raise ValueError("config key 'device': got 'cuda', but torch finds no CUDA GPU; use 'auto' or 'cpu'")
@@ -176,34 +161,23 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         """Run to the last epoch; returns the summary (also saved as summary.json)."""
-        import multiprocessing as mp
-
-        import torch
-
-        from dbl_ps.metrics import Logger, MetricsWriter
-        from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
-        from dbl_ps.store import ParameterStore
-
         self.prepare()
         cfg, W = self.cfg, self.cfg.dbl.workers
         epochs = int(self.spec.epochs)
         ckpt = self.checkpoint
         if ckpt is not None and ckpt.get("status") == "finished":
             self.log(f"{self.run_dir} already finished all {epochs} epochs")
-            return json.loads((self.run_dir / "summary.json").read_text()) if (self.run_dir / "summary.json").is_file() else {}
+            return self.dir.read_summary()
         self.start_epoch = ckpt["next_epoch"] if ckpt else 0
-        self.wall_offset = float(ckpt["wall_time"]) if ckpt else 0.0
-        self.version_offset = int(ckpt["store_version"]) if ckpt else 0
         self.last_complete = self.start_epoch - 1
-        initial = ckpt["state"] if ckpt else self.flat.gather()
-        self.records: list[dict[str, Any]] = []
-        self.t0 = time.perf_counter()
         if ckpt:
+            self.model.load_state_dict(self.dir.load_model(ckpt))
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch} of {epochs}")
+        initial = self.flat.gather()
         # The store first: a machine short of shared memory fails here, before anything
         # else is opened or installed.
         try:
-            # rule sgd: payloads are displacements already scaled by the local LR (see worker.py)
+            # rule sgd: payloads are displacements already scaled by the local LR (dbl_ps.synchronizers.store)
             store = ParameterStore(
                 self.flat.numel, W, mode=cfg.store.mode, rule=cfg.store.rule, staleness=cfg.store.staleness,
                 apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0, initial=initial,
@@ -212,12 +186,17 @@ class Trainer:
             raise StoreSetupError(f"cannot create the parameter store: {exc}") from None
         try:
             self.metrics = Logger([MetricsWriter(self.run_dir, resume=self.resuming, keep_through=self.last_complete)])
-            tracker = self._start_tracker()
+            tracker = open_tracker(cfg, self.dir, resuming=self.resuming, warn=self.log)
             if tracker is not None:
                 self.metrics.add(tracker)
         except BaseException:
             store.close()
             raise
+        evaluate = Evaluator(self.model, self.data.test, self.transform, batch_size=cfg.data.eval_batch_size,
+                             resolution=max(self.spec.resolutions), device=self.eval_device)
+        self.finisher = EpochFinisher(self.dir, self.spec, evaluate, self.metrics, engine=cfg.engine, workers=W,
+                                      wall_offset=float(ckpt["wall_time"]) if ckpt else 0.0,
+                                      version_offset=int(ckpt["store_version"]) if ckpt else 0, log=self.log)
 
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
@@ -225,30 +204,19 @@ class Trainer:
         procs: list[Any] = []
         self._status = "running"
         try:
-            plan_dict = self.plan.to_dict()
-            images = self.data.train.images
-            train_data = pack_train_data(self.data) if images.numel() <= PASS_DATA_BYTES else None
-            for w in range(W):
-                resume_file = str(self.run_dir / ckpt["workers"][w]) if ckpt else None
-                args = WorkerArgs(worker=w, config=cfg.to_dict(), plan=plan_dict, store_name=store.name,
-                                  run_dir=str(self.run_dir), start_epoch=self.start_epoch, resume_file=resume_file,
-                                  threads=self.threads, device=self.devices[w], launcher_pid=os.getpid(),
-                                  train_data=train_data)
-                p = ctx.Process(target=worker_main, args=(args, queue, stop, gate), name=f"dbl-ps-worker-{w}", daemon=True)
-                p.start()
-                procs.append(p)
+            procs = self._spawn_workers(ctx, store.name, queue, stop, gate)
             self._open_bars(epochs)
-            self._loop(store, queue, stop, gate, procs, epochs)
+            self._loop(store, queue, gate, procs, epochs)
             self._status = "finished"
             self._server_stats = store.server_stats()
             self._print_summary(self._summary())
-            self._join(procs, stop, queue, timeout=STOP_TIMEOUT)
+            self._join(procs, queue, timeout=STOP_TIMEOUT)
         except BaseException:
             stop.set()
-            self._join(procs, stop, queue, timeout=STOP_TIMEOUT)
+            self._join(procs, queue, timeout=STOP_TIMEOUT)
             if self._signal is not None and self.last_complete >= 0:
                 self._status = "interrupted"
-                self._rewrite_checkpoint_status("interrupted")
+                self.dir.set_checkpoint_status("interrupted")
             raise
         finally:
             store.close()
@@ -257,30 +225,24 @@ class Trainer:
             self._restore_signal_handlers(old_handlers)
         return self._summary()
 
-    def _start_tracker(self) -> Any:
-        """A W&B sink for the epoch records (None unless tracking.wandb.enabled); it logs
-        the plan and schedule as tables and keeps its run id so a resumed run continues it."""
-        wb = self.cfg.tracking.wandb
-        if not wb.enabled or wb.mode == "disabled":
-            return None
-        from dbl_ps.integrations.wandb import WandbTracker
+    def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any) -> list[Any]:
+        ckpt = self.checkpoint
+        train_data = pack_train_data(self.data) if self.data.train.images.numel() <= PASS_DATA_BYTES else None
+        procs = []
+        for w in range(self.cfg.dbl.workers):
+            args = WorkerArgs(worker=w, config=self.cfg.to_dict(), plan=self.plan.to_dict(), store_name=store_name,
+                              run_dir=str(self.run_dir), start_epoch=self.start_epoch,
+                              resume_folder=ckpt["path"] if ckpt else None,
+                              saved_workers=int(ckpt["workers"]) if ckpt else 0, threads=self.threads,
+                              device=self.devices[w], launcher_pid=os.getpid(), engine_options=self.engine_options,
+                              train_data=train_data)
+            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate), name=f"dbl-ps-worker-{w}", daemon=True)
+            p.start()
+            procs.append(p)
+        return procs
 
-        id_file = self.run_dir / "wandb_id.txt"
-        resume_id = id_file.read_text().strip() if self.resuming and id_file.is_file() else None
-        tracker = WandbTracker(run_dir=self.run_dir, config=self.cfg.to_dict(), project=wb.project, entity=wb.entity,
-                               mode=wb.mode, tags=wb.tags, group=wb.group, name=self.run_dir.name,
-                               resume_id=resume_id, warn=self.log)
-        if tracker.run_id:
-            id_file.write_text(tracker.run_id + "\n")
-        tracker.log_tables(plan=json.loads((self.run_dir / "plan.json").read_text()),
-                           phases=json.loads((self.run_dir / "schedule.json").read_text())["phases"])
-        return tracker
-
-    def _loop(self, store: Any, queue: Any, stop: Any, gate: Any, procs: list[Any], epochs: int) -> None:
-        import queue as queue_mod
-
-        W = self.cfg.dbl.workers
-        reports: dict[int, dict[int, dict[str, Any]]] = {}
+    def _loop(self, store: Any, queue: Any, gate: Any, procs: list[Any], epochs: int) -> None:
+        reports: dict[int, dict[int, EpochReport]] = {}
         finished: set[int] = set()
         last_check = time.monotonic()
         while self.last_complete < epochs - 1:
@@ -310,106 +272,35 @@ class Trainer:
                 continue
             self._handle(msg, reports, finished, store, gate)
 
-    def _handle(self, msg: tuple, reports: dict[int, dict[int, dict[str, Any]]], finished: set[int], store: Any,
+    def _handle(self, msg: Any, reports: dict[int, dict[int, EpochReport]], finished: set[int], store: Any,
                 gate: Any) -> None:
-        W = self.cfg.dbl.workers
-        kind, w = msg[0], msg[1]
-        if kind == "error":
-            raise WorkerError(f"worker {w} failed:\n{msg[2]}")
-        if kind in ("finished", "stopped"):
-            finished.add(w)
-            if kind == "stopped" and self._signal is None:
-                raise WorkerError(f"worker {w} stopped unexpectedly (the parameter store closed?)")
-        elif kind == "progress":
-            self._update_worker_bar(*msg[1:])
-        elif kind == "epoch":
-            reports.setdefault(msg[2], {})[w] = msg[3]
-            while len(reports.get(self.last_complete + 1, {})) == W:
+        if isinstance(msg, WorkerFailed):
+            raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
+        if isinstance(msg, (WorkerFinished, WorkerStopped)):
+            finished.add(msg.worker)
+            if isinstance(msg, WorkerStopped) and self._signal is None:
+                raise WorkerError(f"worker {msg.worker} stopped unexpectedly (the parameter store closed?)")
+        elif isinstance(msg, Progress):
+            self._update_worker_bar(msg)
+        elif isinstance(msg, EpochReport):
+            reports.setdefault(msg.epoch, {})[msg.worker] = msg
+            while len(reports.get(self.last_complete + 1, {})) == self.cfg.dbl.workers:
                 epoch = self.last_complete + 1
                 self._complete_epoch(epoch, reports.pop(epoch), store, gate)
 
-    def _complete_epoch(self, epoch: int, reports: dict[int, dict[str, Any]], store: Any, gate: Any) -> None:
-        import torch
-
-        from dbl_ps.runtime.checkpoint import prune_worker_states, rng_states, save_checkpoint
-        from dbl_ps.runtime.worker import worker_state_path
-        from dbl_ps.schedule import schedule_at
-
-        target = max(r["version"] for r in reports.values())
+    def _complete_epoch(self, epoch: int, reports: dict[int, EpochReport], store: Any, gate: Any) -> None:
+        target = max(r.version for r in reports.values())
         while store.version < target:  # the server may still be applying the last pushes
             time.sleep(0.0005)
         state = self.flat.new_vector()
         version = store.read(state)
         gate.value = epoch + 1  # bsp: workers may start the next epoch now
         self.last_complete = epoch
-        wall = self.wall_offset + time.perf_counter() - self.t0
-        eval_start = time.perf_counter()
-        test_loss, test_acc = self.evaluate(state)
-        eval_seconds = time.perf_counter() - eval_start
-        point = schedule_at(epoch, self.spec)
-        workers = [reports[w] for w in sorted(reports)]
-        samples = sum(r["samples"] for r in workers)
-        record = {
-            "epoch": epoch,
-            "wall_time": wall,
-            "lr": point.lr,
-            "resolution": point.resolution,
-            "dropout": point.dropout,
-            "store_version": self.version_offset + version,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "eval_seconds": eval_seconds,
-            "train_loss": sum(r["loss"] * r["samples"] for r in workers) / max(samples, 1),
-            "train_acc": sum(r["acc"] * r["samples"] for r in workers) / max(samples, 1),
-            "samples": samples,
-            "samples_per_s": sum(r["samples_per_s"] for r in workers),
-            "workers": [{k: r[k] for k in ("worker", "loss", "acc", "batch", "resolution", "samples", "steps",
-                                           "pushes", "samples_per_s", "seconds", "wait_seconds", "weight", "version")} for r in workers],
-        }
-        self.metrics.log(epoch, {k: v for k, v in record.items() if k != "epoch"})
-        self.records.append(record)
-        self.last_state = state
-        self._checkpoint_state = {
-            "epoch": epoch,
-            "next_epoch": epoch + 1,
-            "state": state,
-            "workers": [str(worker_state_path("", w, epoch)) for w in range(len(workers))],
-            "wall_time": wall,
-            "store_version": self.version_offset + version,
-            "schedule": {"next_epoch": epoch + 1, "lr": point.lr, "resolution": point.resolution, "phase": point.phase},
-            "rng": rng_states(),
-            "test_acc": test_acc,
-            "status": "finished" if epoch == int(self.spec.epochs) - 1 else "running",
-        }
-        save_checkpoint(self.run_dir, self._checkpoint_state)
-        prune_worker_states(self.run_dir, len(workers), keep_from=epoch)
-        self._epoch_done(record)
-
-    def _rewrite_checkpoint_status(self, status: str) -> None:
-        from dbl_ps.runtime.checkpoint import save_checkpoint
-
-        state = getattr(self, "_checkpoint_state", None)
-        if state is not None:
-            state = dict(state, status=status)
-            save_checkpoint(self.run_dir, state)
-
-    def evaluate(self, state: Any) -> tuple[float, float]:
-        """Test loss and top-1 of a flat global state at the highest resolution."""
-        import torch
-
-        from dbl_ps.data import eval_batches
-
         self.flat.scatter(state)
-        self.model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
-        with torch.no_grad():
-            for images, labels in eval_batches(self.data.test, self.transform, self.cfg.data.eval_batch_size,
-                                               self.eval_resolution, device=self.eval_device):
-                out = self.model(images)
-                loss_sum += float(torch.nn.functional.cross_entropy(out, labels, reduction="sum"))
-                correct += int((out.argmax(1) == labels).sum())
-                count += labels.shape[0]
-        return loss_sum / max(count, 1), correct / max(count, 1)
+        model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        record = self.finisher.finish(epoch, [reports[w] for w in sorted(reports)], model_state, version)
+        self.finisher.commit()  # the workers wrote their state files before reporting
+        self._epoch_done(record)
 
     # ------------------------------------------------------------------ stopping
 
@@ -438,9 +329,7 @@ class Trainer:
                     f"Continue with: dbl-ps train --resume {self.run_dir}")
         return f"{name}: stopped before the first epoch completed; no checkpoint to resume from"
 
-    def _join(self, procs: list[Any], stop: Any, queue: Any, timeout: float) -> None:
-        import queue as queue_mod
-
+    def _join(self, procs: list[Any], queue: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for p in procs:
             while p.is_alive() and time.monotonic() < deadline:
@@ -463,8 +352,6 @@ class Trainer:
     def _open_bars(self, epochs: int) -> None:
         if not self.progress:
             return
-        from tqdm import tqdm
-
         W = self.cfg.dbl.workers
         self._bars = [tqdm(total=1, position=w, desc=f"worker {w}", leave=False, file=sys.stderr,
                            bar_format="{desc} {bar:20} {postfix}") for w in range(W)]
@@ -472,25 +359,21 @@ class Trainer:
                                 file=sys.stderr, leave=True)
         self._bars.append(self._global_bar)
 
-    def _update_worker_bar(self, w: int, epoch: int, step: int, steps: int, batch: int, res: int, sps: float) -> None:
+    def _update_worker_bar(self, p: Progress) -> None:
         if not self._bars:
             return
-        bar = self._bars[w]
-        bar.total = steps
-        bar.n = step
-        bar.set_postfix_str(f"epoch {epoch} step {step}/{steps} batch {batch} res {res}px {sps:,.0f} samples/s", refresh=False)
+        bar = self._bars[p.worker]
+        bar.total = p.steps
+        bar.n = p.step
+        bar.set_postfix_str(f"epoch {p.epoch} step {p.step}/{p.steps} batch {p.batch} res {p.resolution}px "
+                            f"{p.samples_per_s:,.0f} samples/s", refresh=False)
         bar.refresh()
 
     def _epoch_done(self, record: dict[str, Any]) -> None:
-        line = (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  lr {record['lr']:.4g}  "
-                f"train loss {record['train_loss']:.4f}  test loss {record['test_loss']:.4f}  "
-                f"test acc {record['test_acc']:.4f}  {record['samples_per_s']:,.0f} samples/s  "
-                f"t {record['wall_time']:.1f}s")
+        line = self.finisher.console_line(record)
         if self._bars:
             self._global_bar.update(1)
             self._global_bar.set_postfix_str(f"test acc {record['test_acc']:.4f}", refresh=True)
-            from tqdm import tqdm
-
             tqdm.write(line, file=sys.stderr)
         else:
             self._log(line)
@@ -503,30 +386,8 @@ class Trainer:
     # ------------------------------------------------------------------ summary
 
     def _summary(self) -> dict[str, Any]:
-        from dbl_ps.metrics import read_metrics
-
-        records = read_metrics(self.run_dir)
-        evals = [r for r in records if isinstance(r.get("test_acc"), (int, float))]
-        summary = {
-            "run_dir": str(self.run_dir),
-            "name": self.cfg.name,
-            "method": self.spec.method,
-            "status": self._status,
-            "epochs": len(evals),
-            "final_test_acc": evals[-1]["test_acc"] if evals else None,
-            "best_test_acc": max(r["test_acc"] for r in evals) if evals else None,
-            "final_test_loss": evals[-1]["test_loss"] if evals else None,
-            "wall_time": evals[-1]["wall_time"] if evals else None,
-            "samples_per_s": (sum(r["samples"] for r in evals) / sum(
-                r["wall_time"] - p["wall_time"] for p, r in zip([{"wall_time": 0.0}] + evals, evals))) if evals else None,
-            "workers": self.cfg.dbl.workers,
-            "small_workers": self.cfg.dbl.small,
-            "store_version": evals[-1].get("store_version") if evals else None,
-            "server": getattr(self, "_server_stats", None),
-            "plan_source": self.plan_source,
-        }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return summary
+        return self.finisher.summary(self._status, name=self.cfg.name, small_workers=self.cfg.dbl.small,
+                                     server=getattr(self, "_server_stats", None), plan_source=self.plan_source)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         def fmt(v: Any, spec: str) -> str:

@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from dbl_ps.data.shares import ShareCursor, _check_count, batch_seed, epoch_shares
-from dbl_ps.data.sources import Dataset, Split
+from dbl_ps.data.shares import ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
+from dbl_ps.data.sources import Dataset, Split, register_source
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
 from dbl_ps.shards.codec import EXTENSIONS, decode_image
 from dbl_ps.shards.errors import ShardError
@@ -360,10 +360,10 @@ class ShardShareLoader(ShareCursor):
         self.split_name = split
         self.transform = transform
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.worker = _check_count("worker", worker, 0)
-        self.seed = _check_count("seed", seed, 0)
+        self.worker = check_count("worker", worker, 0)
+        self.seed = check_count("seed", seed, 0)
         self.mode = mode
-        self.num_workers = _check_count("num_workers", num_workers, 0)
+        self.num_workers = check_count("num_workers", num_workers, 0)
         self.memory_limit = int(memory_limit)
         self.log = log
         self.ids = subset_ids(self.index.num_samples(split), limit)
@@ -489,6 +489,15 @@ def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *
                    bool(d["flip"]), list(d["classes"]))
 
 
+def _load_source(cfg: Any, image_size: int | None) -> Dataset:
+    """`data.source: shards`: the training split as labels only (no decoding, whatever its size);
+    workers read the set of each resolution through `share_loader_for`."""
+    return load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False)
+
+
+register_source("shards", _load_source)
+
+
 def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
                      resolutions: Sequence[int] | None = None, **kwargs: Any) -> Any:
     """The share loader a worker of a run uses: `ShardShareLoader` on the shard set of
@@ -497,8 +506,6 @@ def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
     before the first step; `kwargs` are ShareLoader's (worker, shares, batch_size,
     resolution, seed, epoch, device)."""
     if getattr(data_cfg, "source", None) != "shards":
-        from dbl_ps.data.shares import ShareLoader
-
         return ShareLoader(split, transform, **kwargs)
     index = ShardIndex.load(data_cfg.path)
     if resolutions:

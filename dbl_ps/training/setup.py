@@ -13,11 +13,13 @@ directory and a resumed run reads it back instead of measuring again.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, make_plan
+from dbl_ps.calibrate import batch_grid, calibrate, load_calibration
+from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, make_plan, plan_resolution
 from dbl_ps.schedule import ScheduleSpec
 
 __all__ = [
@@ -39,12 +41,8 @@ DEFAULT_TIME_MODEL = TimeModel(alpha=0.003, beta=0.0002)
 
 def cpu_cores() -> int:
     try:
-        import os
-
         return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        import os
-
+    except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
 
 
@@ -63,8 +61,6 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
     batches: dict[int, int] = {}
     source = ""
     if cfg.dbl.calibration:
-        from dbl_ps.calibrate import load_calibration
-
         cal = load_calibration(cfg.dbl.calibration)
         missing = [r for r in resolutions if r not in cal.resolutions]
         if missing:
@@ -83,8 +79,6 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
         if cfg.dbl.small == 0:
             # n_S = 0: every worker gets N/W at B_L whatever the time model.
             return {r: DEFAULT_TIME_MODEL for r in resolutions}, batches, "default (not needed: dbl.small=0)"
-        from dbl_ps.calibrate import batch_grid, calibrate
-
         log(f"measuring the time model of {cfg.model.name} at {resolutions} px on {device} "
             f"(set dbl.alpha/dbl.beta or dbl.calibration to skip this)")
         try:
@@ -129,8 +123,6 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
     for key, rp in data["per_resolution"].items():
         models = [TimeModel(alpha=m["alpha"], beta=m["beta"], r2=m.get("r2")) for m in rp["time_models"]]
         # Re-plan from the saved inputs: the planner is deterministic, so this is the saved plan.
-        from dbl_ps.planner import plan_resolution
-
         plans[int(key)] = plan_resolution(models, rp["batch_large"], small=rp["small"], tau=rp["tau"],
                                           dataset_size=rp["dataset_size"], resolution=int(key))
         if list(plans[int(key)].shares) != list(rp["shares"]) or list(plans[int(key)].batches) != list(rp["batches"]):
@@ -175,8 +167,11 @@ def sync_boundaries(steps: int, sync_every: int | str, mode: str, all_steps: Seq
     return points + [steps]
 
 
-def epoch_seed(seed: int, worker: int, epoch: int) -> int:
+def epoch_seed(seed: int, worker: int, epoch: int, member: int = 0) -> int:
     """Seed of a worker's torch RNG (dropout) for one epoch: a function of
     (seed, worker, epoch) only, so a resumed run draws exactly what the
-    uninterrupted one drew."""
-    return int(np.random.SeedSequence([seed, 1_000_003, worker, epoch]).generate_state(1)[0])
+    uninterrupted one drew. `member`: the rank inside a worker group of several
+    ranks (FSDP), each drawing for its own slice of the batch; member 0 draws what
+    a one-rank worker draws, in every mode."""
+    words = [seed, 1_000_003, worker, epoch] + ([member] if member else [])
+    return int(np.random.SeedSequence(words).generate_state(1)[0])

@@ -1,0 +1,246 @@
+"""Multi-rank mode: `dbl-ps train` under `torchrun` or the `deepspeed` launcher.
+
+Every rank runs the same worker loop as a store-mode worker process
+(`dbl_ps.training.loop.WorkerLoop`), with its engine (`engine: torch | deepspeed |
+fsdp`) and the collective synchronizer instead of the parameter store. Rank `r` is
+member `r % g` of worker `r // g` (`g = fsdp.ranks_per_worker`, 1 for the other
+engines).
+
+Set-up: the launch is checked against the plan (`WORLD_SIZE`, ranks per worker)
+before `init_process_group`, which has a timeout (`launch.timeout`). The plan comes
+from rank 0 (broadcast), or from every worker's own measured time model
+(all-gathered) when the config has none: mixed hardware plans per worker.
+
+Per global epoch every rank trains its share through the loop; then the ranks gather
+their `EpochReport`s, rank 0 evaluates the (identical) global model and writes the
+record, the metrics, W&B and `model.pt` through the same epoch finisher as the store
+mode's launcher; every engine writes its worker's own state; after a barrier rank 0
+commits `checkpoint.json`. Invariant: every rank issues the same sequence of
+collectives (see `dbl_ps.synchronizers.collective`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from dbl_ps.data import build_transform, load_dataset
+from dbl_ps.metrics import Logger, MetricsWriter
+from dbl_ps.models import build_model
+from dbl_ps.runtime.engines import build_rank_engine, engine_options
+from dbl_ps.runtime.hooks import callbacks_from_env
+from dbl_ps.runtime.tracking import open_tracker
+from dbl_ps.shards import share_loader_for
+from dbl_ps.synchronizers import CollectiveSynchronizer, init_distributed
+from dbl_ps.training.events import StopTraining
+from dbl_ps.training.finisher import EpochFinisher, Evaluator
+from dbl_ps.training.loop import WorkerLoop
+from dbl_ps.training.messages import EpochReport, merge_members
+from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
+from dbl_ps.training.setup import build_plan, build_spec, cpu_cores, plan_from_dict, resolve_time_models
+from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
+
+__all__ = ["CollectiveRunner", "run_collective", "pick_device"]
+
+
+def pick_device(cfg: Any, topo: Topology) -> tuple[torch.device, str]:
+    """`(device, backend)`: the rank's GPU with NCCL, else the CPU with gloo."""
+    want = cfg.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise LaunchError("config key 'device': got 'cuda', but torch finds no CUDA GPU; use 'auto' or 'cpu'")
+    if want in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", topo.local_rank % torch.cuda.device_count()), "nccl"
+    return torch.device("cpu"), "gloo"
+
+
+def _with_workers(cfg: Any, workers: int) -> Any:
+    if cfg.dbl.workers == workers:
+        return cfg
+    data = cfg.to_dict()
+    return type(cfg).from_dict({**data, "dbl": {**data["dbl"], "workers": workers}})
+
+
+class CollectiveRunner:
+    """One rank of a multi-rank run of `cfg` (a new run in `run_dir`, or `resume` it)."""
+
+    def __init__(self, cfg: Any, *, run_dir: str | Path | None = None, resume: bool = False,
+                 log: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.resume = resume
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+
+    def log(self, message: str) -> None:
+        if self.topo.is_main:
+            self._log(message)
+
+    # -- set-up
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        meta = RunDirectory(self.run_dir).load_checkpoint() if self.resume else None
+        group_size = cfg.fsdp.ranks_per_worker if cfg.engine == "fsdp" else 1
+        # Checked before any collective: every rank reads the same environment and config.
+        workers, world = cfg.dbl.workers, launch_world_size()
+        if meta is not None and world is not None and world % group_size == 0 and world // group_size != workers:
+            workers = world // group_size  # resuming onto a different number of workers: re-plan for the launch
+        self.topo = topo = read_topology(workers, group_size)
+        self.cfg = cfg = _with_workers(cfg, workers)
+        self.device, backend = pick_device(cfg, topo)
+        torch.set_num_threads(max(1, cpu_cores() // local_world_size(topo.world)))
+        init_distributed(topo, backend, cfg.launch.timeout)
+        self.meta = meta
+        if self.run_dir is None:
+            name = [str(new_run_dir(cfg)) if topo.is_main else ""]
+            dist.broadcast_object_list(name, src=0)
+            self.run_dir = Path(name[0])
+        self.dir = RunDirectory(self.run_dir)
+        self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
+        self.transform = build_transform(cfg.data, self.data)
+        self.plan, self.plan_source = self._plan()
+        self.spec = build_spec(cfg, self.plan)
+        if topo.is_main:
+            self._write_run_files()
+        dist.barrier()  # rank 0 wrote deepspeed_config.json for a new run
+        options = engine_options(cfg, self.run_dir, resuming=True)
+        torch.manual_seed(cfg.seed)  # the same initial model on every rank
+        module = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels,
+                             dropout=self.spec.dropouts[0])
+        self.engine = build_rank_engine(cfg, module, self.device, topo, options=options)
+        self.start_epoch = 0
+        if meta is not None:
+            self.engine.load_full_state_dict(self.dir.load_model(meta))
+            self.engine.load_worker_state(self.dir.checkpoint_folder(meta), int(meta["workers"]))
+            self.start_epoch = int(meta["next_epoch"])
+            self.log(f"resuming {self.run_dir} at epoch {self.start_epoch} of {int(self.spec.epochs)}")
+
+    def _plan(self) -> tuple[Any, str]:
+        """Rank 0's plan (or the saved one when resuming with as many workers), the same on every rank."""
+        cfg, topo = self.cfg, self.topo
+        saved = self.dir.read_json("plan.json") if self.meta is not None else None
+        if saved is not None and saved["workers"] == topo.workers:
+            return plan_from_dict(saved), saved.get("time_model_source", "plan.json of the run")
+        if saved is not None:
+            self.log(f"resuming with {topo.workers} workers (the checkpoint has {saved['workers']}): re-planning")
+        measure = cfg.time_model() is None and not cfg.dbl.calibration and cfg.dbl.small > 0
+        box: list[Any] = [None]
+        if topo.is_main or measure:
+            models, batches, source = resolve_time_models(
+                cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                device=self.device.type, log=self.log if (topo.is_main or measure) else (lambda m: None))
+            if measure:  # each worker measured its own device: one time model per worker (mixed hardware)
+                gathered: list[Any] = [None] * topo.world
+                dist.all_gather_object(gathered, models)
+                per_worker = [gathered[w * topo.group_size] for w in range(topo.workers)]
+                models = {r: [pw[r] for pw in per_worker] for r in models}
+                source = "measured per worker"
+            if topo.is_main:
+                box = [(build_plan(cfg, len(self.data.train), models, batches, source, log=self.log).to_dict(), source)]
+        dist.broadcast_object_list(box, src=0)  # every rank uses rank 0's plan, bit for bit
+        plan = plan_from_dict(box[0][0])
+        if plan.workers != topo.workers:
+            raise LaunchError(f"the plan is for {plan.workers} workers, the launch has {topo.workers}")
+        return plan, box[0][1]
+
+    def _write_run_files(self) -> None:
+        fresh = self.meta is None
+        if fresh:
+            self.dir.create()
+        engine_options(self.cfg, self.run_dir, resuming=not fresh)  # saves deepspeed_config.json of a new run
+        plan = {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
+                "ranks_per_worker": self.topo.group_size}
+        self.dir.write_setup(self.cfg, plan, self.spec, fresh=fresh)
+
+    # -- training
+
+    def train(self) -> dict[str, Any]:
+        """Run every remaining epoch; returns the summary (rank 0; the others get {})."""
+        self.setup()
+        cfg, topo, meta = self.cfg, self.topo, self.meta
+        if meta is not None and meta.get("status") == "finished":
+            self.log(f"{self.run_dir} already finished all {int(self.spec.epochs)} epochs")
+            return self.dir.read_summary() if topo.is_main else {}
+        finisher = self._open_finisher() if topo.is_main else None
+        dist.barrier()  # start the clocks together (W&B start-up on rank 0 is slow)
+        first = self.plan[self.spec.resolutions[0]]
+        # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
+        loader = share_loader_for(cfg.data, self.data.train, self.transform, resolutions=self.spec.resolutions,
+                                  worker=topo.worker, shares=first.shares, batch_size=first.batches[topo.worker],
+                                  resolution=self.spec.resolutions[0], seed=cfg.seed, epoch=self.start_epoch,
+                                  device=self.device)
+        sync = CollectiveSynchronizer(cfg.store.sync_every)
+        loop = WorkerLoop(engine=self.engine, synchronizer=sync, loader=loader, plan=self.plan, spec=self.spec,
+                          seed=cfg.seed, callbacks=callbacks_from_env(topo.rank))
+        loop.start(fresh=meta is None)
+        status = "finished"
+        try:
+            for report in loop.run(self.start_epoch):
+                self._finish_epoch(report, finisher)
+                loop.callbacks.on_checkpoint(loop, report.epoch)
+            dist.barrier()
+        except StopTraining as stop:
+            self.log(str(stop))
+            status = "stopped"
+            dist.barrier()
+        finally:
+            if finisher is not None:
+                finisher.logger.close()
+        if not topo.is_main:
+            return {}
+        if status != "finished":
+            status = "interrupted"
+            self.dir.set_checkpoint_status(status)
+        return finisher.summary(status, name=cfg.name, small_workers=self.plan.small, plan_source=self.plan_source)
+
+    def _open_finisher(self) -> EpochFinisher:
+        cfg, meta = self.cfg, self.meta
+        logger = Logger([MetricsWriter(self.run_dir, resume=meta is not None,
+                                       keep_through=self.start_epoch - 1)])
+        tracker = open_tracker(cfg, self.dir, resuming=meta is not None, tags=[cfg.engine], warn=self._log)
+        if tracker is not None:
+            logger.add(tracker)
+        eval_model = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels)
+        evaluate = Evaluator(eval_model, self.data.test, self.transform, batch_size=cfg.data.eval_batch_size,
+                             resolution=max(self.spec.resolutions), device=self.device)
+        return EpochFinisher(self.dir, self.spec, evaluate, logger, engine=cfg.engine, workers=self.topo.workers,
+                             ranks_per_worker=self.topo.group_size,
+                             wall_offset=float(meta["wall_time"]) if meta else 0.0,
+                             version_offset=int(meta["store_version"]) if meta else 0, log=self._log)
+
+    def _finish_epoch(self, report: EpochReport, finisher: EpochFinisher | None) -> None:
+        topo = self.topo
+        gathered: list[Any] = [None] * topo.world
+        dist.all_gather_object(gathered, report)
+        full = self.engine.full_state_dict()  # collective for sharded engines
+        folder = self.dir.epoch_folder(report.epoch)
+        if finisher is not None:
+            workers = [merge_members(gathered[w * topo.group_size:(w + 1) * topo.group_size])
+                       for w in range(topo.workers)]
+            record = finisher.finish(report.epoch, workers, full, report.version)
+            self._log(finisher.console_line(record))
+        dist.barrier()  # the folder exists (rank 0 wrote model.pt into it)
+        self.engine.save_worker_state(folder)
+        dist.barrier()
+        if finisher is not None:
+            finisher.commit()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
+    """`dbl-ps train` under a launcher: one line and exit status 2 for a bad launch."""
+    runner = CollectiveRunner(cfg, run_dir=resume or run_dir, resume=bool(resume))
+    try:
+        runner.train()
+        return 0
+    except (LaunchError, CheckpointError, FileExistsError) as err:
+        print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        runner.close()

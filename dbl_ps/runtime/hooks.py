@@ -1,0 +1,86 @@
+"""Test hooks, read from the environment once when a worker or rank starts and turned
+into callbacks on the loop's events (the loop itself never reads the environment):
+
+* `DBL_PS_FAIL_WORKER=W:E` makes worker W raise at the start of epoch E;
+  `W:E:kill` makes it SIGKILL itself there;
+* `DBL_PS_DUMP_SYNC=DIR`: each rank writes its state before and after its first sync;
+* `DBL_PS_STOP_AFTER_EPOCH=E`: every rank stops cleanly once epoch E's checkpoint is
+  written (as if the job had been killed there).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+from dbl_ps.training.events import Callback, StopTraining
+from dbl_ps.training.loop import EpochState, WorkerLoop
+
+__all__ = ["FAULT_ENV", "DUMP_ENV", "STOP_ENV", "callbacks_from_env", "FailWorker", "DumpFirstSync", "StopAfterEpoch"]
+
+FAULT_ENV = "DBL_PS_FAIL_WORKER"
+DUMP_ENV = "DBL_PS_DUMP_SYNC"
+STOP_ENV = "DBL_PS_STOP_AFTER_EPOCH"
+
+
+class FailWorker(Callback):
+    def __init__(self, worker: int, epoch: int, kill: bool):
+        self.worker, self.epoch, self.kill = worker, epoch, kill
+
+    def on_epoch_start(self, loop: WorkerLoop, epoch: int) -> None:
+        if loop.worker != self.worker or epoch != self.epoch:
+            return
+        if self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"injected failure of worker {self.worker} at epoch {epoch} ({FAULT_ENV})")
+
+
+class DumpFirstSync(Callback):
+    """This rank's merged tensors and its group's whole model, before and after the first sync."""
+
+    def __init__(self, folder: Path, rank: int):
+        self.folder, self.rank, self.done = folder, rank, False
+
+    def _dump(self, loop: WorkerLoop, state: EpochState, when: str) -> None:
+        engine = loop.engine
+        full_all = getattr(engine, "full_state_dict_all", None)
+        full = full_all() if callable(full_all) else {k: v.detach().cpu().clone()
+                                                      for k, v in engine.module.state_dict().items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save({"weight": state.weight, "worker": loop.worker, "member": loop.member,
+                    "local": [t.detach().cpu().clone() for t in engine.sync_tensors()], "full": full},
+                   self.folder / f"{when}_rank{self.rank}.pt")
+
+    def before_sync(self, loop: WorkerLoop, state: EpochState) -> None:
+        if not self.done:
+            self._dump(loop, state, "pre")
+
+    def after_sync(self, loop: WorkerLoop, state: EpochState) -> None:
+        if not self.done:
+            self._dump(loop, state, "post")
+            self.done = True
+
+
+class StopAfterEpoch(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_checkpoint(self, loop: WorkerLoop, epoch: int) -> None:
+        if epoch == self.epoch:
+            raise StopTraining(f"stopping after epoch {epoch} ({STOP_ENV})")
+
+
+def callbacks_from_env(rank: int) -> list[Callback]:
+    callbacks: list[Callback] = []
+    fault = os.environ.get(FAULT_ENV)
+    if fault:
+        parts = fault.split(":")
+        callbacks.append(FailWorker(int(parts[0]), int(parts[1]), kill=parts[2:] == ["kill"]))
+    if os.environ.get(DUMP_ENV):
+        callbacks.append(DumpFirstSync(Path(os.environ[DUMP_ENV]), rank))
+    if os.environ.get(STOP_ENV):
+        callbacks.append(StopAfterEpoch(int(os.environ[STOP_ENV])))
+    return callbacks

@@ -1,0 +1,18 @@
+"""The training core: one worker loop (`loop.WorkerLoop`) over two small interfaces,
+an `engine.Engine` (plain torch here; DeepSpeed and FSDP2 in `dbl_ps.integrations`) and a
+`sync.Synchronizer` (`dbl_ps.synchronizers`: the parameter store, torch.distributed);
+the epoch finisher (`finisher`), the run directory and checkpoint format (`rundir`),
+the plan/schedule set-up of a run (`setup`), and the messages and events between them."""
+
+from dbl_ps.training.engine import Engine, TorchEngine
+from dbl_ps.training.events import Callback, Callbacks, StopTraining
+from dbl_ps.training.finisher import EpochFinisher, Evaluator, epoch_record
+from dbl_ps.training.loop import EpochState, WorkerLoop
+from dbl_ps.training.messages import WORKER_KEYS, EpochReport, Progress
+from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
+from dbl_ps.training.sync import Synchronizer, SyncResult
+from dbl_ps.training.topology import LaunchError, Topology
+
+__all__ = ["Engine", "TorchEngine", "Callback", "Callbacks", "StopTraining", "EpochFinisher", "Evaluator",
+           "epoch_record", "EpochState", "WorkerLoop", "WORKER_KEYS", "EpochReport", "Progress", "CheckpointError",
+           "RunDirectory", "new_run_dir", "Synchronizer", "SyncResult", "LaunchError", "Topology"]

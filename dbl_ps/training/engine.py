@@ -1,0 +1,150 @@
+"""The Engine interface: how a worker computes a training step and keeps its state.
+
+An engine owns the worker's module and optimizer: one training step, the LR, the
+batch size (changed at resolution boundaries), what the collective merge averages,
+and the worker's own state in checkpoints (optimizer momentum, integer buffers).
+`TorchEngine` is plain torch; DeepSpeed and FSDP2 engines live in
+`dbl_ps.integrations` and override what differs. The same engines run in the store
+mode's worker processes and in every rank of a multi-rank job.
+
+Checkpoint layout (one per epoch, the same in every mode, `dbl_ps.training.rundir`):
+`checkpoints/epochNNNNN/model.pt` is the global model (written by the launcher or
+rank 0), and each engine writes its worker's own state next to it
+(`save_worker_state`): `worker<i>.pt` here, a sharded `optim_group<i>/` for FSDP.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dbl_ps.training.averaging import averaged_tensors
+from dbl_ps.training.topology import Topology
+
+__all__ = ["Engine", "TorchEngine", "sgd_for", "int_buffers", "atomic_save", "worker_state_file"]
+
+
+def sgd_for(module: nn.Module, cfg: Any) -> torch.optim.SGD:
+    """The workers' local optimizer: SGD with the run's optim settings."""
+    o = cfg.optim
+    return torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
+                           weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
+def int_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Integer buffers (BatchNorm's `num_batches_tracked`): never averaged, each worker keeps its own."""
+    return {k: b.detach().cpu().clone() for k, b in module.named_buffers() if not b.is_floating_point()}
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary name, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def worker_state_file(folder: Path, worker: int) -> Path:
+    return folder / f"worker{worker}.pt"
+
+
+class Engine:
+    """What the worker loop needs from a training engine. Subclasses set `module`,
+    `optimizer`, `device` and `topology` and override what differs."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    topology: Topology
+    loss_fn: nn.Module
+
+    # -- training
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns `(mean loss, logits)` of this rank's part of the batch,
+        detached and on the device (no host sync). The loss is taken in fp32."""
+        out = self.module(images)
+        loss = self.loss_fn(out.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), out.detach()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """The worker's batch changed (resolution boundary); engines that track it update here."""
+
+    def local_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of the worker's batch (all of it for one rank per worker)."""
+        return images, labels
+
+    # -- the merge
+
+    def sync_tensors(self) -> list[torch.Tensor]:
+        """The tensors a collective merge averages (local shards for sharded engines)."""
+        return averaged_tensors(self.module)
+
+    def sync_group(self) -> dist.ProcessGroup | None:
+        """The group across workers (None = the world: one rank per worker)."""
+        return None
+
+    def buffer_sync(self, weight: float) -> None:
+        """Average what `sync_tensors` does not cover (FSDP: buffers over the world)."""
+
+    def after_sync(self) -> None:
+        """The module now holds merged values: update engine copies (e.g. fp32 master weights)."""
+
+    # -- state
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model on the main rank (CPU tensors), None elsewhere; collective for sharded engines."""
+        if not self.topology.is_main:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+    def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Every rank: the module := a whole-model state dict (model.pt of a checkpoint)."""
+        self.module.load_state_dict(state)
+        self.after_sync()
+
+    def save_worker_state(self, folder: Path) -> None:
+        """This worker's own state (optimizer momentum, integer buffers) into the epoch's folder."""
+        if self.topology.member == 0:
+            atomic_save({"optimizer": self.optimizer.state_dict(), "int_buffers": int_buffers(self.module)},
+                        worker_state_file(folder, self.topology.worker))
+
+    def load_worker_state(self, folder: Path, saved_workers: int) -> bool:
+        """Restore what `save_worker_state` wrote; False (fresh momentum) when the checkpoint
+        had another number of workers (the run was re-planned) or lacks this worker's file."""
+        path = worker_state_file(folder, self.topology.worker)
+        if saved_workers != self.topology.workers or not path.is_file():
+            return False
+        own = torch.load(path, map_location="cpu", weights_only=False)
+        buffers = dict(self.module.named_buffers())
+        for name, value in own["int_buffers"].items():
+            buffers[name].copy_(value)
+        self.load_optimizer_state(own["optimizer"])
+        self.after_sync()  # loading may restore masters saved before the last merge
+        return True
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class TorchEngine(Engine):
+    """A plain module + SGD: what `engine: torch` means."""
+
+    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topology: Topology):
+        self.module = module.to(device)
+        self.device = device
+        self.topology = topology
+        self.optimizer = sgd_for(self.module, cfg)
+        self.loss_fn = nn.CrossEntropyLoss()

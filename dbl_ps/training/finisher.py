@@ -1,0 +1,146 @@
+"""The epoch finisher: what happens once every worker has reported a global epoch.
+
+Used by the store mode's launcher and by rank 0 of a multi-rank job alike:
+
+1. evaluate the global model on the test set at the highest resolution;
+2. build the one epoch record (the same keys in every mode and engine) and log it
+   through the logger fan-out (metrics.jsonl, W&B when enabled, ...);
+3. write the global model into the epoch's checkpoint folder; `commit` then names
+   the folder in checkpoint.json once the workers' own state files are there too;
+4. at the end, `summary.json`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dbl_ps.data import Split, eval_batches
+from dbl_ps.data.transforms import BatchTransform
+from dbl_ps.metrics import Logger, read_metrics
+from dbl_ps.schedule import ScheduleSpec, schedule_at
+from dbl_ps.training.messages import EpochReport
+from dbl_ps.training.rundir import RunDirectory
+
+__all__ = ["Evaluator", "EpochFinisher", "epoch_record"]
+
+
+class Evaluator:
+    """Test loss and top-1 of a whole-model state dict, at one resolution."""
+
+    def __init__(self, model: nn.Module, test: Split, transform: BatchTransform, *, batch_size: int, resolution: int,
+                 device: torch.device):
+        self.model = model.to(device)
+        self.test, self.transform = test, transform
+        self.batch_size, self.resolution, self.device = batch_size, resolution, device
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        self.model.load_state_dict(state)
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        count = 0
+        with torch.no_grad():
+            for images, labels in eval_batches(self.test, self.transform, self.batch_size, self.resolution,
+                                               device=self.device):
+                out = self.model(images).float()
+                loss_sum += nn.functional.cross_entropy(out, labels, reduction="sum").double()
+                correct += (out.argmax(1) == labels).sum()
+                count += labels.shape[0]
+        return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+
+
+def epoch_record(epoch: int, spec: ScheduleSpec, workers: list[EpochReport], *, wall_time: float,
+                 store_version: int, test_loss: float, test_acc: float, eval_seconds: float) -> dict[str, Any]:
+    """The metrics record of one global epoch (without the `epoch` key, which the logger adds)."""
+    point = schedule_at(epoch, spec)
+    samples = sum(r.samples for r in workers)
+    return {
+        "wall_time": wall_time,
+        "lr": point.lr,
+        "resolution": point.resolution,
+        "dropout": point.dropout,
+        "store_version": store_version,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "eval_seconds": eval_seconds,
+        "train_loss": sum(r.loss * r.samples for r in workers) / max(samples, 1),
+        "train_acc": sum(r.acc * r.samples for r in workers) / max(samples, 1),
+        "samples": samples,
+        "samples_per_s": sum(r.samples_per_s for r in workers),
+        "sync_seconds": max(r.sync_seconds for r in workers),
+        "wait_seconds": max(r.wait_seconds for r in workers),
+        "workers": [r.to_record() for r in workers],
+    }
+
+
+class EpochFinisher:
+    """Evaluates, records and checkpoints each global epoch of one run (launcher or rank 0)."""
+
+    def __init__(self, run_dir: RunDirectory, spec: ScheduleSpec, evaluate: Evaluator, logger: Logger, *,
+                 engine: str, workers: int, ranks_per_worker: int = 1, wall_offset: float = 0.0,
+                 version_offset: int = 0, log: Callable[[str], None] = print):
+        self.run_dir, self.spec, self.evaluate, self.logger = run_dir, spec, evaluate, logger
+        self.engine, self.workers, self.ranks_per_worker = engine, workers, ranks_per_worker
+        self.wall_offset, self.version_offset = wall_offset, version_offset
+        self.log = log
+        self.t0 = time.perf_counter()
+        self.last: dict[str, Any] | None = None  # the last checkpoint's metadata
+
+    def wall_time(self) -> float:
+        """Seconds of training so far (a resumed run continues from its checkpoint's; pauses do not count)."""
+        return self.wall_offset + time.perf_counter() - self.t0
+
+    def finish(self, epoch: int, reports: list[EpochReport], model_state: dict[str, torch.Tensor],
+               version: int) -> dict[str, Any]:
+        """Evaluate and log epoch `epoch`; write its global model. Returns the record."""
+        wall = self.wall_time()
+        started = time.perf_counter()
+        test_loss, test_acc = self.evaluate(model_state)
+        record = epoch_record(epoch, self.spec, reports, wall_time=wall, store_version=self.version_offset + version,
+                              test_loss=test_loss, test_acc=test_acc, eval_seconds=time.perf_counter() - started)
+        self.logger.log(epoch, record)
+        self.run_dir.save_model(epoch, model_state)
+        self.last = {"epoch": epoch, "next_epoch": epoch + 1, "wall_time": wall,
+                     "store_version": self.version_offset + version, "workers": self.workers,
+                     "ranks_per_worker": self.ranks_per_worker, "engine": self.engine, "test_acc": test_acc,
+                     "status": "finished" if epoch == int(self.spec.epochs) - 1 else "running"}
+        return {"epoch": epoch, **record}
+
+    def commit(self) -> None:
+        """checkpoint.json := the last finished epoch (every file of its folder is written)."""
+        assert self.last is not None
+        self.run_dir.commit_checkpoint(self.last)
+
+    def console_line(self, record: dict[str, Any]) -> str:
+        return (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  "
+                f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  test loss {record['test_loss']:.4f}  "
+                f"test acc {record['test_acc']:.4f}  {record['samples_per_s']:,.0f} samples/s  "
+                f"t {record['wall_time']:.1f}s")
+
+    def summary(self, status: str, **extra: Any) -> dict[str, Any]:
+        """summary.json from metrics.jsonl (every epoch of the run, resumed parts included)."""
+        evals = [r for r in read_metrics(self.run_dir.path) if isinstance(r.get("test_acc"), (int, float))]
+        last = evals[-1] if evals else {}
+        seconds = sum(r["wall_time"] - p["wall_time"] for p, r in zip([{"wall_time": 0.0}] + evals, evals))
+        summary = {
+            "run_dir": str(self.run_dir.path),
+            "status": status,
+            "method": self.spec.method,
+            "engine": self.engine,
+            "workers": self.workers,
+            "ranks_per_worker": self.ranks_per_worker,
+            "epochs": len(evals),
+            "final_test_acc": last.get("test_acc"),
+            "best_test_acc": max(r["test_acc"] for r in evals) if evals else None,
+            "final_test_loss": last.get("test_loss"),
+            "wall_time": last.get("wall_time"),
+            "samples_per_s": sum(r["samples"] for r in evals) / seconds if evals and seconds > 0 else None,
+            "store_version": last.get("store_version"),
+            **extra,
+        }
+        self.run_dir.write_summary(summary)
+        return summary

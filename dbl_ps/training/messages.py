@@ -1,0 +1,92 @@
+"""What a worker tells whoever runs the job (the launcher, or rank 0), as dataclasses.
+
+In the store mode they travel through a multiprocessing queue; in the multi-rank
+mode `EpochReport`s are gathered with `all_gather_object`. Either way the epoch
+finisher receives the same objects and writes the same metric keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["EpochReport", "Progress", "WorkerFinished", "WorkerStopped", "WorkerFailed", "WORKER_KEYS",
+           "merge_members"]
+
+# The per-worker keys of every epoch record in metrics.jsonl, in every mode and engine.
+WORKER_KEYS = ("worker", "loss", "acc", "batch", "resolution", "samples", "steps", "syncs", "samples_per_s",
+               "seconds", "wait_seconds", "sync_seconds", "weight", "version")
+
+
+@dataclass
+class EpochReport:
+    """One worker's (or one rank's) statistics for one global epoch."""
+
+    worker: int
+    epoch: int
+    loss: float  # mean training loss over the epoch's samples
+    acc: float  # training top-1 over the epoch's samples
+    batch: int
+    resolution: int
+    samples: int
+    steps: int
+    syncs: int  # pushes (store) or merges (collective) this epoch
+    seconds: float  # the whole epoch, syncs included
+    wait_seconds: float  # waiting for other workers at syncs (bsp round, ssp bound, barrier)
+    sync_seconds: float  # the merge itself (push + pull, or the all-reduce)
+    weight: float  # merge weight f_i
+    version: int  # the global state's version after the last sync (store rounds/updates, or merges)
+    member: int = 0  # rank inside a worker group (FSDP); 0 otherwise
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+    def to_record(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["samples_per_s"] = self.samples_per_s
+        return {k: data[k] for k in WORKER_KEYS}
+
+
+def merge_members(members: list[EpochReport]) -> EpochReport:
+    """One worker's report from its group members' (each saw a slice of every batch)."""
+    first = members[0]
+    samples = sum(m.samples for m in members)
+    return EpochReport(
+        worker=first.worker, epoch=first.epoch,
+        loss=sum(m.loss * m.samples for m in members) / max(samples, 1),
+        acc=sum(m.acc * m.samples for m in members) / max(samples, 1),
+        batch=first.batch, resolution=first.resolution, samples=samples, steps=first.steps, syncs=first.syncs,
+        seconds=max(m.seconds for m in members), wait_seconds=max(m.wait_seconds for m in members),
+        sync_seconds=max(m.sync_seconds for m in members), weight=first.weight, version=first.version)
+
+
+@dataclass
+class Progress:
+    """Where a worker is inside an epoch (for progress bars)."""
+
+    worker: int
+    epoch: int
+    step: int
+    steps: int
+    batch: int
+    resolution: int
+    samples_per_s: float
+
+
+@dataclass
+class WorkerFinished:
+    worker: int
+
+
+@dataclass
+class WorkerStopped:
+    """The worker stopped because it was asked to (or its launcher or store went away)."""
+
+    worker: int
+
+
+@dataclass
+class WorkerFailed:
+    worker: int
+    traceback: str

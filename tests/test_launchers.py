@@ -1,0 +1,100 @@
+"""One front door, one run format: `dbl-ps train` under torchrun with every engine available
+here writes the same run directory (files and metric keys) as `dbl-ps train` on one
+machine, and `dbl-ps report` and `--resume` work on it.
+
+Each multi-rank run is stopped after epoch 1 (as if killed there, `DBL_PS_STOP_AFTER_EPOCH`)
+and resumed to the end with `torchrun ... -m dbl_ps train --resume RUN_DIR`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbl_ps.metrics import read_metrics
+from dbl_ps.training.messages import WORKER_KEYS
+from launch_helpers import RUN, free_port
+
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+# Files whose presence depends on the engine, not on the mode.
+ENGINE_FILES = {"deepspeed_config.json"}
+
+
+def env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+
+
+def torchrun(nproc: int, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(free_port()), "-m", "dbl_ps", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env(**extra))
+
+
+def files(run_dir: Path) -> set[str]:
+    return {p.name for p in run_dir.iterdir()} - ENGINE_FILES
+
+
+def keys(run_dir: Path) -> tuple[set[str], set[str]]:
+    records = read_metrics(run_dir)
+    top = set().union(*(set(r) for r in records))
+    workers = set().union(*(set(w) for r in records for w in r["workers"]))
+    return top, workers
+
+
+@pytest.fixture(scope="module")
+def store_run(tmp_path_factory) -> Path:
+    """The reference: the same config on one machine (parameter store + worker processes)."""
+    run_dir = tmp_path_factory.mktemp("store") / "run"
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *RUN],
+                          capture_output=True, text=True, timeout=300, env=env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return run_dir
+
+
+ENGINES = [
+    pytest.param(2, ["engine=torch"], id="torch"),
+    pytest.param(2, ["engine=deepspeed"], id="deepspeed",
+                 marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")),
+    pytest.param(2, ["engine=fsdp", "fsdp.ranks_per_worker=1"], id="fsdp-1-rank-per-worker"),
+    pytest.param(4, ["engine=fsdp", "fsdp.ranks_per_worker=2"], id="fsdp-2-ranks-per-worker"),
+]
+
+
+@pytest.mark.parametrize("nproc,engine", ENGINES)
+def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, store_run: Path, nproc: int,
+                                                               engine: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    proc = torchrun(nproc, "--run-dir", str(run_dir), *RUN, *engine, DBL_PS_STOP_AFTER_EPOCH="1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((run_dir / "checkpoint.json").read_text())["next_epoch"] == 2
+    proc = torchrun(nproc, "--resume", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming" in proc.stderr
+
+    # the same files and the same metric keys as the store-mode run of the same config
+    assert files(run_dir) == files(store_run)
+    assert keys(run_dir) == keys(store_run)
+    assert keys(run_dir)[1] == set(WORKER_KEYS)
+    records = read_metrics(run_dir)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]  # resumed, no epoch twice
+    assert records[-1]["test_acc"] >= 0.7, records[-1]  # chance is 0.1
+    batches = [w["batch"] for w in records[-1]["workers"]]
+    assert batches[0] < batches[1]  # worker 0 is the small-batch one
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    store_summary = json.loads((store_run / "summary.json").read_text())
+    assert meta["status"] == summary["status"] == "finished" and summary["epochs"] == 4
+    assert set(store_summary) - {"server"} <= set(summary)  # server: the store's own statistics
+    assert (run_dir / "checkpoints" / "epoch00003" / "model.pt").is_file()
+
+    # dbl-ps report reads it like any run
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "report", str(run_dir), str(store_run), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120, env=env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any(out.glob("*.png")) and any(out.glob("*.md"))
