@@ -29,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from dbl_ps.models import build_model
 from dbl_ps.planner import TimeModel, fit_time_model
 
 
@@ -251,7 +255,6 @@ def make_train_step(
     lr: float = 0.01,
 ) -> Callable[[], None]:
     """A closure doing one real SGD training step of ``model`` on a fixed synthetic batch."""
-    import torch
 
     x = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
@@ -312,7 +315,6 @@ def measure_grid(
 
 
 def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in_channels: int) -> Callable[[int], bool]:
-    import torch
 
     def fits(batch_size: int) -> bool:
         # No cuDNN autotuning while probing: it would time every algorithm at every probed
@@ -366,7 +368,6 @@ def calibrate(
     step time stops being linear) once activations outgrow the caches, so a larger
     "largest batch" would be slower per sample, which breaks DBSL's premise.
     """
-    import torch
 
     if not resolutions:
         raise ValueError("resolutions is empty; give e.g. 24,32")
@@ -422,10 +423,6 @@ def _calibrate(
     statistic: str,
     progress: bool,
 ) -> Calibration:
-    import torch
-    from tqdm import tqdm
-
-    from dbl_ps.models import build_model
 
     torch.manual_seed(0)
     on_gpu = device.startswith("cuda")

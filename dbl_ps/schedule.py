@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dbl_ps.planner import PAPER_BATCH_LARGE, PAPER_TIME_MODELS, make_plan
+
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
@@ -267,8 +269,6 @@ def _preset(
     tau: float,
     dataset_size: int,
 ) -> ScheduleSpec:
-    from dbl_ps.planner import PAPER_BATCH_LARGE, PAPER_TIME_MODELS, make_plan
-
     if method not in METHODS:
         raise ValueError(f"method={method!r} must be one of {', '.join(METHODS)}")
     if method in ("baseline", "dbsl"):

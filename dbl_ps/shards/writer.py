@@ -32,7 +32,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from dbl_ps import __version__
+from dbl_ps.data import sources as S
+from dbl_ps.data.transforms import resize_batch, to_float
 from dbl_ps.shards.codec import EXTENSIONS, FORMATS, encode_image
 from dbl_ps.shards.errors import ShardError
 from dbl_ps.shards.index import FORMAT, INDEX_FILE, VERSION, ShardIndex, sample_key, sha256_file
@@ -89,10 +93,6 @@ class ShardJob:
 
 
 def _resized_tensor(images: np.ndarray, side: int) -> np.ndarray:
-    import torch
-
-    from dbl_ps.data.transforms import resize_batch, to_float
-
     x = resize_batch(to_float(torch.from_numpy(images)), side)
     return x.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
@@ -122,12 +122,7 @@ def run_job(job: ShardJob) -> list[dict[str, Any]]:
     """Write one shard at every resolution; returns the index entries (resolution-tagged)."""
     import webdataset as wds
 
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    torch.set_num_threads(1)
     resolutions = sorted(job.sides)
     n = len(job.labels)
     if job.images is not None:
@@ -192,8 +187,6 @@ def _subset_ids(n: int, limit: int | None, seed: int) -> np.ndarray:
 
 
 def _load_source(source: str, path: str | None, limit: int | None) -> _Source:
-    from dbl_ps.data import sources as S
-
     if source == "imagefolder":
         root = Path(path or "")
         train_dir = root / "train"
@@ -336,7 +329,6 @@ def write_shards(source: str, path: str | None, resolutions: Sequence[int], out:
             sets[str(r)] = {"side": side, "bytes": sum(e["bytes"] for e in entries),
                             "shards": [{k: e[k] for k in ("file", "first", "samples", "bytes", "sha256")} for e in entries]}
         splits[split] = {"samples": int(len(labels)), "labels": [int(v) for v in labels], "sets": sets}
-    from dbl_ps import __version__
 
     index = {"format": FORMAT, "version": VERSION, "source": src.name, "source_path": params["path"],
              "num_classes": src.num_classes, "classes": src.classes, "channels": src.channels,
