@@ -503,7 +503,7 @@ class Trainer:
     # ------------------------------------------------------------------ summary
 
     def _summary(self) -> dict[str, Any]:
-        from dbl_ps.metrics import read_metrics
+        from dbl_ps.metrics import read_metrics, strict_dumps
 
         records = read_metrics(self.run_dir)
         evals = [r for r in records if isinstance(r.get("test_acc"), (int, float))]
@@ -525,7 +525,7 @@ class Trainer:
             "server": getattr(self, "_server_stats", None),
             "plan_source": self.plan_source,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (self.run_dir / "summary.json").write_text(strict_dumps(summary, indent=2) + "\n")
         return summary
 
     def _print_summary(self, s: dict[str, Any]) -> None:
