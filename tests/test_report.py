@@ -239,6 +239,16 @@ def test_write_report(runs, tmp_path):
         write_report([], tmp_path / "empty")
 
 
+def test_report_summary_is_strict_json_for_a_diverged_run(tmp_path):
+    run_dir = tmp_path / "nan"
+    run_dir.mkdir()
+    # A metrics file as runs before strict JSON wrote it: bare NaN tokens.
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.1, "test_loss": NaN, "wall_time": 1.0}\n')
+    path = write_report([run_dir], tmp_path / "report")
+    (row,) = strict_loads((path.parent / "summary.json").read_text())
+    assert row["final_acc"] == 0.1 and row["final_loss"] is None
+
+
 def test_worker_times_are_drawn_against_the_plan(tmp_path, runs):
     run_dir = tmp_path / "dbsl"
     run_dir.mkdir()
