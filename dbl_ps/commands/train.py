@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +29,12 @@ def run(args: argparse.Namespace) -> int:
         return error("--resume RUN_DIR takes the config from the run directory; give no --config, --run-dir or overrides")
     try:
         overrides = [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])]
-        cfg = None if args.resume else load_config(args.config, overrides)
+        notes: list[str] = []
+        cfg = None if args.resume else load_config(args.config, overrides, notes=notes)
     except ConfigError as exc:
         return error(str(exc))
+    for note in notes:  # values that followed an override (e.g. milestones scaled to schedule.epochs)
+        print(f"dbl-ps train: {note}", flush=True)
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
 
 
@@ -40,17 +44,25 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     from dbl_ps.config import ConfigError
     from dbl_ps.data import DataError
     from dbl_ps.planner import InfeasiblePlanError
+    from dbl_ps.run_dirs import run_dir_problem
     from dbl_ps.runtime import StoreSetupError, Trainer, TrainingInterrupted, WorkerError
     from dbl_ps.runtime.checkpoint import CheckpointError
 
+    if run_dir is not None and not resume:  # before the data is loaded or any time measured
+        problem = run_dir_problem(Path(run_dir))
+        if problem is not None:
+            return error(problem)
+    trainer = None
     try:
         trainer = Trainer.resume(resume, progress=progress) if resume else Trainer(cfg, run_dir, progress=progress)
         trainer.prepare()
     except KeyboardInterrupt:
         print("dbl-ps train: interrupted before training started; nothing to resume", file=sys.stderr)
+        _remove_new_run_dir(trainer, run_dir, resume)
         return 130
     except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError,
             MissingExtraError) as exc:
+        _remove_new_run_dir(trainer, run_dir, resume)
         return error(str(exc))
     try:
         trainer.train()
@@ -67,3 +79,12 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         print("dbl-ps train: interrupted while stopping; the last complete epoch's checkpoint is kept", file=sys.stderr)
         return 130
     return 0
+
+
+def _remove_new_run_dir(trainer, run_dir, resume) -> None:
+    from dbl_ps.run_dirs import remove_if_empty
+
+    # A run directory named by the launcher is created empty when the trainer is made (so
+    # that it is unique); a run that fails before writing into it leaves nothing behind.
+    if trainer is not None and run_dir is None and not resume:
+        remove_if_empty(trainer.run_dir)

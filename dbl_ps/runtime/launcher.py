@@ -55,12 +55,11 @@ class TrainingInterrupted(RuntimeError):
 
 
 def new_run_dir(cfg: Any) -> Path:
-    """`out_dir/<name>-<YYYYmmdd-HHMMSS>` (a suffix is added if it exists)."""
-    base = Path(cfg.out_dir) / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = Path(f"{base}-{n}"), n + 1
-    return path
+    """`out_dir/<name>-<YYYYmmdd-HHMMSS>`, created empty here (`-1`, `-2`, ... when taken)
+    so that runs started in the same second never get the same directory."""
+    from dbl_ps.run_dirs import create_unique_dir
+
+    return create_unique_dir(Path(cfg.out_dir), f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
 class Trainer:
