@@ -106,6 +106,7 @@ class Trainer:
             return
         import torch
 
+        from dbl_ps.config import check_workers_fit
         from dbl_ps.data import build_transform, load_dataset
         from dbl_ps.models import build_model
         from dbl_ps.runtime.flat import FlatState
@@ -124,6 +125,7 @@ class Trainer:
             ShardIndex.load(cfg.data.path).check_resolutions(cfg.schedule.resolutions)
         self.transform = build_transform(cfg.data, self.data)
         n = len(self.data.train)
+        check_workers_fit(cfg, n)  # before any time is measured
         plan_file = self.run_dir / "plan.json"
         if self.resuming:
             self.plan = plan_from_dict(json.loads(plan_file.read_text()))
@@ -433,7 +435,7 @@ class Trainer:
     def _interrupt_message(self) -> str:
         name = signal.Signals(self._signal).name if self._signal else "signal"
         if self.last_complete >= 0:
-            return (f"{name}: stopped after epoch {self.last_complete}; checkpoint written. "
+            return (f"{name}: stopped after epoch {self.last_complete + 1}; checkpoint written. "
                     f"Continue with: dbl-ps train --resume {self.run_dir}")
         return f"{name}: stopped before the first epoch completed; no checkpoint to resume from"
 
