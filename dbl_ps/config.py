@@ -267,8 +267,9 @@ class RunConfig:
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
     engine: Literal["torch", "deepspeed"] = _f("torch", help="each worker's training engine: plain torch SGD, or a "
                                                "DeepSpeed engine (needs the [deepspeed] extra)")
-    deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or a name in "
-                                                 "configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1); null = fp32, no ZeRO")
+    deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or the name of one shipped "
+                                                 "in dbl_ps/configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1; "
+                                                 "`dbl-ps configs` lists them); null = fp32, no ZeRO")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
