@@ -244,6 +244,65 @@ def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int 
 # --------------------------------------------------------------------------- torch parts
 
 
+def activation_bytes(model_name: str, batch_size: int, resolution: int, *, num_classes: int, in_channels: int) -> int:
+    """Bytes of the layer outputs that one forward pass of ``model_name`` at ``batch_size``
+    images of ``resolution`` px keeps for the backward pass (in-place layers add none).
+    Computed on torch's meta device: shapes only, no memory used and nothing run, so it
+    is safe at any size; a lower bound on the memory a training step needs."""
+    import torch
+
+    from dbl_ps.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_name, num_classes, in_channels=in_channels)
+    total = 0
+
+    def count(module: Any, inputs: Any, output: Any) -> None:
+        nonlocal total
+        if isinstance(output, torch.Tensor) and not getattr(module, "inplace", False):
+            total += output.numel() * output.element_size()
+
+    for module in model.modules():
+        if not list(module.children()):
+            module.register_forward_hook(count)
+    model.train()(torch.empty(batch_size, in_channels, resolution, resolution, device="meta"))
+    return total
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """Total memory of ``device`` (a GPU's, or the machine's RAM for the CPU); None when
+    this platform does not say."""
+    import os
+
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return None
+
+
+def check_fits_memory(model_name: str, resolutions: Sequence[int], batch_size: int, *, device: str,
+                      num_classes: int, in_channels: int) -> None:
+    """Refuse, before anything is allocated, a resolution at which the activations of one
+    step at ``batch_size`` alone exceed the device's total memory: e.g. a typo such as
+    100000 px would otherwise try to allocate terabytes (or be killed for it)."""
+    memory = device_memory_bytes(device)
+    if memory is None:
+        return
+    for r in sorted(resolutions):
+        need = activation_bytes(model_name, batch_size, r, num_classes=num_classes, in_channels=in_channels)
+        if need > memory:
+            where = "the GPU" if device.startswith("cuda") else "this machine"
+            raise ValueError(
+                f"resolution {r} px: one training step of {model_name} at batch {batch_size} needs at least "
+                f"{need / 2**30:,.1f} GiB for its activations, more than the {memory / 2**30:,.1f} GiB of memory of "
+                f"{where}; give smaller resolutions (the paper uses 24-288 px)"
+                + ("" if device.startswith("cuda") else " or a smaller --batch-cap / --batch-sizes"))
+
+
 def make_train_step(
     model: Any,
     batch_size: int,
@@ -390,6 +449,13 @@ def calibrate(
         raise ValueError(f"warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
     if batch_sizes is not None and any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes={list(batch_sizes)} must all be >= 1")
+    # The step that must fit: batch 1 on a GPU (the out-of-memory probe starts there and
+    # stops at the edge), the largest batch of the grid on the CPU (it is simply run).
+    if device.startswith("cuda"):
+        largest = 1
+    else:
+        largest = max((b for b in batch_sizes or () if b <= batch_cap), default=batch_cap)
+    check_fits_memory(model_name, resolutions, largest, device=device, num_classes=num_classes, in_channels=in_channels)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

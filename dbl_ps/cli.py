@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("dbl_ps.commands.compare", "run baseline, DBSL, CPL and hybrid on one config and write one report"),
     "report": ("dbl_ps.commands.report", "plots and a table (ratios to a baseline) for existing run directories"),
     "shard": ("dbl_ps.commands.shard", "pre-encode a data source into webdataset shards, one set per resolution"),
+    "configs": ("dbl_ps.commands.configs", "list the configs shipped in the package, print or copy one"),
 }
 
 

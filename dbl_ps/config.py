@@ -10,6 +10,13 @@ the value and what is allowed.
     cfg = RunConfig()                      # the embedded default: DBSL+CPL on digits, CPU
     cfg = RunConfig.from_dict(cfg.to_dict())
 
+Values the user did not set follow the ones they did, so one override is enough:
+`schedule.epochs=4` alone scales the milestones, `schedule.resolutions=[24,32]`
+alone derives the dropout rates and largest batches of the new resolutions (the
+rules are in `_follow`; `load_config(..., notes=[])` collects one line per derived
+value). A config name without a path (`cifar100_resnet18`) is a config shipped in
+the package (`dbl_ps/configs`, listed by `dbl-ps configs`).
+
 Type annotations are the schema: `int`, `float`, `bool`, `str`, `Literal[...]`,
 `list[T]`, `X | None` and nested config dataclasses. Range limits live in each
 field's metadata (`ge`, `gt`, `le`, `lt`); rules that involve more than one
@@ -22,6 +29,7 @@ import copy
 import dataclasses
 import difflib
 import json
+import math
 import re
 import types
 import typing
@@ -47,6 +55,7 @@ __all__ = [
     "apply_overrides",
     "parse_override",
     "per_resolution",
+    "check_workers_fit",
     "SOURCES",
     "MODELS",
 ]
@@ -275,8 +284,9 @@ class RunConfig:
     engine: Literal["torch", "deepspeed", "fsdp"] = _f(
         "torch", help="each worker's training engine: plain torch SGD, a DeepSpeed engine (needs the [deepspeed] "
                       "extra), or FSDP2 groups of ranks (under torchrun only)")
-    deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or a name in "
-                                                 "configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1); null = fp32, no ZeRO")
+    deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or the name of one shipped "
+                                                 "in dbl_ps/configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1; "
+                                                 "`dbl-ps configs` lists them); null = fp32, no ZeRO")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -313,6 +323,12 @@ class RunConfig:
                 raise _bad(key, values, f"1 value or one per resolution ({len(res)} values for schedule.resolutions={res})")
         if self.data.image_size is not None and self.data.source == "imagefolder" and self.data.image_size < max(self.schedule.resolutions):
             raise _bad("data.image_size", self.data.image_size, f"at least the largest resolution, {max(self.schedule.resolutions)}")
+        # Every worker needs at least one training sample; where the config alone fixes the
+        # training-set size this is known now (the data files are checked by check_workers_fit).
+        if self.data.train_limit is not None:
+            check_workers_fit(self, self.data.train_limit, "data.train_limit")
+        if self.data.source == "synthetic":
+            check_workers_fit(self, self.data.synthetic.num_train, "data.synthetic.num_train")
 
     # -- conversion
 
@@ -350,6 +366,15 @@ class RunConfig:
             return None
         res = self.schedule.resolutions
         return list(zip(per_resolution(self.dbl.alpha, res), per_resolution(self.dbl.beta, res)))
+
+
+def check_workers_fit(cfg: RunConfig, train_samples: int, source: str = "the training set") -> None:
+    """Refuse more workers than training samples (each worker trains on its own share of
+    the data): one ConfigError naming `dbl.workers`. `source` says where the count comes
+    from. The launcher calls it once the data is loaded, before any time is measured."""
+    if cfg.dbl.workers > train_samples:
+        raise _bad("dbl.workers", cfg.dbl.workers, f"at most {train_samples}, the number of training samples "
+                   f"({source}); every worker trains on its own share of the data")
 
 
 # --------------------------------------------------------------------------- schema walking
@@ -577,6 +602,233 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+# --------------------------------------------------------------------------- YAML
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first_line: int):
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first_line}); a key may appear once per section")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping with the same key twice is an error:
+    PyYAML silently keeps the last one, so a config edited in two places would run with
+    whichever value happens to come last."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges are meant to be overridden
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+# --------------------------------------------------------------------------- values that follow an override
+
+_MISSING = object()
+
+
+def _get(data: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
+
+
+def _put(data: dict, key: str, value: Any) -> None:
+    *sections, leaf = key.split(".")
+    for part in sections:
+        data = data[part]
+    data[leaf] = value
+
+
+def _set_keys(value: Any, key: str) -> set[str]:
+    """`key` and, when `value` is a section (a mapping of names), every dotted key in it:
+    the keys that setting `key` to `value` sets."""
+    keys = {key}
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        for name, item in value.items():
+            keys |= _set_keys(item, f"{key}.{name}")
+    return keys
+
+
+def _merge(base: Any, layer: Any) -> Any:
+    """`layer` over `base`, section by section (a value in `layer` replaces the whole entry)."""
+    if not (isinstance(base, Mapping) and isinstance(layer, Mapping)):
+        return copy.deepcopy(layer)
+    out = copy.deepcopy(dict(base))
+    for name, value in layer.items():
+        out[name] = _merge(out[name], value) if isinstance(out.get(name), Mapping) and _is_section(out[name]) else copy.deepcopy(value)
+    return out
+
+
+def _is_section(value: Mapping) -> bool:
+    # Sections have string keys; per-resolution mappings ({24: 0.1}) are values.
+    return all(isinstance(k, str) for k in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _scale_milestones(milestones: list[int], old_epochs: int, new_epochs: int) -> list[int]:
+    """Each milestone at the same fraction of the run (rounded), kept only while it is a
+    valid LR drop (1 .. new_epochs - 1) and later than the previous one."""
+    out: list[int] = []
+    for m in milestones:
+        scaled = math.floor(m * new_epochs / old_epochs + 0.5)
+        if 1 <= scaled <= new_epochs - 1 and (not out or scaled > out[-1]):
+            out.append(scaled)
+    return out
+
+
+def _by_resolution(value: Any, resolutions: list[int]) -> dict[int, Any] | None:
+    """A per-resolution value as {px: value} over `resolutions`, or None when it is not
+    one (null, one value for all, or malformed: validation reports that)."""
+    if isinstance(value, Mapping):
+        table = {}
+        for k, v in value.items():
+            if isinstance(k, str) and k.strip().isdigit():  # JSON keys
+                k = int(k)
+            if not _is_int(k) or not _is_number(v):
+                return None
+            table[k] = v
+        return table or None
+    if isinstance(value, list) and len(value) == len(resolutions) > 1 and all(_is_number(v) for v in value):
+        return dict(zip(resolutions, value))
+    return None
+
+
+def _needs_follow(value: Any, resolutions: list[int]) -> bool:
+    """Whether a per-resolution value was written for other resolutions: a list of one
+    value per resolution, or a mapping that lacks one of `resolutions` (a mapping that
+    covers them keeps its extra entries; one value applies to any resolutions)."""
+    if isinstance(value, Mapping):
+        keys = {int(k) if isinstance(k, str) and k.strip().isdigit() else k for k in value}
+        return not all(r in keys for r in resolutions)
+    return isinstance(value, list) and len(value) > 1
+
+
+def _dropout_by_position(table: dict[int, float], resolutions: list[int]) -> dict[int, float]:
+    """Dropout rises with the resolution inside a CPL climb: the lowest new resolution
+    gets the lowest one's rate, the highest the highest's, the ones between are
+    interpolated by position in the climb. One resolution (no CPL) gets the highest's."""
+    rates = [table[r] for r in sorted(table)]
+    out = {}
+    for i, r in enumerate(resolutions):
+        pos = (len(rates) - 1) * (i / (len(resolutions) - 1) if len(resolutions) > 1 else 1.0)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(rates) - 1)
+        out[r] = round(rates[lo] + (rates[hi] - rates[lo]) * (pos - lo), 6)
+    return out
+
+
+def _batch_by_area(table: dict[int, int], resolutions: list[int]) -> dict[int, int]:
+    """A resolution the table lacks gets the largest batch of the nearest one it has
+    (ties: the larger, giving the smaller batch) scaled by (r0 / r)^2: activation memory
+    per image grows with its area."""
+    out = {}
+    for r in resolutions:
+        if r in table:
+            out[r] = table[r]
+            continue
+        r0 = min(table, key=lambda k: (abs(k - r), -k))
+        out[r] = max(1, math.floor(table[r0] * (r0 / r) ** 2))
+    return out
+
+
+def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: list[str]) -> None:
+    """Make the values one layer (a config file over the defaults, or the command-line
+    overrides over the file) did not set follow the ones it did, in place in `after`:
+
+    * `schedule.epochs` changed, `schedule.milestones` not set: the milestones are scaled
+      to the same fractions of the run (`_scale_milestones`); a warm-up that then lasts
+      past the first milestone (or the run) is shortened to end there.
+    * `schedule.resolutions` changed: every per-resolution value not set that lacks a new
+      resolution follows it: `model.dropout` by position in the climb
+      (`_dropout_by_position`), `dbl.batch_large` by image area (`_batch_by_area`), and
+      `dbl.alpha`/`dbl.beta` (a measured time model, not a rule) are dropped, so the time
+      model comes from `dbl.calibration` or is measured when the run starts. A list for
+      the old resolutions becomes a {px: value} mapping so each value keeps its resolution.
+
+    Only well-formed values are touched; anything else is left for validation to report."""
+    e0, e1 = _get(before, "schedule.epochs"), _get(after, "schedule.epochs")
+    if "schedule.epochs" in set_keys and "schedule.milestones" not in set_keys and _is_int(e0) and _is_int(e1) \
+            and e0 >= 1 and e1 >= 1 and e0 != e1:
+        m0 = _get(after, "schedule.milestones")
+        if isinstance(m0, list) and all(_is_int(m) for m in m0):
+            m1 = _scale_milestones(m0, e0, e1)
+            if m1 != m0:
+                _put(after, "schedule.milestones", m1)
+                notes.append(f"schedule.milestones {m0} -> {m1}: scaled from {e0} to schedule.epochs={e1} "
+                             f"(set schedule.milestones to choose them)")
+            w = _get(after, "schedule.warmup_epochs")
+            limit = m1[0] if m1 else e1
+            if "schedule.warmup_epochs" not in set_keys and _is_int(w) and w > limit:
+                _put(after, "schedule.warmup_epochs", limit)
+                notes.append(f"schedule.warmup_epochs {w} -> {limit}: the warm-up ends by "
+                             f"{'the first milestone' if m1 else 'the end of the run'}")
+
+    r0, r1 = _get(before, "schedule.resolutions"), _get(after, "schedule.resolutions")
+    if "schedule.resolutions" not in set_keys or not isinstance(r1, list) or not r1 \
+            or not all(_is_int(r) for r in r1) or any(b <= a for a, b in zip(r1, r1[1:])):
+        return
+    old = list(r0) if isinstance(r0, list) and all(_is_int(r) for r in r0) else []
+    for key in ("model.dropout", "dbl.batch_large"):
+        value = _get(after, key)
+        if key in set_keys or not _needs_follow(value, r1):
+            continue
+        table = _by_resolution(value, old)
+        if table is None:
+            continue
+        if all(r in table for r in r1):
+            new: Any = {r: table[r] for r in r1}  # the old list's values, each at its own resolution
+        elif key == "model.dropout":
+            new = _dropout_by_position(table, r1)
+        elif all(_is_int(v) for v in table.values()):
+            new = _batch_by_area(table, r1)
+        else:
+            continue
+        _put(after, key, new)
+        notes.append(f"{key} {value} -> {new}: follows schedule.resolutions={r1} (set {key} to choose)")
+    # The time model is a measurement, not a rule: values for other resolutions are dropped
+    # (both together; the pair is kept as given when either is set with the resolutions).
+    alpha, beta = _get(after, "dbl.alpha"), _get(after, "dbl.beta")
+    if {"dbl.alpha", "dbl.beta"} & set_keys or not (_needs_follow(alpha, r1) or _needs_follow(beta, r1)):
+        return
+    tables = [_by_resolution(v, old) if _needs_follow(v, r1) else None for v in (alpha, beta)]
+    if all(t is not None and all(r in t for r in r1) for t in tables):
+        _put(after, "dbl.alpha", {r: tables[0][r] for r in r1})
+        _put(after, "dbl.beta", {r: tables[1][r] for r in r1})
+        return
+    _put(after, "dbl.alpha", None)
+    _put(after, "dbl.beta", None)
+    notes.append(f"dbl.alpha/dbl.beta dropped: they were measured for {old} px, not schedule.resolutions={r1}; "
+                 f"the time model comes from dbl.calibration or is measured when the run starts")
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -588,7 +840,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"bad override {text!r}: expected KEY=VALUE with a dotted key, e.g. dbl.tau=1.1 or schedule.milestones=[80,120]",
                           value=text)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
+    except _DuplicateKey as dup:
+        raise ConfigError(f"bad override {text!r}: key {dup.key!r} appears twice", key=key, value=raw) from None
     except yaml.YAMLError:
         value = raw  # not YAML: take it as a plain string (the type check decides)
     return key, value
@@ -608,14 +862,30 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]) -> RunConfig:
-    """A new validated config: `raw` (a config or plain data) with `key=value` overrides applied."""
-    data = raw.to_dict() if isinstance(raw, RunConfig) else copy.deepcopy(dict(raw))
-    set_keys = []
+def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str], *,
+                    notes: list[str] | None = None) -> RunConfig:
+    """A new validated config: `raw` (a config or plain data) with `key=value` overrides
+    applied. Values neither `raw` (plain data) nor the overrides set follow the ones they
+    did (see `_follow`); each derived value appends one line to `notes` when given."""
+    notes = notes if notes is not None else []
+    if isinstance(raw, RunConfig):
+        data = raw.to_dict()
+    else:
+        defaults = RunConfig().to_dict()
+        data = _merge(defaults, raw)
+        if isinstance(raw, Mapping):
+            _follow(defaults, data, set().union(*(_set_keys(v, str(k)) for k, v in raw.items())), notes)
+    before = copy.deepcopy(data)
+    set_keys: list[tuple[str, str]] = []
+    dotted: set[str] = set()
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
         set_keys.append((key, text))
+        dotted |= _set_keys(value, key)
+    if set_keys:
+        data = _merge(RunConfig().to_dict(), data)  # an override that replaced a whole section keeps its defaults
+        _follow(before, data, dotted, notes)
     try:
         return RunConfig.from_dict(data)
     except ConfigError as err:
@@ -626,16 +896,37 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
         raise
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Load a YAML (or JSON) config file and apply overrides; no file = the embedded default."""
+def resolve_config_path(path: str | Path) -> Path:
+    """The file `--config PATH` means: PATH itself when it exists, else a config shipped
+    in the package when PATH is a bare name (`cifar100_resnet18`, with or without .yaml).
+    A name that is neither is one ConfigError listing the shipped ones."""
+    from dbl_ps.configs import find_run_config, run_configs
+
+    given = Path(path)
+    if given.is_file():
+        return given
+    if given.exists():
+        raise ConfigError(f"config file {str(given)!r} is a directory, not a YAML file", value=str(given))
+    packaged = find_run_config(str(path)) if given.name == str(path) else None
+    if packaged is not None:
+        return packaged
+    raise ConfigError(f"config file {str(given)!r} does not exist; give a YAML file or the name of a shipped config: "
+                      f"{', '.join(run_configs())} (`dbl-ps configs` lists them)", value=str(given))
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *,
+                notes: list[str] | None = None) -> RunConfig:
+    """Load a YAML (or JSON) config file and apply overrides; no file = the embedded default.
+    `path` may name a shipped config (see `resolve_config_path`). Values that follow others
+    (see `_follow`) append one line each to `notes` when given."""
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist (expected a YAML file such as configs/digits_default.yaml)",
-                              value=str(path))
+        path = resolve_config_path(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = _load_yaml(path.read_text())
+        except _DuplicateKey as dup:
+            raise ConfigError(f"config file {str(path)!r} line {dup.line}: key {dup.key!r} appears twice "
+                              f"(first at line {dup.first_line}); keep one", value=str(path)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}", value=str(path)) from None
         if loaded is None:
@@ -645,7 +936,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
                               value=str(path))
         raw = loaded
     try:
-        return apply_overrides(raw, overrides)
+        return apply_overrides(raw, overrides, notes=notes)
     except ConfigError as err:
         if path is not None and "command-line override" not in str(err) and err.key is not None:
             raise ConfigError(f"{err} (in {path})", key=err.key, value=err.value) from None

@@ -4,7 +4,13 @@
 flushed per line so a crash loses at most the line being written. Resuming a run
 reopens the same file, drops a torn last line, and can drop records newer than
 the checkpoint it resumes from (`keep_through=epoch`), so the file never holds
-an epoch twice. `read_metrics` reads it back.
+an epoch twice; either drop is reported as one warning line. `read_metrics` reads
+it back.
+
+The files are strict JSON (RFC 8259): a NaN or infinite value (a diverged loss)
+is written as `null`, never as the bare `NaN`/`Infinity` tokens that Python's json
+module writes by default and other parsers reject. `strict_dumps` does the same for
+any other JSON file of a run (`summary.json`).
 
 `Logger` fans `log(step, metrics)` out to any number of sinks (anything with
 `log(step, metrics)` and `close()`): the JSONL writer, the console, and later
@@ -21,7 +27,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, TextIO
+from typing import Any, Callable, Iterable, Mapping, Protocol, TextIO
 
 __all__ = [
     "METRICS_FILE",
@@ -35,6 +41,8 @@ __all__ = [
     "Logger",
     "read_metrics",
     "MetricsFileError",
+    "finite_or_null",
+    "strict_dumps",
 ]
 
 METRICS_FILE = "metrics.jsonl"
@@ -65,13 +73,36 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"metric value {value!r} of type {type(value).__name__} is not JSON-serialisable")
 
 
+def finite_or_null(value: Any) -> Any:
+    """`value` as plain JSON data: every NaN or infinite float (also inside lists, tuples
+    and dicts, and numpy/torch scalars and arrays, which become numbers and lists) is
+    replaced by None, so that it serialises as strict JSON."""
+    if isinstance(value, float):  # also numpy.float64, a float subclass
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [finite_or_null(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return finite_or_null(value.tolist())
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def strict_dumps(value: Any, **kwargs: Any) -> str:
+    """`json.dumps` that writes strict JSON: non-finite floats become null instead of the
+    bare NaN/Infinity tokens (allow_nan=False then guards against any that slip through)."""
+    return json.dumps(finite_or_null(value), allow_nan=False, default=_to_json, **kwargs)
+
+
 def _metrics_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path / METRICS_FILE if path.is_dir() else path
 
 
-def _parse_lines(path: Path, text: str) -> tuple[list[dict], bool]:
-    """The records of `text`, and whether its last line was torn (not valid JSON)."""
+def _parse_lines(path: Path, text: str) -> tuple[list[dict], str | None]:
+    """The records of `text`, and its last line if that was torn (not valid JSON), else None."""
     records = []
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -83,10 +114,10 @@ def _parse_lines(path: Path, text: str) -> tuple[list[dict], bool]:
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             if number == len(lines):  # torn final line from a crash mid-write: ignore it
-                return records, True
+                return records, line
             raise MetricsFileError(f"{path} line {number} is not a JSON object ({exc}): {line[:80]!r}") from None
         records.append(record)
-    return records, False
+    return records, None
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -103,13 +134,16 @@ class MetricsWriter:
     `resume=False` refuses a file that already holds records (nothing is
     overwritten by accident); `resume=True` continues it, first dropping a torn
     last line and, with `keep_through`, the records whose `step_key` is larger.
+    Each drop is reported through `warn` (default: one `warning:` line on stderr),
+    so a resumed run never loses a record without saying so.
     """
 
     def __init__(self, run_dir: str | os.PathLike, *, resume: bool = False, keep_through: int | None = None,
-                 step_key: str = EPOCH, fsync: bool = False):
+                 step_key: str = EPOCH, fsync: bool = False, warn: Callable[[str], None] | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.step_key = step_key
         self.fsync = fsync
+        self._warn = warn or (lambda message: print(f"warning: {message}", file=sys.stderr, flush=True))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             if not resume:
@@ -124,9 +158,14 @@ class MetricsWriter:
             kept = [r for r in records if not (isinstance(r.get(self.step_key), (int, float)) and r[self.step_key] > keep_through)]
         else:
             kept = records
-        if len(kept) == len(records) and not torn and text.endswith("\n"):
+        if torn is not None:
+            self._warn(f"{self.path}: dropped its torn last line (a crash while it was written): {torn[:80]!r}")
+        if len(kept) < len(records):
+            self._warn(f"{self.path}: dropped {len(records) - len(kept)} record(s) after {self.step_key} {keep_through} "
+                       f"(newer than the checkpoint the run resumes from)")
+        if len(kept) == len(records) and torn is None and text.endswith("\n"):
             return  # nothing to fix
-        body = "".join(json.dumps(r, default=_to_json) + "\n" for r in kept)
+        body = "".join(strict_dumps(r) + "\n" for r in kept)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text(body, encoding="utf-8")
         os.replace(tmp, self.path)
@@ -134,7 +173,7 @@ class MetricsWriter:
     def write(self, record: Mapping[str, Any]) -> None:
         if self._fh is None:
             raise ValueError(f"MetricsWriter for {self.path} is closed")
-        line = json.dumps(dict(record), default=_to_json)
+        line = strict_dumps(dict(record))
         self._fh.write(line + "\n")
         self._fh.flush()
         if self.fsync:

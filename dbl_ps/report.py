@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics
+from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics, strict_dumps
 
 __all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "plot_runs", "plot_worker_times",
            "write_report", "PLOTS"]
@@ -300,7 +300,7 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
         drawn = plot_worker_times(members[0], out_dir / f"workers_{safe}.png")
         if drawn is not None:
             plots.append(drawn)
-    (out_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out_dir / "summary.json").write_text(strict_dumps(rows, indent=2) + "\n")  # a NaN loss as null
     lines = [f"# {title}", ""]
     if baseline is not None:
         lines += [f"Baseline: `{baseline}`. Ratios below are against its mean total time and final accuracy.", ""]

@@ -32,6 +32,7 @@ that died (e.g. SIGKILL), by the next store created on the machine or by
 from __future__ import annotations
 
 import atexit
+import operator
 import weakref
 from typing import Any
 
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 SEGMENT_PREFIX: str = _rust_ps.SEGMENT_PREFIX
+MAX_WORKERS = 4096  # the store's limit on num_workers (rust_ps/src/options.rs)
+SHM_DIR = "/dev/shm/"  # where `dbl-ps cleanup --list` shows the segments on Linux
 
 # Everything still open at interpreter exit is closed then, so that no shared memory
 # outlives a process that forgot to close (or was stopped by an exception).
@@ -165,12 +168,34 @@ class StoreClient:
     """A worker's connection to a store, from any process on the node.
 
     Args:
-        name: the store's ``name``.
+        name: the store's ``name`` (or its segment as ``dbl-ps cleanup --list`` shows it,
+            ``/dev/shm/dblps-NAME``).
         worker_id: this worker's id, ``0 <= worker_id < num_workers``; one client per id.
     """
 
     def __init__(self, name: str, worker_id: int) -> None:
-        self._client = _rust_ps.StoreClient(name, worker_id)
+        if isinstance(worker_id, bool):
+            raise TypeError(f"worker_id must be an integer, got {worker_id!r}")
+        try:
+            worker_id = operator.index(worker_id)  # ints and numpy integers
+        except TypeError:
+            raise TypeError(f"worker_id must be an integer, got {type(worker_id).__name__} {worker_id!r}") from None
+        # Checked here: a huge id would otherwise fail converting to a C integer (OverflowError)
+        # without saying which argument; the store checks it against its own worker count.
+        if not 0 <= worker_id < MAX_WORKERS:
+            raise ValueError(f"worker_id={worker_id} is out of range: ids are 0..num_workers-1 "
+                             f"and a store has at most {MAX_WORKERS} workers")
+        # `dbl-ps cleanup --list` shows the shared-memory segment, /dev/shm/dblps-NAME; that
+        # works too. A store name has no "/", so that path is unambiguous; the bare prefix is
+        # tried second, so that a store whose own name starts with it is still found.
+        if name.startswith(SHM_DIR):
+            name = name[len(SHM_DIR):]
+        try:
+            self._client = _rust_ps.StoreClient(name, worker_id)
+        except StoreNotFoundError:
+            if not name.startswith(SEGMENT_PREFIX):
+                raise
+            self._client = _rust_ps.StoreClient(name[len(SEGMENT_PREFIX):], worker_id)
         _open_handles.add(self)
 
     name = property(lambda self: self._client.name)

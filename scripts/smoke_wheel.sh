@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install a built wheel into a fresh virtualenv with no Rust toolchain on PATH, then run
-# `import dbl_ps` and the default job (`dbl-ps train`) against it, from a directory
-# outside the repository so the checkout cannot shadow the installed package.
+# `import dbl_ps`, `dbl-ps configs` (the shipped configs) and the default job
+# (`dbl-ps train`) against it, from a directory outside the repository so the checkout
+# cannot shadow the installed package.
 #
 #   scripts/smoke_wheel.sh dist/dbl_ps-*.whl [VENV_DIR]
 #
@@ -33,6 +34,19 @@ with ParameterStore(8, 1, mode="asp", rule="blend") as store, StoreClient(store.
     client.pull(out)
     assert (out == 1.0).all(), out
 print("import and store round trip OK:", dbl_ps.__file__)
+PY
+
+# The configs ship in the package: listed, copied out and found by name with no checkout here.
+dbl-ps configs
+dbl-ps configs --copy cifar100_resnet18 .
+"$venv/bin/python" - <<'PY'
+import dbl_ps
+from dbl_ps.config import load_config
+assert load_config("cifar100_resnet18") == load_config("cifar100_resnet18.yaml")  # the copy in the cwd
+assert load_config("imagenet_resnet18").schedule.resolutions == [160, 224, 288]
+from dbl_ps.configs import find_deepspeed_config
+assert find_deepspeed_config("gpu_bf16").is_file() and str(find_deepspeed_config("gpu_bf16")).startswith(dbl_ps.__path__[0])
+print("configs by name OK")
 PY
 
 start=$(date +%s)

@@ -295,3 +295,22 @@ def test_plan_show_schedule(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "130-140  0.002   32      0.2          560          102" in out
     assert "x all-large training at 32 px" in out
+
+
+def test_an_absurd_resolution_is_refused_before_anything_is_allocated(tmp_path, capsys):
+    # 100000 px at batch 128 would be petabytes of activations: refused from shapes alone.
+    out = tmp_path / "cal.json"
+    rc = run_command(calibrate_cmd, ["--resolutions", "100000", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "resolution 100000 px" in err and "GiB" in err and "give smaller resolutions" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_activation_bytes_grow_with_batch_and_area():
+    from dbl_ps.calibrate import activation_bytes
+
+    base = activation_bytes("small_resnet", 4, 16, num_classes=10, in_channels=3)
+    assert base > 4 * 3 * 16 * 16 * 4  # more than the input alone
+    assert activation_bytes("small_resnet", 8, 16, num_classes=10, in_channels=3) == pytest.approx(2 * base, rel=0.01)
+    assert activation_bytes("small_resnet", 4, 32, num_classes=10, in_channels=3) == pytest.approx(4 * base, rel=0.05)

@@ -359,3 +359,129 @@ def test_store_settings_the_config_accepts_are_the_ones_the_store_accepts(mode, 
     except ValueError:
         store_ok = False
     assert (cfg is not None) == store_ok
+
+
+# --------------------------------------------------------------------------- values that follow an override
+
+
+def test_epochs_alone_scales_the_default_milestones():
+    notes = []
+    cfg = load_config(None, ["schedule.epochs=4"], notes=notes)
+    assert cfg.schedule.epochs == 4 and cfg.schedule.milestones == [2, 3]  # 12/24, 20/24 of the run
+    assert len(notes) == 1 and "schedule.milestones [12, 20] -> [2, 3]" in notes[0]
+    # A milestone that would round onto the previous one or onto the end is dropped.
+    assert load_config(None, ["schedule.epochs=2"]).schedule.milestones == [1]
+    assert load_config(None, ["schedule.epochs=1"]).schedule.milestones == []
+    assert load_config(None, ["schedule.epochs=48"]).schedule.milestones == [24, 40]
+
+
+def test_epochs_override_scales_a_files_milestones_and_shortens_its_warmup(tmp_path):
+    assert load_config(CONFIGS / "cifar100_resnet18.yaml", ["schedule.epochs=14"]).schedule.milestones == [8, 12]
+    path = write_yaml(tmp_path / "c.yaml", {"schedule": {"epochs": 40, "milestones": [20, 30], "warmup_epochs": 5}})
+    notes = []
+    cfg = load_config(path, ["schedule.epochs=8"], notes=notes)
+    assert cfg.schedule.milestones == [4, 6] and cfg.schedule.warmup_epochs == 4  # ends by the first milestone
+    assert any("schedule.warmup_epochs 5 -> 4" in n for n in notes)
+
+
+def test_milestones_the_user_sets_are_kept_and_checked():
+    cfg = load_config(None, ["schedule.epochs=10", "schedule.milestones=[5]"])
+    assert cfg.schedule.milestones == [5]
+    with pytest.raises(ConfigError, match="schedule.milestones"):
+        load_config(None, ["schedule.epochs=10", "schedule.milestones=[12]"])
+    # Milestones set in the file next to the epochs stay as written.
+    assert load_config(CONFIGS / "cifar100_resnet18.yaml").schedule.milestones == [80, 120]
+
+
+def test_a_file_that_sets_only_the_epochs_gets_scaled_default_milestones(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"schedule": {"epochs": 6}})
+    assert load_config(path).schedule.milestones == [3, 5]
+
+
+def test_resolutions_alone_derive_dropout_and_batch_large():
+    notes = []
+    cfg = load_config(None, ["schedule.resolutions=[24,32]"], notes=notes)
+    # dropout by position in the climb (lowest keeps the lowest rate, highest the highest)
+    assert cfg.dropouts() == [0.0, 0.1]
+    # B_L from the nearest known resolution (16 px: 64), scaled by area: 64*(16/24)^2, 64*(16/32)^2
+    assert cfg.batch_large() == [28, 16]
+    assert len(notes) == 2 and all("follows schedule.resolutions=[24, 32]" in n for n in notes)
+    three = load_config(None, ["schedule.resolutions=[8,12,16]"])
+    assert three.dropouts() == [0.0, 0.05, 0.1]
+    assert three.batch_large() == [216, 96, 64]  # 12 and 16 px keep theirs
+    one = load_config(None, ["schedule.resolutions=[20]"])
+    assert one.dropouts() == [0.1] and one.batch_large() == [40]
+
+
+def test_resolutions_within_the_known_ones_keep_their_values_also_from_lists(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", {"schedule": {"resolutions": [24, 32]}, "model": {"dropout": [0.1, 0.2]},
+                                            "dbl": {"batch_large": [600, 560], "alpha": [0.01, 0.02], "beta": [0.001, 0.002]}})
+    cfg = load_config(path, ["schedule.resolutions=[32]"])
+    assert cfg.dropouts() == [0.2] and cfg.batch_large() == [560] and cfg.time_model() == [(0.02, 0.002)]
+
+
+def test_a_time_model_for_other_resolutions_is_dropped_not_invented():
+    notes = []
+    cfg = load_config(CONFIGS / "cifar100_resnet18.yaml", ["schedule.resolutions=[16,24,32]"], notes=notes)
+    assert cfg.time_model() is None  # measured when the run starts (or dbl.calibration)
+    assert cfg.dropouts() == [0.1, 0.15, 0.2] and cfg.batch_large() == [1350, 600, 560]
+    assert any("dbl.alpha/dbl.beta dropped" in n for n in notes)
+
+
+def test_per_resolution_values_the_user_sets_with_the_resolutions_are_kept_and_checked():
+    cfg = load_config(None, ["schedule.resolutions=[24,32]", "model.dropout=[0.3]"])
+    assert cfg.dropouts() == [0.3, 0.3] and cfg.batch_large() == [28, 16]
+    with pytest.raises(ConfigError, match="'model.dropout'.*missing \\[32\\]"):
+        load_config(None, ["schedule.resolutions=[24,32]", "model.dropout={24: 0.1}"])
+    with pytest.raises(ConfigError, match="'dbl.alpha'"):  # a time model given for 2 of 3 resolutions
+        load_config(None, ["schedule.resolutions=[8,12,16]", "dbl.alpha=[0.01,0.02]", "dbl.beta=[0.001,0.002]"])
+
+
+def test_a_resumed_runs_full_config_follows_nothing(tmp_path):
+    cfg = load_config(None, ["schedule.epochs=4", "schedule.resolutions=[24,32]"])
+    notes = []
+    assert load_config(cfg.save(tmp_path / "config.yaml"), notes=notes) == cfg and notes == []
+
+
+# --------------------------------------------------------------------------- duplicate keys, shipped names, worker count
+
+
+def test_a_duplicate_yaml_key_names_the_key_and_its_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("schedule:\n  epochs: 10\n  lr: 0.1\n  epochs: 20\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "'epochs'" in message and "line 4" in message and "first at line 2" in message and str(path) in message
+    # YAML merge keys (<<) may be overridden: that is what they are for.
+    merged = tmp_path / "m.yaml"
+    merged.write_text("dbl:\n  <<: {tau: 1.2, small: 0}\n  tau: 1.05\n")
+    assert load_config(merged).dbl.tau == 1.05
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_config(None, ["model.dropout={12: 0.1, 12: 0.2}"])
+
+
+def test_a_shipped_config_is_found_by_name():
+    assert load_config("cifar100_resnet18") == load_config(CONFIGS / "cifar100_resnet18.yaml")
+    assert load_config("imagenet_resnet18.yaml").schedule.resolutions == [160, 224, 288]
+    with pytest.raises(ConfigError, match="does not exist.*cifar100_resnet18.*dbl-ps configs"):
+        load_config("no_such_config")
+
+
+def test_a_local_file_beats_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_yaml(tmp_path / "cifar100_resnet18.yaml", {"dbl": {"tau": 1.3}})
+    assert load_config("cifar100_resnet18.yaml").dbl.tau == 1.3
+    assert load_config("cifar100_resnet18").dbl.tau == 1.05  # no such file here: the shipped one
+
+
+def test_more_workers_than_training_samples_names_dbl_workers():
+    from dbl_ps.config import check_workers_fit
+
+    with pytest.raises(ConfigError) as info:
+        check_workers_fit(RunConfig(), 3)
+    assert info.value.key == "dbl.workers" and "'dbl.workers': got 4" in str(info.value) and "at most 3" in str(info.value)
+    for override in ("data.train_limit=3", "data.source=synthetic"):
+        extra = ["data.synthetic.num_train=3"] if "synthetic" in override else []
+        with pytest.raises(ConfigError, match="'dbl.workers': got 4, expected at most 3"):
+            load_config(None, [override, *extra])

@@ -236,6 +236,20 @@ def test_imagefolder_errors(tmp_path):
         load_imagefolder(tmp_path, 8, num_workers=2)
 
 
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    write_png_tree(tmp_path, "train", {"cat": [(8, 8)], "dog": [(8, 8)]})
+    write_png_tree(tmp_path, "val", {"cat": [(8, 8)], "dog": [(8, 8)]})
+    (tmp_path / "train" / "emu").mkdir()
+    (tmp_path / "train" / "emu" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match=r"class folder .*train/emu holds no images"):
+        load_imagefolder(tmp_path, 8)
+    (tmp_path / "train" / "emu" / "notes.txt").unlink()
+    (tmp_path / "train" / "emu").rmdir()
+    (tmp_path / "val" / "dog" / "0.png").unlink()  # an emptied class folder in the test split too
+    with pytest.raises(DataError, match=r"class folder .*val/dog holds no images"):
+        load_imagefolder(tmp_path, 8)
+
+
 # --------------------------------------------------------------------------- synthetic and dispatch
 
 
@@ -260,6 +274,16 @@ def test_load_dataset_dispatch_and_limits(tmp_path):
     assert len(load_dataset(DataConfig(source="mnist", path=str(tmp_path))).train) == 12
     with pytest.raises(DataError, match="data.image_size"):
         load_dataset(DataConfig(source="imagefolder", path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("source", ["mnist", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "shards"])
+def test_data_path_naming_a_file_says_a_directory_is_needed(tmp_path, source):
+    file = tmp_path / "train-images-idx3-ubyte"
+    file.write_bytes(b"\0" * 16)
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(source=source, path=str(file), image_size=8), image_size=8)
+    message = str(info.value)
+    assert f"data.path {file} is a file" in message and "directory" in message and "does not exist" not in message
 
 
 def test_split_rejects_wrong_dtypes():

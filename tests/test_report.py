@@ -61,6 +61,58 @@ def test_resume_drops_torn_line_and_records_after_checkpoint(tmp_path):
     assert path.read_text().endswith("\n")
 
 
+def strict_loads(text):
+    """json.loads that rejects the NaN/Infinity tokens (as strict JSON parsers do)."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_non_finite_values_are_written_as_null_strict_json(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    with MetricsWriter(tmp_path) as writer:
+        writer.log(0, {"test_loss": nan, "train_loss": np.float32("nan"), "grad": torch.tensor(-inf),
+                       "workers": [{"loss": inf, "acc": 0.5}], "per_px": {24: np.float64("nan")}, "ok": 1.5})
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert strict_loads(line) == {"epoch": 0, "test_loss": None, "train_loss": None, "grad": None,
+                                  "workers": [{"loss": None, "acc": 0.5}], "per_px": {"24": None}, "ok": 1.5}
+    # A file from before (bare NaN tokens) still reads, and a resume rewrites it strictly.
+    path = tmp_path / "old" / "metrics.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"epoch": 0, "test_loss": NaN}\n{"epoch": 1, "test_loss": Infinity}\n')
+    assert len(read_metrics(path)) == 2
+    with MetricsWriter(path.parent, resume=True, keep_through=0, warn=lambda m: None):
+        pass
+    assert [strict_loads(l) for l in path.read_text().splitlines()] == [{"epoch": 0, "test_loss": None}]
+
+
+def test_strict_dumps_refuses_nothing_it_can_convert():
+    from dbl_ps.metrics import strict_dumps
+
+    text = strict_dumps({"a": [float("nan"), 1.0], "b": (np.inf, 2), "c": Path("x/y")}, indent=2)
+    assert strict_loads(text) == {"a": [None, 1.0], "b": [None, 2], "c": "x/y"}
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        strict_dumps({"bad": object()})
+
+
+def test_resume_says_when_it_drops_a_torn_line_or_newer_records(tmp_path, capsys):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2, "test_a')
+    warnings = []
+    MetricsWriter(tmp_path, resume=True, keep_through=0, warn=warnings.append).close()
+    assert len(warnings) == 2
+    assert "dropped its torn last line" in warnings[0] and '{"epoch": 2, "test_a' in warnings[0]
+    assert "dropped 1 record(s) after epoch 0" in warnings[1]
+    # The default is one warning line on stderr.
+    path.write_text('{"epoch": 0}\n{"epoch": 1, "te')
+    MetricsWriter(tmp_path, resume=True).close()
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "torn last line" in err and len(err.strip().splitlines()) == 1
+    # Nothing to drop: nothing said.
+    MetricsWriter(tmp_path, resume=True).close()
+    assert capsys.readouterr().err == ""
+
+
 def test_corrupt_middle_line_is_an_error(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 0}\nnot json\n{"epoch": 1}\n')
@@ -185,6 +237,16 @@ def test_write_report(runs, tmp_path):
     assert [r["label"] for r in summary] == ["baseline", "hybrid"]
     with pytest.raises(ReportError, match="no runs"):
         write_report([], tmp_path / "empty")
+
+
+def test_report_summary_is_strict_json_for_a_diverged_run(tmp_path):
+    run_dir = tmp_path / "nan"
+    run_dir.mkdir()
+    # A metrics file as runs before strict JSON wrote it: bare NaN tokens.
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "test_acc": 0.1, "test_loss": NaN, "wall_time": 1.0}\n')
+    path = write_report([run_dir], tmp_path / "report")
+    (row,) = strict_loads((path.parent / "summary.json").read_text())
+    assert row["final_acc"] == 0.1 and row["final_loss"] is None
 
 
 def test_worker_times_are_drawn_against_the_plan(tmp_path, runs):

@@ -185,6 +185,8 @@ def test_bsp_resume_after_kill_matches_uninterrupted_run(tmp_path, uninterrupted
         assert proc.returncode == 130, out
         assert "--resume" in out
         assert ckpt["status"] == "interrupted"
+        # counted from 1, as the console's "epoch N/5" lines are
+        assert f"stopped after epoch {ckpt['next_epoch']};" in out and f"epoch {ckpt['next_epoch']}/5 " in out
     else:
         assert proc.returncode == -signal.SIGKILL
     proc = _train_cli(tmp_path / "cut", resume=True)

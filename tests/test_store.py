@@ -404,3 +404,23 @@ def test_a_store_larger_than_the_free_shared_memory_is_refused_up_front():
     with pytest.raises(OSError, match=r"needs \d+ MB of shared memory and /dev/shm has only \d+ MB free.*--shm-size"):
         ParameterStore(num_params, 1)
     assert {s["name"] for s in list_segments()} == before  # nothing left behind
+
+
+def test_a_client_takes_the_segment_name_cleanup_lists_and_refuses_a_huge_worker_id():
+    with ParameterStore(4, 2) as store:
+        listed = subprocess.run([sys.executable, "-m", "dbl_ps.cli", "cleanup", "--list"], capture_output=True,
+                                text=True, check=True).stdout
+        shown = next(line for line in listed.splitlines() if store.name in line).split()[0]
+        assert shown.endswith(SEGMENT_PREFIX + store.name)  # what a user copies from the listing
+        with StoreClient(shown, 0) as a, StoreClient(SEGMENT_PREFIX + store.name, 1) as b:
+            assert a.name == b.name == store.name
+        for worker_id, error in ((10**20, ValueError), (-5, ValueError), (4096, ValueError), (True, TypeError),
+                                 (1.0, TypeError)):
+            with pytest.raises(error, match="worker_id") as info:
+                StoreClient(store.name, worker_id)
+            assert not isinstance(info.value, OverflowError)
+        with pytest.raises(StoreNotFoundError):
+            StoreClient(SEGMENT_PREFIX + "no-such-store", 0)
+    # A store whose own name starts with the prefix is still found by that name.
+    with ParameterStore(4, 1, name=SEGMENT_PREFIX + "own") as store, StoreClient(SEGMENT_PREFIX + "own", 0) as client:
+        assert client.name == store.name == SEGMENT_PREFIX + "own"

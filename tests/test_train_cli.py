@@ -3,10 +3,12 @@ compare variants, and a tiny compare + report end to end."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,100 @@ def test_a_too_small_dev_shm_fails_up_front_with_the_sizes_and_the_fix(tmp_path)
     assert "cannot create the parameter store: the parameter store needs" in done.stderr
     assert "/dev/shm has only 1 MB free" in done.stderr and "--shm-size" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- issue 16: run directories, bad input
+
+
+def _one_line_error(capsys, code):
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "measuring the time model" not in captured.out + captured.err  # refused before any measuring
+    return captured.err
+
+
+def test_a_bad_run_dir_is_refused_before_the_data_or_any_measuring(tmp_path, capsys):
+    # No dbl.alpha/beta: a run that got as far as planning would measure the time model first.
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    assert "is a file" in _one_line_error(capsys, main(["train", "--run-dir", str(file)]))
+    assert f"{file} is a file" in _one_line_error(capsys, main(["train", "--run-dir", str(file / "run")]))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    assert "is not empty" in _one_line_error(capsys, main(["train", "--run-dir", str(full)]))
+    assert file.read_text() == "x" and (full / "keep.txt").read_text() == "x"
+
+
+def test_more_workers_than_samples_names_dbl_workers_before_measuring(tmp_path, capsys):
+    err = _one_line_error(capsys, main(["train", "--run-dir", str(tmp_path / "run"), "dbl.workers=4096"]))
+    assert "config key 'dbl.workers': got 4096, expected at most 1437" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_run_directory(tmp_path, capsys):
+    # The launcher creates its run directory up front (so the name is unique); a failed start removes it.
+    code = main(["train", f"out_dir={tmp_path}", "dbl.workers=4096"])
+    _one_line_error(capsys, code)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_two_trains_started_together_get_their_own_run_directories(tmp_path):
+    # Two real `dbl-ps train` processes with the same name, started at once: the run
+    # directory is created atomically, so the one that loses the race takes `-1`.
+    # `schedule.epochs=2` alone also shows the milestones following the epochs.
+    args = [sys.executable, "-m", "dbl_ps.cli", "train", "--no-progress", f"out_dir={tmp_path}", "schedule.epochs=2",
+            *[a for a in FAST if not a.startswith(("schedule.epochs", "schedule.milestones"))]]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted(tmp_path.iterdir())
+    assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
+    assert all("schedule.milestones [12, 20] -> [1]" in out for out in outs)
+    assert load_config(runs[0] / "config.yaml").schedule.milestones == [1]
+
+
+def test_new_run_dir_is_unique_across_threads_and_processes(tmp_path):
+    import threading
+
+    from dbl_ps.run_dirs import create_unique_dir
+    from dbl_ps.runtime import new_run_dir
+
+    cfg = load_config(None, [f"out_dir={tmp_path / 'threads'}"])
+    made, start = [], threading.Barrier(8)
+
+    def make():
+        start.wait()
+        made.append(new_run_dir(cfg))
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(made)) == 8 and all(p.is_dir() and not any(p.iterdir()) for p in made)
+    # The same stem from several processes at once: each gets its own directory.
+    script = ("import sys; from pathlib import Path; from dbl_ps.run_dirs import create_unique_dir; "
+              "print(create_unique_dir(Path(sys.argv[1]), 'run-20260101-000000'))")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "procs")], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    names = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert [Path(n).name for n in names] == ["run-20260101-000000", "run-20260101-000000-1", "run-20260101-000000-2",
+                                              "run-20260101-000000-3"]
+    assert create_unique_dir(tmp_path / "procs", "run-20260101-000000").name == "run-20260101-000000-4"
+
+
+def test_a_diverged_run_writes_strict_json(tmp_path):
+    # lr 1e6 makes every loss NaN: metrics.jsonl and summary.json still parse as strict JSON.
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "dbl_ps.cli", "train", "--no-progress", "--run-dir", str(run_dir),
+                           *FAST, "schedule.lr=1000000"], capture_output=True, text=True, timeout=300)
+    assert (run_dir / "summary.json").is_file(), done.stdout + done.stderr
+    records = [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=refuse)
+    assert records and records[0]["test_loss"] is None and records[0]["workers"][0]["loss"] is None
+    assert summary["final_test_loss"] is None

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from dbl_ps.commands.train import train_run
     from dbl_ps.config import ConfigError, load_config
     from dbl_ps.report import format_table, load_run, summarize, write_report
+    from dbl_ps.run_dirs import create_unique_dir
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -100,15 +101,21 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not methods or not seeds:
         return _error(f"--methods {args.methods!r}: expected a subset of {','.join(METHODS)}; --seeds at least one")
     try:
-        cfg = load_config(args.config, [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])])
+        notes: list[str] = []
+        cfg = load_config(args.config, [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])],
+                          notes=notes)
         configs = {(m, s): variant(cfg, m, s) for m in methods for s in seeds}  # all checked before any run
     except ConfigError as exc:
         return _error(str(exc))
+    for note in notes:  # values that followed an override (e.g. milestones scaled to schedule.epochs)
+        print(f"dbl-ps compare: {note}", flush=True)
     try:
         cfg = with_time_model(cfg)
     except (ConfigError, ValueError) as exc:
         return _error(str(exc))
-    out = Path(args.out) if args.out else Path(cfg.out_dir) / f"compare-{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # A new folder is created at once (atomically, `-1`, `-2` ... when taken), so two
+    # comparisons started in the same second never share one.
+    out = Path(args.out) if args.out else create_unique_dir(Path(cfg.out_dir), f"compare-{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     run_dirs = []
     for seed in seeds:
         for method in methods:

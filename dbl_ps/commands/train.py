@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from dbl_ps.config import ConfigError, load_config
+from dbl_ps.run_dirs import remove_if_empty, run_dir_problem
 from dbl_ps.training.topology import launched_by_a_launcher
 
 
@@ -48,12 +49,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         overrides = [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else []),
                      *([f"deepspeed_config={args.deepspeed_config}"] if args.deepspeed_config else [])]
+        notes: list[str] = []
         if args.resume:
             cfg = load_config(Path(args.resume) / "config.yaml", overrides) if launched else None
         else:
-            cfg = load_config(args.config, overrides)
+            cfg = load_config(args.config, overrides, notes=notes)
     except ConfigError as exc:
         return error(str(exc))
+    for note in notes:  # values that followed an override (e.g. milestones scaled to schedule.epochs)
+        print(f"dbl-ps train: {note}", flush=True)
+    if args.run_dir is not None and not args.resume:  # before the data is loaded or any time measured
+        problem = run_dir_problem(Path(args.run_dir))
+        if problem is not None:
+            return error(problem)
     if launched:  # torchrun / deepspeed launcher: every rank is (part of) a worker
         return run_collective(cfg, run_dir=args.run_dir, resume=args.resume)
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
@@ -69,14 +77,17 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     from dbl_ps.training.rundir import CheckpointError
     from dbl_ps.training.topology import LaunchError
 
+    trainer = None
     try:
         trainer = Trainer.resume(resume, progress=progress) if resume else Trainer(cfg, run_dir, progress=progress)
         trainer.prepare()
     except KeyboardInterrupt:
         print("dbl-ps train: interrupted before training started; nothing to resume", file=sys.stderr)
+        _remove_new_run_dir(trainer, run_dir, resume)
         return 130
     except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError,
             MissingExtraError, LaunchError) as exc:
+        _remove_new_run_dir(trainer, run_dir, resume)
         return error(str(exc))
     try:
         trainer.train()
@@ -93,3 +104,10 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         print("dbl-ps train: interrupted while stopping; the last complete epoch's checkpoint is kept", file=sys.stderr)
         return 130
     return 0
+
+
+def _remove_new_run_dir(trainer, run_dir, resume) -> None:
+    # A run directory named by the launcher is created empty when the trainer is made (so
+    # that it is unique); a run that fails before writing into it leaves nothing behind.
+    if trainer is not None and run_dir is None and not resume:
+        remove_if_empty(trainer.run_dir)

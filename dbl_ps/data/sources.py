@@ -317,9 +317,12 @@ def _list_tree(root: Path, classes: Sequence[str] | None) -> tuple[list[str], li
     index = {c: i for i, c in enumerate(classes)}
     items = []
     for name in found:
-        for file in sorted((root / name).iterdir()):
-            if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append((file, index[name]))
+        images = [file for file in sorted((root / name).iterdir()) if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            # Left alone it would be a class with no samples: trained never, predicted never.
+            raise DataError(f"class folder {root / name} holds no images (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+                            f"add its images or remove the folder")
+        items.extend((file, index[name]) for file in images)
     if not items:
         raise DataError(f"image folder {root} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
     return list(classes), items
@@ -395,12 +398,24 @@ def register_source(name: str, loader: Callable[[Any, int | None], Dataset]) -> 
     """Make `data.source: <name>` load through `loader(data_cfg, image_size)`."""
     _PLUGIN_SOURCES[name] = loader
 
+# What `data.path` names for each source that reads files (all of them directories).
+DIRECTORY_EXPECTED = {
+    "mnist": "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz)",
+    "fashion_mnist": "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz)",
+    "cifar10": "cifar-10-batches-py (or the folder holding it)",
+    "cifar100": "cifar-100-python (or the folder holding it)",
+    "imagefolder": "the folder holding train/ and val/ (or test/), each with one folder per class",
+    "shards": "the folder `dbl-ps shard --out` wrote",
+}
+
 
 def load_dataset(cfg: "DataConfig", *, image_size: int | None = None) -> Dataset:
     """The data set `cfg` describes, with `train_limit`/`test_limit` applied.
     `image_size` is the stored side for imagefolder when `cfg.image_size` is unset
     (pass the largest resolution of the schedule)."""
     source = cfg.source
+    if source in DIRECTORY_EXPECTED and cfg.path is not None and Path(cfg.path).exists() and not Path(cfg.path).is_dir():
+        raise DataError(f"data.path {cfg.path} is a file; source '{source}' reads a directory: {DIRECTORY_EXPECTED[source]}")
     if source == "digits":
         ds = load_digits()
     elif source in ("mnist", "fashion_mnist"):

@@ -54,7 +54,7 @@ __all__ = ["DeepSpeedEngine", "SingleRankMPU", "worker_engine", "load_ds_config"
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
 DS_CONFIG_FILE = "deepspeed_config.json"  # the engine config, saved in the run directory
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "deepspeed"  # dbl_ps/configs/deepspeed, in the wheel
 # Used when no --deepspeed-config is given: fp32, no ZeRO (what runs on a CPU with gloo).
 DEFAULT_CPU_CONFIG: dict[str, Any] = {
     "train_micro_batch_size_per_gpu": 1,

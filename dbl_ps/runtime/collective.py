@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from dbl_ps.config import check_workers_fit
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
@@ -100,6 +101,7 @@ class CollectiveRunner:
             self.run_dir = Path(name[0])
         self.dir = RunDirectory(self.run_dir)
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
+        check_workers_fit(cfg, len(self.data.train))
         self.transform = build_transform(cfg.data, self.data)
         self.plan, self.plan_source = self._plan()
         self.spec = build_spec(cfg, self.plan)

@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from dbl_ps._optional import require
-from dbl_ps.config import load_config
+from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
@@ -122,6 +122,7 @@ class Trainer:
         if cfg.data.source == "shards":  # every resolution of the schedule has a complete set, before any process starts
             ShardIndex.load(cfg.data.path).check_resolutions(cfg.schedule.resolutions)
         self.transform = build_transform(cfg.data, self.data)
+        check_workers_fit(cfg, len(self.data.train))  # before any time is measured
         if self.resuming:
             plan_dict = self.dir.read_json("plan.json")
             self.plan = plan_from_dict(plan_dict)
@@ -325,7 +326,7 @@ class Trainer:
     def _interrupt_message(self) -> str:
         name = signal.Signals(self._signal).name if self._signal else "signal"
         if self.last_complete >= 0:
-            return (f"{name}: stopped after epoch {self.last_complete}; checkpoint written. "
+            return (f"{name}: stopped after epoch {self.last_complete + 1}; checkpoint written. "
                     f"Continue with: dbl-ps train --resume {self.run_dir}")
         return f"{name}: stopped before the first epoch completed; no checkpoint to resume from"
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from dbl_ps.metrics import strict_dumps
+from dbl_ps.run_dirs import create_unique_dir
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
@@ -43,17 +45,15 @@ class CheckpointError(ValueError):
 
 
 def new_run_dir(cfg: Any) -> Path:
-    """`out_dir/<name>-<YYYYmmdd-HHMMSS>` (a suffix is added if it exists)."""
-    base = Path(cfg.out_dir) / f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        path, n = Path(f"{base}-{n}"), n + 1
-    return path
+    """`out_dir/<name>-<YYYYmmdd-HHMMSS>`, created empty here (`-1`, `-2`, ... when taken)
+    so that runs started in the same second never get the same directory."""
+    return create_unique_dir(Path(cfg.out_dir), f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
 
 
 def atomic_json(path: Path, data: Any) -> None:
+    """Strict JSON (a non-finite number as null), written under a temporary name, then renamed."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(strict_dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 

@@ -1,0 +1,94 @@
+"""`dbl-ps configs`: the configs shipped inside the package (a pip install has no repository).
+
+    dbl-ps configs                                  # list them with what each one runs
+    dbl-ps configs --show cifar100_resnet18         # print one
+    dbl-ps configs --copy cifar100_resnet18 my.yaml # copy one out to edit it (DEST may be a folder)
+
+`dbl-ps train --config NAME` and `deepspeed_config: NAME` take the names directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--copy", nargs=2, metavar=("NAME", "DEST"),
+                        help="copy the shipped config NAME to the file or existing folder DEST")
+    action.add_argument("--show", metavar="NAME", help="print the shipped config NAME")
+    parser.add_argument("--force", action="store_true", help="with --copy: overwrite DEST if it exists")
+
+
+def _error(message: str) -> int:
+    print(f"dbl-ps configs: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _describe(path: Path) -> str:
+    """What a shipped file is: a run config's `description`, else its kind."""
+    if path.suffix == ".yaml":
+        import yaml
+
+        try:
+            return str((yaml.safe_load(path.read_text()) or {}).get("description", ""))
+        except (yaml.YAMLError, AttributeError):
+            return ""
+    if path.suffix == ".json":
+        import json
+
+        try:
+            ds = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return "DeepSpeed engine config"
+        precision = next((p for p in ("bf16", "fp16") if ds.get(p, {}).get("enabled")), "fp32")
+        stage = ds.get("zero_optimization", {}).get("stage", 0)
+        return f"DeepSpeed engine config: {precision}, ZeRO stage {stage} (engine: deepspeed, deepspeed_config: NAME)"
+    return "example file"
+
+
+def _find(name: str) -> tuple[Path | None, str]:
+    from dbl_ps.configs import find_packaged, packaged_files
+
+    path = find_packaged(name)
+    if path is None:
+        return None, f"no shipped config named {name!r}; the names are {', '.join(packaged_files())}"
+    return path, ""
+
+
+def run(args: argparse.Namespace) -> int:
+    from dbl_ps.configs import CONFIG_DIR, packaged_files
+
+    if args.force and not args.copy:
+        return _error("--force only applies to --copy NAME DEST")
+    if args.show:
+        path, problem = _find(args.show)
+        if path is None:
+            return _error(problem)
+        sys.stdout.write(path.read_text())
+        return 0
+    if args.copy:
+        name, dest = args.copy
+        path, problem = _find(name)
+        if path is None:
+            return _error(problem)
+        target = Path(dest)
+        if target.is_dir():
+            target = target / path.name
+        if target.exists() and not args.force:
+            return _error(f"{target} already exists; choose another DEST or add --force to overwrite it")
+        if not target.parent.is_dir():
+            return _error(f"folder {target.parent} does not exist (DEST is a file path or an existing folder)")
+        shutil.copyfile(path, target)
+        print(f"copied {name} to {target}")
+        return 0
+    files = packaged_files()
+    width = max(len(n) for n in files)
+    for name, path in files.items():
+        print(f"{name:<{width}}  {_describe(path)}")
+    print(f"\n{len(files)} shipped configs in {CONFIG_DIR}: use a name with "
+          f"`dbl-ps train --config NAME`, or `dbl-ps configs --copy NAME DEST` to edit one")
+    return 0
