@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -249,10 +250,6 @@ def activation_bytes(model_name: str, batch_size: int, resolution: int, *, num_c
     images of ``resolution`` px keeps for the backward pass (in-place layers add none).
     Computed on torch's meta device: shapes only, no memory used and nothing run, so it
     is safe at any size; a lower bound on the memory a training step needs."""
-    import torch
-
-    from dbl_ps.models import build_model
-
     with torch.device("meta"):
         model = build_model(model_name, num_classes, in_channels=in_channels)
     total = 0
@@ -272,11 +269,7 @@ def activation_bytes(model_name: str, batch_size: int, resolution: int, *, num_c
 def device_memory_bytes(device: str) -> int | None:
     """Total memory of ``device`` (a GPU's, or the machine's RAM for the CPU); None when
     this platform does not say."""
-    import os
-
     if device.startswith("cuda"):
-        import torch
-
         return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

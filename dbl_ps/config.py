@@ -653,13 +653,6 @@ def _get(data: Any, key: str) -> Any:
     return data
 
 
-def _put(data: dict, key: str, value: Any) -> None:
-    *sections, leaf = key.split(".")
-    for part in sections:
-        data = data[part]
-    data[leaf] = value
-
-
 def _set_keys(value: Any, key: str) -> set[str]:
     """`key` and, when `value` is a section (a mapping of names), every dotted key in it:
     the keys that setting `key` to `value` sets."""
@@ -781,13 +774,13 @@ def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: l
         if isinstance(m0, list) and all(_is_int(m) for m in m0):
             m1 = _scale_milestones(m0, e0, e1)
             if m1 != m0:
-                _put(after, "schedule.milestones", m1)
+                _set_dotted(after, "schedule.milestones", m1)
                 notes.append(f"schedule.milestones {m0} -> {m1}: scaled from {e0} to schedule.epochs={e1} "
                              f"(set schedule.milestones to choose them)")
             w = _get(after, "schedule.warmup_epochs")
             limit = m1[0] if m1 else e1
             if "schedule.warmup_epochs" not in set_keys and _is_int(w) and w > limit:
-                _put(after, "schedule.warmup_epochs", limit)
+                _set_dotted(after, "schedule.warmup_epochs", limit)
                 notes.append(f"schedule.warmup_epochs {w} -> {limit}: the warm-up ends by "
                              f"{'the first milestone' if m1 else 'the end of the run'}")
 
@@ -811,7 +804,7 @@ def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: l
             new = _batch_by_area(table, r1)
         else:
             continue
-        _put(after, key, new)
+        _set_dotted(after, key, new)
         notes.append(f"{key} {value} -> {new}: follows schedule.resolutions={r1} (set {key} to choose)")
     # The time model is a measurement, not a rule: values for other resolutions are dropped
     # (both together; the pair is kept as given when either is set with the resolutions).
@@ -820,11 +813,11 @@ def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: l
         return
     tables = [_by_resolution(v, old) if _needs_follow(v, r1) else None for v in (alpha, beta)]
     if all(t is not None and all(r in t for r in r1) for t in tables):
-        _put(after, "dbl.alpha", {r: tables[0][r] for r in r1})
-        _put(after, "dbl.beta", {r: tables[1][r] for r in r1})
+        _set_dotted(after, "dbl.alpha", {r: tables[0][r] for r in r1})
+        _set_dotted(after, "dbl.beta", {r: tables[1][r] for r in r1})
         return
-    _put(after, "dbl.alpha", None)
-    _put(after, "dbl.beta", None)
+    _set_dotted(after, "dbl.alpha", None)
+    _set_dotted(after, "dbl.beta", None)
     notes.append(f"dbl.alpha/dbl.beta dropped: they were measured for {old} px, not schedule.resolutions={r1}; "
                  f"the time model comes from dbl.calibration or is measured when the run starts")
 

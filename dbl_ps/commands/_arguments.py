@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+def command_error(command: str, message: str) -> int:
+    """Print `dbl-ps COMMAND: error: MESSAGE` to stderr; returns exit status 2.
+    Each command binds its name: `error = functools.partial(command_error, "train")`."""
+    print(f"dbl-ps {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def int_list(text: str) -> list[int]:

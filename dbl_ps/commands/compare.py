@@ -1,4 +1,5 @@
 """`dbl-ps compare --config FILE [--seeds 0,1] [key=value ...]`: baseline, DBSL, CPL and
+
 hybrid on the same data and seeds, then one report.
 
 The four variants of a config (which itself describes the hybrid run):
@@ -15,9 +16,11 @@ start and written into each variant's config, so their plans agree.
 from __future__ import annotations
 
 import argparse
-import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from dbl_ps.commands._arguments import command_error
 
 METHODS = ("baseline", "dbsl", "cpl", "hybrid")
 PER_RESOLUTION = (("model", "dropout"), ("dbl", "batch_large"), ("dbl", "alpha"), ("dbl", "beta"))
@@ -34,9 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log every run to Weights & Biases, in one group so their curves overlay")
 
 
-def _error(message: str) -> int:
-    print(f"dbl-ps compare: error: {message}", file=sys.stderr)
-    return 2
+_error = partial(command_error, "compare")
 
 
 def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:

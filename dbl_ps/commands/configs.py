@@ -12,7 +12,11 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
+
+from dbl_ps.commands._arguments import command_error
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="with --copy: overwrite DEST if it exists")
 
 
-def _error(message: str) -> int:
-    print(f"dbl-ps configs: error: {message}", file=sys.stderr)
-    return 2
+_error = partial(command_error, "configs")
 
 
 def _describe(path: Path) -> str:

@@ -1,4 +1,5 @@
 """`dbl-ps shard SOURCE --resolutions 16,24,32 --out DIR`: pre-encode a data source
+
 into webdataset tar shards, one set per resolution and split, plus index.json.
 
 SOURCE is a directory (IDX files, CIFAR pickles or an ImageFolder tree with
@@ -13,8 +14,9 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from functools import partial
 
-from dbl_ps.commands._arguments import int_list
+from dbl_ps.commands._arguments import command_error, int_list
 
 NAMED_SOURCES = ("digits", "synthetic")
 
@@ -44,9 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def error(message: str) -> int:
-    print(f"dbl-ps shard: error: {message}", file=sys.stderr)
-    return 2
+error = partial(command_error, "shard")
 
 
 def _verify(root: str) -> int:

@@ -21,7 +21,14 @@ from dbl_ps.training.engine import Engine, TorchEngine
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["engine_options", "build_worker_engine", "build_rank_engine"]
+__all__ = ["engine_options", "check_store_mode_engine", "build_worker_engine", "build_rank_engine"]
+
+
+def check_store_mode_engine(cfg: Any) -> None:
+    """The engines a worker process of one-machine `dbl-ps train` can run (not fsdp)."""
+    if cfg.engine == "fsdp":
+        raise LaunchError("engine 'fsdp' shards a worker over several ranks: run it under a launcher, e.g. "
+                          "`torchrun --nproc_per_node N -m dbl_ps train engine=fsdp ...`")
 
 
 def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
@@ -42,11 +49,9 @@ def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]
 def build_worker_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
                         batch_size: int, options: dict[str, Any]) -> Engine:
     """The engine of one worker process of `dbl-ps train` (the parameter store merges)."""
+    check_store_mode_engine(cfg)
     if cfg.engine == "deepspeed":
         return worker_engine(module, cfg, device, topology, batch_size=batch_size, ds_config=options["ds_config"])
-    if cfg.engine == "fsdp":
-        raise LaunchError("engine 'fsdp' shards a worker over several ranks: run it under a launcher, e.g. "
-                          "`torchrun --nproc_per_node N -m dbl_ps train engine=fsdp ...`")
     return TorchEngine(module, cfg, device, topology)
 
 

@@ -46,9 +46,7 @@ class DumpFirstSync(Callback):
 
     def _dump(self, loop: WorkerLoop, state: EpochState, when: str) -> None:
         engine = loop.engine
-        full_all = getattr(engine, "full_state_dict_all", None)
-        full = full_all() if callable(full_all) else {k: v.detach().cpu().clone()
-                                                      for k, v in engine.module.state_dict().items()}
+        full = engine.full_state_dict_all()
         self.folder.mkdir(parents=True, exist_ok=True)
         torch.save({"weight": state.weight, "worker": loop.worker, "member": loop.member,
                     "local": [t.detach().cpu().clone() for t in engine.sync_tensors()], "full": full},

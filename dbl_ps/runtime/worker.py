@@ -47,7 +47,6 @@ class WorkerArgs:
     run_dir: str
     start_epoch: int
     resume_folder: str | None  # the checkpoint folder to restore this worker's own state from
-    saved_workers: int  # workers in that checkpoint
     threads: int
     device: str
     launcher_pid: int
@@ -137,7 +136,8 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
     engine = build_worker_engine(cfg, module.to(device), device, topology, batch_size=first.batches[args.worker],
                                  options=args.engine_options)
     if args.resume_folder:
-        engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, args.saved_workers)
+        # a resumed store-mode run keeps its plan (plan.json), so the checkpoint has as many workers
+        engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, plan.workers)
     link = LauncherLink(args, queue, stop, gate, cfg.store.mode)
     link.check_stop()
     sync = StoreSynchronizer(args.store_name, args.worker, mode=cfg.store.mode, rule=cfg.store.rule,

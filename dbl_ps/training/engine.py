@@ -110,6 +110,10 @@ class Engine:
             return None
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
+    def full_state_dict_all(self) -> dict[str, torch.Tensor]:
+        """Every rank: its worker's whole model (CPU copies); collective for sharded engines."""
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Every rank: the module := a whole-model state dict (model.pt of a checkpoint)."""
         self.module.load_state_dict(state)

@@ -4,7 +4,7 @@ The vector holds every parameter and every floating-point buffer (BatchNorm runn
 mean and variance), in `named_parameters()` then `named_buffers()` order, so
 BatchNorm statistics travel with the weights. Integer buffers (BatchNorm's
 `num_batches_tracked`) are not averaged: they stay with each worker and are saved in
-its checkpoint (`int_buffers` / `load_int_buffers`).
+its checkpoint (`dbl_ps.training.engine.int_buffers`).
 
     flat = FlatState(model)
     vec = flat.new_vector()          # float32 CPU tensor of flat.numel values
@@ -93,14 +93,3 @@ class FlatState:
         for t, n in zip(self.tensors, self.sizes):
             t.copy_(vec[offset:offset + n].view_as(t))
             offset += n
-
-    def int_buffers(self) -> dict[str, torch.Tensor]:
-        """The integer buffers (not in the vector), for a worker's checkpoint."""
-        buffers = dict(self.model.named_buffers())
-        return {name: buffers[name].detach().cpu().clone() for name in self.int_names}
-
-    @torch.no_grad()
-    def load_int_buffers(self, state: dict[str, torch.Tensor]) -> None:
-        buffers = dict(self.model.named_buffers())
-        for name, value in state.items():
-            buffers[name].copy_(value)
