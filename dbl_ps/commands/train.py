@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
+from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config
-from dbl_ps.run_dirs import remove_if_empty, run_dir_problem
+from dbl_ps.run_dirs import RunDirectoryBusy, remove_if_empty, run_dir_problem
 from dbl_ps.training.topology import launched_by_a_launcher
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="same as deepspeed_config=JSON (a path, or a packaged name such as gpu_bf16)")
 
 
-def error(message: str) -> int:
-    print(f"dbl-ps train: error: {message}", file=sys.stderr)
-    return 2
+error = partial(command_error, "train")
 
 
 # What a resume may change: the shape of a multi-rank launch (e.g. resume an FSDP run with
@@ -86,7 +87,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         _remove_new_run_dir(trainer, run_dir, resume)
         return 130
     except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError,
-            MissingExtraError, LaunchError) as exc:
+            MissingExtraError, LaunchError, RunDirectoryBusy) as exc:
         _remove_new_run_dir(trainer, run_dir, resume)
         return error(str(exc))
     try:

@@ -32,6 +32,7 @@ from dbl_ps.config import check_workers_fit
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
+from dbl_ps.run_dirs import RunDirectoryBusy, RunLock
 from dbl_ps.runtime.engines import build_rank_engine, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_tracker
@@ -73,6 +74,7 @@ class CollectiveRunner:
         self.cfg = cfg
         self.resume = resume
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._lock: RunLock | None = None  # rank 0: this run directory's ownership
         self._log = log or (lambda m: print(m, file=sys.stderr, flush=True))
 
     def log(self, message: str) -> None:
@@ -100,6 +102,7 @@ class CollectiveRunner:
             dist.broadcast_object_list(name, src=0)
             self.run_dir = Path(name[0])
         self.dir = RunDirectory(self.run_dir)
+        self._own_run_dir()
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
         check_workers_fit(cfg, len(self.data.train))
         self.transform = build_transform(cfg.data, self.data)
@@ -120,6 +123,21 @@ class CollectiveRunner:
             self.start_epoch = int(meta["next_epoch"])
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch} of {int(self.spec.epochs)}")
 
+    def _own_run_dir(self) -> None:
+        """Rank 0 creates (a new run) and locks the run directory; every rank learns the outcome,
+        so a directory another process trains in stops all ranks with one error."""
+        problem: list[Any] = [None]
+        if self.topo.is_main:
+            try:
+                if self.meta is None:
+                    self.dir.create()
+                self._lock = RunLock(self.run_dir)
+            except (FileExistsError, RunDirectoryBusy) as exc:
+                problem = [str(exc)]
+        dist.broadcast_object_list(problem, src=0)
+        if problem[0] is not None:
+            raise LaunchError(problem[0])
+
     def _plan(self) -> tuple[Any, str]:
         """Rank 0's plan (or the saved one when resuming with as many workers), the same on every rank."""
         cfg, topo = self.cfg, self.topo
@@ -133,7 +151,7 @@ class CollectiveRunner:
         if topo.is_main or measure:
             models, batches, source = resolve_time_models(
                 cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
-                device=self.device.type, log=self.log if (topo.is_main or measure) else (lambda m: None))
+                device=self.device.type, log=self.log)
             if measure:  # each worker measured its own device: one time model per worker (mixed hardware)
                 gathered: list[Any] = [None] * topo.world
                 dist.all_gather_object(gathered, models)
@@ -150,8 +168,6 @@ class CollectiveRunner:
 
     def _write_run_files(self) -> None:
         fresh = self.meta is None
-        if fresh:
-            self.dir.create()
         engine_options(self.cfg, self.run_dir, resuming=not fresh)  # saves deepspeed_config.json of a new run
         plan = {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
                 "ranks_per_worker": self.topo.group_size}
@@ -231,6 +247,8 @@ class CollectiveRunner:
             finisher.commit()
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
 

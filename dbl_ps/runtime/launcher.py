@@ -39,7 +39,8 @@ from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
-from dbl_ps.runtime.engines import engine_options
+from dbl_ps.run_dirs import RunLock
+from dbl_ps.runtime.engines import check_store_mode_engine, engine_options
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.shards import ShardIndex
@@ -49,7 +50,6 @@ from dbl_ps.training.flat import FlatState
 from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import build_plan, build_spec, plan_from_dict, resolve_time_models, threads_per_worker
-from dbl_ps.training.topology import LaunchError
 
 __all__ = ["Trainer", "WorkerError", "StoreSetupError", "TrainingInterrupted", "new_run_dir"]
 
@@ -88,6 +88,7 @@ class Trainer:
         self.resuming = _checkpoint is not None
         self._signal: int | None = None
         self._prepared = False
+        self._lock: RunLock | None = None
         self._bars: list[Any] = []
 
     @classmethod
@@ -111,10 +112,24 @@ class Trainer:
         """Data, plan, schedule, run directory. Raises before any process starts."""
         if self._prepared:
             return
+        if self.resuming:  # one owner per run directory: a second train on it stops here
+            self._lock = RunLock(self.run_dir)
+        try:
+            self._prepare()
+        except BaseException:
+            self.release()
+            raise
+        self._prepared = True
+
+    def release(self) -> None:
+        """Give up the run directory (its lock); train() does this when it ends."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _prepare(self) -> None:
         cfg = self.cfg
-        if cfg.engine == "fsdp":
-            raise LaunchError("engine 'fsdp' shards a worker over several ranks: run it under a launcher, e.g. "
-                              "`torchrun --nproc_per_node N -m dbl_ps train engine=fsdp ...`")
+        check_store_mode_engine(cfg)  # before any data is loaded
         self.threads = threads_per_worker(cfg)
         torch.set_num_threads(self.threads)
         self.devices = self._devices()
@@ -143,11 +158,11 @@ class Trainer:
             require("wandb", feature="tracking.wandb (Weights & Biases)")
         if not self.resuming:
             self.dir.create()
+            self._lock = RunLock(self.run_dir)
             plan_dict = {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": cfg.engine,
                          "ranks_per_worker": 1}
             self.dir.write_setup(cfg, plan_dict, self.spec, fresh=True)
         self.engine_options = engine_options(cfg, self.run_dir, resuming=self.resuming)
-        self._prepared = True
 
     def _devices(self) -> list[str]:
         want = self.cfg.device
@@ -163,6 +178,12 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run to the last epoch; returns the summary (also saved as summary.json)."""
         self.prepare()
+        try:
+            return self._train()
+        finally:
+            self.release()
+
+    def _train(self) -> dict[str, Any]:
         cfg, W = self.cfg, self.cfg.dbl.workers
         epochs = int(self.spec.epochs)
         ckpt = self.checkpoint
@@ -210,7 +231,8 @@ class Trainer:
             self._loop(store, queue, gate, procs, epochs)
             self._status = "finished"
             self._server_stats = store.server_stats()
-            self._print_summary(self._summary())
+            summary = self._summary()
+            self._print_summary(summary)
             self._join(procs, queue, timeout=STOP_TIMEOUT)
         except BaseException:
             stop.set()
@@ -224,7 +246,7 @@ class Trainer:
             self._close_bars()
             self.metrics.close()
             self._restore_signal_handlers(old_handlers)
-        return self._summary()
+        return summary
 
     def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any) -> list[Any]:
         ckpt = self.checkpoint
@@ -233,8 +255,7 @@ class Trainer:
         for w in range(self.cfg.dbl.workers):
             args = WorkerArgs(worker=w, config=self.cfg.to_dict(), plan=self.plan.to_dict(), store_name=store_name,
                               run_dir=str(self.run_dir), start_epoch=self.start_epoch,
-                              resume_folder=ckpt["path"] if ckpt else None,
-                              saved_workers=int(ckpt["workers"]) if ckpt else 0, threads=self.threads,
+                              resume_folder=ckpt["path"] if ckpt else None, threads=self.threads,
                               device=self.devices[w], launcher_pid=os.getpid(), engine_options=self.engine_options,
                               train_data=train_data)
             p = ctx.Process(target=worker_main, args=(args, queue, stop, gate), name=f"dbl-ps-worker-{w}", daemon=True)
@@ -297,9 +318,8 @@ class Trainer:
         version = store.read(state)
         gate.value = epoch + 1  # bsp: workers may start the next epoch now
         self.last_complete = epoch
-        self.flat.scatter(state)
-        model_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        record = self.finisher.finish(epoch, [reports[w] for w in sorted(reports)], model_state, version)
+        self.flat.scatter(state)  # the evaluation model now holds the global state
+        record = self.finisher.finish(epoch, [reports[w] for w in sorted(reports)], self.model.state_dict(), version)
         self.finisher.commit()  # the workers wrote their state files before reporting
         self._epoch_done(record)
 

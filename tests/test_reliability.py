@@ -1,0 +1,106 @@
+"""Runs that cannot be lost or mis-reported (issue 16): real processes, real files.
+
+* one owner per run directory: a second `dbl-ps train --resume` (or `--run-dir`) on a
+  directory that is still training is one error naming the owner, and changes nothing;
+  an owner killed with SIGKILL leaves a stale lock that the next resume takes over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dbl_ps.metrics import read_metrics
+from dbl_ps.run_dirs import LOCK_FILE, RunDirectoryBusy, RunLock, lock_owner
+from launch_helpers import free_port
+
+# digits, 2 workers, a fixed time model (no measuring), small enough for seconds per epoch
+FAST = ["dbl.workers=2", "dbl.small=1", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.warmup_epochs=0",
+        "data.train_limit=400", "store.mode=bsp", "store.rule=average"]
+
+
+def train(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dbl_ps", "train", "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(run_dir: Path, proc: subprocess.Popen, count: int, timeout: float = 120) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    detail = proc.communicate()[1][-2000:] if proc.poll() is not None else "still running"
+    raise AssertionError(f"{run_dir} did not reach {count} epochs (exit {proc.poll()}): {detail}")
+
+
+def test_the_lock_names_its_live_owner_and_is_taken_over_when_the_owner_died(tmp_path):
+    with RunLock(tmp_path):
+        owner = lock_owner(tmp_path)
+        assert owner is not None and owner.pid == os.getpid()
+        try:
+            RunLock(tmp_path)
+            raise AssertionError("a second lock on a live owner's directory")
+        except RunDirectoryBusy as exc:
+            assert f"pid {os.getpid()}" in str(exc)
+    assert not (tmp_path / LOCK_FILE).exists()
+    # a lock left by a process that is gone is stale
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "start_time": None,
+                                                  "host": os.uname().nodename, "command": "gone"}))
+    assert lock_owner(tmp_path) is None
+    with RunLock(tmp_path):
+        assert lock_owner(tmp_path).pid == os.getpid()
+
+
+def test_a_second_train_on_a_run_that_is_still_training_is_refused_and_changes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    # long enough to still be training while the others try (it is stopped with Ctrl-C below)
+    first = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=200", "schedule.milestones=[150]")
+    try:
+        wait_for_epochs(run_dir, first, 1)
+        # --resume and --run-dir on the live directory: one line naming the owner, exit 2
+        for args in (["--resume", str(run_dir)], ["--run-dir", str(run_dir), *FAST]):
+            second = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", *args],
+                                    capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2, second.stderr
+            assert f"is in use by pid {first.pid}" in second.stderr, second.stderr
+            assert "Traceback" not in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        # under torchrun: every rank stops with the same line, nothing written
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                "--master_port", str(free_port()), "-m", "dbl_ps", "train", "--resume", str(run_dir)],
+                               capture_output=True, text=True, timeout=180, env=env)
+        assert ranks.returncode != 0 and f"is in use by pid {first.pid}" in ranks.stderr, ranks.stderr[-2000:]
+        first.send_signal(signal.SIGINT)  # the owner stops cleanly, as a user would
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, err[-2000:]
+    # the owner's files are its own: every epoch once, in order, and the checkpoint matches them
+    epochs = [r["epoch"] for r in read_metrics(run_dir)]
+    assert epochs == list(range(len(epochs))) and len(epochs) >= 1
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["status"] == "interrupted" and meta["next_epoch"] in (len(epochs), len(epochs) + 1)
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_run_whose_owner_was_killed_resumes_over_the_stale_lock(tmp_path):
+    run_dir = tmp_path / "run"
+    first = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=4", "schedule.milestones=[3]")
+    wait_for_epochs(run_dir, first, 1)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert (run_dir / LOCK_FILE).exists() and lock_owner(run_dir) is None  # left behind, stale
+    resumed = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert not (run_dir / LOCK_FILE).exists()
