@@ -268,6 +268,9 @@ class FSDPConfig:
 class LaunchConfig:
     timeout: float = _f(600.0, gt=0, help="seconds a collective of a multi-rank run (torchrun, deepspeed "
                                           "launcher) may wait for a missing rank before failing")
+    sync_timeout: float | None = _f(None, gt=0, help="seconds every rank may take to reach a sync point before "
+                                                     "the run stops naming the ranks that did not; null = derived "
+                                                     "from the plan: 10 x the predicted sync period, at least 60 s")
 
 
 @dataclass(kw_only=True)

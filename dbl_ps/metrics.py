@@ -29,6 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, TextIO
 
+from dbl_ps.run_dirs import write_failure
+
 __all__ = [
     "METRICS_FILE",
     "EPOCH",
@@ -174,10 +176,18 @@ class MetricsWriter:
         if self._fh is None:
             raise ValueError(f"MetricsWriter for {self.path} is closed")
         line = strict_dumps(dict(record))
-        self._fh.write(line + "\n")
-        self._fh.flush()
-        if self.fsync:
-            os.fsync(self._fh.fileno())
+        try:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+            if self.fsync:
+                os.fsync(self._fh.fileno())
+        except OSError as exc:  # a full disk: at most a torn last line, which a resume drops
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:  # the buffered rest cannot be written either
+                pass
+            raise write_failure(self.path, exc) from None
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         self.write({self.step_key: step, **metrics})

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 __all__ = ["create_unique_dir", "run_dir_problem", "remove_if_empty", "RunLock", "RunDirectoryBusy", "LOCK_FILE",
-           "lock_owner"]
+           "lock_owner", "RunWriteError", "write_failure"]
 
 LOCK_FILE = "run.lock"
 
@@ -156,3 +157,18 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class RunWriteError(OSError):
+    """A run's file could not be written (typically a full disk); what was written before is intact."""
+
+
+def write_failure(path: Path, exc: BaseException) -> RunWriteError:
+    """One line for a failed write of `path`: the cause and the free space where it goes.
+    (torch.save reports a full disk as a RuntimeError from its stream writer, not ENOSPC.)"""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RunWriteError(f"cannot write {path} ({cause}; {free})")

@@ -104,3 +104,58 @@ def test_a_run_whose_owner_was_killed_resumes_over_the_stale_lock(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     assert not (run_dir / LOCK_FILE).exists()
+
+
+# --------------------------------------------------------------------------- frozen or killed rank
+
+
+def _rank_pids(launcher_pid: int) -> dict[int, int]:
+    """RANK -> pid of the processes torchrun started."""
+    found = {}
+    for task in Path(f"/proc/{launcher_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+            rank = [e for e in env if e.startswith(b"RANK=")]
+            if rank:
+                found[int(rank[0][5:])] = int(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited; its parent just has not reaped it yet
+
+
+def test_a_frozen_rank_is_named_within_the_sync_timeout_and_the_checkpoint_is_kept(tmp_path):
+    """SIGSTOP one rank mid-run: the other stops at its next sync after launch.sync_timeout
+    with one line naming the rank that did not arrive, instead of waiting the 600 s collective
+    timeout; the last checkpoint is intact."""
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), "-m", "dbl_ps", "train", "--run-dir", str(run_dir), *FAST,
+                             "schedule.epochs=200", "schedule.milestones=[150]", "store.sync_every=2",
+                             "launch.sync_timeout=5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for_epochs(run_dir, proc, 2)
+        ranks = _rank_pids(proc.pid)
+        os.kill(ranks[1], signal.SIGSTOP)
+        started = time.monotonic()
+        while _running(ranks[0]) and time.monotonic() - started < 120:
+            time.sleep(0.1)  # rank 0 gives up at its next sync
+        waited = time.monotonic() - started
+        os.kill(ranks[1], signal.SIGKILL)  # as an operator would; torchrun would wait 30 s for a stopped process
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert waited < 60, waited  # the sync timeout, not the 600 s collective timeout
+    ours = [line for line in err.splitlines() if line.startswith("dbl-ps train: error:")]
+    assert ours and "waited 5 s" in ours[0] and "rank(s) 1 did not arrive" in ours[0], err[-3000:]
+    assert "checkpoint of epoch" in ours[0] and "is kept" in ours[0]
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["epoch"] >= 1 and (run_dir / meta["path"] / "model.pt").is_file()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config
-from dbl_ps.run_dirs import RunDirectoryBusy, remove_if_empty, run_dir_problem
+from dbl_ps.run_dirs import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
 from dbl_ps.training.topology import launched_by_a_launcher
 
 
@@ -92,7 +92,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         return error(str(exc))
     try:
         trainer.train()
-    except StoreSetupError as exc:
+    except (StoreSetupError, RunWriteError) as exc:
         print(f"dbl-ps train: error: {exc}", file=sys.stderr)
         return 1
     except TrainingInterrupted as exc:

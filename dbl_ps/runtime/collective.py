@@ -32,12 +32,12 @@ from dbl_ps.config import check_workers_fit
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
-from dbl_ps.run_dirs import RunDirectoryBusy, RunLock
+from dbl_ps.run_dirs import RunDirectoryBusy, RunLock, RunWriteError
 from dbl_ps.runtime.engines import build_rank_engine, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.shards import share_loader_for
-from dbl_ps.synchronizers import CollectiveSynchronizer, init_distributed
+from dbl_ps.synchronizers.collective import CollectiveSynchronizer, RankLost, init_distributed, sync_timeout
 from dbl_ps.training.events import StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator
 from dbl_ps.training.loop import WorkerLoop
@@ -117,7 +117,7 @@ class CollectiveRunner:
                              dropout=self.spec.dropouts[0])
         self.engine = build_rank_engine(cfg, module, self.device, topo, options=options)
         self.start_epoch = 0
-        if meta is not None:
+        if meta:  # {}: stopped before its first checkpoint, starts again from epoch 0
             self.engine.load_full_state_dict(self.dir.load_model(meta))
             self.engine.load_worker_state(self.dir.checkpoint_folder(meta), int(meta["workers"]))
             self.start_epoch = int(meta["next_epoch"])
@@ -190,10 +190,11 @@ class CollectiveRunner:
                                   worker=topo.worker, shares=first.shares, batch_size=first.batches[topo.worker],
                                   resolution=self.spec.resolutions[0], seed=cfg.seed, epoch=self.start_epoch,
                                   device=self.device)
-        sync = CollectiveSynchronizer(cfg.store.sync_every)
+        sync = CollectiveSynchronizer(cfg.store.sync_every,
+                                      timeout_s=sync_timeout(self.plan, cfg.store.sync_every, cfg.launch.sync_timeout))
         loop = WorkerLoop(engine=self.engine, synchronizer=sync, loader=loader, plan=self.plan, spec=self.spec,
                           seed=cfg.seed, callbacks=callbacks_from_env(topo.rank))
-        loop.start(fresh=meta is None)
+        loop.start(fresh=not meta)
         status = "finished"
         try:
             for report in loop.run(self.start_epoch):
@@ -235,16 +236,32 @@ class CollectiveRunner:
         dist.all_gather_object(gathered, report)
         full = self.engine.full_state_dict()  # collective for sharded engines
         folder = self.dir.epoch_folder(report.epoch)
-        if finisher is not None:
+
+        def finish() -> None:
             workers = [merge_members(gathered[w * topo.group_size:(w + 1) * topo.group_size])
                        for w in range(topo.workers)]
             record = finisher.finish(report.epoch, workers, full, report.version)
             self._log(finisher.console_line(record))
-        dist.barrier()  # the folder exists (rank 0 wrote model.pt into it)
-        self.engine.save_worker_state(folder)
-        dist.barrier()
-        if finisher is not None:
-            finisher.commit()
+
+        # Each write is followed by a collective that also carries its outcome, so a rank that
+        # cannot write (a full disk) stops every rank at once instead of leaving them waiting.
+        self._all_written(finish if finisher is not None else None)  # model.pt: the folder exists now
+        self._all_written(lambda: self.engine.save_worker_state(folder))
+        self._all_written(finisher.commit if finisher is not None else None)
+
+    def _all_written(self, write: Callable[[], None] | None) -> None:
+        """Run this rank's part of a write (if any), then learn every rank's outcome."""
+        failure = None
+        if write is not None:
+            try:
+                write()
+            except RunWriteError as exc:
+                failure = str(self.dir.write_failed(exc))
+        outcomes: list[Any] = [None] * self.topo.world
+        dist.all_gather_object(outcomes, failure)
+        failed = [f for f in outcomes if f is not None]
+        if failed:
+            raise RunWriteError(failed[0])
 
     def close(self) -> None:
         if self._lock is not None:
@@ -262,5 +279,16 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
     except (LaunchError, CheckpointError, FileExistsError) as err:
         print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except RunWriteError as err:
+        if runner.topo.is_main:
+            print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
+        return 1
+    except (RankLost, dist.DistError) as err:  # a frozen or killed rank: one line per rank still running
+        meta = runner.dir.checkpoint_meta() if getattr(runner, "dir", None) else None
+        kept = f"the checkpoint of epoch {meta['epoch'] + 1} is kept" if meta else "no checkpoint was written yet"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"dbl-ps train: error: {first}; {kept} (resume with `dbl-ps train --resume RUN_DIR` under the "
+              f"launcher once every rank is back)", file=sys.stderr, flush=True)
+        return 1
     finally:
         runner.close()

@@ -39,7 +39,7 @@ from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
-from dbl_ps.run_dirs import RunLock
+from dbl_ps.run_dirs import RunLock, RunWriteError
 from dbl_ps.runtime.engines import check_store_mode_engine, engine_options
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
@@ -180,6 +180,8 @@ class Trainer:
         self.prepare()
         try:
             return self._train()
+        except RunWriteError as exc:
+            raise self.dir.write_failed(exc) from None
         finally:
             self.release()
 
@@ -195,6 +197,8 @@ class Trainer:
         if ckpt:
             self.model.load_state_dict(self.dir.load_model(ckpt))
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch} of {epochs}")
+        elif self.resuming:
+            self.log(f"{self.run_dir} has no checkpoint yet: starting again from epoch 1 of {epochs}")
         initial = self.flat.gather()
         # The store first: a machine short of shared memory fails here, before anything
         # else is opened or installed.

@@ -15,6 +15,7 @@ rank's own step count, so ranks may take different numbers of steps without a ha
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import timedelta
 from typing import Sequence
@@ -23,12 +24,32 @@ import torch
 import torch.distributed as dist
 
 from dbl_ps.training.averaging import weighted_average_
+from dbl_ps.planner import Plan
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.setup import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 from dbl_ps.training.topology import Topology
 
-__all__ = ["CollectiveSynchronizer", "init_distributed"]
+__all__ = ["CollectiveSynchronizer", "init_distributed", "RankLost", "sync_timeout"]
+
+MIN_SYNC_TIMEOUT = 60.0  # seconds: start-up jitter, a slow first step, evaluation on a busy machine
+
+
+class RankLost(RuntimeError):
+    """A rank did not reach a sync point in time (frozen, killed, or its machine gone)."""
+
+
+def sync_timeout(plan: Plan, sync_every: int | str, configured: float | None) -> float:
+    """How long a sync may wait for the slowest rank: `configured`, else 10 x the plan's
+    longest predicted sync period (its epoch time over its syncs per epoch), at least
+    `MIN_SYNC_TIMEOUT`: generous for noise, far shorter than a 600 s collective timeout."""
+    if configured is not None:
+        return float(configured)
+    periods = []
+    for rp in plan.resolutions.values():
+        syncs = len(sync_boundaries(max(rp.steps()), sync_every, "bsp", rp.steps()))
+        periods.append(rp.epoch_seconds / syncs)
+    return max(MIN_SYNC_TIMEOUT, 10.0 * max(periods))
 
 
 def init_distributed(topology: Topology, backend: str, timeout_s: float) -> None:
@@ -42,10 +63,17 @@ def init_distributed(topology: Topology, backend: str, timeout_s: float) -> None
 
 
 class CollectiveSynchronizer(Synchronizer):
-    """Share-weighted averaging across the ranks of an initialised process group."""
+    """Share-weighted averaging across the ranks of an initialised process group.
 
-    def __init__(self, sync_every: int | str):
+    The wait before each merge is `monitored_barrier` (on a gloo group: the world on CPUs,
+    a side group on GPUs) with `timeout_s`: a rank that stopped answering is named within
+    that time, instead of every other rank blocking until the collective timeout."""
+
+    def __init__(self, sync_every: int | str, *, timeout_s: float):
         self.sync_every = sync_every
+        self.timeout = timedelta(seconds=timeout_s)
+        # monitored_barrier exists for gloo only; NCCL runs wait on a gloo side group (made by every rank)
+        self.monitor_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self.merges = 0
 
     def boundaries(self, steps: int, all_steps: Sequence[int]) -> list[int]:
@@ -59,7 +87,14 @@ class CollectiveSynchronizer(Synchronizer):
 
     def sync(self, engine: Engine, weight: float) -> SyncResult:
         waiting = time.perf_counter()
-        dist.barrier()
+        try:
+            dist.monitored_barrier(group=self.monitor_group, timeout=self.timeout, wait_all_ranks=True)
+        except RuntimeError as exc:  # rank 0 learns which ranks did not arrive; the others that rank 0 did not answer
+            missing = re.search(r"Ranks? ([\d, ]+) failed to pass", str(exc))
+            who = f"rank(s) {missing.group(1).strip()} did not arrive" if missing else \
+                (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise RankLost(f"rank {dist.get_rank()} waited {self.timeout.total_seconds():g} s at sync {self.merges + 1}: "
+                           f"{who} (frozen, killed, or slower than launch.sync_timeout allows)") from None
         merging = time.perf_counter()
         self.merge(engine, weight)
         self.merges += 1

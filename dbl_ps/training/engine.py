@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dbl_ps.run_dirs import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
 
@@ -42,11 +43,16 @@ def int_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary name, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """torch.save to a temporary name, then rename: a reader never sees half a file, and a
+    failed write (a full disk) leaves the previous file as it was and no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save's stream writer raises RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, exc) from None
 
 
 def worker_state_file(folder: Path, worker: int) -> Path:

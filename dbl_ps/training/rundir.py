@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from dbl_ps.metrics import strict_dumps
-from dbl_ps.run_dirs import create_unique_dir
+from dbl_ps.run_dirs import create_unique_dir, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
@@ -53,8 +53,12 @@ def new_run_dir(cfg: Any) -> Path:
 def atomic_json(path: Path, data: Any) -> None:
     """Strict JSON (a non-finite number as null), written under a temporary name, then renamed."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(strict_dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(strict_dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, exc) from None
 
 
 class RunDirectory:
@@ -113,12 +117,14 @@ class RunDirectory:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def load_checkpoint(self) -> dict[str, Any]:
-        """The last checkpoint's metadata, checked: its folder and model file exist."""
+        """The last checkpoint's metadata, checked: its folder and model file exist. `{}` when
+        the run stopped before its first checkpoint (a crash, a full disk): resuming it starts
+        again from epoch 0 in the same directory, with the plan it made."""
         path = self.path / CHECKPOINT_FILE
+        if not (self.path / "plan.json").is_file():
+            raise CheckpointError(f"{self.path} is not a run directory that can be resumed (no plan.json)")
         if not path.is_file():
-            raise CheckpointError(f"{path} does not exist: the run stopped before its first epoch completed; "
-                                  f"start it again instead of resuming: `dbl-ps train --config "
-                                  f"{self.path / 'config.yaml'} --run-dir NEW_DIR` (or remove {self.path} first)")
+            return {}
         try:
             meta = json.loads(path.read_text())
             folder = self.path / meta["path"]
@@ -133,6 +139,12 @@ class RunDirectory:
 
     def checkpoint_folder(self, meta: dict[str, Any]) -> Path:
         return self.path / meta["path"]
+
+    def write_failed(self, exc: BaseException) -> BaseException:
+        """A failed write (a full disk) as one line that says what is kept and how to go on."""
+        meta = self.checkpoint_meta()
+        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept" if meta else "no checkpoint was written yet")
+        return type(exc)(f"{exc}; {kept}: free some space, then `dbl-ps train --resume {self.path}`")
 
     # -- results
 
