@@ -142,6 +142,8 @@ class DataConfig:
     test_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many test images")
     eval_batch_size: int = _f(512, ge=1)
     num_workers: int = _f(0, ge=0, help="threads decoding image files at load (imagefolder)")
+    verify: bool = _f(False, help="source shards: check each shard's SHA-256 against index.json the first time a "
+                                  "run's loader opens it (as `dbl-ps shard --verify`; reads every shard once more)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def check(self, prefix: str) -> None:
@@ -295,6 +297,10 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dbl: DBSLConfig = field(default_factory=DBSLConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    divergence: Literal["stop", "skip"] = _f(
+        "stop", help="a non-finite loss or model state at a sync: stop the run (status 'diverged', the last finite "
+                     "checkpoint kept), or skip that worker's update (it continues from the merged state; counted "
+                     "as skipped_syncs)")
     optim: OptimConfig = field(default_factory=OptimConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)

@@ -98,3 +98,46 @@ def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, s
                           capture_output=True, text=True, timeout=120, env=env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any(out.glob("*.png")) and any(out.glob("*.md"))
+
+
+def test_torchrun_divergence_stops_every_rank_at_the_same_sync_or_skips(tmp_path: Path) -> None:
+    """A diverging multi-rank run: every rank learns it at the same sync (the flag travels in
+    the collective that opens every sync), so both stop together, without waiting for the
+    collective timeout; rank 0 prints one line and writes status "diverged". With
+    `divergence=skip` the diverged ranks contribute their state of the last merge instead."""
+    import re
+    import time
+
+    import torch
+
+    from dbl_ps.models import build_model
+    from dbl_ps.training.rundir import RunDirectory
+
+    run_dir = tmp_path / "stop"
+    start = time.monotonic()
+    proc = torchrun(2, "--run-dir", str(run_dir), *RUN, "schedule.lr=1000000", "schedule.warmup_epochs=1",
+                    "schedule.warmup_start_factor=0", "launch.timeout=120")
+    assert proc.returncode != 0 and time.monotonic() - start < 110, proc.stderr[-4000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("dbl-ps train:")]
+    assert len(ours) == 1, proc.stderr[-4000:]
+    assert re.fullmatch(r"dbl-ps train: error: worker \d diverged at epoch 2 step \d+ \(loss (nan|-?inf)\); the last "
+                        r"finite checkpoint \(epoch 1\) is kept; .*", ours[0]), ours[0]
+    assert "/dbl_ps/" not in proc.stderr  # no traceback through our code (torchrun prints one of its own)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+    assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 0
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0]
+
+    run_dir = tmp_path / "skip"
+    proc = torchrun(2, "--run-dir", str(run_dir), *RUN, "schedule.epochs=2", "schedule.milestones=[]",
+                    "schedule.lr=1e38", "divergence=skip")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = read_metrics(run_dir)
+    assert all(w["skipped_syncs"] == w["syncs"] > 0 for r in records for w in r["workers"])
+    run = RunDirectory(run_dir)
+    final = run.load_model(run.load_checkpoint())
+    torch.manual_seed(0)
+    initial = build_model("small_resnet", 10, in_channels=1).state_dict()
+    # every merge averaged the ranks' (equal) states of the last merge: the initial model, to float rounding
+    # (integer buffers, BatchNorm's batch counts, stay with each rank and are not merged)
+    differ = [k for k, v in initial.items() if v.is_floating_point() and not torch.allclose(final[k], v, rtol=1e-6, atol=1e-7)]
+    assert differ == [], differ

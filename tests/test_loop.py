@@ -33,7 +33,7 @@ class RecordingSync(Synchronizer):
     def start(self, engine, *, fresh):
         return self.version
 
-    def sync(self, engine, weight):
+    def sync(self, engine, weight, *, loss=None):
         self.version += 1
         self.weights.append(weight)
         return SyncResult(version=self.version, wait_seconds=0.0, sync_seconds=0.0)

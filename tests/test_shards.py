@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -450,3 +451,71 @@ def test_dbl_ps_train_on_shards_learns_without_decoding_the_training_split(raw_d
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["resolution"] for r in records] == [8, 12, 8, 12]  # up, down (new LR stage), up again
     assert [sum(w["samples"] for w in r["workers"]) for r in records] == [1437] * 4  # every planned sample, once
+
+
+# --------------------------------------------------------------------------- corrupt content found mid-run (issue 16)
+
+
+@pytest.fixture(scope="module")
+def png_dir(tmp_path_factory):
+    """digits at 8 and 12 px as PNG (a flipped byte breaks its zlib check), 4 train shards."""
+    out = tmp_path_factory.mktemp("shards") / "png"
+    write_shards("digits", None, [8, 12], out, fmt="png", samples_per_shard=400, progress=False, log=quiet)
+    return out
+
+
+def _flip(shard: Path, member: str, at: str, mask: int) -> None:
+    """XOR one byte of `member` (its first or middle byte) inside the tar, in place."""
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        info = tar.getmember(member)
+    data = bytearray(shard.read_bytes())
+    data[info.offset_data + (0 if at == "first" else info.size // 2)] ^= mask
+    shard.write_bytes(bytes(data))
+
+
+# bsp: a worker starts epoch 2 (the first 12 px epoch) only once epoch 1 is committed.
+SHARD_RUN = ["data.source=shards", "schedule.resolutions=[8,12]", "schedule.epochs=2", "schedule.milestones=[]",
+             "schedule.warmup_epochs=0", "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]",
+             "model.dropout=[0.0]", "dbl.batch_large=[64]", "store.mode=bsp", "store.rule=average"]
+
+
+@pytest.mark.parametrize("case, needle, kept", [
+    ("image", r"train/r12/train-000001\.tar, sample 00000410: the \.png image cannot be decoded", True),
+    ("cls", r"train/r12/train-000001\.tar, sample 00000410: the \.cls label b'p' is not a number", True),
+    # index.json's labels hold for every resolution: the 8 px set of epoch 1 finds it
+    ("index-label", r"train/r8/train-000001\.tar, sample 00000410: label \d, the index says \d", False),
+    ("verify", r"train/r12/train-000001\.tar does not match its SHA-256 in the index", True),
+])
+def test_corrupt_shard_content_stops_the_run_in_one_line_naming_shard_and_key(png_dir, tmp_path, case, needle, kept):
+    """A worker's loader finds corrupt content during the run: one line naming the shard,
+    the sample key and `dbl-ps shard --verify`, exit status 1, the committed checkpoint
+    untouched. `data.verify=true` finds a flipped byte the decoder cannot (any byte) by the
+    shard's SHA-256, when the run first opens the set."""
+    root = tmp_path / "shards"
+    shutil.copytree(png_dir, root)
+    shard = root / "train" / "r12" / "train-000001.tar"
+    if case in ("image", "verify"):
+        _flip(shard, "00000410.png", "middle", 0xFF)
+    elif case == "cls":
+        _flip(shard, "00000410.cls", "first", 0x40)  # '0'..'9' -> 'p'..'y'
+    else:
+        index = json.loads((root / "index.json").read_text())
+        labels = index["splits"]["train"]["labels"]
+        labels[410] = (labels[410] + 1) % 10
+        (root / "index.json").write_text(json.dumps(index))
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                           *SHARD_RUN, f"data.path={root}", *(["data.verify=true"] if case == "verify" else [])],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert err[0].startswith("dbl-ps train: error: worker ") and re.search(needle, err[0]), err[0]
+    assert f"`dbl-ps shard --verify {root}`" in err[0]
+    if kept:
+        assert f"the checkpoint of epoch 1 is kept: once the data is fixed, `dbl-ps train --resume {run_dir}`" in err[0]
+        assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 0
+    else:
+        assert "no epoch had finished" in err[0] and not (run_dir / "checkpoint.json").exists()

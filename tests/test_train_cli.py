@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dbl_ps.cli import main
 from dbl_ps.commands.compare import variant
@@ -174,16 +176,71 @@ def test_new_run_dir_is_unique_across_threads_and_processes(tmp_path):
     assert create_unique_dir(tmp_path / "procs", "run-20260101-000000").name == "run-20260101-000000-4"
 
 
-def test_a_diverged_run_writes_strict_json(tmp_path):
-    # lr 1e6 makes every loss NaN: metrics.jsonl and summary.json still parse as strict JSON.
+# --------------------------------------------------------------------------- issue 16: divergence
+
+
+def _strict(path: Path) -> list:
+    """Every JSON line of `path`, refusing the bare NaN/Infinity tokens other parsers reject."""
     def refuse(token):
         raise ValueError(f"non-standard JSON token {token}")
 
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def _train(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dbl_ps.cli", "train", "--no-progress", "--run-dir", str(run_dir),
+                           *FAST, *overrides], capture_output=True, text=True, timeout=300)
+
+
+def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_finite_checkpoint(tmp_path):
+    # lr 1e6 after a warm-up epoch at lr 0: epoch 1 is finite and committed, epoch 2 diverges at its first sync.
     run_dir = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "dbl_ps.cli", "train", "--no-progress", "--run-dir", str(run_dir),
-                           *FAST, "schedule.lr=1000000"], capture_output=True, text=True, timeout=300)
-    assert (run_dir / "summary.json").is_file(), done.stdout + done.stderr
-    records = [json.loads(line, parse_constant=refuse) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=refuse)
-    assert records and records[0]["test_loss"] is None and records[0]["workers"][0]["loss"] is None
-    assert summary["final_test_loss"] is None
+    done = _train(run_dir, "schedule.epochs=3", "schedule.lr=1000000", "schedule.warmup_epochs=1",
+                  "schedule.warmup_start_factor=0", "store.mode=bsp", "store.rule=average")
+    assert done.returncode == 1, done.stdout + done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert re.fullmatch(r"dbl-ps train: error: worker \d diverged at epoch 2 step \d+ \(loss (nan|-?inf)\); the last "
+                        r"finite checkpoint \(epoch 1\) is kept; lower schedule.lr .*divergence=skip.*", err[0]), err[0]
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["epoch"] == 0 and meta["status"] == "running"  # untouched: the diverged epoch is never committed
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["epochs"] == 1 and summary["skipped_syncs"] == 0
+    records = _strict(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0] and records[0]["test_loss"] > 0
+
+
+def test_a_run_diverging_in_its_first_epoch_has_no_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    done = _train(run_dir, "schedule.lr=1000000")  # asp, blend: the default store mode
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "diverged at epoch 1 step" in done.stderr and "no epoch had finished, so there is no checkpoint" in done.stderr
+    assert not (run_dir / "checkpoint.json").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_divergence_skip_leaves_non_finite_updates_out_and_counts_them(tmp_path):
+    """lr 1e38 makes every sync's state non-finite: with `divergence: skip` each worker
+    contributes its state of the last pull instead, so the run finishes with the initial
+    model, bit for bit, and every sync counted as skipped; metrics stay strict JSON."""
+    from dbl_ps.models import build_model
+    from dbl_ps.training.rundir import RunDirectory
+
+    run_dir = tmp_path / "run"
+    done = _train(run_dir, "schedule.lr=1e38", "divergence=skip", "store.mode=bsp", "store.rule=average")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "skipped" in done.stdout and "non-finite syncs" in done.stdout
+    records = _strict(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1]
+    for r in records:
+        for w in r["workers"]:
+            assert w["skipped_syncs"] == w["syncs"] > 0 and w["loss"] is None  # no merged period, no loss
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["skipped_syncs"] == sum(
+        w["skipped_syncs"] for r in records for w in r["workers"])
+    run = RunDirectory(run_dir)
+    final = run.load_model(run.load_checkpoint())
+    torch.manual_seed(0)  # the launcher's initial model
+    initial = build_model("small_resnet", 10, in_channels=1).state_dict()
+    assert all(torch.equal(final[k], initial[k]) for k in initial)

@@ -98,8 +98,8 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     except TrainingInterrupted as exc:
         print(f"dbl-ps train: {exc}", file=sys.stderr)
         return 130
-    except WorkerError as exc:
-        print(f"dbl-ps train: {exc}", file=sys.stderr)
+    except WorkerError as exc:  # one line when the worker named the problem (divergence, corrupt data), else its traceback
+        print(f"dbl-ps train: {'error: ' if exc.actionable else ''}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
         print("dbl-ps train: interrupted while stopping; the last complete epoch's checkpoint is kept", file=sys.stderr)

@@ -29,18 +29,19 @@ import torch
 import torch.distributed as dist
 
 from dbl_ps.config import check_workers_fit
-from dbl_ps.data import build_transform, load_dataset
+from dbl_ps.data import DataError, build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
 from dbl_ps.run_dirs import RunDirectoryBusy, RunLock, RunWriteError
 from dbl_ps.runtime.engines import build_rank_engine, engine_options
+from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer, RankLost, init_distributed, sync_timeout
 from dbl_ps.training.events import StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator
-from dbl_ps.training.loop import WorkerLoop
+from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.messages import EpochReport, merge_members
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import build_plan, build_spec, cpu_cores, plan_from_dict, resolve_time_models
@@ -190,7 +191,7 @@ class CollectiveRunner:
                                   worker=topo.worker, shares=first.shares, batch_size=first.batches[topo.worker],
                                   resolution=self.spec.resolutions[0], seed=cfg.seed, epoch=self.start_epoch,
                                   device=self.device)
-        sync = CollectiveSynchronizer(cfg.store.sync_every,
+        sync = CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
                                       timeout_s=sync_timeout(self.plan, cfg.store.sync_every, cfg.launch.sync_timeout))
         loop = WorkerLoop(engine=self.engine, synchronizer=sync, loader=loader, plan=self.plan, spec=self.spec,
                           seed=cfg.seed, callbacks=callbacks_from_env(topo.rank))
@@ -205,6 +206,14 @@ class CollectiveRunner:
             self.log(str(stop))
             status = "stopped"
             dist.barrier()
+        except DivergedError as err:  # every rank raised it at the same sync: no collective is left waiting
+            if finisher is not None:  # rank 0: summary.json and the line; checkpoint.json keeps the last finite epoch
+                finisher.summary("diverged", name=cfg.name, small_workers=self.plan.small, plan_source=self.plan_source)
+                meta = self.dir.checkpoint_meta()
+                self._log("dbl-ps train: error: " + stopped_line(str(err), diverged=True, run_dir=self.run_dir,
+                                                                 last_epoch=meta["epoch"] if meta else None))
+            dist.barrier()  # torchrun ends every rank once one exits with an error: not before rank 0 is done
+            raise
         finally:
             if finisher is not None:
                 finisher.logger.close()
@@ -256,7 +265,7 @@ class CollectiveRunner:
             try:
                 write()
             except RunWriteError as exc:
-                failure = str(self.dir.write_failed(exc))
+                failure = str(exc)
         outcomes: list[Any] = [None] * self.topo.world
         dist.all_gather_object(outcomes, failure)
         failed = [f for f in outcomes if f is not None]
@@ -279,16 +288,18 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
     except (LaunchError, CheckpointError, FileExistsError) as err:
         print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2
-    except RunWriteError as err:
-        if runner.topo.is_main:
-            print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
+    except DivergedError:  # rank 0 printed the line
         return 1
-    except (RankLost, dist.DistError) as err:  # a frozen or killed rank: one line per rank still running
-        meta = runner.dir.checkpoint_meta() if getattr(runner, "dir", None) else None
-        kept = f"the checkpoint of epoch {meta['epoch'] + 1} is kept" if meta else "no checkpoint was written yet"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"dbl-ps train: error: {first}; {kept} (resume with `dbl-ps train --resume RUN_DIR` under the "
-              f"launcher once every rank is back)", file=sys.stderr, flush=True)
+    except (DataError, RunWriteError, RankLost, dist.DistError) as err:
+        # corrupt data, a full disk, a frozen or killed rank: one line from each rank still running
+        topo = getattr(runner, "topo", None)
+        if isinstance(err, RunWriteError) and topo is not None and not topo.is_main:
+            return 1  # every rank learnt the same failed write: rank 0 says it
+        message = failure_message(err, worker=topo.worker if topo else 0, data_path=runner.cfg.data.path)
+        meta = RunDirectory(runner.run_dir).checkpoint_meta() if runner.run_dir is not None else None
+        line = stopped_line(message or " ".join(str(err).split()[:40]) or type(err).__name__, diverged=False,
+                            last_epoch=meta["epoch"] if meta else None, run_dir=runner.run_dir)
+        print(f"dbl-ps train: error: {line}", file=sys.stderr, flush=True)
         return 1
     finally:
         runner.close()

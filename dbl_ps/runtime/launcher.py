@@ -16,7 +16,10 @@ at the highest resolution, appends a metrics record and writes the checkpoint.
 Stopping: SIGINT/SIGTERM set a flag; the launcher then stops the workers, keeps the
 last complete epoch's checkpoint (rewritten with status "interrupted"), closes the
 store (its shared memory goes) and raises `TrainingInterrupted`. A worker that fails
-makes `train()` raise `WorkerError` carrying that worker's traceback.
+makes `train()` raise `WorkerError` carrying that worker's traceback, or one line when
+the worker said what a user can do (corrupt data; `TrainingDiverged`, with summary.json
+status "diverged", for a non-finite loss or state). checkpoint.json stays at the last
+epoch every worker finished.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.models import build_model
 from dbl_ps.run_dirs import RunLock, RunWriteError
 from dbl_ps.runtime.engines import check_store_mode_engine, engine_options
+from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.shards import ShardIndex
@@ -51,14 +55,23 @@ from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, Worker
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import build_plan, build_spec, plan_from_dict, resolve_time_models, threads_per_worker
 
-__all__ = ["Trainer", "WorkerError", "StoreSetupError", "TrainingInterrupted", "new_run_dir"]
+__all__ = ["Trainer", "WorkerError", "TrainingDiverged", "StoreSetupError", "TrainingInterrupted", "new_run_dir"]
 
 STOP_TIMEOUT = 30.0  # seconds a worker gets to stop before it is terminated
 PASS_DATA_BYTES = 1 << 30  # training splits up to this size go to the workers with their arguments
 
 
 class WorkerError(RuntimeError):
-    """A worker process failed; the message holds its traceback."""
+    """A worker process failed; the message holds its traceback, or is one line a user can
+    act on (`actionable`: the worker named the problem, e.g. a shard and sample key)."""
+
+    def __init__(self, message: str, *, actionable: bool = False):
+        super().__init__(message)
+        self.actionable = actionable
+
+
+class TrainingDiverged(WorkerError):
+    """A worker's loss or state became non-finite (`divergence: stop`); summary.json says "diverged"."""
 
 
 class StoreSetupError(RuntimeError):
@@ -180,8 +193,10 @@ class Trainer:
         self.prepare()
         try:
             return self._train()
-        except RunWriteError as exc:
-            raise self.dir.write_failed(exc) from None
+        except RunWriteError as exc:  # the launcher's own write (model.pt, checkpoint.json, metrics)
+            meta = self.dir.checkpoint_meta()
+            raise RunWriteError(stopped_line(str(exc), diverged=False, last_epoch=meta["epoch"] if meta else None,
+                                             run_dir=self.run_dir)) from None
         finally:
             self.release()
 
@@ -238,12 +253,15 @@ class Trainer:
             summary = self._summary()
             self._print_summary(summary)
             self._join(procs, queue, timeout=STOP_TIMEOUT)
-        except BaseException:
+        except BaseException as exc:
             stop.set()
             self._join(procs, queue, timeout=STOP_TIMEOUT)
             if self._signal is not None and self.last_complete >= 0:
                 self._status = "interrupted"
                 self.dir.set_checkpoint_status("interrupted")
+            if isinstance(exc, TrainingDiverged):  # checkpoint.json keeps the last finite epoch as it is
+                self._status = "diverged"
+                self._summary()
             raise
         finally:
             store.close()
@@ -301,7 +319,10 @@ class Trainer:
     def _handle(self, msg: Any, reports: dict[int, dict[int, EpochReport]], finished: set[int], store: Any,
                 gate: Any) -> None:
         if isinstance(msg, WorkerFailed):
-            raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
+            if msg.message is None:
+                raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
+            line = stopped_line(msg.message, diverged=msg.diverged, last_epoch=self.last_complete, run_dir=self.run_dir)
+            raise (TrainingDiverged if msg.diverged else WorkerError)(line, actionable=True)
         if isinstance(msg, (WorkerFinished, WorkerStopped)):
             finished.add(msg.worker)
             if isinstance(msg, WorkerStopped) and self._signal is None:

@@ -23,11 +23,12 @@ from dbl_ps.config import RunConfig
 from dbl_ps.data import Dataset, Split, build_transform, load_dataset
 from dbl_ps.models import build_model
 from dbl_ps.runtime.engines import build_worker_engine
+from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers import StoreSynchronizer
 from dbl_ps.training.events import Callback
-from dbl_ps.training.loop import EpochState, WorkerLoop
+from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerStopped
 from dbl_ps.training.rundir import RunDirectory
 from dbl_ps.training.setup import build_spec, plan_from_dict
@@ -74,7 +75,8 @@ class _Stopped(Exception):
 
 
 def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
-    """Process entry point: runs the worker, reports errors with their traceback."""
+    """Process entry point: runs the worker, reports errors with their traceback (and one
+    line for those a user can act on: a divergence, corrupt data)."""
     # Ctrl-C reaches the whole process group; the launcher alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -82,11 +84,13 @@ def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
         queue.put(WorkerFinished(args.worker))
     except _Stopped:
         queue.put(WorkerStopped(args.worker))
-    except BaseException:  # report everything, including SystemExit from a library
+    except BaseException as exc:  # report everything, including SystemExit from a library
         if stop.is_set():
             queue.put(WorkerStopped(args.worker))
             return
-        queue.put(WorkerFailed(args.worker, traceback.format_exc()))
+        message = failure_message(exc, worker=args.worker, data_path=args.config["data"]["path"])
+        queue.put(WorkerFailed(args.worker, traceback.format_exc(), message=message,
+                               diverged=isinstance(exc, DivergedError)))
         raise SystemExit(1)
 
 
@@ -141,7 +145,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
     link = LauncherLink(args, queue, stop, gate, cfg.store.mode)
     link.check_stop()
     sync = StoreSynchronizer(args.store_name, args.worker, mode=cfg.store.mode, rule=cfg.store.rule,
-                             sync_every=cfg.store.sync_every)
+                             sync_every=cfg.store.sync_every, divergence=cfg.divergence)
     try:
         # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
         loader = share_loader_for(cfg.data, data.train, build_transform(cfg.data, data),

@@ -118,7 +118,11 @@ def read_shard(shard: ShardInfo, *, ext: str, channels: int, side: int, labels: 
             if image.shape != (channels, side, side):
                 raise ShardError(f"shard {shard.path}, sample {key}: image of shape {image.shape}, the index says "
                                  f"{(channels, side, side)}")
-            label = int(sample["cls"])
+            try:
+                label = int(sample["cls"])
+            except ValueError:  # a damaged .cls member: name it here, not as "corrupt after sample"
+                raise ShardError(f"shard {shard.path}, sample {key}: the .cls label {bytes(sample['cls'])[:20]!r} is "
+                                 "not a number; the shard is corrupt, rebuild it with `dbl-ps shard --overwrite`") from None
             if label != int(labels[sid]):
                 raise ShardError(f"shard {shard.path}, sample {key}: label {label}, the index says {int(labels[sid])}; "
                                  "the index does not match the shards")
@@ -158,12 +162,13 @@ class _ShardReader(torch.utils.data.IterableDataset):
 
 
 def load_shard_set(index: ShardIndex, split: str, resolution: int, *, num_workers: int = 0,
-                   log: Callable[[str], None] | None = None) -> Split:
+                   log: Callable[[str], None] | None = None, verify: bool = False) -> Split:
     """The whole set of `split` at `resolution` in memory: uint8 (N, C, side, side), int64 labels.
 
     Shards are decoded in `num_workers` DataLoader worker processes (a thread pool
-    inside a daemonic process, 0 = in this thread)."""
-    info = index.check_files(split, resolution)
+    inside a daemonic process, 0 = in this thread). `verify`: check each shard's
+    SHA-256 against the index first (`data.verify`)."""
+    info = index.check_files(split, resolution, checksums=verify)
     labels = index.labels(split)
     ext = EXTENSIONS.get(index.encoding)
     if ext is None:
@@ -212,8 +217,8 @@ class StreamSet(torch.utils.data.Dataset):
     image member with one `pread` at its byte offset (found by scanning the tar
     headers once) and decodes it. Picklable, so DataLoader workers decode."""
 
-    def __init__(self, index: ShardIndex, split: str, resolution: int):
-        self.info = index.check_files(split, resolution)
+    def __init__(self, index: ShardIndex, split: str, resolution: int, *, verify: bool = False):
+        self.info = index.check_files(split, resolution, checksums=verify)
         self.ext = EXTENSIONS[index.encoding]
         self.channels = index.channels
         self.labels = index.labels(split)
@@ -347,13 +352,14 @@ class ShardShareLoader(ShareCursor):
 
     `limit` keeps the fixed subset `data.train_limit` keeps; `mode` is
     'auto' | 'memory' | 'stream' (module docstring); `num_workers` decoding
-    processes (threads in a daemonic process)."""
+    processes (threads in a daemonic process); `verify`: check the SHA-256 of each
+    set's shards the first time the loader opens the set (`data.verify`)."""
 
     def __init__(self, shards: str | os.PathLike | ShardIndex, transform: BatchTransform, *, worker: int,
                  shares: Sequence[int], batch_size: int, resolution: int, seed: int, epoch: int = 0,
                  device: torch.device | str | None = None, split: str = "train", limit: int | None = None,
                  mode: str = "auto", num_workers: int = 0, memory_limit: int = DEFAULT_MEMORY_LIMIT,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, verify: bool = False):
         if mode not in ("auto", "memory", "stream"):
             raise ValueError(f"mode must be 'auto', 'memory' or 'stream', got {mode!r}")
         self.index = shards if isinstance(shards, ShardIndex) else ShardIndex.load(shards)
@@ -366,6 +372,8 @@ class ShardShareLoader(ShareCursor):
         self.num_workers = check_count("num_workers", num_workers, 0)
         self.memory_limit = int(memory_limit)
         self.log = log
+        self.verify = verify
+        self._verified: set[int] = set()  # resolutions whose shards were checked (an evicted set is not re-hashed)
         self.ids = subset_ids(self.index.num_samples(split), limit)
         self._dense = len(self.ids) == self.index.num_samples(split)
         self._memory: dict[int, Split] = {}  # resolution -> set, most recently used last
@@ -398,7 +406,8 @@ class ShardShareLoader(ShareCursor):
         if r in self._memory:
             self._memory[r] = self._memory.pop(r)  # most recently used
             return self._memory[r]
-        full = load_shard_set(self.index, self.split_name, r, num_workers=self.num_workers, log=self.log)
+        full = load_shard_set(self.index, self.split_name, r, num_workers=self.num_workers, log=self.log,
+                              verify=self._first_open(r))
         if not self._dense:
             sel = torch.from_numpy(self.ids)
             full = Split(full.images[sel], full.labels[sel])
@@ -411,7 +420,7 @@ class ShardShareLoader(ShareCursor):
     def _stream(self) -> tuple[_Batches, torch.utils.data.DataLoader]:
         r = self.resolution
         if r not in self._streams:
-            dataset = StreamSet(self.index, self.split_name, r)
+            dataset = StreamSet(self.index, self.split_name, r, verify=self._first_open(r))
             sampler = _Batches()
             workers = 0 if _in_daemon() else self.num_workers
             loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
@@ -419,6 +428,12 @@ class ShardShareLoader(ShareCursor):
             self._streams[r] = (dataset, sampler, loader)
         _, sampler, loader = self._streams[r]
         return sampler, loader
+
+    def _first_open(self, resolution: int) -> bool:
+        """Whether to verify the set at `resolution` now: on its first opening, with `verify`."""
+        first = self.verify and resolution not in self._verified
+        self._verified.add(resolution)
+        return first
 
     # -- iteration
 
@@ -466,19 +481,21 @@ class ShardShareLoader(ShareCursor):
 
 
 def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *, num_workers: int = 0,
-                       load_train: bool = False, log: Callable[[str], None] | None = None) -> Dataset:
+                       load_train: bool = False, log: Callable[[str], None] | None = None,
+                       verify: bool = False) -> Dataset:
     """A `Dataset` from a shard directory: the test split decoded at `resolution`
     (default: the largest stored) for evaluation; the training split as labels
     with zero-size images unless `load_train` (workers read it with
-    `ShardShareLoader`, set by set), so planning needs no decoding."""
+    `ShardShareLoader`, set by set), so planning needs no decoding. `verify`: check
+    the SHA-256 of the shards it decodes."""
     index = ShardIndex.load(root)
     r = max(index.resolutions) if resolution is None else int(resolution)
     test_split = "test" if "test" in index.splits else index.splits[-1]
-    test = load_shard_set(index, test_split, r, num_workers=num_workers, log=log)
+    test = load_shard_set(index, test_split, r, num_workers=num_workers, log=log, verify=verify)
     if test.images.shape[-1] != r:
         test = Split(crop_batch(test.images, r), test.labels)
     if load_train:
-        train = load_shard_set(index, "train", r, num_workers=num_workers, log=log)
+        train = load_shard_set(index, "train", r, num_workers=num_workers, log=log, verify=verify)
         if train.images.shape[-1] != r:
             train = Split(crop_batch(train.images, r).contiguous(), train.labels)
     else:
@@ -492,7 +509,8 @@ def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *
 def _load_source(cfg: Any, image_size: int | None) -> Dataset:
     """`data.source: shards`: the training split as labels only (no decoding, whatever its size);
     workers read the set of each resolution through `share_loader_for`."""
-    return load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False)
+    return load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False,
+                              verify=getattr(cfg, "verify", False))
 
 
 register_source("shards", _load_source)
@@ -510,4 +528,5 @@ def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
     index = ShardIndex.load(data_cfg.path)
     if resolutions:
         index.check_resolutions(list(resolutions))
-    return ShardShareLoader(index, transform, limit=data_cfg.train_limit, num_workers=data_cfg.num_workers, **kwargs)
+    return ShardShareLoader(index, transform, limit=data_cfg.train_limit, num_workers=data_cfg.num_workers,
+                            verify=getattr(data_cfg, "verify", False), **kwargs)

@@ -1,6 +1,7 @@
 """The collective synchronizer: every rank of a multi-rank job merges with `torch.distributed`.
 
-A sync is a barrier (timed apart: waiting for slower workers) and then the
+A sync is a monitored barrier (timed apart: waiting for slower workers; a rank that does
+not arrive within the sync timeout is named), then the check for divergence, then the
 share-weighted average `sum f_i w_i / sum f_i` of the tensors the engine exposes
 (`engine.sync_tensors()` over `engine.sync_group()`: the whole model for one rank
 per worker, the local shards over the replicate axis for FSDP), plus what the engine
@@ -11,10 +12,17 @@ Invariant: every rank issues the same sequence of collectives. The number of syn
 per epoch is a function of the plan only (`sync_boundaries(..., "bsp", all_steps)`:
 `S = ceil(max steps / k)` syncs spread over each worker's own steps), never of a
 rank's own step count, so ranks may take different numbers of steps without a hang.
+
+Divergence: after the barrier, an all-reduce of one small vector carries each rank's flag "my loss or state is non-finite"
+and its loss, so every rank learns about every rank at the same sync and no rank
+ever leaves a collective out. `stop`: no rank merges and the loops raise together.
+`skip`: a diverged worker's ranks contribute their state of the last merge (kept
+only under `skip`: one copy of the merged tensors), then continue from the merge.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import timedelta
@@ -23,8 +31,8 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from dbl_ps.training.averaging import weighted_average_
 from dbl_ps.planner import Plan
+from dbl_ps.training.averaging import all_finite, averaged_tensors, weighted_average_
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.setup import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
@@ -69,12 +77,14 @@ class CollectiveSynchronizer(Synchronizer):
     a side group on GPUs) with `timeout_s`: a rank that stopped answering is named within
     that time, instead of every other rank blocking until the collective timeout."""
 
-    def __init__(self, sync_every: int | str, *, timeout_s: float):
+    def __init__(self, sync_every: int | str, *, timeout_s: float, divergence: str = "stop"):
         self.sync_every = sync_every
         self.timeout = timedelta(seconds=timeout_s)
         # monitored_barrier exists for gloo only; NCCL runs wait on a gloo side group (made by every rank)
         self.monitor_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self.merges = 0
+        self.skip_nonfinite = divergence == "skip"
+        self.synced: list[torch.Tensor] | None = None  # skip: the merged tensors of the last sync
 
     def boundaries(self, steps: int, all_steps: Sequence[int]) -> list[int]:
         return sync_boundaries(steps, self.sync_every, "bsp", all_steps)
@@ -83,9 +93,10 @@ class CollectiveSynchronizer(Synchronizer):
         if fresh:
             self.merge(engine, 1.0)  # an identical start on every rank, whatever the seeding did
         # resumed: every rank loaded the same model.pt
+        self._keep(engine)
         return self.merges
 
-    def sync(self, engine: Engine, weight: float) -> SyncResult:
+    def sync(self, engine: Engine, weight: float, *, loss: torch.Tensor | None = None) -> SyncResult:
         waiting = time.perf_counter()
         try:
             dist.monitored_barrier(group=self.monitor_group, timeout=self.timeout, wait_all_ranks=True)
@@ -95,11 +106,52 @@ class CollectiveSynchronizer(Synchronizer):
                 (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RankLost(f"rank {dist.get_rank()} waited {self.timeout.total_seconds():g} s at sync {self.merges + 1}: "
                            f"{who} (frozen, killed, or slower than launch.sync_timeout allows)") from None
+        diverged = self.diverged_workers(engine, loss)  # every rank learns every rank's state
         merging = time.perf_counter()
+        if diverged and not self.skip_nonfinite:
+            return SyncResult(version=self.merges, wait_seconds=merging - waiting, sync_seconds=0.0,
+                              diverged=diverged, merged=False)
+        if engine.topology.worker in diverged:  # skip: contribute the state of the last merge
+            assert self.synced is not None
+            for t, kept in zip(averaged_tensors(engine.module), self.synced):
+                t.copy_(kept)
         self.merge(engine, weight)
+        self._keep(engine)
         self.merges += 1
         return SyncResult(version=self.merges, wait_seconds=merging - waiting,
-                          sync_seconds=time.perf_counter() - merging)
+                          sync_seconds=time.perf_counter() - merging, diverged=diverged)
+
+    @staticmethod
+    def diverged_workers(engine: Engine, loss: torch.Tensor | None) -> dict[int, float]:
+        """Every worker whose loss or state (on any of its ranks) is non-finite, with its loss:
+        one all_reduce over the world of a (2, world) vector, the same on every rank."""
+        topo = engine.topology
+        tensors = averaged_tensors(engine.module)  # parameters and floating buffers (local shards)
+        ok = all_finite(tensors).to(engine.device)
+        loss = torch.zeros((), device=engine.device) if loss is None else loss.to(engine.device)
+        flags = torch.zeros(2, topo.world, dtype=torch.float64, device=engine.device)
+        flags[0, topo.rank] = (~(ok & torch.isfinite(loss))).double()
+        flags[1, topo.rank] = loss.double()
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM)  # element-wise: a NaN stays in its rank's slot
+        bad, losses = flags.cpu().tolist()
+        diverged: dict[int, float] = {}
+        for rank in range(topo.world):
+            if bad[rank]:
+                worker = rank // topo.group_size
+                # a group's members each saw part of the batch; the first non-finite loss names it
+                if worker not in diverged or math.isfinite(diverged[worker]):
+                    diverged[worker] = losses[rank]
+        return diverged
+
+    def _keep(self, engine: Engine) -> None:
+        if not self.skip_nonfinite:
+            return
+        tensors = averaged_tensors(engine.module)
+        if self.synced is None:
+            self.synced = [t.detach().clone() for t in tensors]
+        else:
+            for kept, t in zip(self.synced, tensors):
+                kept.copy_(t)
 
     @staticmethod
     def merge(engine: Engine, weight: float) -> None:

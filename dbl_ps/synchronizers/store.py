@@ -9,16 +9,26 @@ Rule `sgd`: the payload is the displacement since the last pull (the LR-scaled
 update of the local optimizer, momentum included); the store adds it with weight
 f_i at lr 1 and no server momentum, which would also amplify the BatchNorm
 statistics' changes that travel in the same vector.
+
+Divergence: the gathered vector and the loss since the last pull are checked before
+the push (one sum over the vector per sync). `stop`: nothing is pushed, so the
+global state never holds a non-finite value; the loop raises and the launcher stops
+the run. `skip`: the worker pushes an unchanged contribution instead, the state of
+its last pull (rule sgd: a zero displacement), because a worker cannot leave a bsp
+round or an ssp clock without pushing; then it pulls and continues from the merged
+state.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Sequence
 
 import torch
 
 from dbl_ps.store import StoreClient
+from dbl_ps.training.averaging import all_finite
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.setup import sync_boundaries
@@ -30,13 +40,19 @@ __all__ = ["StoreSynchronizer"]
 class StoreSynchronizer(Synchronizer):
     """Worker `worker`'s client of the store `store_name` (`store.mode`, `store.rule`, `store.sync_every`)."""
 
-    def __init__(self, store_name: str, worker: int, *, mode: str, rule: str, sync_every: int | str):
+    def __init__(self, store_name: str, worker: int, *, mode: str, rule: str, sync_every: int | str,
+                 divergence: str = "stop"):
         self.mode, self.rule, self.sync_every = mode, rule, sync_every
+        self.worker = worker
+        self.skip_nonfinite = divergence == "skip"
         self.client = StoreClient(store_name, worker)
         self.flat: FlatState | None = None
         self.vec: torch.Tensor | None = None
-        self.reference: torch.Tensor | None = None  # rule sgd: the state at the last pull
+        # The state at the last pull: rule sgd pushes the displacement from it; divergence
+        # 'skip' pushes it unchanged in place of a non-finite state.
+        self.reference: torch.Tensor | None = None
         self.payload: torch.Tensor | None = None
+        self.version = 0
 
     def boundaries(self, steps: int, all_steps: Sequence[int]) -> list[int]:
         return sync_boundaries(steps, self.sync_every, self.mode, all_steps)
@@ -45,24 +61,38 @@ class StoreSynchronizer(Synchronizer):
         # The engine may have recast its module (DeepSpeed bf16): flatten what it trains.
         self.flat = FlatState(engine.module)
         self.vec = self.flat.new_vector()
-        version = self.client.pull(self.vec)
+        version = self.version = self.client.pull(self.vec)
         self.flat.scatter(self.vec)
         engine.after_sync()
+        if self.rule == "sgd" or self.skip_nonfinite:
+            self.reference = self.vec.clone()
         if self.rule == "sgd":
-            self.reference, self.payload = self.vec.clone(), self.flat.new_vector()
+            self.payload = self.flat.new_vector()
         return version
 
-    def sync(self, engine: Engine, weight: float) -> SyncResult:
+    def sync(self, engine: Engine, weight: float, *, loss: torch.Tensor | None = None) -> SyncResult:
         assert self.flat is not None and self.vec is not None, "start() first"
         gathered = time.perf_counter()
         self.flat.gather(self.vec)
+        # The vector is on the host now, so this check adds no device sync of its own.
+        finite = bool(all_finite([self.vec])) and (loss is None or bool(torch.isfinite(loss)))
+        diverged = {} if finite else {self.worker: float(loss) if loss is not None else math.nan}
+        if not finite and not self.skip_nonfinite:
+            return SyncResult(version=self.version, wait_seconds=0.0, sync_seconds=time.perf_counter() - gathered,
+                              diverged=diverged, merged=False)
         pushing = time.perf_counter()
-        if self.reference is not None:
+        if not finite:  # skip: the state of the last pull, an unchanged contribution
+            assert self.reference is not None
+            if self.rule == "sgd":
+                self.client.push(self.payload.zero_(), weight=weight)
+            else:
+                self.client.push(self.reference, weight=weight)
+        elif self.rule == "sgd":
             torch.sub(self.reference, self.vec, out=self.payload)
             self.client.push(self.payload, weight=weight)
         else:
             self.client.push(self.vec, weight=weight)
-        version = self.client.pull(self.vec)
+        version = self.version = self.client.pull(self.vec)
         pulled = time.perf_counter()
         self.flat.scatter(self.vec)
         engine.after_sync()
@@ -71,7 +101,7 @@ class StoreSynchronizer(Synchronizer):
         # push + pull is mostly waiting (queue full, bsp round, ssp bound): counted as waiting,
         # the copies in and out of the model as the sync itself
         return SyncResult(version=version, wait_seconds=pulled - pushing,
-                          sync_seconds=(pushing - gathered) + (time.perf_counter() - pulled))
+                          sync_seconds=(pushing - gathered) + (time.perf_counter() - pulled), diverged=diverged)
 
     def close(self) -> None:
         self.client.close()

@@ -7,12 +7,12 @@ the plan/schedule set-up of a run (`setup`), and the messages and events between
 from dbl_ps.training.engine import Engine, TorchEngine
 from dbl_ps.training.events import Callback, Callbacks, StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, epoch_record
-from dbl_ps.training.loop import EpochState, WorkerLoop
+from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import WORKER_KEYS, EpochReport, Progress
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.sync import Synchronizer, SyncResult
 from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["Engine", "TorchEngine", "Callback", "Callbacks", "StopTraining", "EpochFinisher", "Evaluator",
-           "epoch_record", "EpochState", "WorkerLoop", "WORKER_KEYS", "EpochReport", "Progress", "CheckpointError",
+           "epoch_record", "DivergedError", "EpochState", "WorkerLoop", "WORKER_KEYS", "EpochReport", "Progress", "CheckpointError",
            "RunDirectory", "new_run_dir", "Synchronizer", "SyncResult", "LaunchError", "Topology"]

@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["weighted_average_", "averaged_tensors", "split_params_buffers", "DEFAULT_BUCKET_NUMEL"]
+__all__ = ["weighted_average_", "averaged_tensors", "split_params_buffers", "all_finite", "DEFAULT_BUCKET_NUMEL"]
 
 # Values per all_reduce: bounds the extra memory of the flat buffer (64 Mi floats = 256 MiB
 # in float32) while keeping the number of collectives per sync small.
@@ -63,6 +63,18 @@ def averaged_tensors(module: nn.Module) -> list[torch.Tensor]:
     """Every tensor the merge averages: parameters then floating buffers (local shards)."""
     params, buffers = split_params_buffers(module)
     return params + buffers
+
+
+def all_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-d bool tensor on the tensors' device: True when every value is finite.
+
+    One float32 sum per tensor instead of an elementwise `isfinite` (which writes a mask
+    the size of the model: 20x slower on a CPU): a NaN or an infinity makes the sum
+    non-finite, and a sum of finite values only overflows past 3.4e38, which a state
+    reaches only when it has diverged anyway."""
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
+    return torch.isfinite(torch.stack([t.sum(dtype=torch.float32) for t in tensors]).sum())
 
 
 def _check_weight(weight: float) -> float:

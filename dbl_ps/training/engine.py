@@ -88,6 +88,16 @@ class Engine:
     def set_batch_size(self, batch_size: int) -> None:
         """The worker's batch changed (resolution boundary); engines that track it update here."""
 
+    def reset_optimizer_state(self) -> None:
+        """Zero the momentum after a skipped non-finite update (`divergence: skip`): it holds
+        that step and would carry it into every later one. Zeroed in place (SGD then restarts
+        as on its first step), so sharded (DTensor) and wrapped (DeepSpeed) states keep their form."""
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # DeepSpeed wraps the torch optimizer
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    value.zero_()
+
     def local_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of the worker's batch (all of it for one rank per worker)."""
         return images, labels

@@ -116,10 +116,11 @@ class EpochFinisher:
         self.run_dir.commit_checkpoint(self.last)
 
     def console_line(self, record: dict[str, Any]) -> str:
+        skipped = sum(w["skipped_syncs"] for w in record["workers"])
         return (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  "
                 f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  test loss {record['test_loss']:.4f}  "
                 f"test acc {record['test_acc']:.4f}  {record['samples_per_s']:,.0f} samples/s  "
-                f"t {record['wall_time']:.1f}s")
+                f"t {record['wall_time']:.1f}s" + (f"  skipped {skipped} non-finite syncs" if skipped else ""))
 
     def summary(self, status: str, **extra: Any) -> dict[str, Any]:
         """summary.json from metrics.jsonl (every epoch of the run, resumed parts included)."""
@@ -140,6 +141,8 @@ class EpochFinisher:
             "wall_time": last.get("wall_time"),
             "samples_per_s": sum(r["samples"] for r in evals) / seconds if evals and seconds > 0 else None,
             "store_version": last.get("store_version"),
+            # divergence: skip (records written before the key existed count 0)
+            "skipped_syncs": sum(w.get("skipped_syncs", 0) for r in evals for w in r.get("workers", [])),
             **extra,
         }
         self.run_dir.write_summary(summary)

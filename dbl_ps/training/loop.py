@@ -10,7 +10,10 @@ Per global epoch `e` a worker
 2. trains on exactly its share (the loader yields it), accumulating loss and accuracy
    on the device (no host sync per step);
 3. syncs when due: the synchronizer says after which local steps
-   (`boundaries`), and merges there with this worker's weight;
+   (`boundaries`), and merges there with this worker's weight; the loss since the
+   last sync goes with it, and a non-finite loss or state is caught there, before it
+   is merged (`DivergedError` with `divergence: stop`, a counted skip with `skip`).
+   Every epoch ends with a sync, so the last steps of an epoch are checked too;
 4. reports the epoch as an `EpochReport`.
 
 Every random draw is a function of (seed, worker, epoch), so a resumed run repeats
@@ -21,6 +24,7 @@ injection in tests) hooks in as callbacks on the named events of
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -36,7 +40,18 @@ from dbl_ps.training.messages import EpochReport
 from dbl_ps.training.setup import epoch_seed
 from dbl_ps.training.sync import Synchronizer
 
-__all__ = ["WorkerLoop", "EpochState"]
+__all__ = ["WorkerLoop", "EpochState", "DivergedError"]
+
+
+class DivergedError(RuntimeError):
+    """A worker's loss or model state became non-finite (`divergence: stop`). Every rank of
+    a multi-rank job raises it at the same sync, naming the same worker."""
+
+    def __init__(self, worker: int, epoch: int, step: int, loss: float):
+        self.worker, self.epoch, self.step, self.loss = worker, epoch, step, loss
+        what = f"loss {loss:.4g}" if not math.isfinite(loss) else f"loss {loss:.4g}, but its model state is not finite"
+        # epochs counted from 1, as on the console
+        super().__init__(f"worker {worker} diverged at epoch {epoch + 1} step {step} ({what})")
 
 
 @dataclass
@@ -49,11 +64,18 @@ class EpochState:
     weight: float
     steps: int  # planned local steps this epoch
     bounds: list[int]  # local step counts after which to sync
-    loss_sum: torch.Tensor  # on the device: no host sync per step
+    # Loss and accuracy of the steps since the last sync, on the device (no host sync per
+    # step); added to the epoch's sums when the sync merged them, dropped when it skipped them.
+    period_loss: torch.Tensor
+    period_correct: torch.Tensor
+    loss_sum: torch.Tensor  # the epoch's merged periods
     correct: torch.Tensor
-    samples: int = 0
+    period_samples: int = 0
+    merged_samples: int = 0  # samples of the merged periods (the denominator of loss and acc)
+    samples: int = 0  # every sample trained this epoch
     step: int = 0
     syncs: int = 0
+    skipped_syncs: int = 0
     wait_seconds: float = 0.0
     sync_seconds: float = 0.0
     version: int = 0
@@ -115,18 +137,23 @@ class WorkerLoop:
         self.loader.set_epoch(epoch, shares=rp.shares, batch_size=batch, resolution=point.resolution)
         self.engine.module.train()
         device = self.engine.device
+
+        def zero(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros((), dtype=dtype, device=device)
+
         return EpochState(epoch=epoch, point=point, batch=batch, weight=weight, steps=steps,
                           bounds=self.synchronizer.boundaries(steps, rp.steps()), version=self.version,
-                          loss_sum=torch.zeros((), dtype=torch.float64, device=device),
-                          correct=torch.zeros((), dtype=torch.int64, device=device))
+                          period_loss=zero(torch.float64), period_correct=zero(torch.int64),
+                          loss_sum=zero(torch.float64), correct=zero(torch.int64))
 
     def train_steps(self, state: EpochState) -> None:
         for images, labels in self.loader:
             images, labels = self.engine.local_batch(images, labels)
             loss, out = self.engine.train_step(images, labels)
             with torch.no_grad():
-                state.loss_sum += loss.double() * labels.shape[0]
-                state.correct += (out.argmax(1) == labels).sum()
+                state.period_loss += loss.double() * labels.shape[0]
+                state.period_correct += (out.argmax(1) == labels).sum()
+            state.period_samples += labels.shape[0]
             state.samples += labels.shape[0]
             state.step += 1
             self.callbacks.on_step(self, state)
@@ -139,18 +166,44 @@ class WorkerLoop:
 
     def sync(self, state: EpochState) -> None:
         self.callbacks.before_sync(self, state)
-        result = self.synchronizer.sync(self.engine, state.weight)
+        # The mean loss since the last sync, still on the device: the synchronizer checks it
+        # with the state it is about to merge (one check per sync, none per step).
+        loss = state.period_loss / max(state.period_samples, 1)
+        result = self.synchronizer.sync(self.engine, state.weight, loss=loss)
         state.wait_seconds += result.wait_seconds
         state.sync_seconds += result.sync_seconds
+        if not result.merged:  # divergence 'stop': nothing was merged, on any rank
+            raise self._diverged(state, result.diverged)
         state.version = self.version = result.version
+        if self.worker in result.diverged:  # divergence 'skip': this worker's update was left out
+            state.skipped_syncs += 1
+            self.engine.reset_optimizer_state()  # its momentum holds the non-finite step
+        else:
+            state.loss_sum += state.period_loss
+            state.correct += state.period_correct
+            state.merged_samples += state.period_samples
+        state.period_loss.zero_()
+        state.period_correct.zero_()
+        state.period_samples = 0
         state.syncs += 1
         self.callbacks.after_sync(self, state)
 
+    def _diverged(self, state: EpochState, diverged: dict[int, float]) -> DivergedError:
+        """The error for the first diverged worker, at the step of this sync in its own epoch
+        (a function of the plan, so every rank names the same step)."""
+        worker = min(diverged)
+        all_steps = self.plan[state.point.resolution].steps()
+        step = self.synchronizer.boundaries(all_steps[worker], all_steps)[state.syncs]
+        return DivergedError(worker, state.epoch, step, diverged[worker])
+
     def report(self, state: EpochState) -> EpochReport:
-        samples = max(state.samples, 1)
+        merged = state.merged_samples
         return EpochReport(
             worker=self.worker, member=self.member, epoch=state.epoch,
-            loss=float(state.loss_sum) / samples, acc=int(state.correct) / samples,
+            # nan (null in metrics.jsonl) when every sync of the epoch was skipped
+            loss=float(state.loss_sum) / merged if merged else math.nan,
+            acc=int(state.correct) / merged if merged else math.nan,
             batch=state.batch, resolution=state.point.resolution, samples=state.samples, steps=state.step,
             syncs=state.syncs, seconds=time.perf_counter() - state.start, wait_seconds=state.wait_seconds,
-            sync_seconds=state.sync_seconds, weight=state.weight, version=state.version)
+            sync_seconds=state.sync_seconds, weight=state.weight, version=state.version,
+            skipped_syncs=state.skipped_syncs)

@@ -14,8 +14,8 @@ __all__ = ["EpochReport", "Progress", "WorkerFinished", "WorkerStopped", "Worker
            "merge_members"]
 
 # The per-worker keys of every epoch record in metrics.jsonl, in every mode and engine.
-WORKER_KEYS = ("worker", "loss", "acc", "batch", "resolution", "samples", "steps", "syncs", "samples_per_s",
-               "seconds", "wait_seconds", "sync_seconds", "weight", "version")
+WORKER_KEYS = ("worker", "loss", "acc", "batch", "resolution", "samples", "steps", "syncs", "skipped_syncs",
+               "samples_per_s", "seconds", "wait_seconds", "sync_seconds", "weight", "version")
 
 
 @dataclass
@@ -24,8 +24,8 @@ class EpochReport:
 
     worker: int
     epoch: int
-    loss: float  # mean training loss over the epoch's samples
-    acc: float  # training top-1 over the epoch's samples
+    loss: float  # mean training loss over the epoch's merged samples (nan: every sync was skipped)
+    acc: float  # training top-1 over the same samples
     batch: int
     resolution: int
     samples: int
@@ -36,6 +36,7 @@ class EpochReport:
     sync_seconds: float  # the merge itself (push + pull, or the all-reduce)
     weight: float  # merge weight f_i
     version: int  # the global state's version after the last sync (store rounds/updates, or merges)
+    skipped_syncs: int = 0  # syncs whose update was non-finite and left out (`divergence: skip`)
     member: int = 0  # rank inside a worker group (FSDP); 0 otherwise
 
     @property
@@ -58,7 +59,8 @@ def merge_members(members: list[EpochReport]) -> EpochReport:
         acc=sum(m.acc * m.samples for m in members) / max(samples, 1),
         batch=first.batch, resolution=first.resolution, samples=samples, steps=first.steps, syncs=first.syncs,
         seconds=max(m.seconds for m in members), wait_seconds=max(m.wait_seconds for m in members),
-        sync_seconds=max(m.sync_seconds for m in members), weight=first.weight, version=first.version)
+        sync_seconds=max(m.sync_seconds for m in members), weight=first.weight, version=first.version,
+        skipped_syncs=max(m.skipped_syncs for m in members))
 
 
 @dataclass
@@ -88,5 +90,12 @@ class WorkerStopped:
 
 @dataclass
 class WorkerFailed:
+    """The worker raised. `message`: one line a user can act on (a corrupt shard, a
+    divergence), which the launcher prints instead of the traceback; None for anything
+    unexpected, where the traceback is what helps. `diverged`: the failure is a
+    non-finite loss or state (the run's status becomes "diverged")."""
+
     worker: int
     traceback: str
+    message: str | None = None
+    diverged: bool = False

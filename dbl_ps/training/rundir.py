@@ -140,12 +140,6 @@ class RunDirectory:
     def checkpoint_folder(self, meta: dict[str, Any]) -> Path:
         return self.path / meta["path"]
 
-    def write_failed(self, exc: BaseException) -> BaseException:
-        """A failed write (a full disk) as one line that says what is kept and how to go on."""
-        meta = self.checkpoint_meta()
-        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept" if meta else "no checkpoint was written yet")
-        return type(exc)(f"{exc}; {kept}: free some space, then `dbl-ps train --resume {self.path}`")
-
     # -- results
 
     def write_summary(self, summary: dict[str, Any]) -> None:

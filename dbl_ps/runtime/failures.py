@@ -1,0 +1,49 @@
+"""The one-line reports of failures a user can act on, the same in both launchers.
+
+A worker (or rank) that diverges, meets corrupt data or cannot write (a full disk) raises an exception whose
+message already names what happened (`DivergedError`: worker, epoch, step, loss;
+`ShardError`: shard and sample key). `failure_message` turns it into the line the
+worker sends (`WorkerFailed.message`); `stopped_line` adds what the launcher knows,
+the checkpoint that is kept and what to do next. Anything else keeps its traceback,
+which is what helps with an unexpected error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dbl_ps.data import DataError
+from dbl_ps.run_dirs import RunWriteError
+from dbl_ps.shards import ShardError
+from dbl_ps.training.loop import DivergedError
+
+__all__ = ["failure_message", "stopped_line"]
+
+
+def failure_message(exc: BaseException, *, worker: int, data_path: str | None) -> str | None:
+    """One line for an error a user can act on, None for any other."""
+    if isinstance(exc, DivergedError):
+        text = str(exc)
+    elif isinstance(exc, ShardError):
+        text = f"worker {worker}: {exc}; `dbl-ps shard --verify {data_path}` checks every shard of the set"
+    elif isinstance(exc, (DataError, RunWriteError)):  # corrupt data; a full disk
+        text = f"worker {worker}: {exc}"
+    else:
+        return None
+    return " ".join(text.split())  # one line, whatever a library put into the message
+
+
+def stopped_line(message: str, *, diverged: bool, last_epoch: int | None, run_dir: str | Path) -> str:
+    """`message` plus the checkpoint that is kept (`last_epoch`: the last committed epoch,
+    0-based; None or < 0: none) and what to do next."""
+    has = last_epoch is not None and last_epoch >= 0
+    if diverged:
+        kept = (f"the last finite checkpoint (epoch {last_epoch + 1}) is kept" if has
+                else "no epoch had finished, so there is no checkpoint")
+        # A resume repeats the same steps and would diverge again: the advice is a new run.
+        return (f"{message}; {kept}; lower schedule.lr (or lengthen schedule.warmup_epochs) and start a new run, "
+                "or set divergence=skip to leave non-finite updates out")
+    if has:
+        return (f"{message}; the checkpoint of epoch {last_epoch + 1} is kept: once that is fixed, "
+                f"`dbl-ps train --resume {run_dir}` continues from it")
+    return f"{message}; no epoch had finished, so there is no checkpoint"
