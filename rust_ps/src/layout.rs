@@ -1,9 +1,13 @@
 //! The shared-memory segment of one store, and typed access to it.
 //!
 //! ```text
-//! [Header][WorkerBlock; W]  [state copy 0][state copy 1]  [momentum]  [queues: W x slots payloads]
-//!  page-aligned regions; every payload and state copy is `num_params` f32
+//! [Header][WorkerBlock; W]  [state copy 0][state copy 1]  [momentum (x2)]  [queues: W x slots payloads]
+//!  page-aligned regions; every payload, state copy and momentum copy is `num_params` f32
 //! ```
+//!
+//! Rule sgd has a momentum buffer; with `reject_non_finite` and momentum > 0 it is
+//! kept twice, copy `i` belonging to state copy `i`, so that a refused merge leaves
+//! both the state and the momentum of the current copy untouched.
 //!
 //! Who writes what (the protocol; see also `protocol.rs`):
 //! * The owner writes the header's configuration fields once, then sets `ready`.
@@ -12,8 +16,9 @@
 //!   their weights and `published`. The server's coordinator thread is the only
 //!   consumer: it reads slots and stores `consumed`.
 //! * Only the server writes state copies (the one that is not `current`), `current`,
-//!   `buffer_version`, `version` and the momentum buffer. Readers (pulls, `read`)
-//!   pin a copy through their group's pin counts and copy it out.
+//!   `buffer_version`, `version`, the momentum buffer(s) and each worker's `rejected`.
+//!   Readers (pulls, `read`) pin a copy through their group's pin counts and copy it
+//!   out.
 //! * `version_bell` is rung after anything a client may wait for changes (a version, a
 //!   consumed slot, another worker's push or departure, closing); `server_bell` after
 //!   anything the server waits for (a push, a departure, closing).
@@ -26,7 +31,8 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"DBLPS\0v1");
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: `reject_non_finite` in the header, `rejected` per worker, two momentum copies.
+pub const LAYOUT_VERSION: u32 = 2;
 const PAGE: usize = 4096;
 
 /// Aligns a hot atomic to its own pair of cache lines (adjacent-line prefetch on x86),
@@ -52,6 +58,8 @@ pub struct Header {
     pub slots: u32,
     pub staleness: u32,
     pub nesterov: u32,
+    /// 1: merges that would write a NaN or an infinity are refused (see `StoreOptions`).
+    pub reject_non_finite: u32,
     pub owner_pid: u32,
     pub num_params: u64,
     pub owner_start_time: u64,
@@ -84,8 +92,13 @@ pub struct Header {
 pub struct WorkerBlock {
     /// Payloads this worker has published (its SSP clock); only its client stores it.
     pub published: CachePadded<AtomicU64>,
-    /// Payloads the server has applied (and whose slots are free again).
+    /// Payloads the server has consumed, applied or refused (their slots are free again).
     pub consumed: CachePadded<AtomicU64>,
+    /// Payloads the server consumed without applying them (refused as non-finite,
+    /// `reject_non_finite`). Only the server stores it, always *before* the `consumed`
+    /// store that frees the payload's slot: a client that saw its push consumed (a
+    /// pull returned) also sees it counted here.
+    pub rejected: CachePadded<AtomicU64>,
     pub control: CachePadded<WorkerControl>,
 }
 
@@ -112,7 +125,10 @@ pub struct Layout {
     pub slots: usize,
     pub workers: usize,
     pub states: [usize; 2],
+    /// Offset of momentum copy 0 (rule sgd); copy `i` follows at `i * payload stride`.
     pub momentum: Option<usize>,
+    /// Momentum copies: 0 (not sgd), 1 (updated in place) or 2 (one per state copy).
+    pub momentum_copies: usize,
     pub queues: usize,
     pub total: usize,
 }
@@ -122,24 +138,36 @@ fn align_up(value: usize, to: usize) -> usize {
 }
 
 impl Layout {
-    pub fn new(num_params: usize, num_workers: usize, slots: usize, with_momentum: bool) -> Layout {
+    pub fn new(num_params: usize, num_workers: usize, slots: usize, momentum_copies: usize) -> Layout {
+        assert!(momentum_copies <= 2);
         let payload = align_up(num_params * 4, PAGE);
         let workers = align_up(std::mem::size_of::<Header>(), PAGE);
         let state0 = align_up(workers + num_workers * std::mem::size_of::<WorkerBlock>(), PAGE);
         let state1 = state0 + payload;
         let mut next = state1 + payload;
-        let momentum = with_momentum.then(|| {
+        let momentum = (momentum_copies > 0).then(|| {
             let at = next;
-            next += payload;
+            next += momentum_copies * payload;
             at
         });
         let queues = next;
         let total = queues + num_workers * slots * payload;
-        Layout { num_params, num_workers, slots, workers, states: [state0, state1], momentum, queues, total }
+        Layout {
+            num_params,
+            num_workers,
+            slots,
+            workers,
+            states: [state0, state1],
+            momentum,
+            momentum_copies,
+            queues,
+            total,
+        }
     }
 
     pub fn for_options(options: &StoreOptions) -> Layout {
-        Layout::new(options.num_params, options.num_workers, options.slots, options.rule == Rule::Sgd)
+        let copies = momentum_copies(options.rule, options.momentum, options.reject_non_finite);
+        Layout::new(options.num_params, options.num_workers, options.slots, copies)
     }
 
     fn payload_stride(&self) -> usize {
@@ -181,13 +209,12 @@ impl Shared {
                 header.layout_version
             )));
         }
-        let rule = Rule::from_u32(header.rule);
-        let layout = Layout::new(
-            header.num_params as usize,
-            header.num_workers as usize,
-            header.slots as usize,
-            rule == Some(Rule::Sgd),
-        );
+        let copies = match Rule::from_u32(header.rule) {
+            Some(rule) => momentum_copies(rule, header.momentum, header.reject_non_finite != 0),
+            None => 0,
+        };
+        let layout =
+            Layout::new(header.num_params as usize, header.num_workers as usize, header.slots as usize, copies);
         if layout.total as u64 != header.total_len || segment.len() < layout.total {
             return Err(StoreError::NotFound(format!("shared memory {name:?} does not match its header")));
         }
@@ -251,9 +278,12 @@ impl Shared {
         unsafe { self.segment.as_ptr().add(self.layout.states[index]) as *mut f32 }
     }
 
-    pub fn momentum_ptr(&self) -> Option<*mut f32> {
-        // SAFETY: in bounds by construction of the layout.
-        self.layout.momentum.map(|at| unsafe { self.segment.as_ptr().add(at) as *mut f32 })
+    /// Start of momentum copy `copy` (`num_params` f32), `None` for rules without one.
+    pub fn momentum_ptr(&self, copy: usize) -> Option<*mut f32> {
+        assert!(self.layout.momentum.is_none() || copy < self.layout.momentum_copies);
+        let at = self.layout.momentum? + copy * self.layout.payload_stride();
+        // SAFETY: in bounds by construction of the layout (`copy < momentum_copies`).
+        Some(unsafe { self.segment.as_ptr().add(at) as *mut f32 })
     }
 
     /// Start of payload slot `seq % slots` of `worker`'s queue.
@@ -266,6 +296,16 @@ impl Shared {
 
     pub fn slot_weight(&self, worker: usize, seq: u64) -> &AtomicU64 {
         &self.worker(worker).control.weights[(seq % self.layout.slots as u64) as usize]
+    }
+}
+
+/// Momentum copies a store keeps: rule sgd has one, updated in place, or, when it may
+/// refuse a merge and momentum is used, two (one per state copy).
+pub fn momentum_copies(rule: Rule, momentum: f64, reject_non_finite: bool) -> usize {
+    match rule {
+        Rule::Sgd if reject_non_finite && momentum != 0.0 => 2,
+        Rule::Sgd => 1,
+        _ => 0,
     }
 }
 
