@@ -58,14 +58,18 @@ pub struct Header {
     pub slots: u32,
     pub staleness: u32,
     pub nesterov: u32,
-    /// 1: merges that would write a NaN or an infinity are refused (see `StoreOptions`).
-    pub reject_non_finite: u32,
     pub owner_pid: u32,
     pub num_params: u64,
     pub owner_start_time: u64,
     pub momentum: f64,
     pub weight_decay: f64,
     pub total_len: u64,
+    // Fields up to here keep the offsets they had in layout 1: `list_segments` and
+    // `cleanup_stale` of every version read `magic`, `owner_pid` and `owner_start_time`
+    // of any store on the machine, and a shifted field would make one version take
+    // another's live store for a dead one and remove it. New fields go below.
+    /// 1: merges that would write a NaN or an infinity are refused (see `StoreOptions`).
+    pub reject_non_finite: u32,
     /// 0 while the owner initialises, 1 once clients may attach.
     pub ready: CachePadded<AtomicU32>,
     /// 1 once the owner closed the store; every waiting call then fails.
@@ -313,6 +317,14 @@ pub fn momentum_copies(rule: Rule, momentum: f64, reject_non_finite: bool) -> us
 pub fn is_active(block: &WorkerBlock) -> bool {
     block.control.departed.load(Ordering::SeqCst) == 0
 }
+
+// The owner fields sit where layout 1 put them (see `Header`), so that stores of other
+// versions on the machine are judged alive or stale correctly.
+const _: () = assert!(std::mem::offset_of!(Header, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(Header, layout_version) == 8);
+const _: () = assert!(std::mem::offset_of!(Header, owner_pid) == 36);
+const _: () = assert!(std::mem::offset_of!(Header, owner_start_time) == 48);
+const _: () = assert!(std::mem::offset_of!(Header, ready) == 128);
 
 // The layout relies on atomics being plain 4- and 8-byte words.
 const _: () = assert!(std::mem::size_of::<AtomicU32>() == 4);
