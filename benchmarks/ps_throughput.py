@@ -13,6 +13,10 @@ as fast as they can, in every sync mode. Reported as ratios against:
 
     python benchmarks/ps_throughput.py                # W = 2 and 4, ~3 minutes
     python benchmarks/ps_throughput.py --workers 2 --seconds 2 --params 1000000
+
+With --reject-non-finite compare, only the store runs, each mode/rule with the store
+option reject_non_finite off and on, alternately (--pairs times, medians), and the
+table gives on / off ratios (the cost of checking every merge for NaN/inf).
 """
 
 from __future__ import annotations
@@ -133,12 +137,12 @@ def store_worker(name, worker, seconds, start, results):
         results.put((pushes, time.perf_counter() - began))
 
 
-def run_store(n: int, workers: int, mode: str, rule: str, seconds: float) -> dict:
+def run_store(n: int, workers: int, mode: str, rule: str, seconds: float, reject_non_finite: bool = False) -> dict:
     from dbl_ps import ParameterStore
 
     staleness = 1 if mode == "ssp" else 0
     with ParameterStore(n, workers, mode=mode, rule=rule, staleness=staleness, lr=0.0,
-                        momentum=0.9 if rule == "sgd" else 0.0) as store:
+                        momentum=0.9 if rule == "sgd" else 0.0, reject_non_finite=reject_non_finite) as store:
         start, results = SPAWN.Event(), SPAWN.Queue()
         procs = [SPAWN.Process(target=store_worker, args=(store.name, w, seconds, start, results)) for w in range(workers)]
         for p in procs:
@@ -251,15 +255,48 @@ def run_rpc(n: int, workers: int, seconds: float) -> float:
     return rate
 
 
+def compare_reject_non_finite(n: int, worker_counts: list[int], seconds: float, pairs: int) -> list[dict]:
+    """Each mode/rule with reject_non_finite off and on, alternately; on/off ratios."""
+    rows = []
+    for workers in worker_counts:
+        print(f"\nW={workers}, reject_non_finite on / off, medians of {pairs} alternating runs each")
+        print("| mode/rule | pushes/s off | pushes/s on | on / off | apply GB/s off | apply GB/s on | on / off |")
+        print("|---|---|---|---|---|---|---|")
+        for mode, rule in MODES:
+            runs = {False: [], True: []}
+            for _ in range(pairs):
+                for reject in (False, True):
+                    runs[reject].append(run_store(n, workers, mode, rule, seconds, reject_non_finite=reject))
+            med = {reject: {key: statistics.median(r[key] for r in rs) for key in ("pushes_per_s", "apply_gbps")}
+                   for reject, rs in runs.items()}
+            off, on = med[False], med[True]
+            rows.append({"mode": mode, "rule": rule, "workers": workers, "off": off, "on": on})
+            print(f"| {mode}/{rule} | {off['pushes_per_s']:.1f} | {on['pushes_per_s']:.1f} "
+                  f"| {on['pushes_per_s'] / off['pushes_per_s']:.3f} | {off['apply_gbps']:.2f} "
+                  f"| {on['apply_gbps']:.2f} | {on['apply_gbps'] / off['apply_gbps']:.3f} |", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=int, default=11_200_000)
     parser.add_argument("--workers", default="2,4")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--json", help="also write the raw numbers here")
+    parser.add_argument("--reject-non-finite", choices=["off", "on", "compare"], default="off",
+                        help="the store option reject_non_finite: off, on, or compare both (store runs only)")
+    parser.add_argument("--pairs", type=int, default=3, help="off/on runs per mode with --reject-non-finite compare")
     args = parser.parse_args()
     n = args.params
     worker_counts = [int(w) for w in args.workers.split(",")]
+    if args.reject_non_finite == "compare":
+        print(f"state: {n:,} floats ({4 * n / 1e6:.1f} MB); {os.cpu_count()} cores", flush=True)
+        rows = compare_reject_non_finite(n, worker_counts, args.seconds, args.pairs)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"params": n, "cpus": os.cpu_count(), "reject_non_finite": rows}, f, indent=2)
+        return 0
+    reject = args.reject_non_finite == "on"
 
     memcpy = memcpy_gbps(n)
     print(f"state: {n:,} floats ({4 * n / 1e6:.1f} MB); {os.cpu_count()} cores; memcpy {memcpy:.2f} GB/s", flush=True)
@@ -274,7 +311,7 @@ def main() -> int:
         print("|---|---|---|---|---|---|---|---|---|")
         for mode, rule in MODES:
             memcpy = memcpy_gbps(n)
-            r = run_store(n, workers, mode, rule, args.seconds)
+            r = run_store(n, workers, mode, rule, args.seconds, reject_non_finite=reject)
             r["memcpy_gbps"] = memcpy
             r["foreach_gbps"] = foreach_gbps(n, rule, workers)
             report["runs"].append(r)

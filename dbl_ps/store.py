@@ -19,6 +19,18 @@ momentum/Nesterov/weight decay, the weight scales the gradient; in bsp the round
 gradients are averaged with weights ``f_i`` first). Every pull and push returns the
 store's version: rounds applied (bsp) or updates applied (asp/ssp).
 
+Non-finite updates: with ``reject_non_finite=True`` the store never lets a NaN or an
+infinity into its state. The check rides on the merge itself (the values it writes),
+so it costs no extra pass. A push whose merge would write one (a NaN/inf in the
+update, or a result that overflows float32) is consumed but not applied: the state
+and the version stay as they were, the pushing worker's pull returns as usual, and the
+refusal is counted (``client.rejected()``, ``worker_stats()[i]["rejected"]``,
+``server_stats()["rejected"]``). In bsp only the round's non-finite updates are
+refused: the round is merged from the others, with their weights renormalised (a
+round with no finite update, or whose merge overflows anyway, is refused whole). A
+worker compares ``client.rejected()`` before its push and after the pull that follows
+to know whether that push was refused.
+
 Zero-copy: ``np.asarray(client.snapshot())`` is a read-only view of the latest state,
 pinned until ``release()``; ``np.asarray(client.reserve())`` is a writable view of the
 next queue slot, published by ``client.commit(weight)``. ``torch.from_numpy`` wraps
@@ -93,6 +105,11 @@ class ParameterStore:
         name: shared-memory name (default: unique); clients attach with ``store.name``.
         initial: float32 array/tensor of ``num_params`` values to start from (default 0).
         slots: payload slots per worker queue (>= 2: fill one while one is applied).
+        reject_non_finite: refuse updates whose merge would put a NaN or an infinity into
+            the state (see the module docstring); ``initial`` must then be finite. With
+            rule ``sgd`` and momentum the momentum buffer is kept twice (one more
+            ``num_params`` floats of shared memory) so that a refused step leaves it as
+            it was.
     """
 
     def __init__(
@@ -110,11 +127,13 @@ class ParameterStore:
         name: str | None = None,
         initial: Any = None,
         slots: int = 2,
+        reject_non_finite: bool = False,
     ) -> None:
         self._store = _rust_ps.ParameterStore(
             num_params, num_workers, mode=mode, rule=rule, staleness=staleness,
             apply_threads=apply_threads, lr=lr, momentum=momentum, weight_decay=weight_decay,
             nesterov=nesterov, name=name, initial=initial, slots=slots,
+            reject_non_finite=reject_non_finite,
         )
         _open_handles.add(self)
 
@@ -127,6 +146,8 @@ class ParameterStore:
     staleness = property(lambda self: self._store.staleness)
     apply_threads = property(lambda self: self._store.apply_threads)
     lr = property(lambda self: self._store.lr, doc="Learning rate of rule 'sgd'.")
+    reject_non_finite = property(lambda self: self._store.reject_non_finite,
+                                 doc="Whether updates that would make the state non-finite are refused.")
     closed = property(lambda self: self._store.closed)
 
     def set_lr(self, lr: float) -> None:
@@ -142,11 +163,13 @@ class ParameterStore:
         return self._store.snapshot()
 
     def server_stats(self) -> dict[str, float]:
-        """Server totals: ``applies``, ``apply_seconds``, ``wait_seconds``, ``bytes_moved``."""
+        """Server totals: ``applies`` (merges published), ``apply_seconds``, ``wait_seconds``,
+        ``bytes_moved``, ``rejected`` (updates refused as non-finite)."""
         return self._store.server_stats()
 
     def worker_stats(self) -> list[dict[str, Any]]:
-        """Per worker: ``pushes``, ``applied``, ``attached_pid`` (0 = none), ``departed``."""
+        """Per worker: ``pushes``, ``applied``, ``rejected`` (refused as non-finite),
+        ``attached_pid`` (0 = none), ``departed``."""
         return self._store.worker_stats()
 
     def close(self) -> None:
@@ -203,6 +226,12 @@ class StoreClient:
     num_params = property(lambda self: self._client.num_params)
     version = property(lambda self: self._client.version)
     pushes = property(lambda self: self._client.pushes, doc="Pushes this worker queued so far.")
+
+    def rejected(self) -> int:
+        """This worker's pushes that the store refused as non-finite so far (store option
+        ``reject_non_finite``). Once a ``pull`` returns, every push it waited for is
+        counted: a rise since the count taken before a push means that push was refused."""
+        return self._client.rejected()
 
     def pull(self, out: Any) -> int:
         """Copy the latest state into ``out`` once this worker's own pushes are applied

@@ -67,3 +67,15 @@ def own_store_then_block_forever(ready, names):
     names.put(store.name)
     ready.set()
     time.sleep(600)
+
+
+def push_pull_counting(name, worker_id, updates, weight, results):
+    """Push each update, pull after it; report (worker_id, version, rejected, state)."""
+    from dbl_ps import StoreClient
+
+    with StoreClient(name, worker_id) as client:
+        out = np.empty(updates[0].shape[0], dtype=np.float32)
+        for update in updates:
+            client.push(update, weight=weight)
+            version = client.pull(out)
+            results.put((worker_id, version, client.rejected(), out.copy()))

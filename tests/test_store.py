@@ -152,6 +152,108 @@ def test_bsp_sgd_steps_with_the_weighted_mean_gradient():
         b.close()
 
 
+# --- non-finite updates (reject_non_finite), real processes --------------------------
+
+
+def _run_pushers(store, updates_per_worker, weights):
+    """One spawned process per worker pushing its updates (pull after each); returns
+    results[worker] = [(version, rejected, state), ...] as each worker saw them."""
+    results = SPAWN.Queue()
+    procs = [SPAWN.Process(target=store_workers.push_pull_counting, args=(store.name, w, updates, weights[w], results))
+             for w, updates in enumerate(updates_per_worker)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=60) for _ in range(sum(len(u) for u in updates_per_worker))]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    by_worker = {w: [] for w in range(len(updates_per_worker))}
+    for worker, version, rejected, out in got:
+        by_worker[worker].append((version, rejected, out))
+    return by_worker
+
+
+def _with(values, bad, at):
+    poisoned = values.copy()
+    poisoned[at] = bad
+    return poisoned
+
+
+@pytest.mark.parametrize("mode,rule", [("asp", "blend"), ("ssp", "blend"), ("asp", "sgd")])
+def test_reject_non_finite_refuses_a_workers_nan_and_inf_pushes(mode, rule):
+    rng = np.random.default_rng(2)
+    num_params, weight = 3000, 0.5
+    initial = rng.standard_normal(num_params).astype(np.float32)
+    good = rng.standard_normal((3, num_params)).astype(np.float32)
+    updates = [good[0], _with(good[1], np.nan, 7), good[1], _with(good[2], -np.inf, num_params - 1), good[2]]
+    sgd = dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True) if rule == "sgd" else {}
+    with ParameterStore(num_params, 1, mode=mode, rule=rule, initial=initial, reject_non_finite=True,
+                        **sgd) as store:
+        assert store.reject_non_finite
+        seen = _run_pushers(store, [updates], [weight])[0]
+        assert [(v, r) for v, r, _ in seen] == [(1, 0), (1, 1), (2, 1), (2, 2), (3, 2)]
+        # the state (momentum included) is what the finite pushes alone give
+        if rule == "blend":
+            keep, take = np.float32(1 / (1 + weight)), np.float32(weight / (1 + weight))
+            expected, states = initial, []
+            for u in good:
+                expected = keep * expected + take * u
+                states.append(expected)
+        else:
+            param = torch.nn.Parameter(torch.from_numpy(initial.copy()))
+            optimizer = torch.optim.SGD([param], **sgd)
+            states = []
+            for g in good:
+                param.grad = torch.from_numpy(weight * g)
+                optimizer.step()
+                states.append(param.detach().numpy().copy())
+        for (_, _, out), expected in zip(seen, [states[0], states[0], states[1], states[1], states[2]]):
+            assert np.isfinite(out).all()
+            np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+        stats = store.worker_stats()[0]
+        assert (stats["pushes"], stats["applied"], stats["rejected"]) == (5, 3, 2)
+        assert store.server_stats()["rejected"] == 2 and store.version == 3
+
+
+def test_reject_non_finite_bsp_round_merges_the_finite_pushes_of_three_processes():
+    rng = np.random.default_rng(3)
+    num_params, weights = 5000, [1.0, 0.6, 0.25]
+    good = rng.standard_normal((3, 4, num_params)).astype(np.float32)  # worker, round, values
+    bad = {(1, 1): np.nan, (0, 2): np.inf, (1, 2): -np.inf, (2, 2): np.nan}  # round 2: all refused
+    updates = [[_with(good[w, r], bad[w, r], 11 * r) if (w, r) in bad else good[w, r] for r in range(4)]
+               for w in range(3)]
+    with ParameterStore(num_params, 3, mode="bsp", rule="average", reject_non_finite=True) as store:
+        seen = _run_pushers(store, updates, weights)
+        expected, versions, version = None, [], 0
+        for r in range(4):
+            finite = [w for w in range(3) if (w, r) not in bad]
+            if finite:
+                f = np.array([weights[w] for w in finite])[:, None]
+                expected = ((f * good[finite, r].astype(np.float64)).sum(0) / f.sum()).astype(np.float32)
+                version += 1
+            versions.append((version, expected))
+        rejected = {0: [0, 0, 1, 1], 1: [0, 1, 2, 2], 2: [0, 0, 1, 1]}
+        for w in range(3):
+            assert [v for v, _, _ in seen[w]] == [1, 2, 2, 3], w
+            assert [r for _, r, _ in seen[w]] == rejected[w], w
+            for (_, _, out), (_, want) in zip(seen[w], versions):
+                np.testing.assert_array_max_ulp(out, want, maxulp=1)
+        assert [s["rejected"] for s in store.worker_stats()] == [1, 2, 1]
+        assert [s["applied"] for s in store.worker_stats()] == [3, 2, 3]
+        assert store.server_stats()["rejected"] == 4 and store.version == 3
+
+
+def test_without_reject_non_finite_a_nan_push_goes_in_and_a_nan_initial_is_refused_with_it():
+    with ParameterStore(8, 1, mode="asp", rule="blend") as store, StoreClient(store.name, 0) as client:
+        assert not store.reject_non_finite
+        client.push(_with(np.ones(8, np.float32), np.nan, 3))
+        out = np.empty(8, np.float32)
+        assert client.pull(out) == 1 and np.isnan(out[3]) and client.rejected() == 0
+        assert store.server_stats()["rejected"] == 0
+    with pytest.raises(ValueError, match=r"initial\[2\]=inf is not finite"):
+        ParameterStore(4, 1, initial=np.array([0, 1, np.inf, 2], np.float32), reject_non_finite=True)
+
+
 # --- zero-copy views, threads, interrupts ------------------------------------------
 
 

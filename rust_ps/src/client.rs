@@ -97,6 +97,13 @@ impl StoreClient {
         self.shared.worker(self.worker).published.load(Ordering::SeqCst)
     }
 
+    /// This worker's pushes that the store refused as non-finite (`reject_non_finite`).
+    /// After a `pull` (or `pin`) returns, every push it waited for is counted, so a rise
+    /// since the previous pull means one of the pushes in between was refused.
+    pub fn rejected(&self) -> u64 {
+        self.shared.worker(self.worker).rejected.load(Ordering::SeqCst)
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed(format!(

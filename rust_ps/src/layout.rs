@@ -1,9 +1,13 @@
 //! The shared-memory segment of one store, and typed access to it.
 //!
 //! ```text
-//! [Header][WorkerBlock; W]  [state copy 0][state copy 1]  [momentum]  [queues: W x slots payloads]
-//!  page-aligned regions; every payload and state copy is `num_params` f32
+//! [Header][WorkerBlock; W]  [state copy 0][state copy 1]  [momentum (x2)]  [queues: W x slots payloads]
+//!  page-aligned regions; every payload, state copy and momentum copy is `num_params` f32
 //! ```
+//!
+//! Rule sgd has a momentum buffer; with `reject_non_finite` and momentum > 0 it is
+//! kept twice, copy `i` belonging to state copy `i`, so that a refused merge leaves
+//! both the state and the momentum of the current copy untouched.
 //!
 //! Who writes what (the protocol; see also `protocol.rs`):
 //! * The owner writes the header's configuration fields once, then sets `ready`.
@@ -12,8 +16,9 @@
 //!   their weights and `published`. The server's coordinator thread is the only
 //!   consumer: it reads slots and stores `consumed`.
 //! * Only the server writes state copies (the one that is not `current`), `current`,
-//!   `buffer_version`, `version` and the momentum buffer. Readers (pulls, `read`)
-//!   pin a copy through their group's pin counts and copy it out.
+//!   `buffer_version`, `version`, the momentum buffer(s) and each worker's `rejected`.
+//!   Readers (pulls, `read`) pin a copy through their group's pin counts and copy it
+//!   out.
 //! * `version_bell` is rung after anything a client may wait for changes (a version, a
 //!   consumed slot, another worker's push or departure, closing); `server_bell` after
 //!   anything the server waits for (a push, a departure, closing).
@@ -26,7 +31,8 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"DBLPS\0v1");
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: `reject_non_finite` in the header, `rejected` per worker, two momentum copies.
+pub const LAYOUT_VERSION: u32 = 2;
 const PAGE: usize = 4096;
 
 /// Aligns a hot atomic to its own pair of cache lines (adjacent-line prefetch on x86),
@@ -58,6 +64,12 @@ pub struct Header {
     pub momentum: f64,
     pub weight_decay: f64,
     pub total_len: u64,
+    // Fields up to here keep the offsets they had in layout 1: `list_segments` and
+    // `cleanup_stale` of every version read `magic`, `owner_pid` and `owner_start_time`
+    // of any store on the machine, and a shifted field would make one version take
+    // another's live store for a dead one and remove it. New fields go below.
+    /// 1: merges that would write a NaN or an infinity are refused (see `StoreOptions`).
+    pub reject_non_finite: u32,
     /// 0 while the owner initialises, 1 once clients may attach.
     pub ready: CachePadded<AtomicU32>,
     /// 1 once the owner closed the store; every waiting call then fails.
@@ -84,8 +96,13 @@ pub struct Header {
 pub struct WorkerBlock {
     /// Payloads this worker has published (its SSP clock); only its client stores it.
     pub published: CachePadded<AtomicU64>,
-    /// Payloads the server has applied (and whose slots are free again).
+    /// Payloads the server has consumed, applied or refused (their slots are free again).
     pub consumed: CachePadded<AtomicU64>,
+    /// Payloads the server consumed without applying them (refused as non-finite,
+    /// `reject_non_finite`). Only the server stores it, always *before* the `consumed`
+    /// store that frees the payload's slot: a client that saw its push consumed (a
+    /// pull returned) also sees it counted here.
+    pub rejected: CachePadded<AtomicU64>,
     pub control: CachePadded<WorkerControl>,
 }
 
@@ -112,7 +129,10 @@ pub struct Layout {
     pub slots: usize,
     pub workers: usize,
     pub states: [usize; 2],
+    /// Offset of momentum copy 0 (rule sgd); copy `i` follows at `i * payload stride`.
     pub momentum: Option<usize>,
+    /// Momentum copies: 0 (not sgd), 1 (updated in place) or 2 (one per state copy).
+    pub momentum_copies: usize,
     pub queues: usize,
     pub total: usize,
 }
@@ -122,24 +142,36 @@ fn align_up(value: usize, to: usize) -> usize {
 }
 
 impl Layout {
-    pub fn new(num_params: usize, num_workers: usize, slots: usize, with_momentum: bool) -> Layout {
+    pub fn new(num_params: usize, num_workers: usize, slots: usize, momentum_copies: usize) -> Layout {
+        assert!(momentum_copies <= 2);
         let payload = align_up(num_params * 4, PAGE);
         let workers = align_up(std::mem::size_of::<Header>(), PAGE);
         let state0 = align_up(workers + num_workers * std::mem::size_of::<WorkerBlock>(), PAGE);
         let state1 = state0 + payload;
         let mut next = state1 + payload;
-        let momentum = with_momentum.then(|| {
+        let momentum = (momentum_copies > 0).then(|| {
             let at = next;
-            next += payload;
+            next += momentum_copies * payload;
             at
         });
         let queues = next;
         let total = queues + num_workers * slots * payload;
-        Layout { num_params, num_workers, slots, workers, states: [state0, state1], momentum, queues, total }
+        Layout {
+            num_params,
+            num_workers,
+            slots,
+            workers,
+            states: [state0, state1],
+            momentum,
+            momentum_copies,
+            queues,
+            total,
+        }
     }
 
     pub fn for_options(options: &StoreOptions) -> Layout {
-        Layout::new(options.num_params, options.num_workers, options.slots, options.rule == Rule::Sgd)
+        let copies = momentum_copies(options.rule, options.momentum, options.reject_non_finite);
+        Layout::new(options.num_params, options.num_workers, options.slots, copies)
     }
 
     fn payload_stride(&self) -> usize {
@@ -181,13 +213,12 @@ impl Shared {
                 header.layout_version
             )));
         }
-        let rule = Rule::from_u32(header.rule);
-        let layout = Layout::new(
-            header.num_params as usize,
-            header.num_workers as usize,
-            header.slots as usize,
-            rule == Some(Rule::Sgd),
-        );
+        let copies = match Rule::from_u32(header.rule) {
+            Some(rule) => momentum_copies(rule, header.momentum, header.reject_non_finite != 0),
+            None => 0,
+        };
+        let layout =
+            Layout::new(header.num_params as usize, header.num_workers as usize, header.slots as usize, copies);
         if layout.total as u64 != header.total_len || segment.len() < layout.total {
             return Err(StoreError::NotFound(format!("shared memory {name:?} does not match its header")));
         }
@@ -251,9 +282,12 @@ impl Shared {
         unsafe { self.segment.as_ptr().add(self.layout.states[index]) as *mut f32 }
     }
 
-    pub fn momentum_ptr(&self) -> Option<*mut f32> {
-        // SAFETY: in bounds by construction of the layout.
-        self.layout.momentum.map(|at| unsafe { self.segment.as_ptr().add(at) as *mut f32 })
+    /// Start of momentum copy `copy` (`num_params` f32), `None` for rules without one.
+    pub fn momentum_ptr(&self, copy: usize) -> Option<*mut f32> {
+        assert!(self.layout.momentum.is_none() || copy < self.layout.momentum_copies);
+        let at = self.layout.momentum? + copy * self.layout.payload_stride();
+        // SAFETY: in bounds by construction of the layout (`copy < momentum_copies`).
+        Some(unsafe { self.segment.as_ptr().add(at) as *mut f32 })
     }
 
     /// Start of payload slot `seq % slots` of `worker`'s queue.
@@ -269,10 +303,28 @@ impl Shared {
     }
 }
 
+/// Momentum copies a store keeps: rule sgd has one, updated in place, or, when it may
+/// refuse a merge and momentum is used, two (one per state copy).
+pub fn momentum_copies(rule: Rule, momentum: f64, reject_non_finite: bool) -> usize {
+    match rule {
+        Rule::Sgd if reject_non_finite && momentum != 0.0 => 2,
+        Rule::Sgd => 1,
+        _ => 0,
+    }
+}
+
 /// Is this worker still expected to push (attached or not yet arrived)?
 pub fn is_active(block: &WorkerBlock) -> bool {
     block.control.departed.load(Ordering::SeqCst) == 0
 }
+
+// The owner fields sit where layout 1 put them (see `Header`), so that stores of other
+// versions on the machine are judged alive or stale correctly.
+const _: () = assert!(std::mem::offset_of!(Header, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(Header, layout_version) == 8);
+const _: () = assert!(std::mem::offset_of!(Header, owner_pid) == 36);
+const _: () = assert!(std::mem::offset_of!(Header, owner_start_time) == 48);
+const _: () = assert!(std::mem::offset_of!(Header, ready) == 128);
 
 // The layout relies on atomics being plain 4- and 8-byte words.
 const _: () = assert!(std::mem::size_of::<AtomicU32>() == 4);

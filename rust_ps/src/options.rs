@@ -100,6 +100,12 @@ pub struct StoreOptions {
     pub nesterov: bool,
     /// Store name; `None` picks a unique one.
     pub name: Option<String>,
+    /// Refuse a merge that would write a NaN or an infinity into the state (a
+    /// non-finite payload, or a result that overflows f32). Checked on the values the
+    /// merge writes, in the same pass; a refused payload is consumed without being
+    /// applied and counted in its worker's `rejected`. In BSP the round is merged
+    /// again from its finite payloads. See `store.rs` (`Server::apply`).
+    pub reject_non_finite: bool,
 }
 
 impl Default for StoreOptions {
@@ -117,6 +123,7 @@ impl Default for StoreOptions {
             weight_decay: 0.0,
             nesterov: false,
             name: None,
+            reject_non_finite: false,
         }
     }
 }

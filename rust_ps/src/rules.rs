@@ -1,20 +1,51 @@
 //! The merge rules as pure functions on slices. The server calls them on disjoint
 //! slices of the state from several threads; tests call them directly.
+//!
+//! Each rule takes a `CHECK` constant: with `CHECK = true` it also returns whether
+//! every value it wrote to `out` is finite, folded into the loop that writes them (no
+//! second pass; the store's `reject_non_finite`). With `CHECK = false` it returns
+//! `true` and compiles to the unchecked loop. Checking what is written covers what is
+//! read: a NaN or infinity in a payload makes the value computed from it non-finite
+//! (IEEE arithmetic propagates NaN, and `0 * inf` is NaN, so no coefficient can hide
+//! one), and a result that overflows f32 is caught too.
 
 /// Elements processed per block; the f64 accumulator for one block lives on the stack.
 const BLOCK: usize = 1024;
 
+/// Bits that are all zero when `x` is finite: `x - x` is +0 for a finite `x` and NaN
+/// for a NaN or an infinity. ORed together over a loop, they make an integer
+/// reduction that the compiler vectorises at two instructions per vector (a subtract
+/// and an or), where `is_finite` costs five.
+#[inline(always)]
+#[allow(clippy::eq_op)] // `x - x` is the point: 0 only for finite `x`
+fn non_finite_bits(x: f32) -> u32 {
+    (x - x).to_bits()
+}
+
+/// Whether every value of `values` is finite (a separate pass: for the server's rare
+/// path that finds which payloads of a refused BSP round were bad).
+pub fn all_finite(values: &[f32]) -> bool {
+    values.chunks(BLOCK).all(|block| block.iter().fold(0, |bad, &x| bad | non_finite_bits(x)) == 0)
+}
+
 /// `out = sum_i coefficients[i] * sources[i]` (coefficients already normalised to sum
-/// to 1 for a weighted mean), accumulated in f64 and rounded once to f32.
-pub fn weighted_sum(out: &mut [f32], sources: &[&[f32]], coefficients: &[f64]) {
-    weighted_sum_at(out, sources, 0, coefficients);
+/// to 1 for a weighted mean), accumulated in f64 and rounded once to f32. Returns
+/// whether every value written is finite (always `true` unless `CHECK`).
+pub fn weighted_sum<const CHECK: bool>(out: &mut [f32], sources: &[&[f32]], coefficients: &[f64]) -> bool {
+    weighted_sum_at::<CHECK>(out, sources, 0, coefficients)
 }
 
 /// [`weighted_sum`] of `sources[i][offset..offset + out.len()]`.
-fn weighted_sum_at(out: &mut [f32], sources: &[&[f32]], offset: usize, coefficients: &[f64]) {
+fn weighted_sum_at<const CHECK: bool>(
+    out: &mut [f32],
+    sources: &[&[f32]],
+    offset: usize,
+    coefficients: &[f64],
+) -> bool {
     assert_eq!(sources.len(), coefficients.len());
     assert!(sources.iter().all(|s| s.len() >= offset + out.len()));
     let mut acc = [0.0f64; BLOCK];
+    let mut bad = 0u32;
     for start in (0..out.len()).step_by(BLOCK) {
         let end = (start + BLOCK).min(out.len());
         let acc = &mut acc[..end - start];
@@ -26,18 +57,28 @@ fn weighted_sum_at(out: &mut [f32], sources: &[&[f32]], offset: usize, coefficie
         }
         for (o, &a) in out[start..end].iter_mut().zip(acc.iter()) {
             *o = a as f32;
+            if CHECK {
+                bad |= non_finite_bits(*o);
+            }
         }
     }
+    bad == 0
 }
 
-/// The paper's asynchronous rule: `out = (state + f * update) / (1 + f)`.
-pub fn blend(out: &mut [f32], state: &[f32], update: &[f32], weight: f64) {
+/// The paper's asynchronous rule: `out = (state + f * update) / (1 + f)`. Returns
+/// whether every value written is finite (always `true` unless `CHECK`).
+pub fn blend<const CHECK: bool>(out: &mut [f32], state: &[f32], update: &[f32], weight: f64) -> bool {
     assert!(state.len() == out.len() && update.len() == out.len());
     let keep = (1.0 / (1.0 + weight)) as f32;
     let take = (weight / (1.0 + weight)) as f32;
+    let mut bad = 0u32;
     for ((o, &w), &u) in out.iter_mut().zip(state).zip(update) {
         *o = keep * w + take * u;
+        if CHECK {
+            bad |= non_finite_bits(*o);
+        }
     }
+    bad == 0
 }
 
 /// SGD settings, in the same roles as `torch.optim.SGD` (dampening 0).
@@ -49,6 +90,27 @@ pub struct SgdParams {
     pub nesterov: bool,
 }
 
+/// The momentum buffer of rule sgd for one slice: updated in place, or read from one
+/// copy and written to the other (the store keeps two when it may refuse a merge, so
+/// that a refused one leaves the buffer as it was).
+pub enum Momentum<'a> {
+    InPlace(&'a mut [f32]),
+    Copy { from: &'a [f32], to: &'a mut [f32] },
+}
+
+/// `buf = momentum * old + g`, then `g` becomes the step direction (Nesterov or not);
+/// returns the new `buf`.
+#[inline(always)]
+fn momentum_step(old: f32, g: &mut f32, p: &SgdParams) -> f32 {
+    let buf = p.momentum * old + *g;
+    if p.nesterov {
+        *g += p.momentum * buf;
+    } else {
+        *g = buf;
+    }
+    buf
+}
+
 /// One SGD step, written to match `torch.optim.SGD` operation for operation in f32:
 ///
 /// ```text
@@ -58,18 +120,23 @@ pub struct SgdParams {
 /// g   = g + momentum * buf  if nesterov,  else  g = buf
 /// out = w - lr * g
 /// ```
-pub fn sgd(
+///
+/// Returns whether every value written to `out` is finite (always `true` unless
+/// `CHECK`). That covers the momentum buffer too: with `w` finite, a non-finite `buf`
+/// makes `lr * g` non-finite (`0 * inf` is NaN), and so `out`.
+pub fn sgd<const CHECK: bool>(
     out: &mut [f32],
     state: &[f32],
-    momentum_buffer: Option<&mut [f32]>,
+    momentum: Option<Momentum<'_>>,
     grads: &[&[f32]],
     coefficients: &[f64],
     p: SgdParams,
-) {
+) -> bool {
     assert_eq!(grads.len(), coefficients.len());
     assert!(!grads.is_empty() && state.len() == out.len());
     let mut block = [0.0f32; BLOCK];
-    let mut buffer = momentum_buffer;
+    let mut momentum = momentum;
+    let mut bad = 0u32;
     for start in (0..out.len()).step_by(BLOCK) {
         let end = (start + BLOCK).min(out.len());
         let g = &mut block[..end - start];
@@ -83,7 +150,7 @@ pub fn sgd(
                 }
             }
         } else {
-            weighted_sum_at(g, grads, start, coefficients);
+            weighted_sum_at::<false>(g, grads, start, coefficients);
         }
         let w = &state[start..end];
         if p.weight_decay != 0.0 {
@@ -92,20 +159,27 @@ pub fn sgd(
             }
         }
         if p.momentum != 0.0 {
-            let buf = &mut buffer.as_deref_mut().expect("momentum needs a buffer")[start..end];
-            for (b, gi) in buf.iter_mut().zip(g.iter_mut()) {
-                *b = p.momentum * *b + *gi;
-                if p.nesterov {
-                    *gi += p.momentum * *b;
-                } else {
-                    *gi = *b;
+            match momentum.as_mut().expect("momentum needs a buffer") {
+                Momentum::InPlace(buf) => {
+                    for (b, gi) in buf[start..end].iter_mut().zip(g.iter_mut()) {
+                        *b = momentum_step(*b, gi, &p);
+                    }
+                }
+                Momentum::Copy { from, to } => {
+                    for ((b, &old), gi) in to[start..end].iter_mut().zip(&from[start..end]).zip(g.iter_mut()) {
+                        *b = momentum_step(old, gi, &p);
+                    }
                 }
             }
         }
         for ((o, &wi), &gi) in out[start..end].iter_mut().zip(w).zip(g.iter()) {
             *o = wi - p.lr * gi;
+            if CHECK {
+                bad |= non_finite_bits(*o);
+            }
         }
     }
+    bad == 0
 }
 
 /// Range of slice `part` of `parts` near-equal parts of `0..len`, boundaries rounded to
@@ -127,7 +201,7 @@ mod tests {
         let b = [3.0f32, 6.0, 9.0];
         let mut out = [0.0f32; 3];
         // weights 1 and 3 -> coefficients 0.25, 0.75
-        weighted_sum(&mut out, &[&a, &b], &[0.25, 0.75]);
+        weighted_sum::<false>(&mut out, &[&a, &b], &[0.25, 0.75]);
         assert_eq!(out, [2.5, 5.0, 7.5]);
     }
 
@@ -136,7 +210,7 @@ mod tests {
         let n = BLOCK * 2 + 7;
         let a: Vec<f32> = (0..n).map(|i| i as f32).collect();
         let mut out = vec![0.0f32; n];
-        weighted_sum(&mut out, &[&a, &a], &[0.5, 0.5]);
+        weighted_sum::<false>(&mut out, &[&a, &a], &[0.5, 0.5]);
         assert_eq!(out, a);
     }
 
@@ -145,9 +219,9 @@ mod tests {
         let w = [1.0f32, -2.0];
         let u = [4.0f32, 2.0];
         let mut out = [0.0f32; 2];
-        blend(&mut out, &w, &u, 0.5); // (w + 0.5 u) / 1.5
+        blend::<false>(&mut out, &w, &u, 0.5); // (w + 0.5 u) / 1.5
         assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] + 0.666_666_7).abs() < 1e-6, "{out:?}");
-        blend(&mut out, &w, &u, 1.0); // plain mean
+        blend::<false>(&mut out, &w, &u, 1.0); // plain mean
         assert_eq!(out, [2.5, 0.0]);
     }
 
@@ -157,7 +231,7 @@ mod tests {
         let g = [0.5f32, -1.0];
         let mut out = [0.0f32; 2];
         let p = SgdParams { lr: 0.1, momentum: 0.0, weight_decay: 0.0, nesterov: false };
-        sgd(&mut out, &w, None, &[&g], &[1.0], p);
+        sgd::<false>(&mut out, &w, None, &[&g], &[1.0], p);
         assert_eq!(out, [1.0 - 0.1 * 0.5, 2.0 + 0.1]);
     }
 
@@ -169,11 +243,11 @@ mod tests {
         let mut buf = [0.0f32];
         let mut w1 = [0.0f32];
         // weight 2 doubles the gradient: g = 2; + wd*w = 2.1; buf = 2.1; w = 1 - 0.5*2.1
-        sgd(&mut w1, &w0, Some(&mut buf), &[&g], &[2.0], p);
+        sgd::<false>(&mut w1, &w0, Some(Momentum::InPlace(&mut buf)), &[&g], &[2.0], p);
         assert!((w1[0] - (1.0 - 0.5 * 2.1)).abs() < 1e-7 && (buf[0] - 2.1).abs() < 1e-7);
         let mut w2 = [0.0f32];
         // second step: g = 2 + 0.1*w1; buf = 0.9*2.1 + g
-        sgd(&mut w2, &w1, Some(&mut buf), &[&g], &[2.0], p);
+        sgd::<false>(&mut w2, &w1, Some(Momentum::InPlace(&mut buf)), &[&g], &[2.0], p);
         let g2 = 2.0 + 0.1 * w1[0];
         let buf2 = 0.9 * 2.1 + g2;
         assert!((buf[0] - buf2).abs() < 1e-6 && (w2[0] - (w1[0] - 0.5 * buf2)).abs() < 1e-6);
@@ -184,7 +258,7 @@ mod tests {
         let p = SgdParams { lr: 1.0, momentum: 0.5, weight_decay: 0.0, nesterov: true };
         let mut buf = [0.0f32];
         let mut out = [0.0f32];
-        sgd(&mut out, &[0.0], Some(&mut buf), &[&[1.0]], &[1.0], p);
+        sgd::<false>(&mut out, &[0.0], Some(Momentum::InPlace(&mut buf)), &[&[1.0]], &[1.0], p);
         // buf = 1; g = 1 + 0.5 * 1 = 1.5
         assert_eq!((out[0], buf[0]), (-1.5, 1.0));
     }
@@ -201,5 +275,56 @@ mod tests {
                 assert!(ranges.iter().all(|r| r.start % 16 == 0 || r.is_empty()));
             }
         }
+    }
+
+    #[test]
+    fn sgd_momentum_from_one_copy_into_the_other_equals_in_place() {
+        let p = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 0.01, nesterov: true };
+        let n = BLOCK + 5;
+        let w: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        let g: Vec<f32> = (0..n).map(|i| 1.0 - i as f32 * 0.002).collect();
+        let old: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+        let (mut in_place, mut out_a) = (old.clone(), vec![0.0f32; n]);
+        sgd::<false>(&mut out_a, &w, Some(Momentum::InPlace(&mut in_place)), &[&g], &[1.0], p);
+        let (mut to, mut out_b) = (vec![0.0f32; n], vec![0.0f32; n]);
+        assert!(sgd::<true>(&mut out_b, &w, Some(Momentum::Copy { from: &old, to: &mut to }), &[&g], &[1.0], p));
+        assert_eq!((out_a, in_place), (out_b, to));
+    }
+
+    /// Every rule reports a NaN or an infinity anywhere in a payload (first, middle,
+    /// last element, past a block), and a result that overflows; finite inputs pass.
+    #[test]
+    fn checked_rules_report_non_finite_values() {
+        let n = BLOCK * 2 + 3;
+        let state = vec![1.0f32; n];
+        let p = SgdParams { lr: 0.5, momentum: 0.9, weight_decay: 0.0, nesterov: false };
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, BLOCK + 1, n - 1] {
+                let good = vec![2.0f32; n];
+                let mut poisoned = good.clone();
+                poisoned[at] = bad;
+                let mut out = vec![0.0f32; n];
+                assert!(weighted_sum::<true>(&mut out, &[&good, &good], &[0.5, 0.5]));
+                assert!(!weighted_sum::<true>(&mut out, &[&good, &poisoned], &[0.5, 0.5]), "{bad} at {at}");
+                assert!(blend::<true>(&mut out, &state, &good, 0.5));
+                assert!(!blend::<true>(&mut out, &state, &poisoned, 0.5), "{bad} at {at}");
+                // with lr = 0 too: 0 * inf is NaN, so no coefficient hides a bad value
+                for lr in [0.5, 0.0] {
+                    let p = SgdParams { lr, ..p };
+                    let mut buf = vec![0.0f32; n];
+                    assert!(sgd::<true>(&mut out, &state, Some(Momentum::InPlace(&mut buf)), &[&good], &[1.0], p));
+                    let mut buf = vec![0.0f32; n];
+                    let momentum = Some(Momentum::InPlace(&mut buf));
+                    assert!(!sgd::<true>(&mut out, &state, momentum, &[&good, &poisoned], &[0.5, 0.5], p));
+                }
+                assert!(!all_finite(&poisoned) && all_finite(&good));
+                // unchecked: the same merge reports nothing (and writes the NaN/inf)
+                assert!(blend::<false>(&mut out, &state, &poisoned, 0.5));
+                assert!(!out[at].is_finite());
+            }
+        }
+        let mut out = vec![0.0f32; 1];
+        let p = SgdParams { lr: 1e30, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+        assert!(!sgd::<true>(&mut out, &[0.0], None, &[&[1e30]], &[1.0], p), "overflow to inf is refused");
     }
 }

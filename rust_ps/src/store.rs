@@ -5,7 +5,7 @@ use crate::error::{Result, StoreError};
 use crate::layout::{is_active, Header, Layout, Shared, LAYOUT_VERSION, MAGIC};
 use crate::options::{Mode, Rule, StoreOptions, CHUNK_FLOATS};
 use crate::pool::ApplyPool;
-use crate::rules::{self, SgdParams};
+use crate::rules::{self, Momentum, SgdParams};
 use crate::shm::{self, Segment};
 use crate::snapshot::Pinned;
 use crate::sync::Ordering;
@@ -26,13 +26,20 @@ pub struct ServerStats {
     pub bytes_moved: std::sync::atomic::AtomicU64,
     /// Time spent waiting for readers to release the copy to be written.
     pub wait_nanos: std::sync::atomic::AtomicU64,
+    /// Payloads refused as non-finite (`reject_non_finite`): the sum of the workers'
+    /// `rejected`. A refused merge's time and bytes still count above; `applies` counts
+    /// published merges only.
+    pub rejected: std::sync::atomic::AtomicU64,
 }
 
 /// Per-worker counters, for progress displays and staleness metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerStats {
     pub pushes: u64,
+    /// Pushes merged into the state (consumed and not refused).
     pub applied: u64,
+    /// Pushes refused as non-finite (`reject_non_finite`).
+    pub rejected: u64,
     pub attached_pid: u32,
     pub departed: bool,
 }
@@ -61,6 +68,14 @@ impl ParameterStore {
                     options.num_params
                 )));
             }
+            if options.reject_non_finite {
+                if let Some(at) = values.iter().position(|x| !x.is_finite()) {
+                    return Err(StoreError::invalid(format!(
+                        "initial[{at}]={} is not finite; with reject_non_finite=True the state must start finite",
+                        values[at]
+                    )));
+                }
+            }
         }
         cleanup_stale();
         let name = options.name.clone().unwrap_or_else(unique_name);
@@ -79,6 +94,7 @@ impl ParameterStore {
             (*h).slots = options.slots as u32;
             (*h).staleness = options.staleness;
             (*h).nesterov = options.nesterov as u32;
+            (*h).reject_non_finite = options.reject_non_finite as u32;
             (*h).owner_pid = shm::current_pid();
             (*h).num_params = options.num_params as u64;
             (*h).owner_start_time = shm::process_start_time(shm::current_pid()).unwrap_or(0);
@@ -194,9 +210,16 @@ impl ParameterStore {
         (0..self.shared.layout.num_workers)
             .map(|w| {
                 let block = self.shared.worker(w);
+                // `consumed` first: the server counts a refusal in `rejected` before it
+                // consumes the payload, so every refusal included in `consumed` is in
+                // `rejected` too and `applied` never counts a refused push (a refusal
+                // in progress may make it lag by one).
+                let consumed = block.consumed.load(Ordering::SeqCst);
+                let rejected = block.rejected.load(Ordering::SeqCst);
                 WorkerStats {
                     pushes: block.published.load(Ordering::SeqCst),
-                    applied: block.consumed.load(Ordering::SeqCst),
+                    applied: consumed.saturating_sub(rejected),
+                    rejected,
                     attached_pid: block.control.attached_pid.load(Ordering::SeqCst),
                     departed: !is_active(block),
                 }
@@ -260,6 +283,7 @@ impl SendPtr {
 }
 
 /// One payload to merge: its slot and its normalised coefficient.
+#[derive(Clone, Copy)]
 struct Source {
     worker: usize,
     seq: u64,
@@ -273,6 +297,9 @@ struct Server {
     pool: ApplyPool,
     mode: Mode,
     rule: Rule,
+    /// `reject_non_finite`: merges report whether they wrote only finite values, and
+    /// one that did not is not published (see `apply`). Fixed for the store's life.
+    check: bool,
     next_worker: usize,
     last_liveness_check: Instant,
     stats: Arc<ServerStats>,
@@ -281,11 +308,13 @@ struct Server {
 impl Server {
     fn new(shared: Shared, apply_threads: usize, stats: Arc<ServerStats>) -> Server {
         let (mode, rule) = (shared.mode(), shared.rule());
+        let check = shared.header().reject_non_finite != 0;
         Server {
             shared,
             pool: ApplyPool::new(apply_threads),
             mode,
             rule,
+            check,
             next_worker: 0,
             last_liveness_check: Instant::now(),
             stats,
@@ -340,6 +369,13 @@ impl Server {
         if sources.is_empty() {
             return false;
         }
+        self.normalise(&mut sources);
+        self.apply(&sources, stop);
+        true
+    }
+
+    /// BSP: coefficients `f_i / sum f` over `sources`, from their slots' weights.
+    fn normalise(&self, sources: &mut [Source]) {
         let weights: Vec<f64> = sources
             .iter()
             .map(|s| f64::from_bits(self.shared.slot_weight(s.worker, s.seq).load(Ordering::SeqCst)))
@@ -348,12 +384,29 @@ impl Server {
         for (source, weight) in sources.iter_mut().zip(weights) {
             source.coefficient = weight / total;
         }
-        self.apply(&sources, stop);
-        true
+    }
+
+    /// The payload in `source`'s slot (published, not yet consumed).
+    fn payload(&self, source: &Source) -> &[f32] {
+        // SAFETY: the slot is published and not consumed, so its producer does not write
+        // it until we consume it (ring invariant); it is `num_params` floats inside the
+        // mapping, which `self.shared` keeps alive.
+        unsafe {
+            std::slice::from_raw_parts(self.shared.slot_ptr(source.worker, source.seq), self.shared.layout.num_params)
+        }
     }
 
     /// Merge `sources` into the stale state copy, publish it, free the slots.
     /// Returns false only if asked to stop while waiting for readers.
+    ///
+    /// With `reject_non_finite` a merge that wrote a NaN or an infinity is not
+    /// published (the stale copy it wrote is simply written again next time) and its
+    /// payloads count as rejected. In BSP the round is first merged again without the
+    /// payloads that hold a non-finite value, found by one more pass over the round's
+    /// payloads, on this rare path only; if none is left, or that merge is not finite
+    /// either (an overflow), the whole round is refused. Either way every slot is
+    /// consumed and `version_bell` rung, so the pushers' pulls return; the version
+    /// counts published merges only.
     fn apply(&mut self, sources: &[Source], stop: &AtomicBool) -> bool {
         let shared = self.shared.clone();
         let header = shared.header();
@@ -372,11 +425,79 @@ impl Server {
             self.check_liveness(wait::TICK);
         }
 
-        let n = self.shared.layout.num_params;
         let applying = Instant::now();
+        let mut floats = self.merge_floats(sources.len());
+        let mut refused: Vec<Source> = Vec::new();
+        let mut published = self.merge(sources, target);
+        if !published {
+            refused = sources.to_vec();
+            if self.mode == Mode::Bsp && sources.len() > 1 {
+                let (mut finite, bad): (Vec<Source>, Vec<Source>) =
+                    sources.iter().copied().partition(|s| rules::all_finite(self.payload(s)));
+                floats += sources.len();
+                if !finite.is_empty() && !bad.is_empty() {
+                    self.normalise(&mut finite);
+                    floats += self.merge_floats(finite.len());
+                    if self.merge(&finite, target) {
+                        published = true;
+                        refused = bad;
+                    }
+                }
+            }
+        }
+
+        let n = self.shared.layout.num_params;
+        let stats = &self.stats;
+        stats.wait_nanos.fetch_add((applying - waiting).as_nanos() as u64, Ordering::Relaxed);
+        stats.apply_nanos.fetch_add(applying.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.bytes_moved.fetch_add((floats * n * 4) as u64, Ordering::Relaxed);
+        if published {
+            stats.applies.fetch_add(1, Ordering::Relaxed);
+            let version = header.version.load(Ordering::SeqCst) + 1;
+            header.buffer_version[target].store(version, Ordering::SeqCst);
+            buffers.flip(target);
+            header.version.store(version, Ordering::SeqCst);
+        }
+        // Counted before the slots are consumed: a pull that returns sees its refusal.
+        for source in &refused {
+            self.shared.worker(source.worker).rejected.fetch_add(1, Ordering::SeqCst);
+        }
+        stats.rejected.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        for source in sources {
+            self.shared.ring(source.worker).consume(source.seq);
+        }
+        wait::ring(&header.version_bell);
+        true
+    }
+
+    /// Floats one merge of `sources` payloads reads (payloads, plus state and momentum
+    /// where used) and writes (out, momentum), for `bytes_moved`.
+    fn merge_floats(&self, sources: usize) -> usize {
+        match (self.rule, self.shared.layout.momentum.is_some()) {
+            (Rule::Average, _) => sources + 1,
+            (Rule::Blend, _) | (Rule::Sgd, false) => sources + 2,
+            (Rule::Sgd, true) => sources + 4,
+        }
+    }
+
+    /// Run the merge rule over `sources`, out of place from the current state copy into
+    /// copy `target`, on the pool's threads. Returns whether every value written is
+    /// finite (always true without `reject_non_finite`).
+    fn merge(&self, sources: &[Source], target: usize) -> bool {
+        let header = self.shared.header();
+        let n = self.shared.layout.num_params;
         let out = SendPtr(self.shared.state_ptr(target));
         let state = SendPtr(self.shared.state_ptr(1 - target));
-        let momentum = self.shared.momentum_ptr().map(SendPtr);
+        // (written, read): one copy updated in place, or, with two, the copy of the
+        // current state read and the copy of `target` written.
+        let momentum: Option<(SendPtr, Option<SendPtr>)> = match self.shared.layout.momentum_copies {
+            0 => None,
+            1 => self.shared.momentum_ptr(0).map(|m| (SendPtr(m), None)),
+            _ => {
+                let (to, from) = (self.shared.momentum_ptr(target), self.shared.momentum_ptr(1 - target));
+                to.zip(from).map(|(to, from)| (SendPtr(to), Some(SendPtr(from))))
+            }
+        };
         let payloads: Vec<SendPtr> = sources.iter().map(|s| SendPtr(self.shared.slot_ptr(s.worker, s.seq))).collect();
         let coefficients: Vec<f64> = sources.iter().map(|s| s.coefficient).collect();
         let lr = f64::from_bits(header.lr_bits.load(Ordering::SeqCst));
@@ -386,57 +507,55 @@ impl Server {
             weight_decay: header.weight_decay as f32,
             nesterov: header.nesterov != 0,
         };
-        let rule = self.rule;
+        let (rule, check) = (self.rule, self.check);
+        let finite = AtomicBool::new(true);
         let chunks = n.div_ceil(CHUNK_FLOATS);
         self.pool.run(chunks, &|chunk| {
+            if check && !finite.load(Ordering::Relaxed) {
+                return; // a chunk wrote a non-finite value: this merge is not published as is
+            }
             let range = rules::slice_range(n, chunks, chunk);
             let len = range.len();
-            // SAFETY: `out` is the copy no reader holds (checked above) and that only
-            // this server writes; `state`, the momentum buffer and the payload slots
+            // SAFETY: `out` is the copy no reader holds (checked by `apply`) and that only
+            // this server writes; `state`, the momentum copies and the payload slots
             // are each `n` floats inside the mapping. Every chunk runs once (pool
             // contract) on its own `range`, disjoint from the others, so the `&mut`
-            // slices never alias, and
-            // published payload slots are not written by their producer until we
-            // consume them below.
+            // slices never alias; with two momentum copies the one read (the current
+            // state's) is not the one written (`target`'s), which only the server
+            // writes; published payload slots are not written by their producer until
+            // `apply` consumes them.
             let (out, state, momentum, payloads) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(out.get().add(range.start), len),
                     std::slice::from_raw_parts(state.get().add(range.start), len),
-                    momentum.map(|m| std::slice::from_raw_parts_mut(m.get().add(range.start), len)),
+                    momentum.map(|(to, from)| {
+                        let to = std::slice::from_raw_parts_mut(to.get().add(range.start), len);
+                        match from {
+                            None => Momentum::InPlace(to),
+                            Some(from) => Momentum::Copy {
+                                from: std::slice::from_raw_parts(from.get().add(range.start), len),
+                                to,
+                            },
+                        }
+                    }),
                     payloads
                         .iter()
                         .map(|p| std::slice::from_raw_parts(p.get().add(range.start), len))
                         .collect::<Vec<&[f32]>>(),
                 )
             };
-            match rule {
-                Rule::Average => rules::weighted_sum(out, &payloads, &coefficients),
-                Rule::Blend => rules::blend(out, state, payloads[0], coefficients[0]),
-                Rule::Sgd => rules::sgd(out, state, momentum, &payloads, &coefficients, sgd),
+            let ok = if check {
+                merge_chunk::<true>(rule, out, state, momentum, &payloads, &coefficients, sgd)
+            } else {
+                merge_chunk::<false>(rule, out, state, momentum, &payloads, &coefficients, sgd)
+            };
+            if !ok {
+                finite.store(false, Ordering::Relaxed);
             }
         });
-
-        let stats = &self.stats;
-        stats.wait_nanos.fetch_add((applying - waiting).as_nanos() as u64, Ordering::Relaxed);
-        stats.apply_nanos.fetch_add(applying.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        stats.applies.fetch_add(1, Ordering::Relaxed);
-        // floats read (payloads, plus state and momentum where used) and written (out, momentum)
-        let floats = match (rule, self.shared.layout.momentum.is_some()) {
-            (Rule::Average, _) => sources.len() + 1,
-            (Rule::Blend, _) | (Rule::Sgd, false) => sources.len() + 2,
-            (Rule::Sgd, true) => sources.len() + 4,
-        };
-        stats.bytes_moved.fetch_add((floats * n * 4) as u64, Ordering::Relaxed);
-
-        let version = header.version.load(Ordering::SeqCst) + 1;
-        header.buffer_version[target].store(version, Ordering::SeqCst);
-        buffers.flip(target);
-        header.version.store(version, Ordering::SeqCst);
-        for source in sources {
-            self.shared.ring(source.worker).consume(source.seq);
-        }
-        wait::ring(&header.version_bell);
-        true
+        // `pool.run` returned after every chunk (its SeqCst `active` handshake orders
+        // the helpers' stores before this load).
+        finite.load(Ordering::Relaxed)
     }
 
     /// Mark workers whose process died as departed, dropping any pins they held, so
@@ -469,6 +588,24 @@ impl Server {
             wait::ring(&header.version_bell);
             wait::ring(&header.pin_bell);
         }
+    }
+}
+
+/// One chunk of a merge with `rule`; returns whether every value written to `out` is
+/// finite (always true unless `CHECK`).
+fn merge_chunk<const CHECK: bool>(
+    rule: Rule,
+    out: &mut [f32],
+    state: &[f32],
+    momentum: Option<Momentum<'_>>,
+    payloads: &[&[f32]],
+    coefficients: &[f64],
+    sgd: SgdParams,
+) -> bool {
+    match rule {
+        Rule::Average => rules::weighted_sum::<CHECK>(out, payloads, coefficients),
+        Rule::Blend => rules::blend::<CHECK>(out, state, payloads[0], coefficients[0]),
+        Rule::Sgd => rules::sgd::<CHECK>(out, state, momentum, payloads, coefficients, sgd),
     }
 }
 

@@ -255,3 +255,251 @@ fn zero_copy_reserve_and_commit() {
     // SAFETY: the pinned copy holds num_params floats and is not written while pinned.
     assert_eq!(unsafe { std::slice::from_raw_parts(pinned.as_ptr(), 4) }, &[1.0; 4]);
 }
+
+// --- reject_non_finite ----------------------------------------------------------------
+
+use rust_ps::rules::{self, Momentum, SgdParams};
+
+/// A state of 3 chunks merged by 2 threads, so that a refused merge is seen by one
+/// thread while the other may still be merging (or skipping) its chunks.
+const N3: usize = 3 * (1 << 18) - 100;
+
+fn rejecting(num_workers: usize, mode: Mode, rule: Rule) -> StoreOptions {
+    let mut opts = options(N3, num_workers, mode, rule);
+    opts.apply_threads = Some(2);
+    opts.reject_non_finite = true;
+    if rule == Rule::Sgd {
+        (opts.lr, opts.momentum, opts.weight_decay, opts.nesterov) = (0.1, 0.9, 0.01, true);
+    }
+    opts
+}
+
+fn sgd_params(opts: &StoreOptions) -> SgdParams {
+    SgdParams {
+        lr: opts.lr as f32,
+        momentum: opts.momentum as f32,
+        weight_decay: opts.weight_decay as f32,
+        nesterov: opts.nesterov,
+    }
+}
+
+/// A finite payload that differs per element and per step.
+fn payload(step: usize, worker: usize) -> Vec<f32> {
+    (0..N3).map(|i| ((i * 7 + step * 13 + worker * 29) % 101) as f32 * 0.01 - 0.5).collect()
+}
+
+/// `good` with a NaN or an infinity at one element (in the last chunk, or the first).
+fn poisoned(good: &[f32], bad: f32, at: usize) -> Vec<f32> {
+    let mut v = good.to_vec();
+    v[at] = bad;
+    v
+}
+
+fn read_state(store: &ParameterStore) -> (u64, Vec<f32>) {
+    let mut out = vec![0.0f32; N3];
+    let version = store.read(&mut out).unwrap();
+    (version, out)
+}
+
+/// ASP/SSP with rules blend and sgd (momentum, Nesterov, weight decay): a push holding
+/// a NaN or an infinity is consumed but not applied; the pusher's pull returns, the
+/// state, version and momentum stay as they were, and the refusal is counted; later
+/// finite pushes merge exactly as if the refused ones had never been pushed.
+#[test]
+fn asp_and_ssp_refuse_non_finite_pushes_and_go_on_merging() {
+    for mode in [Mode::Asp, Mode::Ssp] {
+        for rule in [Rule::Blend, Rule::Sgd] {
+            let opts = rejecting(1, mode, rule);
+            let initial: Vec<f32> = (0..N3).map(|i| (i % 17) as f32 * 0.1).collect();
+            let store = ParameterStore::create(opts.clone(), Some(&initial)).unwrap();
+            let client = StoreClient::attach(store.name(), 0).unwrap();
+            // The model: the same rule functions applied to the finite pushes only.
+            let mut expected = initial.clone();
+            let mut momentum = vec![0.0f32; N3];
+            let mut apply = |expected: &mut Vec<f32>, update: &[f32], weight: f64| {
+                let mut next = vec![0.0f32; N3];
+                match rule {
+                    Rule::Blend => rules::blend::<false>(&mut next, expected, update, weight),
+                    _ => rules::sgd::<false>(
+                        &mut next,
+                        expected,
+                        Some(Momentum::InPlace(&mut momentum)),
+                        &[update],
+                        &[weight],
+                        sgd_params(&opts),
+                    ),
+                };
+                *expected = next;
+            };
+            let mut out = vec![0.0f32; N3];
+            let mut version = 0;
+            let mut rejected = 0;
+            let pushes = [
+                (None, 0.5),
+                (Some((f32::NAN, N3 - 1)), 0.5),
+                (None, 1.0),
+                (Some((f32::INFINITY, 0)), 0.7),
+                (Some((f32::NEG_INFINITY, N3 / 2)), 0.7),
+                (None, 0.3),
+            ];
+            for (step, &(bad, weight)) in pushes.iter().enumerate() {
+                let good = payload(step, 0);
+                let update = match bad {
+                    Some((value, at)) => poisoned(&good, value, at),
+                    None => good.clone(),
+                };
+                client.push(&update, weight, &mut never()).unwrap();
+                let pulled = client.pull(&mut out, &mut never()).unwrap();
+                match bad {
+                    Some(_) => rejected += 1,
+                    None => {
+                        apply(&mut expected, &good, weight);
+                        version += 1;
+                    }
+                }
+                let what = format!("{mode:?}/{rule:?} step {step}");
+                assert_eq!((pulled, client.rejected()), (version, rejected), "{what}");
+                assert!(out == expected, "{what}: state differs from the merge of the finite pushes");
+            }
+            let stats = &store.worker_stats()[0];
+            assert_eq!((stats.pushes, stats.applied, stats.rejected), (6, 3, 3));
+            assert_eq!(store.server_stats().rejected.load(Ordering::SeqCst), 3);
+            assert_eq!(store.server_stats().applies.load(Ordering::SeqCst), 3);
+            assert_eq!(read_state(&store), (3, expected));
+        }
+    }
+}
+
+/// BSP with rules average and sgd: a round with some non-finite payloads is merged
+/// from the finite ones (weights renormalised) and only the bad ones are counted; a
+/// round with no finite payload is refused whole (version unchanged, each pusher
+/// counted); every pull returns; later rounds merge normally.
+#[test]
+fn bsp_merges_a_round_from_its_finite_payloads() {
+    let workers = 3;
+    let weights = [1.0, 0.6, 0.25];
+    // Per round, per worker: None = finite, Some(value) = that value at one element.
+    let rounds: [[Option<f32>; 3]; 5] = [
+        [None, None, None],
+        [None, Some(f32::NAN), None],
+        [Some(f32::INFINITY), None, Some(f32::NAN)],
+        [Some(f32::NAN), Some(f32::NEG_INFINITY), Some(f32::INFINITY)],
+        [None, None, None],
+    ];
+    for rule in [Rule::Average, Rule::Sgd] {
+        let opts = rejecting(workers, Mode::Bsp, rule);
+        let store = ParameterStore::create(opts.clone(), None).unwrap();
+        let name = store.name().to_string();
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let name = name.clone();
+                thread::spawn(move || {
+                    let client = StoreClient::attach(&name, w).unwrap();
+                    let mut seen = Vec::new();
+                    for (round, bad) in rounds.iter().enumerate() {
+                        let good = payload(round, w);
+                        let update = match bad[w] {
+                            Some(value) => poisoned(&good, value, (round * 1000 + w) % N3),
+                            None => good,
+                        };
+                        client.push(&update, weights[w], &mut never()).unwrap();
+                        let mut out = vec![0.0f32; N3];
+                        let version = client.pull(&mut out, &mut never()).unwrap();
+                        seen.push((version, client.rejected(), out));
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let seen: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+        let mut state = vec![0.0f32; N3];
+        let mut momentum = vec![0.0f32; N3];
+        let mut version = 0;
+        let mut rejected = [0u64; 3];
+        for (round, bad) in rounds.iter().enumerate() {
+            let finite: Vec<usize> = (0..workers).filter(|&w| bad[w].is_none()).collect();
+            for w in (0..workers).filter(|w| !finite.contains(w)) {
+                rejected[w] += 1;
+            }
+            if !finite.is_empty() {
+                let payloads: Vec<Vec<f32>> = finite.iter().map(|&w| payload(round, w)).collect();
+                let sources: Vec<&[f32]> = payloads.iter().map(|p| p.as_slice()).collect();
+                let total: f64 = finite.iter().map(|&w| weights[w]).sum();
+                let coefficients: Vec<f64> = finite.iter().map(|&w| weights[w] / total).collect();
+                let mut next = vec![0.0f32; N3];
+                match rule {
+                    Rule::Average => rules::weighted_sum::<false>(&mut next, &sources, &coefficients),
+                    _ => rules::sgd::<false>(
+                        &mut next,
+                        &state,
+                        Some(Momentum::InPlace(&mut momentum)),
+                        &sources,
+                        &coefficients,
+                        sgd_params(&opts),
+                    ),
+                };
+                state = next;
+                version += 1;
+            }
+            for w in 0..workers {
+                let (pulled, counted, out) = &seen[w][round];
+                let what = format!("{rule:?} round {round} worker {w}");
+                assert_eq!((*pulled, *counted), (version, rejected[w]), "{what}");
+                assert!(*out == state, "{what}: state differs from the merge of the finite payloads");
+            }
+        }
+        let stats = store.worker_stats();
+        assert_eq!(stats.iter().map(|s| s.rejected).collect::<Vec<_>>(), rejected);
+        assert_eq!(stats.iter().map(|s| s.applied).collect::<Vec<_>>(), rejected.map(|r| 5 - r));
+        assert_eq!(store.server_stats().rejected.load(Ordering::SeqCst), rejected.iter().sum::<u64>());
+        assert_eq!(read_state(&store), (4, state));
+    }
+}
+
+/// The state stays finite even when only the result is not: a finite gradient whose
+/// step overflows f32 is refused too (ASP, and a whole BSP round).
+#[test]
+fn a_merge_that_overflows_is_refused() {
+    for mode in [Mode::Asp, Mode::Bsp] {
+        let mut opts = options(64, 1, mode, Rule::Sgd);
+        (opts.lr, opts.reject_non_finite) = (1e30, true);
+        let store = ParameterStore::create(opts, Some(&[1.0; 64])).unwrap();
+        let client = StoreClient::attach(store.name(), 0).unwrap();
+        let mut out = [0.0f32; 64];
+        client.push(&[1e30; 64], 1.0, &mut never()).unwrap();
+        assert_eq!(client.pull(&mut out, &mut never()).unwrap(), 0, "{mode:?}");
+        assert_eq!((out, client.rejected()), ([1.0; 64], 1), "{mode:?}");
+        client.push(&[1e-30; 64], 1.0, &mut never()).unwrap();
+        assert_eq!(client.pull(&mut out, &mut never()).unwrap(), 1, "{mode:?}");
+        assert_eq!((out, client.rejected()), ([0.0; 64], 1), "{mode:?}"); // 1 - 1e30 * 1e-30
+    }
+}
+
+/// Without the option nothing changes: a NaN goes into the state, nothing is counted.
+#[test]
+fn without_the_option_a_nan_goes_in_as_before() {
+    for (mode, rule) in [(Mode::Asp, Rule::Blend), (Mode::Bsp, Rule::Average), (Mode::Asp, Rule::Sgd)] {
+        let store = ParameterStore::create(options(N3, 1, mode, rule), None).unwrap();
+        assert!(!store.options().reject_non_finite);
+        let client = StoreClient::attach(store.name(), 0).unwrap();
+        let update = poisoned(&payload(0, 0), f32::NAN, 5);
+        client.push(&update, 1.0, &mut never()).unwrap();
+        let mut out = vec![0.0f32; N3];
+        assert_eq!(client.pull(&mut out, &mut never()).unwrap(), 1);
+        assert!(out[5].is_nan() && out[6].is_finite(), "{mode:?}/{rule:?}");
+        assert_eq!((client.rejected(), store.worker_stats()[0].rejected, store.worker_stats()[0].applied), (0, 0, 1));
+    }
+}
+
+#[test]
+fn reject_non_finite_needs_a_finite_initial_state() {
+    let mut opts = options(4, 1, Mode::Asp, Rule::Blend);
+    opts.reject_non_finite = true;
+    match ParameterStore::create(opts.clone(), Some(&[0.0, 1.0, f32::NAN, 2.0])) {
+        Err(StoreError::InvalidArgument(m)) => assert!(m.contains("initial[2]=NaN is not finite"), "{m}"),
+        other => panic!("expected InvalidArgument, got {:?}", other.map(|s| s.name().to_string())),
+    }
+    opts.reject_non_finite = false; // as before: any initial values
+    ParameterStore::create(opts, Some(&[0.0, 1.0, f32::NAN, 2.0])).unwrap();
+}

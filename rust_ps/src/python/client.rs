@@ -75,6 +75,12 @@ impl PyStoreClient {
         self.inner.pushes()
     }
 
+    /// This worker's pushes refused as non-finite (store option `reject_non_finite`);
+    /// after a pull returns it counts every push that pull waited for.
+    fn rejected(&self) -> u64 {
+        self.inner.rejected()
+    }
+
     /// Copy the latest state into `out` after this worker's own pushes are applied
     /// (in BSP: after the round completes); returns the version.
     fn pull(&self, py: Python<'_>, out: &Bound<'_, PyAny>) -> PyResult<u64> {

@@ -23,7 +23,8 @@ fn non_negative(name: &str, value: i64) -> PyResult<usize> {
 impl PyParameterStore {
     #[new]
     #[pyo3(signature = (num_params, num_workers, mode="asp", rule="blend", staleness=0, apply_threads=None,
-                        lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=false, name=None, initial=None, slots=2))]
+                        lr=0.1, momentum=0.0, weight_decay=0.0, nesterov=false, name=None, initial=None, slots=2,
+                        reject_non_finite=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -40,6 +41,7 @@ impl PyParameterStore {
         name: Option<String>,
         initial: Option<&Bound<'_, PyAny>>,
         slots: i64,
+        reject_non_finite: bool,
     ) -> PyResult<Self> {
         let options = StoreOptions {
             num_params: non_negative("num_params", num_params)?,
@@ -55,6 +57,7 @@ impl PyParameterStore {
             weight_decay,
             nesterov,
             name,
+            reject_non_finite,
         };
         options.validate().map_err(to_py_err)?;
         let initial = initial.map(|obj| extract_f32(obj, "initial", false)).transpose()?;
@@ -118,6 +121,12 @@ impl PyParameterStore {
         self.inner.lr()
     }
 
+    /// Whether merges that would write a NaN or an infinity are refused.
+    #[getter]
+    fn reject_non_finite(&self) -> bool {
+        self.inner.options().reject_non_finite
+    }
+
     #[getter]
     fn closed(&self) -> bool {
         self.inner.is_closed()
@@ -141,8 +150,9 @@ impl PyParameterStore {
         Ok(PyStateSnapshot::new(self.inner.pin().map_err(to_py_err)?))
     }
 
-    /// Server totals: ``applies``, ``apply_seconds`` (merging), ``wait_seconds`` (for
-    /// readers to release a copy) and ``bytes_moved`` (floats read and written x 4).
+    /// Server totals: ``applies`` (merges published), ``apply_seconds`` (merging),
+    /// ``wait_seconds`` (for readers to release a copy), ``bytes_moved`` (floats read and
+    /// written x 4) and ``rejected`` (payloads refused as non-finite).
     fn server_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         use std::sync::atomic::Ordering::Relaxed;
         let s = self.inner.server_stats();
@@ -151,10 +161,12 @@ impl PyParameterStore {
         d.set_item("apply_seconds", s.apply_nanos.load(Relaxed) as f64 * 1e-9)?;
         d.set_item("wait_seconds", s.wait_nanos.load(Relaxed) as f64 * 1e-9)?;
         d.set_item("bytes_moved", s.bytes_moved.load(Relaxed))?;
+        d.set_item("rejected", s.rejected.load(Relaxed))?;
         Ok(d)
     }
 
-    /// Per worker: pushes published, pushes applied, attached pid (0 = none), departed.
+    /// Per worker: pushes published, pushes applied, pushes rejected (non-finite),
+    /// attached pid (0 = none), departed.
     fn worker_stats<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         self.inner
             .worker_stats()
@@ -163,6 +175,7 @@ impl PyParameterStore {
                 let d = PyDict::new(py);
                 d.set_item("pushes", s.pushes)?;
                 d.set_item("applied", s.applied)?;
+                d.set_item("rejected", s.rejected)?;
                 d.set_item("attached_pid", s.attached_pid)?;
                 d.set_item("departed", s.departed)?;
                 Ok(d)
