@@ -218,6 +218,8 @@ class StoreConfig:
     staleness: int = _f(0, ge=0, help="SSP bound on how many pushes a worker may run ahead (mode ssp only)")
     sync_every: int | Literal["mini_epoch"] = _f("mini_epoch", ge=1, help="push after each mini-epoch (paper) or every k steps")
     apply_threads: int = _f(0, ge=0, le=256, help="store threads applying updates; 0 = auto")
+    reject_non_finite: bool = _f(True, help="the store refuses an update whose merge is not finite (a NaN/inf "
+                                            "push, an overflow); the worker then stops or skips as `divergence` says")
 
     def check(self, prefix: str) -> None:
         # The same pairings the parameter store enforces, caught before any process starts.

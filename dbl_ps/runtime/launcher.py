@@ -222,6 +222,7 @@ class Trainer:
             store = ParameterStore(
                 self.flat.numel, W, mode=cfg.store.mode, rule=cfg.store.rule, staleness=cfg.store.staleness,
                 apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0, initial=initial,
+                reject_non_finite=cfg.store.reject_non_finite,
             )
         except OSError as exc:
             raise StoreSetupError(f"cannot create the parameter store: {exc}") from None

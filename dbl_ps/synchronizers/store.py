@@ -53,6 +53,7 @@ class StoreSynchronizer(Synchronizer):
         self.reference: torch.Tensor | None = None
         self.payload: torch.Tensor | None = None
         self.version = 0
+        self.rejected = 0  # this worker's pushes the store refused so far (store.reject_non_finite)
 
     def boundaries(self, steps: int, all_steps: Sequence[int]) -> list[int]:
         return sync_boundaries(steps, self.sync_every, self.mode, all_steps)
@@ -94,6 +95,13 @@ class StoreSynchronizer(Synchronizer):
             self.client.push(self.vec, weight=weight)
         version = self.version = self.client.pull(self.vec)
         pulled = time.perf_counter()
+        rejected = self.client.rejected()
+        if rejected > self.rejected:  # the store refused this push (store.reject_non_finite): a non-finite merge
+            self.rejected = rejected
+            diverged = {self.worker: float(loss) if loss is not None else math.nan}
+            if not self.skip_nonfinite:
+                return SyncResult(version=version, wait_seconds=pulled - pushing, sync_seconds=pushing - gathered,
+                                  diverged=diverged, merged=False)
         self.flat.scatter(self.vec)
         engine.after_sync()
         if self.reference is not None:
