@@ -20,6 +20,7 @@ the start time differs) and takes the lock over.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ __all__ = ["create_unique_dir", "run_dir_problem", "remove_if_empty", "RunLock",
            "lock_owner", "RunWriteError", "write_failure"]
 
 LOCK_FILE = "run.lock"
+FULL_BELOW = 1 << 20  # bytes: a device with less free space than this is full for a checkpoint
 
 MAX_SUFFIX = 10_000  # more taken names than this is not a collision but a full folder
 
@@ -165,10 +167,15 @@ class RunWriteError(OSError):
 
 def write_failure(path: Path, exc: BaseException) -> RunWriteError:
     """One line for a failed write of `path`: the cause and the free space where it goes.
-    (torch.save reports a full disk as a RuntimeError from its stream writer, not ENOSPC.)"""
+    (torch.save reports a full disk as a RuntimeError from its stream writer, not ENOSPC,
+    so an almost empty device is named as the cause whatever the exception says.)"""
     try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.1f} MiB free there"
+        free = shutil.disk_usage(path.parent).free
     except OSError:
-        free = "free space unknown"
-    cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return RunWriteError(f"cannot write {path} ({cause}; {free})")
+        free = None
+    if getattr(exc, "errno", None) == errno.ENOSPC or (free is not None and free < FULL_BELOW):
+        cause = "no space left on the device"
+    else:
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    where = f"{free / 2**20:,.1f} MiB free there" if free is not None else "free space unknown"
+    return RunWriteError(f"cannot write {path} ({cause}; {where})")

@@ -2,18 +2,23 @@
 
 * one owner per run directory: a second `dbl-ps train --resume` (or `--run-dir`) on a
   directory that is still training is one error naming the owner, and changes nothing;
-  an owner killed with SIGKILL leaves a stale lock that the next resume takes over.
+  an owner killed with SIGKILL leaves a stale lock that the next resume takes over;
+* a frozen rank is named within the sync timeout;
+* a full disk (a real tmpfs) is one line, the last checkpoint is kept, the run resumes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from dbl_ps.metrics import read_metrics
 from dbl_ps.run_dirs import LOCK_FILE, RunDirectoryBusy, RunLock, lock_owner
@@ -130,19 +135,18 @@ def _running(pid: int) -> bool:
 
 
 def test_a_frozen_rank_is_named_within_the_sync_timeout_and_the_checkpoint_is_kept(tmp_path):
-    """SIGSTOP one rank mid-run: the other stops at its next sync after launch.sync_timeout
-    with one line naming the rank that did not arrive, instead of waiting the 600 s collective
-    timeout; the last checkpoint is intact."""
+    """Rank 1 freezes (SIGSTOP, by the test hook) at the start of epoch 3: rank 0 stops at its
+    next sync after launch.sync_timeout with one line naming the rank that did not arrive,
+    instead of waiting the 600 s collective timeout; the last checkpoint is intact."""
     run_dir = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DBL_PS_FAIL_WORKER="1:2:stop")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                              str(free_port()), "-m", "dbl_ps", "train", "--run-dir", str(run_dir), *FAST,
-                             "schedule.epochs=200", "schedule.milestones=[150]", "store.sync_every=2",
+                             "schedule.epochs=6", "schedule.milestones=[4]", "store.sync_every=2",
                              "launch.sync_timeout=5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         wait_for_epochs(run_dir, proc, 2)
         ranks = _rank_pids(proc.pid)
-        os.kill(ranks[1], signal.SIGSTOP)
         started = time.monotonic()
         while _running(ranks[0]) and time.monotonic() - started < 120:
             time.sleep(0.1)  # rank 0 gives up at its next sync
@@ -156,6 +160,69 @@ def test_a_frozen_rank_is_named_within_the_sync_timeout_and_the_checkpoint_is_ke
     assert waited < 60, waited  # the sync timeout, not the 600 s collective timeout
     ours = [line for line in err.splitlines() if line.startswith("dbl-ps train: error:")]
     assert ours and "waited 5 s" in ours[0] and "rank(s) 1 did not arrive" in ours[0], err[-3000:]
-    assert "checkpoint of epoch" in ours[0] and "is kept" in ours[0]
+    assert "the checkpoint of epoch 2 is kept" in ours[0] and "--resume" in ours[0]
     meta = json.loads((run_dir / "checkpoint.json").read_text())
-    assert meta["epoch"] >= 1 and (run_dir / meta["path"] / "model.pt").is_file()
+    assert meta["epoch"] == 1 and (run_dir / meta["path"] / "model.pt").is_file()
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+def _can_mount_tmpfs() -> bool:
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs unshare and mount (root, Linux)")
+def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
+    """A real full disk: the run directory on a 1.5 MB tmpfs in a private mount namespace holds
+    the set-up files and one epoch's checkpoint (about 1 MB for the small ResNet and 2 workers),
+    not two. The run stops in one line naming the file and the free space, keeps the first
+    checkpoint and leaves no temporary file; once the tmpfs is grown, --resume finishes it."""
+    mnt, out = tmp_path / "disk", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    py = f"'{sys.executable}' -m dbl_ps train --no-progress"
+    args = " ".join(f"'{a}'" for a in [*FAST, "schedule.epochs=4", "schedule.milestones=[3]"])
+    script = f"""
+mount -t tmpfs -o size=1500k tmpfs {mnt} || exit 99
+{py} --run-dir {mnt}/run {args} > {out}/first.out 2> {out}/first.err; echo $? > {out}/first.code
+find {mnt} -name '*.tmp' > {out}/tmps.txt
+cp -r {mnt}/run {out}/failed
+mount -o remount,size=64m {mnt}
+{py} --resume {mnt}/run > {out}/second.out 2> {out}/second.err; echo $? > {out}/second.code
+cp -r {mnt}/run {out}/resumed
+"""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 99, done.stderr
+    err = (out / "first.err").read_text()
+    assert (out / "first.code").read_text().strip() == "1", err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "cannot write" in err and "no space left on the device" in err and "MiB free there" in err, err
+    assert "checkpoint of epoch 1 is kept" in err and "--resume" in err
+    assert (out / "tmps.txt").read_text() == ""  # no half-written file left
+    meta = json.loads((out / "failed" / "checkpoint.json").read_text())
+    assert meta["epoch"] == 0 and (out / "failed" / meta["path"] / "model.pt").is_file()
+    assert (out / "second.code").read_text().strip() == "0", (out / "second.err").read_text()[-2000:]
+    summary = json.loads((out / "resumed" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 4
+    assert [r["epoch"] for r in read_metrics(out / "resumed")] == [0, 1, 2, 3]
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path):
+    run_dir = tmp_path / "run"
+    first = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=3", "schedule.milestones=[2]")
+    deadline = time.monotonic() + 120
+    while not (run_dir / "plan.json").is_file() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.communicate(timeout=60)
+    assert not (run_dir / "checkpoint.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "no checkpoint yet: starting again from epoch 1" in resumed.stdout + resumed.stderr
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]

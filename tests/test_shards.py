@@ -515,7 +515,7 @@ def test_corrupt_shard_content_stops_the_run_in_one_line_naming_shard_and_key(pn
     assert err[0].startswith("dbl-ps train: error: worker ") and re.search(needle, err[0]), err[0]
     assert f"`dbl-ps shard --verify {root}`" in err[0]
     if kept:
-        assert f"the checkpoint of epoch 1 is kept: once the data is fixed, `dbl-ps train --resume {run_dir}`" in err[0]
+        assert f"the checkpoint of epoch 1 is kept: once that is fixed, `dbl-ps train --resume {run_dir}`" in err[0]
         assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] == 0
     else:
         assert "no epoch had finished" in err[0] and not (run_dir / "checkpoint.json").exists()

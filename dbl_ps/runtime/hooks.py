@@ -2,7 +2,7 @@
 into callbacks on the loop's events (the loop itself never reads the environment):
 
 * `DBL_PS_FAIL_WORKER=W:E` makes worker W raise at the start of epoch E;
-  `W:E:kill` makes it SIGKILL itself there;
+  `W:E:kill` makes it SIGKILL itself there, `W:E:stop` SIGSTOP itself (a frozen rank);
 * `DBL_PS_DUMP_SYNC=DIR`: each rank writes its state before and after its first sync;
 * `DBL_PS_STOP_AFTER_EPOCH=E`: every rank stops cleanly once epoch E's checkpoint is
   written (as if the job had been killed there).
@@ -27,14 +27,17 @@ STOP_ENV = "DBL_PS_STOP_AFTER_EPOCH"
 
 
 class FailWorker(Callback):
-    def __init__(self, worker: int, epoch: int, kill: bool):
-        self.worker, self.epoch, self.kill = worker, epoch, kill
+    """`how`: "raise" (an exception), "kill" (SIGKILL) or "stop" (SIGSTOP: frozen until SIGCONT)."""
+
+    def __init__(self, worker: int, epoch: int, how: str = "raise"):
+        self.worker, self.epoch, self.how = worker, epoch, how
 
     def on_epoch_start(self, loop: WorkerLoop, epoch: int) -> None:
         if loop.worker != self.worker or epoch != self.epoch:
             return
-        if self.kill:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.how in ("kill", "stop"):
+            os.kill(os.getpid(), signal.SIGKILL if self.how == "kill" else signal.SIGSTOP)
+            return
         raise RuntimeError(f"injected failure of worker {self.worker} at epoch {epoch} ({FAULT_ENV})")
 
 
@@ -76,7 +79,7 @@ def callbacks_from_env(rank: int) -> list[Callback]:
     fault = os.environ.get(FAULT_ENV)
     if fault:
         parts = fault.split(":")
-        callbacks.append(FailWorker(int(parts[0]), int(parts[1]), kill=parts[2:] == ["kill"]))
+        callbacks.append(FailWorker(int(parts[0]), int(parts[1]), how=parts[2] if len(parts) > 2 else "raise"))
     if os.environ.get(DUMP_ENV):
         callbacks.append(DumpFirstSync(Path(os.environ[DUMP_ENV]), rank))
     if os.environ.get(STOP_ENV):
