@@ -7,17 +7,6 @@ import time
 import numpy as np
 
 
-def bsp_worker(name, worker_id, updates, weight, results):
-    from dbl_ps import StoreClient
-
-    with StoreClient(name, worker_id) as client:
-        out = np.empty(updates[0].shape[0], dtype=np.float32)
-        for update in updates:
-            client.push(update, weight=weight)
-            version = client.pull(out)
-            results.put((worker_id, version, out.copy()))
-
-
 def ordered_pusher(name, worker_id, update, weight, go, done):
     from dbl_ps import StoreClient
 
@@ -69,8 +58,8 @@ def own_store_then_block_forever(ready, names):
     time.sleep(600)
 
 
-def push_pull_counting(name, worker_id, updates, weight, results):
-    """Push each update, pull after it; report (worker_id, version, rejected, state)."""
+def push_pull(name, worker_id, updates, weight, results):
+    """Push each update, pull after it; report (worker_id, version, rejected pushes so far, state)."""
     from dbl_ps import StoreClient
 
     with StoreClient(name, worker_id) as client:

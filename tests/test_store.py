@@ -54,7 +54,7 @@ def test_bsp_weighted_mean_across_processes_is_exact_to_float32_rounding():
     results = SPAWN.Queue()
     with ParameterStore(num_params, workers, mode="bsp", rule="average") as store:
         procs = [
-            SPAWN.Process(target=store_workers.bsp_worker, args=(store.name, w, list(updates[w]), weights[w], results))
+            SPAWN.Process(target=store_workers.push_pull, args=(store.name, w, list(updates[w]), weights[w], results))
             for w in range(workers)
         ]
         for p in procs:
@@ -65,7 +65,7 @@ def test_bsp_weighted_mean_across_processes_is_exact_to_float32_rounding():
             assert p.exitcode == 0
         assert store.version == rounds
     f = np.array(weights)[:, None]
-    for worker_id, version, out in got:
+    for worker_id, version, _, out in got:
         r = version - 1  # each pull returns right after its own round
         expected = (f * updates[:, r].astype(np.float64)).sum(0) / f.sum()
         np.testing.assert_array_max_ulp(out, expected.astype(np.float32), maxulp=1)
@@ -159,7 +159,7 @@ def _run_pushers(store, updates_per_worker, weights):
     """One spawned process per worker pushing its updates (pull after each); returns
     results[worker] = [(version, rejected, state), ...] as each worker saw them."""
     results = SPAWN.Queue()
-    procs = [SPAWN.Process(target=store_workers.push_pull_counting, args=(store.name, w, updates, weights[w], results))
+    procs = [SPAWN.Process(target=store_workers.push_pull, args=(store.name, w, updates, weights[w], results))
              for w, updates in enumerate(updates_per_worker)]
     for p in procs:
         p.start()
