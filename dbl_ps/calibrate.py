@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from tqdm import tqdm
@@ -245,13 +245,14 @@ def probe_max_batch(fits: Callable[[int], bool], *, start: int = 16, limit: int 
 # --------------------------------------------------------------------------- torch parts
 
 
-def activation_bytes(model_name: str, batch_size: int, resolution: int, *, num_classes: int, in_channels: int) -> int:
+def activation_bytes(model_name: str, batch_size: int, resolution: int, *, num_classes: int, in_channels: int,
+                     model_kwargs: Mapping[str, Any] | None = None, cifar_stem: bool = False) -> int:
     """Bytes of the layer outputs that one forward pass of ``model_name`` at ``batch_size``
     images of ``resolution`` px keeps for the backward pass (in-place layers add none).
     Computed on torch's meta device: shapes only, no memory used and nothing run, so it
     is safe at any size; a lower bound on the memory a training step needs."""
     with torch.device("meta"):
-        model = build_model(model_name, num_classes, in_channels=in_channels)
+        model = build_model(model_name, num_classes, in_channels=in_channels, kwargs=model_kwargs, cifar_stem=cifar_stem)
     total = 0
 
     def count(module: Any, inputs: Any, output: Any) -> None:
@@ -278,7 +279,8 @@ def device_memory_bytes(device: str) -> int | None:
 
 
 def check_fits_memory(model_name: str, resolutions: Sequence[int], batch_size: int, *, device: str,
-                      num_classes: int, in_channels: int) -> None:
+                      num_classes: int, in_channels: int, model_kwargs: Mapping[str, Any] | None = None,
+                      cifar_stem: bool = False) -> None:
     """Refuse, before anything is allocated, a resolution at which the activations of one
     step at ``batch_size`` alone exceed the device's total memory: e.g. a typo such as
     100000 px would otherwise try to allocate terabytes (or be killed for it)."""
@@ -286,7 +288,8 @@ def check_fits_memory(model_name: str, resolutions: Sequence[int], batch_size: i
     if memory is None:
         return
     for r in sorted(resolutions):
-        need = activation_bytes(model_name, batch_size, r, num_classes=num_classes, in_channels=in_channels)
+        need = activation_bytes(model_name, batch_size, r, num_classes=num_classes, in_channels=in_channels,
+                                model_kwargs=model_kwargs, cifar_stem=cifar_stem)
         if need > memory:
             where = "the GPU" if device.startswith("cuda") else "this machine"
             raise ValueError(
@@ -406,6 +409,8 @@ def calibrate(
     statistic: str = "median",
     threads: int | None = None,
     progress: bool = True,
+    model_kwargs: Mapping[str, Any] | None = None,
+    cifar_stem: bool = False,
 ) -> Calibration:
     """Measure and fit ``t(b)`` per resolution; see the module doc.
 
@@ -448,7 +453,8 @@ def calibrate(
         largest = 1
     else:
         largest = max((b for b in batch_sizes or () if b <= batch_cap), default=batch_cap)
-    check_fits_memory(model_name, resolutions, largest, device=device, num_classes=num_classes, in_channels=in_channels)
+    check_fits_memory(model_name, resolutions, largest, device=device, num_classes=num_classes, in_channels=in_channels,
+                      model_kwargs=model_kwargs, cifar_stem=cifar_stem)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -457,7 +463,7 @@ def calibrate(
             model_name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
             batch_sizes=batch_sizes, batch_cap=batch_cap, grid_points=grid_points, smallest_batch=smallest_batch,
             warmup=warmup, repeats=repeats, margin=margin, compile=compile, auto_cap=auto_cap,
-            statistic=statistic, progress=progress,
+            statistic=statistic, progress=progress, model_kwargs=model_kwargs, cifar_stem=cifar_stem,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -481,6 +487,8 @@ def _calibrate(
     auto_cap: bool,
     statistic: str,
     progress: bool,
+    model_kwargs: Mapping[str, Any] | None,
+    cifar_stem: bool,
 ) -> Calibration:
 
     torch.manual_seed(0)
@@ -488,7 +496,8 @@ def _calibrate(
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     if on_gpu:
         torch.backends.cudnn.benchmark = True
-    model = build_model(model_name, num_classes, in_channels=in_channels).to(device).train()
+    model = build_model(model_name, num_classes, in_channels=in_channels, kwargs=model_kwargs,
+                        cifar_stem=cifar_stem).to(device).train()
     runner = torch.compile(model) if compile else model
 
     results = {}

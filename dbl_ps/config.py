@@ -50,6 +50,7 @@ __all__ = [
     "OptimConfig",
     "FSDPConfig",
     "LaunchConfig",
+    "LossConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards")
+# The built-in models; `model.name` may also be an import path (dbl_ps.models.build_model).
 MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet")
 # Sources read from files: `data.path` must be set for them.
 FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "shards")
@@ -153,13 +155,26 @@ class DataConfig:
 
 @dataclass(kw_only=True)
 class ModelConfig:
-    name: Literal["small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet"] = "small_resnet"
+    name: str = _f("small_resnet", help="a built-in model (small_resnet, resnet18_cifar, resnet18_imagenet, "
+                                        "resnet50_imagenet) or an import path 'package.module:callable' called "
+                                        "with num_classes= and model.kwargs (e.g. torchvision.models:resnet18)")
+    kwargs: dict[str, Any] = _f({}, help="keyword arguments for a model by import path (e.g. {model_name: resnet50} "
+                                         "for timm:create_model)")
+    cifar_stem: bool = _f(False, help="give a torchvision-style ResNet (conv1 + maxpool) the 3x3 stride-1 stem "
+                                      "without max-pool, for small (32 px) images")
     dropout: list[float] | dict[int, float] = _f({12: 0.0, 16: 0.1}, ge=0.0, lt=1.0,
                                                   help="dropout rate per resolution: {px: rate} or a list (one value = all)")
 
     def check(self, prefix: str) -> None:
         if len(self.dropout) == 0:
             raise _bad(f"{prefix}dropout", self.dropout, "at least one dropout rate")
+        if self.name not in MODELS and not _IMPORT_PATH_RE.match(self.name):
+            raise _bad(f"{prefix}name", self.name, f"one of {', '.join(MODELS)} or an import path "
+                       "'package.module:callable' (e.g. 'torchvision.models:resnet18')")
+        if self.name in MODELS and (self.kwargs or self.cifar_stem):
+            key, value = (f"{prefix}kwargs", self.kwargs) if self.kwargs else (f"{prefix}cifar_stem", self.cifar_stem)
+            raise _bad(key, value, f"unset for the built-in {self.name!r} (they apply to a model by import path; "
+                       "resnet18_cifar is ResNet-18 with the CIFAR stem)")
 
 
 @dataclass(kw_only=True)
@@ -235,13 +250,26 @@ class StoreConfig:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    momentum: float = _f(0.9, ge=0.0, lt=1.0)
+    name: Literal["sgd", "adamw"] = _f("sgd", help="the workers' optimizer: SGD with momentum (the paper's) or "
+                                                  "AdamW (set schedule.lr to suit it, e.g. 1e-3)")
+    momentum: float = _f(0.9, ge=0.0, lt=1.0, help="SGD momentum")
     weight_decay: float = _f(1e-4, ge=0.0)
-    nesterov: bool = False
+    nesterov: bool = _f(False, help="SGD: Nesterov momentum")
+    betas: list[float] = _f([0.9, 0.999], ge=0.0, lt=1.0, help="AdamW: the two moment decay rates")
 
     def check(self, prefix: str) -> None:
+        if len(self.betas) != 2:
+            raise _bad(f"{prefix}betas", self.betas, "two numbers [beta1, beta2]")
+        if self.name == "adamw" and self.nesterov:
+            raise _bad(f"{prefix}nesterov", self.nesterov, "false with optim.name 'adamw' (Nesterov is an SGD option)")
         if self.nesterov and self.momentum == 0.0:
             raise _bad(f"{prefix}nesterov", self.nesterov, "false when optim.momentum is 0 (Nesterov needs momentum)")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    label_smoothing: float = _f(0.0, ge=0.0, lt=1.0, help="cross-entropy label smoothing (0 = none; 0.1 is usual "
+                                                          "for ImageNet recipes)")
 
 
 @dataclass(kw_only=True)
@@ -266,6 +294,10 @@ class FSDPConfig:
                                              "WORLD_SIZE = dbl.workers x this")
     param_dtype: Literal["fp32", "bf16"] = _f("fp32", help="FSDP2 compute dtype of parameters (bf16 on GPUs; "
                                                            "shards and the merge stay fp32)")
+    wrap_classes: list[str] = _f([], help="class names of the submodules sharded one by one (e.g. [Block]); "
+                                          "empty = residual blocks where the model has them, else by size")
+    wrap_min_params: int = _f(1_000_000, ge=1, help="size policy: shard each submodule holding at least this many "
+                                                    "parameters not already sharded below it")
 
 
 @dataclass(kw_only=True)
@@ -294,6 +326,15 @@ class RunConfig:
     deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or the name of one shipped "
                                                  "in dbl_ps/configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1; "
                                                  "`dbl-ps configs` lists them); null = fp32, no ZeRO")
+    imports: list[str] = _f([], help="modules every process imports first (e.g. one that defines your model or "
+                                     "dataset); the current directory is searched too")
+    precision: Literal["fp32", "bf16", "fp16"] = _f(
+        "fp32", help="engine torch: autocast the forward pass to bf16 or fp16 (fp16 with a gradient scaler); "
+                     "weights, optimizer and merges stay fp32")
+    channels_last: bool = _f(False, help="engine torch: channels-last memory format for model and batches "
+                                         "(faster convolutions on GPUs with tensor cores)")
+    compile: bool = _f(False, help="engine torch: torch.compile each worker's model, warmed up at every "
+                                   "resolution and batch size before the first epoch")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -304,6 +345,7 @@ class RunConfig:
                      "checkpoint kept), or skip that worker's update (it continues from the merged state; counted "
                      "as skipped_syncs)")
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
@@ -320,6 +362,12 @@ class RunConfig:
     def check(self, prefix: str) -> None:
         if self.deepspeed_config is not None and self.engine != "deepspeed":
             raise _bad("deepspeed_config", self.deepspeed_config, "null unless engine is 'deepspeed' (set engine: deepspeed)")
+        for key in ("precision", "channels_last", "compile"):
+            if getattr(self, key) != getattr(RunConfig, key) and self.engine != "torch":
+                where = {"deepspeed": "the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
+                         "fsdp": "fsdp.param_dtype"}[self.engine]
+                raise _bad(key, getattr(self, key), f"its default with engine {self.engine!r} (it applies to engine "
+                           f"'torch'; engine {self.engine!r} takes its precision from {where})")
         if self.fsdp.ranks_per_worker > 1 and self.engine != "fsdp":
             raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, "1 unless engine is 'fsdp' (set engine: fsdp)")
         res = self.schedule.resolutions
@@ -401,6 +449,8 @@ def _is_config(tp: Any) -> bool:
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if tp is Any:
+        return "any value"
     if tp is type(None):
         return "null"
     if tp is bool:
@@ -434,6 +484,7 @@ def _limits(meta: Mapping[str, Any]) -> str:
     return " and ".join(parts)
 
 
+_IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*[:.][A-Za-z_][\w.]*$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -444,6 +495,8 @@ class _NoMatch(Exception):
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` as type `tp` or raise _NoMatch. Nested lists report the element key."""
     origin = typing.get_origin(tp)
+    if tp is Any:  # free-form (model.kwargs): whatever YAML gives, passed through
+        return value
     if tp is type(None):
         if value is None:
             return None

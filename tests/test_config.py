@@ -195,7 +195,7 @@ def test_override_into_a_value_is_an_error():
         ("store.mode=fast", "store.mode", "'bsp', 'asp', 'ssp'"),
         ("store.sync_every=0", "store.sync_every", ">= 1"),
         ("store.sync_every=epoch", "store.sync_every", "'mini_epoch'"),
-        ("model.name=vgg", "model.name", "'small_resnet'"),
+        ("model.name=vgg", "model.name", "small_resnet, resnet18_cifar, resnet18_imagenet, resnet50_imagenet or an import path"),
         ("model.dropout=[0.1,0.2,0.3]", "model.dropout", "one per resolution"),
         ("model.dropout={12: 0.0}", "model.dropout", "missing [16]"),
         ("model.dropout={12: 0.0, 16: 1.0}", "model.dropout[16]", "< 1.0"),

@@ -21,6 +21,19 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 24,32") from None
 
 
+def json_object(text: str) -> dict:
+    """``'{"depth": 18}'`` -> ``{"depth": 18}`` (an argparse ``type=``)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object such as '{{\"depth\": 18}}'")
+    return value
+
+
 def float_list(text: str) -> list[float]:
     """``"0.1,0.2"`` -> ``[0.1, 0.2]`` (an argparse ``type=``)."""
     try:

@@ -9,14 +9,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dbl_ps.commands._arguments import int_list
+from dbl_ps.commands._arguments import int_list, json_object
 
 R2_WARNING = 0.95
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="small_resnet", help="small_resnet, resnet18_cifar, resnet18_imagenet or resnet50_imagenet (default %(default)s)")
+    parser.add_argument("--model", default="small_resnet",
+                        help="small_resnet, resnet18_cifar, resnet18_imagenet, resnet50_imagenet or an import path "
+                             "'package.module:callable' as in model.name (default %(default)s)")
+    parser.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
+                        help="keyword arguments for a model by import path, e.g. '{\"model_name\": \"resnet50\"}'")
+    parser.add_argument("--cifar-stem", action="store_true", help="the 3x3 stem without max-pool (model.cifar_stem)")
     parser.add_argument("--resolutions", type=int_list, required=True, help="pixels, comma list, e.g. 24,32")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
     parser.add_argument("--out", metavar="FILE", help="output JSON (default calibration-MODEL-DEVICE.json)")
@@ -51,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dbl_ps.calibrate import calibrate, format_calibration_table, save_calibration
 
-    out = args.out or f"calibration-{args.model}-{args.device.replace(':', '')}.json"
+    model_label = args.model.replace(":", ".").rsplit(".", 1)[-1]
+    out = args.out or f"calibration-{model_label}-{args.device.replace(':', '')}.json"
     try:
         cal = calibrate(
             args.model,
@@ -70,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             statistic=args.statistic,
             threads=args.threads,
             progress=not args.quiet,
+            model_kwargs=args.model_kwargs,
+            cifar_stem=args.cifar_stem,
         )
     except ValueError as err:
         print(f"dbl-ps calibrate: error: {err}", file=sys.stderr)

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dbl_ps._optional import require
-from dbl_ps.training.engine import Engine, sgd_for
+from dbl_ps.training.engine import Engine, loss_for, optimizer_for
 from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["DeepSpeedEngine", "SingleRankMPU", "worker_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
@@ -175,7 +175,7 @@ class DeepSpeedEngine(Engine):
         self.device = device
         self.topology = topology
         module = module.to(device)
-        optimizer = sgd_for(module, cfg)
+        optimizer = optimizer_for(module, cfg)
         self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size)
         # With LOCAL_SIZE set (the deepspeed launcher sets it), DeepSpeed's CPU backend creates
         # 66 MiB shared-memory all-reduce buffers per rank in /dev/shm and never removes
@@ -196,7 +196,7 @@ class DeepSpeedEngine(Engine):
                 for name, b in m.named_buffers(recurse=False):
                     if b.is_floating_point():
                         setattr(m, name, b.to(self.dtype))
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.loss_fn = loss_for(cfg)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.engine(images.to(self.dtype))

@@ -31,7 +31,7 @@ counterpart takes the momentum of the last saved group).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -43,12 +43,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from dbl_ps.models import RESIDUAL_BLOCKS
+from dbl_ps.models import residual_block_classes
 from dbl_ps.training.averaging import split_params_buffers, weighted_average_
-from dbl_ps.training.engine import Engine, sgd_for
+from dbl_ps.training.engine import Engine, loss_for, optimizer_for
 from dbl_ps.training.topology import Topology
 
-__all__ = ["FSDPEngine", "build_mesh", "apply_fsdp"]
+__all__ = ["FSDPEngine", "build_mesh", "apply_fsdp", "wrap_units"]
 
 
 def build_mesh(topo: Topology, device: torch.device) -> Any:
@@ -56,12 +56,47 @@ def build_mesh(topo: Topology, device: torch.device) -> Any:
     return init_device_mesh(device.type, (topo.workers, topo.group_size), mesh_dim_names=("replicate", "shard"))
 
 
-def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype | None = None) -> nn.Module:
-    """``fully_shard`` every residual block, then the root, on the 1-D ``shard`` mesh."""
+def wrap_units(module: nn.Module, *, classes: Sequence[str] = (), min_params: int = 1_000_000) -> list[nn.Module]:
+    """The submodules sharded one by one before the root (FSDP2 gathers one unit's parameters
+    at a time, so the units bound the peak memory):
+
+    * `classes` given: every submodule whose class name is in it;
+    * else the residual blocks where the model has them (ours and torchvision's);
+    * else by size: bottom-up, every submodule holding at least `min_params` parameters not
+      already in a unit below it (what torch's size-based auto-wrap policy does for FSDP1).
+    """
+    if classes:
+        wanted = set(classes)
+        return [m for m in module.modules() if m is not module and type(m).__name__ in wanted]
+    blocks = residual_block_classes(module)
+    if blocks:
+        return [m for m in module.modules() if isinstance(m, blocks)]
+    units: list[nn.Module] = []
+
+    def unwrapped_params(m: nn.Module) -> int:
+        own = sum(p.numel() for p in m.parameters(recurse=False))
+        below = sum(unwrapped_params(child) for child in m.children())
+        if m is not module and own + below >= min_params:
+            units.append(m)
+            return 0
+        return own + below
+
+    unwrapped_params(module)
+    return units
+
+
+def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype | None = None,
+               classes: Sequence[str] = (), min_params: int = 1_000_000) -> nn.Module:
+    """``fully_shard`` every unit of ``wrap_units``, then the root, on the 1-D ``shard`` mesh."""
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else MixedPrecisionPolicy()
-    for m in module.modules():
-        if isinstance(m, RESIDUAL_BLOCKS):
-            fully_shard(m, mesh=shard_mesh, mp_policy=mp)
+    if classes:
+        present = {type(m).__name__ for m in module.modules()}
+        missing = sorted(set(classes) - present)
+        if missing:
+            raise ValueError(f"fsdp.wrap_classes={list(classes)}: the model has no module of class "
+                             f"{', '.join(missing)} (it has {', '.join(sorted(present))})")
+    for m in wrap_units(module, classes=classes, min_params=min_params):
+        fully_shard(m, mesh=shard_mesh, mp_policy=mp)
     fully_shard(module, mesh=shard_mesh, mp_policy=mp)
     if param_dtype is not None:
         # FSDP2 casts parameters for compute, not buffers; BatchNorm needs its running
@@ -83,9 +118,10 @@ class FSDPEngine(Engine):
         self.mesh = build_mesh(topo, device)
         self.replicate_group = self.mesh.get_group("replicate")
         self.shard_group = self.mesh.get_group("shard")
-        self.module = apply_fsdp(module.to(device), self.mesh["shard"], param_dtype=param_dtype)
-        self.optimizer = sgd_for(self.module, cfg)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.module = apply_fsdp(module.to(device), self.mesh["shard"], param_dtype=param_dtype,
+                                 classes=cfg.fsdp.wrap_classes, min_params=cfg.fsdp.wrap_min_params)
+        self.optimizer = optimizer_for(self.module, cfg)
+        self.loss_fn = loss_for(cfg)
 
     # -- training
 

@@ -54,7 +54,7 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     scalar = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     names = {
-        "test_loss": "test/loss", "test_acc": "test/acc",
+        "test_loss": "test/loss", "test_acc": "test/acc", "test_acc5": "test/acc5",
         "train_loss": "train/loss", "train_acc": "train/acc", "samples_per_s": "train/samples_per_s",
         "lr": "schedule/lr", "resolution": "schedule/resolution", "dropout": "schedule/dropout",
         "store_version": "store/version", "wall_time": "time/wall_seconds",

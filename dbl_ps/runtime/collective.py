@@ -31,7 +31,6 @@ import torch.distributed as dist
 from dbl_ps.config import check_workers_fit
 from dbl_ps.data import DataError, build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
-from dbl_ps.models import build_model
 from dbl_ps.run_dirs import RunDirectoryBusy, RunLock, RunWriteError
 from dbl_ps.runtime.engines import build_rank_engine, engine_options
 from dbl_ps.runtime.failures import failure_message, stopped_line
@@ -44,7 +43,16 @@ from dbl_ps.training.finisher import EpochFinisher, Evaluator
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.messages import EpochReport, merge_members
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
-from dbl_ps.training.setup import build_plan, build_spec, cpu_cores, plan_from_dict, resolve_time_models
+from dbl_ps.training.setup import (
+    build_plan,
+    build_run_model,
+    build_spec,
+    check_run_model,
+    cpu_cores,
+    plan_from_dict,
+    resolve_time_models,
+    warm_up_shapes,
+)
 from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
 
 __all__ = ["CollectiveRunner", "run_collective", "pick_device"]
@@ -107,16 +115,20 @@ class CollectiveRunner:
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
         check_workers_fit(cfg, len(self.data.train))
         self.transform = build_transform(cfg.data, self.data)
+        torch.manual_seed(cfg.seed)  # the same initial model on every rank
+        module = build_run_model(cfg, self.data.num_classes, self.data.in_channels, dropout=cfg.dropouts()[0],
+                                 log=self.log if topo.is_main else None)
+        check_run_model(cfg, module, self.data.num_classes, self.data.in_channels, self.device)  # before any measuring
         self.plan, self.plan_source = self._plan()
         self.spec = build_spec(cfg, self.plan)
         if topo.is_main:
             self._write_run_files()
         dist.barrier()  # rank 0 wrote deepspeed_config.json for a new run
         options = engine_options(cfg, self.run_dir, resuming=True)
-        torch.manual_seed(cfg.seed)  # the same initial model on every rank
-        module = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels,
-                             dropout=self.spec.dropouts[0])
         self.engine = build_rank_engine(cfg, module, self.device, topo, options=options)
+        compile_seconds = self.engine.warm_up(warm_up_shapes(self.plan, self.spec, topo.worker), self.data.in_channels)
+        if compile_seconds:
+            self.log(f"rank {topo.rank}: torch.compile warmed up in {compile_seconds:.1f} s")
         self.start_epoch = 0
         if meta:  # {}: stopped before its first checkpoint, starts again from epoch 0
             self.engine.load_full_state_dict(self.dir.load_model(meta))
@@ -231,7 +243,7 @@ class CollectiveRunner:
         tracker = open_tracker(cfg, self.dir, resuming=meta is not None, tags=[cfg.engine], warn=self._log)
         if tracker is not None:
             logger.add(tracker)
-        eval_model = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels)
+        eval_model = build_run_model(cfg, self.data.num_classes, self.data.in_channels)
         evaluate = Evaluator(eval_model, self.data.test, self.transform, batch_size=cfg.data.eval_batch_size,
                              resolution=max(self.spec.resolutions), device=self.device)
         return EpochFinisher(self.dir, self.spec, evaluate, logger, engine=cfg.engine, workers=self.topo.workers,

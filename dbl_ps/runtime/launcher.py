@@ -41,7 +41,6 @@ from dbl_ps._optional import require
 from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
-from dbl_ps.models import build_model
 from dbl_ps.run_dirs import RunLock, RunWriteError
 from dbl_ps.runtime.engines import check_store_mode_engine, engine_options
 from dbl_ps.runtime.failures import stopped_line
@@ -53,7 +52,15 @@ from dbl_ps.training.finisher import EpochFinisher, Evaluator
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
-from dbl_ps.training.setup import build_plan, build_spec, plan_from_dict, resolve_time_models, threads_per_worker
+from dbl_ps.training.setup import (
+    build_plan,
+    build_run_model,
+    build_spec,
+    check_run_model,
+    plan_from_dict,
+    resolve_time_models,
+    threads_per_worker,
+)
 
 __all__ = ["Trainer", "WorkerError", "TrainingDiverged", "StoreSetupError", "TrainingInterrupted", "new_run_dir"]
 
@@ -151,6 +158,11 @@ class Trainer:
             ShardIndex.load(cfg.data.path).check_resolutions(cfg.schedule.resolutions)
         self.transform = build_transform(cfg.data, self.data)
         check_workers_fit(cfg, len(self.data.train))  # before any time is measured
+        self.eval_device = torch.device(self.devices[0])
+        torch.manual_seed(cfg.seed)
+        self.model = build_run_model(cfg, self.data.num_classes, self.data.in_channels, log=self._log)
+        check_run_model(cfg, self.model, self.data.num_classes, self.data.in_channels, self.eval_device)
+        self.model.to(self.eval_device)
         if self.resuming:
             plan_dict = self.dir.read_json("plan.json")
             self.plan = plan_from_dict(plan_dict)
@@ -163,9 +175,6 @@ class Trainer:
             self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
             self.plan_source = source
         self.spec = build_spec(cfg, self.plan)
-        self.eval_device = torch.device(self.devices[0])
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.model.name, self.data.num_classes, in_channels=self.data.in_channels).to(self.eval_device)
         self.flat = FlatState(self.model)
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
             require("wandb", feature="tracking.wandb (Weights & Biases)")

@@ -21,7 +21,6 @@ import torch
 
 from dbl_ps.config import RunConfig
 from dbl_ps.data import Dataset, Split, build_transform, load_dataset
-from dbl_ps.models import build_model
 from dbl_ps.runtime.engines import build_worker_engine
 from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env
@@ -31,7 +30,7 @@ from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerStopped
 from dbl_ps.training.rundir import RunDirectory
-from dbl_ps.training.setup import build_spec, plan_from_dict
+from dbl_ps.training.setup import build_run_model, build_spec, plan_from_dict, warm_up_shapes
 from dbl_ps.training.topology import Topology
 
 __all__ = ["WorkerArgs", "worker_main", "pack_train_data", "unpack_train_data"]
@@ -136,9 +135,12 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
         load_dataset(cfg.data, image_size=max(spec.resolutions))
     topology = Topology.single(args.worker, plan.workers)
     first = plan[spec.resolutions[0]]
-    module = build_model(cfg.model.name, data.num_classes, in_channels=data.in_channels, dropout=spec.dropouts[0])
+    module = build_run_model(cfg, data.num_classes, data.in_channels, dropout=spec.dropouts[0])
     engine = build_worker_engine(cfg, module.to(device), device, topology, batch_size=first.batches[args.worker],
                                  options=args.engine_options)
+    compile_seconds = engine.warm_up(warm_up_shapes(plan, spec, args.worker), data.in_channels)
+    if compile_seconds:
+        print(f"worker {args.worker}: torch.compile warmed up in {compile_seconds:.1f} s", flush=True)
     if args.resume_folder:
         # a resumed store-mode run keeps its plan (plan.json), so the checkpoint has as many workers
         engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, plan.workers)

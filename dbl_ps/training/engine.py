@@ -16,6 +16,7 @@ rank 0), and each engine writes its worker's own state next to it
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,29 @@ from dbl_ps.run_dirs import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
 
-__all__ = ["Engine", "TorchEngine", "sgd_for", "int_buffers", "atomic_save", "worker_state_file"]
+__all__ = ["Engine", "TorchEngine", "optimizer_for", "loss_for", "hard_labels", "int_buffers", "atomic_save",
+           "worker_state_file"]
 
 
-def sgd_for(module: nn.Module, cfg: Any) -> torch.optim.SGD:
-    """The workers' local optimizer: SGD with the run's optim settings."""
+def optimizer_for(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """The workers' local optimizer: SGD (the paper's) or AdamW with the run's optim settings."""
     o = cfg.optim
+    if o.name == "adamw":
+        return torch.optim.AdamW(module.parameters(), lr=cfg.schedule.lr, betas=tuple(o.betas),
+                                 weight_decay=o.weight_decay)
     return torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
                            weight_decay=o.weight_decay, nesterov=o.nesterov)
+
+
+def loss_for(cfg: Any) -> nn.Module:
+    """Cross-entropy with the run's label smoothing; takes class indices or soft targets
+    (N, classes), which MixUp/CutMix batches carry."""
+    return nn.CrossEntropyLoss(label_smoothing=cfg.loss.label_smoothing)
+
+
+def hard_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Class indices of a batch's labels: soft (N, classes) targets count as their largest class."""
+    return labels.argmax(1) if labels.dim() == 2 else labels
 
 
 def int_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -73,7 +89,8 @@ class Engine:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns `(mean loss, logits)` of this rank's part of the batch,
-        detached and on the device (no host sync). The loss is taken in fp32."""
+        detached and on the device (no host sync). The loss is taken in fp32. `labels` are
+        class indices (N,) or soft targets (N, classes)."""
         out = self.module(images)
         loss = self.loss_fn(out.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -87,6 +104,11 @@ class Engine:
 
     def set_batch_size(self, batch_size: int) -> None:
         """The worker's batch changed (resolution boundary); engines that track it update here."""
+
+    def warm_up(self, shapes: list[tuple[int, int]], in_channels: int) -> float:
+        """Run what must be ready before the timed epochs (compiling, per (batch, resolution) in
+        `shapes`) without changing the model or optimizer; returns the seconds it took."""
+        return 0.0
 
     def reset_optimizer_state(self) -> None:
         """Zero the momentum after a skipped non-finite update (`divergence: skip`): it holds
@@ -160,11 +182,55 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    """A plain module + SGD: what `engine: torch` means."""
+    """A plain module + SGD or AdamW: what `engine: torch` means, with the speed options users
+    expect (`precision`, `channels_last`, `compile`). Weights, optimizer state and merges stay
+    fp32 whatever the precision: autocast only lowers the forward pass."""
 
     def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topology: Topology):
-        self.module = module.to(device)
         self.device = device
         self.topology = topology
-        self.optimizer = sgd_for(self.module, cfg)
-        self.loss_fn = nn.CrossEntropyLoss()
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.module = module.to(device, memory_format=self.memory_format)
+        self.optimizer = optimizer_for(self.module, cfg)
+        self.loss_fn = loss_for(cfg)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        self.compiled = cfg.compile
+        if cfg.compile:
+            # nn.Module.compile compiles in place: the state dict keeps its keys (no `_orig_mod.`),
+            # so checkpoints, merges and evaluation see the same model as without compile.
+            self.module.compile()
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.module(images)
+        loss = self.loss_fn(out.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return loss.detach(), out.detach()
+
+    def warm_up(self, shapes: list[tuple[int, int]], in_channels: int) -> float:
+        """Compile for every (batch, resolution) the epochs will use, so no CPL switch
+        recompiles inside a timed epoch: forward and backward on zeros, then the model's
+        state (BatchNorm statistics) put back and the gradients dropped."""
+        if not self.compiled:
+            return 0.0
+        started = time.perf_counter()
+        saved = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        for batch, resolution in shapes:
+            images = torch.zeros(batch, in_channels, resolution, resolution, device=self.device)
+            labels = torch.zeros(batch, dtype=torch.int64, device=self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                out = self.module(images.contiguous(memory_format=self.memory_format))
+            self.loss_fn(out.float(), labels).backward()
+        self.module.load_state_dict(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - started

@@ -13,7 +13,7 @@ Used by the store mode's launcher and by rank 0 of a multi-rank job alike:
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -25,11 +25,17 @@ from dbl_ps.schedule import ScheduleSpec, schedule_at
 from dbl_ps.training.messages import EpochReport
 from dbl_ps.training.rundir import RunDirectory
 
-__all__ = ["Evaluator", "EpochFinisher", "epoch_record"]
+__all__ = ["Evaluator", "EpochFinisher", "TestScores", "epoch_record"]
+
+
+class TestScores(NamedTuple):
+    loss: float
+    acc: float  # top-1
+    acc5: float | None  # top-5; None with 5 classes or fewer, where it is always 1
 
 
 class Evaluator:
-    """Test loss and top-1 of a whole-model state dict, at one resolution."""
+    """Test loss, top-1 and top-5 of a whole-model state dict, at one resolution."""
 
     def __init__(self, model: nn.Module, test: Split, transform: BatchTransform, *, batch_size: int, resolution: int,
                  device: torch.device):
@@ -37,24 +43,30 @@ class Evaluator:
         self.test, self.transform = test, transform
         self.batch_size, self.resolution, self.device = batch_size, resolution, device
 
-    def __call__(self, state: dict[str, torch.Tensor]) -> tuple[float, float]:
+    def __call__(self, state: dict[str, torch.Tensor]) -> TestScores:
         self.model.load_state_dict(state)
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        count = 0
+        correct5 = torch.zeros((), dtype=torch.int64, device=self.device)
+        count, classes = 0, 0
         with torch.no_grad():
             for images, labels in eval_batches(self.test, self.transform, self.batch_size, self.resolution,
                                                device=self.device):
                 out = self.model(images).float()
+                classes = out.shape[1]
                 loss_sum += nn.functional.cross_entropy(out, labels, reduction="sum").double()
                 correct += (out.argmax(1) == labels).sum()
+                top5 = out.topk(min(5, classes), dim=1).indices
+                correct5 += (top5 == labels[:, None]).any(dim=1).sum()
                 count += labels.shape[0]
-        return float(loss_sum) / max(count, 1), int(correct) / max(count, 1)
+        n = max(count, 1)
+        return TestScores(float(loss_sum) / n, int(correct) / n, int(correct5) / n if classes > 5 else None)
 
 
 def epoch_record(epoch: int, spec: ScheduleSpec, workers: list[EpochReport], *, wall_time: float,
-                 store_version: int, test_loss: float, test_acc: float, eval_seconds: float) -> dict[str, Any]:
+                 store_version: int, test_loss: float, test_acc: float, eval_seconds: float,
+                 test_acc5: float | None = None) -> dict[str, Any]:
     """The metrics record of one global epoch (without the `epoch` key, which the logger adds)."""
     point = schedule_at(epoch, spec)
     samples = sum(r.samples for r in workers)
@@ -66,6 +78,7 @@ def epoch_record(epoch: int, spec: ScheduleSpec, workers: list[EpochReport], *, 
         "store_version": store_version,
         "test_loss": test_loss,
         "test_acc": test_acc,
+        "test_acc5": test_acc5,
         "eval_seconds": eval_seconds,
         "train_loss": sum(r.loss * r.samples for r in workers) / max(samples, 1),
         "train_acc": sum(r.acc * r.samples for r in workers) / max(samples, 1),
@@ -99,9 +112,11 @@ class EpochFinisher:
         """Evaluate and log epoch `epoch`; write its global model. Returns the record."""
         wall = self.wall_time()
         started = time.perf_counter()
-        test_loss, test_acc = self.evaluate(model_state)
+        scores = self.evaluate(model_state)
+        test_acc = scores.acc
         record = epoch_record(epoch, self.spec, reports, wall_time=wall, store_version=self.version_offset + version,
-                              test_loss=test_loss, test_acc=test_acc, eval_seconds=time.perf_counter() - started)
+                              test_loss=scores.loss, test_acc=test_acc, test_acc5=scores.acc5,
+                              eval_seconds=time.perf_counter() - started)
         self.logger.log(epoch, record)
         self.run_dir.save_model(epoch, model_state)
         self.last = {"epoch": epoch, "next_epoch": epoch + 1, "wall_time": wall,

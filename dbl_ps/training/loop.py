@@ -34,7 +34,7 @@ import torch
 from dbl_ps.models import set_dropout
 from dbl_ps.planner import Plan
 from dbl_ps.schedule import SchedulePoint, ScheduleSpec, ScheduleTracker
-from dbl_ps.training.engine import Engine
+from dbl_ps.training.engine import Engine, hard_labels
 from dbl_ps.training.events import Callback, Callbacks
 from dbl_ps.training.messages import EpochReport
 from dbl_ps.training.setup import epoch_seed
@@ -152,7 +152,7 @@ class WorkerLoop:
             loss, out = self.engine.train_step(images, labels)
             with torch.no_grad():
                 state.period_loss += loss.double() * labels.shape[0]
-                state.period_correct += (out.argmax(1) == labels).sum()
+                state.period_correct += (out.argmax(1) == hard_labels(labels)).sum()
             state.period_samples += labels.shape[0]
             state.samples += labels.shape[0]
             state.step += 1

@@ -18,7 +18,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import torch
+from torch import nn
+
 from dbl_ps.calibrate import batch_grid, calibrate, load_calibration
+from dbl_ps.imports import import_modules
+from dbl_ps.models import build_model, check_model_output
 from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, make_plan, plan_resolution
 from dbl_ps.schedule import ScheduleSpec
 
@@ -32,6 +37,9 @@ __all__ = [
     "epoch_seed",
     "cpu_cores",
     "threads_per_worker",
+    "build_run_model",
+    "check_run_model",
+    "warm_up_shapes",
 ]
 
 # Typical of a small ResNet at 8-16 px on one CPU core: 3 ms fixed cost per step,
@@ -85,7 +93,9 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
             grid = sorted({b for r in resolutions for b in batch_grid(batches[r], smallest=8, points=5)})
             # auto_cap (CPU): fit only up to the batch with the best throughput; beyond it a
             # CPU gets slower per sample (caches), which bends the line to a negative alpha.
+            import_modules(cfg.imports)
             cal = calibrate(cfg.model.name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
+                            model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
                             batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
                             threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
                             auto_cap=device == "cpu")
@@ -175,3 +185,34 @@ def epoch_seed(seed: int, worker: int, epoch: int, member: int = 0) -> int:
     a one-rank worker draws, in every mode."""
     words = [seed, 1_000_003, worker, epoch] + ([member] if member else [])
     return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def build_run_model(cfg: Any, num_classes: int, in_channels: int, *, dropout: float = 0.0,
+                    log: Callable[[str], None] | None = None) -> nn.Module:
+    """The run's model (`model.*`), after importing the config's `imports`: what the launcher,
+    every worker process and every rank build (each in its own process)."""
+    import_modules(cfg.imports)
+    m = cfg.model
+    return build_model(m.name, num_classes, in_channels, dropout, kwargs=m.kwargs, cifar_stem=m.cifar_stem, log=log)
+
+
+def check_run_model(cfg: Any, model: nn.Module, num_classes: int, in_channels: int, device: torch.device) -> None:
+    """What can be checked before any worker starts: the model's output size on a tiny batch
+    at the smallest resolution, and that the device can run the configured precision."""
+    check_model_output(model, cfg.model.name, num_classes, in_channels, min(cfg.schedule.resolutions))
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"config key 'precision': got 'bf16', but {torch.cuda.get_device_name(device)} cannot "
+                         f"compute in bf16 (it needs compute capability 8.0 or newer); use 'fp16' or 'fp32'")
+
+
+def warm_up_shapes(plan: Plan, spec: ScheduleSpec, worker: int) -> list[tuple[int, int]]:
+    """Every (batch, resolution) worker `worker` trains with: its planned batch and the last
+    partial batch of its share, at each resolution of the schedule (what `compile` warms up)."""
+    shapes = []
+    for r in spec.resolutions:
+        rp = plan[r]
+        batch, share = rp.batches[worker], rp.shares[worker]
+        shapes.append((min(batch, share), r))
+        if share > batch and share % batch:
+            shapes.append((share % batch, r))
+    return shapes
