@@ -1,0 +1,199 @@
+"""Bring your own model and recipe: `dbl-ps train` with torchvision's ResNet-18 and with a
+user's module written to a temporary folder, in the store mode and under torchrun; the
+recipe options (AdamW, label smoothing, bf16 autocast, channels_last); every bad input
+is one error line before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbl_ps.metrics import read_metrics
+from launch_helpers import free_port
+
+# 2 epochs of 256 digits at 12 then 16 px, 2 workers (one small), a fixed time model.
+TINY = ["schedule.epochs=2", "schedule.milestones=[]", "schedule.warmup_epochs=0", "dbl.workers=2", "dbl.small=1",
+        "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "data.train_limit=256", "data.test_limit=200"]
+
+USER_MODELS = '''
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """A user's model: no nn.Dropout, a linear head."""
+
+    def __init__(self, num_classes, width=8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def build(num_classes, width=8):
+    return TinyNet(num_classes, width)
+
+
+def three_outputs(num_classes):
+    return TinyNet(3)
+
+
+def not_a_module(num_classes):
+    return "a string"
+'''
+
+
+def env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+
+
+def train(cwd: Path, run_dir: Path, *overrides: str, torchrun: int = 0) -> subprocess.CompletedProcess:
+    """`dbl-ps train` started in `cwd` (the console script, as a user types it), or under torchrun."""
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(torchrun), "--master_port",
+               str(free_port()), "-m", "dbl_ps", "train"]
+    else:
+        cmd = [shutil.which("dbl-ps") or "dbl-ps", "train"]
+    return subprocess.run([*cmd, "--no-progress", "--run-dir", str(run_dir), *TINY, *overrides], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, env=env())
+
+
+def finished(proc: subprocess.CompletedProcess, run_dir: Path) -> list[dict]:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    return read_metrics(run_dir)
+
+
+@pytest.fixture
+def user_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "my_models.py").write_text(USER_MODELS)
+    return folder
+
+
+@pytest.mark.parametrize("torchrun", [0, 2], ids=["store", "torchrun"])
+def test_torchvision_resnet18_with_cifar_stem(tmp_path: Path, torchrun: int) -> None:
+    run_dir = tmp_path / "run"
+    proc = train(tmp_path, run_dir, "model.name=torchvision.models:resnet18", "model.cifar_stem=true",
+                 torchrun=torchrun)
+    records = finished(proc, run_dir)
+    assert [r["epoch"] for r in records] == [0, 1]
+    assert all(0.0 <= r["test_acc"] <= r["test_acc5"] <= 1.0 for r in records)
+    state = torch.load(run_dir / "checkpoints" / "epoch00001" / "model.pt", map_location="cpu")
+    from torchvision.models import resnet18
+
+    # torchvision's keys, the CIFAR stem, grayscale digits fed through the 3-channel stem
+    assert state.keys() == resnet18(num_classes=10).state_dict().keys()
+    assert state["conv1.weight"].shape == (64, 3, 3, 3)
+
+
+@pytest.mark.parametrize("torchrun", [0, 2], ids=["store", "torchrun"])
+def test_user_model_from_the_current_directory(user_folder: Path, tmp_path: Path, torchrun: int) -> None:
+    """A model in my_models.py next to where the run starts, with kwargs and no dropout of its own:
+    every worker process (or rank) imports it, the schedule's dropout goes before its head."""
+    run_dir = tmp_path / "run"
+    proc = train(user_folder, run_dir, "model.name=my_models:build", "model.kwargs={width: 6}",
+                 "model.dropout=[0.0, 0.2]", torchrun=torchrun)
+    records = finished(proc, run_dir)
+    assert [r["dropout"] for r in records] == [0.0, 0.2]
+    state = torch.load(run_dir / "checkpoints" / "epoch00001" / "model.pt", map_location="cpu")
+    assert state["head.weight"].shape == (10, 24)  # width 6 reached the user's callable
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+
+
+def test_recipe_options_train(tmp_path: Path) -> None:
+    """AdamW, label smoothing, bf16 autocast and channels_last together (CPU: bf16 autocast runs there too)."""
+    run_dir = tmp_path / "run"
+    proc = train(tmp_path, run_dir, "optim.name=adamw", "schedule.lr=0.003", "optim.weight_decay=0.05",
+                 "loss.label_smoothing=0.1", "precision=bf16", "channels_last=true")
+    records = finished(proc, run_dir)
+    assert all(math.isfinite(r["train_loss"]) for r in records)
+    saved = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
+    assert saved["optim"]["name"] == "adamw" and saved["precision"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.name=no_such_module_xyz:build"], "model.name='no_such_module_xyz:build': module 'no_such_module_xyz' "
+                                                  "does not import (ModuleNotFoundError"),
+        (["model.name=my_models:nothing_here"], "'my_models' has no attribute 'nothing_here'"),
+        (["model.name=my_models:not_a_module"], "model.name='my_models:not_a_module' returned a str, not a torch nn.Module"),
+        (["model.name=my_models:three_outputs"], "gives outputs of shape (2, 3) for 2 images, expected (2, 10): "
+                                                 "the data has 10 classes"),
+        (["model.name=my_models:build", "model.kwargs={depth: 3}"], "could not be called with num_classes=10 and "
+                                                                    "model.kwargs={'depth': 3}: TypeError"),
+        (["imports=[not_installed_plugin_xyz]"], "imports[0]='not_installed_plugin_xyz': module "
+                                                 "'not_installed_plugin_xyz' does not import"),
+    ],
+    ids=["no-module", "no-attribute", "not-a-module", "wrong-classes", "bad-kwargs", "bad-imports"],
+)
+def test_bad_model_is_one_error_before_any_worker_starts(user_folder: Path, tmp_path: Path, overrides: list[str],
+                                                         expected: str) -> None:
+    run_dir = tmp_path / "run"
+    proc = train(user_folder, run_dir, *overrides)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("dbl-ps train: error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not run_dir.exists()  # nothing started: no run directory, no metrics, no store
+
+
+@pytest.mark.parametrize(
+    ("options", "optimizer", "out_dtype"),
+    [
+        ({}, torch.optim.SGD, torch.float32),
+        ({"optim": {"name": "adamw"}, "loss": {"label_smoothing": 0.1}}, torch.optim.AdamW, torch.float32),
+        ({"precision": "bf16", "channels_last": True}, torch.optim.SGD, torch.bfloat16),
+        ({"precision": "fp16"}, torch.optim.SGD, torch.float16),
+    ],
+    ids=["sgd-fp32", "adamw-smoothing", "bf16-channels-last", "fp16-scaler"],
+)
+def test_torch_engine_recipe_learns_a_batch(options: dict, optimizer: type, out_dtype: torch.dtype) -> None:
+    """Each recipe drives the engine it names (optimizer, autocast dtype, memory format, loss
+    scaling) and fits one fixed batch; weights stay fp32."""
+    from dbl_ps.config import RunConfig
+    from dbl_ps.models import build_model
+    from dbl_ps.training.engine import TorchEngine
+    from dbl_ps.training.topology import Topology
+
+    cfg = RunConfig.from_dict({**RunConfig().to_dict(), **options, "schedule": {"lr": 0.01 if options.get("optim") else 0.05}})
+    torch.manual_seed(0)
+    engine = TorchEngine(build_model("small_resnet", 10, in_channels=1), cfg, torch.device("cpu"), Topology.single(0, 1))
+    assert type(engine.optimizer) is optimizer
+    assert engine.loss_fn.label_smoothing == cfg.loss.label_smoothing
+    assert (engine.scaler is not None) == (cfg.precision == "fp16")
+    conv = engine.module.stages[0][0].conv1.weight  # 16 input channels: the two formats differ
+    assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last) == cfg.channels_last
+    images, labels = torch.randn(16, 1, 12, 12), torch.arange(16) % 10
+    first, out = engine.train_step(images, labels)
+    assert out.dtype == out_dtype
+    for _ in range(30):
+        loss, _ = engine.train_step(images, labels)
+    assert float(loss) < 0.5 * float(first)
+
+
+def test_soft_labels_train_and_count_as_their_largest_class() -> None:
+    """MixUp/CutMix batches carry (N, classes) soft targets: the loss takes them, accuracy counts
+    each as its largest class."""
+    from dbl_ps.training.engine import hard_labels, loss_for
+    from dbl_ps.config import RunConfig
+
+    soft = torch.tensor([[0.7, 0.3, 0.0], [0.2, 0.0, 0.8]])
+    assert hard_labels(soft).tolist() == [0, 2]
+    assert hard_labels(torch.tensor([1, 2])).tolist() == [1, 2]
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, -1.0, 3.0]])
+    expected = -(soft * logits.log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(loss_for(RunConfig())(logits, soft), expected)
