@@ -206,11 +206,15 @@ class DatasetSplit(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------- building one
 
 
-def _first_item(dataset: Any, what: str, num_classes: int | None) -> tuple[Any, int]:
+def _check_map_style(dataset: Any, what: str) -> None:
     if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__") \
             or not hasattr(dataset, "__len__"):
         raise DataError(f"{what} is a {type(dataset).__name__}, expected a map-style dataset "
                         "(with __len__ and __getitem__)")
+
+
+def _first_item(dataset: Any, what: str, num_classes: int | None) -> tuple[Any, int]:
+    _check_map_style(dataset, what)
     if len(dataset) == 0:
         raise DataError(f"{what} is empty")
     try:
@@ -402,6 +406,9 @@ def load_factory(cfg: Any, image_size: int | None, *, log: Callable[[str], None]
         kind = f"a {len(result)}-item {type(result).__name__}" if isinstance(result, (tuple, list)) else f"a {type(result).__name__}"
         raise DataError(f"data.factory {cfg.factory!r} returned {kind}, expected a pair (train, test) of map-style datasets")
     train, test = result
+    name = cfg.factory.replace(":", ".").rsplit(".", 1)[-1]
+    _check_map_style(train, f"{name} training dataset")
+    _check_map_style(test, f"{name} test dataset")
     classes = getattr(train, "classes", None)
     if classes is not None:
         classes = [str(c) for c in classes]
@@ -413,7 +420,6 @@ def load_factory(cfg: Any, image_size: int | None, *, log: Callable[[str], None]
         classes = [str(i) for i in range(num_classes)]
     else:
         raise DataError(f"data.factory {cfg.factory!r}: the training dataset has no .classes; set data.num_classes")
-    name = cfg.factory.replace(":", ".").rsplit(".", 1)[-1]
     flip = True if cfg.flip is None else cfg.flip
     return build_dataset(name, train, test, cfg=cfg, image_size=image_size, num_classes=num_classes, classes=classes,
                          stats=None, flip=flip, log=log)
