@@ -143,6 +143,18 @@ def test_idx_reads_gz_and_raw(tmp_path, compress):
     assert not load_idx_dataset(tmp_path, "mnist").flip  # digits do not
 
 
+def test_torchvision_mnist_layout_is_read_by_torchvision(tmp_path):
+    x_tr, y_tr = write_idx_tree(tmp_path / "MNIST" / "raw", compress=False)
+    flat = load_idx_dataset(tmp_path / "MNIST" / "raw", "mnist")  # the raw folder is also just the four files
+    for path in (tmp_path, tmp_path / "MNIST"):
+        ds = load_idx_dataset(path, "mnist")
+        assert np.array_equal(ds.train.images[:, 0].numpy(), x_tr) and ds.train.labels.tolist() == y_tr.tolist()
+        assert torch.equal(ds.test.images, flat.test.images)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="lacks t10k-labels-idx1-ubyte"):
+        load_idx_dataset(tmp_path, "mnist")
+
+
 def test_idx_missing_directory_and_file(tmp_path):
     with pytest.raises(DataError, match="does not exist.*train-images-idx3-ubyte"):
         load_idx_dataset(tmp_path / "nope", "mnist")
@@ -541,3 +553,21 @@ def test_real_fashion_mnist():
     assert mean[0] == pytest.approx(ds.mean[0], abs=1e-3) and std[0] == pytest.approx(ds.std[0], abs=1e-3)
     parts = epoch_shares(len(ds.train), [16500, 16500, 16500, 10500], 0, 0)
     assert sum(len(p) for p in parts) == 60000
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_through_torchvision(tmp_path):
+    """The real files arranged in torchvision's `FashionMNIST/raw/` layout (gunzipped, as
+    torchvision's download leaves them) read by torchvision.datasets.FashionMNIST give the
+    same tensors as dbl-ps's reader of the flat folder of .gz files."""
+    if not FASHION.is_dir():
+        pytest.skip(f"no Fashion-MNIST at {FASHION}")
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in FASHION.glob("*-ubyte.gz"):
+        (raw / gz.name[:-3]).write_bytes(gzip.decompress(gz.read_bytes()))
+    flat = load_idx_dataset(FASHION, "fashion_mnist")
+    for path in (tmp_path, tmp_path / "FashionMNIST", raw):
+        tv = load_dataset(DataConfig(source="fashion_mnist", path=str(path)))
+        for a, b in ((tv.train, flat.train), (tv.test, flat.test)):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
