@@ -18,10 +18,10 @@ transforms draw from the global RNG, which is forked and seeded from that
 generator around them.
 
 Why the pad-crop and flip stay vectorised over the batch rather than per-sample v2
-transforms: on 1,000 images, 2 busy cores (benchmarks/loader_throughput.py
---augment-only, see RESULTS.md), this batch path is {AUG_RATIO_DIGITS}x faster at 8 px
-(digits) and {AUG_RATIO_CIFAR}x faster at 32 px (CIFAR) than v2.RandomCrop(padding) +
-v2.RandomHorizontalFlip applied per image.
+transforms: on 1,000 images, 2 busy shared cores (benchmarks/loader_throughput.py,
+"Datasets read sample by sample" in benchmarks/RESULTS.md), this batch path was 127x
+faster at 8 px (digits) and 1.37x faster at 32 px (CIFAR) than v2.RandomCrop(padding)
++ v2.RandomHorizontalFlip per image, stacked and normalised (the same work).
 """
 
 from __future__ import annotations
