@@ -18,7 +18,15 @@ resizing the source on the fly, at each resolution, in one run (ratios only).
 2. Fashion-MNIST itself (60000 x 28 px, in memory): baseline `ShareLoader` over
    the IDX images, resizing every batch to the resolution; shards (png) read by
    `ShardShareLoader` in memory mode (first and later epochs) and stream mode.
-3. Training consumption: images/s of one training step loop of the small CPU
+3. Datasets read sample by sample (`--skip datasets` to leave out; no files needed):
+   the share loader over a map-style dataset (`DatasetShareLoader`: the user's
+   dataset -> per-sample prep -> DataLoader batch sampler -> BatchTransform) against
+   today's in-memory `ShareLoader` (baseline) on the same uint8 tensors, digits-size
+   (1437 x 1 x 8 x 8) and CIFAR-size (`--dataset-images` x 3 x 32 x 32), with 0 and
+   `--workers` DataLoader processes; a streamed ImageFolder of 64 px JPEGs read at
+   32 px; and the vectorised pad-crop + flip of `BatchTransform` against per-sample
+   v2.RandomCrop(padding) + v2.RandomHorizontalFlip on 1,000 images at 8 and 32 px.
+4. Training consumption: images/s of one training step loop of the small CPU
    model (`small_resnet`, batch `--batch`) at each resolution, all threads, so the
    loader rate can be compared with what training eats.
 Shard bytes per resolution are read from the index. Each rate is the best of
@@ -74,10 +82,11 @@ class _Files(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        from dbl_ps.data.sources import _decode_image
+        from dbl_ps.data.streamed import SamplePrep, _open_rgb
 
         path, label = self.items[i]
-        return torch.from_numpy(np.array(_decode_image(path, self.size))), label
+        prep = SamplePrep(size=self.size, channels=3, dtype=torch.uint8, num_classes=1 << 30)
+        return prep((_open_rgb(path, self.size), label), i)
 
 
 def onthefly_rate(items, resolution: int, transform, workers: int, batch: int) -> float:
@@ -128,6 +137,113 @@ def train_rate(in_channels: int, resolution: int, batch: int, steps: int = 3) ->
         if i >= 1:
             times.append(time.perf_counter() - t)
     return batch / float(np.median(times))
+
+
+class _UserTensors(torch.utils.data.Dataset):
+    """A user's map-style dataset over in-memory tensors: (uint8 CHW image, int label)."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _dataset_split(images, labels, workers: int):
+    from dbl_ps.data import DatasetSplit, SamplePrep
+
+    prep = SamplePrep(size=images.shape[-1], channels=images.shape[1], dtype=torch.uint8, num_classes=1 << 30, train=True)
+    return DatasetSplit(_UserTensors(images, labels), prep, num_workers=workers, labels=labels.tolist())
+
+
+def _share_rate(loader, repeats: int) -> float:
+    def once() -> float:
+        loader.set_epoch(loader.epoch + 1)
+        start = time.perf_counter()
+        n = sum(y.shape[0] for _, y in loader)
+        return n / (time.perf_counter() - start)
+    once()  # warm-up: starts persistent DataLoader workers
+    return best_rate(once, repeats)
+
+
+def per_sample_augment_rate(images, padding: int, repeats: int) -> float:
+    from torchvision.transforms import v2
+
+    from dbl_ps.data import normalize, to_float
+
+    t = v2.Compose([v2.RandomCrop(images.shape[-1], padding=padding), v2.RandomHorizontalFlip()])
+    c = images.shape[1]
+
+    def once() -> float:  # the same work as the batch path: crop, flip, to float, normalise
+        start = time.perf_counter()
+        normalize(to_float(torch.stack([t(img) for img in images])), (0.5,) * c, (0.5,) * c)
+        return len(images) / (time.perf_counter() - start)
+    return best_rate(once, repeats)
+
+
+def bench_datasets(args, work: Path, log) -> dict:
+    from PIL import Image
+
+    from dbl_ps.config import DataConfig
+    from dbl_ps.data import BatchTransform, DatasetShareLoader, ShareLoader, Split, load_dataset, load_digits
+
+    out: dict = {"rows": [], "augment": []}
+    digits = load_digits().train
+    g = torch.Generator().manual_seed(0)
+    cifar = Split(torch.randint(0, 256, (args.dataset_images, 3, 32, 32), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 10, (args.dataset_images,), generator=g))
+    for name, split in (("digits 8 px", digits), ("CIFAR-size 32 px", cifar)):
+        side, c = split.images.shape[-1], split.images.shape[1]
+        transform = BatchTransform((0.5,) * c, (0.5,) * c)
+        common = dict(worker=0, shares=[len(split)], batch_size=args.batch, resolution=side, seed=0)
+        base = _share_rate(ShareLoader(split, transform, **common), args.repeats)
+        row = {"data": name, "in_memory": base}
+        for workers in sorted({0, args.workers}):
+            rate = _share_rate(DatasetShareLoader(_dataset_split(split.images, split.labels, workers), transform, **common),
+                               args.repeats)
+            row[f"dataset_w{workers}"] = rate
+        out["rows"].append(row)
+        log(f"  {name}: in-memory ShareLoader {base:,.0f} img/s (baseline); DatasetShareLoader " + ", ".join(
+            f"{k[9:]} workers {v:,.0f} img/s ({v / base:.3f}x)" for k, v in row.items() if k.startswith("dataset_")))
+
+    # A streamed ImageFolder: JPEGs decoded, resized and centre-cropped per sample in DataLoader workers.
+    tree = work / "stream_tree"
+    n = max(2, args.dataset_images // 5)
+    for i in range(n):
+        d = tree / ("train" if i < n - n // 5 else "val") / f"c{i % 10}"
+        d.mkdir(parents=True, exist_ok=True)
+        img = cifar.images[i].permute(1, 2, 0).numpy()
+        Image.fromarray(img).resize((64, 64), Image.BICUBIC).save(d / f"{i}.jpg", quality=90)
+    ds = load_dataset(DataConfig(source="imagefolder", path=str(tree), num_workers=args.workers), image_size=32,
+                      log=lambda m: None)
+    transform = BatchTransform(ds.mean, ds.std)
+    rate = _share_rate(DatasetShareLoader(ds.train, transform, worker=0, shares=[len(ds.train)], batch_size=args.batch,
+                                          resolution=32, seed=0), args.repeats)
+    base = out["rows"][1]["in_memory"]
+    out["imagefolder_streamed"] = rate
+    log(f"  streamed ImageFolder, {len(ds.train)} 64 px JPEGs read at 32 px, {args.workers} workers: {rate:,.0f} img/s "
+        f"({rate / base:.3f}x the in-memory CIFAR-size baseline)")
+
+    # Augmentation: the vectorised batch path against per-sample v2 transforms, 1,000 images.
+    for name, split in (("digits 8 px", digits), ("CIFAR-size 32 px", cifar)):
+        images = split.images[:1000]
+        side, c = images.shape[-1], images.shape[1]
+        transform = BatchTransform((0.5,) * c, (0.5,) * c, flip=True)
+        batch_rate = best_rate(lambda: _timed_batch(transform, images), args.repeats)
+        sample_rate = per_sample_augment_rate(images, side // 8, args.repeats)
+        out["augment"].append({"data": name, "batch": batch_rate, "per_sample_v2": sample_rate})
+        log(f"  pad-crop + flip of 1,000 {name} images: BatchTransform {batch_rate:,.0f} img/s; "
+            f"per-sample v2 + stack + normalise {sample_rate:,.0f} img/s; batch path {batch_rate / sample_rate:.2f}x")
+    return out
+
+
+def _timed_batch(transform, images) -> float:
+    start = time.perf_counter()
+    transform(images, images.shape[-1], train=True, generator=torch.Generator().manual_seed(0))
+    return len(images) / (time.perf_counter() - start)
 
 
 def shard_bytes(index, resolution: int) -> dict[str, int]:
@@ -243,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, default=32,
                    help="batch of the ImageFolder training-rate measurement (small_resnet at 224 px is slow on a CPU)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--skip", choices=("imagefolder", "fashion"), action="append", default=[])
+    p.add_argument("--dataset-images", type=int, default=5000,
+                   help="CIFAR-size tensors of the dataset-path comparison (default %(default)s)")
+    p.add_argument("--skip", choices=("imagefolder", "fashion", "datasets"), action="append", default=[])
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     if not FASHION.is_dir():
@@ -260,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         if "fashion" not in args.skip:
             log("Fashion-MNIST (60000 x 28 px):")
             results["fashion_mnist"] = bench_fashion(args, work, log)
+        if "datasets" not in args.skip:
+            log("Datasets read sample by sample (DataLoader batch sampler) against in-memory tensors:")
+            results["datasets"] = bench_datasets(args, work, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name, res in (("imagefolder", results.get("imagefolder")), ("fashion_mnist", results.get("fashion_mnist"))):

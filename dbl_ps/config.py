@@ -61,11 +61,13 @@ __all__ = [
     "MODELS",
 ]
 
-SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards")
+SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards", "factory")
 # The built-in models; `model.name` may also be an import path (dbl_ps.models.build_model).
 MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet")
 # Sources read from files: `data.path` must be set for them.
 FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "shards")
+# Sources read sample by sample from a torch Dataset (per-sample transforms apply there).
+STREAMED_SOURCES = ("imagefolder", "factory")
 
 
 class ConfigError(ValueError):
@@ -133,17 +135,38 @@ class SyntheticConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards"] = "digits"
-    path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic); "
+    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards",
+                    "factory"] = _f("digits", help="where the images come from (docs/DATA.md): a built-in source read "
+                                                   "through torchvision, 'shards' (dbl-ps's own or webdataset shards), "
+                                                   "or 'factory' (your own datasets, data.factory)")
+    path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic/factory): the IDX "
+                                     "files or <root>/FashionMNIST/raw (mnist, fashion_mnist); cifar-10-python.tar.gz or "
+                                     "its extracted folder (cifar10/100); train/ + val/ class folders (imagefolder); "
                                      "for shards, the directory `dbl-ps shard --out` wrote")
+    factory: str | None = _f(None, help="source factory: 'package.module:callable' returning (train, test) map-style torch "
+                                        "Datasets whose items are (image, int label); image a uint8 or 0..1 float CHW "
+                                        "tensor, an HW grayscale tensor or a PIL image. Imported in every process")
+    num_classes: int | None = _f(None, ge=2, help="source factory: the number of classes when the training dataset has "
+                                                  "no .classes attribute")
+    mean: list[float] | None = _f(None, ge=0.0, le=1.0, help="per-channel mean (0..1 scale) for normalisation; null = "
+                                                             "the source's, or (factory) estimated on up to 512 training images")
+    std: list[float] | None = _f(None, gt=0.0, help="per-channel std (0..1 scale), given together with data.mean")
     augment: bool = _f(True, help="random crop with padding (+ flip where the source allows it)")
     flip: bool | None = _f(None, help="horizontal flip; null = the source's default (off for digits/MNIST)")
     crop_padding: int | None = _f(None, ge=0, help="pixels of padding for random crop; null = resolution // 8")
-    image_size: int | None = _f(None, ge=4, help="stored side for imagefolder (short-side resize + centre crop); null = largest resolution")
+    random_resized_crop: bool = _f(False, help="ImageNet-style RandomResizedCrop to the stored size per training "
+                                               "image instead of the centre crop (imagefolder and factory only)")
+    randaugment: bool = _f(False, help="torchvision v2.RandAugment per training image (uint8), before the batch transform")
+    mixup_alpha: float = _f(0.0, ge=0.0, help="MixUp Beta(alpha, alpha) on each training batch; 0 = off. On (with "
+                                              "cutmix_alpha too: one of the two per batch), batches carry soft labels")
+    cutmix_alpha: float = _f(0.0, ge=0.0, help="CutMix Beta(alpha, alpha) on each training batch; 0 = off (soft labels)")
+    image_size: int | None = _f(None, ge=4, help="stored side for imagefolder and factory images (short-side resize + "
+                                                 "centre crop, per sample); null = largest resolution")
     train_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many training images")
     test_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many test images")
     eval_batch_size: int = _f(512, ge=1)
-    num_workers: int = _f(0, ge=0, help="threads decoding image files at load (imagefolder)")
+    num_workers: int = _f(0, ge=0, help="DataLoader processes reading and decoding samples (imagefolder, factory, "
+                                        "shards); 0 = in the training process")
     verify: bool = _f(False, help="source shards: check each shard's SHA-256 against index.json the first time a "
                                   "run's loader opens it (as `dbl-ps shard --verify`; reads every shard once more)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -151,6 +174,23 @@ class DataConfig:
     def check(self, prefix: str) -> None:
         if self.source in FILE_SOURCES and not self.path:
             raise _bad(f"{prefix}path", self.path, f"the directory holding the {self.source} files (source '{self.source}' reads files)")
+        if self.source == "factory" and not self.factory:
+            raise _bad(f"{prefix}factory", self.factory, "'package.module:callable' returning (train, test) datasets "
+                       "(source 'factory' builds its data with it)")
+        if self.factory and self.source != "factory":
+            raise _bad(f"{prefix}factory", self.factory, f"null unless data.source is 'factory' (set data.source: factory; "
+                       f"it is {self.source!r})")
+        if (self.mean is None) != (self.std is None):
+            key, value = ("mean", self.mean) if self.mean is not None else ("std", self.std)
+            raise _bad(f"{prefix}{key}", value, "to be given together with data.mean/data.std, one value per channel")
+        if self.mean is not None and self.std is not None and (len(self.mean) != len(self.std) or len(self.mean) not in (1, 3)):
+            raise _bad(f"{prefix}mean", self.mean, f"1 or 3 values, as many as data.std has ({len(self.std)})")
+        if self.random_resized_crop and self.source not in STREAMED_SOURCES:
+            raise _bad(f"{prefix}random_resized_crop", True, f"false for source {self.source!r}: it crops each image as it "
+                       f"is read, which sources {', '.join(STREAMED_SOURCES)} do (in-memory sources use the padded random crop)")
+        if self.randaugment and self.source == "shards":
+            raise _bad(f"{prefix}randaugment", True, "false for source 'shards' (use a source read per sample: "
+                       f"{', '.join(STREAMED_SOURCES)}, or an in-memory one)")
 
 
 @dataclass(kw_only=True)
@@ -380,7 +420,7 @@ class RunConfig:
                     raise _bad(key, values, f"a value for every resolution in schedule.resolutions={res} (missing {missing})")
             elif values is not None and len(values) not in (1, len(res)):
                 raise _bad(key, values, f"1 value or one per resolution ({len(res)} values for schedule.resolutions={res})")
-        if self.data.image_size is not None and self.data.source == "imagefolder" and self.data.image_size < max(self.schedule.resolutions):
+        if self.data.image_size is not None and self.data.source in STREAMED_SOURCES and self.data.image_size < max(self.schedule.resolutions):
             raise _bad("data.image_size", self.data.image_size, f"at least the largest resolution, {max(self.schedule.resolutions)}")
         # Every worker needs at least one training sample; where the config alone fixes the
         # training-set size this is known now (the data files are checked by check_workers_fit).
@@ -829,8 +869,11 @@ def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: l
       `dbl.alpha`/`dbl.beta` (a measured time model, not a rule) are dropped, so the time
       model comes from `dbl.calibration` or is measured when the run starts. A list for
       the old resolutions becomes a {px: value} mapping so each value keeps its resolution.
+    * `data.factory` set, `data.source` not: the source is 'factory'.
 
     Only well-formed values are touched; anything else is left for validation to report."""
+    if "data.factory" in set_keys and "data.source" not in set_keys and _get(after, "data.factory"):
+        _set_dotted(after, "data.source", "factory")
     e0, e1 = _get(before, "schedule.epochs"), _get(after, "schedule.epochs")
     if "schedule.epochs" in set_keys and "schedule.milestones" not in set_keys and _is_int(e0) and _is_int(e1) \
             and e0 >= 1 and e1 >= 1 and e0 != e1:

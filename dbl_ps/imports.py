@@ -64,11 +64,11 @@ def import_callable(path: str, key: str = "import path") -> Callable[..., Any]:
     for part in attr.split("."):
         if not hasattr(target, part):
             public = sorted(n for n in dir(target) if not n.startswith("_"))[:12]
-            raise ImportPathError(f"{key}={path!r}: {module_name!r} has no attribute {attr!r} "
+            raise ImportPathError(f"{key}={path!r}: module {module_name!r} has no attribute {attr!r} "
                                   f"(it has {', '.join(public) or 'nothing public'}{', ...' if len(public) == 12 else ''})")
         target = getattr(target, part)
     if not callable(target):
-        raise ImportPathError(f"{key}={path!r} names a {type(target).__name__}, not a callable")
+        raise ImportPathError(f"{key}={path!r} is a {type(target).__name__}, not a callable")
     return target
 
 

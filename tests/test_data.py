@@ -74,7 +74,9 @@ def write_pickle(path: Path, obj) -> None:
 
 
 def write_cifar10(root: Path, per_batch=4) -> np.ndarray:
-    """The python-format layout with bytes keys, like the real files."""
+    """The official python-format tree: `cifar-10-batches-py/` with data_batch_1..5,
+    test_batch and batches.meta. The official pickles were written by Python 2, whose
+    str keys load as str under the latin1 encoding torchvision reads them with."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -83,10 +85,20 @@ def write_cifar10(root: Path, per_batch=4) -> np.ndarray:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         if first is None:
             first = data
-        write_pickle(folder / f"data_batch_{i}", {b"data": data, b"labels": [int(v) for v in rng.integers(0, 10, per_batch)]})
-    write_pickle(folder / "test_batch", {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [0, 1, 2]})
-    write_pickle(folder / "batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+        write_pickle(folder / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5", "data": data,
+                                                  "labels": [int(v) for v in rng.integers(0, 10, per_batch)]})
+    write_pickle(folder / "test_batch", {"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [0, 1, 2]})
+    write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)], "num_cases_per_batch": per_batch})
     return first
+
+
+def write_cifar100(root: Path, train_labels=(0, 5, 99, 1, 2, 3), train_rows=3072) -> None:
+    rng = np.random.default_rng(2)
+    root.mkdir(parents=True, exist_ok=True)
+    write_pickle(root / "train", {"data": rng.integers(0, 256, (len(train_labels), train_rows), dtype=np.uint8),
+                                  "fine_labels": list(train_labels), "coarse_labels": [0] * len(train_labels)})
+    write_pickle(root / "test", {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "fine_labels": [7, 8]})
+    write_pickle(root / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
 
 
 def write_png_tree(root: Path, split: str, classes: dict[str, list[tuple[int, int]]]) -> None:
@@ -129,6 +141,18 @@ def test_idx_reads_gz_and_raw(tmp_path, compress):
     assert np.array_equal(ds.train.labels.numpy(), y_tr.astype(np.int64))
     assert ds.flip  # clothes keep their label under a flip
     assert not load_idx_dataset(tmp_path, "mnist").flip  # digits do not
+
+
+def test_torchvision_mnist_layout_is_read_by_torchvision(tmp_path):
+    x_tr, y_tr = write_idx_tree(tmp_path / "MNIST" / "raw", compress=False)
+    flat = load_idx_dataset(tmp_path / "MNIST" / "raw", "mnist")  # the raw folder is also just the four files
+    for path in (tmp_path, tmp_path / "MNIST"):
+        ds = load_idx_dataset(path, "mnist")
+        assert np.array_equal(ds.train.images[:, 0].numpy(), x_tr) and ds.train.labels.tolist() == y_tr.tolist()
+        assert torch.equal(ds.test.images, flat.test.images)
+    (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="lacks t10k-labels-idx1-ubyte"):
+        load_idx_dataset(tmp_path, "mnist")
 
 
 def test_idx_missing_directory_and_file(tmp_path):
@@ -176,31 +200,69 @@ def test_cifar10_python_format(tmp_path):
     assert np.array_equal(ds.train.images[0, 1].numpy().ravel(), first[0, 1024:2048])
     assert ds.num_classes == 10 and ds.classes[3] == "c3"
     assert ds.test.labels.tolist() == [0, 1, 2]
+    # The folder itself as data.path reads the same.
+    again = load_cifar(tmp_path / "cifar-10-batches-py", "cifar10")
+    assert torch.equal(again.train.images, ds.train.images) and torch.equal(again.train.labels, ds.train.labels)
 
 
-def test_cifar100_python_format_with_str_keys(tmp_path):
-    rng = np.random.default_rng(2)
-    write_pickle(tmp_path / "train", {"data": rng.integers(0, 256, (6, 3072), dtype=np.uint8), "fine_labels": [0, 5, 99, 1, 2, 3]})
-    write_pickle(tmp_path / "test", {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "fine_labels": [7, 8]})
+def test_cifar10_official_archive_is_extracted_once_next_to_it_or_into_the_cache(tmp_path, monkeypatch):
+    import os
+    import tarfile
+
+    first = write_cifar10(tmp_path / "made")
+    archive_dir = tmp_path / "download"
+    archive_dir.mkdir()
+    with tarfile.open(archive_dir / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "made" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    cfg = DataConfig(source="cifar10", path=str(archive_dir))
+    ds = load_dataset(cfg)
+    assert (archive_dir / "cifar-10-batches-py" / "data_batch_1").is_file()  # extracted next to the archive
+    assert np.array_equal(ds.train.images[0, 1].numpy().ravel(), first[0, 1024:2048])
+    mtime = (archive_dir / "cifar-10-batches-py").stat().st_mtime_ns
+    load_dataset(cfg)
+    assert (archive_dir / "cifar-10-batches-py").stat().st_mtime_ns == mtime  # not extracted again
+    assert not [p for p in archive_dir.iterdir() if p.name.startswith(".extract-")]
+
+    # A read-only folder: the archive is extracted into the cache folder instead.
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    os.link(archive_dir / "cifar-10-python.tar.gz", readonly / "cifar-10-python.tar.gz")
+    readonly.chmod(0o555)
+    monkeypatch.setenv("DBL_PS_CACHE", str(tmp_path / "cache"))
+    try:
+        if os.access(readonly, os.W_OK):
+            pytest.skip("running as a user who may write anywhere (root): a read-only folder cannot be made")
+        cached = load_dataset(DataConfig(source="cifar10", path=str(readonly)))
+    finally:
+        readonly.chmod(0o755)
+    assert torch.equal(cached.train.images, ds.train.images)
+    assert list((tmp_path / "cache").glob("cifar-10-python.tar.gz-*/cifar-10-batches-py/batches.meta"))
+
+
+def test_cifar100_python_format(tmp_path):
+    write_cifar100(tmp_path / "cifar-100-python")
     ds = load_cifar(tmp_path, "cifar100")
     assert ds.num_classes == 100 and len(ds.train) == 6 and ds.train.labels.tolist()[2] == 99
+    assert ds.classes[:2] == ["f0", "f1"]
 
 
 def test_cifar_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_cifar(tmp_path / "none", "cifar100")
-    write_pickle(tmp_path / "train", {"data": np.zeros((2, 3072), np.uint8), "coarse_labels": [0, 1]})
-    write_pickle(tmp_path / "test", {"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 1]})
-    with pytest.raises(DataError, match="expected 'data' and 'fine_labels'"):
+    with pytest.raises(DataError, match="lacks train, test, meta"):
         load_cifar(tmp_path, "cifar100")
-    write_pickle(tmp_path / "train", {"data": np.zeros((2, 3072), np.uint8), "fine_labels": [0, 100]})
+    write_cifar100(tmp_path)
+    write_pickle(tmp_path / "train", {"data": np.zeros((2, 3072), np.uint8), "coarse_labels": [0, 1]})
+    with pytest.raises(DataError, match="lacks the key 'fine_labels'; expected 'data' and 'fine_labels'"):
+        load_cifar(tmp_path, "cifar100")
+    write_cifar100(tmp_path, train_labels=(0, 100))
     with pytest.raises(DataError, match="labels range 0..100, expected 0..99"):
         load_cifar(tmp_path, "cifar100")
-    write_pickle(tmp_path / "train", {"data": np.zeros((2, 1000), np.uint8), "fine_labels": [0, 1]})
-    with pytest.raises(DataError, match=r"expected \(N, 3072\)"):
+    write_cifar100(tmp_path, train_labels=(0, 1), train_rows=1000)
+    with pytest.raises(DataError, match=r"expected 'data' \(N, 3072\)"):
         load_cifar(tmp_path, "cifar100")
     (tmp_path / "train").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="not a readable python pickle"):
+    with pytest.raises(DataError, match="not the python-format pickles"):
         load_cifar(tmp_path, "cifar100")
 
 
@@ -212,12 +274,19 @@ def test_imagefolder_resizes_short_side_and_centre_crops(tmp_path):
     write_png_tree(tmp_path, "val", {"cat": [(16, 16)], "dog": [(16, 16)]})
     ds = load_imagefolder(tmp_path, image_size=8)
     assert ds.classes == ["cat", "dog"] and ds.num_classes == 2
-    assert ds.train.images.shape == (3, 3, 8, 8) and ds.test.images.shape == (2, 3, 8, 8)
+    assert len(ds.train) == 3 and len(ds.test) == 2 and ds.in_channels == 3 and ds.image_size == 8
     assert ds.train.labels.tolist() == [0, 0, 1]
+    images, labels = next(eval_batches_raw(ds.train))
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.uint8 and labels.tolist() == [0, 0, 1]
     # 20x10 -> 16x8, centre crop keeps columns 4..11: left half red, right half blue.
-    wide = ds.train.images[0]
+    wide = images[0]
     assert int(wide[0, :, 0].min()) > 200 and int(wide[2, :, 0].max()) < 50
     assert int(wide[2, :, -1].min()) > 200 and int(wide[0, :, -1].max()) < 50
+
+
+def eval_batches_raw(split, batch_size=64):
+    """The split's stored uint8 batches, as the DataLoader reads them (no transform)."""
+    return split.batches(batch_size)
 
 
 def test_imagefolder_errors(tmp_path):
@@ -232,8 +301,9 @@ def test_imagefolder_errors(tmp_path):
 
     shutil.rmtree(tmp_path / "test" / "cow")
     (tmp_path / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    ds = load_imagefolder(tmp_path, 8, num_workers=2)  # files are decoded when read, not at load
     with pytest.raises(DataError, match="broken.png could not be decoded"):
-        load_imagefolder(tmp_path, 8, num_workers=2)
+        list(eval_batches_raw(ds.train))
 
 
 def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
@@ -483,3 +553,21 @@ def test_real_fashion_mnist():
     assert mean[0] == pytest.approx(ds.mean[0], abs=1e-3) and std[0] == pytest.approx(ds.std[0], abs=1e-3)
     parts = epoch_shares(len(ds.train), [16500, 16500, 16500, 10500], 0, 0)
     assert sum(len(p) for p in parts) == 60000
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_through_torchvision(tmp_path):
+    """The real files arranged in torchvision's `FashionMNIST/raw/` layout (gunzipped, as
+    torchvision's download leaves them) read by torchvision.datasets.FashionMNIST give the
+    same tensors as dbl-ps's reader of the flat folder of .gz files."""
+    if not FASHION.is_dir():
+        pytest.skip(f"no Fashion-MNIST at {FASHION}")
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in FASHION.glob("*-ubyte.gz"):
+        (raw / gz.name[:-3]).write_bytes(gzip.decompress(gz.read_bytes()))
+    flat = load_idx_dataset(FASHION, "fashion_mnist")
+    for path in (tmp_path, tmp_path / "FashionMNIST", raw):
+        tv = load_dataset(DataConfig(source="fashion_mnist", path=str(path)))
+        for a, b in ((tv.train, flat.train), (tv.test, flat.test)):
+            assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)

@@ -175,7 +175,7 @@ def test_errors():
         build_model("no_such_pkg_xyz:build", 10)
     with pytest.raises(ImportPathError, match=r"'torchvision.models' has no attribute 'resnet19'"):
         build_model("torchvision.models:resnet19", 10)
-    with pytest.raises(ImportPathError, match=r"names a int, not a callable"):
+    with pytest.raises(ImportPathError, match=r"is a int, not a callable"):
         build_model("sys:maxsize", 10)
     with pytest.raises(ModelError, match=r"returned a dict, not a torch nn.Module"):
         build_model("builtins:dict", 10)

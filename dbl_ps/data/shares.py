@@ -3,8 +3,15 @@
 `epoch_shares` is the pure function: for epoch `e`, one seeded permutation of
 the training set cut into consecutive pieces of the planned sizes, so shares are
 disjoint within an epoch and reshuffled every epoch, deterministically from
-(seed, epoch). `ShareLoader` yields one worker's share as transformed batches,
-the last partial batch included, and can resume mid-epoch from its state dict.
+(seed, epoch). `ShareLoader` yields one worker's share of an in-memory split as
+transformed batches, the last partial batch included, and can resume mid-epoch
+from its state dict; `DatasetShareLoader` does the same for a split read sample by
+sample (`DatasetSplit`) through a DataLoader. `ShareBatchSampler` is the share as a
+plain batch sampler for any map-style dataset and DataLoader.
+
+Training batches are `(images, labels)`: labels int64 (N,), or float32
+(N, num_classes) soft targets when the transform mixes (`data.mixup_alpha`,
+`data.cutmix_alpha`; `BatchTransform.soft_labels`).
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import numpy as np
 import torch
 
 from dbl_ps.data.sources import Split
+from dbl_ps.data.streamed import DatasetSplit
 from dbl_ps.data.transforms import BatchTransform
 
-__all__ = ["epoch_shares", "ShareLoader", "ShareCursor", "eval_batches", "batch_seed", "check_count"]
+__all__ = ["epoch_shares", "ShareLoader", "ShareCursor", "DatasetShareLoader", "ShareBatchSampler", "eval_batches",
+           "batch_seed", "check_count"]
 
 
 def check_count(name: str, value: Any, minimum: int) -> int:
@@ -161,14 +170,112 @@ class ShareLoader(ShareCursor):
             # Count the batch as consumed before handing it out: a checkpoint taken
             # after training on it resumes with the next batch.
             self.position = stop
-            yield self.transform(images, self.resolution, train=True, generator=gen), labels
+            yield self.transform.mix(self.transform(images, self.resolution, train=True, generator=gen), labels, gen)
+
+
+class ShareBatchSampler(torch.utils.data.Sampler):
+    """Worker `rank`'s planned share of an epoch as batches of dataset indices, for a
+    `torch.utils.data.DataLoader(dataset, batch_sampler=...)` over any map-style dataset:
+    exactly `shares[rank]` indices (`epoch_shares`), the last batch partial. Call
+    `set_epoch(epoch)` before each epoch (as with DistributedSampler); `start` skips the
+    first samples of the share (to resume an epoch part-way)."""
+
+    def __init__(self, num_samples: int, shares: Sequence[int], rank: int, batch_size: int, seed: int, *,
+                 epoch: int = 0, start: int = 0):
+        self.num_samples = check_count("num_samples", num_samples, 0)
+        self.shares = [check_count(f"shares[{i}]", s, 0) for i, s in enumerate(shares)]
+        self.rank = check_count("rank", rank, 0)
+        if self.rank >= len(self.shares):
+            raise ValueError(f"rank {rank} has no share: shares {self.shares} cover ranks 0..{len(self.shares) - 1}")
+        self.batch_size = check_count("batch_size", batch_size, 1)
+        self.seed = check_count("seed", seed, 0)
+        self.set_epoch(epoch, start=start)
+
+    def set_epoch(self, epoch: int, *, start: int = 0) -> None:
+        self.epoch = check_count("epoch", epoch, 0)
+        self.start = check_count("start", start, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = epoch_shares(self.num_samples, self.shares, self.epoch, self.seed)[self.rank]
+        for start in range(self.start, len(indices), self.batch_size):
+            yield indices[start:start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return math.ceil(max(0, self.shares[self.rank] - self.start) / self.batch_size)
+
+
+class _KeyBatches(torch.utils.data.Sampler):
+    """The batches of `(index, seed)` keys of the current pass; replaced every pass
+    (persistent DataLoader workers call `iter` on it again for each one)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int | None]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int | None]]]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class DatasetShareLoader(ShareCursor):
+    """`ShareLoader` for a split read sample by sample (`DatasetSplit`): the same shares
+    (`epoch_shares`), the same `batch_seed` per batch, the same resume; samples are read
+    (decoded, resized or randomly cropped to the stored side) in `split.num_workers`
+    DataLoader processes, kept across epochs, and each batch then goes through the
+    `BatchTransform` on the device. Random per-sample transforms get a seed per sample
+    drawn from the batch's seed, so they too are a function of where the batch is."""
+
+    def __init__(self, split: DatasetSplit, transform: BatchTransform, *, worker: int, shares: Sequence[int],
+                 batch_size: int, resolution: int, seed: int, epoch: int = 0, device: torch.device | str | None = None):
+        self.split = split
+        self.transform = transform
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.worker = check_count("worker", worker, 0)
+        self.seed = check_count("seed", seed, 0)
+        self._indices: np.ndarray | None = None
+        self.position = 0
+        self._sampler = _KeyBatches()
+        self._loader: torch.utils.data.DataLoader | None = None
+        self.set_epoch(epoch, shares=shares, batch_size=batch_size, resolution=resolution)
+
+    def _num_samples(self) -> int:
+        return len(self.split)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        indices = self.indices
+        bounds = [(s, min(s + self.batch_size, self.share)) for s in range(self.position, self.share, self.batch_size)]
+        seeds = [batch_seed(self.seed, self.worker, self.epoch, start) for start, _ in bounds]
+        random = self.split.prep.random
+        self._sampler.batches = [
+            list(zip(indices[start:stop].tolist(),
+                     np.random.default_rng(s).integers(0, 2**62, stop - start).tolist() if random else [None] * (stop - start)))
+            for (start, stop), s in zip(bounds, seeds)]
+        if self._loader is None:
+            self._loader = self.split.data_loader(self._sampler, persistent=True)
+        for (start, stop), s, (images, labels) in zip(bounds, seeds, self._loader):
+            gen = torch.Generator().manual_seed(s)
+            images = images.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            self.position = stop  # counted before handing out, as ShareLoader does
+            yield self.transform.mix(self.transform(images, self.resolution, train=True, generator=gen), labels, gen)
+
+    def close(self) -> None:
+        """Stop the DataLoader's worker processes."""
+        self._loader = None
 
 
 
-def eval_batches(split: Split, transform: BatchTransform, batch_size: int, resolution: int,
+def eval_batches(split: Split | DatasetSplit, transform: BatchTransform, batch_size: int, resolution: int,
                  device: torch.device | str | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The whole split in order, without augmentation, for evaluation."""
+    """The whole split in order, without augmentation, for evaluation (in memory, or
+    read sample by sample through a DataLoader)."""
     batch_size = check_count("batch_size", batch_size, 1)
+    if not split.in_memory:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        for images, labels in split.batches(batch_size):
+            yield transform(images.to(device, non_blocking=True), resolution, train=False), labels.to(device)
+        return
     device = torch.device(device) if device is not None else split.images.device
     for start in range(0, len(split), batch_size):
         images = split.images[start:start + batch_size].to(device, non_blocking=True)

@@ -1,13 +1,14 @@
-"""Image sources: each returns a `Dataset` of uint8 (N, C, H, W) images and
-int64 labels for a train and a test split, held in memory.
+"""In-memory image sources: each returns a `Dataset` of uint8 (N, C, H, W) images
+and int64 labels for a train and a test split (`Split`), held in memory.
 
-    ds = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
-
-Sources: scikit-learn digits (bundled, the embedded default), Fashion-MNIST and
-MNIST IDX files (.gz or raw), CIFAR-10/100 python pickles, ImageFolder trees
-(decoded with PIL, short side resized and centre-cropped to a stored size) and
-`synthetic` seeded images with learnable class structure. Every missing or
-malformed file is one `DataError` naming the path and what was expected.
+Sources: scikit-learn digits (bundled, the embedded default), MNIST/Fashion-MNIST
+(torchvision's `<root>/<ClassName>/raw/` layout through `torchvision.datasets`, or a
+flat folder of IDX files, .gz or raw), CIFAR-10/100 through `torchvision.datasets`
+(the official archive, extracted once, or its folder) and `synthetic` seeded images
+with learnable class structure. Sources read sample by sample (ImageFolder,
+`data.factory`) are in `dbl_ps.data.streamed`; `dbl_ps.data.load.load_dataset`
+picks one. Every missing or malformed file is one `DataError` naming the path and
+what was expected.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -31,16 +31,19 @@ __all__ = [
     "DataError",
     "Split",
     "Dataset",
-    "load_dataset",
     "load_digits",
     "load_idx_dataset",
     "read_idx",
     "load_cifar",
-    "load_imagefolder",
     "make_synthetic",
     "channel_stats",
     "FLIP_DEFAULT",
     "IMAGE_EXTENSIONS",
+    "register_source",
+    "plugin_source",
+    "KNOWN_STATS",
+    "cache_dir",
+    "extract_once",
 ]
 
 
@@ -85,8 +88,20 @@ class Split:
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
             raise DataError(f"labels must be int64 ({self.images.shape[0]},), got {self.labels.dtype} {tuple(self.labels.shape)}")
 
+    # An in-memory split: batches are plain indexing (`ShareLoader`), and the launcher may
+    # hand it to its workers (`DatasetSplit` is the per-sample kind).
+    in_memory = True
+
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def side(self) -> int:
+        return int(self.images.shape[-1])
 
     def to(self, device: torch.device | str) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
@@ -103,8 +118,8 @@ class Split:
 @dataclass
 class Dataset:
     name: str
-    train: Split
-    test: Split
+    train: Any  # Split (in memory) or dbl_ps.data.streamed.DatasetSplit (read sample by sample)
+    test: Any
     num_classes: int
     mean: tuple[float, ...]  # per channel, 0..1 scale
     std: tuple[float, ...]
@@ -113,13 +128,12 @@ class Dataset:
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.images.shape[1])
+        return self.train.channels
 
     @property
     def image_size(self) -> int:
         # A shard dataset's training split is labels only (zero-size images): use the test split.
-        images = self.train.images if self.train.images.numel() else self.test.images
-        return int(images.shape[-1])
+        return self.train.side or self.test.side
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -208,100 +222,189 @@ def _idx_split(root: Path, split: str, source: str) -> Split:
     return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
+TORCHVISION_IDX = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def _torchvision_raw(root: Path, source: str) -> Path | None:
+    """The root torchvision's MNIST/FashionMNIST reads (`root/<ClassName>/raw/`), if `root`
+    is such a root, the `<ClassName>` folder or its `raw/` folder."""
+    name = TORCHVISION_IDX[source]
+    for candidate in (root, root.parent, root.parent.parent):
+        if (candidate / name / "raw").is_dir() and root in (candidate, candidate / name, candidate / name / "raw"):
+            return candidate
+    return None
+
+
+def _load_torchvision_idx(root: Path, source: str) -> Dataset:
+    from torchvision import datasets
+
+    cls = getattr(datasets, TORCHVISION_IDX[source])
+    raw = root / cls.__name__ / "raw"
+    missing = [n for n in sum(IDX_FILES.values(), ()) if not (raw / n).is_file()]
+    if missing:
+        raise DataError(f"{source}: {raw} lacks {', '.join(missing)} (torchvision's layout holds the four IDX files "
+                        "uncompressed there; a folder of .gz files is read as data.path directly)")
+    splits = []
+    for train in (True, False):
+        try:
+            tv = cls(str(root), train=train, download=False)
+        except (RuntimeError, OSError, ValueError, AssertionError) as exc:
+            raise DataError(f"{source}: torchvision.datasets.{cls.__name__} cannot read {raw} "
+                            f"({type(exc).__name__}: {exc})") from None
+        labels = tv.targets.to(torch.int64)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 9):
+            raise DataError(f"{source}: labels in {raw} range {int(labels.min())}..{int(labels.max())}, expected 0..9")
+        splits.append(Split(tv.data.to(torch.uint8).unsqueeze(1).contiguous(), labels))
+    mean, std = KNOWN_STATS[source]
+    return Dataset(source, splits[0], splits[1], 10, mean, std, FLIP_DEFAULT[source], [str(i) for i in range(10)])
+
+
 def load_idx_dataset(path: str | Path, source: str = "fashion_mnist") -> Dataset:
-    """MNIST or Fashion-MNIST from a directory of the four standard IDX files."""
-    if source not in ("mnist", "fashion_mnist"):
+    """MNIST or Fashion-MNIST: torchvision's layout (`<root>/MNIST/raw/`,
+    `<root>/FashionMNIST/raw/`, read by `torchvision.datasets.MNIST/FashionMNIST`), or
+    a flat folder of the four IDX files, gzipped or not.
+
+    The flat folder keeps dbl-ps's own reader (`read_idx`): torchvision reads only the
+    uncompressed files under `<root>/<ClassName>/raw/` (its download step gunzips
+    them), so it cannot read the .gz files as distributed, and its errors do not name
+    the file; `tests/test_data.py::test_real_fashion_mnist_through_torchvision` shows
+    both readers give identical tensors."""
+    if source not in TORCHVISION_IDX:
         raise DataError(f"IDX source {source!r} is not one of 'mnist', 'fashion_mnist'")
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"{source} directory {root} does not exist (expected the IDX files {', '.join(sum(IDX_FILES.values(), ()))}, optionally .gz)")
+        raise DataError(f"{source} directory {root} does not exist (expected the IDX files {', '.join(sum(IDX_FILES.values(), ()))}, "
+                        f"optionally .gz, or torchvision's {TORCHVISION_IDX[source]}/raw/ folder)")
+    tv_root = _torchvision_raw(root, source)
+    if tv_root is not None:
+        return _load_torchvision_idx(tv_root, source)
     train = _idx_split(root, "train", source)
     test = _idx_split(root, "test", source)
     mean, std = KNOWN_STATS[source]
     return Dataset(source, train, test, 10, mean, std, FLIP_DEFAULT[source], [str(i) for i in range(10)])
 
 
-# --------------------------------------------------------------------------- CIFAR python format
+# --------------------------------------------------------------------------- CIFAR (torchvision)
 
+# source -> (torchvision class, folder inside the archive, archive name, label key in the pickles)
 CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", "cifar-10-python.tar.gz", "labels", 10),
+    "cifar100": ("CIFAR100", "cifar-100-python", "cifar-100-python.tar.gz", "fine_labels", 100),
 }
 
 
-def _unpickle(path: Path) -> dict:
-    # The CIFAR python format is a pickle; only load files you trust.
-    try:
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise DataError(f"CIFAR file {path} is not a readable python pickle: {exc}") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"CIFAR file {path} holds a {type(obj).__name__}, expected a dict with 'data' and labels")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+def _cifar_class(source: str) -> type:
+    """torchvision's CIFAR class without its MD5 checks: they pin the official files
+    (a re-packed or test copy fails with "not found or corrupted"), and hashing
+    170 MB at every load buys nothing that the shape and label checks here miss."""
+    from torchvision import datasets
+
+    base = getattr(datasets, CIFAR_LAYOUT[source][0])
+    return type(f"_{base.__name__}NoMD5", (base,), {
+        "train_list": [[name, None] for name, _ in base.train_list],
+        "test_list": [[name, None] for name, _ in base.test_list],
+        "meta": {**base.meta, "md5": None},
+    })
 
 
-def _cifar_split(root: Path, names: list[str], label_key: str, num_classes: int) -> Split:
-    images, labels = [], []
-    for name in names:
-        path = root / name
-        if not path.is_file():
-            raise DataError(f"CIFAR file {path} does not exist (expected {', '.join(names)} in {root})")
-        batch = _unpickle(path)
-        if "data" not in batch or label_key not in batch:
-            raise DataError(f"CIFAR file {path} has keys {sorted(batch)}, expected 'data' and {label_key!r}")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        lab = np.asarray(batch[label_key], dtype=np.int64)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != lab.shape[0]:
-            raise DataError(f"CIFAR file {path}: data {data.shape} and {lab.shape[0]} labels, expected (N, 3072) and N labels")
-        if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
-            raise DataError(f"CIFAR file {path}: labels range {lab.min()}..{lab.max()}, expected 0..{num_classes - 1}")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(lab)
-    return Split(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)))
+def cache_dir() -> Path:
+    """Where dbl-ps extracts archives it may not write next to: $DBL_PS_CACHE, else ~/.cache/dbl-ps."""
+    import os
+
+    return Path(os.environ.get("DBL_PS_CACHE") or Path.home() / ".cache" / "dbl-ps")
+
+
+def extract_once(archive: Path, folder: str) -> Path:
+    """The directory holding `folder` extracted from `archive`: next to the archive, or
+    (read-only there) in `cache_dir()`. Extracted into a temporary directory and renamed,
+    so an interrupted extraction is never taken for a finished one."""
+    import hashlib
+    import os
+    import shutil
+    import tempfile
+
+    from torchvision.datasets.utils import extract_archive
+
+    key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:16]
+    for parent in (archive.parent, cache_dir() / f"{archive.name}-{key}"):
+        if (parent / folder).is_dir():
+            return parent
+    for parent in (archive.parent, cache_dir() / f"{archive.name}-{key}"):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=parent))
+        except OSError:
+            continue  # read-only: try the cache
+        try:
+            extract_archive(str(archive), str(tmp))
+            if not (tmp / folder).is_dir():
+                raise DataError(f"archive {archive} does not hold the folder {folder}/ (is it the official archive?)")
+            try:
+                os.replace(tmp / folder, parent / folder)
+            except OSError:
+                if not (parent / folder).is_dir():  # another process finished first: use its copy
+                    raise
+            return parent
+        except (OSError, EOFError, ValueError) as exc:
+            raise DataError(f"archive {archive} could not be extracted: {exc}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    raise DataError(f"cannot extract {archive}: neither {archive.parent} nor {cache_dir()} is writable "
+                    "(set DBL_PS_CACHE to a writable folder)")
 
 
 def load_cifar(path: str | Path, source: str = "cifar10") -> Dataset:
-    """CIFAR-10/100 from the python-format pickles (`data_batch_1..5`/`test_batch`
-    or `train`/`test`), in `path` or its `cifar-10-batches-py`/`cifar-100-python` subfolder."""
+    """CIFAR-10/100 read by `torchvision.datasets.CIFAR10/100` (download=False) from the
+    official archive `cifar-10-python.tar.gz`/`cifar-100-python.tar.gz` in `path`
+    (extracted once: `extract_once`), or the extracted `cifar-10-batches-py`/
+    `cifar-100-python` folder (`path` itself or inside it)."""
     if source not in CIFAR_LAYOUT:
         raise DataError(f"CIFAR source {source!r} is not one of {', '.join(map(repr, CIFAR_LAYOUT))}")
-    folder, train_names, test_names, label_key, num_classes = CIFAR_LAYOUT[source]
+    _, folder, archive, label_key, num_classes = CIFAR_LAYOUT[source]
     root = Path(path)
-    if (root / folder).is_dir():
-        root = root / folder
     if not root.is_dir():
-        raise DataError(f"{source} directory {root} does not exist (expected {', '.join(train_names + test_names)})")
-    train = _cifar_split(root, train_names, label_key, num_classes)
-    test = _cifar_split(root, test_names, label_key, num_classes)
+        raise DataError(f"{source} directory {root} does not exist (expected {archive} or its folder {folder}/)")
+    if (root / folder).is_dir():
+        parent, base = root, folder
+    elif (root / archive).is_file():
+        parent, base = extract_once(root / archive, folder), folder
+    else:
+        parent, base = root, ""  # the extracted folder itself, whatever its name
+    cls = _cifar_class(source)
+    where = parent / base
+    names = [n for n, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [n for n in names if not (where / n).is_file()]
+    if missing:
+        raise DataError(f"{source} folder {where} lacks {', '.join(missing)} (expected {archive}, or the extracted "
+                        f"{folder}/ holding {', '.join(names)})")
+    splits = []
+    for train in (True, False):
+        try:
+            tv = _in_folder(cls, where, train)
+        except KeyError as exc:
+            raise DataError(f"{source} files in {where}: a pickle lacks the key {exc}; expected 'data' and {label_key!r} "
+                            f"(and {cls.meta['key']!r} in {cls.meta['filename']})") from None
+        except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{source} files in {where} are not the python-format pickles torchvision reads "
+                            f"({type(exc).__name__}: {exc}); expected 'data' (N, 3072) uint8 and {label_key!r}") from None
+        labels = np.asarray(tv.targets, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"{source} files in {where}: labels range {labels.min()}..{labels.max()}, "
+                            f"expected 0..{num_classes - 1}")
+        # torchvision keeps (N, 32, 32, 3); the batch transform wants (N, 3, 32, 32).
+        images = torch.from_numpy(np.ascontiguousarray(tv.data.transpose(0, 3, 1, 2)))
+        splits.append(Split(images, torch.from_numpy(labels)))
+        classes = [str(c) for c in tv.classes]
     mean, std = KNOWN_STATS[source]
-    classes = [str(i) for i in range(num_classes)]
-    meta = root / ("batches.meta" if source == "cifar10" else "meta")
-    if meta.is_file():
-        names = _unpickle(meta).get("label_names" if source == "cifar10" else "fine_label_names")
-        if names is not None and len(names) == num_classes:
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-    return Dataset(source, train, test, num_classes, mean, std, FLIP_DEFAULT[source], classes)
+    return Dataset(source, splits[0], splits[1], num_classes, mean, std, FLIP_DEFAULT[source], classes)
+
+
+def _in_folder(cls: type, where: Path, train: bool) -> Any:
+    """torchvision's CIFAR reading `where` (it looks for its `base_folder` inside a root)."""
+    return type(cls.__name__, (cls,), {"base_folder": where.name})(str(where.parent), train=train, download=False)
 
 
 # --------------------------------------------------------------------------- ImageFolder
-
-
-def _decode_image(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-            img = img.resize((new_w, new_h), Image.BILINEAR, reducing_gap=None)
-            left, top = (new_w - size) // 2, (new_h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"image {path} could not be decoded: {exc}") from None
 
 
 def _list_tree(root: Path, classes: Sequence[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -326,34 +429,6 @@ def _list_tree(root: Path, classes: Sequence[str] | None) -> tuple[list[str], li
     if not items:
         raise DataError(f"image folder {root} holds no images with extensions {', '.join(IMAGE_EXTENSIONS)}")
     return list(classes), items
-
-
-def _decode_split(items: list[tuple[Path, int]], size: int, num_workers: int) -> Split:
-    paths = [p for p, _ in items]
-    if num_workers > 0:
-        with ThreadPoolExecutor(num_workers) as pool:
-            arrays = list(pool.map(lambda p: _decode_image(p, size), paths))
-    else:
-        arrays = [_decode_image(p, size) for p in paths]
-    images = torch.from_numpy(np.stack(arrays))
-    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
-    return Split(images, labels)
-
-
-def load_imagefolder(path: str | Path, image_size: int, num_workers: int = 0) -> Dataset:
-    """A class-per-subfolder tree with `train/` and `val/` (or `test/`) splits,
-    decoded once into memory at `image_size` (short side resized, centre crop)."""
-    root = Path(path)
-    train_dir = root / "train"
-    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
-    if not train_dir.is_dir() or test_dir is None:
-        raise DataError(f"image folder {root} must contain train/ and val/ (or test/) subfolders, each with one folder per class")
-    classes, train_items = _list_tree(train_dir, None)
-    _, test_items = _list_tree(test_dir, classes)
-    train = _decode_split(train_items, image_size, num_workers)
-    test = _decode_split(test_items, image_size, num_workers)
-    mean, std = KNOWN_STATS["imagefolder"]
-    return Dataset("imagefolder", train, test, len(classes), mean, std, FLIP_DEFAULT["imagefolder"], classes)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -398,45 +473,7 @@ def register_source(name: str, loader: Callable[[Any, int | None], Dataset]) -> 
     """Make `data.source: <name>` load through `loader(data_cfg, image_size)`."""
     _PLUGIN_SOURCES[name] = loader
 
-# What `data.path` names for each source that reads files (all of them directories).
-DIRECTORY_EXPECTED = {
-    "mnist": "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz)",
-    "fashion_mnist": "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz)",
-    "cifar10": "cifar-10-batches-py (or the folder holding it)",
-    "cifar100": "cifar-100-python (or the folder holding it)",
-    "imagefolder": "the folder holding train/ and val/ (or test/), each with one folder per class",
-    "shards": "the folder `dbl-ps shard --out` wrote",
-}
 
-
-def load_dataset(cfg: "DataConfig", *, image_size: int | None = None) -> Dataset:
-    """The data set `cfg` describes, with `train_limit`/`test_limit` applied.
-    `image_size` is the stored side for imagefolder when `cfg.image_size` is unset
-    (pass the largest resolution of the schedule)."""
-    source = cfg.source
-    if source in DIRECTORY_EXPECTED and cfg.path is not None and Path(cfg.path).exists() and not Path(cfg.path).is_dir():
-        raise DataError(f"data.path {cfg.path} is a file; source '{source}' reads a directory: {DIRECTORY_EXPECTED[source]}")
-    if source == "digits":
-        ds = load_digits()
-    elif source in ("mnist", "fashion_mnist"):
-        ds = load_idx_dataset(cfg.path, source)
-    elif source in ("cifar10", "cifar100"):
-        ds = load_cifar(cfg.path, source)
-    elif source == "imagefolder":
-        size = cfg.image_size or image_size
-        if size is None:
-            raise DataError("imagefolder needs a stored image size: set data.image_size or pass image_size")
-        ds = load_imagefolder(cfg.path, size, cfg.num_workers)
-    elif source == "synthetic":
-        s = cfg.synthetic
-        ds = make_synthetic(s.num_train, s.num_test, s.num_classes, s.channels, s.size, s.seed)
-    elif source in _PLUGIN_SOURCES:
-        ds = _PLUGIN_SOURCES[source](cfg, image_size)
-    else:
-        raise DataError(f"data source {source!r} is not one of digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder, "
-                        "synthetic, shards")
-    if cfg.train_limit is not None:
-        ds.train = ds.train.subset(cfg.train_limit, seed=0)
-    if cfg.test_limit is not None:
-        ds.test = ds.test.subset(cfg.test_limit, seed=1)
-    return ds
+def plugin_source(name: str) -> Callable[[Any, int | None], Dataset] | None:
+    """The loader a plugin registered for `data.source: <name>`, if any."""
+    return _PLUGIN_SOURCES.get(name)

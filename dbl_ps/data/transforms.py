@@ -3,11 +3,25 @@
 Pure functions (`to_float`, `resize_batch`, `random_crop`, `random_flip`,
 `normalize`) plus `BatchTransform`, which applies them in order:
 
-    uint8 (N, C, H, W) -> float 0..1 -> resize to the current resolution
+    uint8 (N, C, H, W) -> [train, data.randaugment: RandAugment per image, uint8]
+      -> float 0..1 -> resize to the current resolution
       -> [train: random crop with zero padding, random horizontal flip] -> normalise
 
+and, for training batches with `data.mixup_alpha`/`data.cutmix_alpha`, `mix`:
+torchvision's v2.MixUp/v2.CutMix on the normalised batch (mixing commutes with the
+per-channel normalisation), which turns the labels into soft (N, num_classes)
+float32 targets.
+
 Random draws come from a CPU `torch.Generator` (then move to the batch's
-device), so a seeded run gives the same augmentation on CPU and GPU.
+device), so a seeded run gives the same augmentation on CPU and GPU; the v2
+transforms draw from the global RNG, which is forked and seeded from that
+generator around them.
+
+Why the pad-crop and flip stay vectorised over the batch rather than per-sample v2
+transforms: on 1,000 images, 2 busy shared cores (benchmarks/loader_throughput.py,
+"Datasets read sample by sample" in benchmarks/RESULTS.md), this batch path was 127x
+faster at 8 px (digits) and 1.37x faster at 32 px (CIFAR) than v2.RandomCrop(padding)
++ v2.RandomHorizontalFlip per image, stacked and normalised (the same work).
 """
 
 from __future__ import annotations
@@ -21,7 +35,8 @@ if TYPE_CHECKING:
     from dbl_ps.config import DataConfig
     from dbl_ps.data.sources import Dataset
 
-__all__ = ["to_float", "resize_batch", "random_crop", "random_flip", "normalize", "BatchTransform", "build_transform"]
+__all__ = ["to_float", "resize_batch", "random_crop", "random_flip", "normalize", "randaugment_batch", "BatchTransform",
+           "build_transform"]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -87,7 +102,8 @@ class BatchTransform:
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], *, augment: bool = True, flip: bool = True,
-                 crop_padding: int | None = None):
+                 crop_padding: int | None = None, randaugment: bool = False, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, num_classes: int | None = None):
         if len(mean) != len(std):
             raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} have different channel counts")
         if any(s <= 0 for s in std):
@@ -99,12 +115,25 @@ class BatchTransform:
         self.augment = augment
         self.flip = flip
         self.crop_padding = crop_padding
+        self.randaugment = randaugment
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+        if (mixup_alpha or cutmix_alpha) and (num_classes is None or num_classes < 2):
+            raise ValueError(f"MixUp/CutMix need num_classes >= 2, got {num_classes}")
+        self.mixup_alpha, self.cutmix_alpha, self.num_classes = float(mixup_alpha), float(cutmix_alpha), num_classes
+
+    @property
+    def soft_labels(self) -> bool:
+        """Whether training batches carry (N, num_classes) float32 targets (MixUp/CutMix on)."""
+        return bool(self.mixup_alpha or self.cutmix_alpha)
 
     def padding_at(self, resolution: int) -> int:
         return resolution // 8 if self.crop_padding is None else self.crop_padding
 
     def __call__(self, images: torch.Tensor, resolution: int, *, train: bool = True,
                  generator: torch.Generator | None = None) -> torch.Tensor:
+        if train and self.randaugment:
+            images = randaugment_batch(images, generator)
         x = resize_batch(to_float(images), resolution)
         if train and self.augment:
             x = random_crop(x, self.padding_at(resolution), generator)
@@ -112,13 +141,53 @@ class BatchTransform:
                 x = random_flip(x, generator)
         return normalize(x, self.mean, self.std)
 
+    def mix(self, images: torch.Tensor, labels: torch.Tensor,
+            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch after MixUp/CutMix (one of the two per batch when both are on):
+        labels become (N, num_classes) float32 soft targets. Unchanged when both are off."""
+        if not self.soft_labels:
+            return images, labels
+        from torchvision.transforms import v2
+
+        mixers = [m for m in (v2.MixUp(alpha=self.mixup_alpha, num_classes=self.num_classes) if self.mixup_alpha else None,
+                              v2.CutMix(alpha=self.cutmix_alpha, num_classes=self.num_classes) if self.cutmix_alpha else None)
+                  if m is not None]
+        mixer = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            if images.shape[0] < 2:  # v2.MixUp refuses a batch of one: nothing to mix with
+                return images, torch.nn.functional.one_hot(labels, self.num_classes).to(torch.float32)
+            return mixer(images, labels)
+
     def __repr__(self) -> str:
         return (f"BatchTransform(mean={self.mean}, std={self.std}, augment={self.augment}, flip={self.flip}, "
-                f"crop_padding={self.crop_padding})")
+                f"crop_padding={self.crop_padding}, randaugment={self.randaugment}, mixup_alpha={self.mixup_alpha}, "
+                f"cutmix_alpha={self.cutmix_alpha})")
+
+
+def randaugment_batch(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """torchvision's v2.RandAugment on each uint8 image of a batch separately (on the
+    whole batch it would apply the same operations to every image), seeded from
+    `generator` through a forked global RNG."""
+    from torchvision.transforms import v2
+
+    if images.dtype != torch.uint8:
+        raise ValueError(f"randaugment_batch expects uint8 images, got {images.dtype}")
+    augment = v2.RandAugment()
+    seeds = torch.randint(0, 2**62, (images.shape[0],), generator=generator).tolist()
+    out = torch.empty_like(images)
+    with torch.random.fork_rng(devices=[]):
+        for k, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            out[k] = augment(images[k])
+    return out
 
 
 def build_transform(cfg: "DataConfig", dataset: "Dataset") -> BatchTransform:
     """The transform a run uses: the data set's statistics and flip default,
-    unless the config says otherwise."""
+    unless the config says otherwise. RandAugment runs here only for in-memory
+    splits; a split read sample by sample applies it per sample as it reads."""
     flip = dataset.flip if cfg.flip is None else cfg.flip
-    return BatchTransform(dataset.mean, dataset.std, augment=cfg.augment, flip=flip, crop_padding=cfg.crop_padding)
+    return BatchTransform(dataset.mean, dataset.std, augment=cfg.augment, flip=flip, crop_padding=cfg.crop_padding,
+                          randaugment=cfg.randaugment and dataset.train.in_memory, mixup_alpha=cfg.mixup_alpha,
+                          cutmix_alpha=cfg.cutmix_alpha, num_classes=dataset.num_classes)

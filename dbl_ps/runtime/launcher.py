@@ -282,7 +282,9 @@ class Trainer:
 
     def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any) -> list[Any]:
         ckpt = self.checkpoint
-        train_data = pack_train_data(self.data) if self.data.train.images.numel() <= PASS_DATA_BYTES else None
+        # A split read sample by sample (imagefolder, data.factory) is never shipped: each worker loads it.
+        train_data = pack_train_data(self.data) if self.data.train.in_memory and \
+            self.data.train.images.numel() <= PASS_DATA_BYTES else None
         procs = []
         for w in range(self.cfg.dbl.workers):
             args = WorkerArgs(worker=w, config=self.cfg.to_dict(), plan=self.plan.to_dict(), store_name=store_name,

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from dbl_ps.data.shares import ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
+from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
 from dbl_ps.data.sources import Dataset, Split, register_source
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
 from dbl_ps.shards.codec import EXTENSIONS, decode_image
@@ -469,7 +469,7 @@ class ShardShareLoader(ShareCursor):
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             self.position = stop  # counted before handing out, as ShareLoader does
-            yield self._augment(images, gen), labels
+            yield self.transform.mix(self._augment(images, gen), labels, gen)
 
     def close(self) -> None:
         """Stop persistent DataLoader workers and drop cached sets."""
@@ -519,12 +519,13 @@ register_source("shards", _load_source)
 def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
                      resolutions: Sequence[int] | None = None, **kwargs: Any) -> Any:
     """The share loader a worker of a run uses: `ShardShareLoader` on the shard set of
-    each resolution when `data.source` is `shards`, else `ShareLoader` over `split`.
-    `resolutions` (the schedule's) are checked up front, so a missing set fails
-    before the first step; `kwargs` are ShareLoader's (worker, shares, batch_size,
-    resolution, seed, epoch, device)."""
+    each resolution when `data.source` is `shards`, else `ShareLoader` over an
+    in-memory `split`, or `DatasetShareLoader` over a split read sample by sample
+    (imagefolder, data.factory). `resolutions` (the schedule's) are checked up front,
+    so a missing set fails before the first step; `kwargs` are ShareLoader's (worker,
+    shares, batch_size, resolution, seed, epoch, device)."""
     if getattr(data_cfg, "source", None) != "shards":
-        return ShareLoader(split, transform, **kwargs)
+        return ShareLoader(split, transform, **kwargs) if split.in_memory else DatasetShareLoader(split, transform, **kwargs)
     index = ShardIndex.load(data_cfg.path)
     if resolutions:
         index.check_resolutions(list(resolutions))
