@@ -51,6 +51,30 @@ def three_outputs(num_classes):
 
 def not_a_module(num_classes):
     return "a string"
+
+
+class Squares(torch.utils.data.Dataset):
+    """A user's own dataset: 12x12 grayscale uint8 images, the label is where a bright square is."""
+
+    classes = ["left", "middle", "right"]
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 3, (n,), generator=g)
+        self.noise = torch.randint(0, 60, (n, 1, 12, 12), generator=g, dtype=torch.uint8)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.noise[i].clone()
+        c = int(self.labels[i]) * 4
+        x[:, 4:8, c:c + 4] = 250
+        return x, int(self.labels[i])
+
+
+def squares():
+    return Squares(240, seed=0), Squares(90, seed=1)
 '''
 
 
@@ -111,6 +135,23 @@ def test_user_model_from_the_current_directory(user_folder: Path, tmp_path: Path
     state = torch.load(run_dir / "checkpoints" / "epoch00001" / "model.pt", map_location="cpu")
     assert state["head.weight"].shape == (10, 24)  # width 6 reached the user's callable
     assert all(math.isfinite(r["train_loss"]) for r in records)
+
+
+@pytest.mark.parametrize(("torchrun", "extra"), [(0, ["data.num_workers=1"]), (2, ["data.mixup_alpha=0.4"])],
+                         ids=["store-dataloader-process", "torchrun-mixup"])
+def test_user_model_and_dataset_from_a_factory(user_folder: Path, tmp_path: Path, torchrun: int,
+                                               extra: list[str]) -> None:
+    """data.factory returning the user's Dataset class, read sample by sample by every worker
+    (through a DataLoader process in the store mode; MixUp's soft labels under torchrun)."""
+    run_dir = tmp_path / "run"
+    proc = train(user_folder, run_dir, "model.name=my_models:build", "data.factory=my_models:squares",
+                 "data.train_limit=null", "data.test_limit=null", "schedule.resolutions=[12]", "model.dropout=[0.1]",
+                 "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", *extra, torchrun=torchrun)
+    records = finished(proc, run_dir)
+    assert sum(w["samples"] for w in records[0]["workers"]) == 240  # every sample once per epoch, in the shares
+    assert records[-1]["test_acc"] is not None and records[-1]["test_acc5"] is None  # 3 classes: no top-5
+    state = torch.load(run_dir / "checkpoints" / "epoch00001" / "model.pt", map_location="cpu")
+    assert state["head.weight"].shape == (3, 32)  # the factory's 3 classes reached the model
 
 
 def test_recipe_options_train(tmp_path: Path) -> None:

@@ -292,7 +292,10 @@ class Trainer:
                               resume_folder=ckpt["path"] if ckpt else None, threads=self.threads,
                               device=self.devices[w], launcher_pid=os.getpid(), engine_options=self.engine_options,
                               train_data=train_data)
-            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate), name=f"dbl-ps-worker-{w}", daemon=True)
+            # Not daemonic, so a worker may start DataLoader processes (data.num_workers); it needs
+            # no daemon flag to end: every path out of train() joins, terminates or kills the
+            # workers (_join), and a worker whose launcher died stops by itself (LauncherLink).
+            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate), name=f"dbl-ps-worker-{w}", daemon=False)
             p.start()
             procs.append(p)
         return procs
