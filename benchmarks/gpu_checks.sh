@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of the issues, in one command, for a machine with one CUDA GPU:
 #
-#   benchmarks/gpu_checks.sh OUTDIR [STEP ...]     steps: env test ps calibrate engines fsdp compare0 compare1
+#   benchmarks/gpu_checks.sh OUTDIR [STEP ...]     steps: env test ps calibrate engines precision fsdp compare0 compare1
 #
 # Every step writes its log and JSON into OUTDIR and has its own time limit, so one
 # that fails or hangs does not cost the others. The limits fit an H100 with room to
@@ -55,7 +55,11 @@ for s in $STEPS; do
         step calibrate 240 python3 -m dbl_ps.cli calibrate --model resnet18_cifar --resolutions 24,32 --device cuda \
             --num-classes 100 --out "$OUT/calibration_resnet18_cifar.json" ;;
     engines)
-        step engines 180 python3 benchmarks/engine_throughput.py --json "$OUT/engines.json" ;;
+        step engines 180 python3 benchmarks/engine_throughput.py --engines torch,torch_bf16,ds_bf16,ds_fp32 \
+            --batch 256 --classes 100 --json "$OUT/engines.json" ;;
+    precision)
+        # issue 14: ResNet-18 (CIFAR stem) at 32 px, batch 512: fp32, bf16, + channels_last, + compile
+        step precision 300 python3 benchmarks/engine_throughput.py --json "$OUT/precision.json" ;;
     fsdp)
         step fsdp 180 python3 benchmarks/fsdp_memory.py --json "$OUT/fsdp_memory.json" ;;
     compare0 | compare1)

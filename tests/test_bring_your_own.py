@@ -238,3 +238,35 @@ def test_soft_labels_train_and_count_as_their_largest_class() -> None:
     logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, -1.0, 3.0]])
     expected = -(soft * logits.log_softmax(1)).sum(1).mean()
     torch.testing.assert_close(loss_for(RunConfig())(logits, soft), expected)
+
+
+@pytest.mark.slow
+def test_compile_warms_up_every_shape_so_epochs_do_not_recompile() -> None:
+    """`compile: true`: the warm-up compiles every (batch, resolution) the plan gives a worker,
+    leaves the model's state as it was, and training steps at those shapes compile nothing new
+    (on this CPU the warm-up of the small ResNet takes 1-2 minutes)."""
+    from torch._dynamo.utils import counters
+
+    from dbl_ps.config import RunConfig
+    from dbl_ps.models import build_model
+    from dbl_ps.training.engine import TorchEngine
+    from dbl_ps.training.topology import Topology
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = RunConfig.from_dict({**RunConfig().to_dict(), "compile": True})
+    torch.manual_seed(0)
+    engine = TorchEngine(build_model("small_resnet", 10, in_channels=1, dropout=0.1), cfg, torch.device("cpu"),
+                         Topology.single(0, 1))
+    before = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    shapes = [(16, 12, 0.0), (5, 12, 0.0), (16, 16, 0.1)]
+    assert engine.warm_up(shapes, 1) > 0
+    assert engine.module.dropout.p == 0.1  # the model's own rate (built with 0.1) is put back
+    engine.module.dropout.p = 0.0
+    assert all(torch.equal(before[k], v) for k, v in engine.module.state_dict().items())
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= len(shapes) - 1  # dynamo may share one graph between two batch sizes
+    for batch, resolution, dropout in shapes + shapes[:1]:  # as the loop does: the schedule sets the rate
+        engine.module.dropout.p = dropout
+        engine.train_step(torch.randn(batch, 1, resolution, resolution), torch.arange(batch) % 10)
+    assert counters["stats"]["unique_graphs"] == graphs

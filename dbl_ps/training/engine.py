@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dbl_ps.models import set_dropout
 from dbl_ps.run_dirs import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
@@ -105,9 +106,9 @@ class Engine:
     def set_batch_size(self, batch_size: int) -> None:
         """The worker's batch changed (resolution boundary); engines that track it update here."""
 
-    def warm_up(self, shapes: list[tuple[int, int]], in_channels: int) -> float:
-        """Run what must be ready before the timed epochs (compiling, per (batch, resolution) in
-        `shapes`) without changing the model or optimizer; returns the seconds it took."""
+    def warm_up(self, shapes: list[tuple[int, int, float]], in_channels: int) -> float:
+        """Run what must be ready before the timed epochs (compiling, per (batch, resolution,
+        dropout) in `shapes`) without changing the model or optimizer; returns the seconds it took."""
         return 0.0
 
     def reset_optimizer_state(self) -> None:
@@ -217,20 +218,24 @@ class TorchEngine(Engine):
             self.scaler.update()
         return loss.detach(), out.detach()
 
-    def warm_up(self, shapes: list[tuple[int, int]], in_channels: int) -> float:
-        """Compile for every (batch, resolution) the epochs will use, so no CPL switch
-        recompiles inside a timed epoch: forward and backward on zeros, then the model's
-        state (BatchNorm statistics) put back and the gradients dropped."""
+    def warm_up(self, shapes: list[tuple[int, int, float]], in_channels: int) -> float:
+        """Compile for every (batch, resolution, dropout) the epochs will use, so no CPL switch
+        recompiles inside a timed epoch: forward and backward on zeros, then the model's state
+        (BatchNorm statistics) and dropout rates put back and the gradients dropped."""
         if not self.compiled:
             return 0.0
         started = time.perf_counter()
         saved = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
-        for batch, resolution in shapes:
+        rates = [m.p for m in self.module.modules() if isinstance(m, nn.Dropout)]
+        for batch, resolution, dropout in shapes:
+            set_dropout(self.module, dropout)
             images = torch.zeros(batch, in_channels, resolution, resolution, device=self.device)
             labels = torch.zeros(batch, dtype=torch.int64, device=self.device)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 out = self.module(images.contiguous(memory_format=self.memory_format))
             self.loss_fn(out.float(), labels).backward()
         self.module.load_state_dict(saved)
+        for m, p in zip((m for m in self.module.modules() if isinstance(m, nn.Dropout)), rates):
+            m.p = p
         self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started

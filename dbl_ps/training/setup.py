@@ -205,14 +205,15 @@ def check_run_model(cfg: Any, model: nn.Module, num_classes: int, in_channels: i
                          f"compute in bf16 (it needs compute capability 8.0 or newer); use 'fp16' or 'fp32'")
 
 
-def warm_up_shapes(plan: Plan, spec: ScheduleSpec, worker: int) -> list[tuple[int, int]]:
-    """Every (batch, resolution) worker `worker` trains with: its planned batch and the last
-    partial batch of its share, at each resolution of the schedule (what `compile` warms up)."""
+def warm_up_shapes(plan: Plan, spec: ScheduleSpec, worker: int) -> list[tuple[int, int, float]]:
+    """Every (batch, resolution, dropout) worker `worker` trains with: its planned batch and the
+    last partial batch of its share, at each resolution of the schedule with that resolution's
+    dropout rate (a compiled graph is specialised on the rate, so it is part of the shape)."""
     shapes = []
-    for r in spec.resolutions:
+    for r, p in zip(spec.resolutions, spec.dropouts):
         rp = plan[r]
         batch, share = rp.batches[worker], rp.shares[worker]
-        shapes.append((min(batch, share), r))
+        shapes.append((min(batch, share), r, p))
         if share > batch and share % batch:
-            shapes.append((share % batch, r))
+            shapes.append((share % batch, r, p))
     return shapes
