@@ -270,3 +270,31 @@ def test_compile_warms_up_every_shape_so_epochs_do_not_recompile() -> None:
         engine.module.dropout.p = dropout
         engine.train_step(torch.randn(batch, 1, resolution, resolution), torch.arange(batch) % 10)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_fsdp_wrap_units_for_any_model() -> None:
+    """FSDP shards residual blocks where a model has them, the named classes when given, and
+    otherwise every submodule past the size threshold (bottom-up), never the root itself."""
+    from torch import nn
+    from torchvision.models import vit_b_16
+
+    from dbl_ps.integrations.fsdp import wrap_units
+    from dbl_ps.models import build_model
+
+    resnet = build_model("torchvision.models:resnet18", 10)
+    assert [type(m).__name__ for m in wrap_units(resnet)] == ["BasicBlock"] * 8
+    vit = vit_b_16(num_classes=10)
+    assert [type(m).__name__ for m in wrap_units(vit, classes=["EncoderBlock"])] == ["EncoderBlock"] * 12
+    by_size = wrap_units(vit, min_params=5_000_000)  # each encoder block holds 7.1 M parameters
+    assert [type(m).__name__ for m in by_size] == ["EncoderBlock"] * 12
+    mlp = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 100), nn.Linear(100, 10))
+    assert wrap_units(mlp, min_params=10_000) == [mlp[0], mlp[2]]  # 10,100 each; the last (1,010) stays with the root
+
+
+def test_calibrate_measures_a_model_by_import_path() -> None:
+    from dbl_ps.calibrate import calibrate
+
+    cal = calibrate("torchvision.models:resnet18", [8], num_classes=10, in_channels=1, cifar_stem=True,
+                    batch_sizes=[2, 4, 8], warmup=1, repeats=1, progress=False)
+    assert cal.model == "torchvision.models:resnet18"
+    assert cal.resolutions[8].samples and all(seconds > 0 for _, seconds in cal.resolutions[8].samples)

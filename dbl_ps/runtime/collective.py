@@ -112,7 +112,7 @@ class CollectiveRunner:
             self.run_dir = Path(name[0])
         self.dir = RunDirectory(self.run_dir)
         self._own_run_dir()
-        self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
+        self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions), log=self.log)
         check_workers_fit(cfg, len(self.data.train))
         self.transform = build_transform(cfg.data, self.data)
         torch.manual_seed(cfg.seed)  # the same initial model on every rank

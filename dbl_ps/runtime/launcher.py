@@ -285,9 +285,13 @@ class Trainer:
         # A split read sample by sample (imagefolder, data.factory) is never shipped: each worker loads it.
         train_data = pack_train_data(self.data) if self.data.train.in_memory and \
             self.data.train.images.numel() <= PASS_DATA_BYTES else None
+        # The launcher's normalisation, so workers reading the data themselves do not estimate
+        # it again (data.factory without data.mean/std): one estimate, one log line.
+        config = self.cfg.to_dict()
+        config["data"].update(mean=list(self.data.mean), std=list(self.data.std))
         procs = []
         for w in range(self.cfg.dbl.workers):
-            args = WorkerArgs(worker=w, config=self.cfg.to_dict(), plan=self.plan.to_dict(), store_name=store_name,
+            args = WorkerArgs(worker=w, config=config, plan=self.plan.to_dict(), store_name=store_name,
                               run_dir=str(self.run_dir), start_epoch=self.start_epoch,
                               resume_folder=ckpt["path"] if ckpt else None, threads=self.threads,
                               device=self.devices[w], launcher_pid=os.getpid(), engine_options=self.engine_options,
