@@ -191,7 +191,20 @@ class ShareBatchSampler(torch.utils.data.Sampler):
         self.seed = check_count("seed", seed, 0)
         self.set_epoch(epoch, start=start)
 
-    def set_epoch(self, epoch: int, *, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, *, start: int = 0, shares: Sequence[int] | None = None,
+                  batch_size: int | None = None) -> None:
+        """Start `epoch` (from sample `start` of the share), with new `shares` and `batch_size`
+        where the plan changed (a resolution switch, a re-plan)."""
+        if shares is not None:
+            counts = [check_count(f"shares[{i}]", s, 0) for i, s in enumerate(shares)]
+            if self.rank >= len(counts):
+                raise ValueError(f"rank {self.rank} has no share: shares {counts} cover ranks 0..{len(counts) - 1}")
+            self.shares = counts
+        if sum(self.shares) > self.num_samples:
+            raise ValueError(f"the planned shares {self.shares} add up to {sum(self.shares)} samples, but the dataset "
+                             f"has {self.num_samples}: plan with dataset_size={self.num_samples}")
+        if batch_size is not None:
+            self.batch_size = check_count("batch_size", batch_size, 1)
         self.epoch = check_count("epoch", epoch, 0)
         self.start = check_count("start", start, 0)
 

@@ -49,7 +49,8 @@ from dbl_ps._optional import require
 from dbl_ps.training.engine import Engine, loss_for, optimizer_for
 from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["DeepSpeedEngine", "SingleRankMPU", "worker_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
+__all__ = ["DeepSpeedEngine", "DeepSpeedConfigError", "SingleRankMPU", "check_rank_config", "single_rank_groups",
+           "worker_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
            "DS_CONFIG_FILE", "CONFIG_DIR"]
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
@@ -142,26 +143,62 @@ def load_ds_config(source: str | Path | Mapping[str, Any] | None) -> dict[str, A
         raise LaunchError(f"DeepSpeed config {str(path)!r} is not valid JSON: {exc}") from None
 
 
-def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
-    """The per-rank config DeepSpeed accepts: micro batch = this worker's batch, no
-    accumulation, data-parallel size 1; the optimizer is ours (SGD from the run config)."""
+class DeepSpeedConfigError(LaunchError):
+    """A DeepSpeed config that cannot train a DBSL rank (every conflict in one message)."""
+
+
+# Batch fields DeepSpeed checks against each other and the data-parallel size; each DBSL
+# rank is a data-parallel world of one with the plan's batch, so dbl-ps sets them.
+BATCH_FIELDS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+
+
+def check_rank_config(ds_config: Mapping[str, Any], batch_size: int, *,
+                      lr_schedule_owned: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """`(config, notes)`: the config DeepSpeed accepts for one DBSL rank training with
+    `batch_size` (micro batch = the rank's batch, no accumulation, data-parallel size 1),
+    and one note per value dbl-ps changed. `lr_schedule_owned` (dbl-ps train): the run's
+    schedule sets the LR, so a `scheduler` block is dropped (said in a note); the
+    `optimizer` block, if any, is DeepSpeed's to build. Raises `DeepSpeedConfigError`
+    listing every conflict at once."""
     conf = copy.deepcopy(dict(ds_config))
-    for key in ("optimizer", "scheduler"):
-        if key in conf:
-            raise LaunchError(f"DeepSpeed config has an {key!r} section; remove it: the optimizer (SGD) and LR "
-                              f"schedule come from the run config (optim.*, schedule.*)")
-    stage = int(conf.get("zero_optimization", {}).get("stage", 0))
+    conflicts, notes = [], []
+    zero = conf.get("zero_optimization", {})
+    stage = int(zero.get("stage", 0)) if isinstance(zero, Mapping) else 0
     if stage >= 3:
-        raise LaunchError(f"DeepSpeed ZeRO stage {stage} partitions parameters across a data-parallel group; a DBSL "
-                          f"worker here is one rank, so use stage 0-2 (or FSDP groups: dbl_ps.integrations.fsdp)")
-    if stage > 0:
-        conf.setdefault("zero_allow_untested_optimizer", True)  # torch SGD as a client optimizer
+        conflicts.append(f"zero_optimization.stage={stage} partitions parameters across a data-parallel group; a "
+                         f"DBSL rank is its own group of one: use stage 0-2 (or FSDP groups: engine fsdp)")
+    for key in ("pipeline", "tensor_parallel"):
+        if conf.get(key):
+            conflicts.append(f"{key!r} splits one model over several ranks; a DBSL rank trains a whole model")
+    if conf.get("bf16", {}).get("enabled") and conf.get("fp16", {}).get("enabled"):
+        conflicts.append("bf16.enabled and fp16.enabled are both true; choose one")
+    if conflicts:
+        raise DeepSpeedConfigError("the DeepSpeed config cannot train a DBSL rank:\n  - " + "\n  - ".join(conflicts))
+    for key in BATCH_FIELDS:
+        wanted = 1 if key == "gradient_accumulation_steps" else int(batch_size)
+        if key in conf and conf[key] != wanted:
+            what = "1 (one optimizer step per planned batch)" if key == "gradient_accumulation_steps" else \
+                "the rank's planned batch"
+            notes.append(f"{key} {conf[key]} -> {what}")
+        conf[key] = wanted
+    if lr_schedule_owned and "scheduler" in conf:
+        notes.append(f"scheduler {conf['scheduler'].get('type', '?')!r} removed: the run's schedule (schedule.*) "
+                     f"sets the LR")
+        del conf["scheduler"]
+    if lr_schedule_owned and "optimizer" in conf:
+        notes.append(f"optimizer {conf['optimizer'].get('type', '?')!r} is built by DeepSpeed from the config "
+                     f"(optim.* is not used); its LR follows the run's schedule")
+    if stage > 0 and "optimizer" not in conf:
+        conf.setdefault("zero_allow_untested_optimizer", True)  # torch SGD/AdamW as a client optimizer
         conf.setdefault("zero_force_ds_cpu_optimizer", False)
-    conf["train_micro_batch_size_per_gpu"] = int(batch_size)
-    conf["gradient_accumulation_steps"] = 1
-    conf["train_batch_size"] = int(batch_size)
     conf.setdefault("steps_per_print", 1_000_000_000)
-    return conf
+    return conf, notes
+
+
+def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """The per-rank config of a `dbl-ps train` worker (checked and noted up front by
+    `check_rank_config` when the run starts)."""
+    return check_rank_config(ds_config, batch_size, lr_schedule_owned=True)[0]
 
 
 class DeepSpeedEngine(Engine):
@@ -175,15 +212,17 @@ class DeepSpeedEngine(Engine):
         self.device = device
         self.topology = topology
         module = module.to(device)
-        optimizer = optimizer_for(module, cfg)
         self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size)
+        # The config's optimizer block, where there is one, is DeepSpeed's to build; else ours (optim.*).
+        optimizer = None if "optimizer" in self.ds_config else optimizer_for(module, cfg)
         # With LOCAL_SIZE set (the deepspeed launcher sets it), DeepSpeed's CPU backend creates
         # 66 MiB shared-memory all-reduce buffers per rank in /dev/shm and never removes
         # them; our collectives go through torch.distributed, so hide it during set-up.
         local_size = os.environ.pop("LOCAL_SIZE", None)
         try:
-            self.engine, self.optimizer, _, _ = ds.initialize(model=module, optimizer=optimizer, config=self.ds_config,
-                                                              mpu=SingleRankMPU(group), dist_init_required=False)
+            self.engine, self.optimizer, _, _ = ds.initialize(
+                model=module, optimizer=optimizer, config=self.ds_config, mpu=SingleRankMPU(group),
+                model_parameters=module.parameters() if optimizer is None else None, dist_init_required=False)
         finally:
             if local_size is not None:
                 os.environ["LOCAL_SIZE"] = local_size

@@ -32,7 +32,7 @@ from dbl_ps.config import check_workers_fit
 from dbl_ps.data import DataError, build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.run_dirs import RunDirectoryBusy, RunLock, RunWriteError
-from dbl_ps.runtime.engines import build_rank_engine, engine_options
+from dbl_ps.runtime.engines import build_rank_engine, check_engine_config, engine_options
 from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_tracker
@@ -112,6 +112,7 @@ class CollectiveRunner:
             self.run_dir = Path(name[0])
         self.dir = RunDirectory(self.run_dir)
         self._own_run_dir()
+        check_engine_config(cfg, self.log)  # every rank: a conflict is the same error everywhere, before measuring
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions), log=self.log)
         check_workers_fit(cfg, len(self.data.train))
         self.transform = build_transform(cfg.data, self.data)

@@ -10,18 +10,26 @@ depends on a file outside its directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from dbl_ps.integrations.deepspeed import DS_CONFIG_FILE, DeepSpeedEngine, load_ds_config, worker_engine
+from dbl_ps.integrations.deepspeed import (
+    BATCH_FIELDS,
+    DS_CONFIG_FILE,
+    DeepSpeedEngine,
+    check_rank_config,
+    load_ds_config,
+    worker_engine,
+)
 from dbl_ps.integrations.fsdp import FSDPEngine
 from dbl_ps.training.engine import Engine, TorchEngine
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["engine_options", "check_store_mode_engine", "build_worker_engine", "build_rank_engine"]
+__all__ = ["engine_options", "check_engine_config", "check_store_mode_engine", "build_worker_engine",
+           "build_rank_engine"]
 
 
 def check_store_mode_engine(cfg: Any) -> None:
@@ -29,6 +37,16 @@ def check_store_mode_engine(cfg: Any) -> None:
     if cfg.engine == "fsdp":
         raise LaunchError("engine 'fsdp' shards a worker over several ranks: run it under a launcher, e.g. "
                           "`torchrun --nproc_per_node N -m dbl_ps train engine=fsdp ...`")
+
+
+def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
+    """Before anything is measured: a DeepSpeed config that cannot train a DBSL worker is one
+    error listing every conflict, and what dbl-ps changes in it is said once."""
+    if cfg.engine != "deepspeed":
+        return
+    _, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), 1, lr_schedule_owned=True)
+    for note in notes:
+        log(f"DeepSpeed config: {note}")
 
 
 def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
@@ -41,8 +59,11 @@ def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]
         return {"ds_config": load_ds_config(saved)}
     ds_config = load_ds_config(cfg.deepspeed_config)
     if not resuming:
+        # What the workers use: the checked config, its batch fields left out (each worker's
+        # batch is in plan.json and set per resolution).
+        used, _ = check_rank_config(ds_config, 1, lr_schedule_owned=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_json(saved, ds_config)
+        atomic_json(saved, {k: v for k, v in used.items() if k not in BATCH_FIELDS})
     return {"ds_config": ds_config}
 
 

@@ -42,7 +42,7 @@ from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.run_dirs import RunLock, RunWriteError
-from dbl_ps.runtime.engines import check_store_mode_engine, engine_options
+from dbl_ps.runtime.engines import check_engine_config, check_store_mode_engine, engine_options
 from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
@@ -150,6 +150,7 @@ class Trainer:
     def _prepare(self) -> None:
         cfg = self.cfg
         check_store_mode_engine(cfg)  # before any data is loaded
+        check_engine_config(cfg, self._log)
         self.threads = threads_per_worker(cfg)
         torch.set_num_threads(self.threads)
         self.devices = self._devices()

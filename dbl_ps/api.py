@@ -1,0 +1,368 @@
+"""Dual batch size learning inside your own training script: the public API.
+
+What `dbl-ps train` does, as functions and two thin classes for a loop you already
+have (plain `torch.distributed`, DeepSpeed, FSDP2). Every rank is one worker with its
+own batch size and data share; the ranks average their models with share weights
+every mini-epoch (or every `sync_every` steps) instead of all-reducing gradients every
+step, so no rank waits for another between syncs. The same functions run inside
+`dbl-ps train`: the planner, the schedule, the share sampler and the weighted average
+are one implementation.
+
+    import dbl_ps.api as dbl
+
+    timer_model = dbl.measure_time_model(lambda b: train_step(*batch_of(b)), [32, 64, 128])
+    plan = dbl.plan_together(timer_model, batch_large=128, dataset_size=len(train_set))   # one collective
+    mine = dbl.rank_plan(plan, rank)                       # batch, share, merge weight, steps
+    sampler = dbl.ShareBatchSampler(len(train_set), mine.shares, rank, mine.batch, seed=0)
+    loader = DataLoader(train_set, batch_sampler=sampler)
+    averager = dbl.ModelAverager(model, plan)              # a plain module, a DeepSpeed engine, an FSDP2 module
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        averager.set_epoch(epoch)
+        for images, labels in loader:
+            ...optimizer step...
+            averager.step(loss)                            # merges when a sync is due
+        plan, changed = dbl.replan_together(plan, averager.train_seconds)   # mixed hardware drifts
+
+Reference with every function and a worked example: docs/API.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dbl_ps.data.shares import ShareBatchSampler
+from dbl_ps.integrations.deepspeed import DeepSpeedConfigError, SingleRankMPU, check_rank_config, single_rank_groups
+from dbl_ps.data.transforms import resize_batch
+from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, fit_time_model, make_plan
+from dbl_ps.replan import DEFAULT_THRESHOLD, drifted, replan, speed_factors
+from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
+from dbl_ps.synchronizers.collective import CollectiveSynchronizer
+from dbl_ps.training.averaging import averaged_tensors
+from dbl_ps.training.engine import Engine
+from dbl_ps.training.topology import Topology
+
+__all__ = [
+    "APIError",
+    "DeepSpeedConfigError",
+    "InfeasiblePlanError",
+    "ModelAverager",
+    "Plan",
+    "RankPlan",
+    "ScheduleLR",
+    "SchedulePoint",
+    "ScheduleSpec",
+    "ShareBatchSampler",
+    "SingleRankMPU",
+    "TimeModel",
+    "deepspeed_rank_config",
+    "lr_at",
+    "measure_time_model",
+    "plan_ranks",
+    "plan_together",
+    "rank_plan",
+    "replan_together",
+    "resize_batch",
+    "schedule_at",
+    "single_rank_groups",
+]
+
+
+class APIError(ValueError):
+    """A call of the public API with inputs that cannot work (one message naming them)."""
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def measure_time_model(step: Callable[[int], Any], batch_sizes: Sequence[int], *, repeats: int = 5,
+                       warmup: int = 1, device: torch.device | str | None = None) -> TimeModel:
+    """This rank's step-time model `t(b) = alpha + beta * b`, fitted on `repeats` timed calls
+    of `step(b)` (one real training step at batch `b`) per batch size, after `warmup`
+    untimed ones. The fastest call per batch size counts: other jobs on the machine only
+    ever add time, and the plan is about the device's own speed (a lasting slowdown is what
+    `replan_together` catches). CUDA work is waited for before the clock is read. Call it
+    in the first steps of a run: each rank measures its own device."""
+    sizes = sorted({int(b) for b in batch_sizes})
+    if len(sizes) < 2 or sizes[0] < 1:
+        raise APIError(f"batch_sizes={list(batch_sizes)} must hold at least two different sizes >= 1 to fit "
+                       f"alpha and beta")
+    on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    sync = torch.cuda.synchronize if on_cuda else (lambda: None)
+    samples = []
+    for b in sizes:
+        for _ in range(warmup):
+            step(b)
+        times = []
+        for _ in range(max(1, repeats)):
+            sync()
+            started = time.perf_counter()
+            step(b)
+            sync()
+            times.append(time.perf_counter() - started)
+        samples.append((b, min(times)))
+    return fit_time_model(samples)
+
+
+def plan_ranks(time_models: TimeModel | Sequence[TimeModel], *, batch_large: int | Sequence[int],
+               dataset_size: int, ranks: int | None = None, small: int = 0, tau: float = 1.0,
+               resolutions: Sequence[int] = (0,)) -> Plan:
+    """The plan for `ranks` workers (default: one per time model given, else the process
+    group's size): each worker's batch,
+    share of `dataset_size` samples and merge weight, so that all finish an epoch together.
+    `time_models`: one for uniform hardware or one per rank (mixed hardware); ranks
+    `0..small-1` train with a small batch within `tau` x the all-large epoch time (DBSL;
+    `small=0`: plain load balancing). `resolutions`: the CPL resolutions (0: no CPL), all
+    planned with the same time models unless you plan each with its own (`make_plan`)."""
+    models = time_models if isinstance(time_models, TimeModel) else list(time_models)
+    if ranks is None and not isinstance(models, TimeModel):
+        ranks = len(models)  # one time model per worker
+    if ranks is None:
+        if not dist.is_initialized():
+            raise APIError("plan_ranks: give ranks= or call it after torch.distributed.init_process_group")
+        ranks = dist.get_world_size()
+    return make_plan({r: models for r in resolutions}, {r: batch_large for r in resolutions}, ranks, small, tau,
+                     dataset_size)
+
+
+def plan_together(time_model: TimeModel, *, batch_large: int | Sequence[int], dataset_size: int, small: int = 0,
+                  tau: float = 1.0, resolutions: Sequence[int] = (0,), group: Any = None) -> Plan:
+    """`plan_ranks` from every rank's own measured time model: one all-gather, then the same
+    (deterministic) plan on every rank."""
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, (time_model.alpha, time_model.beta), group=group)
+    models = [TimeModel(alpha=a, beta=b) for a, b in gathered]
+    return plan_ranks(models, batch_large=batch_large, dataset_size=dataset_size, ranks=len(models), small=small,
+                      tau=tau, resolutions=resolutions)
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's part of a plan at one resolution."""
+
+    rank: int
+    resolution: int
+    batch: int
+    share: int
+    shares: tuple[int, ...]  # every rank's, for ShareBatchSampler
+    merge_weight: float
+    steps: int
+    all_steps: tuple[int, ...]
+    predicted_seconds: float
+
+
+def rank_plan(plan: Plan, rank: int, resolution: int | None = None) -> RankPlan:
+    """Rank `rank`'s batch, share, merge weight and steps at `resolution` (default: the only
+    or the first resolution of the plan)."""
+    r = next(iter(plan.resolutions)) if resolution is None else resolution
+    if r not in plan.resolutions:
+        raise APIError(f"the plan has no resolution {r} (it has {list(plan.resolutions)})")
+    if not 0 <= rank < plan.workers:
+        raise APIError(f"rank {rank} is outside the plan's ranks 0..{plan.workers - 1}")
+    rp = plan[r]
+    return RankPlan(rank=rank, resolution=r, batch=rp.batches[rank], share=rp.shares[rank], shares=tuple(rp.shares),
+                    merge_weight=rp.merge_weights[rank], steps=rp.steps()[rank], all_steps=tuple(rp.steps()),
+                    predicted_seconds=rp.predicted_epoch_seconds[rank])
+
+
+def replan_together(plan: Plan, train_seconds: float, *, resolution: int | None = None,
+                    threshold: float = DEFAULT_THRESHOLD, group: Any = None) -> tuple[Plan, list[float] | None]:
+    """After an epoch: every rank's own training seconds (without waits at syncs) against the
+    plan's prediction; when the ranks' speeds drifted apart by more than `threshold`, the plan
+    made again from the measured speeds. One all-gather; every rank gets the same answer.
+    Returns `(plan, speed factors)` when it re-planned, `(plan, None)` when it did not."""
+    gathered: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, float(train_seconds), group=group)
+    r = next(iter(plan.resolutions)) if resolution is None else resolution
+    factors = speed_factors(plan[r], gathered)
+    if not drifted(factors, threshold):
+        return plan, None
+    return replan(plan, factors), factors
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
+    """The run's LR schedule (`lr_at`: warm-up, steps at milestones) as a torch LR scheduler,
+    stepped once per optimizer step. A rank's steps per epoch come from its plan (ranks with
+    different batches take different numbers of steps), so the fractional epoch is
+    `epoch + step / steps_per_epoch`; call `set_epoch` at every epoch start."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, spec: ScheduleSpec, steps_per_epoch: int,
+                 last_epoch: int = -1):
+        self.spec = spec
+        self.epoch = 0
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.step_in_epoch = 0
+        super().__init__(optimizer, last_epoch)
+
+    def set_epoch(self, epoch: int, steps_per_epoch: int | None = None) -> None:
+        self.epoch, self.step_in_epoch = int(epoch), 0
+        if steps_per_epoch is not None:
+            self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self._apply()
+
+    def step(self, epoch: int | None = None) -> None:  # noqa: ARG002 (torch's signature)
+        if self.last_epoch >= 0:  # the first call comes from LRScheduler.__init__
+            self.step_in_epoch += 1
+        super().step()
+
+    def fractional_epoch(self) -> float:
+        return min(self.epoch + min(self.step_in_epoch, self.steps_per_epoch) / self.steps_per_epoch, self.spec.epochs)
+
+    def get_lr(self) -> list[float]:
+        factor = lr_at(self.fractional_epoch(), self.spec) / self.spec.base_lr
+        return [base * factor for base in self.base_lrs]
+
+    def _apply(self) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+# --------------------------------------------------------------------------- averaging
+
+
+class _UserEngine(Engine):
+    """What `CollectiveSynchronizer` needs from a user's model: its tensors, its device, where
+    it sits, and the refresh of DeepSpeed's fp32 masters after a merge."""
+
+    def __init__(self, target: Any, topology: Topology, group: Any):
+        self.target = target
+        self.module = target.module if _is_deepspeed(target) else target
+        self.optimizer = getattr(target, "optimizer", None)
+        self.topology = topology
+        self.group = group
+        first = next(self.module.parameters(), None)
+        if first is None:
+            raise APIError(f"{type(self.module).__name__} has no parameters to average")
+        device = getattr(first, "device", torch.device("cpu"))
+        self.device = torch.device(device.type, device.index) if device.type == "cuda" else torch.device(device.type)
+
+    def sync_group(self) -> Any:
+        return self.group
+
+    def after_sync(self) -> None:
+        refresh = getattr(self.optimizer, "refresh_fp32_params", None)
+        if callable(refresh):  # DeepSpeed bf16/fp16/ZeRO: fp32 masters := the averaged module
+            refresh()
+
+
+def _is_deepspeed(target: Any) -> bool:
+    return type(target).__name__ in ("DeepSpeedEngine", "PipelineEngine") or \
+        (hasattr(target, "module") and hasattr(target, "optimizer") and hasattr(target, "backward"))
+
+
+class ModelAverager:
+    """Average the model of every rank with its merge weight when a sync is due.
+
+    `target`: a plain `nn.Module`, a DeepSpeed engine (its fp32 master weights are refreshed
+    after each merge), or an FSDP2 module (its local shards are averaged; where a worker
+    spans `ranks_per_worker` ranks, pass as `group` the ranks holding the same shard in the
+    other workers: the FSDP mesh's "replicate" group). One worker per rank by default.
+    Construction is collective: it checks that every rank's tensors have the same names and
+    shapes and averages them once, so all ranks start from the same model.
+
+    `sync_every`: "mini_epoch" (once per epoch, the paper's) or every k steps (spread
+    evenly, the same number of syncs on every rank). `divergence`: "stop" raises when a
+    rank's loss or model is non-finite at a sync (every rank raises), "skip" leaves that
+    rank's update out. `timeout_s`: a rank that does not reach a sync in time is named.
+    """
+
+    def __init__(self, target: Any, plan: Plan, *, sync_every: int | str = "mini_epoch", ranks_per_worker: int = 1,
+                 group: Any = None, divergence: str = "stop", timeout_s: float = 600.0):
+        if not dist.is_initialized():
+            raise APIError("ModelAverager needs torch.distributed.init_process_group first")
+        world = dist.get_world_size()
+        if ranks_per_worker < 1 or world % ranks_per_worker or world // ranks_per_worker != plan.workers:
+            raise APIError(f"the plan is for {plan.workers} worker(s) of {ranks_per_worker} rank(s) = "
+                           f"{plan.workers * ranks_per_worker} ranks, but the process group has {world}; launch "
+                           f"{plan.workers * ranks_per_worker} processes or plan for {world // max(1, ranks_per_worker)}")
+        if ranks_per_worker > 1 and group is None:
+            raise APIError(f"ranks_per_worker={ranks_per_worker}: pass group=, the process group of the ranks "
+                           f"holding the same shard in the other workers (an FSDP mesh's 'replicate' group)")
+        topology = Topology(rank=dist.get_rank(), world=world, local_rank=dist.get_rank(), group_size=ranks_per_worker)
+        self.plan = plan
+        self.rank = topology.worker  # the worker this rank belongs to: its row of the plan
+        self.engine = _UserEngine(target, topology, group)
+        self.sync = CollectiveSynchronizer(sync_every, timeout_s=timeout_s, divergence=divergence)
+        self._check_same_tensors()
+        self.sync.start(self.engine, fresh=True)
+        self.train_seconds = 0.0  # this epoch's training time without waits at syncs (for replan_together)
+        self.set_epoch(0)
+
+    def _check_same_tensors(self) -> None:
+        described = [(name, tuple(t.shape)) for name, t in zip(
+            [n for n, _ in self.engine.module.named_parameters()], averaged_tensors(self.engine.module))]
+        digest = hashlib.sha256(repr(described).encode()).hexdigest()
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, (digest, len(described), sum(math.prod(s) for _, s in described)))
+        mismatched = [r for r, (d, _, _) in enumerate(gathered) if d != gathered[0][0]]
+        if mismatched:
+            raise APIError(f"the ranks' models differ (parameter names or shapes): rank 0 has {gathered[0][1]} "
+                           f"parameters ({gathered[0][2]:,} values), rank(s) {mismatched} have "
+                           f"{[gathered[r][1:] for r in mismatched]}; every rank must build the same model")
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> RankPlan:
+        """Start an epoch (at `resolution` under CPL); returns this rank's plan for it."""
+        self.epoch = epoch
+        self.mine = rank_plan(self.plan, self.rank, resolution)
+        self.bounds = self.sync.boundaries(self.mine.steps, list(self.mine.all_steps))
+        self.steps = 0
+        self.syncs = 0
+        self.train_seconds = 0.0
+        self.wait_seconds = 0.0
+        self._clock = time.perf_counter()
+        return self.mine
+
+    def set_plan(self, plan: Plan) -> None:
+        """Use a new plan (from `replan_together`) from the next `set_epoch` on."""
+        self.plan = plan
+
+    def step(self, loss: torch.Tensor | float | None = None) -> bool:
+        """Call after each optimizer step; merges (collective) when this step ends a sync
+        period and returns True then. `loss` (this period's, or this step's) is checked for
+        divergence with the model."""
+        self.steps += 1
+        if self.syncs >= len(self.bounds) or self.steps < self.bounds[self.syncs]:
+            return False
+        now = time.perf_counter()
+        self.train_seconds += now - self._clock
+        loss_t = None if loss is None else torch.as_tensor(loss, dtype=torch.float32).detach()
+        result = self.sync.sync(self.engine, self.mine.merge_weight, loss=loss_t)
+        self.wait_seconds += result.wait_seconds
+        self.syncs += 1
+        self._clock = time.perf_counter()
+        if not result.merged:
+            worker = min(result.diverged)
+            raise FloatingPointError(f"rank {worker}'s loss or model is not finite at sync {self.syncs} of epoch "
+                                     f"{self.epoch} (loss {result.diverged[worker]}); nothing was merged")
+        return True
+
+    @property
+    def merged_params(self) -> list[torch.Tensor]:
+        """The tensors the averager merges (parameters and floating buffers, local shards)."""
+        return averaged_tensors(self.engine.module)
+
+
+# --------------------------------------------------------------------------- DeepSpeed
+
+
+def deepspeed_rank_config(user_config: dict[str, Any], batch_size: int) -> tuple[dict[str, Any], list[str]]:
+    """A user's DeepSpeed config made fit for one DBSL rank with its own batch: returns
+    `(config, notes)`, where notes say once what was changed. DeepSpeed asserts
+    `train_batch_size = micro x accumulation x data-parallel size`; each rank here is its own
+    data-parallel world of one (pass `mpu=SingleRankMPU(single_rank_groups())` to
+    `deepspeed.initialize`), so the batch fields become this rank's batch. The
+    `optimizer` and `scheduler` blocks stay the user's (DeepSpeed drives them). Everything
+    that cannot work is one `DeepSpeedConfigError` listing every conflict, before any step runs."""
+    return check_rank_config(user_config, batch_size)

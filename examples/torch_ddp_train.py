@@ -1,0 +1,109 @@
+"""A plain torch.distributed training script with dual batch size learning.
+
+Every rank trains its own copy of the model with its own batch size on its own share of
+the data (what DDP cannot: it needs one batch size everywhere), and the ranks average
+their models, weighted by their shares, once per epoch. The lines dbl-ps adds are marked
+`# dbl-ps`; the rest is an ordinary training script.
+
+    torchrun --nproc_per_node 2 examples/torch_ddp_train.py --epochs 4
+    torchrun --nproc_per_node 2 examples/torch_ddp_train.py --small 1 --tau 1.2 --replan
+
+On GPUs the same script runs unchanged with NCCL. `--slow-rank R --slow-seconds S`
+makes rank R sleep S seconds after each training step (a stand-in for a slower GPU or a
+noisy neighbour arriving after the time model was measured), to watch `--replan` give
+it less data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from _common import Record, SmallCNN, accuracy, datasets, fingerprint, init
+from torch.utils.data import DataLoader
+
+import dbl_ps.api as dbl  # dbl-ps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-large", type=int, default=64)
+    p.add_argument("--small", type=int, default=1, help="ranks training with the small batch (DBSL)")
+    p.add_argument("--tau", type=float, default=1.2, help="epoch time allowed, x the all-large time")
+    p.add_argument("--replan", action="store_true", help="re-plan when the ranks' speeds drift")
+    p.add_argument("--replan-threshold", type=float, default=0.15, help="relative drift that re-plans")
+    p.add_argument("--slow-rank", type=int, default=-1)
+    p.add_argument("--slow-seconds", type=float, default=0.0)
+    p.add_argument("--data", help="Fashion-MNIST IDX folder (default: scikit-learn digits)")
+    p.add_argument("--time-model", type=lambda t: [float(v) for v in t.split(",")], metavar="ALPHA,BETA",
+                   help="this device's step time alpha + beta * batch in seconds (default: measured in the first steps)")
+    p.add_argument("--out", help="folder for each rank's record (rank<R>.json)")
+    args = p.parse_args()
+
+    rank, world, device = init()
+    train_set, test_set = datasets(args.data)
+    torch.manual_seed(rank)  # the ranks start apart on purpose: the averager makes them equal
+    model = SmallCNN().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    record = Record(args.out, rank)
+    slow = args.slow_seconds if rank == args.slow_rank else 0.0
+
+    def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(model(images.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    # Each rank measures its own step time on a few real batches, then all plan together:
+    # every rank gets the batch and share with which all finish an epoch at the same time.
+    x, y = train_set.tensors
+    if args.time_model:  # known from an earlier measurement (`dbl-ps calibrate`, a previous run)
+        time_model = dbl.TimeModel(*args.time_model)
+    else:
+        time_model = dbl.measure_time_model(lambda b: train_step(x[:b], y[:b]), [8, 16, 32, args.batch_large])  # dbl-ps
+    plan = dbl.plan_together(time_model, batch_large=args.batch_large, dataset_size=len(train_set),  # dbl-ps
+                             small=args.small, tau=args.tau)  # dbl-ps
+    averager = dbl.ModelAverager(model, plan)  # dbl-ps: checks the ranks' models match, averages them once
+    sampler = dbl.ShareBatchSampler(len(train_set), averager.mine.shares, rank, averager.mine.batch, seed=0)  # dbl-ps
+    schedule = dbl.ScheduleSpec(epochs=args.epochs, base_lr=args.lr, milestones=(int(args.epochs * 0.75),))  # dbl-ps
+    lr_schedule = dbl.ScheduleLR(optimizer, schedule, averager.mine.steps)  # dbl-ps
+    loader = DataLoader(train_set, batch_sampler=sampler)
+
+    for epoch in range(args.epochs):
+        mine = averager.set_epoch(epoch)  # dbl-ps: this rank's batch, share, merge weight
+        sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)  # dbl-ps
+        lr_schedule.set_epoch(epoch, mine.steps)  # dbl-ps
+        for images, labels in loader:
+            loss = train_step(images, labels)
+            time.sleep(slow)  # a slower device arriving after the time model was measured
+            lr_schedule.step()
+            if averager.step(loss):  # dbl-ps: merges when the sync is due
+                record.data["syncs"].append({"epoch": epoch, "fingerprint": fingerprint(model)})
+        if args.replan:
+            plan, factors = dbl.replan_together(plan, averager.train_seconds, threshold=args.replan_threshold)  # dbl-ps
+            if factors:
+                averager.set_plan(plan)  # dbl-ps
+                record.data["replans"].append({"epoch": epoch, "factors": factors,
+                                               "shares": list(dbl.rank_plan(plan, rank).shares)})
+                if rank == 0:
+                    print(f"epoch {epoch + 1}: re-planned, speed factors {[round(f, 2) for f in factors]} -> shares "
+                          f"{list(dbl.rank_plan(plan, rank).shares)}", flush=True)
+        acc = accuracy(model, test_set, device)
+        record.data["epochs"].append({"epoch": epoch, "batch": mine.batch, "share": mine.share, "steps": mine.steps,
+                                      "train_seconds": averager.train_seconds, "wait_seconds": averager.wait_seconds,
+                                      "lr": optimizer.param_groups[0]["lr"], "test_acc": acc})
+        if rank == 0:
+            print(f"epoch {epoch + 1}/{args.epochs}  batches {list(plan[mine.resolution].batches)}  "
+                  f"test acc {acc:.4f}  waited {averager.wait_seconds:.2f} s", flush=True)
+    record.save()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
