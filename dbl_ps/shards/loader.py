@@ -48,7 +48,7 @@ import torch
 from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
 from dbl_ps.data.sources import Dataset, Split, register_source
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
-from dbl_ps.shards.codec import EXTENSIONS, decode_image
+from dbl_ps.shards.codec import EXTENSIONS, decode_image, read_at
 from dbl_ps.shards.errors import ShardError
 from dbl_ps.shards.index import ShardIndex, ShardInfo, ShardSetInfo, sample_key
 
@@ -203,15 +203,6 @@ def load_shard_set(index: ShardIndex, split: str, resolution: int, *, num_worker
 # --------------------------------------------------------------------------- sample by sample, by offset
 
 
-def _read_at(fd: int, size: int, offset: int) -> bytes:
-    """`size` bytes at `offset`: one `pread` where the OS has it; Windows has none, and
-    seek + read is safe there because each process reads through its own descriptor."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, size, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.read(fd, size)
-
-
 class StreamSet(torch.utils.data.Dataset):
     """Map-style access to a shard set by sample id: `self[i]` reads sample `ids[i]`'s
     image member with one `pread` at its byte offset (found by scanning the tar
@@ -270,7 +261,7 @@ class StreamSet(torch.utils.data.Dataset):
         if fd is None:
             # O_BINARY: Windows would otherwise open the tar in text mode (CRLF translation)
             fd = self._files[j] = os.open(self.info.shards[j].path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        data = _read_at(fd, int(self.sizes[sid]), int(self.offsets[sid]))
+        data = read_at(fd, int(self.sizes[sid]), int(self.offsets[sid]))
         try:
             image = decode_image(data, self.ext, self.channels)
         except (OSError, ValueError, SyntaxError) as exc:
