@@ -130,6 +130,20 @@ def test_a_changed_tar_rebuilds_the_index(tmp_path: Path, cache: Path):
     assert ds.train.labels[:24].tolist() == [int(s["cls"]) for s in written["train"][:24]]
 
 
+def test_grayscale_images_give_one_channel(tmp_path: Path, cache: Path):
+    def gray(i: int, label: int) -> dict:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((SIDE, SIDE), 40 * i, dtype=np.uint8)).save(buf, format="PNG")
+        return sample(f"g{i}", png=buf.getvalue(), cls=str(label).encode())
+
+    write_tar(tmp_path / "train-0.tar", [gray(i, i % 2) for i in range(6)])
+    write_tar(tmp_path / "test-0.tar", [gray(i, i % 2) for i in range(2)])
+    ds = load_dataset(cfg(tmp_path, mean=[0.5], std=[0.25]), image_size=SIDE)
+    image, label = ds.train[3]
+    assert ds.in_channels == 1 and ds.num_classes == 2 and label == 1
+    assert image.shape == (1, SIDE, SIDE) and bool((image == 120).all())
+
+
 def test_scanning_shows_a_progress_bar_unless_asked_not_to(tmp_path: Path, cache: Path, capsys):
     root = tmp_path / "wds"
     write_folder(root)
@@ -206,7 +220,8 @@ PNG = image_bytes(np.random.default_rng(0), 1, "PNG")
     ([sample("k0", png=PNG, cls=b"one")], r"train-000000\.tar, sample 'k0': the \.cls member holds b'one', expected an integer"),
     ([sample("k0", png=PNG, jpg=PNG, cls=b"0")], r"train-000000\.tar, sample 'k0': several images \(\.jpg, \.png\)"),
     ([sample("k0", cls=b"0", txt=b"x")], r"train-000000\.tar, sample 'k0': a \.cls label but no image member"),
-], ids=["no-cls", "cls-not-an-integer", "several-images", "no-image"])
+    ([sample("k0", png=b"not a png", cls=b"1")], r"train-000000\.tar, sample 'k0': the \.png image cannot be decoded"),
+], ids=["no-cls", "cls-not-an-integer", "several-images", "no-image", "not-an-image"])
 def test_a_bad_sample_is_one_error_naming_the_tar_and_key(tmp_path: Path, cache: Path, train, match):
     write_tar(tmp_path / "train-000000.tar", train)
     write_tar(tmp_path / "test-000000.tar", [sample("t0", png=PNG, cls=b"1")])
