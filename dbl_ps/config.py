@@ -137,12 +137,16 @@ class SyntheticConfig:
 class DataConfig:
     source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards",
                     "factory"] = _f("digits", help="where the images come from (docs/DATA.md): a built-in source read "
-                                                   "through torchvision, 'shards' (dbl-ps's own or webdataset shards), "
-                                                   "or 'factory' (your own datasets, data.factory)")
+                                                   "through torchvision, 'shards' (the multi-resolution shards `dbl-ps "
+                                                   "shard` writes, or webdataset tars written by other tools), or "
+                                                   "'factory' (your own datasets, data.factory)")
     path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic/factory): the IDX "
                                      "files or <root>/FashionMNIST/raw (mnist, fashion_mnist); cifar-10-python.tar.gz or "
                                      "its extracted folder (cifar10/100); train/ + val/ class folders (imagefolder); "
-                                     "for shards, the directory `dbl-ps shard --out` wrote")
+                                     "for shards, the directory `dbl-ps shard --out` wrote (it holds index.json), or "
+                                     "a folder of webdataset tars train-*.tar (or train/*.tar) and test-*.tar or "
+                                     "val-*.tar (or test/*.tar, val/*.tar) whose samples are <key>.jpg|jpeg|png|webp|"
+                                     "ppm|pgm + <key>.cls (indexed once into webdataset-index.json)")
     factory: str | None = _f(None, help="source factory: 'package.module:callable' returning (train, test) map-style torch "
                                         "Datasets whose items are (image, int label); image a uint8 or 0..1 float CHW "
                                         "tensor, an HW grayscale tensor or a PIL image. Imported in every process")

@@ -46,7 +46,7 @@ from dbl_ps.runtime.engines import check_engine_config, check_store_mode_engine,
 from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
-from dbl_ps.shards import ShardIndex
+from dbl_ps.shards import prepare_shards
 from dbl_ps.store import ParameterStore
 from dbl_ps.training.finisher import EpochFinisher, Evaluator
 from dbl_ps.training.flat import FlatState
@@ -154,9 +154,9 @@ class Trainer:
         self.threads = threads_per_worker(cfg)
         torch.set_num_threads(self.threads)
         self.devices = self._devices()
+        if cfg.data.source == "shards":  # complete sets for the schedule, or a current index, before any process starts
+            prepare_shards(cfg.data, cfg.schedule.resolutions, progress=self.progress)
         self.data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
-        if cfg.data.source == "shards":  # every resolution of the schedule has a complete set, before any process starts
-            ShardIndex.load(cfg.data.path).check_resolutions(cfg.schedule.resolutions)
         self.transform = build_transform(cfg.data, self.data)
         check_workers_fit(cfg, len(self.data.train))  # before any time is measured
         self.eval_device = torch.device(self.devices[0])

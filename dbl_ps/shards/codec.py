@@ -9,16 +9,18 @@ extension, so any webdataset reader can open these shards):
 
 Grayscale images are stored as 1-channel (PIL mode ``L``), colour as RGB.
 Labels are stored as ``.cls`` members holding the class number in ASCII, the
-webdataset convention.
+webdataset convention. `read_at` reads one member's bytes at its offset in a tar
+(both shard readers address samples that way).
 """
 
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 
-__all__ = ["FORMATS", "EXTENSIONS", "encode_image", "decode_image", "LOSSLESS"]
+__all__ = ["FORMATS", "EXTENSIONS", "encode_image", "decode_image", "LOSSLESS", "read_at"]
 
 FORMATS = ("jpeg", "png", "raw")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "raw": "npy"}
@@ -92,3 +94,12 @@ def decode_image(data: bytes, ext: str, channels: int) -> np.ndarray:
             pil = pil.convert(mode)
         array = np.asarray(pil, dtype=np.uint8)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def read_at(fd: int, size: int, offset: int) -> bytes:
+    """`size` bytes at `offset`: one `pread` where the OS has it; Windows has none, and
+    seek + read is safe there because each process reads through its own descriptor."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)

@@ -25,9 +25,11 @@ import numpy as np
 
 from dbl_ps.shards.errors import ShardError
 
-__all__ = ["INDEX_FILE", "FORMAT", "VERSION", "ShardInfo", "ShardSetInfo", "ShardIndex", "sample_key", "sha256_file"]
+__all__ = ["INDEX_FILE", "PROGRESS_FILE", "FORMAT", "VERSION", "ShardInfo", "ShardSetInfo", "ShardIndex", "sample_key",
+           "sha256_file", "written_by_dbl_ps"]
 
 INDEX_FILE = "index.json"
+PROGRESS_FILE = ".progress.json"  # a `dbl-ps shard` run that has not finished yet
 FORMAT = "dbl-ps-shards"
 VERSION = 1
 
@@ -42,6 +44,14 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def written_by_dbl_ps(root: str | Path) -> bool:
+    """Whether `root` is (or should be) a directory `dbl-ps shard` wrote: it holds index.json or
+    an unfinished run's progress file, or does not exist (ShardIndex.load says how to make one).
+    Any other folder is read as webdataset tars written by other tools (`webdataset_folder`)."""
+    root = Path(root)
+    return not root.is_dir() or (root / INDEX_FILE).is_file() or (root / PROGRESS_FILE).is_file()
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ class ShardIndex:
             raise ShardError(f"shard directory {root} does not exist (make one with `dbl-ps shard SOURCE --out {root}`)")
         if not path.is_file():
             partial = " (it holds a partial run: re-run the same `dbl-ps shard` command to finish it)" \
-                if (root / ".progress.json").is_file() else ""
+                if (root / PROGRESS_FILE).is_file() else ""
             raise ShardError(f"shard directory {root} has no {INDEX_FILE}{partial}; "
                              f"make one with `dbl-ps shard SOURCE --out {root}`")
         try:

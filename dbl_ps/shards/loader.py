@@ -48,12 +48,13 @@ import torch
 from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
 from dbl_ps.data.sources import Dataset, Split, register_source
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
-from dbl_ps.shards.codec import EXTENSIONS, decode_image
+from dbl_ps.shards.codec import EXTENSIONS, decode_image, read_at
 from dbl_ps.shards.errors import ShardError
-from dbl_ps.shards.index import ShardIndex, ShardInfo, ShardSetInfo, sample_key
+from dbl_ps.shards.index import ShardIndex, ShardInfo, ShardSetInfo, sample_key, written_by_dbl_ps
+from dbl_ps.shards.webdataset_folder import load_index, load_webdataset_folder
 
 __all__ = ["read_shard", "load_shard_set", "StreamSet", "ShardShareLoader", "load_shard_dataset", "crop_batch",
-           "DEFAULT_MEMORY_LIMIT", "subset_ids", "share_loader_for"]
+           "DEFAULT_MEMORY_LIMIT", "subset_ids", "share_loader_for", "prepare_shards"]
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded images a loader keeps in memory
 
@@ -203,15 +204,6 @@ def load_shard_set(index: ShardIndex, split: str, resolution: int, *, num_worker
 # --------------------------------------------------------------------------- sample by sample, by offset
 
 
-def _read_at(fd: int, size: int, offset: int) -> bytes:
-    """`size` bytes at `offset`: one `pread` where the OS has it; Windows has none, and
-    seek + read is safe there because each process reads through its own descriptor."""
-    if hasattr(os, "pread"):
-        return os.pread(fd, size, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    return os.read(fd, size)
-
-
 class StreamSet(torch.utils.data.Dataset):
     """Map-style access to a shard set by sample id: `self[i]` reads sample `ids[i]`'s
     image member with one `pread` at its byte offset (found by scanning the tar
@@ -270,7 +262,7 @@ class StreamSet(torch.utils.data.Dataset):
         if fd is None:
             # O_BINARY: Windows would otherwise open the tar in text mode (CRLF translation)
             fd = self._files[j] = os.open(self.info.shards[j].path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        data = _read_at(fd, int(self.sizes[sid]), int(self.offsets[sid]))
+        data = read_at(fd, int(self.sizes[sid]), int(self.offsets[sid]))
         try:
             image = decode_image(data, self.ext, self.channels)
         except (OSError, ValueError, SyntaxError) as exc:
@@ -507,8 +499,12 @@ def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *
 
 
 def _load_source(cfg: Any, image_size: int | None) -> Dataset:
-    """`data.source: shards`: the training split as labels only (no decoding, whatever its size);
-    workers read the set of each resolution through `share_loader_for`."""
+    """`data.source: shards`. A directory `dbl-ps shard` wrote: the training split as labels
+    only (no decoding, whatever its size); workers read the set of each resolution through
+    `share_loader_for`. Any other folder: webdataset tars written by other tools, read sample
+    by sample (`webdataset_folder`)."""
+    if not written_by_dbl_ps(cfg.path):
+        return load_webdataset_folder(cfg, image_size)
     return load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False,
                               verify=getattr(cfg, "verify", False))
 
@@ -516,15 +512,26 @@ def _load_source(cfg: Any, image_size: int | None) -> Dataset:
 register_source("shards", _load_source)
 
 
+def prepare_shards(data_cfg: Any, resolutions: Sequence[int], *, progress: bool | None = None) -> None:
+    """What a launcher does for `data.source: shards` before it loads the data: a `dbl-ps shard`
+    directory must hold a complete set for every resolution of the schedule; a webdataset folder
+    gets its index built (each tar scanned once, with a progress bar unless `progress` is False;
+    None: where stderr is a terminal) or found current."""
+    if written_by_dbl_ps(data_cfg.path):
+        ShardIndex.load(data_cfg.path).check_resolutions(list(resolutions))
+    else:
+        load_index(data_cfg.path, progress=progress, log=lambda msg: print(msg, flush=True))
+
+
 def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
                      resolutions: Sequence[int] | None = None, **kwargs: Any) -> Any:
     """The share loader a worker of a run uses: `ShardShareLoader` on the shard set of
-    each resolution when `data.source` is `shards`, else `ShareLoader` over an
-    in-memory `split`, or `DatasetShareLoader` over a split read sample by sample
-    (imagefolder, data.factory). `resolutions` (the schedule's) are checked up front,
-    so a missing set fails before the first step; `kwargs` are ShareLoader's (worker,
-    shares, batch_size, resolution, seed, epoch, device)."""
-    if getattr(data_cfg, "source", None) != "shards":
+    each resolution when `data.path` is a `dbl-ps shard` directory, else `ShareLoader` over
+    an in-memory `split`, or `DatasetShareLoader` over a split read sample by sample
+    (imagefolder, data.factory, a webdataset folder). `resolutions` (the schedule's) are
+    checked up front, so a missing set fails before the first step; `kwargs` are
+    ShareLoader's (worker, shares, batch_size, resolution, seed, epoch, device)."""
+    if getattr(data_cfg, "source", None) != "shards" or not written_by_dbl_ps(data_cfg.path):
         return ShareLoader(split, transform, **kwargs) if split.in_memory else DatasetShareLoader(split, transform, **kwargs)
     index = ShardIndex.load(data_cfg.path)
     if resolutions:

@@ -39,12 +39,11 @@ from dbl_ps.data import sources as S
 from dbl_ps.data.transforms import resize_batch, to_float
 from dbl_ps.shards.codec import EXTENSIONS, FORMATS, encode_image
 from dbl_ps.shards.errors import ShardError
-from dbl_ps.shards.index import FORMAT, INDEX_FILE, VERSION, ShardIndex, sample_key, sha256_file
+from dbl_ps.shards.index import FORMAT, INDEX_FILE, PROGRESS_FILE, VERSION, ShardIndex, sample_key, sha256_file
 
 __all__ = ["SOURCE_TYPES", "ShardJob", "write_shards", "train_side", "detect_source"]
 
 SOURCE_TYPES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
-PROGRESS_FILE = ".progress.json"
 DEFAULT_SAMPLES_PER_SHARD = 10000
 
 
