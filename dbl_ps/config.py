@@ -189,12 +189,17 @@ class DataConfig:
             raise _bad(f"{prefix}{key}", value, "to be given together with data.mean/data.std, one value per channel")
         if self.mean is not None and self.std is not None and (len(self.mean) != len(self.std) or len(self.mean) not in (1, 3)):
             raise _bad(f"{prefix}mean", self.mean, f"1 or 3 values, as many as data.std has ({len(self.std)})")
-        if self.random_resized_crop and self.source not in STREAMED_SOURCES:
+        # dbl-ps's own shards (index.json, pre-resized sets) are decoded per batch; a folder of
+        # webdataset tars written by other tools is read sample by sample like imagefolder.
+        own_shards = self.source == "shards" and self.path is not None and (Path(self.path) / "index.json").is_file()
+        per_sample = self.source in STREAMED_SOURCES or (self.source == "shards" and not own_shards)
+        if self.random_resized_crop and not per_sample:
             raise _bad(f"{prefix}random_resized_crop", True, f"false for source {self.source!r}: it crops each image as it "
-                       f"is read, which sources {', '.join(STREAMED_SOURCES)} do (in-memory sources use the padded random crop)")
-        if self.randaugment and self.source == "shards":
-            raise _bad(f"{prefix}randaugment", True, "false for source 'shards' (use a source read per sample: "
-                       f"{', '.join(STREAMED_SOURCES)}, or an in-memory one)")
+                       f"is read, which sources {', '.join(STREAMED_SOURCES)} and webdataset tars do (in-memory sources "
+                       f"and `dbl-ps shard` sets use the padded random crop)")
+        if self.randaugment and own_shards:
+            raise _bad(f"{prefix}randaugment", True, "false for `dbl-ps shard` sets (use a source read per sample: "
+                       f"{', '.join(STREAMED_SOURCES)}, webdataset tars, or an in-memory one)")
 
 
 @dataclass(kw_only=True)
