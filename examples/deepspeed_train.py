@@ -56,7 +56,9 @@ def main() -> None:
         for note in notes:
             print(f"dbl-ps: DeepSpeed config: {note}", flush=True)
 
-    def build(batch: int) -> deepspeed.DeepSpeedEngine:
+    own_group = dbl.single_rank_groups()  # dbl-ps (collective: every rank makes every one-rank group)
+
+    def build(batch: int) -> tuple[deepspeed.DeepSpeedEngine, dict]:
         torch.manual_seed(rank)
         config, _ = dbl.deepspeed_rank_config(user_config, batch)  # dbl-ps: this rank's batch, no accumulation
         model = SmallCNN().to(device)
@@ -64,7 +66,6 @@ def main() -> None:
                                                mpu=dbl.SingleRankMPU(own_group))  # dbl-ps: a data-parallel world of one
         return engine, config
 
-    own_group = dbl.single_rank_groups()  # dbl-ps (collective: every rank makes every one-rank group)
     engine, _ = build(batch_large)
     x, y = train_set.tensors
 
