@@ -9,9 +9,9 @@ their models, weighted by their shares, once per epoch. The lines dbl-ps adds ar
     torchrun --nproc_per_node 2 examples/torch_ddp_train.py --small 1 --tau 1.2 --replan
 
 On GPUs the same script runs unchanged with NCCL. `--slow-rank R --slow-seconds S`
-makes rank R sleep S seconds after each training step (a stand-in for a slower GPU or a
-noisy neighbour arriving after the time model was measured), to watch `--replan` give
-it less data.
+makes rank R sleep S seconds after each training step from epoch `--slow-from-epoch` on
+(a noisy neighbour arriving; -1: all along, a slower device its time model sees), to
+watch `--replan` give it less data (benchmarks/mixed_hardware_ranks.py).
 """
 
 from __future__ import annotations
@@ -39,25 +39,32 @@ def main() -> None:
     p.add_argument("--replan-threshold", type=float, default=0.15, help="relative drift that re-plans")
     p.add_argument("--slow-rank", type=int, default=-1)
     p.add_argument("--slow-seconds", type=float, default=0.0)
+    p.add_argument("--slow-from-epoch", type=int, default=0,
+                   help="the slow rank is slow from this epoch on; -1: from the start, its time model sees it too")
+    p.add_argument("--backend", help="torch.distributed backend (default: nccl on GPUs, gloo on CPUs; two ranks "
+                                     "sharing one GPU need gloo)")
     p.add_argument("--data", help="Fashion-MNIST IDX folder (default: scikit-learn digits)")
     p.add_argument("--time-model", type=lambda t: [float(v) for v in t.split(",")], metavar="ALPHA,BETA",
                    help="this device's step time alpha + beta * batch in seconds (default: measured in the first steps)")
     p.add_argument("--out", help="folder for each rank's record (rank<R>.json)")
     args = p.parse_args()
 
-    rank, world, device = init()
+    rank, world, device = init(args.backend)
     train_set, test_set = datasets(args.data)
     torch.manual_seed(rank)  # the ranks start apart on purpose: the averager makes them equal
     model = SmallCNN().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     record = Record(args.out, rank)
     slow = args.slow_seconds if rank == args.slow_rank else 0.0
+    epoch_now = [-1]  # -1 while the time model is measured
 
     def train_step(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(model(images.to(device)), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if slow and epoch_now[0] >= args.slow_from_epoch:
+            time.sleep(slow)  # a slower device (-1: all along) or a noisy neighbour arriving at that epoch
         return loss.detach()
 
     # Each rank measures its own step time on a few real batches, then all plan together:
@@ -76,12 +83,12 @@ def main() -> None:
     loader = DataLoader(train_set, batch_sampler=sampler)
 
     for epoch in range(args.epochs):
+        epoch_now[0] = epoch
         mine = averager.set_epoch(epoch)  # dbl-ps: this rank's batch, share, merge weight
         sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)  # dbl-ps
         lr_schedule.set_epoch(epoch, mine.steps)  # dbl-ps
         for images, labels in loader:
             loss = train_step(images, labels)
-            time.sleep(slow)  # a slower device arriving after the time model was measured
             lr_schedule.step()
             if averager.step(loss):  # dbl-ps: merges when the sync is due
                 record.data["syncs"].append({"epoch": epoch, "fingerprint": fingerprint(model)})

@@ -128,10 +128,11 @@ def test_ds_config_preparation_rules() -> None:
         conf = _prepare_ds_config(load_ds_config(name), 37)
         assert conf["train_micro_batch_size_per_gpu"] == conf["train_batch_size"] == 37
         assert conf["gradient_accumulation_steps"] == 1
-    with pytest.raises(LaunchError, match="stage 3"):
+    with pytest.raises(LaunchError, match="zero_optimization.stage=3"):
         _prepare_ds_config({"zero_optimization": {"stage": 3}}, 8)
-    with pytest.raises(LaunchError, match="optimizer"):
-        _prepare_ds_config({"optimizer": {"type": "Adam"}}, 8)
+    # the user's optimizer block is DeepSpeed's to build; the scheduler gives way to schedule.*
+    conf = _prepare_ds_config({"optimizer": {"type": "Adam"}, "scheduler": {"type": "WarmupLR"}}, 8)
+    assert conf["optimizer"] == {"type": "Adam"} and "scheduler" not in conf
     with pytest.raises(LaunchError, match="does not exist"):
         load_ds_config("no/such/file.json")
 
@@ -187,6 +188,38 @@ def test_dbl_ps_train_worker_with_deepspeed_engine_learns(tmp_path: Path) -> Non
     records = read_metrics(tmp_path / "run")
     # the schedule changed batch sizes (12 -> 16 px) without new processes
     assert {w["batch"] for r in records for w in r["workers"] if w["worker"] == 1} == {96, 64}
+
+
+def test_dbl_ps_train_with_a_users_deepspeed_json(tmp_path: Path) -> None:
+    """A user's JSON with optimizer and scheduler blocks and its own batch fields: what dbl-ps
+    changes is said once, before the time model is measured; DeepSpeed builds the optimizer;
+    the saved deepspeed_config.json is the config the workers used (batch fields per worker)."""
+    user = {"train_batch_size": 512, "gradient_accumulation_steps": 2,
+            "optimizer": {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
+            "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}}
+    (tmp_path / "ds.json").write_text(json.dumps(user))
+    run_dir = tmp_path / "run"
+    proc = launch([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                   "engine=deepspeed", f"deepspeed_config={tmp_path / 'ds.json'}", "dbl.alpha=null", "dbl.beta=null",
+                   *[o for o in RUN if not o.startswith("dbl.alpha") and not o.startswith("dbl.beta")],
+                   "schedule.epochs=2", "schedule.milestones=[]"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    notes = [line for line in out.splitlines() if line.startswith("DeepSpeed config:")]
+    assert len(notes) == 4, out[-3000:]  # train_batch_size, gradient_accumulation_steps, scheduler, optimizer
+    assert out.index("DeepSpeed config: scheduler 'WarmupLR' removed") < out.index("measuring the time model")
+    saved = json.loads((run_dir / "deepspeed_config.json").read_text())
+    assert saved["optimizer"]["type"] == "SGD" and "scheduler" not in saved and "train_batch_size" not in saved
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_deepspeed_json_that_cannot_work_fails_before_measuring(tmp_path: Path) -> None:
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}, "pipeline": {"stages": 2}}))
+    proc = launch([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(tmp_path / "run"),
+                   "engine=deepspeed", f"deepspeed_config={tmp_path / 'ds.json'}", "dbl.alpha=null", "dbl.beta=null"])
+    assert proc.returncode != 0
+    assert "zero_optimization.stage=3" in proc.stderr and "'pipeline'" in proc.stderr
+    assert "measuring" not in proc.stdout + proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_dbl_ps_train_zero1_engine_resumes_after_a_worker_failure(tmp_path: Path, monkeypatch) -> None:
