@@ -56,7 +56,7 @@ def init(backend_hint: str | None = None) -> tuple[int, int, torch.device]:
         dist.init_process_group(backend_hint or ("nccl" if cuda else "gloo"))
     rank, world = dist.get_rank(), dist.get_world_size()
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()  # ranks may share a GPU
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
