@@ -52,7 +52,8 @@ def run(name: str, args: argparse.Namespace, out: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line and "elastic" not in line]
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-2000:]}\n" + "\n".join(errors[:10]))
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     epochs = len(ranks[0]["epochs"])
     waits = [max(r["epochs"][e]["wait_seconds"] for r in ranks) for e in range(epochs)]

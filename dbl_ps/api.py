@@ -90,7 +90,8 @@ def measure_time_model(step: Callable[[int], Any], batch_sizes: Sequence[int], *
     untimed ones. The fastest call per batch size counts: other jobs on the machine only
     ever add time, and the plan is about the device's own speed (a lasting slowdown is what
     `replan_together` catches). CUDA work is waited for before the clock is read. Call it
-    in the first steps of a run: each rank measures its own device."""
+    in the first steps of a run: each rank measures its own device. The fit keeps alpha
+    and beta >= 0 (a launch-bound step is flat in the batch: beta 0)."""
     sizes = sorted({int(b) for b in batch_sizes})
     if len(sizes) < 2 or sizes[0] < 1:
         raise APIError(f"batch_sizes={list(batch_sizes)} must hold at least two different sizes >= 1 to fit "
@@ -109,7 +110,29 @@ def measure_time_model(step: Callable[[int], Any], batch_sizes: Sequence[int], *
             sync()
             times.append(time.perf_counter() - started)
         samples.append((b, min(times)))
-    return fit_time_model(samples)
+    return _fit_nonnegative(samples)
+
+
+def _fit_nonnegative(samples: list[tuple[int, float]]) -> TimeModel:
+    """The least-squares line with alpha, beta >= 0. A small model on a GPU is launch-bound
+    (the same step time at every batch), where noise tips the free fit's slope below zero;
+    the best line with a slope of zero is then the mean time, and the best one through
+    the origin where the intercept would be negative."""
+    try:
+        free = fit_time_model(samples)
+        if free.alpha >= 0:
+            return free
+    except ValueError:  # a negative slope
+        pass
+    b = [float(x) for x, _ in samples]
+    t = [float(y) for _, y in samples]
+    flat = TimeModel(alpha=sum(t) / len(t), beta=0.0)
+    through_origin = TimeModel(alpha=0.0, beta=sum(x * y for x, y in zip(b, t)) / sum(x * x for x in b))
+
+    def sse(m: TimeModel) -> float:
+        return sum((m.step_seconds(x) - y) ** 2 for x, y in zip(b, t))
+
+    return min((flat, through_origin), key=sse)
 
 
 def plan_ranks(time_models: TimeModel | Sequence[TimeModel], *, batch_large: int | Sequence[int],
