@@ -121,7 +121,8 @@ class LauncherLink(Callback):
             raise _Stopped
 
     def on_epoch_start(self, loop: WorkerLoop, epoch: int) -> None:
-        # bsp: the launcher must copy round e-1 before round e can start. asp/ssp: run at most
+        # bsp: the launcher must copy round e-1 before round e can start (and with dbl.replan, in
+        # every mode, decide the plan of epoch e from the reports of e-1). asp/ssp: run at most
         # two epochs ahead of the launcher, so that the state it evaluates as "epoch e" is not
         # many epochs newer (evaluation can be slower than a training epoch on a busy CPU).
         wait_for = epoch if self.lockstep else epoch - 1
