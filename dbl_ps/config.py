@@ -39,6 +39,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from dbl_ps.replan import DEFAULT_THRESHOLD
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -262,6 +264,11 @@ class DBSLConfig:
                                             "values given here explicitly take precedence over it")
     alpha: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
     beta: list[float] | dict[int, float] | None = _f(None, gt=0.0, help="time model: seconds per sample, per resolution")
+    replan: bool = _f(False, help="make the plan again between epochs when the workers' measured speeds drift apart "
+                                  "(mixed or shared hardware): the slower worker gets less data (store mode)")
+    replan_threshold: float = _f(DEFAULT_THRESHOLD, gt=0.0, help="dbl.replan: re-plan when a worker's measured/planned "
+                                                               "epoch time is off from the median worker's by more "
+                                                               "than this fraction (0.15 = 15 %)")
 
     def check(self, prefix: str) -> None:
         if self.small > self.workers:

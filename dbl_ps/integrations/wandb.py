@@ -50,7 +50,10 @@ def resolve_mode(mode: str) -> str:
 
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """Namespaced W&B metrics of one global-epoch record of ``metrics.jsonl`` (pure)."""
+    """Namespaced W&B metrics of one global-epoch record of ``metrics.jsonl`` (pure); a
+    re-plan record (``"event": "replan"``) gives ``replan/worker{i}/...`` instead."""
+    if record.get("event") == "replan":
+        return replan_metrics(record)
     out: dict[str, float] = {}
     scalar = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     names = {
@@ -79,6 +82,18 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     if staleness:
         out["store/staleness_max"] = max(staleness)
         out["store/staleness_mean"] = sum(staleness) / len(staleness)
+    return out
+
+
+def replan_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """Each worker's speed factor (measured / planned seconds) and its new share and batch at
+    the measured resolution, of a re-plan record (``dbl_ps.training.replanning``)."""
+    new = record["new"][str(record["measured_resolution"])]
+    out: dict[str, float] = {}
+    for w, factor in enumerate(record["factors"]):
+        out[f"replan/worker{w}/factor"] = factor
+        out[f"replan/worker{w}/share"] = new["shares"][w]
+        out[f"replan/worker{w}/batch"] = new["batches"][w]
     return out
 
 

@@ -5,13 +5,16 @@ into callbacks on the loop's events (the loop itself never reads the environment
   `W:E:kill` makes it SIGKILL itself there, `W:E:stop` SIGSTOP itself (a frozen rank);
 * `DBL_PS_DUMP_SYNC=DIR`: each rank writes its state before and after its first sync;
 * `DBL_PS_STOP_AFTER_EPOCH=E`: every rank stops cleanly once epoch E's checkpoint is
-  written (as if the job had been killed there).
+  written (as if the job had been killed there);
+* `DBL_PS_SLOW_WORKER=W:SECONDS`: worker W sleeps SECONDS after each training step (a
+  slower device or a busy neighbour, for re-planning tests and benchmarks).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -19,11 +22,13 @@ import torch
 from dbl_ps.training.events import Callback, StopTraining
 from dbl_ps.training.loop import EpochState, WorkerLoop
 
-__all__ = ["FAULT_ENV", "DUMP_ENV", "STOP_ENV", "callbacks_from_env", "FailWorker", "DumpFirstSync", "StopAfterEpoch"]
+__all__ = ["FAULT_ENV", "DUMP_ENV", "STOP_ENV", "SLOW_ENV", "callbacks_from_env", "FailWorker", "DumpFirstSync",
+           "StopAfterEpoch", "SlowWorker"]
 
 FAULT_ENV = "DBL_PS_FAIL_WORKER"
 DUMP_ENV = "DBL_PS_DUMP_SYNC"
 STOP_ENV = "DBL_PS_STOP_AFTER_EPOCH"
+SLOW_ENV = "DBL_PS_SLOW_WORKER"
 
 
 class FailWorker(Callback):
@@ -74,6 +79,30 @@ class StopAfterEpoch(Callback):
             raise StopTraining(f"stopping after epoch {epoch} ({STOP_ENV})")
 
 
+class SlowWorker(Callback):
+    """Worker `worker` sleeps `seconds` after each training step: a fixed extra cost per
+    step, inside the epoch's measured training time (not in its sync waits)."""
+
+    def __init__(self, worker: int, seconds: float):
+        self.worker, self.seconds = worker, seconds
+
+    def on_step(self, loop: WorkerLoop, state: EpochState) -> None:
+        if loop.worker == self.worker:
+            time.sleep(self.seconds)
+
+    @classmethod
+    def parse(cls, value: str) -> "SlowWorker":
+        worker, _, seconds = value.partition(":")
+        try:
+            slow = cls(int(worker), float(seconds))
+        except ValueError:
+            slow = None
+        if slow is None or slow.worker < 0 or not 0 <= slow.seconds < float("inf"):
+            raise ValueError(f"{SLOW_ENV}={value!r}: expected WORKER:SECONDS, e.g. 1:0.02 (worker 1 sleeps 20 ms "
+                             f"after each step)")
+        return slow
+
+
 def callbacks_from_env(rank: int) -> list[Callback]:
     callbacks: list[Callback] = []
     fault = os.environ.get(FAULT_ENV)
@@ -84,4 +113,6 @@ def callbacks_from_env(rank: int) -> list[Callback]:
         callbacks.append(DumpFirstSync(Path(os.environ[DUMP_ENV]), rank))
     if os.environ.get(STOP_ENV):
         callbacks.append(StopAfterEpoch(int(os.environ[STOP_ENV])))
+    if os.environ.get(SLOW_ENV):
+        callbacks.append(SlowWorker.parse(os.environ[SLOW_ENV]))
     return callbacks

@@ -13,6 +13,14 @@ worker), once all workers reported it: reads the global model from the store,
 opens the bsp gate for the next epoch, evaluates the global model on the test set
 at the highest resolution, appends a metrics record and writes the checkpoint.
 
+Re-planning (`dbl.replan`): once all workers reported epoch `e`, and before the gate
+lets any worker start `e + 1`, the launcher compares each worker's own training time
+with the plan (`dbl_ps.training.replanning`); when they drifted apart it rewrites
+plan.json with the new plan and bumps the shared plan version, and every worker takes
+the new plan up at the start of `e + 1` (`LauncherLink`). With `dbl.replan` every sync
+mode waits at that boundary (asp/ssp give up their one epoch of slack), so no worker can
+start `e + 1` before the decision about it is made.
+
 Stopping: SIGINT/SIGTERM set a flag; the launcher then stops the workers, keeps the
 last complete epoch's checkpoint (rewritten with status "interrupted"), closes the
 store (its shared memory goes) and raises `TrainingInterrupted`. A worker that fails
@@ -41,6 +49,7 @@ from dbl_ps._optional import require
 from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
+from dbl_ps.planner import InfeasiblePlanError
 from dbl_ps.run_dirs import RunLock, RunWriteError
 from dbl_ps.runtime.engines import check_engine_config, check_store_mode_engine, engine_options
 from dbl_ps.runtime.failures import stopped_line
@@ -51,6 +60,7 @@ from dbl_ps.store import ParameterStore
 from dbl_ps.training.finisher import EpochFinisher, Evaluator
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
+from dbl_ps.training.replanning import Replanned, replan_after_epoch
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import (
     build_plan,
@@ -164,10 +174,11 @@ class Trainer:
         self.model = build_run_model(cfg, self.data.num_classes, self.data.in_channels, log=self._log)
         check_run_model(cfg, self.model, self.data.num_classes, self.data.in_channels, self.eval_device)
         self.model.to(self.eval_device)
-        if self.resuming:
+        if self.resuming:  # the latest plan, re-planned ones included
             plan_dict = self.dir.read_json("plan.json")
             self.plan = plan_from_dict(plan_dict)
             self.plan_source = plan_dict.get("time_model_source", "plan.json of the run")
+            self.replans = list(plan_dict.get("replans", []))
         else:
             models, batches, source = resolve_time_models(cfg, num_classes=self.data.num_classes,
                                                           in_channels=self.data.in_channels,
@@ -175,6 +186,7 @@ class Trainer:
                                                           log=self._log)
             self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
             self.plan_source = source
+            self.replans = []
         self.spec = build_spec(cfg, self.plan)
         self.flat = FlatState(self.model)
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
@@ -182,10 +194,13 @@ class Trainer:
         if not self.resuming:
             self.dir.create()
             self._lock = RunLock(self.run_dir)
-            plan_dict = {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": cfg.engine,
-                         "ranks_per_worker": 1}
-            self.dir.write_setup(cfg, plan_dict, self.spec, fresh=True)
+            self.dir.write_setup(cfg, self._plan_dict(), self.spec, fresh=True)
         self.engine_options = engine_options(cfg, self.run_dir, resuming=self.resuming)
+
+    def _plan_dict(self) -> dict[str, Any]:
+        """What plan.json holds: the plan, where its time models came from, and the re-plans so far."""
+        return {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
+                "ranks_per_worker": 1, "replans": self.replans}
 
     def _devices(self) -> list[str]:
         want = self.cfg.device
@@ -253,12 +268,16 @@ class Trainer:
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
         queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch)
+        # How many times this launcher rewrote plan.json (dbl.replan); a worker that sees it
+        # change at an epoch start reads the new plan from there.
+        plan_version = ctx.Value("i", 0)
+        ready = ctx.Value("i", 0)  # workers ready for their first epoch (a start barrier in lockstep)
         procs: list[Any] = []
         self._status = "running"
         try:
-            procs = self._spawn_workers(ctx, store.name, queue, stop, gate)
+            procs = self._spawn_workers(ctx, store.name, queue, stop, gate, plan_version, ready)
             self._open_bars(epochs)
-            self._loop(store, queue, gate, procs, epochs)
+            self._loop(store, queue, gate, plan_version, procs, epochs)
             self._status = "finished"
             self._server_stats = store.server_stats()
             summary = self._summary()
@@ -281,7 +300,8 @@ class Trainer:
             self._restore_signal_handlers(old_handlers)
         return summary
 
-    def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any) -> list[Any]:
+    def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any,
+                       plan_version: Any, ready: Any) -> list[Any]:
         ckpt = self.checkpoint
         # A split read sample by sample (imagefolder, data.factory) is never shipped: each worker loads it.
         train_data = pack_train_data(self.data) if self.data.train.in_memory and \
@@ -300,12 +320,13 @@ class Trainer:
             # Not daemonic, so a worker may start DataLoader processes (data.num_workers); it needs
             # no daemon flag to end: every path out of train() joins, terminates or kills the
             # workers (_join), and a worker whose launcher died stops by itself (LauncherLink).
-            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate), name=f"dbl-ps-worker-{w}", daemon=False)
+            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate, plan_version, ready), name=f"dbl-ps-worker-{w}",
+                            daemon=False)
             p.start()
             procs.append(p)
         return procs
 
-    def _loop(self, store: Any, queue: Any, gate: Any, procs: list[Any], epochs: int) -> None:
+    def _loop(self, store: Any, queue: Any, gate: Any, plan_version: Any, procs: list[Any], epochs: int) -> None:
         reports: dict[int, dict[int, EpochReport]] = {}
         finished: set[int] = set()
         last_check = time.monotonic()
@@ -321,7 +342,7 @@ class Trainer:
                     until = time.monotonic() + 1.0
                     while time.monotonic() < until:
                         try:
-                            self._handle(queue.get(timeout=0.2), reports, finished, store, gate)
+                            self._handle(queue.get(timeout=0.2), reports, finished, store, gate, plan_version)
                         except queue_mod.Empty:
                             break
                     dead = [w for w in dead if w not in finished]
@@ -334,10 +355,10 @@ class Trainer:
                 msg = queue.get(timeout=0.1)
             except queue_mod.Empty:
                 continue
-            self._handle(msg, reports, finished, store, gate)
+            self._handle(msg, reports, finished, store, gate, plan_version)
 
     def _handle(self, msg: Any, reports: dict[int, dict[int, EpochReport]], finished: set[int], store: Any,
-                gate: Any) -> None:
+                gate: Any, plan_version: Any) -> None:
         if isinstance(msg, WorkerFailed):
             if msg.message is None:
                 raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
@@ -353,20 +374,47 @@ class Trainer:
             reports.setdefault(msg.epoch, {})[msg.worker] = msg
             while len(reports.get(self.last_complete + 1, {})) == self.cfg.dbl.workers:
                 epoch = self.last_complete + 1
-                self._complete_epoch(epoch, reports.pop(epoch), store, gate)
+                self._complete_epoch(epoch, reports.pop(epoch), store, gate, plan_version)
 
-    def _complete_epoch(self, epoch: int, reports: dict[int, EpochReport], store: Any, gate: Any) -> None:
+    def _complete_epoch(self, epoch: int, reports: dict[int, EpochReport], store: Any, gate: Any,
+                        plan_version: Any) -> None:
         target = max(r.version for r in reports.values())
         while store.version < target:  # the server may still be applying the last pushes
             time.sleep(0.0005)
         state = self.flat.new_vector()
         version = store.read(state)
-        gate.value = epoch + 1  # bsp: workers may start the next epoch now
+        ordered = [reports[w] for w in sorted(reports)]
+        # Before the gate opens: with dbl.replan no worker starts epoch + 1 before this decision.
+        replanned = self._replan(epoch, ordered, plan_version) if self.cfg.dbl.replan else None
+        gate.value = epoch + 1  # bsp (and any mode with dbl.replan): workers may start the next epoch now
         self.last_complete = epoch
         self.flat.scatter(state)  # the evaluation model now holds the global state
-        record = self.finisher.finish(epoch, [reports[w] for w in sorted(reports)], self.model.state_dict(), version)
+        record = self.finisher.finish(epoch, ordered, self.model.state_dict(), version)
+        if replanned is not None:  # after the epoch's record, before its checkpoint: a resume keeps both or neither
+            # (plan.json is rewritten before the gate opens, so a resume from the checkpoint before
+            # this one would train epoch `epoch` again with the new plan: measured times are not
+            # reproducible anyway, and every epoch's shares still cover the data exactly once)
+            self.metrics.log(epoch, replanned.record)
         self.finisher.commit()  # the workers wrote their state files before reporting
         self._epoch_done(record)
+        if replanned is not None:
+            self.log(replanned.line)
+
+    def _replan(self, epoch: int, reports: list[EpochReport], plan_version: Any) -> Replanned | None:
+        """The new plan when the workers' speeds in `epoch` drifted apart (dbl.replan), written
+        to plan.json and announced to the workers through `plan_version`; None to keep the plan."""
+        try:
+            replanned = replan_after_epoch(epoch, self.plan, reports, self.cfg.dbl.replan_threshold)
+        except InfeasiblePlanError as exc:  # e.g. tau out of the scaled models' range: train on as planned
+            self.log(f"re-planning after epoch {epoch + 1} found no feasible plan ({exc}); keeping the plan")
+            return None
+        if replanned is None:
+            return None
+        self.plan = replanned.plan
+        self.replans = [*self.replans, {"after_epoch": epoch, "factors": replanned.record["factors"]}]
+        self.dir.write_plan(self._plan_dict())  # what the workers read next, and what a resume continues with
+        plan_version.value += 1
+        return replanned
 
     # ------------------------------------------------------------------ stopping
 

@@ -2,8 +2,9 @@
 
 It builds its engine and the parameter-store synchronizer, and runs the worker loop
 (`dbl_ps.training.loop.WorkerLoop`, the same loop every rank of a multi-rank job
-runs). What this process adds hooks in as callbacks: the launcher's epoch gate, stop
-checks, progress messages and the test hooks. After each epoch it writes its own
+runs). What this process adds hooks in as callbacks: the launcher's epoch gate, the
+launcher's re-planned plan (`dbl.replan`), stop checks, progress messages and the test
+hooks. After each epoch it writes its own
 state into the epoch's checkpoint folder, then reports the epoch to the launcher
 (`EpochReport` through the queue).
 """
@@ -15,12 +16,13 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from dbl_ps.config import RunConfig
 from dbl_ps.data import Dataset, Split, build_transform, load_dataset
+from dbl_ps.planner import Plan
 from dbl_ps.runtime.engines import build_worker_engine
 from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env
@@ -73,13 +75,13 @@ class _Stopped(Exception):
     """The launcher asked the workers to stop (or died)."""
 
 
-def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
+def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, ready: Any) -> None:
     """Process entry point: runs the worker, reports errors with their traceback (and one
     line for those a user can act on: a divergence, corrupt data)."""
     # Ctrl-C reaches the whole process group; the launcher alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_worker(args, queue, stop, gate)
+        run_worker(args, queue, stop, gate, plan_version, ready)
         queue.put(WorkerFinished(args.worker))
     except _Stopped:
         queue.put(WorkerStopped(args.worker))
@@ -94,11 +96,24 @@ def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
 
 
 class LauncherLink(Callback):
-    """The store mode's duties around the loop: wait at the launcher's epoch gate, stop when
-    asked (or when the launcher died), and send progress for the bars."""
+    """The store mode's duties around the loop: wait at the launcher's epoch gate, take up the
+    launcher's new plan (`dbl.replan`), stop when asked (or when the launcher died), and send
+    progress for the bars.
 
-    def __init__(self, args: WorkerArgs, queue: Any, stop: Any, gate: Any, mode: str):
-        self.args, self.queue, self.stop, self.gate, self.mode = args, queue, stop, gate, mode
+    `lockstep`: wait at every epoch boundary until the launcher finished the epoch before
+    (bsp, and any mode with `dbl.replan`, whose decision about epoch e needs every report of
+    e - 1), and before the first epoch until every worker is ready (`ready` counts them), so
+    that one worker's start-up (importing torch, building its model) is neither measured as
+    another's slowness nor waited for inside the first sync. `plan_version` counts the
+    launcher's rewrites of plan.json; `warm_up(plan)` prepares the engine for a new plan's
+    shapes (compiling) outside the timed epoch."""
+
+    def __init__(self, args: WorkerArgs, queue: Any, stop: Any, gate: Any, *, lockstep: bool, plan_version: Any,
+                 ready: Any, warm_up: Callable[[Plan], Any]):
+        self.args, self.queue, self.stop, self.gate, self.lockstep = args, queue, stop, gate, lockstep
+        self.plan_version, self.ready, self.warm_up = plan_version, ready, warm_up
+        self.seen_plan_version = 0  # the plan this worker started with
+        self.started = False
         self.last_progress = 0.0
 
     def check_stop(self) -> None:
@@ -106,14 +121,30 @@ class LauncherLink(Callback):
             raise _Stopped
 
     def on_epoch_start(self, loop: WorkerLoop, epoch: int) -> None:
-        # bsp: the launcher must copy round e-1 before round e can start. asp/ssp: run at most
+        # bsp: the launcher must copy round e-1 before round e can start (and with dbl.replan, in
+        # every mode, decide the plan of epoch e from the reports of e-1). asp/ssp: run at most
         # two epochs ahead of the launcher, so that the state it evaluates as "epoch e" is not
         # many epochs newer (evaluation can be slower than a training epoch on a busy CPU).
-        wait_for = epoch if self.mode == "bsp" else epoch - 1
+        wait_for = epoch if self.lockstep else epoch - 1
         while self.gate.value < wait_for:
             self.check_stop()
             time.sleep(0.002)
+        if self.lockstep and not self.started:
+            with self.ready.get_lock():
+                self.ready.value += 1
+            while self.ready.value < loop.plan.workers:
+                self.check_stop()
+                time.sleep(0.002)
+        self.started = True
         self.check_stop()
+        # The launcher rewrites plan.json before it opens the gate for this epoch, so past the
+        # gate the version says whether this epoch trains with a new plan (shares, batch,
+        # merge weight, steps: all read from loop.plan in prepare_epoch).
+        version = self.plan_version.value
+        if version != self.seen_plan_version:
+            loop.plan = plan_from_dict(RunDirectory(self.args.run_dir).read_json("plan.json"))
+            self.seen_plan_version = version
+            self.warm_up(loop.plan)
 
     def on_step(self, loop: WorkerLoop, state: EpochState) -> None:
         self.check_stop()
@@ -125,7 +156,7 @@ class LauncherLink(Callback):
                                     state.point.resolution, rate))
 
 
-def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
+def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, ready: Any) -> None:
     torch.set_num_threads(args.threads)
     cfg = RunConfig.from_dict(args.config)
     plan = plan_from_dict(args.plan)
@@ -144,7 +175,9 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
     if args.resume_folder:
         # a resumed store-mode run keeps its plan (plan.json), so the checkpoint has as many workers
         engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, plan.workers)
-    link = LauncherLink(args, queue, stop, gate, cfg.store.mode)
+    link = LauncherLink(args, queue, stop, gate, lockstep=cfg.store.mode == "bsp" or cfg.dbl.replan,
+                        plan_version=plan_version, ready=ready,
+                        warm_up=lambda new: engine.warm_up(warm_up_shapes(new, spec, args.worker), data.in_channels))
     link.check_stop()
     sync = StoreSynchronizer(args.store_name, args.worker, mode=cfg.store.mode, rule=cfg.store.rule,
                              sync_every=cfg.store.sync_every, divergence=cfg.divergence)

@@ -1,9 +1,11 @@
 """The run directory: the same files for every mode and engine.
 
     config.yaml                   the run config (what a resume reads)
-    plan.json                     the DBSL plan (+ engine, ranks_per_worker, time-model source)
+    plan.json                     the DBSL plan (+ engine, ranks_per_worker, time-model source,
+                                  replans); rewritten after each re-plan (dbl.replan)
     schedule.json/.txt/.png       the schedule's phases, as data, a table and a plot
-    metrics.jsonl                 one record per global epoch (dbl_ps.metrics)
+    metrics.jsonl                 one record per global epoch (dbl_ps.metrics), and one per
+                                  re-plan ("event": "replan", dbl_ps.training.replanning)
     checkpoint.json               the last complete checkpoint (written last: it always
                                   names a complete folder)
     checkpoints/epochNNNNN/       model.pt (the global model, a state dict) and each
@@ -82,11 +84,16 @@ class RunDirectory:
         """config.yaml (new runs), plan.json and the schedule files."""
         if fresh:
             cfg.save(self.path / "config.yaml")
-        atomic_json(self.path / "plan.json", plan)
+        self.write_plan(plan)
         atomic_json(self.path / "schedule.json",
                     {"method": spec.method, "epochs": spec.epochs, "phases": [p.to_dict() for p in phases(spec)]})
         (self.path / "schedule.txt").write_text(format_phases(spec) + "\n")
         plot_schedule(spec, str(self.path / "schedule.png"))
+
+    def write_plan(self, plan: dict[str, Any]) -> None:
+        """plan.json: at set-up, and again after each re-plan (`dbl.replan`), so that a resume
+        and the workers' next epoch read the latest plan."""
+        atomic_json(self.path / "plan.json", plan)
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
