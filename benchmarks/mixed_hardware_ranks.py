@@ -60,6 +60,7 @@ def run(name: str, args: argparse.Namespace, out: Path) -> dict:
     train = [max(r["epochs"][e]["train_seconds"] + r["epochs"][e]["wait_seconds"] for r in ranks) for e in range(epochs)]
     return {"wait_per_epoch": statistics.mean(waits), "train_seconds": sum(train),
             "test_acc": ranks[0]["epochs"][-1]["test_acc"], "replans": len(ranks[0]["replans"]),
+            "replanned_after_epochs": [r["epoch"] + 1 for r in ranks[0]["replans"]],
             "shares_last": [r["epochs"][-1]["share"] for r in ranks]}
 
 
