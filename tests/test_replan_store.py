@@ -134,3 +134,32 @@ def test_without_replan_the_plan_stays(tmp_path, monkeypatch):
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["replans"] == [] and all(rp["shares"] == [200, 200] for rp in plan["per_resolution"].values())
     assert all([w["samples"] for w in r["workers"]] == [200, 200] for r in epochs)
+
+
+def test_ranks_under_torchrun_replan_together(tmp_path):
+    """The collective mode (every rank a worker, torchrun): every rank decides from the same
+    gathered reports, so both switch to the same new plan after epoch 1 (no hang, the shares
+    still cover the data); rank 0 logs the record and rewrites plan.json."""
+    import os
+    import subprocess
+    import sys
+
+    from launch_helpers import free_port
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *RUN, "dbl.small=0", "dbl.replan=true",
+           "schedule.epochs=3", "schedule.milestones=[]"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{SLOW_ENV: SLOW})
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs, replans = epochs_and_replans(run_dir)
+    assert replans and replans[0]["epoch"] == 0, replans
+    new = replans[0]["new"]
+    assert all(shapes["shares"][1] < shapes["shares"][0] for shapes in new.values())
+    second = epochs[1]
+    assert [w["samples"] for w in second["workers"]] == new[str(second["resolution"])]["shares"]
+    assert all(sum(w["samples"] for w in r["workers"]) == 1437 for r in epochs)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert {px: rp["shares"] for px, rp in plan["per_resolution"].items()} == \
+        {px: shapes["shares"] for px, shapes in replans[-1]["new"].items()}

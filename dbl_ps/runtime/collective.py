@@ -43,6 +43,8 @@ from dbl_ps.training.finisher import EpochFinisher, Evaluator
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.messages import EpochReport, merge_members
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
+from dbl_ps.planner import InfeasiblePlanError
+from dbl_ps.training.replanning import replan_after_epoch
 from dbl_ps.training.setup import (
     build_plan,
     build_run_model,
@@ -212,7 +214,9 @@ class CollectiveRunner:
         status = "finished"
         try:
             for report in loop.run(self.start_epoch):
-                self._finish_epoch(report, finisher)
+                workers = self._finish_epoch(report, finisher)
+                if cfg.dbl.replan:
+                    loop.plan = self._replan(report.epoch, workers, finisher)
                 loop.callbacks.on_checkpoint(loop, report.epoch)
             dist.barrier()
         except StopTraining as stop:
@@ -252,16 +256,17 @@ class CollectiveRunner:
                              wall_offset=float(meta["wall_time"]) if meta else 0.0,
                              version_offset=int(meta["store_version"]) if meta else 0, log=self._log)
 
-    def _finish_epoch(self, report: EpochReport, finisher: EpochFinisher | None) -> None:
+    def _finish_epoch(self, report: EpochReport, finisher: EpochFinisher | None) -> list[EpochReport]:
+        """Gather every rank's report, evaluate and checkpoint the epoch; returns the workers'
+        reports (every rank holds them)."""
         topo = self.topo
         gathered: list[Any] = [None] * topo.world
         dist.all_gather_object(gathered, report)
+        workers = [merge_members(gathered[w * topo.group_size:(w + 1) * topo.group_size]) for w in range(topo.workers)]
         full = self.engine.full_state_dict()  # collective for sharded engines
         folder = self.dir.epoch_folder(report.epoch)
 
         def finish() -> None:
-            workers = [merge_members(gathered[w * topo.group_size:(w + 1) * topo.group_size])
-                       for w in range(topo.workers)]
             record = finisher.finish(report.epoch, workers, full, report.version)
             self._log(finisher.console_line(record))
 
@@ -270,6 +275,26 @@ class CollectiveRunner:
         self._all_written(finish if finisher is not None else None)  # model.pt: the folder exists now
         self._all_written(lambda: self.engine.save_worker_state(folder))
         self._all_written(finisher.commit if finisher is not None else None)
+        return workers
+
+    def _replan(self, epoch: int, workers: list[EpochReport], finisher: EpochFinisher | None) -> Any:
+        """`dbl.replan`: every rank decides from the same gathered reports (`replan_after_epoch`
+        is a pure function), so all switch to the same plan at the next epoch with no further
+        collective; rank 0 logs the decision and rewrites plan.json for a resume."""
+        try:
+            replanned = replan_after_epoch(epoch, self.plan, workers, self.cfg.dbl.replan_threshold)
+        except InfeasiblePlanError as exc:
+            self.log(f"re-planning after epoch {epoch + 1} found no feasible plan ({exc}); keeping the plan")
+            return self.plan
+        if replanned is None:
+            return self.plan
+        self.plan = replanned.plan
+        if finisher is not None:
+            finisher.logger.log(epoch, replanned.record)
+            self.dir.write_plan({**self.plan.to_dict(), "time_model_source": self.plan_source,
+                                 "engine": self.cfg.engine, "ranks_per_worker": self.topo.group_size})
+            self._log(replanned.line)
+        return self.plan
 
     def _all_written(self, write: Callable[[], None] | None) -> None:
         """Run this rank's part of a write (if any), then learn every rank's outcome."""
