@@ -66,6 +66,7 @@ __all__ = [
     "deepspeed_rank_config",
     "lr_at",
     "measure_time_model",
+    "plan_from_calibration",
     "plan_ranks",
     "plan_together",
     "rank_plan",
@@ -154,6 +155,22 @@ def plan_ranks(time_models: TimeModel | Sequence[TimeModel], *, batch_large: int
         ranks = dist.get_world_size()
     return make_plan({r: models for r in resolutions}, {r: batch_large for r in resolutions}, ranks, small, tau,
                      dataset_size)
+
+
+def plan_from_calibration(path: str, *, ranks: int, dataset_size: int, small: int = 0, tau: float = 1.0,
+                          resolutions: Sequence[int] | None = None) -> Plan:
+    """`plan_ranks` from a `dbl-ps calibrate` file (one device kind for every rank): its time
+    model and largest batch at each resolution (default: all the file has)."""
+    from dbl_ps.calibrate import load_calibration
+
+    cal = load_calibration(path)
+    wanted = sorted(cal.resolutions) if resolutions is None else list(resolutions)
+    missing = [r for r in wanted if r not in cal.resolutions]
+    if missing:
+        raise APIError(f"calibration file {path!r} has no entry for resolution(s) {missing}; it covers "
+                       f"{sorted(cal.resolutions)}")
+    return make_plan({r: cal.resolutions[r].time_model() for r in wanted},
+                     {r: cal.resolutions[r].batch_large for r in wanted}, ranks, small, tau, dataset_size)
 
 
 def plan_together(time_model: TimeModel, *, batch_large: int | Sequence[int], dataset_size: int, small: int = 0,

@@ -84,3 +84,16 @@ def test_a_measured_time_model_keeps_alpha_and_beta_non_negative():
     assert m.alpha == 0 and m.beta == pytest.approx((8 * 0.0001 + 16 * 0.0003 + 32 * 0.0008) / (64 + 256 + 1024))
     m = _fit_nonnegative([(8, 0.001), (16, 0.0015), (32, 0.0025)])
     assert m.alpha == pytest.approx(0.0005) and m.beta == pytest.approx(6.25e-5)
+
+
+def test_plan_from_a_calibration_file(tmp_path):
+    from dbl_ps.calibrate import Calibration, ResolutionCalibration, save_calibration
+
+    fits = {r: ResolutionCalibration(resolution=r, alpha=0.002 * r / 16, beta=0.0001 * r / 16, r2=0.99,
+                                     batch_large=128, samples=((8, 0.003), (128, 0.015))) for r in (16, 24)}
+    save_calibration(Calibration(device="cpu", model="small_resnet", resolutions=fits, torch_version="x",
+                                 created="today"), tmp_path / "cal.json")
+    plan = dbl.plan_from_calibration(str(tmp_path / "cal.json"), ranks=2, dataset_size=1000, small=1, tau=1.1)
+    assert list(plan.resolutions) == [16, 24] and plan[24].time_models[0].alpha == pytest.approx(0.003)
+    with pytest.raises(dbl.APIError, match=r"no entry for resolution\(s\) \[32\]; it covers \[16, 24\]"):
+        dbl.plan_from_calibration(str(tmp_path / "cal.json"), ranks=2, dataset_size=1000, resolutions=[32])
