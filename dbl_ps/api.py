@@ -277,7 +277,6 @@ class _UserEngine(Engine):
     it sits, and the refresh of DeepSpeed's fp32 masters after a merge."""
 
     def __init__(self, target: Any, topology: Topology, group: Any):
-        self.target = target
         self.module = target.module if _is_deepspeed(target) else target
         self.optimizer = getattr(target, "optimizer", None)
         self.topology = topology
@@ -341,8 +340,10 @@ class ModelAverager:
         self.set_epoch(0)
 
     def _check_same_tensors(self) -> None:
-        described = [(name, tuple(t.shape)) for name, t in zip(
-            [n for n, _ in self.engine.module.named_parameters()], averaged_tensors(self.engine.module))]
+        module = self.engine.module
+        names = [n for n, _ in module.named_parameters()] + \
+            [n for n, b in module.named_buffers() if b.is_floating_point()]  # averaged_tensors' order
+        described = [(name, tuple(t.shape)) for name, t in zip(names, averaged_tensors(module))]
         digest = hashlib.sha256(repr(described).encode()).hexdigest()
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, (digest, len(described), sum(math.prod(s) for _, s in described)))
@@ -387,11 +388,6 @@ class ModelAverager:
             raise FloatingPointError(f"rank {worker}'s loss or model is not finite at sync {self.syncs} of epoch "
                                      f"{self.epoch} (loss {result.diverged[worker]}); nothing was merged")
         return True
-
-    @property
-    def merged_params(self) -> list[torch.Tensor]:
-        """The tensors the averager merges (parameters and floating buffers, local shards)."""
-        return averaged_tensors(self.engine.module)
 
 
 # --------------------------------------------------------------------------- DeepSpeed
