@@ -49,7 +49,7 @@ from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.shards import ShardIndex
 from dbl_ps.store import ParameterStore
-from dbl_ps.training.finisher import EpochFinisher, Evaluator
+from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
@@ -235,7 +235,8 @@ class Trainer:
             store.close()
             raise
         evaluate = Evaluator(self.model, self.data.test, self.transform, batch_size=cfg.data.eval_batch_size,
-                             resolution=max(self.spec.resolutions), device=self.eval_device)
+                             resolution=max(self.spec.resolutions), device=self.eval_device,
+                             bn_images=self._bn_images())
         self.finisher = EpochFinisher(self.dir, self.spec, evaluate, self.metrics, engine=cfg.engine, workers=W,
                                       wall_offset=float(ckpt["wall_time"]) if ckpt else 0.0,
                                       version_offset=int(ckpt["store_version"]) if ckpt else 0, log=self.log)
@@ -270,6 +271,16 @@ class Trainer:
             self.metrics.close()
             self._restore_signal_handlers(old_handlers)
         return summary
+
+    def _bn_images(self) -> Any:
+        """The training images the evaluation recomputes BatchNorm statistics on (eval.recalibrate_bn)."""
+        if not self.cfg.eval.recalibrate_bn:
+            return None
+        images = bn_calibration_split(self.data.train, self.cfg.eval.bn_samples, self.cfg.seed)
+        if images is None:
+            self.log("eval.recalibrate_bn: the launcher holds no training images (data.source shards reads them "
+                     "in the workers only); the global model is evaluated with its merged BatchNorm statistics")
+        return images
 
     def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any) -> list[Any]:
         ckpt = self.checkpoint
