@@ -85,6 +85,8 @@ def test_default_run_global_accuracy_does_not_collapse(tmp_path: Path):
     assert max(drops) < 0.1, accs
     assert min(accs[1:]) > 0.6, accs  # chance is 0.1
     assert summary["final_test_acc"] > 0.9, accs
+    # the wall time counts training only: start-up and time-model measurement are reported apart
+    assert summary["startup_seconds"] > 0 and summary["time_model_seconds"] == 0.0  # time model given
     run = RunDirectory(tmp_path / "run")
     folder = run.checkpoint_folder(run.load_checkpoint())
     assert (folder / EVAL_MODEL_FILE).is_file() and (folder / "model.pt").is_file()

@@ -51,7 +51,7 @@ from dbl_ps.shards import ShardIndex
 from dbl_ps.store import ParameterStore
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.flat import FlatState
-from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
+from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import build_plan, build_spec, plan_from_dict, resolve_time_models, threads_per_worker
 
@@ -99,6 +99,8 @@ class Trainer:
         self._log = log or (lambda msg: print(msg, flush=True))
         self.checkpoint = _checkpoint
         self.resuming = _checkpoint is not None
+        self.startup_seconds: float | None = None  # spawn until every worker is ready (not in the wall time)
+        self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
         self._signal: int | None = None
         self._prepared = False
         self._lock: RunLock | None = None
@@ -156,12 +158,15 @@ class Trainer:
             self.plan = plan_from_dict(plan_dict)
             self.plan_source = plan_dict.get("time_model_source", "plan.json of the run")
         else:
+            measuring = time.perf_counter()
             models, batches, source = resolve_time_models(cfg, num_classes=self.data.num_classes,
                                                           in_channels=self.data.in_channels,
                                                           device="cuda" if self.devices[0].startswith("cuda") else "cpu",
                                                           log=self._log)
             self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
             self.plan_source = source
+            # one-off, reported apart from the training time (summary.json time_model_seconds)
+            self.time_model_seconds = time.perf_counter() - measuring if source == "measured on the spot" else 0.0
         self.spec = build_spec(cfg, self.plan)
         self.eval_device = torch.device(self.devices[0])
         torch.manual_seed(cfg.seed)
@@ -243,7 +248,11 @@ class Trainer:
 
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
-        queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch)
+        # The gate stays shut (no mode may start start_epoch) until every worker is ready, so
+        # the wall time counts training, not process start-up (`startup_seconds`).
+        queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch - 2)
+        self._ready: set[int] = set()
+        self._spawned_at = time.perf_counter()
         procs: list[Any] = []
         self._status = "running"
         try:
@@ -339,6 +348,12 @@ class Trainer:
             finished.add(msg.worker)
             if isinstance(msg, WorkerStopped) and self._signal is None:
                 raise WorkerError(f"worker {msg.worker} stopped unexpectedly (the parameter store closed?)")
+        elif isinstance(msg, WorkerReady):
+            self._ready.add(msg.worker)
+            if len(self._ready) == self.cfg.dbl.workers:
+                self.startup_seconds = time.perf_counter() - self._spawned_at
+                self.finisher.start_clock()
+                gate.value = self.start_epoch
         elif isinstance(msg, Progress):
             self._update_worker_bar(msg)
         elif isinstance(msg, EpochReport):
@@ -445,7 +460,8 @@ class Trainer:
 
     def _summary(self) -> dict[str, Any]:
         return self.finisher.summary(self._status, name=self.cfg.name, small_workers=self.cfg.dbl.small,
-                                     server=getattr(self, "_server_stats", None), plan_source=self.plan_source)
+                                     server=getattr(self, "_server_stats", None), plan_source=self.plan_source,
+                                     startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         def fmt(v: Any, spec: str) -> str:

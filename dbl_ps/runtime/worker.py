@@ -29,7 +29,7 @@ from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers import StoreSynchronizer
 from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
-from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerStopped
+from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import RunDirectory
 from dbl_ps.training.setup import build_spec, plan_from_dict
 from dbl_ps.training.topology import Topology
@@ -110,6 +110,7 @@ class LauncherLink(Callback):
         # bsp: the launcher must copy round e-1 before round e can start. asp/ssp: run at most
         # two epochs ahead of the launcher, so that the state it evaluates as "epoch e" is not
         # many epochs newer (evaluation can be slower than a training epoch on a busy CPU).
+        # Before the first epoch the gate stays shut until every worker is ready (start-up).
         wait_for = epoch if self.mode == "bsp" else epoch - 1
         while self.gate.value < wait_for:
             self.check_stop()
@@ -155,6 +156,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any) -> None:
         loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
                           callbacks=[link, *callbacks_from_env(args.worker)])
         loop.start(fresh=args.start_epoch == 0)
+        queue.put(WorkerReady(args.worker))  # the launcher opens the gate (and starts the clock) once all are
         run_dir = RunDirectory(args.run_dir)
         for report in loop.run(args.start_epoch):
             folder = run_dir.epoch_folder(report.epoch)

@@ -134,6 +134,10 @@ class EpochFinisher:
         self.t0 = time.perf_counter()
         self.last: dict[str, Any] | None = None  # the last checkpoint's metadata
 
+    def start_clock(self) -> None:
+        """Training starts now: the wall time excludes what came before (process start-up)."""
+        self.t0 = time.perf_counter()
+
     def wall_time(self) -> float:
         """Seconds of training so far (a resumed run continues from its checkpoint's; pauses do not count)."""
         return self.wall_offset + time.perf_counter() - self.t0
