@@ -317,14 +317,20 @@ class Trainer:
                 last_check = time.monotonic()
                 dead = [w for w, p in enumerate(procs) if p.exitcode is not None and w not in finished]
                 if dead:
-                    # It may have reported just before exiting: handle what is queued (for at
-                    # most a second; the others keep sending progress), then look again.
-                    until = time.monotonic() + 1.0
-                    while time.monotonic() < until:
+                    # It may have reported just before exiting: handle what is queued (waiting
+                    # at most a second in all; the others keep sending progress), then look
+                    # again. Only the waiting counts: handling a report may evaluate an epoch
+                    # for longer than that, and the exited worker's WorkerFinished may still
+                    # be queued behind it.
+                    waited = 0.0
+                    while waited < 1.0:
+                        started = time.monotonic()
                         try:
-                            self._handle(queue.get(timeout=0.2), reports, finished, store, gate)
+                            msg = queue.get(timeout=0.2)
                         except queue_mod.Empty:
                             break
+                        waited += time.monotonic() - started
+                        self._handle(msg, reports, finished, store, gate)
                     dead = [w for w in dead if w not in finished]
                     if dead:
                         w = dead[0]
