@@ -61,7 +61,7 @@ def test_compare_reference_variants():
     for one in (plain, large):  # one plain SGD process: its bsp average of one worker is a copy
         assert (one.dbl.workers, one.dbl.small, one.schedule.resolutions) == (1, 0, [16])
         assert (one.store.mode, one.store.rule) == ("bsp", "average")
-    assert plain.batch_large() == [128] and large.batch_large() == [64]
+    assert plain.batch_large() == [128] and large.batch_large() == [4 * 64]  # the baseline's 4 workers x B_L
     assert (ddp.dbl.workers, ddp.dbl.small, ddp.schedule.resolutions, ddp.batch_large()) == (4, 0, [16], [64])
     assert (ddp.store.mode, ddp.store.rule, ddp.store.sync_every) == ("bsp", "average", 1)
     for v in (plain, large, ddp):  # nothing tuned per method

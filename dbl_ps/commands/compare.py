@@ -11,7 +11,9 @@ the paper's methods and the default set:
 * plain:       one worker with batch 128 at the highest resolution: plain single-process
                SGD (`dbl.workers=1`, `store.mode=bsp store.rule=average`, so each merge
                is a copy of the one worker's state)
-* plain-large: the same with the config's largest batch at that resolution
+* plain-large: the same with the baseline's batch per round, `dbl.workers` x its largest
+               batch at that resolution (one process taking as many samples per step as
+               the baseline's workers together: the large-batch reference)
 * ddp-like:    the baseline's workers merged by a weighted average after every step
                (`store.mode=bsp store.rule=average store.sync_every=1`), where
                synchronous data-parallel training stands
@@ -56,7 +58,7 @@ _error = partial(command_error, "compare")
 def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     """The config of one method and seed (see the module doc); `group` is the W&B group
     shared by all runs of one comparison."""
-    from dbl_ps.config import RunConfig
+    from dbl_ps.config import ConfigError, RunConfig
 
     data = cfg.to_dict()
     res = list(cfg.schedule.resolutions)
@@ -74,6 +76,12 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
         data["dbl"]["workers"] = 1
         if method == "plain":
             data["dbl"]["batch_large"] = {max(res): PLAIN_BATCH}
+        else:
+            large = cfg.batch_large()
+            if large is None:
+                raise ConfigError("compare --methods plain-large needs dbl.batch_large (the largest batch per "
+                                  "resolution); the config takes it from a calibration file", key="dbl.batch_large")
+            data["dbl"]["batch_large"] = {max(res): cfg.dbl.workers * large[res.index(max(res))]}
     if method == "ddp-like":
         data["store"]["sync_every"] = 1
     data["name"] = method
