@@ -50,6 +50,7 @@ __all__ = [
     "DBSLConfig",
     "StoreConfig",
     "OptimConfig",
+    "EvalConfig",
     "FSDPConfig",
     "LaunchConfig",
     "LossConfig",
@@ -269,6 +270,9 @@ class DBSLConfig:
     replan_threshold: float = _f(DEFAULT_THRESHOLD, gt=0.0, help="dbl.replan: re-plan when a worker's measured/planned "
                                                                "epoch time is off from the median worker's by more "
                                                                "than this fraction (0.15 = 15 %)")
+    min_small_batch: int = _f(1, ge=1, help="smallest batch the planner may give a small worker; a tau that needs a "
+                                            "smaller one is an infeasible plan whose error gives the feasible tau range "
+                                            "(1 = the paper's plan, unbounded)")
 
     def check(self, prefix: str) -> None:
         if self.small > self.workers:
@@ -302,6 +306,21 @@ class StoreConfig:
                        "('average' merges a whole round and needs mode 'bsp')")
         if self.staleness > 0 and self.mode != "ssp":
             raise _bad(f"{prefix}staleness", self.staleness, f"0 with {prefix}mode='{self.mode}' (the bound applies to mode 'ssp' only)")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """How the launcher (or rank 0) evaluates the global model after each epoch."""
+
+    recalibrate_bn: bool = _f(True, help="recompute the global model's BatchNorm running statistics on training "
+                                         "images before evaluating it (as torch.optim.swa_utils.update_bn does): "
+                                         "merged weights do not match the merged statistics, which can put the "
+                                         "evaluated model at chance while every worker trains well")
+    bn_samples: int = _f(1024, ge=1, help="training images (a fixed seeded subset, no augmentation, at the "
+                                         "evaluation resolution) the statistics are recomputed on")
+
+    def check(self, prefix: str) -> None:
+        pass
 
 
 @dataclass(kw_only=True)
@@ -402,6 +421,7 @@ class RunConfig:
                      "as skipped_syncs)")
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)

@@ -183,6 +183,7 @@ class ResolutionPlan:
     merge_weights: tuple[float, ...]
     predicted_epoch_seconds: tuple[float, ...]  # rounded plan, whole steps
     tau_range: tuple[float, float] | None  # feasible [tau_min, tau_max] for this n_S (None if n_S=0)
+    min_small_batch: int = 1  # the floor the small batch was planned with
 
     @property
     def large_workers(self) -> range:
@@ -224,6 +225,7 @@ class ResolutionPlan:
             "predicted_epoch_seconds": list(self.predicted_epoch_seconds),
             "baseline_epoch_seconds": self.baseline_epoch_seconds,
             "tau_range": list(self.tau_range) if self.tau_range else None,
+            "min_small_batch": self.min_small_batch,
             "exact": {
                 "shares": list(self.shares_exact),
                 "batch_small": self.batch_small_exact,
@@ -261,13 +263,15 @@ def feasible_tau_range(
     batch_large: Sequence[int],
     small: int,
     dataset_size: int,
+    min_small_batch: int = 1,
 ) -> tuple[float, float, float]:
     """``(tau_min, tau_max, tau_no_data)`` for ``small >= 1`` small workers.
 
     With ``S_L = sum_large 1/c_i``, ``s(b) = sum_small 1 / (beta_j + alpha_j / b)`` and
     ``B = min_small B_L,j``: small workers need ``b_S <= B`` (``tau >= N / (T0 (S_L + s(B)))``,
-    which is 1 on uniform hardware), ``b_S >= 1`` (``tau <= N / (T0 (S_L + s(1)))``), and
-    data at all (``tau < N / (T0 S_L)``, ``W / n_L`` on uniform hardware; inf if n_L = 0).
+    which is 1 on uniform hardware), ``b_S >= b_min = min_small_batch`` (``tau <= N / (T0 (S_L +
+    s(b_min)))``; ``b_S`` falls as ``tau`` grows), and data at all (``tau < N / (T0 S_L)``,
+    ``W / n_L`` on uniform hardware; inf if n_L = 0).
     """
     n = dataset_size
     inv_c = [1.0 / m.sample_seconds(b) for m, b in zip(time_models, batch_large)]
@@ -275,9 +279,9 @@ def feasible_tau_range(
     s_large = sum(inv_c[small:])
     b_cap = min(batch_large[:small])
     s_cap = sum(1.0 / m.sample_seconds(b_cap) for m in time_models[:small])
-    s_one = sum(1.0 / m.sample_seconds(1) for m in time_models[:small])
+    s_floor = sum(1.0 / m.sample_seconds(min_small_batch) for m in time_models[:small])
     tau_min = max(1.0, n / (t0 * (s_large + s_cap)))  # >= 1 exactly; max() drops float noise
-    tau_max = max(tau_min, n / (t0 * (s_large + s_one)))
+    tau_max = max(tau_min, n / (t0 * (s_large + s_floor)))
     tau_no_data = n / (t0 * s_large) if s_large > 0 else math.inf
     return tau_min, tau_max, tau_no_data
 
@@ -311,12 +315,16 @@ def plan_resolution(
     tau: float,
     dataset_size: int,
     resolution: int | None = None,
+    min_small_batch: int = 1,
 ) -> ResolutionPlan:
     """Plan one resolution for ``W = len(time_models)`` workers (formulas in the module doc).
 
     ``time_models[i]`` and ``batch_large[i]`` describe worker ``i``; workers
-    ``0 .. small-1`` train with the small batch. Raises ``InfeasiblePlanError`` naming
-    the input to change and its feasible range, ``ValueError`` for malformed input.
+    ``0 .. small-1`` train with the small batch, which must be at least
+    ``min_small_batch`` (a floor beyond the paper: its plan gives batch 4-5 against 128-256
+    when the fixed cost per step is small, far from the large workers' batch at the same
+    LR and too few images for BatchNorm's batch statistics). Raises ``InfeasiblePlanError``
+    naming the input to change and its feasible range, ``ValueError`` for malformed input.
     """
     workers = len(time_models)
     _check_int("workers", workers, 1)
@@ -326,6 +334,12 @@ def plan_resolution(
         _check_int(f"batch_large[{i}]{_where(resolution)}", b, 1)
     _check_int("small", small, 0, workers)
     _check_int("dataset_size", dataset_size, workers)
+    _check_int("min_small_batch", min_small_batch, 1)
+    if small and min_small_batch > min(batch_large[:small]):
+        raise InfeasiblePlanError(
+            f"min_small_batch={min_small_batch} is above the largest batch {min(batch_large[:small])} of the small "
+            f"workers{_where(resolution)}; use min_small_batch <= {min(batch_large[:small])} or small=0"
+        )
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 1):
         raise ValueError(f"tau={tau!r} must be a number >= 1 (1.05 = 5 % more time than all-large training)")
     for i, m in enumerate(time_models):
@@ -351,17 +365,19 @@ def plan_resolution(
                     f"fixed cost per step a smaller batch is not slower, so no b_S fits tau; "
                     f"use small=0 or recalibrate with a wider batch-size grid"
                 )
-        tau_min, tau_max, tau_no_data = feasible_tau_range(time_models, batch_large, small, n)
+        tau_min, tau_max, tau_no_data = feasible_tau_range(time_models, batch_large, small, n, min_small_batch)
         tau_range = (tau_min, tau_max)
         if tau >= tau_no_data:
             raise InfeasiblePlanError(
                 f"tau={tau:g} leaves no data for small workers with n_S={small}{_where(resolution)}; "
-                f"use tau < {_down(tau_no_data)} (b_S >= 1 needs tau <= {_down(tau_max)}) or more small workers"
+                f"use tau < {_down(tau_no_data)} (b_S >= min_small_batch={min_small_batch} needs tau <= "
+                f"{_down(tau_max)}) or more small workers"
             )
         if tau > tau_max * (1 + 1e-12):
             raise InfeasiblePlanError(
-                f"tau={tau:g} needs a small batch below 1 with n_S={small}{_where(resolution)}; "
-                f"use {_up(tau_min)} <= tau <= {_down(tau_max)}, or more small workers"
+                f"tau={tau:g} needs a small batch below {min_small_batch} (min_small_batch) with n_S={small}"
+                f"{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}, a lower min_small_batch, "
+                f"or more small workers"
             )
         if tau < tau_min * (1 - 1e-12):
             raise InfeasiblePlanError(
@@ -373,7 +389,7 @@ def plan_resolution(
         data_small = n - sum(large_exact)
         b_cap = min(batch_large[:small])
         b_small_exact = _solve_batch_small(time_models[:small], t, data_small, b_cap)
-        b_small_exact = min(max(b_small_exact, 1.0), float(b_cap))  # clamp float noise at the bounds
+        b_small_exact = min(max(b_small_exact, float(min_small_batch)), float(b_cap))  # float noise at the bounds
         if _same_models(time_models[:small]):
             small_exact = [data_small / small] * small
         else:
@@ -387,7 +403,7 @@ def plan_resolution(
             f"worker {worker}{_where(resolution)} gets no data (dataset_size={n}, tau={tau:g}, small={small}); "
             f"use a larger dataset_size or a tau closer to 1"
         )
-    b_small = None if b_small_exact is None else min(max(round(b_small_exact), 1), min(batch_large[:small]))
+    b_small = None if b_small_exact is None else min(max(round(b_small_exact), min_small_batch), min(batch_large[:small]))
     batches = [b_small] * small + list(batch_large[small:])
 
     def weights(values: Sequence[float]) -> list[float]:
@@ -415,6 +431,7 @@ def plan_resolution(
         merge_weights=tuple(weights(shares)),
         predicted_epoch_seconds=tuple(predicted),
         tau_range=tau_range,
+        min_small_batch=min_small_batch,
     )
 
 
@@ -472,6 +489,7 @@ def make_plan(
     small: int,
     tau: float,
     dataset_size: int,
+    min_small_batch: int = 1,
 ) -> Plan:
     """Plan every resolution: ``time_models[r]`` and ``batch_large[r]`` are one value for
     uniform hardware or one per worker for mixed hardware. See ``plan_resolution``."""
@@ -486,7 +504,8 @@ def make_plan(
     for r in sorted(time_models):
         models = _per_worker("time_models", time_models[r], workers, r)
         batches = _per_worker("batch_large", batch_large[r], workers, r)
-        plans[r] = plan_resolution(models, batches, small=small, tau=tau, dataset_size=dataset_size, resolution=r)
+        plans[r] = plan_resolution(models, batches, small=small, tau=tau, dataset_size=dataset_size, resolution=r,
+                                   min_small_batch=min_small_batch)
     return Plan(workers=workers, small=small, tau=float(tau), dataset_size=dataset_size, resolutions=plans)
 
 
@@ -496,12 +515,13 @@ def plan_all_small_counts(
     workers: int,
     tau: float,
     dataset_size: int,
+    min_small_batch: int = 1,
 ) -> list[tuple[int, Plan | InfeasiblePlanError]]:
     """``make_plan`` for every ``n_S`` in ``0..workers``; infeasible ones carry their error."""
     out: list[tuple[int, Plan | InfeasiblePlanError]] = []
     for n_s in range(workers + 1):
         try:
-            out.append((n_s, make_plan(time_models, batch_large, workers, n_s, tau, dataset_size)))
+            out.append((n_s, make_plan(time_models, batch_large, workers, n_s, tau, dataset_size, min_small_batch)))
         except InfeasiblePlanError as err:
             out.append((n_s, err))
     return out

@@ -4,17 +4,25 @@ From run directories (each with `config.yaml` or `config.json` and
 `metrics.jsonl`) draw test accuracy and test loss against wall time and against
 epoch (PNG, matplotlib Agg), each worker's seconds per mini-epoch against the plan's
 prediction (does DBSL keep the workers together?), and tabulate final and best
-accuracy, total time and the ratios to a named baseline. Runs that share a label (the config's `name`,
-e.g. the same variant with different seeds) are one row, averaged, and one
-colour in the plots.
+accuracy, total time, time to a target accuracy and the ratios to a named baseline.
+Runs that share a label (the config's `name`, e.g. the same variant with different
+seeds) are one row: the mean and the sample standard deviation over its runs; in the
+plots one colour, each run a faint line and their mean a bold one. The table is also
+written as CSV (`summary.csv`, raw numbers) for other tools.
+
+Times are training time (`wall_time` of the records: the clock starts once every worker
+is ready); the start-up and the one-off time-model measurement are their own columns,
+from each run's `summary.json`.
 
     write_report(["runs/baseline-s0", "runs/hybrid-s0"], "runs/report", baseline="baseline")
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,8 +31,11 @@ import yaml
 
 from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics, strict_dumps
 
-__all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "plot_runs", "plot_worker_times",
-           "write_report", "PLOTS"]
+__all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "write_csv", "plot_runs",
+           "plot_worker_times", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve"]
+
+# The target accuracy of "time to target": this fraction of the baseline's mean final accuracy.
+TARGET_FRACTION = 0.9
 
 # file name -> (y key, x key)
 PLOTS = {
@@ -46,6 +57,7 @@ class RunData:
     label: str
     config: dict[str, Any]
     records: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)  # the run's summary.json ({} when it has none)
     evals: list[dict[str, Any]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +80,18 @@ class RunData:
     def total_time(self) -> float | None:
         times = [float(r[WALL_TIME]) for r in self.records if isinstance(r.get(WALL_TIME), (int, float))]
         return max(times) if times else None
+
+    @property
+    def startup_seconds(self) -> float | None:
+        """Process start-up before training (spawn until every worker was ready)."""
+        value = self.summary.get("startup_seconds")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def time_model_seconds(self) -> float | None:
+        """The one-off time-model measurement before the run (0 when the model was given)."""
+        value = self.summary.get("time_model_seconds")
+        return float(value) if isinstance(value, (int, float)) else None
 
     @property
     def epochs(self) -> int | None:
@@ -106,16 +130,44 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         raise ReportError(f"run directory {run_dir} has no {METRICS_FILE} (expected one JSON record per line)")
     config = _read_config(run_dir)
     records = read_metrics(run_dir / METRICS_FILE)
+    summary: dict[str, Any] = {}
+    if (run_dir / "summary.json").is_file():
+        try:
+            loaded = json.loads((run_dir / "summary.json").read_text())
+        except ValueError as exc:
+            raise ReportError(f"{run_dir / 'summary.json'} is not readable JSON: {exc}") from None
+        summary = loaded if isinstance(loaded, dict) else {}
     if label is None:
         name = config.get("name")
         label = name if isinstance(name, str) and name else run_dir.name
-    return RunData(run_dir, label, config, records)
+    return RunData(run_dir, label, config, records, summary)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
     if not values or any(v is None for v in values):
         return None
     return sum(values) / len(values)  # type: ignore[arg-type]
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of the values; both None when any is
+    None (a seed that never got there), the deviation None for a single value."""
+    mean = _mean(values)
+    if mean is None:
+        return None, None
+    return mean, statistics.stdev(values) if len(values) > 1 else None  # type: ignore[arg-type]
+
+
+def mean_curve(runs: Sequence[RunData], y_key: str, x_key: str) -> tuple[list[float], list[float]]:
+    """The mean curve of runs of one label: at each evaluation index that every run has,
+    the mean of their x and of their y (seeds evaluate at the same epochs, a little apart
+    in time)."""
+    curves = [[(float(r[x_key]), float(r[y_key])) for r in run.evals
+               if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))] for run in runs]
+    length = min((len(c) for c in curves), default=0)
+    xs = [sum(c[i][0] for c in curves) / len(curves) for i in range(length)]
+    ys = [sum(c[i][1] for c in curves) / len(curves) for i in range(length)]
+    return xs, ys
 
 
 def _group(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
@@ -125,35 +177,45 @@ def _group(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
     return groups
 
 
-def summarize(runs: Sequence[RunData], baseline: str | None = None) -> list[dict[str, Any]]:
-    """One row per label: means over its runs of final/best accuracy, final loss
-    and total time; with a baseline label, the time ratio, the accuracy change
-    and the time each row needs to reach the baseline's final accuracy."""
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
+def summarize(runs: Sequence[RunData], baseline: str | None = None,
+              target_fraction: float = TARGET_FRACTION) -> list[dict[str, Any]]:
+    """One row per label: mean and standard deviation over its runs (seeds) of final and
+    best accuracy and training time, the mean final loss, start-up and time-model seconds.
+    With a baseline label also: the target accuracy (`target_fraction` x the baseline's
+    mean final accuracy), each row's time to reach it (mean and deviation over its runs;
+    None when a run never does, `target_reached` says how many did), and the ratios to the
+    baseline (training time, time to target) and the accuracy change."""
     groups = _group(runs)
     if baseline is not None and baseline not in groups:
         raise ReportError(f"baseline {baseline!r} is not one of the runs' labels: {', '.join(map(repr, groups))}")
     rows = []
     for label, members in groups.items():
-        rows.append({
-            "label": label,
-            "runs": len(members),
-            "epochs": max((m.epochs or 0) for m in members) or None,
-            "final_acc": _mean([m.final_acc for m in members]),
-            "best_acc": _mean([m.best_acc for m in members]),
-            "final_loss": _mean([m.final_loss for m in members]),
-            "total_time": _mean([m.total_time for m in members]),
-        })
+        row: dict[str, Any] = {"label": label, "runs": len(members),
+                               "epochs": max((m.epochs or 0) for m in members) or None}
+        for key, values in (("final_acc", [m.final_acc for m in members]), ("best_acc", [m.best_acc for m in members]),
+                            ("total_time", [m.total_time for m in members])):
+            row[key], row[f"{key}_std"] = mean_std(values)
+        row["final_loss"] = _mean([m.final_loss for m in members])
+        row["startup_seconds"] = _mean([m.startup_seconds for m in members])
+        row["time_model_seconds"] = _mean([m.time_model_seconds for m in members])
+        rows.append(row)
     if baseline is not None:
         base = next(r for r in rows if r["label"] == baseline)
+        target = target_fraction * base["final_acc"] if base["final_acc"] is not None else None
         for row, members in zip(rows, groups.values()):
-            row["time_ratio"] = (row["total_time"] / base["total_time"]
-                                 if row["total_time"] is not None and base["total_time"] else None)
+            reach = [m.time_to_accuracy(target) for m in members] if target is not None else [None]
+            row["target_acc"] = target
+            row["time_to_target"], row["time_to_target_std"] = mean_std(reach)
+            row["target_reached"] = sum(t is not None for t in reach)
+        for row in rows:
+            row["time_ratio"] = _ratio(row["total_time"], base["total_time"])
             row["acc_delta"] = (row["final_acc"] - base["final_acc"]
                                 if row["final_acc"] is not None and base["final_acc"] is not None else None)
-            target = base["final_acc"]
-            reach = _mean([m.time_to_accuracy(target) for m in members]) if target is not None else None
-            row["time_to_baseline_acc"] = reach
-            row["time_to_baseline_acc_ratio"] = reach / base["total_time"] if reach is not None and base["total_time"] else None
+            row["time_to_target_ratio"] = _ratio(row["time_to_target"], base["time_to_target"])
     return rows
 
 
@@ -182,18 +244,46 @@ def _cell(value: Any, kind: str) -> str:
     return str(value)
 
 
+def _cell_std(row: dict[str, Any], key: str, kind: str) -> str:
+    """`mean ± std` (the mean alone for one run)."""
+    text = _cell(row.get(key), kind)
+    std = row.get(f"{key}_std")
+    if text == "-" or std is None:
+        return text
+    return f"{text} ± {_cell(std, kind)}"
+
+
+def _time_std_cell(row: dict[str, Any], key: str) -> str:
+    value, std = row.get(key), row.get(f"{key}_std")
+    if value is None:
+        return "-"
+    scale, unit = _time_unit(value)
+    return f"{value / scale:.1f}" + (f" ± {std / scale:.1f}" if std is not None else "") + f" {unit}"
+
+
 def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str:
-    """The summary as a markdown table (`style="markdown"`) or aligned plain text."""
+    """The summary as a markdown table (`style="markdown"`) or aligned plain text; mean ± sample
+    standard deviation over a row's runs where it has more than one."""
     if style not in ("markdown", "plain"):
         raise ValueError(f"table style must be 'markdown' or 'plain', got {style!r}")
-    columns = [("run", "label", "str"), ("seeds", "runs", "str"), ("epochs", "epochs", "str"),
-               ("final acc %", "final_acc", "pct"), ("best acc %", "best_acc", "pct"),
-               ("final loss", "final_loss", "loss"), ("total time", "total_time", "time")]
+    columns: list[tuple[str, Any]] = [
+        ("run", lambda r: _cell(r.get("label"), "str")), ("seeds", lambda r: _cell(r.get("runs"), "str")),
+        ("epochs", lambda r: _cell(r.get("epochs"), "str")),
+        ("final acc %", lambda r: _cell_std(r, "final_acc", "pct")), ("best acc %", lambda r: _cell_std(r, "best_acc", "pct")),
+        ("final loss", lambda r: _cell(r.get("final_loss"), "loss")),
+        ("training time", lambda r: _time_std_cell(r, "total_time")),
+        ("start-up", lambda r: _cell(r.get("startup_seconds"), "time")),
+        ("time model", lambda r: _cell(r.get("time_model_seconds"), "time"))]
     if rows and "time_ratio" in rows[0]:
-        columns += [("time / baseline", "time_ratio", "ratio"), ("acc vs baseline (points)", "acc_delta", "points"),
-                    ("time to baseline acc / baseline time", "time_to_baseline_acc_ratio", "ratio")]
+        target = rows[0].get("target_acc")
+        columns += [
+            (f"time to {_cell(target, 'pct')} %", lambda r: _time_std_cell(r, "time_to_target")
+             + ("" if r.get("target_reached") == r.get("runs") else f" ({r.get('target_reached')}/{r.get('runs')} reached)")),
+            ("time / baseline", lambda r: _cell(r.get("time_ratio"), "ratio")),
+            ("acc vs baseline (points)", lambda r: _cell(r.get("acc_delta"), "points")),
+            ("time to target / baseline's", lambda r: _cell(r.get("time_to_target_ratio"), "ratio"))]
     header = [c[0] for c in columns]
-    body = [[_cell(row.get(key), kind) for _, key, kind in columns] for row in rows]
+    body = [[cell(row) for _, cell in columns] for row in rows]
     if style == "markdown":
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in body]
@@ -204,8 +294,26 @@ def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str
     return "\n".join(lines) + "\n"
 
 
+CSV_COLUMNS = ("label", "runs", "epochs", "final_acc", "final_acc_std", "best_acc", "best_acc_std", "final_loss",
+               "total_time", "total_time_std", "startup_seconds", "time_model_seconds", "target_acc", "time_to_target",
+               "time_to_target_std", "target_reached", "time_ratio", "acc_delta", "time_to_target_ratio")
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """The summary rows as CSV: raw numbers (accuracy 0..1, seconds), empty where unknown."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            values = [row.get(k) for k in CSV_COLUMNS]
+            writer.writerow(["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in values])
+    return path
+
+
 def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
-    """Write the four PNGs of `PLOTS` into `out_dir`; one colour per label."""
+    """Write the four PNGs of `PLOTS` into `out_dir`; one colour per label, each run a
+    faint line and, for labels with several runs (seeds), their mean a bold one."""
     # Figure + FigureCanvasAgg draw with the Agg backend without touching pyplot's
     # global backend, so this works headless and inside notebooks alike.
     import matplotlib
@@ -223,16 +331,21 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
         fig = Figure(figsize=(6.4, 4.4), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
+        x_scale = scale if x_key == WALL_TIME else 1.0
         for g, (label, members) in enumerate(groups.items()):
+            several = len(members) > 1
             for k, run in enumerate(members):
                 pts = [(r[x_key], r[y_key]) for r in run.evals
                        if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))]
                 if not pts:
                     continue
-                xs = [p[0] / scale if x_key == WALL_TIME else p[0] for p in pts]
-                ys = [p[1] for p in pts]
-                ax.plot(xs, ys, color=colours(g % 10), alpha=1.0 if len(members) == 1 else 0.75,
-                        label=label if k == 0 else None, marker="." if len(pts) < 40 else None)
+                ax.plot([p[0] / x_scale for p in pts], [p[1] for p in pts], color=colours(g % 10),
+                        alpha=0.3 if several else 1.0, linewidth=0.8 if several else 1.5,
+                        label=None if several or k else label, marker="." if len(pts) < 40 and not several else None)
+            if several:
+                xs, ys = mean_curve(members, y_key, x_key)
+                ax.plot([x / x_scale for x in xs], ys, color=colours(g % 10), linewidth=2.2,
+                        label=f"{label} (mean of {len(members)})", marker="." if len(xs) < 40 else None)
         ax.set_xlabel(f"{_AXIS_NAMES[x_key]} ({unit})" if x_key == WALL_TIME else _AXIS_NAMES[x_key])
         ax.set_ylabel(_AXIS_NAMES[y_key])
         ax.grid(True, alpha=0.3)
@@ -301,9 +414,13 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
         if drawn is not None:
             plots.append(drawn)
     (out_dir / "summary.json").write_text(strict_dumps(rows, indent=2) + "\n")  # a NaN loss as null
+    write_csv(rows, out_dir / "summary.csv")
     lines = [f"# {title}", ""]
     if baseline is not None:
-        lines += [f"Baseline: `{baseline}`. Ratios below are against its mean total time and final accuracy.", ""]
+        lines += [f"Baseline: `{baseline}`. Ratios below are against its mean training time and final accuracy; the "
+                  f"target accuracy is {TARGET_FRACTION:g} x its mean final accuracy.", ""]
+    lines += ["Mean ± sample standard deviation over each row's runs (seeds). Training time excludes the start-up "
+              "and the time-model measurement (their own columns). Table as CSV: `summary.csv`.", ""]
     lines += [format_table(rows, "markdown"), "Runs:", ""]
     lines += [f"- `{r.label}`: {r.run_dir}" for r in loaded]
     lines.append("")

@@ -124,6 +124,47 @@ def test_tau_above_batch_one_limit():
     assert cifar_plan(1, hi).batch_small == 1
 
 
+def test_small_batch_floor_caps_tau_at_known_value():
+    # b_S >= 16 needs tau <= W / (n_L + n_S c / (beta + alpha/16)), c = beta + alpha/B_L: 1.19017693 here.
+    c = CIFAR32.sample_seconds(560)
+    tau_max = 4 / (3 + c / CIFAR32.sample_seconds(16))
+    assert tau_max == pytest.approx(1.1901769342807567, rel=1e-12)
+    assert feasible_tau_range([CIFAR32] * 4, [560] * 4, 1, 50000, min_small_batch=16)[1] == pytest.approx(tau_max)
+    at_limit = plan_resolution([CIFAR32] * 4, [560] * 4, small=1, tau=1.19, dataset_size=50000, min_small_batch=16)
+    assert at_limit.batch_small == 16 and at_limit.shares == (5375, 14875, 14875, 14875)
+    assert at_limit.min_small_batch == 16 and at_limit.to_dict()["min_small_batch"] == 16
+    with pytest.raises(InfeasiblePlanError, match=r"tau=1.2 needs a small batch below 16 \(min_small_batch\) with "
+                                                  r"n_S=1; use 1 <= tau <= 1.1901, a lower min_small_batch"):
+        plan_resolution([CIFAR32] * 4, [560] * 4, small=1, tau=1.2, dataset_size=50000, min_small_batch=16)
+    # without the floor the paper's plan at tau=1.2 goes below it
+    assert cifar_plan(1, 1.2).batch_small == 14
+
+
+@pytest.mark.parametrize("floor", [1, 8, 16, 32, 102])
+@pytest.mark.parametrize("tau", [1.0, 1.02, 1.05, 1.1, 1.15, 1.2, 1.3])
+def test_small_batch_is_never_below_the_floor(floor, tau):
+    try:
+        plan = make_plan({32: CIFAR32}, {32: 560}, 4, 1, tau, 50000, min_small_batch=floor)
+    except InfeasiblePlanError as exc:
+        assert "min_small_batch" in str(exc)
+        return
+    assert plan[32].batch_small >= floor
+
+
+def test_small_batch_floor_above_largest_batch_is_an_error():
+    with pytest.raises(InfeasiblePlanError, match=r"min_small_batch=600 is above the largest batch 560"):
+        plan_resolution([CIFAR32] * 4, [560] * 4, small=1, tau=1.05, dataset_size=50000, min_small_batch=600)
+    assert plan_resolution([CIFAR32] * 4, [560] * 4, small=0, tau=1.05, dataset_size=50000,
+                           min_small_batch=600).batch_small is None  # no small worker, no floor to meet
+
+
+def test_saved_plan_keeps_its_small_batch_floor():
+    from dbl_ps.training.setup import plan_from_dict
+
+    plan = make_plan({32: CIFAR32}, {32: 560}, 4, 1, 1.19, 50000, min_small_batch=16)
+    assert plan_from_dict(plan.to_dict())[32].min_small_batch == 16
+
+
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [

@@ -12,7 +12,18 @@ import torch
 
 from dbl_ps.config import RunConfig
 from dbl_ps.metrics import ConsoleSink, Logger, MetricsFileError, MetricsWriter, read_metrics
-from dbl_ps.report import PLOTS, ReportError, format_table, load_run, plot_runs, summarize, write_report
+from dbl_ps.report import (
+    PLOTS,
+    ReportError,
+    format_table,
+    load_run,
+    mean_curve,
+    mean_std,
+    plot_runs,
+    summarize,
+    write_csv,
+    write_report,
+)
 
 # --------------------------------------------------------------------------- metrics
 
@@ -196,28 +207,75 @@ def test_summary_groups_seeds_and_compares_to_baseline(runs):
     base, hybrid = rows
     assert (base["label"], base["runs"], hybrid["runs"]) == ("baseline", 1, 2)
     assert base["time_ratio"] == 1.0 and base["acc_delta"] == 0.0
+    assert base["final_acc_std"] is None  # one run: no spread
     assert hybrid["final_acc"] == pytest.approx(0.85)
+    assert hybrid["final_acc_std"] == pytest.approx(0.01 * 2 ** 0.5)  # 0.84, 0.86: sample std
     assert hybrid["best_acc"] == pytest.approx((0.85 + 0.86) / 2)
+    assert hybrid["best_acc_std"] == pytest.approx(0.005 * 2 ** 0.5)
     assert hybrid["total_time"] == pytest.approx((24.5 + 27.5) / 2)
+    assert hybrid["total_time_std"] == pytest.approx(1.5 * 2 ** 0.5)
     assert hybrid["time_ratio"] == pytest.approx(26.0 / 30.5)
     assert hybrid["acc_delta"] == pytest.approx(0.05)
-    # Reaches the baseline's final 0.8 at epoch 1 (16 s) in seed 0 and epoch 2 (27 s) in seed 1.
-    assert hybrid["time_to_baseline_acc"] == pytest.approx((16.0 + 27.0) / 2)
-    assert hybrid["time_to_baseline_acc_ratio"] == pytest.approx(21.5 / 30.5)
+    # Target: 90 % of the baseline's final 0.8 = 0.72. The baseline gets there at epoch 2
+    # (30 s); hybrid at epoch 1 in both seeds (16 s and 18 s).
+    assert hybrid["target_acc"] == base["target_acc"] == pytest.approx(0.72)
+    assert base["time_to_target"] == 30.0 and base["time_to_target_ratio"] == 1.0
+    assert hybrid["time_to_target"] == pytest.approx(17.0)
+    assert hybrid["time_to_target_std"] == pytest.approx(2 ** 0.5)
+    assert hybrid["target_reached"] == 2
+    assert hybrid["time_to_target_ratio"] == pytest.approx(17.0 / 30.0)
     with pytest.raises(ReportError, match="baseline 'conventional' is not one of the runs' labels: 'baseline', 'hybrid'"):
         summarize([load_run(r) for r in runs], baseline="conventional")
+
+
+def test_mean_std_and_mean_curve_known_values(runs):
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([4.0]) == (4.0, None)
+    assert mean_std([1.0, None]) == (None, None)  # a seed that never reached the target
+    xs, ys = mean_curve([load_run(runs[1]), load_run(runs[2])], "test_acc", "wall_time")
+    assert xs == pytest.approx([8.5, 17.0, 25.5]) and ys == pytest.approx([0.6, 0.8, 0.85])
+
+
+def test_a_seed_that_misses_the_target_is_counted(tmp_path):
+    base = make_run(tmp_path, "baseline", [0.5, 0.9], 10.0)
+    slow = [make_run(tmp_path, "cpl", [0.5, 0.85], 5.0), make_run(tmp_path, "cpl", [0.5, 0.7], 5.0, seed=1)]
+    rows = summarize([load_run(r) for r in [base, *slow]], baseline="baseline")
+    cpl = rows[1]
+    assert cpl["target_acc"] == pytest.approx(0.81) and cpl["target_reached"] == 1
+    assert cpl["time_to_target"] is None and cpl["time_to_target_ratio"] is None
+    assert "(1/2 reached)" in format_table(rows, "markdown")
+
+
+def test_startup_and_time_model_seconds_come_from_the_summary(runs):
+    (runs[1] / "summary.json").write_text(json.dumps({"startup_seconds": 3.0, "time_model_seconds": 4.0}))
+    (runs[2] / "summary.json").write_text(json.dumps({"startup_seconds": 5.0, "time_model_seconds": 0.0}))
+    hybrid = summarize([load_run(r) for r in runs])[1]
+    assert hybrid["startup_seconds"] == 4.0 and hybrid["time_model_seconds"] == 2.0
+    assert summarize([load_run(runs[0])])[0]["startup_seconds"] is None  # no summary.json
 
 
 def test_tables(runs):
     rows = summarize([load_run(r) for r in runs], baseline="baseline")
     md = format_table(rows, "markdown").splitlines()
-    assert md[0].startswith("| run | seeds |") and "time / baseline" in md[0]
-    assert md[3].startswith("| hybrid | 2 | 3 | 85.00 | 85.50 |") and "| 0.852 |" in md[3] and "+5.00" in md[3]
+    assert md[0].startswith("| run | seeds |") and "time / baseline" in md[0] and "time to 72.00 %" in md[0]
+    assert md[3].startswith("| hybrid | 2 | 3 | 85.00 ± 1.41 | 85.50 ± 0.71 |"), md[3]
+    assert "| 26.0 ± 2.1 s |" in md[3] and "| 17.0 ± 1.4 s |" in md[3] and "| 0.852 |" in md[3] and "+5.00" in md[3]
     plain = format_table(summarize([load_run(runs[0])]), "plain").splitlines()
     assert plain[0].split()[:2] == ["run", "seeds"] and "time / baseline" not in plain[0]
     assert plain[1].split()[0] == "baseline" and "30.5 s" in plain[1]
     with pytest.raises(ValueError, match="'markdown' or 'plain'"):
         format_table(rows, "html")
+
+
+def test_csv_has_raw_numbers(runs, tmp_path):
+    import csv
+
+    rows = summarize([load_run(r) for r in runs], baseline="baseline")
+    path = write_csv(rows, tmp_path / "summary.csv")
+    table = list(csv.DictReader(path.open()))
+    assert [r["label"] for r in table] == ["baseline", "hybrid"]
+    assert float(table[1]["final_acc"]) == pytest.approx(0.85) and float(table[1]["time_to_target"]) == pytest.approx(17.0)
+    assert table[0]["final_acc_std"] == "" and table[1]["target_reached"] == "2"
 
 
 def test_plots_are_pngs(runs, tmp_path):
@@ -235,6 +293,7 @@ def test_write_report(runs, tmp_path):
         assert f"({name})" in text and (path.parent / name).is_file()
     summary = json.loads((path.parent / "summary.json").read_text())
     assert [r["label"] for r in summary] == ["baseline", "hybrid"]
+    assert (path.parent / "summary.csv").read_text().startswith("label,runs,epochs,final_acc,final_acc_std")
     with pytest.raises(ReportError, match="no runs"):
         write_report([], tmp_path / "empty")
 

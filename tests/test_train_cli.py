@@ -55,15 +55,41 @@ def test_compare_variants():
     assert all(c.seed == 3 for c in (base, dbsl, cpl, hybrid))
 
 
+def test_compare_reference_variants():
+    cfg = load_config(None, ["model.dropout=[0.0, 0.1]", "dbl.batch_large=[96, 64]"])
+    plain, large, ddp = (variant(cfg, m, 0) for m in ("plain", "plain-large", "ddp-like"))
+    for one in (plain, large):  # one plain SGD process: its bsp average of one worker is a copy
+        assert (one.dbl.workers, one.dbl.small, one.schedule.resolutions) == (1, 0, [16])
+        assert (one.store.mode, one.store.rule) == ("bsp", "average")
+    assert plain.batch_large() == [128] and large.batch_large() == [4 * 64]  # the baseline's 4 workers x B_L
+    assert (ddp.dbl.workers, ddp.dbl.small, ddp.schedule.resolutions, ddp.batch_large()) == (4, 0, [16], [64])
+    assert (ddp.store.mode, ddp.store.rule, ddp.store.sync_every) == ("bsp", "average", 1)
+    for v in (plain, large, ddp):  # nothing tuned per method
+        assert (v.schedule.lr, v.optim.momentum, v.optim.weight_decay, v.schedule.epochs) == \
+            (cfg.schedule.lr, cfg.optim.momentum, cfg.optim.weight_decay, cfg.schedule.epochs)
+
+
+def test_compare_refuses_an_unknown_method(capsys):
+    assert main(["compare", "--methods", "baseline,sgd", *FAST]) == 2
+    assert "ddp-like" in capsys.readouterr().err  # the error lists what is allowed
+
+
 def test_compare_and_report_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", "--out", str(out), "--no-progress", *FAST]) == 0
+    assert main(["compare", "--out", str(out), "--no-progress", "--seeds", "0,1",
+                 "--methods", "baseline,hybrid,plain,ddp-like", *FAST]) == 0
     text = capsys.readouterr().out
-    for method in ("baseline", "dbsl", "cpl", "hybrid"):
-        assert (out / f"{method}-s0" / "metrics.jsonl").is_file()
+    for method in ("baseline", "hybrid", "plain", "ddp-like"):
+        for seed in (0, 1):
+            assert (out / f"{method}-s{seed}" / "metrics.jsonl").is_file()
         assert method in text
+    assert json.loads((out / "plain-s0" / "plan.json").read_text())["workers"] == 1
     report = (out / "report" / "report.md").read_text()
-    assert "time / baseline" in report
+    assert "time / baseline" in report and "| hybrid | 2 | 2 |" in report and "±" in report
+    csv_rows = (out / "report" / "summary.csv").read_text().splitlines()
+    assert len(csv_rows) == 5 and csv_rows[0].startswith("label,runs,epochs,final_acc,final_acc_std")
+    summary = json.loads((out / "hybrid-s0" / "summary.json").read_text())
+    assert summary["startup_seconds"] > 0 and summary["time_model_seconds"] == 0.0  # time model given
     for png in ("accuracy_vs_time.png", "loss_vs_time.png", "accuracy_vs_epoch.png", "loss_vs_epoch.png"):
         assert (out / "report" / png).stat().st_size > 0
     # the same report from the run directories

@@ -1,13 +1,25 @@
-"""`dbl-ps compare --config FILE [--seeds 0,1] [key=value ...]`: baseline, DBSL, CPL and
+"""`dbl-ps compare --config FILE [--seeds 0,1] [--methods ...] [key=value ...]`: baseline,
+DBSL, CPL and hybrid (and reference methods) on the same data and seeds, then one report.
 
-hybrid on the same data and seeds, then one report.
+The variants of a config (which itself describes the hybrid run); the first four are
+the paper's methods and the default set:
 
-The four variants of a config (which itself describes the hybrid run):
+* baseline:    every worker large (`dbl.small=0`), one resolution (the highest), no CPL
+* dbsl:        the config's `dbl.small`, one resolution (the highest)
+* cpl:         `dbl.small=0`, the config's resolution cycle
+* hybrid:      the config as it is
+* plain:       one worker with batch 128 at the highest resolution: plain single-process
+               SGD (`dbl.workers=1`, `store.mode=bsp store.rule=average`, so each merge
+               is a copy of the one worker's state)
+* plain-large: the same with the baseline's batch per round, `dbl.workers` x its largest
+               batch at that resolution (one process taking as many samples per step as
+               the baseline's workers together: the large-batch reference)
+* ddp-like:    the baseline's workers merged by a weighted average after every step
+               (`store.mode=bsp store.rule=average store.sync_every=1`), where
+               synchronous data-parallel training stands
 
-* baseline: every worker large (`dbl.small=0`), one resolution (the highest), no CPL
-* dbsl:     the config's `dbl.small`, one resolution (the highest)
-* cpl:      `dbl.small=0`, the config's resolution cycle
-* hybrid:   the config as it is
+Every variant keeps the config's LR, momentum, weight decay and epochs (nothing is tuned
+per method).
 
 All variants use the same time model: the config's, or one measured once at the
 start and written into each variant's config, so their plans agree.
@@ -22,7 +34,9 @@ from typing import Any
 
 from dbl_ps.commands._arguments import command_error
 
-METHODS = ("baseline", "dbsl", "cpl", "hybrid")
+PAPER_METHODS = ("baseline", "dbsl", "cpl", "hybrid")
+METHODS = (*PAPER_METHODS, "plain", "plain-large", "ddp-like")
+PLAIN_BATCH = 128  # the batch of the `plain` reference: a common single-process choice
 PER_RESOLUTION = (("model", "dropout"), ("dbl", "batch_large"), ("dbl", "alpha"), ("dbl", "beta"))
 
 
@@ -30,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML run config of the hybrid run (default: the embedded digits job)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every variant")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1 (default: %(default)s)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="subset of %(default)s")
+    parser.add_argument("--methods", default=",".join(PAPER_METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: %(default)s)")
     parser.add_argument("--out", metavar="DIR", help="folder for the runs and the report (default: OUT_DIR/compare-NAME-TIMESTAMP)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wandb", action="store_true",
@@ -43,7 +58,7 @@ _error = partial(command_error, "compare")
 def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     """The config of one method and seed (see the module doc); `group` is the W&B group
     shared by all runs of one comparison."""
-    from dbl_ps.config import RunConfig
+    from dbl_ps.config import ConfigError, RunConfig
 
     data = cfg.to_dict()
     res = list(cfg.schedule.resolutions)
@@ -51,10 +66,24 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
         values = data[section][key]
         if isinstance(values, list):
             data[section][key] = {r: v for r, v in zip(res, values if len(values) > 1 else values * len(res))}
-    if method in ("baseline", "dbsl"):
+    if method != "cpl" and method != "hybrid":  # one resolution, the highest: no CPL
         data["schedule"]["resolutions"] = [max(res)]
-    if method in ("baseline", "cpl"):
+    if method not in ("dbsl", "hybrid"):
         data["dbl"]["small"] = 0
+    if method in ("plain", "plain-large", "ddp-like"):
+        data["store"].update(mode="bsp", rule="average", staleness=0)
+    if method in ("plain", "plain-large"):
+        data["dbl"]["workers"] = 1
+        if method == "plain":
+            data["dbl"]["batch_large"] = {max(res): PLAIN_BATCH}
+        else:
+            large = cfg.batch_large()
+            if large is None:
+                raise ConfigError("compare --methods plain-large needs dbl.batch_large (the largest batch per "
+                                  "resolution); the config takes it from a calibration file", key="dbl.batch_large")
+            data["dbl"]["batch_large"] = {max(res): cfg.dbl.workers * large[res.index(max(res))]}
+    if method == "ddp-like":
+        data["store"]["sync_every"] = 1
     data["name"] = method
     data["seed"] = seed
     wandb = data["tracking"]["wandb"]
@@ -100,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or not seeds:
-        return _error(f"--methods {args.methods!r}: expected a subset of {','.join(METHODS)}; --seeds at least one")
+        return _error(f"--methods {args.methods!r}: expected a comma-separated subset of {','.join(METHODS)}; "
+                      f"--seeds at least one")
     try:
         notes: list[str] = []
         cfg = load_config(args.config, [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])],

@@ -71,6 +71,7 @@ class PlanInputs:
     small: int
     tau: float
     dataset_size: int
+    min_small_batch: int = 1
     epochs: float = 140
     lr: float = 0.2
     milestones: tuple[float, ...] = (80, 120)
@@ -129,6 +130,7 @@ def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
         small=cfg.dbl.small,
         tau=cfg.dbl.tau,
         dataset_size=dataset_size,
+        min_small_batch=cfg.dbl.min_small_batch,
         epochs=cfg.schedule.epochs,
         lr=cfg.schedule.lr,
         milestones=tuple(cfg.schedule.milestones),
@@ -297,8 +299,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         inputs = gather_inputs(args)
-        rows = plan_all_small_counts(inputs.time_models, inputs.batch_large, inputs.workers, inputs.tau, inputs.dataset_size)
-        plan = make_plan(inputs.time_models, inputs.batch_large, inputs.workers, inputs.small, inputs.tau, inputs.dataset_size)
+        rows = plan_all_small_counts(inputs.time_models, inputs.batch_large, inputs.workers, inputs.tau,
+                                     inputs.dataset_size, inputs.min_small_batch)
+        plan = make_plan(inputs.time_models, inputs.batch_large, inputs.workers, inputs.small, inputs.tau,
+                         inputs.dataset_size, inputs.min_small_batch)
         spec = schedule_spec(inputs, plan) if args.show_schedule else None
     except InfeasiblePlanError as err:
         if not args.json:

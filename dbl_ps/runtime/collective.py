@@ -39,7 +39,7 @@ from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer, RankLost, init_distributed, sync_timeout
 from dbl_ps.training.events import StopTraining
-from dbl_ps.training.finisher import EpochFinisher, Evaluator
+from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.messages import EpochReport, merge_members
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
@@ -249,8 +249,10 @@ class CollectiveRunner:
         if tracker is not None:
             logger.add(tracker)
         eval_model = build_run_model(cfg, self.data.num_classes, self.data.in_channels)
+        bn_images = bn_calibration_split(self.data.train, cfg.eval.bn_samples, cfg.seed) \
+            if cfg.eval.recalibrate_bn else None  # None also for shards (labels only outside the loader)
         evaluate = Evaluator(eval_model, self.data.test, self.transform, batch_size=cfg.data.eval_batch_size,
-                             resolution=max(self.spec.resolutions), device=self.device)
+                             resolution=max(self.spec.resolutions), device=self.device, bn_images=bn_images)
         return EpochFinisher(self.dir, self.spec, evaluate, logger, engine=cfg.engine, workers=self.topo.workers,
                              ranks_per_worker=self.topo.group_size,
                              wall_offset=float(meta["wall_time"]) if meta else 0.0,

@@ -57,9 +57,9 @@ from dbl_ps.runtime.tracking import open_tracker
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.shards import prepare_shards
 from dbl_ps.store import ParameterStore
-from dbl_ps.training.finisher import EpochFinisher, Evaluator
+from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.flat import FlatState
-from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerStopped
+from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.replanning import Replanned, replan_after_epoch
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import (
@@ -116,6 +116,8 @@ class Trainer:
         self._log = log or (lambda msg: print(msg, flush=True))
         self.checkpoint = _checkpoint
         self.resuming = _checkpoint is not None
+        self.startup_seconds: float | None = None  # spawn until every worker is ready (not in the wall time)
+        self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
         self._signal: int | None = None
         self._prepared = False
         self._lock: RunLock | None = None
@@ -180,6 +182,7 @@ class Trainer:
             self.plan_source = plan_dict.get("time_model_source", "plan.json of the run")
             self.replans = list(plan_dict.get("replans", []))
         else:
+            measuring = time.perf_counter()
             models, batches, source = resolve_time_models(cfg, num_classes=self.data.num_classes,
                                                           in_channels=self.data.in_channels,
                                                           device="cuda" if self.devices[0].startswith("cuda") else "cpu",
@@ -187,6 +190,8 @@ class Trainer:
             self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
             self.plan_source = source
             self.replans = []
+            # one-off, reported apart from the training time (summary.json time_model_seconds)
+            self.time_model_seconds = time.perf_counter() - measuring if source == "measured on the spot" else 0.0
         self.spec = build_spec(cfg, self.plan)
         self.flat = FlatState(self.model)
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
@@ -260,22 +265,27 @@ class Trainer:
             store.close()
             raise
         evaluate = Evaluator(self.model, self.data.test, self.transform, batch_size=cfg.data.eval_batch_size,
-                             resolution=max(self.spec.resolutions), device=self.eval_device)
+                             resolution=max(self.spec.resolutions), device=self.eval_device,
+                             bn_images=self._bn_images())
         self.finisher = EpochFinisher(self.dir, self.spec, evaluate, self.metrics, engine=cfg.engine, workers=W,
                                       wall_offset=float(ckpt["wall_time"]) if ckpt else 0.0,
                                       version_offset=int(ckpt["store_version"]) if ckpt else 0, log=self.log)
 
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
-        queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch)
+        # The gate stays shut (no mode may start start_epoch) until every worker is ready, so
+        # the wall time counts training, not process start-up (`startup_seconds`); it is also
+        # the start barrier re-planning needs (no worker's start-up taken for slowness).
+        queue, stop, gate = ctx.Queue(), ctx.Event(), ctx.Value("i", self.start_epoch - 2)
+        self._ready: set[int] = set()
+        self._spawned_at = time.perf_counter()
         # How many times this launcher rewrote plan.json (dbl.replan); a worker that sees it
         # change at an epoch start reads the new plan from there.
         plan_version = ctx.Value("i", 0)
-        ready = ctx.Value("i", 0)  # workers ready for their first epoch (a start barrier in lockstep)
         procs: list[Any] = []
         self._status = "running"
         try:
-            procs = self._spawn_workers(ctx, store.name, queue, stop, gate, plan_version, ready)
+            procs = self._spawn_workers(ctx, store.name, queue, stop, gate, plan_version)
             self._open_bars(epochs)
             self._loop(store, queue, gate, plan_version, procs, epochs)
             self._status = "finished"
@@ -300,8 +310,18 @@ class Trainer:
             self._restore_signal_handlers(old_handlers)
         return summary
 
+    def _bn_images(self) -> Any:
+        """The training images the evaluation recomputes BatchNorm statistics on (eval.recalibrate_bn)."""
+        if not self.cfg.eval.recalibrate_bn:
+            return None
+        images = bn_calibration_split(self.data.train, self.cfg.eval.bn_samples, self.cfg.seed)
+        if images is None:
+            self.log("eval.recalibrate_bn: the launcher holds no training images (data.source shards reads them "
+                     "in the workers only); the global model is evaluated with its merged BatchNorm statistics")
+        return images
+
     def _spawn_workers(self, ctx: Any, store_name: str, queue: Any, stop: Any, gate: Any,
-                       plan_version: Any, ready: Any) -> list[Any]:
+                       plan_version: Any) -> list[Any]:
         ckpt = self.checkpoint
         # A split read sample by sample (imagefolder, data.factory) is never shipped: each worker loads it.
         train_data = pack_train_data(self.data) if self.data.train.in_memory and \
@@ -320,8 +340,8 @@ class Trainer:
             # Not daemonic, so a worker may start DataLoader processes (data.num_workers); it needs
             # no daemon flag to end: every path out of train() joins, terminates or kills the
             # workers (_join), and a worker whose launcher died stops by itself (LauncherLink).
-            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate, plan_version, ready), name=f"dbl-ps-worker-{w}",
-                            daemon=False)
+            p = ctx.Process(target=worker_main, args=(args, queue, stop, gate, plan_version),
+                            name=f"dbl-ps-worker-{w}", daemon=False)
             p.start()
             procs.append(p)
         return procs
@@ -337,14 +357,20 @@ class Trainer:
                 last_check = time.monotonic()
                 dead = [w for w, p in enumerate(procs) if p.exitcode is not None and w not in finished]
                 if dead:
-                    # It may have reported just before exiting: handle what is queued (for at
-                    # most a second; the others keep sending progress), then look again.
-                    until = time.monotonic() + 1.0
-                    while time.monotonic() < until:
+                    # It may have reported just before exiting: handle what is queued (waiting
+                    # at most a second in all; the others keep sending progress), then look
+                    # again. Only the waiting counts: handling a report may evaluate an epoch
+                    # for longer than that, and the exited worker's WorkerFinished may still
+                    # be queued behind it.
+                    waited = 0.0
+                    while waited < 1.0:
+                        started = time.monotonic()
                         try:
-                            self._handle(queue.get(timeout=0.2), reports, finished, store, gate, plan_version)
+                            msg = queue.get(timeout=0.2)
                         except queue_mod.Empty:
                             break
+                        waited += time.monotonic() - started
+                        self._handle(msg, reports, finished, store, gate, plan_version)
                     dead = [w for w in dead if w not in finished]
                     if dead:
                         w = dead[0]
@@ -368,6 +394,12 @@ class Trainer:
             finished.add(msg.worker)
             if isinstance(msg, WorkerStopped) and self._signal is None:
                 raise WorkerError(f"worker {msg.worker} stopped unexpectedly (the parameter store closed?)")
+        elif isinstance(msg, WorkerReady):
+            self._ready.add(msg.worker)
+            if len(self._ready) == self.cfg.dbl.workers:
+                self.startup_seconds = time.perf_counter() - self._spawned_at
+                self.finisher.start_clock()
+                gate.value = self.start_epoch
         elif isinstance(msg, Progress):
             self._update_worker_bar(msg)
         elif isinstance(msg, EpochReport):
@@ -501,7 +533,8 @@ class Trainer:
 
     def _summary(self) -> dict[str, Any]:
         return self.finisher.summary(self._status, name=self.cfg.name, small_workers=self.cfg.dbl.small,
-                                     server=getattr(self, "_server_stats", None), plan_source=self.plan_source)
+                                     server=getattr(self, "_server_stats", None), plan_source=self.plan_source,
+                                     startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         def fmt(v: Any, spec: str) -> str:

@@ -30,7 +30,7 @@ from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers import StoreSynchronizer
 from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
-from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerStopped
+from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import RunDirectory
 from dbl_ps.training.setup import build_run_model, build_spec, plan_from_dict, warm_up_shapes
 from dbl_ps.training.topology import Topology
@@ -75,13 +75,13 @@ class _Stopped(Exception):
     """The launcher asked the workers to stop (or died)."""
 
 
-def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, ready: Any) -> None:
+def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any) -> None:
     """Process entry point: runs the worker, reports errors with their traceback (and one
     line for those a user can act on: a divergence, corrupt data)."""
     # Ctrl-C reaches the whole process group; the launcher alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        run_worker(args, queue, stop, gate, plan_version, ready)
+        run_worker(args, queue, stop, gate, plan_version)
         queue.put(WorkerFinished(args.worker))
     except _Stopped:
         queue.put(WorkerStopped(args.worker))
@@ -102,18 +102,18 @@ class LauncherLink(Callback):
 
     `lockstep`: wait at every epoch boundary until the launcher finished the epoch before
     (bsp, and any mode with `dbl.replan`, whose decision about epoch e needs every report of
-    e - 1), and before the first epoch until every worker is ready (`ready` counts them), so
-    that one worker's start-up (importing torch, building its model) is neither measured as
-    another's slowness nor waited for inside the first sync. `plan_version` counts the
+    e - 1). Before the first epoch every mode waits until every worker is ready (the launcher
+    keeps the gate shut until then), so one worker's start-up (importing torch, building its
+    model) is neither measured as another's slowness nor waited for inside the first sync,
+    and the wall clock starts with training. `plan_version` counts the
     launcher's rewrites of plan.json; `warm_up(plan)` prepares the engine for a new plan's
     shapes (compiling) outside the timed epoch."""
 
     def __init__(self, args: WorkerArgs, queue: Any, stop: Any, gate: Any, *, lockstep: bool, plan_version: Any,
-                 ready: Any, warm_up: Callable[[Plan], Any]):
+                 warm_up: Callable[[Plan], Any]):
         self.args, self.queue, self.stop, self.gate, self.lockstep = args, queue, stop, gate, lockstep
-        self.plan_version, self.ready, self.warm_up = plan_version, ready, warm_up
+        self.plan_version, self.warm_up = plan_version, warm_up
         self.seen_plan_version = 0  # the plan this worker started with
-        self.started = False
         self.last_progress = 0.0
 
     def check_stop(self) -> None:
@@ -125,17 +125,11 @@ class LauncherLink(Callback):
         # every mode, decide the plan of epoch e from the reports of e-1). asp/ssp: run at most
         # two epochs ahead of the launcher, so that the state it evaluates as "epoch e" is not
         # many epochs newer (evaluation can be slower than a training epoch on a busy CPU).
+        # Before the first epoch the gate stays shut until every worker is ready (start-up).
         wait_for = epoch if self.lockstep else epoch - 1
         while self.gate.value < wait_for:
             self.check_stop()
             time.sleep(0.002)
-        if self.lockstep and not self.started:
-            with self.ready.get_lock():
-                self.ready.value += 1
-            while self.ready.value < loop.plan.workers:
-                self.check_stop()
-                time.sleep(0.002)
-        self.started = True
         self.check_stop()
         # The launcher rewrites plan.json before it opens the gate for this epoch, so past the
         # gate the version says whether this epoch trains with a new plan (shares, batch,
@@ -156,7 +150,7 @@ class LauncherLink(Callback):
                                     state.point.resolution, rate))
 
 
-def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, ready: Any) -> None:
+def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any) -> None:
     torch.set_num_threads(args.threads)
     cfg = RunConfig.from_dict(args.config)
     plan = plan_from_dict(args.plan)
@@ -176,7 +170,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
         # a resumed store-mode run keeps its plan (plan.json), so the checkpoint has as many workers
         engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, plan.workers)
     link = LauncherLink(args, queue, stop, gate, lockstep=cfg.store.mode == "bsp" or cfg.dbl.replan,
-                        plan_version=plan_version, ready=ready,
+                        plan_version=plan_version,
                         warm_up=lambda new: engine.warm_up(warm_up_shapes(new, spec, args.worker), data.in_channels))
     link.check_stop()
     sync = StoreSynchronizer(args.store_name, args.worker, mode=cfg.store.mode, rule=cfg.store.rule,
@@ -190,6 +184,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
         loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
                           callbacks=[link, *callbacks_from_env(args.worker)])
         loop.start(fresh=args.start_epoch == 0)
+        queue.put(WorkerReady(args.worker))  # the launcher opens the gate (and starts the clock) once all are
         run_dir = RunDirectory(args.run_dir)
         for report in loop.run(args.start_epoch):
             folder = run_dir.epoch_folder(report.epoch)

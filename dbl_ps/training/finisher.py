@@ -2,12 +2,15 @@
 
 Used by the store mode's launcher and by rank 0 of a multi-rank job alike:
 
-1. evaluate the global model on the test set at the highest resolution;
+1. evaluate the global model on the test set at the highest resolution, its BatchNorm
+   running statistics first recomputed on a fixed set of training images
+   (`eval.recalibrate_bn`): a merged model's weights do not match its merged statistics;
 2. build the one epoch record (the same keys in every mode and engine) and log it
    through the logger fan-out (metrics.jsonl, W&B when enabled, ...);
 3. write the global model into the epoch's checkpoint folder; `commit` then names
    the folder in checkpoint.json once the workers' own state files are there too;
-4. at the end, `summary.json`.
+4. at the end, `summary.json`; with recalibrated statistics also the evaluated final model
+   (`model_eval.pt` next to the last `model.pt`, which stays the resumable merged state).
 """
 
 from __future__ import annotations
@@ -17,15 +20,26 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from dbl_ps.data import Split, eval_batches
 from dbl_ps.data.transforms import BatchTransform
 from dbl_ps.metrics import Logger, read_metrics
 from dbl_ps.schedule import ScheduleSpec, schedule_at
 from dbl_ps.training.messages import EpochReport
-from dbl_ps.training.rundir import RunDirectory
+from dbl_ps.training.rundir import EVAL_MODEL_FILE, RunDirectory
 
-__all__ = ["Evaluator", "EpochFinisher", "TestScores", "epoch_record"]
+__all__ = ["Evaluator", "EpochFinisher", "TestScores", "epoch_record", "bn_calibration_split"]
+
+
+def bn_calibration_split(train: Any, samples: int, seed: int) -> Any | None:
+    """The training images the global model's BatchNorm statistics are recomputed on: a
+    fixed seeded subset (the same every epoch, so evaluations differ only by the model), in
+    memory or read sample by sample. None when the split holds no pixels (the launcher of a
+    `dbl-ps shard` source reads labels only)."""
+    if train.in_memory and train.images.numel() == 0:
+        return None
+    return train.subset(samples, seed=seed)
 
 
 class TestScores(NamedTuple):
@@ -35,16 +49,47 @@ class TestScores(NamedTuple):
 
 
 class Evaluator:
-    """Test loss, top-1 and top-5 of a whole-model state dict, at one resolution."""
+    """Test loss, top-1 and top-5 of a whole-model state dict, at one resolution.
+
+    With `bn_images` (a training split), the model's BatchNorm running statistics are
+    first recomputed on those images at the evaluation resolution, as
+    `torch.optim.swa_utils.update_bn` does for an averaged model. Why: the global model
+    is a weighted mean of workers' weights, and its running statistics the same mean of
+    the workers' statistics, but the activations of averaged weights are not the average
+    of the workers' activations (their variance is smaller where the workers moved apart),
+    so the stored statistics over-normalise layer after layer. With a small-batch worker
+    that trains many more steps than the large ones the evaluated model fell to chance
+    while every worker trained well (issue 17, benchmarks/RESULTS.md). The statistics are
+    also those of the evaluation resolution, not of whichever CPL resolution the workers
+    trained at last. The caller's state dict is not changed; `last_state` holds what was
+    evaluated.
+    """
 
     def __init__(self, model: nn.Module, test: Split, transform: BatchTransform, *, batch_size: int, resolution: int,
-                 device: torch.device):
+                 device: torch.device, bn_images: Any = None):
         self.model = model.to(device)
         self.test, self.transform = test, transform
         self.batch_size, self.resolution, self.device = batch_size, resolution, device
+        self.bn_images = bn_images
+        self.recalibrates = bn_images is not None and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+
+    def recalibrate(self) -> None:
+        """Recompute the BatchNorm running statistics of `self.model` on `bn_images`."""
+        assert self.bn_images is not None
+        inputs = (images for images, _ in eval_batches(self.bn_images, self.transform, self.batch_size,
+                                                        self.resolution, device=self.device))
+        with torch.no_grad():  # update_bn runs the model in training mode; no graph is needed
+            update_bn(inputs, self.model)  # cumulative mean over the images, then back to the old momentum
+
+    def last_state(self) -> dict[str, torch.Tensor]:
+        """The state dict of the model as last evaluated (recalibrated statistics included)."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def __call__(self, state: dict[str, torch.Tensor]) -> TestScores:
         self.model.load_state_dict(state)
+        if self.recalibrates:
+            self.recalibrate()
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -103,6 +148,10 @@ class EpochFinisher:
         self.t0 = time.perf_counter()
         self.last: dict[str, Any] | None = None  # the last checkpoint's metadata
 
+    def start_clock(self) -> None:
+        """Training starts now: the wall time excludes what came before (process start-up)."""
+        self.t0 = time.perf_counter()
+
     def wall_time(self) -> float:
         """Seconds of training so far (a resumed run continues from its checkpoint's; pauses do not count)."""
         return self.wall_offset + time.perf_counter() - self.t0
@@ -118,7 +167,9 @@ class EpochFinisher:
                               test_loss=scores.loss, test_acc=test_acc, test_acc5=scores.acc5,
                               eval_seconds=time.perf_counter() - started)
         self.logger.log(epoch, record)
-        self.run_dir.save_model(epoch, model_state)
+        self.run_dir.save_model(epoch, model_state)  # the global state as merged: what a resume continues from
+        if self.evaluate.recalibrates and epoch == int(self.spec.epochs) - 1:
+            self.run_dir.save_model(epoch, self.evaluate.last_state(), EVAL_MODEL_FILE)  # the model to use
         self.last = {"epoch": epoch, "next_epoch": epoch + 1, "wall_time": wall,
                      "store_version": self.version_offset + version, "workers": self.workers,
                      "ranks_per_worker": self.ranks_per_worker, "engine": self.engine, "test_acc": test_acc,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["EpochReport", "Progress", "WorkerFinished", "WorkerStopped", "WorkerFailed", "WORKER_KEYS",
+__all__ = ["EpochReport", "Progress", "WorkerReady", "WorkerFinished", "WorkerStopped", "WorkerFailed", "WORKER_KEYS",
            "merge_members"]
 
 # The per-worker keys of every epoch record in metrics.jsonl, in every mode and engine.
@@ -74,6 +74,13 @@ class Progress:
     batch: int
     resolution: int
     samples_per_s: float
+
+
+@dataclass
+class WorkerReady:
+    """The worker has built its engine and loader and waits to start its first epoch."""
+
+    worker: int
 
 
 @dataclass

@@ -36,10 +36,12 @@ from dbl_ps.run_dirs import create_unique_dir, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
-__all__ = ["RunDirectory", "CheckpointError", "new_run_dir", "CHECKPOINT_FILE", "MODEL_FILE"]
+__all__ = ["RunDirectory", "CheckpointError", "new_run_dir", "CHECKPOINT_FILE", "MODEL_FILE", "EVAL_MODEL_FILE"]
 
 CHECKPOINT_FILE = "checkpoint.json"
 MODEL_FILE = "model.pt"
+# The last epoch's global model as evaluated: BatchNorm statistics recomputed (eval.recalibrate_bn).
+EVAL_MODEL_FILE = "model_eval.pt"
 
 
 class CheckpointError(ValueError):
@@ -103,8 +105,8 @@ class RunDirectory:
     def epoch_folder(self, epoch: int) -> Path:
         return self.path / "checkpoints" / f"epoch{epoch:05d}"
 
-    def save_model(self, epoch: int, state: dict[str, torch.Tensor]) -> None:
-        atomic_save(state, self.epoch_folder(epoch) / MODEL_FILE)
+    def save_model(self, epoch: int, state: dict[str, torch.Tensor], name: str = MODEL_FILE) -> None:
+        atomic_save(state, self.epoch_folder(epoch) / name)
 
     def commit_checkpoint(self, meta: dict[str, Any]) -> None:
         """Name the epoch's folder (complete by now) as the checkpoint; prune older folders."""

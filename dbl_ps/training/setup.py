@@ -118,13 +118,15 @@ def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batche
     """The DBSL plan of every resolution. A measured time model the planner cannot
     use falls back to `DEFAULT_TIME_MODEL`; a configured one is an error."""
     try:
-        return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size)
+        return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
+                         cfg.dbl.min_small_batch)
     except InfeasiblePlanError as exc:
         if source != "measured on the spot":
             raise
         log(f"the measured time model gives no feasible plan ({exc}); using the default {DEFAULT_TIME_MODEL}")
         defaults = {r: DEFAULT_TIME_MODEL for r in models}
-        return make_plan(defaults, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size)
+        return make_plan(defaults, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
+                         cfg.dbl.min_small_batch)
 
 
 def plan_from_dict(data: dict[str, Any]) -> Plan:
@@ -134,7 +136,8 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
         models = [TimeModel(alpha=m["alpha"], beta=m["beta"], r2=m.get("r2")) for m in rp["time_models"]]
         # Re-plan from the saved inputs: the planner is deterministic, so this is the saved plan.
         plans[int(key)] = plan_resolution(models, rp["batch_large"], small=rp["small"], tau=rp["tau"],
-                                          dataset_size=rp["dataset_size"], resolution=int(key))
+                                          dataset_size=rp["dataset_size"], resolution=int(key),
+                                          min_small_batch=rp.get("min_small_batch", 1))  # plans written before the floor
         if list(plans[int(key)].shares) != list(rp["shares"]) or list(plans[int(key)].batches) != list(rp["batches"]):
             raise ValueError(f"saved plan at {key} px does not match its inputs (shares {rp['shares']}, batches {rp['batches']})")
     return Plan(workers=data["workers"], small=data["small"], tau=data["tau"], dataset_size=data["dataset_size"],
