@@ -110,8 +110,9 @@ def user_folder(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("torchrun", [0, 2], ids=["store", "torchrun"])
 def test_torchvision_resnet18_with_cifar_stem(tmp_path: Path, torchrun: int) -> None:
     run_dir = tmp_path / "run"
+    # digits' own 8 px and 128 images: ResNet-18 (11 M parameters) is slow on a CPU
     proc = train(tmp_path, run_dir, "model.name=torchvision.models:resnet18", "model.cifar_stem=true",
-                 torchrun=torchrun)
+                 "schedule.resolutions=[8]", "model.dropout=[0.0]", "data.train_limit=128", torchrun=torchrun)
     records = finished(proc, run_dir)
     assert [r["epoch"] for r in records] == [0, 1]
     assert all(0.0 <= r["test_acc"] <= r["test_acc5"] <= 1.0 for r in records)
