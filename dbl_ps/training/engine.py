@@ -203,10 +203,14 @@ class TorchEngine(Engine):
             # so checkpoints, merges and evaluation see the same model as without compile.
             self.module.compile()
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The module's logits in the run's memory format and precision."""
         images = images.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            out = self.module(images)
+            return self.module(images)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.forward(images)
         loss = self.loss_fn(out.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
@@ -231,9 +235,7 @@ class TorchEngine(Engine):
             set_dropout(self.module, dropout)
             images = torch.zeros(batch, in_channels, resolution, resolution, device=self.device)
             labels = torch.zeros(batch, dtype=torch.int64, device=self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                out = self.module(images.contiguous(memory_format=self.memory_format))
-            self.loss_fn(out.float(), labels).backward()
+            self.loss_fn(self.forward(images).float(), labels).backward()
         self.module.load_state_dict(saved)
         for m, p in zip((m for m in self.module.modules() if isinstance(m, nn.Dropout)), rates):
             m.p = p
