@@ -22,6 +22,7 @@ collectives (see `dbl_ps.synchronizers.collective`).
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,6 +97,8 @@ class CollectiveRunner:
 
     def setup(self) -> None:
         cfg = self.cfg
+        self._set_up_from = time.perf_counter()  # start-up: reported apart from the training time
+        self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the training time)
         meta = RunDirectory(self.run_dir).load_checkpoint() if self.resume else None
         group_size = cfg.fsdp.ranks_per_worker if cfg.engine == "fsdp" else 1
         # Checked before any collective: every rank reads the same environment and config.
@@ -165,9 +168,12 @@ class CollectiveRunner:
         measure = cfg.time_model() is None and not cfg.dbl.calibration and cfg.dbl.small > 0
         box: list[Any] = [None]
         if topo.is_main or measure:
+            measuring = time.perf_counter()
             models, batches, source = resolve_time_models(
                 cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                 device=self.device.type, log=self.log)
+            if source.startswith("measured"):
+                self.time_model_seconds = time.perf_counter() - measuring
             if measure:  # each worker measured its own device: one time model per worker (mixed hardware)
                 gathered: list[Any] = [None] * topo.world
                 dist.all_gather_object(gathered, models)
@@ -200,6 +206,9 @@ class CollectiveRunner:
             return self.dir.read_summary() if topo.is_main else {}
         finisher = self._open_finisher() if topo.is_main else None
         dist.barrier()  # start the clocks together (W&B start-up on rank 0 is slow)
+        startup_seconds = time.perf_counter() - self._set_up_from
+        if finisher is not None:
+            finisher.start_clock()  # the wall time counts training, as in the store mode
         first = self.plan[self.spec.resolutions[0]]
         # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
         loader = share_loader_for(cfg.data, self.data.train, self.transform, resolutions=self.spec.resolutions,
@@ -225,7 +234,8 @@ class CollectiveRunner:
             dist.barrier()
         except DivergedError as err:  # every rank raised it at the same sync: no collective is left waiting
             if finisher is not None:  # rank 0: summary.json and the line; checkpoint.json keeps the last finite epoch
-                finisher.summary("diverged", name=cfg.name, small_workers=self.plan.small, plan_source=self.plan_source)
+                finisher.summary("diverged", name=cfg.name, small_workers=self.plan.small, plan_source=self.plan_source,
+                                 startup_seconds=startup_seconds, time_model_seconds=self.time_model_seconds)
                 meta = self.dir.checkpoint_meta()
                 self._log("dbl-ps train: error: " + stopped_line(str(err), diverged=True, run_dir=self.run_dir,
                                                                  last_epoch=meta["epoch"] if meta else None))
@@ -239,7 +249,8 @@ class CollectiveRunner:
         if status != "finished":
             status = "interrupted"
             self.dir.set_checkpoint_status(status)
-        return finisher.summary(status, name=cfg.name, small_workers=self.plan.small, plan_source=self.plan_source)
+        return finisher.summary(status, name=cfg.name, small_workers=self.plan.small, plan_source=self.plan_source,
+                                startup_seconds=startup_seconds, time_model_seconds=self.time_model_seconds)
 
     def _open_finisher(self) -> EpochFinisher:
         cfg, meta = self.cfg, self.meta

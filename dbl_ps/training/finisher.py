@@ -15,6 +15,7 @@ Used by the store mode's launcher and by rank 0 of a multi-rank job alike:
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -67,7 +68,9 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, test: Split, transform: BatchTransform, *, batch_size: int, resolution: int,
                  device: torch.device, bn_images: Any = None):
-        self.model = model.to(device)
+        # A copy of its own: recalibrating its BatchNorm statistics must not reach the caller's
+        # model or the state dict it passes (model.pt is the merged state, what a resume continues).
+        self.model = copy.deepcopy(model).to(device)
         self.test, self.transform = test, transform
         self.batch_size, self.resolution, self.device = batch_size, resolution, device
         self.bn_images = bn_images
