@@ -155,6 +155,7 @@ def test_user_model_and_dataset_from_a_factory(user_folder: Path, tmp_path: Path
     assert state["head.weight"].shape == (3, 32)  # the factory's 3 classes reached the model
 
 
+@pytest.mark.slow  # the engine-level test below drives each option; this is the whole run
 def test_recipe_options_train(tmp_path: Path) -> None:
     """AdamW, label smoothing, bf16 autocast and channels_last together (CPU: bf16 autocast runs there too)."""
     run_dir = tmp_path / "run"

@@ -58,9 +58,12 @@ def store_run(tmp_path_factory) -> Path:
 
 ENGINES = [
     pytest.param(2, ["engine=torch"], id="torch"),
+    # the DeepSpeed and FSDP engines under a launcher are in the default suite through
+    # tests/test_integration_deepspeed.py and tests/test_integration_fsdp.py; this parity check is slow
     pytest.param(2, ["engine=deepspeed"], id="deepspeed",
-                 marks=pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")),
-    pytest.param(2, ["engine=fsdp", "fsdp.ranks_per_worker=1"], id="fsdp-1-rank-per-worker"),
+                 marks=[pytest.mark.slow,
+                        pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")]),
+    pytest.param(2, ["engine=fsdp", "fsdp.ranks_per_worker=1"], id="fsdp-1-rank-per-worker", marks=pytest.mark.slow),
     # 4 ranks on this machine's 2 cores: slow; FSDP groups of two ranks are in the default suite
     # through tests/test_integration_fsdp.py::test_two_groups_of_two_sync_is_weighted_mean_and_learns
     pytest.param(4, ["engine=fsdp", "fsdp.ranks_per_worker=2"], id="fsdp-2-ranks-per-worker", marks=pytest.mark.slow),
