@@ -175,17 +175,19 @@ def test_a_frozen_or_killed_rank_is_named_within_the_sync_timeout_and_the_checkp
 
 @pytest.mark.skipif(not can_mount_tmpfs("/mnt"), reason="needs unshare and mount (root, Linux)")
 def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
-    """A real full disk: the run directory on a 1.5 MB tmpfs in a private mount namespace holds
-    the set-up files and one epoch's checkpoint (about 1 MB for the small ResNet and 2 workers),
-    not two. The run stops in one line naming the file and the free space, keeps the first
-    checkpoint and leaves no temporary file; once the tmpfs is grown, --resume finishes it."""
+    """A real full disk: the run directory on a 1.8 MB tmpfs in a private mount namespace holds
+    the set-up files (40 kB), one epoch's checkpoint (two worker files of 323 kB and model.pt
+    of 332 kB) and the next epoch's worker files, which the workers may write while the
+    launcher still evaluates the epoch before (1.67 MB), but never a second model.pt. The run
+    stops in one line naming the file and the free space, keeps the first checkpoint and
+    leaves no temporary file; once the tmpfs is grown, --resume finishes it."""
     mnt, out = tmp_path / "disk", tmp_path / "out"
     mnt.mkdir()
     out.mkdir()
     py = f"'{sys.executable}' -m dbl_ps train --no-progress"
     args = " ".join(f"'{a}'" for a in [*FAST, "schedule.epochs=4", "schedule.milestones=[3]"])
     script = f"""
-mount -t tmpfs -o size=1500k tmpfs {mnt} || exit 99
+mount -t tmpfs -o size=1800k tmpfs {mnt} || exit 99
 {py} --run-dir {mnt}/run {args} > {out}/first.out 2> {out}/first.err; echo $? > {out}/first.code
 find {mnt} -name '*.tmp' > {out}/tmps.txt
 cp -r {mnt}/run {out}/failed

@@ -101,11 +101,9 @@ class CollectiveSynchronizer(Synchronizer):
         try:
             dist.monitored_barrier(group=self.monitor_group, timeout=self.timeout, wait_all_ranks=True)
         except RuntimeError as exc:  # rank 0 learns which ranks did not arrive; the others that rank 0 did not answer
-            missing = re.search(r"Ranks? ([\d, ]+) failed to pass", str(exc))
-            who = f"rank(s) {missing.group(1).strip()} did not arrive" if missing else \
-                (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise RankLost(f"rank {dist.get_rank()} waited {self.timeout.total_seconds():g} s at sync {self.merges + 1}: "
-                           f"{who} (frozen, killed, or slower than launch.sync_timeout allows)") from None
+                           f"{self._who_is_missing(exc)} (frozen, killed, or slower than launch.sync_timeout "
+                           f"allows)") from None
         diverged = self.diverged_workers(engine, loss)  # every rank learns every rank's state
         merging = time.perf_counter()
         if diverged and not self.skip_nonfinite:
@@ -120,6 +118,22 @@ class CollectiveSynchronizer(Synchronizer):
         self.merges += 1
         return SyncResult(version=self.merges, wait_seconds=merging - waiting,
                           sync_seconds=time.perf_counter() - merging, diverged=diverged)
+
+    @staticmethod
+    def _who_is_missing(exc: RuntimeError) -> str:
+        """The ranks a failed monitored barrier names; a rank that died (SIGKILL, a crash) closes
+        its connection before the timeout, and gloo names only its address: with two ranks that
+        is the other one."""
+        text = str(exc)
+        missing = re.search(r"Ranks? ([\d, ]+) failed to pass", text)
+        if missing:
+            return f"rank(s) {missing.group(1).strip()} did not arrive"
+        if re.search(r"Connection (closed|reset)", text):
+            others = [r for r in range(dist.get_world_size()) if r != dist.get_rank()]
+            if len(others) == 1:
+                return f"rank(s) {others[0]} did not arrive (its connection closed: killed or crashed)"
+            return "a rank's connection closed (killed or crashed; see that rank's output)"
+        return (text.strip().splitlines() or [type(exc).__name__])[0]
 
     @staticmethod
     def diverged_workers(engine: Engine, loss: torch.Tensor | None) -> dict[int, float]:
