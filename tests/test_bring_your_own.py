@@ -124,7 +124,8 @@ def test_torchvision_resnet18_with_cifar_stem(tmp_path: Path, torchrun: int) -> 
     assert state["conv1.weight"].shape == (64, 3, 3, 3)
 
 
-@pytest.mark.parametrize("torchrun", [0, 2], ids=["store", "torchrun"])
+# under torchrun a user's module is also imported by every rank in test_user_model_and_dataset_from_a_factory
+@pytest.mark.parametrize("torchrun", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["store", "torchrun"])
 def test_user_model_from_the_current_directory(user_folder: Path, tmp_path: Path, torchrun: int) -> None:
     """A model in my_models.py next to where the run starts, with kwargs and no dropout of its own:
     every worker process (or rank) imports it, the schedule's dropout goes before its head."""
