@@ -336,8 +336,7 @@ class ModelAverager:
         self.sync = CollectiveSynchronizer(sync_every, timeout_s=timeout_s, divergence=divergence)
         self._check_same_tensors()
         self.sync.start(self.engine, fresh=True)
-        self.train_seconds = 0.0  # this epoch's training time without waits at syncs (for replan_together)
-        self.set_epoch(0)
+        self.set_epoch(0)  # also zeroes train_seconds: this epoch's training time without waits (replan_together)
 
     def _check_same_tensors(self) -> None:
         module = self.engine.module

@@ -44,7 +44,6 @@ from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_sp
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.messages import EpochReport, merge_members
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
-from dbl_ps.planner import InfeasiblePlanError
 from dbl_ps.training.replanning import replan_after_epoch
 from dbl_ps.training.setup import (
     build_plan,
@@ -191,9 +190,12 @@ class CollectiveRunner:
     def _write_run_files(self) -> None:
         fresh = self.meta is None
         engine_options(self.cfg, self.run_dir, resuming=not fresh)  # saves deepspeed_config.json of a new run
-        plan = {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
+        self.dir.write_setup(self.cfg, self._plan_dict(), self.spec, fresh=fresh)
+
+    def _plan_dict(self) -> dict[str, Any]:
+        """plan.json: the plan and where it came from (at set-up and after each re-plan)."""
+        return {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
                 "ranks_per_worker": self.topo.group_size}
-        self.dir.write_setup(self.cfg, plan, self.spec, fresh=fresh)
 
     # -- training
 
@@ -294,18 +296,13 @@ class CollectiveRunner:
         """`dbl.replan`: every rank decides from the same gathered reports (`replan_after_epoch`
         is a pure function), so all switch to the same plan at the next epoch with no further
         collective; rank 0 logs the decision and rewrites plan.json for a resume."""
-        try:
-            replanned = replan_after_epoch(epoch, self.plan, workers, self.cfg.dbl.replan_threshold)
-        except InfeasiblePlanError as exc:
-            self.log(f"re-planning after epoch {epoch + 1} found no feasible plan ({exc}); keeping the plan")
-            return self.plan
+        replanned = replan_after_epoch(epoch, self.plan, workers, self.cfg.dbl.replan_threshold, log=self.log)
         if replanned is None:
             return self.plan
         self.plan = replanned.plan
         if finisher is not None:
             finisher.logger.log(epoch, replanned.record)
-            self.dir.write_plan({**self.plan.to_dict(), "time_model_source": self.plan_source,
-                                 "engine": self.cfg.engine, "ranks_per_worker": self.topo.group_size})
+            self.dir.write_plan(self._plan_dict())
             self._log(replanned.line)
         return self.plan
 

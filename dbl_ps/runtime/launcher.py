@@ -49,7 +49,6 @@ from dbl_ps._optional import require
 from dbl_ps.config import check_workers_fit, load_config
 from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
-from dbl_ps.planner import InfeasiblePlanError
 from dbl_ps.run_dirs import RunLock, RunWriteError
 from dbl_ps.runtime.engines import check_engine_config, check_store_mode_engine, engine_options
 from dbl_ps.runtime.failures import stopped_line
@@ -435,11 +434,7 @@ class Trainer:
     def _replan(self, epoch: int, reports: list[EpochReport], plan_version: Any) -> Replanned | None:
         """The new plan when the workers' speeds in `epoch` drifted apart (dbl.replan), written
         to plan.json and announced to the workers through `plan_version`; None to keep the plan."""
-        try:
-            replanned = replan_after_epoch(epoch, self.plan, reports, self.cfg.dbl.replan_threshold)
-        except InfeasiblePlanError as exc:  # e.g. tau out of the scaled models' range: train on as planned
-            self.log(f"re-planning after epoch {epoch + 1} found no feasible plan ({exc}); keeping the plan")
-            return None
+        replanned = replan_after_epoch(epoch, self.plan, reports, self.cfg.dbl.replan_threshold, log=self.log)
         if replanned is None:
             return None
         self.plan = replanned.plan

@@ -24,9 +24,9 @@ The record goes into metrics.jsonl next to the epoch's record (`"event": "replan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from dbl_ps.planner import Plan
+from dbl_ps.planner import InfeasiblePlanError, Plan
 from dbl_ps.replan import drifted, replan, speed_factors
 from dbl_ps.training.messages import EpochReport
 
@@ -46,10 +46,12 @@ def plan_shapes(plan: Plan) -> dict[str, dict[str, list[Any]]]:
             for r, rp in plan.resolutions.items()}
 
 
-def replan_after_epoch(epoch: int, plan: Plan, reports: Sequence[EpochReport], threshold: float) -> Replanned | None:
+def replan_after_epoch(epoch: int, plan: Plan, reports: Sequence[EpochReport], threshold: float,
+                       log: Callable[[str], None] = lambda _: None) -> Replanned | None:
     """The new plan when the workers' speeds in `epoch` (one report per worker, in worker
-    order, all trained with `plan`) drifted apart by more than `threshold`; else None.
-    Raises `InfeasiblePlanError` when the scaled time models allow no plan."""
+    order, all trained with `plan`) drifted apart by more than `threshold`; else None, also
+    when the scaled time models allow no plan (e.g. tau out of their range: training goes on
+    as planned, and `log` hears why)."""
     if [r.worker for r in reports] != list(range(plan.workers)):
         raise ValueError(f"one report per worker in order 0..{plan.workers - 1} expected, got workers "
                          f"{[r.worker for r in reports]}")
@@ -58,7 +60,11 @@ def replan_after_epoch(epoch: int, plan: Plan, reports: Sequence[EpochReport], t
     factors = speed_factors(plan[resolution], train_seconds)
     if not drifted(factors, threshold):
         return None
-    new = replan(plan, factors)
+    try:
+        new = replan(plan, factors)
+    except InfeasiblePlanError as exc:
+        log(f"re-planning after epoch {epoch + 1} found no feasible plan ({exc}); keeping the plan")
+        return None
     record = {"event": "replan", "measured_resolution": resolution, "threshold": threshold,
               "train_seconds": train_seconds, "factors": factors, "old": plan_shapes(plan), "new": plan_shapes(new)}
     old_rp, new_rp = plan[resolution], new[resolution]
