@@ -42,6 +42,9 @@ CPU_BATCH_CAP = 128
 # the minimum suits a machine shared with other jobs, whose load only ever slows a step.
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 GPU_PROBE_LIMIT = 1 << 16
+# The autocast dtype of each `precision` option (the same options `engine: torch` runs
+# with, so the plan is made from the step time the workers will see).
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The OOM probe stops within 1/64 of the edge (B_L keeps `margin` = 90 % of it anyway).
 PROBE_TOLERANCE = 1 / 64
 
@@ -308,17 +311,26 @@ def make_train_step(
     num_classes: int,
     in_channels: int = 3,
     lr: float = 0.01,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> Callable[[], None]:
-    """A closure doing one real SGD training step of ``model`` on a fixed synthetic batch."""
+    """A closure doing one real SGD training step of ``model`` on a fixed synthetic batch,
+    under the run's ``precision`` (autocast) and memory format, as `engine: torch` steps.
+    (fp16's loss scaling is left out: it costs a multiply per step, nothing to the fit.)"""
 
-    x = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch_size, in_channels, resolution, resolution, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, num_classes, (batch_size,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
+    dtype = AUTOCAST_DTYPES[precision]
+    device_type = torch.device(device).type
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         optimizer.step()
 
     return step
@@ -337,6 +349,8 @@ def measure_grid(
     sync: Callable[[], None],
     progress: Any = None,
     statistic: str = "median",
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> list[tuple[int, float]]:
     """``(batch, seconds per step)`` for every batch in ``grid``: the median (or the
     minimum, ``statistic="min"``) of the timed steps.
@@ -346,7 +360,8 @@ def measure_grid(
     ``repeats`` rounds, so slow drift or a busy neighbour process spreads over all
     batch sizes instead of bending the fitted line.
     """
-    steps = {b: make_train_step(model, b, resolution, device=device, num_classes=num_classes, in_channels=in_channels) for b in grid}
+    steps = {b: make_train_step(model, b, resolution, device=device, num_classes=num_classes, in_channels=in_channels,
+                                precision=precision, channels_last=channels_last) for b in grid}
     for b, step in steps.items():
         for _ in range(warmup):
             step()
@@ -369,7 +384,8 @@ def measure_grid(
     return [(b, reduce(times[b])) for b in grid]
 
 
-def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in_channels: int) -> Callable[[int], bool]:
+def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in_channels: int,
+               precision: str, channels_last: bool) -> Callable[[int], bool]:
 
     def fits(batch_size: int) -> bool:
         # No cuDNN autotuning while probing: it would time every algorithm at every probed
@@ -377,7 +393,8 @@ def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = False
         try:
-            make_train_step(model, batch_size, resolution, device=device, num_classes=num_classes, in_channels=in_channels)()
+            make_train_step(model, batch_size, resolution, device=device, num_classes=num_classes, in_channels=in_channels,
+                            precision=precision, channels_last=channels_last)()
             torch.cuda.synchronize()
             return True
         except torch.cuda.OutOfMemoryError:
@@ -405,6 +422,8 @@ def calibrate(
     repeats: int = 5,
     margin: float = 0.9,
     compile: bool = False,
+    precision: str = "fp32",
+    channels_last: bool = False,
     auto_cap: bool = False,
     statistic: str = "median",
     threads: int | None = None,
@@ -443,6 +462,8 @@ def calibrate(
         raise ValueError(f"batch_cap={batch_cap} must be >= 2")
     if statistic not in STATISTICS:
         raise ValueError(f"statistic={statistic!r} must be one of {', '.join(STATISTICS)}")
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"precision={precision!r} must be one of {', '.join(AUTOCAST_DTYPES)}")
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup={warmup} must be >= 0 and repeats={repeats} >= 1")
     if batch_sizes is not None and any(b < 1 for b in batch_sizes):
@@ -462,7 +483,8 @@ def calibrate(
         return _calibrate(
             model_name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
             batch_sizes=batch_sizes, batch_cap=batch_cap, grid_points=grid_points, smallest_batch=smallest_batch,
-            warmup=warmup, repeats=repeats, margin=margin, compile=compile, auto_cap=auto_cap,
+            warmup=warmup, repeats=repeats, margin=margin, compile=compile, precision=precision,
+            channels_last=channels_last, auto_cap=auto_cap,
             statistic=statistic, progress=progress, model_kwargs=model_kwargs, cifar_stem=cifar_stem,
         )
     finally:
@@ -484,6 +506,8 @@ def _calibrate(
     repeats: int,
     margin: float,
     compile: bool,
+    precision: str,
+    channels_last: bool,
     auto_cap: bool,
     statistic: str,
     progress: bool,
@@ -497,13 +521,15 @@ def _calibrate(
     if on_gpu:
         torch.backends.cudnn.benchmark = True
     model = build_model(model_name, num_classes, in_channels=in_channels, kwargs=model_kwargs,
-                        cifar_stem=cifar_stem).to(device).train()
+                        cifar_stem=cifar_stem).train()
+    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     runner = torch.compile(model) if compile else model
 
     results = {}
     for r in sorted(resolutions):
         if on_gpu:
-            fits = _cuda_fits(model, r, device=device, num_classes=num_classes, in_channels=in_channels)
+            fits = _cuda_fits(model, r, device=device, num_classes=num_classes, in_channels=in_channels,
+                              precision=precision, channels_last=channels_last)
             largest = probe_max_batch(fits, limit=batch_cap, tolerance=PROBE_TOLERANCE)
             if largest == 0:
                 raise ValueError(f"{model_name} at {r} px does not fit on {device} even with batch 1")
@@ -524,6 +550,8 @@ def _calibrate(
             repeats=repeats,
             sync=sync,
             statistic=statistic,
+            precision=precision,
+            channels_last=channels_last,
             progress=tqdm(
                 total=len(grid) * (warmup + repeats),
                 desc=f"calibrate {model_name} {r}px",
@@ -564,6 +592,8 @@ def _calibrate(
             "batch_cap": batch_cap,
             "margin": margin if on_gpu else None,
             "compile": compile,
+            "precision": precision,
+            "channels_last": channels_last,
             "auto_cap": auto_cap and not on_gpu,
             "threads": torch.get_num_threads(),
         },

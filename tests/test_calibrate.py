@@ -162,6 +162,27 @@ def test_calibrate_cpu_measures_real_steps(tmp_path):
     assert set(data["resolutions"]["8"]) == {"alpha", "beta", "r2", "batch_large", "samples"}
 
 
+def test_timed_step_runs_under_the_runs_precision_and_memory_format():
+    """A bf16, channels-last run is planned from bf16, channels-last step times (the
+    workers' `engine: torch` step), not from fp32 ones."""
+    torch = pytest.importorskip("torch")
+    from dbl_ps.calibrate import make_train_step
+    from dbl_ps.models import build_model
+
+    model = build_model("small_resnet", 10, in_channels=3).to(memory_format=torch.channels_last)
+    seen = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda mod, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(
+        memory_format=torch.channels_last))))
+    make_train_step(model, 4, 8, device="cpu", num_classes=10, precision="bf16", channels_last=True)()
+    make_train_step(model, 4, 8, device="cpu", num_classes=10)()
+    assert seen == [(torch.bfloat16, True), (torch.float32, False)]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    cal = calibrate("small_resnet", [8], batch_sizes=[2, 4], batch_cap=4, warmup=0, repeats=1, progress=False,
+                    precision="bf16", channels_last=True)
+    assert cal.settings["precision"] == "bf16" and cal.settings["channels_last"] is True
+
+
 def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
     import dbl_ps.calibrate as cal_mod
 
@@ -189,6 +210,7 @@ def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
         ({"batch_sizes": [64], "batch_cap": 64}, r"need at least 2 batch sizes"),
         ({"model_name": "vgg"}, r"model name 'vgg' is unknown"),
         ({"statistic": "mean"}, r"statistic='mean' must be one of median, min"),
+        ({"precision": "int8"}, r"precision='int8' must be one of fp32, bf16, fp16"),
     ],
 )
 def test_calibrate_errors(kwargs, pattern):

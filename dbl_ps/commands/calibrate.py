@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CPU: B_L = the grid batch with the best throughput (fewest seconds per sample); fit only up to it",
     )
     parser.add_argument("--compile", action="store_true", help="time the torch.compile'd model (warmed up per shape)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="autocast precision of the timed steps, as the run's `precision` (default %(default)s)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="channels-last model and batches, as the run's `channels_last`")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             margin=args.margin,
             compile=args.compile,
+            precision=args.precision,
+            channels_last=args.channels_last,
             auto_cap=args.auto_cap,
             statistic=args.statistic,
             threads=args.threads,

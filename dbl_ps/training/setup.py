@@ -96,7 +96,7 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
             import_modules(cfg.imports)
             cal = calibrate(cfg.model.name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
                             model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
-                            batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
+                            precision=cfg.precision, channels_last=cfg.channels_last, batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
                             threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
                             auto_cap=device == "cpu")
             models = cal.time_models()
