@@ -42,7 +42,7 @@ from torch import nn
 from dbl_ps.data.shares import ShareBatchSampler
 from dbl_ps.integrations.deepspeed import DeepSpeedConfigError, SingleRankMPU, check_rank_config, single_rank_groups
 from dbl_ps.data.transforms import resize_batch
-from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, fit_time_model, make_plan
+from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, fit_nonnegative_time_model, make_plan
 from dbl_ps.replan import DEFAULT_THRESHOLD, drifted, replan, speed_factors
 from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
@@ -111,29 +111,7 @@ def measure_time_model(step: Callable[[int], Any], batch_sizes: Sequence[int], *
             sync()
             times.append(time.perf_counter() - started)
         samples.append((b, min(times)))
-    return _fit_nonnegative(samples)
-
-
-def _fit_nonnegative(samples: list[tuple[int, float]]) -> TimeModel:
-    """The least-squares line with alpha, beta >= 0. A small model on a GPU is launch-bound
-    (the same step time at every batch), where noise tips the free fit's slope below zero;
-    the best line with a slope of zero is then the mean time, and the best one through
-    the origin where the intercept would be negative."""
-    try:
-        free = fit_time_model(samples)
-        if free.alpha >= 0:
-            return free
-    except ValueError:  # a negative slope
-        pass
-    b = [float(x) for x, _ in samples]
-    t = [float(y) for _, y in samples]
-    flat = TimeModel(alpha=sum(t) / len(t), beta=0.0)
-    through_origin = TimeModel(alpha=0.0, beta=sum(x * y for x, y in zip(b, t)) / sum(x * x for x in b))
-
-    def sse(m: TimeModel) -> float:
-        return sum((m.step_seconds(x) - y) ** 2 for x, y in zip(b, t))
-
-    return min((flat, through_origin), key=sse)
+    return fit_nonnegative_time_model(samples)
 
 
 def plan_ranks(time_models: TimeModel | Sequence[TimeModel], *, batch_large: int | Sequence[int],

@@ -4,7 +4,7 @@ For every resolution: find the largest batch ``B_L`` (GPU: probe out-of-memory, 
 safety margin; CPU: a configured cap), time real training steps (forward, backward,
 SGD step on synthetic data of the right shape) over a grid of batch sizes up to
 ``B_L`` - warm-up steps excluded, median of the timed steps - and fit
-``alpha``, ``beta`` by least squares (``planner.fit_time_model``). The result is a
+``alpha``, ``beta`` by least squares with both >= 0 (``planner.fit_nonnegative_time_model``). The result is a
 JSON file that ``dbl-ps plan`` and ``dbl-ps train`` read (``load_calibration``)::
 
     {"device": "cpu", "model": "small_resnet",
@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from dbl_ps.models import build_model
-from dbl_ps.planner import TimeModel, fit_time_model
+from dbl_ps.planner import TimeModel, fit_nonnegative_time_model
 
 
 CPU_BATCH_CAP = 128
@@ -567,7 +567,9 @@ def _calibrate(
                     f"give smaller --batch-sizes"
                 )
             b_large = samples[-1][0]
-        fit = fit_time_model(samples)
+        # alpha, beta >= 0: a launch-bound GPU step is flat in the batch (beta 0), and noise
+        # must not tip it into a negative slope that no plan can use.
+        fit = fit_nonnegative_time_model(samples)
         results[r] = ResolutionCalibration(
             resolution=r,
             alpha=fit.alpha,

@@ -133,6 +133,32 @@ def fit_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
     return TimeModel(alpha=alpha, beta=beta, r2=r2)
 
 
+def fit_nonnegative_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
+    """The least-squares line with ``alpha, beta >= 0``. A small model on a GPU is
+    launch-bound (the same step time at every batch), where noise tips the free fit's
+    slope below zero; the best line with a slope of zero is then the mean time, and the
+    best one through the origin where the intercept would be negative."""
+    try:
+        free = fit_time_model(samples)
+        if free.alpha >= 0:
+            return free
+    except ValueError as exc:
+        if "beta=" not in str(exc):  # only a negative slope is mended here
+            raise
+    b = [float(x) for x, _ in samples]
+    t = [float(y) for _, y in samples]
+    flat = TimeModel(alpha=sum(t) / len(t), beta=0.0)
+    through_origin = TimeModel(alpha=0.0, beta=sum(x * y for x, y in zip(b, t)) / sum(x * x for x in b))
+
+    def sse(m: TimeModel) -> float:
+        return sum((m.step_seconds(x) - y) ** 2 for x, y in zip(b, t))
+
+    best = min((flat, through_origin), key=sse)
+    mean_t = sum(t) / len(t)
+    ss_tot = sum((y - mean_t) ** 2 for y in t)
+    return TimeModel(alpha=best.alpha, beta=best.beta, r2=1.0 - sse(best) / ss_tot if ss_tot > 0 else 1.0)
+
+
 # --------------------------------------------------------------------------- rounding
 
 

@@ -72,18 +72,10 @@ def test_deepspeed_rank_config_keeps_the_users_optimizer_and_scheduler():
 
 
 def test_a_measured_time_model_keeps_alpha_and_beta_non_negative():
-    """A launch-bound step (flat in the batch, with noise) and a step without fixed cost give
-    the best line with alpha, beta >= 0 instead of a fit error or a negative cost."""
+    """A step that costs nothing measurable still gives a usable line (the known-value cases
+    of the non-negative fit are in tests/test_planner.py)."""
     flat = dbl.measure_time_model(lambda b: None, [8, 16], repeats=1)
     assert flat.alpha >= 0 and flat.beta >= 0
-    from dbl_ps.api import _fit_nonnegative
-
-    m = _fit_nonnegative([(8, 0.003), (16, 0.0031), (32, 0.0029), (256, 0.00295)])
-    assert m.beta == 0 and m.alpha == pytest.approx(0.0029875)
-    m = _fit_nonnegative([(8, 0.0001), (16, 0.0003), (32, 0.0008)])
-    assert m.alpha == 0 and m.beta == pytest.approx((8 * 0.0001 + 16 * 0.0003 + 32 * 0.0008) / (64 + 256 + 1024))
-    m = _fit_nonnegative([(8, 0.001), (16, 0.0015), (32, 0.0025)])
-    assert m.alpha == pytest.approx(0.0005) and m.beta == pytest.approx(6.25e-5)
 
 
 def test_plan_from_a_calibration_file(tmp_path):

@@ -20,6 +20,7 @@ from dbl_ps.calibrate import (
     save_calibration,
 )
 from dbl_ps.commands import calibrate as calibrate_cmd
+from dbl_ps.planner import make_plan
 from dbl_ps.commands import plan as plan_cmd
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,6 +182,23 @@ def test_timed_step_runs_under_the_runs_precision_and_memory_format():
     cal = calibrate("small_resnet", [8], batch_sizes=[2, 4], batch_cap=4, warmup=0, repeats=1, progress=False,
                     precision="bf16", channels_last=True)
     assert cal.settings["precision"] == "bf16" and cal.settings["channels_last"] is True
+
+
+def test_a_launch_bound_step_calibrates_to_a_flat_line(monkeypatch):
+    """On a GPU a ResNet-18 step at batch <= 1024 costs the same at every batch (measured on
+    an H200: 6.6 ms, slope -1.4e-7 s/sample in the noise). That is alpha = the step time,
+    beta = 0, not a failed measurement: the run fell back to a default time model 10x off
+    and planned the small worker a batch of 24 (3.2x the baseline's time;
+    benchmarks/RESULTS.md). With a flat line the small batch is d_S / d_L x B_L."""
+    import dbl_ps.calibrate as cal_mod
+
+    monkeypatch.setattr(cal_mod, "measure_grid", lambda model, grid, resolution, **kw: [
+        (b, 0.0066 - 1.4e-7 * b) for b in grid])
+    cal = calibrate("small_resnet", [8], batch_sizes=[8, 64, 512], batch_cap=512, progress=False)
+    c = cal.resolutions[8]
+    assert c.beta == 0 and c.alpha == pytest.approx(sum(0.0066 - 1.4e-7 * b for b in (8, 64, 512)) / 3)
+    plan = make_plan({8: c.time_model()}, {8: 512}, workers=4, small=1, tau=1.1, dataset_size=24000)
+    assert plan.resolutions[8].batch_small == round(4200 / 6600 * 512) == 326
 
 
 def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):

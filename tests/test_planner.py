@@ -15,6 +15,7 @@ from dbl_ps.planner import (
     TimeModel,
     apportion,
     feasible_tau_range,
+    fit_nonnegative_time_model,
     fit_time_model,
     make_plan,
     plan_all_small_counts,
@@ -357,6 +358,20 @@ def test_fit_r2_drops_with_noise():
 def test_fit_errors(samples, pattern):
     with pytest.raises(ValueError, match=pattern):
         fit_time_model(samples)
+
+
+def test_non_negative_fit_of_launch_bound_and_origin_bound_steps():
+    """A launch-bound GPU step (flat in the batch, noise tipping the slope below zero) gives
+    beta 0 and the mean time; a step without fixed cost gives alpha 0 and the best slope
+    through the origin; a clean line is the free fit."""
+    m = fit_nonnegative_time_model([(8, 0.003), (16, 0.0031), (32, 0.0029), (256, 0.00295)])
+    assert m.beta == 0 and m.alpha == pytest.approx(0.0029875)
+    m = fit_nonnegative_time_model([(8, 0.0001), (16, 0.0003), (32, 0.0008)])
+    assert m.alpha == 0 and m.beta == pytest.approx((8 * 0.0001 + 16 * 0.0003 + 32 * 0.0008) / (64 + 256 + 1024))
+    m = fit_nonnegative_time_model([(8, 0.001), (16, 0.0015), (32, 0.0025)])
+    assert m.alpha == pytest.approx(0.0005) and m.beta == pytest.approx(6.25e-5) and m.r2 == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"2 distinct batch sizes"):
+        fit_nonnegative_time_model([(8, 0.1), (8, 0.2)])
 
 
 def test_apportion():
