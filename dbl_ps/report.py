@@ -400,8 +400,9 @@ def plot_worker_times(run: RunData, path: str | Path) -> Path | None:
 
 
 def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, baseline: str | None = None,
-                 title: str = "dbl-ps report") -> Path:
-    """Plots, `summary.json` and `report.md` (table + plots) in `out_dir`; returns the report's path."""
+                 title: str = "dbl-ps report", notes: Sequence[str] = ()) -> Path:
+    """Plots, `summary.json` and `report.md` (table + plots) in `out_dir`; returns the report's path.
+    `notes`: paragraphs printed under the table's explanation (e.g. how the time model was had)."""
     loaded = [r if isinstance(r, RunData) else load_run(r) for r in runs]
     if not loaded:
         raise ReportError("no runs to report on")
@@ -421,6 +422,8 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
                   f"target accuracy is {TARGET_FRACTION:g} x its mean final accuracy.", ""]
     lines += ["Mean ± sample standard deviation over each row's runs (seeds). Training time excludes the start-up "
               "and the time-model measurement (their own columns). Table as CSV: `summary.csv`.", ""]
+    for note in notes:
+        lines += [note, ""]
     lines += [format_table(rows, "markdown"), "Runs:", ""]
     lines += [f"- `{r.label}`: {r.run_dir}" for r in loaded]
     lines.append("")

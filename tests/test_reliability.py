@@ -96,6 +96,51 @@ def test_a_second_train_on_a_run_that_is_still_training_is_refused_and_changes_n
     assert not (run_dir / LOCK_FILE).exists()
 
 
+def spawned_workers(pid: int) -> list[int]:
+    """The pids of `pid`'s children started by multiprocessing's spawn (its workers)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(c) for c in task.read_text().split()]
+    workers = []
+    for child in children:
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.append(child)
+        except OSError:  # gone meanwhile
+            pass
+    return workers
+
+
+def test_ctrl_c_while_workers_start_ends_the_run_at_once_and_leaves_nothing(tmp_path, monkeypatch):
+    """A stop before every worker is ready (a GPU's CUDA start-up takes 25 s for 4 workers)
+    ends them at once: no worker has trained, so there is nothing to wait for (it waited
+    30 s, and a `timeout` wrapper's SIGKILL then left the store's shared memory behind)."""
+    monkeypatch.setenv("DBL_PS_SLOW_START", "120")
+    run_dir = tmp_path / "run"
+    proc = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=2", "schedule.milestones=[1]")
+    try:
+        deadline = time.monotonic() + 120
+        while len(spawned_workers(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        workers = spawned_workers(proc.pid)
+        assert len(workers) == 2, proc.communicate()[1][-2000:] if proc.poll() is not None else "no workers"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert took < 15, f"stopping took {took:.1f} s"
+    assert not [w for w in workers if Path(f"/proc/{w}").exists() and
+                b"zombie" not in Path(f"/proc/{w}/status").read_bytes().lower()]
+    assert not list(Path("/dev/shm").glob(f"dblps-{proc.pid}-*"))  # the store's segment is gone
+    assert not (run_dir / LOCK_FILE).exists()
+    assert not (run_dir / "metrics.jsonl").is_file() or not read_metrics(run_dir)  # nothing trained
+
+
 def test_a_run_whose_owner_was_killed_resumes_over_the_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
     first = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=4", "schedule.milestones=[3]")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from dbl_ps.cli import main
@@ -97,6 +98,36 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
     assert "baseline" in (tmp_path / "rep" / "report.md").read_text()
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 2
+
+
+def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp_path, capsys):
+    """The one-off measurement is reported apart from the runs (seconds and values in the
+    report), and a comparison started again on the same --out plans with the same model
+    instead of a new measurement (a different plan for the runs still to do)."""
+    out = tmp_path / "cmp"
+    unmeasured = [a for a in FAST if not a.startswith(("dbl.alpha", "dbl.beta"))]
+    assert main(["compare", "--out", str(out), "--no-progress", "--methods", "baseline", *unmeasured]) == 0
+    assert "measuring the time model" in capsys.readouterr().out
+    saved = json.loads((out / "time_model.json").read_text())
+    assert saved["seconds"] > 0 and saved["source"] == "measured on the spot"
+    report = (out / "report" / "report.md").read_text()
+    assert f"Time model measured once before the first run (measured on the spot, {saved['seconds']:.1f} s)" in report
+    # started again with one more method: no new measurement, the saved model plans it
+    assert main(["compare", "--out", str(out), "--no-progress", "--methods", "baseline,dbsl", *unmeasured]) == 0
+    text = capsys.readouterr().out
+    assert "measuring the time model" not in text and "time model: the comparison's own" in text
+    assert "already done, skipped" in text
+    for method in ("baseline", "dbsl"):
+        dbl = yaml.safe_load((out / f"{method}-s0" / "config.yaml").read_text())["dbl"]
+        assert {str(r): a for r, a in dbl["alpha"].items()} == saved["alpha"]
+        assert {str(r): b for r, b in dbl["beta"].items()} == saved["beta"]
+    assert json.loads((out / "time_model.json").read_text()) == saved
+    # other resolutions than the saved model's: one line, before anything runs
+    assert main(["compare", "--out", str(out), "--no-progress", "--methods", "cpl", *unmeasured,
+                 "schedule.resolutions=[10]"]) == 2
+    err = capsys.readouterr().err
+    assert "time_model.json was measured at [12, 16] px, this comparison trains at [10] px" in err
+    assert not (out / "cpl-s0").exists()
 
 
 @pytest.mark.skipif(not can_mount_tmpfs("/dev/shm"), reason="needs unshare and mount (root, Linux)")

@@ -22,12 +22,16 @@ Every variant keeps the config's LR, momentum, weight decay and epochs (nothing 
 per method).
 
 All variants use the same time model: the config's, or one measured once at the
-start and written into each variant's config, so their plans agree.
+start and written into each variant's config, so their plans agree. The measured one is
+kept in `--out`'s `time_model.json`: the same command started again (after a stop, or
+with more methods or seeds) skips the finished runs, resumes the interrupted one and
+plans the rest with that model, not a new measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -93,25 +97,55 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     return RunConfig.from_dict(data)
 
 
-def with_time_model(cfg: Any, log=print) -> Any:
-    """`cfg` with dbl.alpha/beta set, measuring them once if the config has none."""
-    from dbl_ps.config import RunConfig
+TIME_MODEL_FILE = "time_model.json"
+
+
+def with_time_model(cfg: Any, saved: Path | None = None, log=print) -> tuple[Any, dict | None]:
+    """`cfg` with dbl.alpha/beta set, and the record of where they came from: the config's
+    own (record None), the comparison's `saved` file (a resumed comparison keeps the time
+    model its first runs were planned with), or measured once here (with its seconds)."""
+    import time
+
+    from dbl_ps.config import ConfigError, RunConfig
     from dbl_ps.data import load_dataset
     from dbl_ps.training.setup import resolve_time_models
 
     if cfg.time_model() is not None or cfg.dbl.calibration:
-        return cfg
-    data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
-    import torch
+        return cfg, None
+    if saved is not None and saved.is_file():
+        record = json.loads(saved.read_text())
+        measured_at = sorted(int(r) for r in record["alpha"])
+        if measured_at != sorted(cfg.schedule.resolutions):
+            raise ConfigError(f"{saved} was measured at {measured_at} px, this comparison trains at "
+                              f"{sorted(cfg.schedule.resolutions)} px; give another --out (or delete the file "
+                              f"to measure again)", key="schedule.resolutions")
+        log(f"time model: the comparison's own, measured when it started ({saved})")
+    else:
+        data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
+        import torch
 
-    device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    models, _, source = resolve_time_models(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
-                                            device=device, log=log)
+        device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        started = time.perf_counter()
+        models, _, source = resolve_time_models(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
+                                                device=device, log=log)
+        record = {"source": source, "seconds": time.perf_counter() - started,
+                  "alpha": {str(r): m.alpha for r, m in models.items()},
+                  "beta": {str(r): m.beta for r, m in models.items()}}
+        log(f"time model ({source}, {record['seconds']:.1f} s): " + ", ".join(
+            f"{r}px alpha={m.alpha:.4g} beta={m.beta:.4g}" for r, m in models.items()))
     raw = cfg.to_dict()
-    raw["dbl"]["alpha"] = {r: m.alpha for r, m in models.items()}
-    raw["dbl"]["beta"] = {r: m.beta for r, m in models.items()}
-    log(f"time model ({source}): " + ", ".join(f"{r}px alpha={m.alpha:.4g} beta={m.beta:.4g}" for r, m in models.items()))
-    return RunConfig.from_dict(raw)
+    raw["dbl"]["alpha"] = {int(r): a for r, a in record["alpha"].items()}
+    raw["dbl"]["beta"] = {int(r): b for r, b in record["beta"].items()}
+    return RunConfig.from_dict(raw), record
+
+
+def time_model_note(record: dict) -> str:
+    """The report's line on a time model measured once for the whole comparison."""
+    models = ", ".join(f"{r} px alpha {record['alpha'][r]:.4g} s, beta {record['beta'][r]:.4g} s/sample"
+                       for r in record["alpha"])
+    return (f"Time model measured once before the first run ({record['source']}, {record['seconds']:.1f} s) and "
+            f"given to every run, so each run's own time-model column reads 0: {models}. Kept in "
+            f"`{TIME_MODEL_FILE}` beside the runs, so a resumed comparison plans its remaining runs with it.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,12 +175,15 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:  # values that followed an override (e.g. milestones scaled to schedule.epochs)
         print(f"dbl-ps compare: {note}", flush=True)
     try:
-        cfg = with_time_model(cfg)
+        cfg, time_model = with_time_model(cfg, saved=Path(args.out) / TIME_MODEL_FILE if args.out else None)
     except (ConfigError, ValueError) as exc:
         return _error(str(exc))
     # A new folder is created at once (atomically, `-1`, `-2` ... when taken), so two
     # comparisons started in the same second never share one.
     out = Path(args.out) if args.out else create_unique_dir(Path(cfg.out_dir), f"compare-{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    if time_model is not None and not (out / TIME_MODEL_FILE).is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / TIME_MODEL_FILE).write_text(json.dumps(time_model, indent=2) + "\n")
     run_dirs = []
     for seed in seeds:
         for method in methods:
@@ -165,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
             run_dirs.append(run_dir)
     runs = [load_run(d) for d in run_dirs]
     baseline = "baseline" if "baseline" in methods else None
-    path = write_report(runs, out / "report", baseline=baseline, title=f"dbl-ps compare: {cfg.name}")
+    path = write_report(runs, out / "report", baseline=baseline, title=f"dbl-ps compare: {cfg.name}",
+                        notes=[time_model_note(time_model)] if time_model is not None else [])
     print(format_table(summarize(runs, baseline), "plain"), end="")
     print(f"report: {path}")
     return 0

@@ -7,7 +7,10 @@ into callbacks on the loop's events (the loop itself never reads the environment
 * `DBL_PS_STOP_AFTER_EPOCH=E`: every rank stops cleanly once epoch E's checkpoint is
   written (as if the job had been killed there);
 * `DBL_PS_SLOW_WORKER=W:SECONDS`: worker W sleeps SECONDS after each training step (a
-  slower device or a busy neighbour, for re-planning tests and benchmarks).
+  slower device or a busy neighbour, for re-planning tests and benchmarks);
+* `DBL_PS_SLOW_START=SECONDS`: every store-mode worker sleeps SECONDS after its engine's
+  warm-up, before it looks at the stop event (a slow CUDA start-up or compile warm-up, for
+  tests of a stop during start-up).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from dbl_ps.training.events import Callback, StopTraining
 from dbl_ps.training.loop import EpochState, WorkerLoop
 
 __all__ = ["FAULT_ENV", "DUMP_ENV", "STOP_ENV", "SLOW_ENV", "callbacks_from_env", "FailWorker", "DumpFirstSync",
-           "StopAfterEpoch", "SlowWorker"]
+           "StopAfterEpoch", "SlowWorker", "SLOW_START_ENV", "start_delay"]
 
 FAULT_ENV = "DBL_PS_FAIL_WORKER"
 DUMP_ENV = "DBL_PS_DUMP_SYNC"
 STOP_ENV = "DBL_PS_STOP_AFTER_EPOCH"
 SLOW_ENV = "DBL_PS_SLOW_WORKER"
+SLOW_START_ENV = "DBL_PS_SLOW_START"
 
 
 class FailWorker(Callback):
@@ -101,6 +105,11 @@ class SlowWorker(Callback):
             raise ValueError(f"{SLOW_ENV}={value!r}: expected WORKER:SECONDS, e.g. 1:0.02 (worker 1 sleeps 20 ms "
                              f"after each step)")
         return slow
+
+
+def start_delay() -> float:
+    """Seconds a worker's start-up is drawn out (`DBL_PS_SLOW_START`; 0 when unset)."""
+    return float(os.environ.get(SLOW_START_ENV) or 0.0)
 
 
 def callbacks_from_env(rank: int) -> list[Callback]:

@@ -294,7 +294,11 @@ class Trainer:
             self._join(procs, queue, timeout=STOP_TIMEOUT)
         except BaseException as exc:
             stop.set()
-            self._join(procs, queue, timeout=STOP_TIMEOUT)
+            # Before the gate opens no worker has trained (nothing to save), and one still
+            # starting (CUDA, compile warm-up) looks at `stop` only when it is done: a stop
+            # then ends them at once instead of waiting STOP_TIMEOUT for each.
+            started = len(self._ready) == len(procs)
+            self._join(procs, queue, timeout=STOP_TIMEOUT if started else 0.0)
             if self._signal is not None and self.last_complete >= 0:
                 self._status = "interrupted"
                 self.dir.set_checkpoint_status("interrupted")

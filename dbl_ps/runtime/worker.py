@@ -25,7 +25,7 @@ from dbl_ps.data import Dataset, Split, build_transform, load_dataset
 from dbl_ps.planner import Plan
 from dbl_ps.runtime.engines import build_worker_engine
 from dbl_ps.runtime.failures import failure_message
-from dbl_ps.runtime.hooks import callbacks_from_env
+from dbl_ps.runtime.hooks import callbacks_from_env, start_delay
 from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers import StoreSynchronizer
 from dbl_ps.training.events import Callback
@@ -164,6 +164,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
     engine = build_worker_engine(cfg, module.to(device), device, topology, batch_size=first.batches[args.worker],
                                  options=args.engine_options)
     compile_seconds = engine.warm_up(warm_up_shapes(plan, spec, args.worker), data.in_channels)
+    time.sleep(start_delay())  # test hook: a start-up as slow as CUDA's or a compile warm-up
     if compile_seconds:
         print(f"worker {args.worker}: torch.compile warmed up in {compile_seconds:.1f} s", flush=True)
     if args.resume_folder:
