@@ -104,8 +104,34 @@ def fit_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
     ``beta = cov(b, t) / var(b)``, ``alpha = mean(t) - beta * mean(b)``,
     ``R^2 = 1 - SS_res / SS_tot`` (1.0 when every time is equal and fitted exactly).
     Needs at least two distinct batch sizes. A fitted negative ``beta`` (noise on a
-    too-narrow grid) is an error: widen the batch-size grid.
+    too-narrow grid) is an error: widen the batch-size grid, or see
+    ``fit_nonnegative_time_model``.
     """
+    points = _checked_points(samples)
+    alpha, beta = _least_squares(points)
+    if beta < 0:
+        raise ValueError(
+            f"fitted beta={beta:.3g} < 0: step time falls with batch size, so the samples are "
+            f"noise; use a wider batch-size grid or more steps per point"
+        )
+    return TimeModel(alpha=alpha, beta=beta, r2=_r2(points, alpha, beta))
+
+
+def fit_nonnegative_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
+    """The least-squares line with ``alpha, beta >= 0``. A small model on a GPU is
+    launch-bound (the same step time at every batch), where noise tips the free fit's
+    slope below zero; the best line with a slope of zero is then the mean time, and the
+    best one through the origin where the intercept would be negative."""
+    points = _checked_points(samples)
+    alpha, beta = _least_squares(points)
+    if alpha < 0 or beta < 0:
+        flat = (sum(t for _, t in points) / len(points), 0.0)
+        through_origin = (0.0, sum(b * t for b, t in points) / sum(b * b for b, _ in points))
+        alpha, beta = min((flat, through_origin), key=lambda line: _squared_error(points, *line))
+    return TimeModel(alpha=alpha, beta=beta, r2=_r2(points, alpha, beta))
+
+
+def _checked_points(samples: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     points = [(float(b), float(t)) for b, t in samples]
     if len(points) < 2:
         raise ValueError(f"need at least 2 (batch_size, seconds) samples to fit, got {len(points)}")
@@ -114,49 +140,28 @@ def fit_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
             raise ValueError(f"batch size {b} must be a positive number")
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"step time {t} must be a positive number of seconds")
+    if len({b for b, _ in points}) < 2:
+        raise ValueError(f"need at least 2 distinct batch sizes to fit, got only b={points[0][0]:g}")
+    return points
+
+
+def _least_squares(points: list[tuple[float, float]]) -> tuple[float, float]:
     n = len(points)
     mean_b = sum(b for b, _ in points) / n
     mean_t = sum(t for _, t in points) / n
     var_b = sum((b - mean_b) ** 2 for b, _ in points)
-    if var_b == 0:
-        raise ValueError(f"need at least 2 distinct batch sizes to fit, got only b={points[0][0]:g}")
     beta = sum((b - mean_b) * (t - mean_t) for b, t in points) / var_b
-    alpha = mean_t - beta * mean_b
-    if beta < 0:
-        raise ValueError(
-            f"fitted beta={beta:.3g} < 0: step time falls with batch size, so the samples are "
-            f"noise; use a wider batch-size grid or more steps per point"
-        )
+    return mean_t - beta * mean_b, beta
+
+
+def _squared_error(points: list[tuple[float, float]], alpha: float, beta: float) -> float:
+    return sum((t - (alpha + beta * b)) ** 2 for b, t in points)
+
+
+def _r2(points: list[tuple[float, float]], alpha: float, beta: float) -> float:
+    mean_t = sum(t for _, t in points) / len(points)
     ss_tot = sum((t - mean_t) ** 2 for _, t in points)
-    ss_res = sum((t - (alpha + beta * b)) ** 2 for b, t in points)
-    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0
-    return TimeModel(alpha=alpha, beta=beta, r2=r2)
-
-
-def fit_nonnegative_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
-    """The least-squares line with ``alpha, beta >= 0``. A small model on a GPU is
-    launch-bound (the same step time at every batch), where noise tips the free fit's
-    slope below zero; the best line with a slope of zero is then the mean time, and the
-    best one through the origin where the intercept would be negative."""
-    try:
-        free = fit_time_model(samples)
-        if free.alpha >= 0:
-            return free
-    except ValueError as exc:
-        if "beta=" not in str(exc):  # only a negative slope is mended here
-            raise
-    b = [float(x) for x, _ in samples]
-    t = [float(y) for _, y in samples]
-    flat = TimeModel(alpha=sum(t) / len(t), beta=0.0)
-    through_origin = TimeModel(alpha=0.0, beta=sum(x * y for x, y in zip(b, t)) / sum(x * x for x in b))
-
-    def sse(m: TimeModel) -> float:
-        return sum((m.step_seconds(x) - y) ** 2 for x, y in zip(b, t))
-
-    best = min((flat, through_origin), key=sse)
-    mean_t = sum(t) / len(t)
-    ss_tot = sum((y - mean_t) ** 2 for y in t)
-    return TimeModel(alpha=best.alpha, beta=best.beta, r2=1.0 - sse(best) / ss_tot if ss_tot > 0 else 1.0)
+    return 1.0 - _squared_error(points, alpha, beta) / ss_tot if ss_tot > 0 else 1.0
 
 
 # --------------------------------------------------------------------------- rounding
