@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Issue 17's comparison on one GPU, sized for one call of the device tool (under 9
-# minutes on an H200): baseline, DBSL, CPL and hybrid, two seeds each, with torchvision's
+# Issue 17's comparison on one GPU, for one call of the device tool (10 minutes at most):
+# baseline, DBSL, CPL and hybrid, two seeds each, with torchvision's
 # ResNet-18 (CIFAR stem, `configs/fashion_mnist_gpu.yaml`) on real Fashion-MNIST.
 #
 #   benchmarks/compare_gpu.sh OUTDIR [key=value ...]
@@ -12,8 +12,11 @@
 # (the paper does not say; the same for all four). The time model is measured on the GPU
 # once at the start and shared by all runs. Nothing is tuned per method.
 #
-# The comparison stops itself at COMPARE_SECONDS (default 530) so a time-limited caller
-# still gets the runs that finished; OUTDIR gets the console log and a tarball of the run
+# On an H200 each run took 14-21 s of training plus about 25 s of start-up (4 workers
+# initialising CUDA) with the measured plan; the first call there, whose plan came from a
+# failed time-model fit (since fixed) and ran DBSL and hybrid 3x slower, finished 7 of the
+# 8 runs in 540 s. The comparison stops itself at COMPARE_SECONDS (default 530) so a
+# time-limited caller still gets the runs that finished; OUTDIR gets the console log and a tarball of the run
 # directories without model files (metrics.jsonl, summary.json, report/).
 set -uo pipefail
 OUT=${1:?usage: benchmarks/compare_gpu.sh OUTDIR [key=value ...]}

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 import torch
 from tqdm import tqdm
 
-from dbl_ps.models import build_model
+from dbl_ps.models import AUTOCAST_DTYPES, build_model
 from dbl_ps.planner import TimeModel, fit_nonnegative_time_model
 
 
@@ -42,9 +42,6 @@ CPU_BATCH_CAP = 128
 # the minimum suits a machine shared with other jobs, whose load only ever slows a step.
 STATISTICS: dict[str, Callable[[list[float]], float]] = {"median": statistics.median, "min": min}
 GPU_PROBE_LIMIT = 1 << 16
-# The autocast dtype of each `precision` option (the same options `engine: torch` runs
-# with, so the plan is made from the step time the workers will see).
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The OOM probe stops within 1/64 of the edge (B_L keeps `margin` = 90 % of it anyway).
 PROBE_TOLERANCE = 1 / 64
 

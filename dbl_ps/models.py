@@ -40,10 +40,14 @@ from torch import Tensor, nn
 
 from dbl_ps.imports import import_callable, is_import_path
 
-__all__ = ["MODEL_NAMES", "ModelError", "build_model", "check_model_output", "set_dropout", "residual_block_classes",
-           "first_conv"]
+__all__ = ["MODEL_NAMES", "AUTOCAST_DTYPES", "ModelError", "build_model", "check_model_output", "set_dropout",
+           "residual_block_classes", "first_conv"]
 
 MODEL_NAMES = ("resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet", "small_resnet")
+# The autocast dtype of each `precision` option (None: plain fp32). One table for the
+# engine's steps and the calibration's timed steps, so a plan is made from the step the
+# workers take.
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class ModelError(ValueError):

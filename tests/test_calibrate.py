@@ -354,3 +354,18 @@ def test_activation_bytes_grow_with_batch_and_area():
     assert base > 4 * 3 * 16 * 16 * 4  # more than the input alone
     assert activation_bytes("small_resnet", 8, 16, num_classes=10, in_channels=3) == pytest.approx(2 * base, rel=0.01)
     assert activation_bytes("small_resnet", 4, 32, num_classes=10, in_channels=3) == pytest.approx(4 * base, rel=0.05)
+
+
+def test_a_run_reports_the_seconds_it_spent_measuring_its_time_model_and_none_when_given():
+    """`resolve_time_models` is where the measuring happens, so it says how long it took;
+    the launchers and `compare` report that apart from the training time."""
+    from dbl_ps.config import load_config
+    from dbl_ps.training.setup import MEASURED, resolve_time_models
+
+    measured = resolve_time_models(load_config(None, ["data.train_limit=200"]), num_classes=10, in_channels=1,
+                                   log=lambda m: None)
+    assert measured.source == MEASURED and measured.seconds > 0
+    assert set(measured.models) == {12, 16}
+    given = resolve_time_models(load_config(None, ["dbl.alpha=[0.003]", "dbl.beta=[0.0002]"]), num_classes=10,
+                                in_channels=1, log=lambda m: None)
+    assert given.source == "config (dbl.alpha, dbl.beta)" and given.seconds == 0.0

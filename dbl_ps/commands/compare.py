@@ -104,8 +104,6 @@ def with_time_model(cfg: Any, saved: Path | None = None, log=print) -> tuple[Any
     """`cfg` with dbl.alpha/beta set, and the record of where they came from: the config's
     own (record None), the comparison's `saved` file (a resumed comparison keeps the time
     model its first runs were planned with), or measured once here (with its seconds)."""
-    import time
-
     from dbl_ps.config import ConfigError, RunConfig
     from dbl_ps.data import load_dataset
     from dbl_ps.training.setup import resolve_time_models
@@ -125,10 +123,9 @@ def with_time_model(cfg: Any, saved: Path | None = None, log=print) -> tuple[Any
         import torch
 
         device = "cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-        started = time.perf_counter()
-        models, _, source = resolve_time_models(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
-                                                device=device, log=log)
-        record = {"source": source, "seconds": time.perf_counter() - started,
+        models, _, source, seconds = resolve_time_models(cfg, num_classes=data.num_classes,
+                                                         in_channels=data.in_channels, device=device, log=log)
+        record = {"source": source, "seconds": seconds,
                   "alpha": {str(r): m.alpha for r, m in models.items()},
                   "beta": {str(r): m.beta for r, m in models.items()}}
         log(f"time model ({source}, {record['seconds']:.1f} s): " + ", ".join(

@@ -167,12 +167,9 @@ class CollectiveRunner:
         measure = cfg.time_model() is None and not cfg.dbl.calibration and cfg.dbl.small > 0
         box: list[Any] = [None]
         if topo.is_main or measure:
-            measuring = time.perf_counter()
-            models, batches, source = resolve_time_models(
+            models, batches, source, self.time_model_seconds = resolve_time_models(
                 cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                 device=self.device.type, log=self.log)
-            if source.startswith("measured"):
-                self.time_model_seconds = time.perf_counter() - measuring
             if measure:  # each worker measured its own device: one time model per worker (mixed hardware)
                 gathered: list[Any] = [None] * topo.world
                 dist.all_gather_object(gathered, models)

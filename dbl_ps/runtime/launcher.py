@@ -181,16 +181,13 @@ class Trainer:
             self.plan_source = plan_dict.get("time_model_source", "plan.json of the run")
             self.replans = list(plan_dict.get("replans", []))
         else:
-            measuring = time.perf_counter()
-            models, batches, source = resolve_time_models(cfg, num_classes=self.data.num_classes,
-                                                          in_channels=self.data.in_channels,
-                                                          device="cuda" if self.devices[0].startswith("cuda") else "cpu",
-                                                          log=self._log)
+            # time_model_seconds: one-off, reported apart from the training time (summary.json)
+            models, batches, source, self.time_model_seconds = resolve_time_models(
+                cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
+                device="cuda" if self.devices[0].startswith("cuda") else "cpu", log=self._log)
             self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
             self.plan_source = source
             self.replans = []
-            # one-off, reported apart from the training time (summary.json time_model_seconds)
-            self.time_model_seconds = time.perf_counter() - measuring if source == "measured on the spot" else 0.0
         self.spec = build_spec(cfg, self.plan)
         self.flat = FlatState(self.model)
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dbl_ps.models import set_dropout
+from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
 from dbl_ps.run_dirs import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
@@ -194,7 +194,7 @@ class TorchEngine(Engine):
         self.module = module.to(device, memory_format=self.memory_format)
         self.optimizer = optimizer_for(self.module, cfg)
         self.loss_fn = loss_for(cfg)
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         self.compiled = cfg.compile

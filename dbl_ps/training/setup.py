@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -29,6 +30,8 @@ from dbl_ps.schedule import ScheduleSpec
 
 __all__ = [
     "DEFAULT_TIME_MODEL",
+    "MEASURED",
+    "ResolvedTimeModels",
     "resolve_time_models",
     "build_plan",
     "build_spec",
@@ -61,9 +64,23 @@ def threads_per_worker(cfg: Any) -> int:
     return max(1, cpu_cores() // cfg.dbl.workers)
 
 
+MEASURED = "measured on the spot"  # the source of a time model measured by the run itself
+
+
+class ResolvedTimeModels(NamedTuple):
+    """A run's time models: per resolution, `B_L` per resolution, where they came from, and
+    the seconds spent measuring them (0 when the config or a file gave them), which every
+    caller reports apart from the training time."""
+
+    models: dict[int, TimeModel]
+    batches: dict[int, int]
+    source: str
+    seconds: float = 0.0
+
+
 def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device: str = "cpu",
-                        log: Callable[[str], None] = print) -> tuple[dict[int, TimeModel], dict[int, int], str]:
-    """`(time model per resolution, B_L per resolution, where they came from)`."""
+                        log: Callable[[str], None] = print) -> ResolvedTimeModels:
+    """The time models from `dbl.alpha/beta`, else `dbl.calibration`, else measured here."""
     resolutions = list(cfg.schedule.resolutions)
     models: dict[int, TimeModel] = {}
     batches: dict[int, int] = {}
@@ -86,9 +103,11 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
     if not models:
         if cfg.dbl.small == 0:
             # n_S = 0: every worker gets N/W at B_L whatever the time model.
-            return {r: DEFAULT_TIME_MODEL for r in resolutions}, batches, "default (not needed: dbl.small=0)"
+            return ResolvedTimeModels({r: DEFAULT_TIME_MODEL for r in resolutions}, batches,
+                                      "default (not needed: dbl.small=0)")
         log(f"measuring the time model of {cfg.model.name} at {resolutions} px on {device} "
             f"(set dbl.alpha/dbl.beta or dbl.calibration to skip this)")
+        measuring = time.perf_counter()
         try:
             grid = sorted({b for r in resolutions for b in batch_grid(batches[r], smallest=8, points=5)})
             # auto_cap (CPU): fit only up to the batch with the best throughput; beyond it a
@@ -96,11 +115,12 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
             import_modules(cfg.imports)
             cal = calibrate(cfg.model.name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
                             model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
-                            precision=cfg.precision, channels_last=cfg.channels_last, batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
+                            precision=cfg.precision, channels_last=cfg.channels_last,
+                            batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
                             threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
                             auto_cap=device == "cpu")
             models = cal.time_models()
-            source = "measured on the spot"
+            source = MEASURED
             for r, m in models.items():
                 if m.alpha <= 0:
                     log(f"measured alpha={m.alpha:.3g} <= 0 at {r} px (no fixed cost per step to trade against); "
@@ -110,7 +130,8 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
             log(f"time model measurement failed ({exc}); using the default {DEFAULT_TIME_MODEL}")
             models = {r: DEFAULT_TIME_MODEL for r in resolutions}
             source = "default (measurement failed)"
-    return models, batches, source
+        return ResolvedTimeModels(models, batches, source, time.perf_counter() - measuring)
+    return ResolvedTimeModels(models, batches, source)
 
 
 def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int],
@@ -121,7 +142,7 @@ def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batche
         return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
                          cfg.dbl.min_small_batch)
     except InfeasiblePlanError as exc:
-        if source != "measured on the spot":
+        if source != MEASURED:
             raise
         log(f"the measured time model gives no feasible plan ({exc}); using the default {DEFAULT_TIME_MODEL}")
         defaults = {r: DEFAULT_TIME_MODEL for r in models}
