@@ -116,14 +116,17 @@ def measure_time_model(step: Callable[[int], Any], batch_sizes: Sequence[int], *
 
 def plan_ranks(time_models: TimeModel | Sequence[TimeModel], *, batch_large: int | Sequence[int],
                dataset_size: int, ranks: int | None = None, small: int = 0, tau: float = 1.0,
-               resolutions: Sequence[int] = (0,)) -> Plan:
+               resolutions: Sequence[int] = (0,), batch_small: int | float | None = None) -> Plan:
     """The plan for `ranks` workers (default: one per time model given, else the process
     group's size): each worker's batch,
     share of `dataset_size` samples and merge weight, so that all finish an epoch together.
     `time_models`: one for uniform hardware or one per rank (mixed hardware); ranks
     `0..small-1` train with a small batch within `tau` x the all-large epoch time (DBSL;
     `small=0`: plain load balancing). `resolutions`: the CPL resolutions (0: no CPL), all
-    planned with the same time models unless you plan each with its own (`make_plan`)."""
+    planned with the same time models unless you plan each with its own (`make_plan`).
+    `batch_small`: choose the small batch (a size, or a fraction of `batch_large` below 1)
+    instead of the time model's formula; the shares still fit `tau`. `plan.regime_lines()`
+    says what the small batch is on this device."""
     models = time_models if isinstance(time_models, TimeModel) else list(time_models)
     if ranks is None and not isinstance(models, TimeModel):
         ranks = len(models)  # one time model per worker
@@ -132,11 +135,11 @@ def plan_ranks(time_models: TimeModel | Sequence[TimeModel], *, batch_large: int
             raise APIError("plan_ranks: give ranks= or call it after torch.distributed.init_process_group")
         ranks = dist.get_world_size()
     return make_plan({r: models for r in resolutions}, {r: batch_large for r in resolutions}, ranks, small, tau,
-                     dataset_size)
+                     dataset_size, batch_small=batch_small)
 
 
 def plan_from_calibration(path: str, *, ranks: int, dataset_size: int, small: int = 0, tau: float = 1.0,
-                          resolutions: Sequence[int] | None = None) -> Plan:
+                          resolutions: Sequence[int] | None = None, batch_small: int | float | None = None) -> Plan:
     """`plan_ranks` from a `dbl-ps calibrate` file (one device kind for every rank): its time
     model and largest batch at each resolution (default: all the file has)."""
     from dbl_ps.calibrate import load_calibration
@@ -148,18 +151,20 @@ def plan_from_calibration(path: str, *, ranks: int, dataset_size: int, small: in
         raise APIError(f"calibration file {path!r} has no entry for resolution(s) {missing}; it covers "
                        f"{sorted(cal.resolutions)}")
     return make_plan({r: cal.resolutions[r].time_model() for r in wanted},
-                     {r: cal.resolutions[r].batch_large for r in wanted}, ranks, small, tau, dataset_size)
+                     {r: cal.resolutions[r].batch_large for r in wanted}, ranks, small, tau, dataset_size,
+                     batch_small=batch_small)
 
 
 def plan_together(time_model: TimeModel, *, batch_large: int | Sequence[int], dataset_size: int, small: int = 0,
-                  tau: float = 1.0, resolutions: Sequence[int] = (0,), group: Any = None) -> Plan:
+                  tau: float = 1.0, resolutions: Sequence[int] = (0,), group: Any = None,
+                  batch_small: int | float | None = None) -> Plan:
     """`plan_ranks` from every rank's own measured time model: one all-gather, then the same
     (deterministic) plan on every rank."""
     gathered: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(gathered, (time_model.alpha, time_model.beta), group=group)
     models = [TimeModel(alpha=a, beta=b) for a, b in gathered]
     return plan_ranks(models, batch_large=batch_large, dataset_size=dataset_size, ranks=len(models), small=small,
-                      tau=tau, resolutions=resolutions)
+                      tau=tau, resolutions=resolutions, batch_small=batch_small)
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,8 @@ class DBSLConfig:
     calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution); "
                                             "values given here explicitly take precedence over it")
     alpha: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
-    beta: list[float] | dict[int, float] | None = _f(None, gt=0.0, help="time model: seconds per sample, per resolution")
+    beta: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per sample, per resolution "
+                                                                       "(0 = launch-bound: a step costs the same at any batch)")
     replan: bool = _f(False, help="make the plan again between epochs when the workers' measured speeds drift apart "
                                   "(mixed or shared hardware): the slower worker gets less data (store mode)")
     replan_threshold: float = _f(DEFAULT_THRESHOLD, gt=0.0, help="dbl.replan: re-plan when a worker's measured/planned "
@@ -273,6 +274,11 @@ class DBSLConfig:
     min_small_batch: int = _f(1, ge=1, help="smallest batch the planner may give a small worker; a tau that needs a "
                                             "smaller one is an infeasible plan whose error gives the feasible tau range "
                                             "(1 = the paper's plan, unbounded)")
+    batch_small: list[float] | dict[int, float] | None = _f(
+        None, gt=0.0, help="choose the small batch instead of the time model's formula, per resolution ({px: value} "
+                           "or a list; one value = all): a size (e.g. 48) or a fraction of B_L below 1 (e.g. 0.4); "
+                           "the shares are still planned so every worker finishes together within tau "
+                           "(null = from the time model)")
 
     def check(self, prefix: str) -> None:
         if self.small > self.workers:
@@ -284,6 +290,10 @@ class DBSLConfig:
             key, value = ("alpha", self.alpha) if self.alpha is not None else ("beta", self.beta)
             other = "beta" if key == "alpha" else "alpha"
             raise _bad(f"{prefix}{key}", value, f"to be given together with dbl.{other} (the time model is t(b) = alpha + beta*b)")
+        chosen = self.batch_small.values() if isinstance(self.batch_small, dict) else (self.batch_small or [])
+        if any(v >= 1 and v != int(v) for v in chosen):
+            raise _bad(f"{prefix}batch_small", self.batch_small, "batch sizes (whole numbers >= 1) or fractions of "
+                       "B_L below 1 (e.g. 0.4)")
 
 
 @dataclass(kw_only=True)
@@ -318,6 +328,9 @@ class EvalConfig:
                                          "evaluated model at chance while every worker trains well")
     bn_samples: int = _f(1024, ge=1, help="training images (a fixed seeded subset, no augmentation, at the "
                                          "evaluation resolution) the statistics are recomputed on")
+    every: int = _f(1, ge=1, help="evaluate the global model every this many epochs and after the last one "
+                                  "(an evaluation competes with training for the device; records of the other "
+                                  "epochs carry no test_* keys)")
 
     def check(self, prefix: str) -> None:
         pass
@@ -331,6 +344,9 @@ class OptimConfig:
     weight_decay: float = _f(1e-4, ge=0.0)
     nesterov: bool = _f(False, help="SGD: Nesterov momentum")
     betas: list[float] = _f([0.9, 0.999], ge=0.0, lt=1.0, help="AdamW: the two moment decay rates")
+    restart_momentum: bool = _f(False, help="zero the optimizer's state (SGD momentum) at every new LR stage and "
+                                            "resolution, as the authors' Keras workers do (they recompile the model "
+                                            "there)")
 
     def check(self, prefix: str) -> None:
         if len(self.betas) != 2:
@@ -448,7 +464,7 @@ class RunConfig:
             raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, "1 unless engine is 'fsdp' (set engine: fsdp)")
         res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
-                   ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta)]
+                   ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta), ("dbl.batch_small", self.dbl.batch_small)]
         for key, values in per_res:
             if isinstance(values, dict):
                 missing = [r for r in res if r not in values]
@@ -494,6 +510,11 @@ class RunConfig:
     def batch_large(self) -> list[int] | None:
         """B_L at each resolution (None: take it from the calibration file)."""
         return per_resolution(self.dbl.batch_large, self.schedule.resolutions)
+
+    def batch_small(self) -> dict[int, float] | None:
+        """The chosen small batch {px: size or fraction of B_L}, or None: planned from the time model."""
+        values = per_resolution(self.dbl.batch_small, self.schedule.resolutions)
+        return None if values is None else dict(zip(self.schedule.resolutions, values))
 
     def time_model(self) -> list[tuple[float, float]] | None:
         """(alpha, beta) at each resolution, or None when the config has no time model."""

@@ -35,6 +35,22 @@ increasing in ``b_S`` and is solved in closed form when the small workers share 
 time model, by bisection otherwise. Merge weights generalise to
 ``f_i = d_i / mean(large shares)`` (mean of all shares when ``n_S = W``).
 
+A small batch chosen by the user (``batch_small``: a size, or a fraction of ``B_L`` below
+1) replaces the formula for ``b_S``; the shares are then planned so that every worker
+finishes together, ``T = N / (S_L + s(b_S))`` with ``s(b) = sum_small 1/(beta_j + alpha_j/b)``,
+which must stay within ``tau * T0``. The formula's ``b_S`` is the smallest batch that fits
+``tau``, so a chosen one must be at least that large (or ``tau`` raised).
+
+Where the time model cannot choose ``b_S`` (``dual_batch_regime``): with ``alpha`` about 0
+(below one sample's cost, ``alpha < beta``) a smaller batch costs no time and the formula
+drives ``b_S`` to 1 or below; the plan then takes the
+fraction of ``B_L`` that the authors' GTX 1080 time model gives for the same ``n_S``, ``W``
+and ``tau`` (``reference_small_fraction``). With ``alpha/beta`` far below ``B_L`` (a CPU)
+the formula gives a batch of a few samples (``b_S ~ 1.75 alpha/beta``); with ``alpha/beta``
+far above ``B_L`` (a launch-bound GPU step) it is set by the data split,
+``b_S ~ (d_S/d_L) B_L / tau``, close to ``B_L``. Both are planned as the paper does and
+said in one line.
+
 Rounding (the plan every runtime uses): shares are apportioned by the largest
 remainder method, so they are integers summing to exactly ``N`` (ties go to the lower
 worker id); ``b_S`` is rounded to the nearest integer with Python's ``round``, which
@@ -215,6 +231,8 @@ class ResolutionPlan:
     predicted_epoch_seconds: tuple[float, ...]  # rounded plan, whole steps
     tau_range: tuple[float, float] | None  # feasible [tau_min, tau_max] for this n_S (None if n_S=0)
     min_small_batch: int = 1  # the floor the small batch was planned with
+    batch_small_request: int | float | None = None  # the user's choice (dbl.batch_small), None = planned
+    small_batch_source: str = "formula"  # formula | chosen | reference (see SMALL_BATCH_SOURCES)
 
     @property
     def large_workers(self) -> range:
@@ -239,6 +257,15 @@ class ResolutionPlan:
         """Training steps per epoch of each worker: ``ceil(d_i / b_i)``."""
         return [math.ceil(d / b) for d, b in zip(self.shares, self.batches)]
 
+    @property
+    def small_fraction(self) -> float | None:
+        """``b_S / B_L`` (the small workers' smallest ``B_L``); None without small workers."""
+        return self.batch_small / min(self.batch_large[: self.small]) if self.batch_small else None
+
+    def regime(self) -> "Regime | None":
+        """What this plan's small batch is on this device (``dual_batch_regime``)."""
+        return dual_batch_regime(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "resolution": self.resolution,
@@ -257,6 +284,10 @@ class ResolutionPlan:
             "baseline_epoch_seconds": self.baseline_epoch_seconds,
             "tau_range": list(self.tau_range) if self.tau_range else None,
             "min_small_batch": self.min_small_batch,
+            "batch_small_request": self.batch_small_request,
+            "small_batch_source": self.small_batch_source if self.small else None,
+            "small_fraction": self.small_fraction,
+            "regime": self.regime().to_dict() if self.small else None,
             "exact": {
                 "shares": list(self.shares_exact),
                 "batch_small": self.batch_small_exact,
@@ -338,6 +369,59 @@ def _solve_batch_small(models: Sequence[TimeModel], t: float, data_small: float,
     return 0.5 * (lo + hi)
 
 
+# A small worker whose fixed cost per step is below this many samples' cost has "no fixed
+# cost": a smaller batch costs (almost) no time, so its time model cannot choose b_S.
+NO_FIXED_COST_SAMPLES = 1.0
+
+
+def _requested_small_batch(batch_small: int | float | None, b_cap: int, resolution: int | None) -> int | None:
+    """The chosen small batch as a size: an integer ``1..b_cap`` as it is, a fraction in (0, 1)
+    of ``b_cap`` rounded to the nearest size (at least 1)."""
+    if batch_small is None:
+        return None
+    where = _where(resolution)
+    if isinstance(batch_small, bool) or not isinstance(batch_small, (int, float)) or not math.isfinite(batch_small) \
+            or batch_small <= 0:
+        raise ValueError(f"batch_small={batch_small!r}{where} must be a batch size (an integer >= 1) or a "
+                         f"fraction of B_L in (0, 1)")
+    if batch_small < 1:
+        return max(1, round(batch_small * b_cap))
+    if batch_small != int(batch_small):
+        raise ValueError(f"batch_small={batch_small!r}{where} must be a whole batch size, or a fraction of B_L "
+                         f"in (0, 1)")
+    if batch_small > b_cap:
+        raise InfeasiblePlanError(f"batch_small={int(batch_small)}{where} is above the small workers' largest batch "
+                                  f"B_L={b_cap}; use 1..{b_cap} or a fraction of B_L in (0, 1)")
+    return int(batch_small)
+
+
+def reference_small_fraction(workers: int, small: int, tau: float) -> float:
+    """``b_S / B_L`` of the authors' own plan for ``small`` of ``workers`` at ``tau``: their GTX
+    1080 CIFAR time model at 32 px (``alpha/beta = 31`` samples against ``B_L = 560``). The
+    fraction depends only on ``rho = alpha / (beta B_L)``, ``W``, ``n_S`` and ``tau``::
+
+        b_S / B_L = rho / (tau (1 + rho) n_S / (W - n_L tau) - 1)
+
+    The planner uses it where a device's own time model cannot choose (no fixed cost per step)."""
+    model, b_large = PAPER_TIME_MODELS["cifar"][32], PAPER_BATCH_LARGE["cifar"][32]
+    rho = model.alpha / (model.beta * b_large)
+    room = workers - (workers - small) * tau  # W - n_L tau > 0 when the small workers get data
+    if small == 0 or room <= 0:
+        raise ValueError(f"no reference small batch for n_S={small} of {workers} at tau={tau:g}")
+    return min(1.0, rho / (tau * (1 + rho) * small / room - 1))
+
+
+def epoch_time_ratio(time_models: Sequence[TimeModel], batch_large: Sequence[int], small: int,
+                     dataset_size: int, batch_small: float) -> float:
+    """``T / T0`` when the small workers train at ``batch_small`` and every worker finishes
+    together: the ``tau`` that small batch needs."""
+    n = dataset_size
+    inv_c = [1.0 / m.sample_seconds(b) for m, b in zip(time_models, batch_large)]
+    t0 = n / sum(inv_c)
+    t = n / (sum(inv_c[small:]) + sum(1.0 / m.sample_seconds(batch_small) for m in time_models[:small]))
+    return t / t0
+
+
 def plan_resolution(
     time_models: Sequence[TimeModel],
     batch_large: Sequence[int],
@@ -347,6 +431,7 @@ def plan_resolution(
     dataset_size: int,
     resolution: int | None = None,
     min_small_batch: int = 1,
+    batch_small: int | float | None = None,
 ) -> ResolutionPlan:
     """Plan one resolution for ``W = len(time_models)`` workers (formulas in the module doc).
 
@@ -354,8 +439,12 @@ def plan_resolution(
     ``0 .. small-1`` train with the small batch, which must be at least
     ``min_small_batch`` (a floor beyond the paper: its plan gives batch 4-5 against 128-256
     when the fixed cost per step is small, far from the large workers' batch at the same
-    LR and too few images for BatchNorm's batch statistics). Raises ``InfeasiblePlanError``
-    naming the input to change and its feasible range, ``ValueError`` for malformed input.
+    LR and too few images for BatchNorm's batch statistics). ``batch_small`` chooses the
+    small batch instead of the formula: a size, or a fraction of ``B_L`` in (0, 1); the
+    shares are then planned so every worker finishes together within ``tau``. Where the
+    small workers' time model has no fixed cost (``alpha`` below one sample's cost ``beta``), the
+    plan takes ``reference_small_fraction``. Raises ``InfeasiblePlanError`` naming the input
+    to change and its feasible range, ``ValueError`` for malformed input.
     """
     workers = len(time_models)
     _check_int("workers", workers, 1)
@@ -384,48 +473,62 @@ def plan_resolution(
     t0 = n / sum(1.0 / ci for ci in c)
 
     tau_range: tuple[float, float] | None = None
+    source = "formula"
+    requested: int | None = None
     if small == 0:
         t = t0
         shares_exact = [t / ci for ci in c]
         b_small_exact = None
     else:
-        for j in range(small):
-            if time_models[j].alpha <= 0:
-                raise InfeasiblePlanError(
-                    f"small worker {j}{_where(resolution)} has alpha={time_models[j].alpha:g} <= 0: with no "
-                    f"fixed cost per step a smaller batch is not slower, so no b_S fits tau; "
-                    f"use small=0 or recalibrate with a wider batch-size grid"
-                )
+        b_cap = min(batch_large[:small])
+        requested = _requested_small_batch(batch_small, b_cap, resolution)
         tau_min, tau_max, tau_no_data = feasible_tau_range(time_models, batch_large, small, n, min_small_batch)
         tau_range = (tau_min, tau_max)
         if tau >= tau_no_data:
             raise InfeasiblePlanError(
                 f"tau={tau:g} leaves no data for small workers with n_S={small}{_where(resolution)}; "
-                f"use tau < {_down(tau_no_data)} (b_S >= min_small_batch={min_small_batch} needs tau <= "
-                f"{_down(tau_max)}) or more small workers"
+                f"use tau < {_down(tau_no_data)} or more small workers"
             )
-        if tau > tau_max * (1 + 1e-12):
-            raise InfeasiblePlanError(
-                f"tau={tau:g} needs a small batch below {min_small_batch} (min_small_batch) with n_S={small}"
-                f"{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}, a lower min_small_batch, "
-                f"or more small workers"
-            )
-        if tau < tau_min * (1 - 1e-12):
-            raise InfeasiblePlanError(
-                f"tau={tau:g} needs a small batch above the largest batch {min(batch_large[:small])} "
-                f"with n_S={small}{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}"
-            )
-        t = tau * t0
-        large_exact = [t / ci for ci in c[small:]]
-        data_small = n - sum(large_exact)
-        b_cap = min(batch_large[:small])
-        b_small_exact = _solve_batch_small(time_models[:small], t, data_small, b_cap)
-        b_small_exact = min(max(b_small_exact, float(min_small_batch)), float(b_cap))  # float noise at the bounds
-        if _same_models(time_models[:small]):
-            small_exact = [data_small / small] * small
+        if requested is None and all(m.alpha < NO_FIXED_COST_SAMPLES * m.beta for m in time_models[:small]):
+            # A smaller batch costs (almost) no time: the formula's b_S is 1 or below and says nothing.
+            reference = max(min_small_batch, round(reference_small_fraction(workers, small, tau) * b_cap))
+            requested = _smallest_fitting_batch(time_models, batch_large, small, n, tau, min(b_cap, reference))
+            source = "reference"
+            if requested > b_cap:
+                raise InfeasiblePlanError(
+                    f"tau={tau:g} needs a small batch above the largest batch {b_cap} with n_S={small}"
+                    f"{_where(resolution)}; use tau >= {_up(tau_min)}")
+        elif requested is not None:
+            source = "chosen"
+        if requested is not None:
+            t, small_exact, large_exact = _equal_finish(time_models, c, small, n, requested)
+            if t > tau * t0 * (1 + 1e-12):
+                raise InfeasiblePlanError(_chosen_too_small(time_models, batch_large, small, n, tau, requested,
+                                                            t / t0, resolution))
+            b_small_exact = float(requested)
+            shares_exact = small_exact + large_exact
         else:
-            small_exact = [t / m.sample_seconds(b_small_exact) for m in time_models[:small]]
-        shares_exact = small_exact + large_exact
+            if tau > tau_max * (1 + 1e-12):
+                raise InfeasiblePlanError(
+                    f"tau={tau:g} needs a small batch below {min_small_batch} (min_small_batch) with n_S={small}"
+                    f"{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}, a lower min_small_batch, "
+                    f"more small workers, or choose the small batch (batch_small)"
+                )
+            if tau < tau_min * (1 - 1e-12):
+                raise InfeasiblePlanError(
+                    f"tau={tau:g} needs a small batch above the largest batch {b_cap} "
+                    f"with n_S={small}{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}"
+                )
+            t = tau * t0
+            large_exact = [t / ci for ci in c[small:]]
+            data_small = n - sum(large_exact)
+            b_small_exact = _solve_batch_small(time_models[:small], t, data_small, b_cap)
+            b_small_exact = min(max(b_small_exact, float(min_small_batch)), float(b_cap))  # float noise at the bounds
+            if _same_models(time_models[:small]):
+                small_exact = [data_small / small] * small
+            else:
+                small_exact = [t / m.sample_seconds(b_small_exact) for m in time_models[:small]]
+            shares_exact = small_exact + large_exact
 
     shares = apportion(shares_exact, n)
     if min(shares) < 1:
@@ -434,7 +537,12 @@ def plan_resolution(
             f"worker {worker}{_where(resolution)} gets no data (dataset_size={n}, tau={tau:g}, small={small}); "
             f"use a larger dataset_size or a tau closer to 1"
         )
-    b_small = None if b_small_exact is None else min(max(round(b_small_exact), min_small_batch), min(batch_large[:small]))
+    if b_small_exact is None:
+        b_small = None
+    elif requested is not None:
+        b_small = requested
+    else:
+        b_small = min(max(round(b_small_exact), min_small_batch), min(batch_large[:small]))
     batches = [b_small] * small + list(batch_large[small:])
 
     def weights(values: Sequence[float]) -> list[float]:
@@ -463,7 +571,123 @@ def plan_resolution(
         predicted_epoch_seconds=tuple(predicted),
         tau_range=tau_range,
         min_small_batch=min_small_batch,
+        batch_small_request=batch_small if small else None,
+        small_batch_source=source,
     )
+
+
+def _equal_finish(time_models: Sequence[TimeModel], c: Sequence[float], small: int, n: int,
+                  batch_small: int) -> tuple[float, list[float], list[float]]:
+    """``(T, small shares, large shares)`` when the small workers train at ``batch_small`` and
+    every worker finishes at ``T``: ``d_i = T / (beta_i + alpha_i / b_i)``, summing to ``N``."""
+    small_speed = [1.0 / m.sample_seconds(batch_small) for m in time_models[:small]]
+    large_speed = [1.0 / ci for ci in c[small:]]
+    t = n / (sum(small_speed) + sum(large_speed))
+    return t, [t * v for v in small_speed], [t * v for v in large_speed]
+
+
+def _smallest_fitting_batch(time_models: Sequence[TimeModel], batch_large: Sequence[int], small: int, n: int,
+                            tau: float, start: int) -> int:
+    """The smallest batch ``>= start`` with which every worker finishes together within ``tau``
+    (the time ratio falls as the batch grows; bisection); ``start`` when it fits, ``B_L + 1``
+    when no batch up to the small workers' ``B_L`` does."""
+    def fits(b: int) -> bool:
+        return epoch_time_ratio(time_models, batch_large, small, n, b) <= tau * (1 + 1e-12)
+
+    lo, hi = start, min(batch_large[:small])
+    if fits(lo):
+        return lo
+    if not fits(hi):
+        return hi + 1
+    while hi - lo > 1:  # invariant: lo does not fit, hi does
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
+def _chosen_too_small(time_models: Sequence[TimeModel], batch_large: Sequence[int], small: int, n: int, tau: float,
+                      chosen: int, needed_tau: float, resolution: int | None) -> str:
+    """The error for a chosen small batch that does not fit ``tau``: the smallest that does."""
+    b_cap = min(batch_large[:small])
+    fits = _smallest_fitting_batch(time_models, batch_large, small, n, tau, chosen)
+    smallest = f"batch_small >= {fits}" if chosen < fits <= b_cap else f"batch_small = {b_cap}"
+    return (f"batch_small={chosen}{_where(resolution)} with n_S={small} needs tau >= {_up(needed_tau)} for every "
+            f"worker to finish together (tau={tau:g}): a smaller batch is slower per sample; use {smallest}, "
+            f"tau >= {_up(needed_tau)}, or fewer small workers")
+
+
+# --------------------------------------------------------------------------- the regime
+
+
+TINY_FRACTION = 0.1  # b_S below this fraction of B_L: "a few samples per step"
+AUTHORS_BEST = "27-51 %"  # b_S / B_L of the authors' best CIFAR-100 plans (n_S 3-4 of 4, tau 1.05-1.1)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """What a plan's small batch is on this device, in one line (``message``).
+
+    ``kind``: ``dual-batch`` (the time model makes a real dual batch), ``tiny-batch``
+    (``alpha/beta`` far below ``B_L``: ``b_S`` a few samples), ``launch-bound``
+    (``alpha/beta >= B_L``: ``b_S`` set by the data split, near ``B_L``), ``no-fixed-cost``
+    (``alpha`` about 0: the reference fraction was taken), ``chosen`` (``batch_small``)."""
+
+    kind: str
+    resolution: int | None
+    batch_small: int
+    batch_large: int
+    fraction: float
+    alpha_over_beta: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "batch_small": self.batch_small, "batch_large": self.batch_large,
+                "fraction": self.fraction,
+                "alpha_over_beta": self.alpha_over_beta if math.isfinite(self.alpha_over_beta) else None,
+                "message": self.message}
+
+
+def dual_batch_regime(rp: ResolutionPlan) -> Regime | None:
+    """Classify a plan's small batch by ``b_S / B_L`` and ``alpha/beta`` (of worker 0, a small
+    worker) and say in one line what DBSL will and will not do with it; None when ``n_S = 0``."""
+    if not rp.small or rp.batch_small is None:
+        return None
+    model = rp.time_models[0]
+    b, b_large = rp.batch_small, min(rp.batch_large[: rp.small])
+    fraction = b / b_large
+    ratio = model.alpha / model.beta if model.beta > 0 else math.inf
+    at = f"DBSL{_where(rp.resolution)}: b_S = {b} of B_L {b_large} ({fraction:.0%})"
+    ab = f"alpha/beta = {ratio:.3g} samples"
+    if rp.small_batch_source == "chosen":
+        kind = "chosen"
+        time_ratio = max(rp.predicted_epoch_seconds) / rp.baseline_epoch_seconds
+        message = (f"{at}, chosen with dbl.batch_small; {ab}: the shares are planned so every worker finishes "
+                   f"together, in {time_ratio:.3f}x the all-large epoch time (tau {rp.tau:g})")
+    elif rp.small_batch_source == "reference":
+        kind = "no-fixed-cost"
+        message = (f"{at}; {ab}: a smaller batch costs no time on this device, so the time model cannot choose "
+                   f"b_S (the formula drives it below 1); planned at the fraction the authors' GTX 1080 time "
+                   f"model gives for n_S={rp.small} of {rp.workers} at tau {rp.tau:g}; choose another with "
+                   f"dbl.batch_small")
+    elif ratio >= b_large:
+        kind = "launch-bound"
+        quarter = max(1, b_large // 4)
+        needed = epoch_time_ratio(rp.time_models, rp.batch_large, rp.small, rp.dataset_size, quarter)
+        message = (f"{at}; {ab} >= B_L: a step costs about the same at any batch here (launch-bound), so b_S is "
+                   f"set by the data split (about d_S/d_L x B_L / tau) and DBSL is close to all-large training "
+                   f"with less data on the small workers; a smaller b_S costs time in proportion "
+                   f"(b_S = {quarter} needs tau >= {_up(needed)})")
+    elif fraction < TINY_FRACTION:
+        kind = "tiny-batch"
+        message = (f"{at}; {ab}, small against B_L: a step's fixed cost is small on this device, so the formula "
+                   f"gives the small workers about 1.75 alpha/beta samples per step, far noisier than the authors' "
+                   f"plans ({AUTHORS_BEST} of B_L); more small workers raise it, or choose it with dbl.batch_small "
+                   f"(e.g. 0.25: the shares still fit tau)")
+    else:
+        kind = "dual-batch"
+        message = f"{at}; {ab}: a real dual-batch plan (the authors' best plans: {AUTHORS_BEST} of B_L)"
+    return Regime(kind=kind, resolution=rp.resolution, batch_small=b, batch_large=b_large, fraction=fraction,
+                  alpha_over_beta=ratio, message=message)
 
 
 @dataclass(frozen=True)
@@ -478,6 +702,10 @@ class Plan:
 
     def __getitem__(self, resolution: int) -> ResolutionPlan:
         return self.resolutions[resolution]
+
+    def regime_lines(self) -> list[str]:
+        """One line per resolution on what the small batch is on this device (none when n_S = 0)."""
+        return [reg.message for reg in (rp.regime() for rp in self.resolutions.values()) if reg is not None]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready. Top-level lists are per resolution (order of ``resolutions``);
@@ -496,6 +724,7 @@ class Plan:
             "d_small": [p.d_small for p in plans],
             "batch_large": [p.batches[p.small] if p.small < p.workers else None for p in plans],
             "batch_small": [p.batch_small for p in plans],
+            "small_fraction": [p.small_fraction for p in plans],
             "predicted_epoch_seconds": [p.epoch_seconds for p in plans],
             "baseline_epoch_seconds": [p.baseline_epoch_seconds for p in plans],
             "per_resolution": {str(r): p.to_dict() for r, p in self.resolutions.items()},
@@ -521,9 +750,12 @@ def make_plan(
     tau: float,
     dataset_size: int,
     min_small_batch: int = 1,
+    batch_small: Mapping[int, int | float] | int | float | None = None,
 ) -> Plan:
     """Plan every resolution: ``time_models[r]`` and ``batch_large[r]`` are one value for
-    uniform hardware or one per worker for mixed hardware. See ``plan_resolution``."""
+    uniform hardware or one per worker for mixed hardware. ``batch_small``: the small batch
+    chosen per resolution (``{px: size or fraction of B_L}``) or one value for all (None:
+    planned). See ``plan_resolution``."""
     _check_int("workers", workers, 1)
     if not time_models:
         raise ValueError("time_models is empty; give one (alpha, beta) per resolution")
@@ -531,12 +763,16 @@ def make_plan(
         raise ValueError(
             f"time_models resolutions {sorted(time_models)} differ from batch_large resolutions {sorted(batch_large)}"
         )
+    if isinstance(batch_small, Mapping) and set(batch_small) - set(time_models):
+        raise ValueError(f"batch_small resolutions {sorted(batch_small)} are not all in the plan's "
+                         f"{sorted(time_models)}")
     plans = {}
     for r in sorted(time_models):
         models = _per_worker("time_models", time_models[r], workers, r)
         batches = _per_worker("batch_large", batch_large[r], workers, r)
+        chosen = batch_small.get(r) if isinstance(batch_small, Mapping) else batch_small
         plans[r] = plan_resolution(models, batches, small=small, tau=tau, dataset_size=dataset_size, resolution=r,
-                                   min_small_batch=min_small_batch)
+                                   min_small_batch=min_small_batch, batch_small=chosen)
     return Plan(workers=workers, small=small, tau=float(tau), dataset_size=dataset_size, resolutions=plans)
 
 
@@ -547,12 +783,14 @@ def plan_all_small_counts(
     tau: float,
     dataset_size: int,
     min_small_batch: int = 1,
+    batch_small: Mapping[int, int | float] | int | float | None = None,
 ) -> list[tuple[int, Plan | InfeasiblePlanError]]:
     """``make_plan`` for every ``n_S`` in ``0..workers``; infeasible ones carry their error."""
     out: list[tuple[int, Plan | InfeasiblePlanError]] = []
     for n_s in range(workers + 1):
         try:
-            out.append((n_s, make_plan(time_models, batch_large, workers, n_s, tau, dataset_size, min_small_batch)))
+            out.append((n_s, make_plan(time_models, batch_large, workers, n_s, tau, dataset_size, min_small_batch,
+                                       batch_small)))
         except InfeasiblePlanError as err:
             out.append((n_s, err))
     return out

@@ -68,6 +68,7 @@ def replan(plan: Plan, factors: Sequence[float]) -> Plan:
     plans = {}
     for r, rp in plan.resolutions.items():
         plans[r] = plan_resolution(scaled_models(rp.time_models, factors), rp.batch_large, small=rp.small,
-                                   tau=rp.tau, dataset_size=rp.dataset_size, resolution=r)
+                                   tau=rp.tau, dataset_size=rp.dataset_size, resolution=r,
+                                   min_small_batch=rp.min_small_batch, batch_small=rp.batch_small_request)
     return Plan(workers=plan.workers, small=plan.small, tau=plan.tau, dataset_size=plan.dataset_size,
                 resolutions=plans)

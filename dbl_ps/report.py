@@ -77,6 +77,17 @@ class RunData:
         return float(value) if isinstance(value, (int, float)) else None
 
     @property
+    def final_train_loss(self) -> float | None:
+        """Mean training loss of the last evaluated epoch (the workers' batches, dropout on)."""
+        value = self.evals[-1].get("train_loss") if self.evals else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def final_train_acc(self) -> float | None:
+        value = self.evals[-1].get("train_acc") if self.evals else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
     def total_time(self) -> float | None:
         times = [float(r[WALL_TIME]) for r in self.records if isinstance(r.get(WALL_TIME), (int, float))]
         return max(times) if times else None
@@ -184,7 +195,8 @@ def _ratio(value: float | None, reference: float | None) -> float | None:
 def summarize(runs: Sequence[RunData], baseline: str | None = None,
               target_fraction: float = TARGET_FRACTION) -> list[dict[str, Any]]:
     """One row per label: mean and standard deviation over its runs (seeds) of final and
-    best accuracy and training time, the mean final loss, start-up and time-model seconds.
+    best accuracy and training time, the mean final test loss, training loss and training
+    accuracy (the workers' batches of the last evaluated epoch), start-up and time-model seconds.
     With a baseline label also: the target accuracy (`target_fraction` x the baseline's
     mean final accuracy), each row's time to reach it (mean and deviation over its runs;
     None when a run never does, `target_reached` says how many did), and the ratios to the
@@ -200,6 +212,8 @@ def summarize(runs: Sequence[RunData], baseline: str | None = None,
                             ("total_time", [m.total_time for m in members])):
             row[key], row[f"{key}_std"] = mean_std(values)
         row["final_loss"] = _mean([m.final_loss for m in members])
+        row["final_train_loss"] = _mean([m.final_train_loss for m in members])
+        row["final_train_acc"] = _mean([m.final_train_acc for m in members])
         row["startup_seconds"] = _mean([m.startup_seconds for m in members])
         row["time_model_seconds"] = _mean([m.time_model_seconds for m in members])
         rows.append(row)
@@ -271,6 +285,8 @@ def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str
         ("epochs", lambda r: _cell(r.get("epochs"), "str")),
         ("final acc %", lambda r: _cell_std(r, "final_acc", "pct")), ("best acc %", lambda r: _cell_std(r, "best_acc", "pct")),
         ("final loss", lambda r: _cell(r.get("final_loss"), "loss")),
+        ("train loss", lambda r: _cell(r.get("final_train_loss"), "loss")),
+        ("train acc %", lambda r: _cell(r.get("final_train_acc"), "pct")),
         ("training time", lambda r: _time_std_cell(r, "total_time")),
         ("start-up", lambda r: _cell(r.get("startup_seconds"), "time")),
         ("time model", lambda r: _cell(r.get("time_model_seconds"), "time"))]
@@ -295,6 +311,7 @@ def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str
 
 
 CSV_COLUMNS = ("label", "runs", "epochs", "final_acc", "final_acc_std", "best_acc", "best_acc_std", "final_loss",
+               "final_train_loss", "final_train_acc",
                "total_time", "total_time_std", "startup_seconds", "time_model_seconds", "target_acc", "time_to_target",
                "time_to_target_std", "target_reached", "time_ratio", "acc_delta", "time_to_target_ratio")
 

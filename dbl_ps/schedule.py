@@ -250,6 +250,14 @@ def schedule_at(epoch: float, spec: ScheduleSpec) -> SchedulePoint:
     )
 
 
+def starts_phase(epoch: int, spec: ScheduleSpec) -> bool:
+    """Whether whole epoch ``epoch`` (>= 1) is the first of a new phase: a new LR stage or a new
+    resolution. The authors' Keras workers recompile their model there, which restarts SGD's
+    momentum (``optim.restart_momentum``); a pure function of the epoch, so a resumed run
+    restarts exactly where the uninterrupted one did."""
+    return epoch >= 1 and schedule_at(epoch, spec).phase != schedule_at(epoch - 1, spec).phase
+
+
 # --------------------------------------------------------------------------- presets
 
 METHODS = ("baseline", "dbsl", "cpl", "hybrid")

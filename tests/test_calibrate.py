@@ -322,7 +322,7 @@ def test_plan_from_config(capsys):
     config = REPO / "configs" / "cifar100_resnet18.yaml"
     if not config.exists():
         pytest.skip("config file not in this checkout")
-    assert run_command(plan_cmd, ["--config", str(config), "--json", "dbl.tau=1.1"]) == 0
+    assert run_command(plan_cmd, ["--config", str(config), "--json", "dbl.tau=1.1", "dbl.small=1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dataset_size"] == 50000
     assert out["d_large"][1] == 13750 and out["d_small"][1] == 8750 and out["batch_small"][1] == 47

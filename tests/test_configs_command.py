@@ -32,7 +32,7 @@ def test_list_shows_every_config_with_what_it_runs(capsys):
     out = capsys.readouterr().out
     for name in packaged_files():
         assert name in out
-    assert "Paper's CIFAR-100 run" in out and "bf16, ZeRO stage 0" in out and "fp16, ZeRO stage 1" in out
+    assert "Paper's CIFAR-100 headline run" in out and "bf16, ZeRO stage 0" in out and "fp16, ZeRO stage 1" in out
 
 
 def test_show_prints_a_config(capsys):

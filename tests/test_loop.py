@@ -66,7 +66,7 @@ class ShapeLoader(ShareLoader):
             yield images, labels
 
 
-def make_loop(worker: int, sync_every, callbacks=(), epochs: int = 4):
+def make_loop(worker: int, sync_every, callbacks=(), epochs: int = 4, restart_momentum: bool = False):
     cfg = load_config(None, [f"schedule.epochs={epochs}", "schedule.milestones=[2]", "schedule.warmup_epochs=0",
                              "dbl.workers=2", "dbl.small=1", "data.train_limit=300", f"store.sync_every={sync_every}"])
     data = load_dataset(cfg.data, image_size=16)
@@ -81,7 +81,7 @@ def make_loop(worker: int, sync_every, callbacks=(), epochs: int = 4):
     loader = ShapeLoader(data.train, build_transform(cfg.data, data), worker=worker, shares=first.shares,
                          batch_size=first.batches[worker], resolution=spec.resolutions[0], seed=cfg.seed, epoch=0)
     loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
-                      callbacks=callbacks)
+                      callbacks=callbacks, restart_momentum=restart_momentum)
     return loop, plan, spec, sync
 
 
@@ -153,3 +153,24 @@ def test_a_callback_can_stop_the_loop_and_reports_are_messages():
         for r in loop.run(0):
             reports.append(r)
     assert [r.epoch for r in reports] == [0] and isinstance(reports[0], EpochReport)
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_restart_momentum_zeroes_it_at_each_new_phase_only(restart):
+    """optim.restart_momentum (the authors' Keras recompiles at every LR or resolution change):
+    LR stages [0, 2) and [2, 4), each 12 px then 16 px: new phases at epochs 1, 2 and 3."""
+    loop, plan, spec, sync = make_loop(1, sync_every="mini_epoch", restart_momentum=restart)
+    restarted: list[int] = []
+    reset = loop.engine.reset_optimizer_state
+
+    def recording_reset():
+        restarted.append(loop.schedule.current.epoch)
+        reset()
+        buffers = [s["momentum_buffer"] for s in loop.engine.optimizer.state.values() if "momentum_buffer" in s]
+        assert buffers and all(float(b.abs().max()) == 0 for b in buffers)
+
+    loop.engine.reset_optimizer_state = recording_reset
+    loop.start(fresh=True)
+    list(loop.run(0))
+    assert [schedule_at(e, spec).phase for e in range(4)] == [0, 1, 2, 3]
+    assert restarted == ([1.0, 2.0, 3.0] if restart else [])

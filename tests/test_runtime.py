@@ -139,6 +139,26 @@ def test_asp_run_learns_and_shares_cover_the_data(tmp_path, capsys):
     assert records[-1]["store_version"] == 8  # asp: one update per push, W pushes per epoch
 
 
+def test_eval_every_k_epochs_and_a_chosen_small_batch_said_at_start(tmp_path):
+    """eval.every=3: epochs 3 and 4 (the last) evaluated, 1 and 2 recorded without test keys;
+    dbl.batch_small=0.5: the small worker trains at half of B_L, said in one start-up line and
+    kept in plan.json with b_S / B_L."""
+    lines: list[str] = []
+    cfg = cfg_for("store.mode=bsp", "store.rule=average", "schedule.epochs=4", "schedule.milestones=[]",
+                  "schedule.resolutions=[16]", "dbl.batch_large=[64]", "dbl.batch_small=[0.5]", "eval.every=3")
+    summary = Trainer(cfg, tmp_path / "run", progress=False, log=lines.append).train()
+    records = read_metrics(tmp_path / "run")
+    assert [("test_acc" in r) for r in records] == [False, False, True, True]
+    assert summary["epochs"] == 4 and summary["final_test_acc"] == records[-1]["test_acc"]
+    assert any("not evaluated (eval.every)" in line for line in lines)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["batch_small"] == [32] and plan["small_fraction"] == [0.5]
+    assert plan["per_resolution"]["16"]["regime"]["kind"] == "chosen"
+    said = [line for line in lines if line.startswith("DBSL at 16 px: b_S = 32 of B_L 64 (50%), chosen")]
+    assert len(said) == 1, lines
+    assert [w["batch"] for w in records[0]["workers"]] == [32, 64]
+
+
 def test_asp_gradient_pushes_every_step_learn(tmp_path):
     # rule sgd, a push per local step: the store adds each worker's update as it arrives
     # (asynchronous, so the outcome varies with timing: a loose bound, chance is 0.1)

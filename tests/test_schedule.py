@@ -179,3 +179,14 @@ def test_plot_writes_png(tmp_path):
     path = tmp_path / "schedule.png"
     plot_schedule(imagenet_paper("hybrid"), str(path), points=200)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_new_phases_of_the_papers_cifar_run():
+    """The authors' workers recompile (restarting momentum) at every LR or resolution change:
+    24 px 0-40, 32 px 40-80, 24 px 80-100, 32 px 100-120, 24 px 120-130, 32 px 130-140."""
+    from dbl_ps.schedule import ScheduleSpec, starts_phase
+
+    spec = ScheduleSpec(epochs=140, base_lr=0.2, milestones=(80, 120), gamma=0.1, warmup_epochs=0,
+                        warmup_start_factor=0.1, resolutions=(24, 32), dropouts=(0.1, 0.2), batch_large=(600, 560),
+                        batch_small=None, cyclic=True)
+    assert [e for e in range(140) if starts_phase(e, spec)] == [40, 80, 100, 120, 130]

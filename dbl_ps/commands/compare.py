@@ -18,6 +18,9 @@ the paper's methods and the default set:
                (`store.mode=bsp store.rule=average store.sync_every=1`), where
                synchronous data-parallel training stands
 
+`dbsl:N` and `hybrid:N` set the number of small workers to N (labelled `dbsl-nN`,
+`hybrid-nN`), so one comparison can hold several (`--methods baseline,dbsl:1,dbsl:3`).
+
 Every variant keeps the config's LR, momentum, weight decay and epochs (nothing is tuned
 per method).
 
@@ -49,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides applied to every variant")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1 (default: %(default)s)")
     parser.add_argument("--methods", default=",".join(PAPER_METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)} (default: %(default)s)")
+                        help=f"comma-separated subset of {','.join(METHODS)}; dbsl:N and hybrid:N with N small "
+                             f"workers (default: %(default)s)")
     parser.add_argument("--out", metavar="DIR", help="folder for the runs and the report (default: OUT_DIR/compare-NAME-TIMESTAMP)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wandb", action="store_true",
@@ -57,6 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _error = partial(command_error, "compare")
+WITH_SMALL = ("dbsl", "hybrid")  # the methods `:N` may follow
+
+
+def parse_method(text: str) -> tuple[str, int | None]:
+    """`"dbsl:3"` -> `("dbsl", 3)`, `"baseline"` -> `("baseline", None)`; ValueError for anything
+    else, naming what is allowed."""
+    base, colon, small = text.partition(":")
+    if base not in METHODS or (colon and (base not in WITH_SMALL or not small.isdigit())):
+        raise ValueError(f"method {text!r}: expected one of {','.join(METHODS)}, or dbsl:N / hybrid:N with N small "
+                         f"workers (e.g. dbsl:3)")
+    return base, int(small) if colon else None
+
+
+def method_label(text: str) -> str:
+    """The run name and folder of a method: `dbsl:3` -> `dbsl-n3`."""
+    base, small = parse_method(text)
+    return base if small is None else f"{base}-n{small}"
 
 
 def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
@@ -64,6 +85,7 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     shared by all runs of one comparison."""
     from dbl_ps.config import ConfigError, RunConfig
 
+    method, small = parse_method(method)
     data = cfg.to_dict()
     res = list(cfg.schedule.resolutions)
     for section, key in PER_RESOLUTION:  # lists -> {px: value} so a single resolution still finds its value
@@ -72,8 +94,10 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
             data[section][key] = {r: v for r, v in zip(res, values if len(values) > 1 else values * len(res))}
     if method != "cpl" and method != "hybrid":  # one resolution, the highest: no CPL
         data["schedule"]["resolutions"] = [max(res)]
-    if method not in ("dbsl", "hybrid"):
+    if method not in WITH_SMALL:
         data["dbl"]["small"] = 0
+    elif small is not None:
+        data["dbl"]["small"] = small
     if method in ("plain", "plain-large", "ddp-like"):
         data["store"].update(mode="bsp", rule="average", staleness=0)
     if method in ("plain", "plain-large"):
@@ -88,12 +112,13 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
             data["dbl"]["batch_large"] = {max(res): cfg.dbl.workers * large[res.index(max(res))]}
     if method == "ddp-like":
         data["store"]["sync_every"] = 1
-    data["name"] = method
+    label = method if small is None else f"{method}-n{small}"
+    data["name"] = label
     data["seed"] = seed
     wandb = data["tracking"]["wandb"]
     wandb["group"] = wandb["group"] or group
-    wandb["tags"] = [*wandb["tags"], method, f"seed{seed}"]
-    data["description"] = f"{method} variant (seed {seed}) of: {cfg.description}"
+    wandb["tags"] = [*wandb["tags"], label, f"seed{seed}"]
+    data["description"] = f"{label} variant (seed {seed}) of: {cfg.description}"
     return RunConfig.from_dict(data)
 
 
@@ -158,10 +183,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         return _error(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods or not seeds:
-        return _error(f"--methods {args.methods!r}: expected a comma-separated subset of {','.join(METHODS)}; "
-                      f"--seeds at least one")
+    try:
+        labels = [method_label(m) for m in methods]
+    except ValueError as exc:
+        return _error(f"--methods {args.methods!r}: {exc}")
+    if not methods or not seeds or len(set(labels)) != len(labels):
+        return _error(f"--methods {args.methods!r}: expected a comma-separated subset of {','.join(METHODS)} (each "
+                      f"once), dbsl:N and hybrid:N with N small workers; --seeds at least one")
     try:
         notes: list[str] = []
         cfg = load_config(args.config, [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])],
@@ -185,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     for seed in seeds:
         for method in methods:
             vcfg = variant(cfg, method, seed, group=out.name)
-            run_dir = out / f"{method}-s{seed}"
+            run_dir = out / f"{method_label(method)}-s{seed}"
             print(f"=== {method}, seed {seed}: {run_dir}", flush=True)
             if (run_dir / "summary.json").is_file():
                 print("    already done, skipped", flush=True)

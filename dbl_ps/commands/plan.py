@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="W (default: config, else 4)")
     p.add_argument("--small", type=int, help="n_S, the chosen number of small workers (default: config, else 1)")
     p.add_argument("--tau", type=float, help="time budget, >= 1 (default: config, else 1.05)")
+    p.add_argument("--batch-small", type=float_list, metavar="B", help="choose the small batch instead of the formula: "
+                   "a size or a fraction of B_L below 1, one value or one per resolution (comma list; default: "
+                   "config's dbl.batch_small, else planned from the time model)")
     p.add_argument("--dataset-size", type=int, help="N, training samples per epoch (default: from preset or config source)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
     s = parser.add_argument_group("schedule")
@@ -72,6 +75,7 @@ class PlanInputs:
     tau: float
     dataset_size: int
     min_small_batch: int = 1
+    batch_small: dict[int, float] | None = None  # chosen small batch per resolution (None: the formula)
     epochs: float = 140
     lr: float = 0.2
     milestones: tuple[float, ...] = (80, 120)
@@ -131,6 +135,7 @@ def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
         tau=cfg.dbl.tau,
         dataset_size=dataset_size,
         min_small_batch=cfg.dbl.min_small_batch,
+        batch_small=cfg.batch_small(),
         epochs=cfg.schedule.epochs,
         lr=cfg.schedule.lr,
         milestones=tuple(cfg.schedule.milestones),
@@ -227,6 +232,11 @@ def gather_inputs(args: argparse.Namespace) -> PlanInputs:
         inputs.milestones = tuple(args.milestones)
     if args.dropouts is not None:
         inputs.dropouts = tuple(args.dropouts)
+    if args.batch_small is not None:
+        res = sorted(inputs.time_models)
+        if len(args.batch_small) not in (1, len(res)):
+            raise ValueError(f"--batch-small has {len(args.batch_small)} values; give 1 or one per resolution {res}")
+        inputs.batch_small = dict(zip(res, args.batch_small * len(res) if len(args.batch_small) == 1 else args.batch_small))
     return inputs
 
 
@@ -262,7 +272,7 @@ def predicted_run_seconds(plan: Any, spec: Any) -> float:
 
 def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
     """One line per (n_S, resolution): b_S, shares, predicted epoch seconds; chosen n_S marked."""
-    header = ("", "n_S", "res", "b_S", "B_L", "d_S", "d_L", "epoch s", "vs all-large", "merge f_S")
+    header = ("", "n_S", "res", "b_S", "B_L", "b_S/B_L", "d_S", "d_L", "epoch s", "vs all-large", "merge f_S")
     lines: list[tuple[str, ...]] = [header]
     for n_s, result in rows:
         mark = "*" if n_s == chosen else ""
@@ -277,6 +287,7 @@ def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
                     str(r),
                     "-" if p.batch_small is None else str(p.batch_small),
                     "/".join(sorted({str(b) for b in p.batch_large})),
+                    "-" if p.small_fraction is None else f"{p.small_fraction:.0%}",
                     "-" if p.d_small is None else str(p.d_small),
                     "-" if p.small == p.workers else str(p.d_large),
                     f"{p.epoch_seconds:.4g}",
@@ -300,9 +311,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         inputs = gather_inputs(args)
         rows = plan_all_small_counts(inputs.time_models, inputs.batch_large, inputs.workers, inputs.tau,
-                                     inputs.dataset_size, inputs.min_small_batch)
+                                     inputs.dataset_size, inputs.min_small_batch, inputs.batch_small)
         plan = make_plan(inputs.time_models, inputs.batch_large, inputs.workers, inputs.small, inputs.tau,
-                         inputs.dataset_size, inputs.min_small_batch)
+                         inputs.dataset_size, inputs.min_small_batch, inputs.batch_small)
         spec = schedule_spec(inputs, plan) if args.show_schedule else None
     except InfeasiblePlanError as err:
         if not args.json:
@@ -335,6 +346,8 @@ def run(args: argparse.Namespace) -> int:
         f"small workers are ids 0..n_S-1; * = chosen n_S={inputs.small}"
     )
     print(format_plan_table(rows, inputs.small))
+    for line in plan.regime_lines():  # what the chosen plan's small batch is on this device
+        print(line)
     if spec is not None:
         from dbl_ps.schedule import format_phases, plot_schedule
 

@@ -177,11 +177,13 @@ class CollectiveRunner:
                 models = {r: [pw[r] for pw in per_worker] for r in models}
                 source = "measured per worker"
             if topo.is_main:
-                box = [(build_plan(cfg, len(self.data.train), models, batches, source, log=self.log).to_dict(), source)]
+                box = [(build_plan(cfg, len(self.data.train), models, batches).to_dict(), source)]
         dist.broadcast_object_list(box, src=0)  # every rank uses rank 0's plan, bit for bit
         plan = plan_from_dict(box[0][0])
         if plan.workers != topo.workers:
             raise LaunchError(f"the plan is for {plan.workers} workers, the launch has {topo.workers}")
+        for line in plan.regime_lines():  # b_S / B_L per resolution, and what it means on this device
+            self.log(line)
         return plan, box[0][1]
 
     def _write_run_files(self) -> None:
@@ -217,7 +219,8 @@ class CollectiveRunner:
         sync = CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
                                       timeout_s=sync_timeout(self.plan, cfg.store.sync_every, cfg.launch.sync_timeout))
         loop = WorkerLoop(engine=self.engine, synchronizer=sync, loader=loader, plan=self.plan, spec=self.spec,
-                          seed=cfg.seed, callbacks=callbacks_from_env(topo.rank))
+                          seed=cfg.seed, callbacks=callbacks_from_env(topo.rank),
+                          restart_momentum=cfg.optim.restart_momentum)
         loop.start(fresh=not meta)
         status = "finished"
         try:
@@ -266,7 +269,8 @@ class CollectiveRunner:
         return EpochFinisher(self.dir, self.spec, evaluate, logger, engine=cfg.engine, workers=self.topo.workers,
                              ranks_per_worker=self.topo.group_size,
                              wall_offset=float(meta["wall_time"]) if meta else 0.0,
-                             version_offset=int(meta["store_version"]) if meta else 0, log=self._log)
+                             version_offset=int(meta["store_version"]) if meta else 0,
+                             evaluate_every=cfg.eval.every, log=self._log)
 
     def _finish_epoch(self, report: EpochReport, finisher: EpochFinisher | None) -> list[EpochReport]:
         """Gather every rank's report, evaluate and checkpoint the epoch; returns the workers'

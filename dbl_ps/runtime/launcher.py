@@ -185,9 +185,11 @@ class Trainer:
             models, batches, source, self.time_model_seconds = resolve_time_models(
                 cfg, num_classes=self.data.num_classes, in_channels=self.data.in_channels,
                 device="cuda" if self.devices[0].startswith("cuda") else "cpu", log=self._log)
-            self.plan = build_plan(cfg, len(self.data.train), models, batches, source, log=self._log)
+            self.plan = build_plan(cfg, len(self.data.train), models, batches)
             self.plan_source = source
             self.replans = []
+        for line in self.plan.regime_lines():  # b_S / B_L per resolution, and what it means on this device
+            self.log(line)
         self.spec = build_spec(cfg, self.plan)
         self.flat = FlatState(self.model)
         if self.cfg.tracking.wandb.enabled:  # a missing extra fails before any process starts
@@ -265,7 +267,8 @@ class Trainer:
                              bn_images=self._bn_images())
         self.finisher = EpochFinisher(self.dir, self.spec, evaluate, self.metrics, engine=cfg.engine, workers=W,
                                       wall_offset=float(ckpt["wall_time"]) if ckpt else 0.0,
-                                      version_offset=int(ckpt["store_version"]) if ckpt else 0, log=self.log)
+                                      version_offset=int(ckpt["store_version"]) if ckpt else 0,
+                                      evaluate_every=cfg.eval.every, log=self.log)
 
         old_handlers = self._install_signal_handlers()
         ctx = mp.get_context("spawn")
@@ -515,7 +518,8 @@ class Trainer:
         line = self.finisher.console_line(record)
         if self._bars:
             self._global_bar.update(1)
-            self._global_bar.set_postfix_str(f"test acc {record['test_acc']:.4f}", refresh=True)
+            if "test_acc" in record:  # evaluated this epoch (eval.every)
+                self._global_bar.set_postfix_str(f"test acc {record['test_acc']:.4f}", refresh=True)
             tqdm.write(line, file=sys.stderr)
         else:
             self._log(line)

@@ -183,7 +183,8 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
                                   batch_size=first.batches[args.worker], resolution=spec.resolutions[0],
                                   seed=cfg.seed, epoch=args.start_epoch, device=device)
         loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
-                          callbacks=[link, *callbacks_from_env(args.worker)])
+                          callbacks=[link, *callbacks_from_env(args.worker)],
+                          restart_momentum=cfg.optim.restart_momentum)
         loop.start(fresh=args.start_epoch == 0)
         queue.put(WorkerReady(args.worker))  # the launcher opens the gate (and starts the clock) once all are
         run_dir = RunDirectory(args.run_dir)

@@ -113,21 +113,20 @@ class Evaluator:
 
 
 def epoch_record(epoch: int, spec: ScheduleSpec, workers: list[EpochReport], *, wall_time: float,
-                 store_version: int, test_loss: float, test_acc: float, eval_seconds: float,
-                 test_acc5: float | None = None) -> dict[str, Any]:
-    """The metrics record of one global epoch (without the `epoch` key, which the logger adds)."""
+                 store_version: int, scores: TestScores | None, eval_seconds: float) -> dict[str, Any]:
+    """The metrics record of one global epoch (without the `epoch` key, which the logger adds);
+    without the test_* and eval_seconds keys when the epoch was not evaluated (`eval.every`)."""
     point = schedule_at(epoch, spec)
     samples = sum(r.samples for r in workers)
+    tested = {} if scores is None else {"test_loss": scores.loss, "test_acc": scores.acc, "test_acc5": scores.acc5,
+                                        "eval_seconds": eval_seconds}
     return {
         "wall_time": wall_time,
         "lr": point.lr,
         "resolution": point.resolution,
         "dropout": point.dropout,
         "store_version": store_version,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "test_acc5": test_acc5,
-        "eval_seconds": eval_seconds,
+        **tested,
         "train_loss": sum(r.loss * r.samples for r in workers) / max(samples, 1),
         "train_acc": sum(r.acc * r.samples for r in workers) / max(samples, 1),
         "samples": samples,
@@ -143,8 +142,9 @@ class EpochFinisher:
 
     def __init__(self, run_dir: RunDirectory, spec: ScheduleSpec, evaluate: Evaluator, logger: Logger, *,
                  engine: str, workers: int, ranks_per_worker: int = 1, wall_offset: float = 0.0,
-                 version_offset: int = 0, log: Callable[[str], None] = print):
+                 version_offset: int = 0, evaluate_every: int = 1, log: Callable[[str], None] = print):
         self.run_dir, self.spec, self.evaluate, self.logger = run_dir, spec, evaluate, logger
+        self.evaluate_every = evaluate_every
         self.engine, self.workers, self.ranks_per_worker = engine, workers, ranks_per_worker
         self.wall_offset, self.version_offset = wall_offset, version_offset
         self.log = log
@@ -164,19 +164,19 @@ class EpochFinisher:
         """Evaluate and log epoch `epoch`; write its global model. Returns the record."""
         wall = self.wall_time()
         started = time.perf_counter()
-        scores = self.evaluate(model_state)
-        test_acc = scores.acc
+        last_epoch = epoch == int(self.spec.epochs) - 1
+        scores = self.evaluate(model_state) if last_epoch or (epoch + 1) % self.evaluate_every == 0 else None
+        test_acc = scores.acc if scores is not None else None
         record = epoch_record(epoch, self.spec, reports, wall_time=wall, store_version=self.version_offset + version,
-                              test_loss=scores.loss, test_acc=test_acc, test_acc5=scores.acc5,
-                              eval_seconds=time.perf_counter() - started)
+                              scores=scores, eval_seconds=time.perf_counter() - started)
         self.logger.log(epoch, record)
         self.run_dir.save_model(epoch, model_state)  # the global state as merged: what a resume continues from
-        if self.evaluate.recalibrates and epoch == int(self.spec.epochs) - 1:
+        if self.evaluate.recalibrates and last_epoch:
             self.run_dir.save_model(epoch, self.evaluate.last_state(), EVAL_MODEL_FILE)  # the model to use
         self.last = {"epoch": epoch, "next_epoch": epoch + 1, "wall_time": wall,
                      "store_version": self.version_offset + version, "workers": self.workers,
                      "ranks_per_worker": self.ranks_per_worker, "engine": self.engine, "test_acc": test_acc,
-                     "status": "finished" if epoch == int(self.spec.epochs) - 1 else "running"}
+                     "status": "finished" if last_epoch else "running"}
         return {"epoch": epoch, **record}
 
     def commit(self) -> None:
@@ -186,16 +186,20 @@ class EpochFinisher:
 
     def console_line(self, record: dict[str, Any]) -> str:
         skipped = sum(w["skipped_syncs"] for w in record["workers"])
+        tested = (f"test loss {record['test_loss']:.4f}  test acc {record['test_acc']:.4f}" if "test_acc" in record
+                  else "not evaluated (eval.every)")
         return (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  "
-                f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  test loss {record['test_loss']:.4f}  "
-                f"test acc {record['test_acc']:.4f}  {record['samples_per_s']:,.0f} samples/s  "
+                f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  {tested}  "
+                f"{record['samples_per_s']:,.0f} samples/s  "
                 f"t {record['wall_time']:.1f}s" + (f"  skipped {skipped} non-finite syncs" if skipped else ""))
 
     def summary(self, status: str, **extra: Any) -> dict[str, Any]:
         """summary.json from metrics.jsonl (every epoch of the run, resumed parts included)."""
-        evals = [r for r in read_metrics(self.run_dir.path) if isinstance(r.get("test_acc"), (int, float))]
+        records = read_metrics(self.run_dir.path)
+        epochs = [r for r in records if "workers" in r]  # every trained epoch (replan records have no workers)
+        evals = [r for r in epochs if isinstance(r.get("test_acc"), (int, float))]
         last = evals[-1] if evals else {}
-        seconds = sum(r["wall_time"] - p["wall_time"] for p, r in zip([{"wall_time": 0.0}] + evals, evals))
+        seconds = epochs[-1]["wall_time"] if epochs else 0.0
         summary = {
             "run_dir": str(self.run_dir.path),
             "status": status,
@@ -203,12 +207,12 @@ class EpochFinisher:
             "engine": self.engine,
             "workers": self.workers,
             "ranks_per_worker": self.ranks_per_worker,
-            "epochs": len(evals),
+            "epochs": len(epochs),
             "final_test_acc": last.get("test_acc"),
             "best_test_acc": max(r["test_acc"] for r in evals) if evals else None,
             "final_test_loss": last.get("test_loss"),
             "wall_time": last.get("wall_time"),
-            "samples_per_s": sum(r["samples"] for r in evals) / seconds if evals and seconds > 0 else None,
+            "samples_per_s": sum(r["samples"] for r in epochs) / seconds if epochs and seconds > 0 else None,
             "store_version": last.get("store_version"),
             # divergence: skip (records written before the key existed count 0)
             "skipped_syncs": sum(w.get("skipped_syncs", 0) for r in evals for w in r.get("workers", [])),

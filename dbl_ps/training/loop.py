@@ -33,7 +33,7 @@ import torch
 
 from dbl_ps.models import set_dropout
 from dbl_ps.planner import Plan
-from dbl_ps.schedule import SchedulePoint, ScheduleSpec, ScheduleTracker
+from dbl_ps.schedule import SchedulePoint, ScheduleSpec, ScheduleTracker, starts_phase
 from dbl_ps.training.engine import Engine, hard_labels
 from dbl_ps.training.events import Callback, Callbacks
 from dbl_ps.training.messages import EpochReport
@@ -94,13 +94,14 @@ class WorkerLoop:
     to the next epoch (`ShareLoader`, `ShardShareLoader`, or anything alike)."""
 
     def __init__(self, *, engine: Engine, synchronizer: Synchronizer, loader: Any, plan: Plan, spec: ScheduleSpec,
-                 seed: int, callbacks: Iterable[Callback] = ()):
+                 seed: int, callbacks: Iterable[Callback] = (), restart_momentum: bool = False):
         self.engine = engine
         self.synchronizer = synchronizer
         self.loader = loader
         self.plan = plan
         self.spec = spec
         self.seed = seed
+        self.restart_momentum = restart_momentum  # optim.restart_momentum: zero it at each new phase
         self.worker = engine.topology.worker
         self.member = engine.topology.member
         self.callbacks = Callbacks(callbacks)
@@ -132,6 +133,8 @@ class WorkerLoop:
         if "dropout" in changed:
             set_dropout(self.engine.module, point.dropout)
         self.engine.set_lr(point.lr)
+        if self.restart_momentum and starts_phase(epoch, self.spec):
+            self.engine.reset_optimizer_state()
         self.engine.set_batch_size(batch)
         torch.manual_seed(epoch_seed(self.seed, self.worker, epoch, self.member))
         self.loader.set_epoch(epoch, shares=rp.shares, batch_size=batch, resolution=point.resolution)

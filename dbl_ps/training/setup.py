@@ -4,9 +4,10 @@ epoch, and the seeds of every random draw.
 
 Time models come, in order of precedence, from `dbl.alpha`/`dbl.beta`, from the
 calibration file in `dbl.calibration`, or are measured on the spot with
-`dbl_ps.calibrate.calibrate` (a few seconds on the CPU). When that measurement
-gives a time model the planner cannot use (e.g. no fixed cost per step), the run
-falls back to `DEFAULT_TIME_MODEL` and says so. The plan is saved in the run
+`dbl_ps.calibrate.calibrate` (a few seconds on the CPU). Every measured model
+(alpha, beta >= 0) plans: where it cannot choose the small batch (no fixed cost per
+step) the planner says so and takes the authors' fraction; only a measurement that
+fails falls back to `DEFAULT_TIME_MODEL`, and says so. The plan is saved in the run
 directory and a resumed run reads it back instead of measuring again.
 """
 
@@ -25,7 +26,7 @@ from torch import nn
 from dbl_ps.calibrate import batch_grid, calibrate, load_calibration
 from dbl_ps.imports import import_modules
 from dbl_ps.models import build_model, check_model_output
-from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, make_plan, plan_resolution
+from dbl_ps.planner import Plan, TimeModel, make_plan, plan_resolution
 from dbl_ps.schedule import ScheduleSpec
 
 __all__ = [
@@ -119,13 +120,8 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
                             batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
                             threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
                             auto_cap=device == "cpu")
-            models = cal.time_models()
+            models = cal.time_models()  # alpha, beta >= 0; the planner says what each regime means
             source = MEASURED
-            for r, m in models.items():
-                if m.alpha <= 0:
-                    log(f"measured alpha={m.alpha:.3g} <= 0 at {r} px (no fixed cost per step to trade against); "
-                        f"using the default {DEFAULT_TIME_MODEL} there")
-                    models[r] = DEFAULT_TIME_MODEL
         except ValueError as exc:
             log(f"time model measurement failed ({exc}); using the default {DEFAULT_TIME_MODEL}")
             models = {r: DEFAULT_TIME_MODEL for r in resolutions}
@@ -134,20 +130,11 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
     return ResolvedTimeModels(models, batches, source)
 
 
-def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int],
-               source: str = "", log: Callable[[str], None] = print) -> Plan:
-    """The DBSL plan of every resolution. A measured time model the planner cannot
-    use falls back to `DEFAULT_TIME_MODEL`; a configured one is an error."""
-    try:
-        return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
-                         cfg.dbl.min_small_batch)
-    except InfeasiblePlanError as exc:
-        if source != MEASURED:
-            raise
-        log(f"the measured time model gives no feasible plan ({exc}); using the default {DEFAULT_TIME_MODEL}")
-        defaults = {r: DEFAULT_TIME_MODEL for r in models}
-        return make_plan(defaults, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
-                         cfg.dbl.min_small_batch)
+def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int]) -> Plan:
+    """The DBSL plan of every resolution, with the small batch chosen in `dbl.batch_small` where
+    set. A time model the planner cannot use is one `InfeasiblePlanError` naming what to change."""
+    return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
+                     cfg.dbl.min_small_batch, cfg.batch_small())
 
 
 def plan_from_dict(data: dict[str, Any]) -> Plan:
@@ -158,7 +145,8 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
         # Re-plan from the saved inputs: the planner is deterministic, so this is the saved plan.
         plans[int(key)] = plan_resolution(models, rp["batch_large"], small=rp["small"], tau=rp["tau"],
                                           dataset_size=rp["dataset_size"], resolution=int(key),
-                                          min_small_batch=rp.get("min_small_batch", 1))  # plans written before the floor
+                                          min_small_batch=rp.get("min_small_batch", 1),  # plans written before the floor
+                                          batch_small=rp.get("batch_small_request"))
         if list(plans[int(key)].shares) != list(rp["shares"]) or list(plans[int(key)].batches) != list(rp["batches"]):
             raise ValueError(f"saved plan at {key} px does not match its inputs (shares {rp['shares']}, batches {rp['batches']})")
     return Plan(workers=data["workers"], small=data["small"], tau=data["tau"], dataset_size=data["dataset_size"],
