@@ -317,7 +317,7 @@ def _up(x: float) -> str:
 
 
 def _where(resolution: int | None) -> str:
-    return f" at {resolution} px" if resolution is not None else ""
+    return f" at {resolution} px" if resolution else ""  # None or 0: a plan without CPL
 
 
 def feasible_tau_range(
@@ -660,7 +660,7 @@ def dual_batch_regime(rp: ResolutionPlan) -> Regime | None:
     ab = f"alpha/beta = {ratio:.3g} samples"
     if rp.small_batch_source == "chosen":
         kind = "chosen"
-        time_ratio = max(rp.predicted_epoch_seconds) / rp.baseline_epoch_seconds
+        time_ratio = rp.epoch_seconds_exact / rp.baseline_epoch_seconds
         message = (f"{at}, chosen with dbl.batch_small; {ab}: the shares are planned so every worker finishes "
                    f"together, in {time_ratio:.3f}x the all-large epoch time (tau {rp.tau:g})")
     elif rp.small_batch_source == "reference":
@@ -668,7 +668,7 @@ def dual_batch_regime(rp: ResolutionPlan) -> Regime | None:
         message = (f"{at}; {ab}: a smaller batch costs no time on this device, so the time model cannot choose "
                    f"b_S (the formula drives it below 1); planned at the fraction the authors' GTX 1080 time "
                    f"model gives for n_S={rp.small} of {rp.workers} at tau {rp.tau:g}; choose another with "
-                   f"dbl.batch_small")
+                   f"dbl.batch_small (batch_small= in the API)")
     elif ratio >= b_large:
         kind = "launch-bound"
         quarter = max(1, b_large // 4)
@@ -682,7 +682,7 @@ def dual_batch_regime(rp: ResolutionPlan) -> Regime | None:
         message = (f"{at}; {ab}, small against B_L: a step's fixed cost is small on this device, so the formula "
                    f"gives the small workers about 1.75 alpha/beta samples per step, far noisier than the authors' "
                    f"plans ({AUTHORS_BEST} of B_L); more small workers raise it, or choose it with dbl.batch_small "
-                   f"(e.g. 0.25: the shares still fit tau)")
+                   f"(batch_small= in the API; e.g. 0.25: the shares still fit tau)")
     else:
         kind = "dual-batch"
         message = f"{at}; {ab}: a real dual-batch plan (the authors' best plans: {AUTHORS_BEST} of B_L)"

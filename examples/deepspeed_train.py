@@ -80,6 +80,8 @@ def main() -> None:
         time_model = dbl.measure_time_model(measure_step, [8, 16, 32, batch_large])  # dbl-ps
     plan = dbl.plan_together(time_model, batch_large=batch_large, dataset_size=len(train_set),  # dbl-ps
                              small=args.small, tau=args.tau)  # dbl-ps
+    if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
+        print(*plan.regime_lines(), sep="\n", flush=True)
     mine = dbl.rank_plan(plan, rank)  # dbl-ps
     engine, config = build(mine.batch)  # a fresh engine (the measuring steps trained the first one) with the plan's batch
     if args.out:  # the config this rank trained with, as DeepSpeed saw it

@@ -76,6 +76,8 @@ def main() -> None:
         time_model = dbl.measure_time_model(lambda b: train_step(x[:b], y[:b]), [8, 16, 32, args.batch_large])  # dbl-ps
     plan = dbl.plan_together(time_model, batch_large=args.batch_large, dataset_size=len(train_set),  # dbl-ps
                              small=args.small, tau=args.tau)  # dbl-ps
+    if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
+        print(*plan.regime_lines(), sep="\n", flush=True)
     averager = dbl.ModelAverager(model, plan)  # dbl-ps: checks the ranks' models match, averages them once
     sampler = dbl.ShareBatchSampler(len(train_set), averager.mine.shares, rank, averager.mine.batch, seed=0)  # dbl-ps
     schedule = dbl.ScheduleSpec(epochs=args.epochs, base_lr=args.lr, milestones=(int(args.epochs * 0.75),))  # dbl-ps

@@ -68,6 +68,17 @@ def test_torch_example_under_torchrun(tmp_path: Path) -> None:
     assert [e["lr"] for e in ranks[0]["epochs"]] == [e["lr"] for e in ranks[1]["epochs"]]
 
 
+def test_torch_example_default_run_plans_from_the_time_model_it_measures(tmp_path: Path) -> None:
+    """As the docstring runs it: each rank measures its own time model in its first steps. On
+    a busy 2-core machine the fit is often alpha = 0 (no fixed cost per step); that gave an
+    InfeasiblePlanError in one of two tries before the planner planned every time model."""
+    out = tmp_path / "out"
+    proc = torchrun(EXAMPLES / "torch_ddp_train.py", "--epochs", "2", "--out", str(out))
+    check_dbsl_ran(proc, out)
+    regime = [line for line in proc.stdout.splitlines() if line.startswith("DBSL: b_S = ")]
+    assert len(regime) == 1 and "of B_L 64" in regime[0] and "alpha/beta = " in regime[0], proc.stdout[-2000:]
+
+
 def test_fsdp_example_under_torchrun(tmp_path: Path) -> None:
     out = tmp_path / "out"
     check_dbsl_ran(torchrun(EXAMPLES / "fsdp_train.py", "--epochs", "2", *TIME_MODEL, "--out", str(out)), out)
