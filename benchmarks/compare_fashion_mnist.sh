@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# Issue 17's numbers in benchmarks/RESULTS.md came from configs/fashion_mnist_cpu.yaml as it was at
+# 34b786a (`git show 34b786a:dbl_ps/configs/fashion_mnist_cpu.yaml > old.yaml`, then CONFIG=old.yaml);
+# issue 22 moved the config to the authors' settings (3 small workers, their LR per sample,
+# weight decay, ladder and epoch structure).
 # Issue 17's comparison on real Fashion-MNIST with the CPU-scale config: baseline, DBSL,
 # CPL, hybrid and the references a user would otherwise run (plain: one process, batch
 # 128; plain-large: one process, the large batch; ddp-like: the baseline's workers
@@ -21,6 +25,6 @@ EPOCHS=${EPOCHS:-24}
 MILESTONES=${MILESTONES:-[14,21]}
 TRAIN_LIMIT=${TRAIN_LIMIT:-15000}
 DBLPS=${DBLPS:-dbl-ps}
-exec $DBLPS compare --config configs/fashion_mnist_cpu.yaml --seeds 0,1 --out "$OUT" --no-progress \
+exec $DBLPS compare --config "${CONFIG:-configs/fashion_mnist_cpu.yaml}" --seeds 0,1 --out "$OUT" --no-progress \
     --methods baseline,dbsl,cpl,hybrid,plain,plain-large,ddp-like \
     data.train_limit="$TRAIN_LIMIT" schedule.epochs="$EPOCHS" "schedule.milestones=$MILESTONES" "$@"

@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# Issue 17's numbers in benchmarks/RESULTS.md came from configs/fashion_mnist_gpu.yaml as it was at
+# 34b786a (`git show 34b786a:dbl_ps/configs/fashion_mnist_gpu.yaml > old.yaml`, then CONFIG=old.yaml);
+# issue 22 moved the config to the authors' settings (3 small workers, their LR per sample,
+# weight decay, ladder and epoch structure).
 # Issue 17's comparison on one GPU, for one call of the device tool (10 minutes at most):
 # baseline, DBSL, CPL and hybrid, two seeds each, with torchvision's
 # ResNet-18 (CIFAR stem, `configs/fashion_mnist_gpu.yaml`) on real Fashion-MNIST.
@@ -28,7 +32,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
 timeout --kill-after=20 "${COMPARE_SECONDS:-530}" \
-    python3 -m dbl_ps.cli compare --config configs/fashion_mnist_gpu.yaml --seeds "${SEEDS:-0,1}" \
+    python3 -m dbl_ps.cli compare --config "${CONFIG:-configs/fashion_mnist_gpu.yaml}" --seeds "${SEEDS:-0,1}" \
     --methods "${METHODS:-baseline,dbsl,cpl,hybrid}" --out "$WORK" --no-progress \
     "data.path=$DATA" data.train_limit="${TRAIN_LIMIT:-24000}" schedule.epochs="${EPOCHS:-30}" \
     "schedule.milestones=${MILESTONES:-[17,26]}" precision=bf16 channels_last=true "$@" \

@@ -232,7 +232,7 @@ class ResolutionPlan:
     tau_range: tuple[float, float] | None  # feasible [tau_min, tau_max] for this n_S (None if n_S=0)
     min_small_batch: int = 1  # the floor the small batch was planned with
     batch_small_request: int | float | None = None  # the user's choice (dbl.batch_small), None = planned
-    small_batch_source: str = "formula"  # formula | chosen | reference (see SMALL_BATCH_SOURCES)
+    small_batch_source: str = "formula"  # the paper's formula | chosen (batch_small) | reference (no fixed cost)
 
     @property
     def large_workers(self) -> range:
@@ -374,7 +374,7 @@ def _solve_batch_small(models: Sequence[TimeModel], t: float, data_small: float,
 NO_FIXED_COST_SAMPLES = 1.0
 
 
-def _requested_small_batch(batch_small: int | float | None, b_cap: int, resolution: int | None) -> int | None:
+def _chosen_small_batch(batch_small: int | float | None, b_cap: int, resolution: int | None) -> int | None:
     """The chosen small batch as a size: an integer ``1..b_cap`` as it is, a fraction in (0, 1)
     of ``b_cap`` rounded to the nearest size (at least 1)."""
     if batch_small is None:
@@ -473,15 +473,11 @@ def plan_resolution(
     t0 = n / sum(1.0 / ci for ci in c)
 
     tau_range: tuple[float, float] | None = None
-    source = "formula"
-    requested: int | None = None
+    source, chosen = "formula", None
     if small == 0:
-        t = t0
-        shares_exact = [t / ci for ci in c]
-        b_small_exact = None
+        t, shares_exact, b_small_exact = t0, [t0 / ci for ci in c], None
     else:
         b_cap = min(batch_large[:small])
-        requested = _requested_small_batch(batch_small, b_cap, resolution)
         tau_min, tau_max, tau_no_data = feasible_tau_range(time_models, batch_large, small, n, min_small_batch)
         tau_range = (tau_min, tau_max)
         if tau >= tau_no_data:
@@ -489,46 +485,19 @@ def plan_resolution(
                 f"tau={tau:g} leaves no data for small workers with n_S={small}{_where(resolution)}; "
                 f"use tau < {_down(tau_no_data)} or more small workers"
             )
-        if requested is None and all(m.alpha < NO_FIXED_COST_SAMPLES * m.beta for m in time_models[:small]):
-            # A smaller batch costs (almost) no time: the formula's b_S is 1 or below and says nothing.
-            reference = max(min_small_batch, round(reference_small_fraction(workers, small, tau) * b_cap))
-            requested = _smallest_fitting_batch(time_models, batch_large, small, n, tau, min(b_cap, reference))
-            source = "reference"
-            if requested > b_cap:
-                raise InfeasiblePlanError(
-                    f"tau={tau:g} needs a small batch above the largest batch {b_cap} with n_S={small}"
-                    f"{_where(resolution)}; use tau >= {_up(tau_min)}")
-        elif requested is not None:
+        chosen = _chosen_small_batch(batch_small, b_cap, resolution)
+        if chosen is not None:
             source = "chosen"
-        if requested is not None:
-            t, small_exact, large_exact = _equal_finish(time_models, c, small, n, requested)
-            if t > tau * t0 * (1 + 1e-12):
-                raise InfeasiblePlanError(_chosen_too_small(time_models, batch_large, small, n, tau, requested,
-                                                            t / t0, resolution))
-            b_small_exact = float(requested)
-            shares_exact = small_exact + large_exact
+        elif all(m.alpha < NO_FIXED_COST_SAMPLES * m.beta for m in time_models[:small]):
+            # A smaller batch costs (almost) no time: the formula's b_S is 1 or below and says nothing.
+            chosen, source = _reference_batch(time_models, batch_large, small, n, tau, min_small_batch,
+                                              tau_min, resolution), "reference"
+        if chosen is not None:
+            t, shares_exact = _equal_finish_within(time_models, batch_large, c, small, n, tau, t0, chosen, resolution)
+            b_small_exact = float(chosen)
         else:
-            if tau > tau_max * (1 + 1e-12):
-                raise InfeasiblePlanError(
-                    f"tau={tau:g} needs a small batch below {min_small_batch} (min_small_batch) with n_S={small}"
-                    f"{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}, a lower min_small_batch, "
-                    f"more small workers, or choose the small batch (batch_small)"
-                )
-            if tau < tau_min * (1 - 1e-12):
-                raise InfeasiblePlanError(
-                    f"tau={tau:g} needs a small batch above the largest batch {b_cap} "
-                    f"with n_S={small}{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}"
-                )
-            t = tau * t0
-            large_exact = [t / ci for ci in c[small:]]
-            data_small = n - sum(large_exact)
-            b_small_exact = _solve_batch_small(time_models[:small], t, data_small, b_cap)
-            b_small_exact = min(max(b_small_exact, float(min_small_batch)), float(b_cap))  # float noise at the bounds
-            if _same_models(time_models[:small]):
-                small_exact = [data_small / small] * small
-            else:
-                small_exact = [t / m.sample_seconds(b_small_exact) for m in time_models[:small]]
-            shares_exact = small_exact + large_exact
+            t, shares_exact, b_small_exact = _formula_split(time_models, c, small, n, tau, t0, tau_range,
+                                                            b_cap, min_small_batch, resolution)
 
     shares = apportion(shares_exact, n)
     if min(shares) < 1:
@@ -539,8 +508,8 @@ def plan_resolution(
         )
     if b_small_exact is None:
         b_small = None
-    elif requested is not None:
-        b_small = requested
+    elif chosen is not None:
+        b_small = chosen
     else:
         b_small = min(max(round(b_small_exact), min_small_batch), min(batch_large[:small]))
     batches = [b_small] * small + list(batch_large[small:])
@@ -576,14 +545,63 @@ def plan_resolution(
     )
 
 
-def _equal_finish(time_models: Sequence[TimeModel], c: Sequence[float], small: int, n: int,
-                  batch_small: int) -> tuple[float, list[float], list[float]]:
-    """``(T, small shares, large shares)`` when the small workers train at ``batch_small`` and
-    every worker finishes at ``T``: ``d_i = T / (beta_i + alpha_i / b_i)``, summing to ``N``."""
+def _formula_split(time_models: Sequence[TimeModel], c: Sequence[float], small: int, n: int, tau: float, t0: float,
+                   tau_range: tuple[float, float], b_cap: int, min_small_batch: int,
+                   resolution: int | None) -> tuple[float, list[float], float]:
+    """The paper's plan: every worker's epoch takes ``T = tau T0``; the large workers' shares
+    follow, and ``b_S`` is the batch with which the small ones train the rest in ``T``.
+    Returns ``(T, shares, b_S)`` (exact, before rounding)."""
+    tau_min, tau_max = tau_range
+    if tau > tau_max * (1 + 1e-12):
+        raise InfeasiblePlanError(
+            f"tau={tau:g} needs a small batch below {min_small_batch} (min_small_batch) with n_S={small}"
+            f"{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}, a lower min_small_batch, "
+            f"more small workers, or choose the small batch (batch_small)"
+        )
+    if tau < tau_min * (1 - 1e-12):
+        raise InfeasiblePlanError(
+            f"tau={tau:g} needs a small batch above the largest batch {b_cap} "
+            f"with n_S={small}{_where(resolution)}; use {_up(tau_min)} <= tau <= {_down(tau_max)}"
+        )
+    t = tau * t0
+    large_exact = [t / ci for ci in c[small:]]
+    data_small = n - sum(large_exact)
+    b_small = _solve_batch_small(time_models[:small], t, data_small, b_cap)
+    b_small = min(max(b_small, float(min_small_batch)), float(b_cap))  # float noise at the bounds
+    if _same_models(time_models[:small]):
+        small_exact = [data_small / small] * small
+    else:
+        small_exact = [t / m.sample_seconds(b_small) for m in time_models[:small]]
+    return t, small_exact + large_exact, b_small
+
+
+def _equal_finish_within(time_models: Sequence[TimeModel], batch_large: Sequence[int], c: Sequence[float],
+                         small: int, n: int, tau: float, t0: float, batch_small: int,
+                         resolution: int | None) -> tuple[float, list[float]]:
+    """``(T, shares)`` when the small workers train at ``batch_small`` and every worker finishes
+    at ``T``: ``d_i = T / (beta_i + alpha_i / b_i)``, summing to ``N``; ``T <= tau T0`` or an
+    error naming the smallest batch that fits."""
     small_speed = [1.0 / m.sample_seconds(batch_small) for m in time_models[:small]]
     large_speed = [1.0 / ci for ci in c[small:]]
     t = n / (sum(small_speed) + sum(large_speed))
-    return t, [t * v for v in small_speed], [t * v for v in large_speed]
+    if t > tau * t0 * (1 + 1e-12):
+        raise InfeasiblePlanError(_chosen_too_small(time_models, batch_large, small, n, tau, batch_small,
+                                                    t / t0, resolution))
+    return t, [t * v for v in small_speed + large_speed]
+
+
+def _reference_batch(time_models: Sequence[TimeModel], batch_large: Sequence[int], small: int, n: int, tau: float,
+                     min_small_batch: int, tau_min: float, resolution: int | None) -> int:
+    """The small batch of a device with no fixed cost per step: the authors' fraction of
+    ``B_L`` (``reference_small_fraction``), raised where mixed hardware needs a larger one to
+    fit ``tau``."""
+    b_cap = min(batch_large[:small])
+    reference = max(min_small_batch, round(reference_small_fraction(len(time_models), small, tau) * b_cap))
+    batch = _smallest_fitting_batch(time_models, batch_large, small, n, tau, min(b_cap, reference))
+    if batch > b_cap:
+        raise InfeasiblePlanError(f"tau={tau:g} needs a small batch above the largest batch {b_cap} with "
+                                  f"n_S={small}{_where(resolution)}; use tau >= {_up(tau_min)}")
+    return batch
 
 
 def _smallest_fitting_batch(time_models: Sequence[TimeModel], batch_large: Sequence[int], small: int, n: int,
