@@ -375,6 +375,38 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
     return written
 
 
+def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path | None:
+    """Training accuracy (dashed: the workers' batches of each epoch, dropout on) and test
+    accuracy (solid) against the epoch, the mean over each label's runs: where the dashed line
+    runs far above the solid one the model overfits, the regime where DBSL can act as a
+    regulariser. None (nothing drawn) when no run records a training accuracy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import matplotlib
+
+    groups = {label: members for label, members in _group(runs).items()
+              if all(any(isinstance(r.get("train_acc"), (int, float)) for r in m.evals) for m in members)}
+    if not groups:
+        return None
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["tab10"]
+    for g, (label, members) in enumerate(groups.items()):
+        for key, style, name in (("train_acc", "--", "train"), (TEST_ACC, "-", "test")):
+            xs, ys = mean_curve(members, key, EPOCH)
+            ax.plot(xs, ys, style, color=colours(g % 10), linewidth=1.5, label=f"{label} {name}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (top-1)")
+    ax.set_title("training (dashed) vs test accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
 def plot_worker_times(run: RunData, path: str | Path) -> Path | None:
     """Each worker's measured seconds per mini-epoch against the epoch (solid) and the
     plan's predicted seconds for its share and batch at that resolution (dashed, from
@@ -426,6 +458,9 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
     out_dir = Path(out_dir)
     rows = summarize(loaded, baseline)
     plots = plot_runs(loaded, out_dir)
+    gap = plot_generalisation_gap(loaded, out_dir / "train_vs_test_accuracy.png")
+    if gap is not None:
+        plots.append(gap)
     for label, members in _group(loaded).items():  # one worker-time plot per label (its first run)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         drawn = plot_worker_times(members[0], out_dir / f"workers_{safe}.png")

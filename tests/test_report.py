@@ -166,6 +166,7 @@ def make_run(root: Path, name: str, accs: list[float], seconds_per_epoch: float,
     with MetricsWriter(run_dir) as writer:
         for epoch, acc in enumerate(accs):
             writer.log(epoch, {"wall_time": (epoch + 1) * seconds_per_epoch, "test_acc": acc, "test_loss": 2.0 * (1 - acc),
+                               "train_acc": min(1.0, acc + 0.1), "train_loss": 1.5 * (1 - acc),
                                "lr": 0.1, "workers": [{"worker": 0, "train_loss": 1.0}]})
             writer.write({"event": "checkpoint", "epoch": epoch, "wall_time": (epoch + 1) * seconds_per_epoch + 0.5})
     return run_dir
@@ -289,8 +290,9 @@ def test_write_report(runs, tmp_path):
     path = write_report(runs, tmp_path / "report", baseline="baseline", title="digits compare")
     text = path.read_text()
     assert text.startswith("# digits compare") and "| hybrid | 2 |" in text
-    for name in PLOTS:
-        assert f"({name})" in text and (path.parent / name).is_file()
+    for name in (*PLOTS, "train_vs_test_accuracy.png"):
+        assert f"({name})" in text and (path.parent / name).read_bytes()[:4] == b"\x89PNG"
+    assert "| train loss | train acc % |" in text  # the regime: final training loss and accuracy
     summary = json.loads((path.parent / "summary.json").read_text())
     assert [r["label"] for r in summary] == ["baseline", "hybrid"]
     assert (path.parent / "summary.csv").read_text().startswith("label,runs,epochs,final_acc,final_acc_std")
