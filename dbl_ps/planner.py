@@ -463,6 +463,12 @@ def plan_resolution(
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 1):
         raise ValueError(f"tau={tau!r} must be a number >= 1 (1.05 = 5 % more time than all-large training)")
     for i, m in enumerate(time_models):
+        if m.alpha < 0:
+            raise InfeasiblePlanError(
+                f"worker {i}{_where(resolution)}: alpha={m.alpha:g} < 0 is no time model a device can have (a "
+                f"free fit through noise); refit with alpha, beta >= 0 (fit_nonnegative_time_model, as "
+                f"`dbl-ps calibrate` and measure_time_model do)"
+            )
         if m.sample_seconds(batch_large[i]) <= 0:
             raise ValueError(
                 f"worker {i}{_where(resolution)}: alpha={m.alpha:g}, beta={m.beta:g} give a step time "

@@ -271,7 +271,9 @@ def test_plan_flags_table(capsys):
     lines = capsys.readouterr().out.splitlines()
     chosen = [line for line in lines if line.startswith("*")]
     assert len(chosen) == 1
-    assert chosen[0].split()[1:7] == ["1", "32", "47", "560", "8750", "13750"]
+    assert chosen[0].split()[1:8] == ["1", "32", "47", "560", "8%", "8750", "13750"]  # b_S / B_L = 47 / 560
+    regime = [line for line in lines if line.startswith("DBSL at 32 px: b_S = 47 of B_L 560 (8%)")]
+    assert len(regime) == 1 and "alpha/beta = 30.8 samples" in regime[0] and "dbl.batch_small" in regime[0]
 
 
 def test_plan_infeasible_exit_code_and_message(capsys):
@@ -369,3 +371,16 @@ def test_a_run_reports_the_seconds_it_spent_measuring_its_time_model_and_none_wh
     given = resolve_time_models(load_config(None, ["dbl.alpha=[0.003]", "dbl.beta=[0.0002]"]), num_classes=10,
                                 in_channels=1, log=lambda m: None)
     assert given.source == "config (dbl.alpha, dbl.beta)" and given.seconds == 0.0
+
+
+def test_plan_with_a_chosen_small_batch(capsys):
+    """--batch-small as a fraction of B_L: the chosen n_S trains at 25 % of B_L, the shares
+    planned to finish together; below what tau allows, one error naming the smallest batch."""
+    argv = ["--preset", "cifar", "--small", "3", "--tau", "1.1", "--batch-small", "0.5", "--json"]
+    assert run_command(plan_cmd, argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["batch_small"] == [300, 280] and out["small_fraction"] == [0.5, 0.5]
+    assert out["per_resolution"]["32"]["regime"]["kind"] == "chosen"
+    assert run_command(plan_cmd, ["--preset", "cifar", "--small", "3", "--batch-small", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_small=10 at 24 px with n_S=3 needs tau >= " in err and "use batch_small >= " in err
