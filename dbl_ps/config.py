@@ -677,6 +677,8 @@ def _check_limits(value: Any, meta: Mapping[str, Any], key: str, tp: Any) -> Non
         return
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):
+        raise _bad(key, value, f"a finite number {_limits(meta)}".rstrip())
     ok = ((meta.get("ge") is None or value >= meta["ge"]) and (meta.get("gt") is None or value > meta["gt"])
           and (meta.get("le") is None or value <= meta["le"]) and (meta.get("lt") is None or value < meta["lt"]))
     if not ok:
@@ -795,6 +797,27 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+class _BaseSixty(Exception):
+    """YAML 1.1 reads `20:0.002` (no space after the colon) as the base-60 number 1200.002."""
+
+    def __init__(self, text: str, line: int):
+        super().__init__(f"{text!r} at line {line} is a base-60 number to YAML ({text.replace(':', ' x 60 + ', 1)}); "
+                         f"for a mapping put a space after the colon: {{{text.replace(':', ': ', 1)}}}")
+        self.text, self.line = text, line
+
+
+def _construct_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    if ":" in node.value:  # PyYAML's int/float resolvers match `digits:digits` as sexagesimal
+        raise _BaseSixty(node.value, node.start_mark.line + 1)
+    if node.tag.endswith(":int"):
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+    return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _construct_number)
 
 
 def _load_yaml(text: str) -> Any:
@@ -1000,6 +1023,10 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = _load_yaml(raw) if raw.strip() else None
     except _DuplicateKey as dup:
         raise ConfigError(f"bad override {text!r}: key {dup.key!r} appears twice", key=key, value=raw) from None
+    except _BaseSixty as b60:
+        raise ConfigError(f"bad override {text!r}: {b60.text!r} is a base-60 number to YAML; for a mapping put a "
+                          f"space after the colon: {key}={{{b60.text.replace(':', ': ', 1)}}}", key=key,
+                          value=raw) from None
     except yaml.YAMLError:
         value = raw  # not YAML: take it as a plain string (the type check decides)
     return key, value
@@ -1084,6 +1111,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
         except _DuplicateKey as dup:
             raise ConfigError(f"config file {str(path)!r} line {dup.line}: key {dup.key!r} appears twice "
                               f"(first at line {dup.first_line}); keep one", value=str(path)) from None
+        except _BaseSixty as b60:
+            raise ConfigError(f"config file {str(path)!r}: {b60}", value=str(path)) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}", value=str(path)) from None
         if loaded is None:
@@ -1093,8 +1122,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
                               value=str(path))
         raw = loaded
     try:
-        return apply_overrides(raw, overrides, notes=notes)
+        cfg = apply_overrides(raw, overrides, notes=notes)
     except ConfigError as err:
         if path is not None and "command-line override" not in str(err) and err.key is not None:
             raise ConfigError(f"{err} (in {path})", key=err.key, value=err.value) from None
         raise
+    if notes is not None:
+        notes.extend(schedule_notes(cfg))
+    return cfg
+
+
+def schedule_notes(cfg: RunConfig) -> list[str]:
+    """One line for CPL resolutions that the schedule never reaches: every LR stage splits its
+    epochs among the resolutions, lowest first, so a stage shorter than the ladder skips the
+    low ones (legal, but the run then trains, measures and plans a resolution for nothing)."""
+    from dbl_ps.schedule import ScheduleSpec, epochs_at_each_resolution
+
+    s = cfg.schedule
+    spec = ScheduleSpec(epochs=s.epochs, base_lr=s.lr, milestones=tuple(s.milestones), gamma=s.gamma,
+                        resolutions=tuple(s.resolutions), batch_large=(1,) * len(s.resolutions), cyclic=s.cyclic)
+    never = [r for r, epochs in epochs_at_each_resolution(spec).items() if epochs == 0]
+    if not never:
+        return []
+    return [f"schedule.resolutions: {never} px get no epoch with schedule.epochs={s.epochs} and milestones "
+            f"{s.milestones} (each LR stage splits its epochs among {len(s.resolutions)} resolutions, lowest "
+            f"first); use fewer resolutions or more epochs"]

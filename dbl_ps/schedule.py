@@ -250,6 +250,15 @@ def schedule_at(epoch: float, spec: ScheduleSpec) -> SchedulePoint:
     )
 
 
+def epochs_at_each_resolution(spec: ScheduleSpec) -> dict[int, float]:
+    """Epochs the run trains at each resolution (0 for one that no stage reaches: a stage of
+    ``L`` epochs gives the lowest of ``n`` resolutions none when ``L < n``)."""
+    out = {r: 0.0 for r in spec.resolutions}
+    for phase in phases(spec):
+        out[phase.resolution] += phase.end - phase.start
+    return out
+
+
 def starts_phase(epoch: int, spec: ScheduleSpec) -> bool:
     """Whether whole epoch ``epoch`` (>= 1) is the first of a new phase: a new LR stage or a new
     resolution. The authors' Keras workers recompile their model there, which restarts SGD's

@@ -490,3 +490,35 @@ def test_more_workers_than_training_samples_names_dbl_workers():
         extra = ["data.synthetic.num_train=3"] if "synthetic" in override else []
         with pytest.raises(ConfigError, match="'dbl.workers': got 4, expected at most 3"):
             load_config(None, [override, *extra])
+
+
+@pytest.mark.parametrize(("override", "pattern"), [
+    ("schedule.lr=.inf", r"'schedule.lr': got inf, expected a finite number > 0.0"),
+    ("dbl.tau=.inf", r"'dbl.tau': got inf, expected a finite number >= 1.0"),
+    ("dbl.alpha={16:0.002}", r"'16:0.002' is a base-60 number to YAML; for a mapping put a space after the colon: "
+                             r"dbl.alpha=\{16: 0.002\}"),
+])
+def test_values_yaml_or_floats_would_take_silently_are_refused(override, pattern):
+    """Issue 24/25: `.inf` was refused only after measuring, under internal names; YAML 1.1
+    reads `20:0.002` (no space) as 1200.002, so a per-resolution map became one number."""
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [override, "dbl.beta=[0.0001]"])
+
+
+def test_a_base_60_number_in_a_config_file_names_the_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dbl:\n  alpha: {16:0.002}\n  beta: [0.0001]\n")
+    with pytest.raises(ConfigError, match=r"'16:0.002' at line 2 is a base-60 number to YAML"):
+        load_config(path)
+
+
+def test_a_resolution_that_no_stage_reaches_is_said_once():
+    """Three resolutions in stages of 1 epoch: CPL never trains at 8 or 12 px (issue 24)."""
+    notes: list[str] = []
+    load_config(None, ["schedule.epochs=2", "schedule.milestones=[1]", "schedule.resolutions=[8,12,16]",
+                       "schedule.warmup_epochs=0"], notes=notes)
+    assert [n for n in notes if "[8, 12] px get no epoch with schedule.epochs=2" in n] == notes[-1:]
+    notes = []  # one stage of 3 epochs reaches every one of them
+    load_config(None, ["schedule.epochs=3", "schedule.milestones=[]", "schedule.resolutions=[8,12,16]",
+                       "schedule.warmup_epochs=0"], notes=notes)
+    assert not any("get no epoch" in n for n in notes)
