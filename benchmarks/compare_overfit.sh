@@ -16,6 +16,10 @@
 # comparison's time model (its time_model.json); n_S 0 is the comparison's baseline, n_S 1
 # and 3 at tau 1.1 its dbsl runs of seed 0. One table per tau, against that baseline:
 #   SWEEP=1 benchmarks/compare_overfit.sh
+#
+# The authors' own LR per sample (3.6e-4: 0.0115 at B_L 32) over their 140 epochs (x0.1 at
+# 80 and 120), baseline and dbsl:3, seed 0, with the comparison's time model:
+#   AUTHORS_LR=1 benchmarks/compare_overfit.sh
 set -euo pipefail
 OUT=${OUT:-runs/issue22-cpu}
 DBLPS=${DBLPS:-dbl-ps}
@@ -31,6 +35,12 @@ if [[ "${SWEEP:-0}" == 1 ]]; then
         "$OUT/sweep-tau1.1/dbsl-n4-s0" --out "$OUT/sweep-tau1.1/report" --title "n_S sweep, tau 1.1, seed 0"
     exec $DBLPS report "$OUT/baseline-s0" "$OUT"/sweep-tau1.05/dbsl-n{1,2,3,4}-s0 --out "$OUT/sweep-tau1.05/report" \
         --title "n_S sweep, tau 1.05, seed 0"
+fi
+if [[ "${AUTHORS_LR:-0}" == 1 ]]; then
+    mkdir -p "$OUT/authors-lr" && cp "$OUT/time_model.json" "$OUT/authors-lr/"
+    exec $DBLPS compare --config fashion_mnist_overfit --seeds 0 --no-progress --out "$OUT/authors-lr" \
+        --methods baseline,dbsl:3 schedule.lr=0.0115 schedule.epochs=140 "schedule.milestones=[80,120]" \
+        eval.every=5 "$@"
 fi
 exec $DBLPS compare --config fashion_mnist_overfit --seeds 0,1 --no-progress --out "$OUT" \
     --methods baseline,dbsl:1,dbsl:3,hybrid:3,ddp-like,plain "$@"
