@@ -18,7 +18,7 @@
 #   SWEEP=1 benchmarks/compare_overfit.sh
 #
 # The authors' own LR per sample (3.6e-4: 0.0115 at B_L 32) over their 140 epochs (x0.1 at
-# 80 and 120), baseline and dbsl:3, seed 0, with the comparison's time model:
+# 80 and 120), baseline and dbsl:3, seeds 0 and 1, with the comparison's time model:
 #   AUTHORS_LR=1 benchmarks/compare_overfit.sh
 set -euo pipefail
 OUT=${OUT:-runs/issue22-cpu}
@@ -38,7 +38,7 @@ if [[ "${SWEEP:-0}" == 1 ]]; then
 fi
 if [[ "${AUTHORS_LR:-0}" == 1 ]]; then
     mkdir -p "$OUT/authors-lr" && cp "$OUT/time_model.json" "$OUT/authors-lr/"
-    exec $DBLPS compare --config fashion_mnist_overfit --seeds 0 --no-progress --out "$OUT/authors-lr" \
+    exec $DBLPS compare --config fashion_mnist_overfit --seeds 0,1 --no-progress --out "$OUT/authors-lr" \
         --methods baseline,dbsl:3 schedule.lr=0.0115 schedule.epochs=140 "schedule.milestones=[80,120]" \
         eval.every=5 "$@"
 fi
