@@ -85,6 +85,7 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     shared by all runs of one comparison."""
     from dbl_ps.config import ConfigError, RunConfig
 
+    label = method_label(method)
     method, small = parse_method(method)
     data = cfg.to_dict()
     res = list(cfg.schedule.resolutions)
@@ -112,7 +113,6 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
             data["dbl"]["batch_large"] = {max(res): cfg.dbl.workers * large[res.index(max(res))]}
     if method == "ddp-like":
         data["store"]["sync_every"] = 1
-    label = method if small is None else f"{method}-n{small}"
     data["name"] = label
     data["seed"] = seed
     wandb = data["tracking"]["wandb"]
