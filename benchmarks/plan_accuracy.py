@@ -38,8 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from dbl_ps.calibrate import calibrate, format_calibration_table
+from dbl_ps.config import RunConfig
 from dbl_ps.models import build_model
 from dbl_ps.planner import make_plan
+from dbl_ps.training.engine import engine_step_factory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         cal = calibrate(
             "small_resnet",
             [r],
+            make_step=engine_step_factory(RunConfig()),
             num_classes=10,
             in_channels=1,
             batch_sizes=grid,

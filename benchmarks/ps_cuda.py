@@ -59,8 +59,10 @@ def main() -> None:
     args = p.parse_args()
 
     from dbl_ps import ParameterStore, StoreClient
-    from dbl_ps.calibrate import make_train_step
+    from dbl_ps.calibrate import synthetic_batch
+    from dbl_ps.config import RunConfig
     from dbl_ps.models import build_model
+    from dbl_ps.training.engine import engine_step_factory
     from dbl_ps.training.flat import FlatState
 
     device, sync = timing_device(args.device)
@@ -70,10 +72,13 @@ def main() -> None:
     flat = FlatState(model)
     n = flat.numel
 
+    # The step `dbl-ps calibrate` times: an `engine: torch` worker's (fp32, SGD).
+    step = engine_step_factory(RunConfig())(model, device=str(device), precision="fp32", channels_last=False,
+                                            compile=False)
     steps = {}
     for b in (int(x) for x in args.batches.split(",")):
-        step = make_train_step(model, b, args.resolution, device=str(device), num_classes=args.classes, in_channels=3)
-        steps[b] = timed(step, args.repeats, sync)
+        images, labels = synthetic_batch(b, args.resolution, device=str(device), num_classes=args.classes, in_channels=3)
+        steps[b] = timed(lambda: step(images, labels), args.repeats, sync)
 
     pinned = flat.new_vector()
     pageable = torch.empty(n, dtype=torch.float32)

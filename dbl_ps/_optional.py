@@ -13,6 +13,7 @@ EXTRAS = {
     "deepspeed": "deepspeed",
     "wandb": "wandb",
     "webdataset": "shards",
+    "tensorboard": "tensorboard",
 }
 
 

@@ -142,17 +142,13 @@ def plan_from_calibration(path: str, *, ranks: int, dataset_size: int, small: in
                           resolutions: Sequence[int] | None = None, batch_small: int | float | None = None) -> Plan:
     """`plan_ranks` from a `dbl-ps calibrate` file (one device kind for every rank): its time
     model and largest batch at each resolution (default: all the file has)."""
-    from dbl_ps.calibrate import load_calibration
+    from dbl_ps.calibrate import calibration_time_models
 
-    cal = load_calibration(path)
-    wanted = sorted(cal.resolutions) if resolutions is None else list(resolutions)
-    missing = [r for r in wanted if r not in cal.resolutions]
-    if missing:
-        raise APIError(f"calibration file {path!r} has no entry for resolution(s) {missing}; it covers "
-                       f"{sorted(cal.resolutions)}")
-    return make_plan({r: cal.resolutions[r].time_model() for r in wanted},
-                     {r: cal.resolutions[r].batch_large for r in wanted}, ranks, small, tau, dataset_size,
-                     batch_small=batch_small)
+    try:
+        models, batches, _, _ = calibration_time_models(path, resolutions)
+    except ValueError as err:  # an unreadable file or a missing resolution: the caller's input
+        raise APIError(str(err)) from None
+    return make_plan(models, batches, ranks, small, tau, dataset_size, batch_small=batch_small)
 
 
 def plan_together(time_model: TimeModel, *, batch_large: int | Sequence[int], dataset_size: int, small: int = 0,

@@ -12,9 +12,19 @@ JSON file that ``dbl-ps plan`` and ``dbl-ps train`` read (``load_calibration``):
                             "samples": [[b, seconds], ...]}, ...},
      "torch_version": "2.x", "created": "2026-01-01T00:00:00+00:00", "settings": {...}}
 
+The timed step is not written here: the caller passes ``make_step``, which builds the
+run's own training step around the model built here (``dbl_ps.training.engine.
+engine_step_factory``: ``TorchEngine.train_step``, with the run's optimizer, loss,
+precision, memory format and compile), so the time model is that of the step the run
+trains with. This module is core and may not import the training layer.
+
 Data loading is not timed: the plan balances compute, and the loader is expected to
-keep up (pre-resized shards). torch is imported inside the functions that need it,
-so reading a calibration file costs no torch import.
+keep up (pre-resized shards).
+
+Reading a calibration file into a run's time models is here too, once for every
+caller (``dbl-ps train`` and ``dbl-ps plan`` through ``configured_time_models``,
+``dbl-ps plan --calibration`` and ``api.plan_from_calibration`` through
+``calibration_time_models``).
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Protocol
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from dbl_ps.models import AUTOCAST_DTYPES, build_model
@@ -158,6 +169,55 @@ def load_calibration(path: str | Path) -> Calibration:
     except json.JSONDecodeError as err:
         raise ValueError(f"calibration file {str(path)!r} is not valid JSON: {err}") from None
     return Calibration.from_dict(data, source=str(path))
+
+
+class ResolvedTimeModels(NamedTuple):
+    """A run's time models: per resolution, `B_L` per resolution, where they came from, and
+    the seconds spent measuring them (0 when the config or a file gave them), which every
+    caller reports apart from the training time."""
+
+    models: dict[int, TimeModel]
+    batches: dict[int, int]
+    source: str
+    seconds: float = 0.0
+
+
+def calibration_time_models(path: str | Path, resolutions: Sequence[int] | None = None, *,
+                            key: str | None = None) -> ResolvedTimeModels:
+    """The time model and largest batch at each of ``resolutions`` (default: every one the
+    file has) from the calibration file ``path``. A resolution the file lacks is one
+    ``ValueError`` naming the file, the missing and the covered resolutions; ``key`` is
+    the config key that named the file, if any, which the error then says to change."""
+    cal = load_calibration(path)
+    wanted = sorted(cal.resolutions) if resolutions is None else list(resolutions)
+    missing = [r for r in wanted if r not in cal.resolutions]
+    if missing:
+        hint = "" if key is None else f" (set {key} to a matching file)"
+        raise ValueError(f"calibration file {str(path)!r} has no entry for resolution(s) {missing}; "
+                         f"it covers {sorted(cal.resolutions)}{hint}")
+    return ResolvedTimeModels(models={r: cal.resolutions[r].time_model() for r in wanted},
+                              batches={r: cal.resolutions[r].batch_large for r in wanted},
+                              source=f"calibration file {path}")
+
+
+def configured_time_models(cfg: Any) -> ResolvedTimeModels:
+    """What a run config (`dbl_ps.config.RunConfig`) says without measuring: the time
+    models and B_L of `dbl.calibration`, where set; `dbl.alpha`/`dbl.beta` replace its
+    models and `dbl.batch_large` its largest batches. Either dict is empty when the config
+    gives none (`dbl-ps train` then measures, `dbl-ps plan` refuses)."""
+    resolutions = list(cfg.schedule.resolutions)
+    models: dict[int, TimeModel] = {}
+    batches: dict[int, int] = {}
+    source = ""
+    if cfg.dbl.calibration:
+        models, batches, source, _ = calibration_time_models(cfg.dbl.calibration, resolutions, key="dbl.calibration")
+    tm = cfg.time_model()
+    if tm is not None:
+        models = {r: TimeModel(alpha=a, beta=b) for r, (a, b) in zip(resolutions, tm)}
+        source = "config (dbl.alpha, dbl.beta)"
+    if cfg.batch_large() is not None:
+        batches = dict(zip(resolutions, cfg.batch_large()))
+    return ResolvedTimeModels(models, batches, source)
 
 
 def save_calibration(calibration: Calibration, path: str | Path) -> None:
@@ -299,42 +359,31 @@ def check_fits_memory(model_name: str, resolutions: Sequence[int], batch_size: i
                 + ("" if device.startswith("cuda") else " or a smaller --batch-cap / --batch-sizes"))
 
 
-def make_train_step(
-    model: Any,
-    batch_size: int,
-    resolution: int,
-    *,
-    device: str,
-    num_classes: int,
-    in_channels: int = 3,
-    lr: float = 0.01,
-    precision: str = "fp32",
-    channels_last: bool = False,
-) -> Callable[[], None]:
-    """A closure doing one real SGD training step of ``model`` on a fixed synthetic batch,
-    under the run's ``precision`` (autocast) and memory format, as `engine: torch` steps.
-    (fp16's loss scaling is left out: it costs a multiply per step, nothing to the fit.)"""
+# One optimizer step of the run on a batch already on the device: `step(images, labels)`.
+TrainStep = Callable[[torch.Tensor, torch.Tensor], Any]
 
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch_size, in_channels, resolution, resolution, device=device).contiguous(memory_format=memory_format)
-    y = torch.randint(0, num_classes, (batch_size,), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    dtype = AUTOCAST_DTYPES[precision]
-    device_type = torch.device(device).type
 
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
+class StepFactory(Protocol):
+    """Builds the training step ``calibrate`` times around the model it built: moves the
+    model to ``device`` (in place), applies ``precision`` (autocast), the memory format
+    (``channels_last``) and ``compile``, and returns the step. The run's is
+    ``dbl_ps.training.engine.engine_step_factory`` (``TorchEngine.train_step``)."""
 
-    return step
+    def __call__(self, model: nn.Module, *, device: str, precision: str, channels_last: bool,
+                 compile: bool) -> TrainStep: ...
+
+
+def synthetic_batch(batch_size: int, resolution: int, *, device: str, num_classes: int,
+                    in_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and labels of the right shape on ``device``, as a loader hands them to
+    the step (fp32, contiguous: the step converts them, as it does in the run)."""
+    images = torch.randn(batch_size, in_channels, resolution, resolution, device=device)
+    labels = torch.randint(0, num_classes, (batch_size,), device=device)
+    return images, labels
 
 
 def measure_grid(
-    model: Any,
+    step: TrainStep,
     grid: Sequence[int],
     resolution: int,
     *,
@@ -346,30 +395,28 @@ def measure_grid(
     sync: Callable[[], None],
     progress: Any = None,
     statistic: str = "median",
-    precision: str = "fp32",
-    channels_last: bool = False,
 ) -> list[tuple[int, float]]:
     """``(batch, seconds per step)`` for every batch in ``grid``: the median (or the
-    minimum, ``statistic="min"``) of the timed steps.
+    minimum, ``statistic="min"``) of the timed calls of ``step`` on a fixed synthetic batch.
 
     Each batch size first runs ``warmup`` untimed steps (allocator, cuDNN autotuning,
     torch.compile at that shape); then the timed steps go round-robin over the grid,
     ``repeats`` rounds, so slow drift or a busy neighbour process spreads over all
     batch sizes instead of bending the fitted line.
     """
-    steps = {b: make_train_step(model, b, resolution, device=device, num_classes=num_classes, in_channels=in_channels,
-                                precision=precision, channels_last=channels_last) for b in grid}
-    for b, step in steps.items():
+    batches = {b: synthetic_batch(b, resolution, device=device, num_classes=num_classes, in_channels=in_channels)
+               for b in grid}
+    for images, labels in batches.values():
         for _ in range(warmup):
-            step()
+            step(images, labels)
             if progress is not None:
                 progress.update(1)
     sync()
     times: dict[int, list[float]] = {b: [] for b in grid}
     for _ in range(repeats):
-        for b, step in steps.items():
+        for b, (images, labels) in batches.items():
             start = time.perf_counter()
-            step()
+            step(images, labels)
             sync()
             times[b].append(time.perf_counter() - start)
             if progress is not None:
@@ -381,8 +428,8 @@ def measure_grid(
     return [(b, reduce(times[b])) for b in grid]
 
 
-def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in_channels: int,
-               precision: str, channels_last: bool) -> Callable[[int], bool]:
+def _cuda_fits(step: TrainStep, model: nn.Module, resolution: int, *, device: str, num_classes: int,
+               in_channels: int) -> Callable[[int], bool]:
 
     def fits(batch_size: int) -> bool:
         # No cuDNN autotuning while probing: it would time every algorithm at every probed
@@ -390,15 +437,15 @@ def _cuda_fits(model: Any, resolution: int, *, device: str, num_classes: int, in
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = False
         try:
-            make_train_step(model, batch_size, resolution, device=device, num_classes=num_classes, in_channels=in_channels,
-                            precision=precision, channels_last=channels_last)()
+            step(*synthetic_batch(batch_size, resolution, device=device, num_classes=num_classes,
+                                  in_channels=in_channels))
             torch.cuda.synchronize()
             return True
         except torch.cuda.OutOfMemoryError:
             return False
         finally:
             torch.backends.cudnn.benchmark = benchmark
-            model.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)  # the step's module is this model (moved in place)
             torch.cuda.empty_cache()
 
     return fits
@@ -408,6 +455,7 @@ def calibrate(
     model_name: str,
     resolutions: Sequence[int],
     *,
+    make_step: StepFactory,
     device: str = "cpu",
     num_classes: int = 10,
     in_channels: int = 3,
@@ -430,12 +478,17 @@ def calibrate(
 ) -> Calibration:
     """Measure and fit ``t(b)`` per resolution; see the module doc.
 
+    The timed step is ``make_step(model, device=, precision=, channels_last=, compile=)``
+    on the model of ``model_name`` built here: the run's own step
+    (``dbl_ps.training.engine.engine_step_factory``), so ``precision``, ``channels_last``
+    and ``compile`` apply as in the run's engine and are recorded in the file's settings.
+
     ``batch_cap`` is ``B_L`` on the CPU (default ``CPU_BATCH_CAP``: above it, CPU step
     time stops being linear in the batch as activations leave the caches) and the
     probe's upper limit on a GPU (default ``GPU_PROBE_LIMIT``), where
     ``B_L = floor(margin * largest batch that fits)``. ``batch_sizes`` overrides the
-    grid (entries above ``B_L`` are dropped). With ``compile=True`` the model is wrapped
-    in ``torch.compile`` and warmed up at every shape before timing. With
+    grid (entries above ``B_L`` are dropped). With ``compile=True`` the step's model is
+    compiled and warmed up at every shape before timing. With
     ``auto_cap=True`` on the CPU, ``B_L`` is the grid batch with the lowest seconds per
     sample and only the grid up to it is fitted: CPU throughput stops improving (and
     step time stops being linear) once activations outgrow the caches, so a larger
@@ -478,7 +531,7 @@ def calibrate(
         torch.set_num_threads(threads)
     try:
         return _calibrate(
-            model_name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
+            model_name, resolutions, make_step=make_step, device=device, num_classes=num_classes, in_channels=in_channels,
             batch_sizes=batch_sizes, batch_cap=batch_cap, grid_points=grid_points, smallest_batch=smallest_batch,
             warmup=warmup, repeats=repeats, margin=margin, compile=compile, precision=precision,
             channels_last=channels_last, auto_cap=auto_cap,
@@ -492,6 +545,7 @@ def _calibrate(
     model_name: str,
     resolutions: Sequence[int],
     *,
+    make_step: StepFactory,
     device: str,
     num_classes: int,
     in_channels: int,
@@ -519,14 +573,13 @@ def _calibrate(
         torch.backends.cudnn.benchmark = True
     model = build_model(model_name, num_classes, in_channels=in_channels, kwargs=model_kwargs,
                         cifar_stem=cifar_stem).train()
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    runner = torch.compile(model) if compile else model
+    # One step for every resolution and batch, as a run has one engine for all of them.
+    step = make_step(model, device=device, precision=precision, channels_last=channels_last, compile=compile)
 
     results = {}
     for r in sorted(resolutions):
         if on_gpu:
-            fits = _cuda_fits(model, r, device=device, num_classes=num_classes, in_channels=in_channels,
-                              precision=precision, channels_last=channels_last)
+            fits = _cuda_fits(step, model, r, device=device, num_classes=num_classes, in_channels=in_channels)
             largest = probe_max_batch(fits, limit=batch_cap, tolerance=PROBE_TOLERANCE)
             if largest == 0:
                 raise ValueError(f"{model_name} at {r} px does not fit on {device} even with batch 1")
@@ -537,7 +590,7 @@ def _calibrate(
         if len(grid) < 2:
             raise ValueError(f"need at least 2 batch sizes <= batch_large={b_large} at {r} px, got {grid}")
         samples = measure_grid(
-            runner,
+            step,
             grid,
             r,
             device=device,
@@ -547,8 +600,6 @@ def _calibrate(
             repeats=repeats,
             sync=sync,
             statistic=statistic,
-            precision=precision,
-            channels_last=channels_last,
             progress=tqdm(
                 total=len(grid) * (warmup + repeats),
                 desc=f"calibrate {model_name} {r}px",

@@ -39,6 +39,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from dbl_ps.registry import DATA_SOURCES, ENGINES, TRACKERS, Registry, UnknownPluginError
 from dbl_ps.replan import DEFAULT_THRESHOLD
 
 __all__ = [
@@ -64,13 +65,14 @@ __all__ = [
     "MODELS",
 ]
 
-SOURCES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards", "factory")
+# The built-in data sources (dbl_ps.registry.DATA_SOURCES; `data.source` may also be an import path).
+SOURCES = tuple(DATA_SOURCES.names())
 # The built-in models; `model.name` may also be an import path (dbl_ps.models.build_model).
 MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet")
-# Sources read from files: `data.path` must be set for them.
-FILE_SOURCES = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "shards")
+# Sources read from files: `data.path` must be set for them (their `path` trait says what it names).
+FILE_SOURCES = tuple(n for n in SOURCES if DATA_SOURCES.traits(n)["path"])
 # Sources read sample by sample from a torch Dataset (per-sample transforms apply there).
-STREAMED_SOURCES = ("imagefolder", "factory")
+STREAMED_SOURCES = tuple(DATA_SOURCES.with_trait("per_sample"))
 
 
 class ConfigError(ValueError):
@@ -85,6 +87,19 @@ class ConfigError(ValueError):
 
 def _bad(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config key '{key}': got {value!r}, expected {allowed}", key=key, value=value)
+
+
+def _plugin_traits(registry: Registry, key: str, value: str) -> dict[str, Any]:
+    """The traits of the plugin `value` names (a registered name or an import path, which is
+    not imported here); one ConfigError naming the key and the registered names otherwise."""
+    try:
+        return registry.traits(value)
+    except UnknownPluginError:
+        raise _bad(key, value, registry.allowed()) from None
+
+
+def _names(names: list[str]) -> str:
+    return " or ".join(repr(n) for n in names) or "none registered"
 
 
 def _f(default: Any, *, ge=None, gt=None, le=None, lt=None, help: str = "") -> Any:
@@ -138,11 +153,12 @@ class SyntheticConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    source: Literal["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic", "shards",
-                    "factory"] = _f("digits", help="where the images come from (docs/DATA.md): a built-in source read "
-                                                   "through torchvision, 'shards' (the multi-resolution shards `dbl-ps "
-                                                   "shard` writes, or webdataset tars written by other tools), or "
-                                                   "'factory' (your own datasets, data.factory)")
+    source: str = _f("digits", help="where the images come from (docs/DATA.md): a built-in source (digits, "
+                                    "fashion_mnist, mnist, cifar10, cifar100, imagefolder, synthetic; registered in "
+                                    "dbl_ps.registry.DATA_SOURCES), 'shards' (the multi-resolution shards `dbl-ps "
+                                    "shard` writes, or webdataset tars written by other tools), 'factory' (your own "
+                                    "datasets, data.factory), or an import path 'package.module:callable' to your "
+                                    "loader (data_cfg, image_size) -> dbl_ps.data.Dataset")
     path: str | None = _f(None, help="directory of the source's files (not needed for digits/synthetic/factory): the IDX "
                                      "files or <root>/FashionMNIST/raw (mnist, fashion_mnist); cifar-10-python.tar.gz or "
                                      "its extracted folder (cifar10/100); train/ + val/ class folders (imagefolder); "
@@ -179,14 +195,16 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def check(self, prefix: str) -> None:
-        if self.source in FILE_SOURCES and not self.path:
+        traits = _plugin_traits(DATA_SOURCES, f"{prefix}source", self.source)
+        if traits["path"] and not self.path:
             raise _bad(f"{prefix}path", self.path, f"the directory holding the {self.source} files (source '{self.source}' reads files)")
-        if self.source == "factory" and not self.factory:
+        if traits["factory"] and not self.factory:
             raise _bad(f"{prefix}factory", self.factory, "'package.module:callable' returning (train, test) datasets "
-                       "(source 'factory' builds its data with it)")
-        if self.factory and self.source != "factory":
-            raise _bad(f"{prefix}factory", self.factory, f"null unless data.source is 'factory' (set data.source: factory; "
-                       f"it is {self.source!r})")
+                       f"(source {self.source!r} builds its data with it)")
+        if self.factory and not traits["factory"]:
+            factories = DATA_SOURCES.with_trait("factory")
+            raise _bad(f"{prefix}factory", self.factory, f"null unless data.source is {_names(factories)} (set data.source: "
+                       f"{factories[0] if factories else '...'}; it is {self.source!r})")
         if (self.mean is None) != (self.std is None):
             key, value = ("mean", self.mean) if self.mean is not None else ("std", self.std)
             raise _bad(f"{prefix}{key}", value, "to be given together with data.mean/data.std, one value per channel")
@@ -194,8 +212,8 @@ class DataConfig:
             raise _bad(f"{prefix}mean", self.mean, f"1 or 3 values, as many as data.std has ({len(self.std)})")
         # dbl-ps's own shards (index.json, pre-resized sets) are decoded per batch; a folder of
         # webdataset tars written by other tools is read sample by sample like imagefolder.
-        own_shards = self.source == "shards" and self.path is not None and (Path(self.path) / "index.json").is_file()
-        per_sample = self.source in STREAMED_SOURCES or (self.source == "shards" and not own_shards)
+        own_shards = traits["shard_sets"] and self.path is not None and (Path(self.path) / "index.json").is_file()
+        per_sample = traits["per_sample"] or (traits["shard_sets"] and not own_shards)
         if self.random_resized_crop and not per_sample:
             raise _bad(f"{prefix}random_resized_crop", True, f"false for source {self.source!r}: it crops each image as it "
                        f"is read, which sources {', '.join(STREAMED_SOURCES)} and webdataset tars do (in-memory sources "
@@ -377,6 +395,16 @@ class WandbConfig:
 @dataclass(kw_only=True)
 class TrackingConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    trackers: list[str] = _f([], help="more sinks of the run's metrics (dbl_ps.registry.TRACKERS): tensorboard "
+                                      "(RUN_DIR/tensorboard/, needs the [tensorboard] extra), csv (RUN_DIR/metrics.csv), "
+                                      "wandb (same as tracking.wandb.enabled), or an import path 'package.module:callable' "
+                                      "to your factory (cfg, run_dir, *, resuming, tags, warn) -> sink")
+
+    def check(self, prefix: str) -> None:
+        for i, name in enumerate(self.trackers):
+            _plugin_traits(TRACKERS, f"{prefix}trackers[{i}]", name)
+            if name in self.trackers[:i]:
+                raise _bad(f"{prefix}trackers[{i}]", name, "each tracker once")
 
 
 @dataclass(kw_only=True)
@@ -411,9 +439,10 @@ class RunConfig:
     seed: int = _f(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
-    engine: Literal["torch", "deepspeed", "fsdp"] = _f(
-        "torch", help="each worker's training engine: plain torch SGD, a DeepSpeed engine (needs the [deepspeed] "
-                      "extra), or FSDP2 groups of ranks (under torchrun only)")
+    engine: str = _f(
+        "torch", help="each worker's training engine (dbl_ps.registry.ENGINES): torch (plain torch SGD), deepspeed "
+                      "(a DeepSpeed engine; needs the [deepspeed] extra), fsdp (FSDP2 groups of ranks, under torchrun "
+                      "only), or an import path 'package.module:callable' to your Engine subclass or engine factory")
     deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or the name of one shipped "
                                                  "in dbl_ps/configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1; "
                                                  "`dbl-ps configs` lists them); null = fp32, no ZeRO")
@@ -452,16 +481,19 @@ class RunConfig:
         _validate(self, "")
 
     def check(self, prefix: str) -> None:
-        if self.deepspeed_config is not None and self.engine != "deepspeed":
-            raise _bad("deepspeed_config", self.deepspeed_config, "null unless engine is 'deepspeed' (set engine: deepspeed)")
+        engine = _plugin_traits(ENGINES, "engine", self.engine)
+        if self.deepspeed_config is not None and not engine["ds_config"]:
+            readers = ENGINES.with_trait("ds_config")
+            raise _bad("deepspeed_config", self.deepspeed_config, f"null unless engine is {_names(readers)} "
+                       f"(set engine: {readers[0] if readers else '...'})")
         for key in ("precision", "channels_last", "compile"):
-            if getattr(self, key) != getattr(RunConfig, key) and self.engine != "torch":
-                where = {"deepspeed": "the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
-                         "fsdp": "fsdp.param_dtype"}[self.engine]
+            if getattr(self, key) != getattr(RunConfig, key) and engine["precision_from"] is not None:
                 raise _bad(key, getattr(self, key), f"its default with engine {self.engine!r} (it applies to engine "
-                           f"'torch'; engine {self.engine!r} takes its precision from {where})")
-        if self.fsdp.ranks_per_worker > 1 and self.engine != "fsdp":
-            raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, "1 unless engine is 'fsdp' (set engine: fsdp)")
+                           f"'torch'; engine {self.engine!r} takes its precision from {engine['precision_from']})")
+        if self.fsdp.ranks_per_worker > 1 and not engine["sharded"]:
+            sharded = ENGINES.with_trait("sharded")
+            raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, f"1 unless engine is {_names(sharded)} "
+                       f"(set engine: {sharded[0] if sharded else '...'})")
         res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
                    ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta), ("dbl.batch_small", self.dbl.batch_small)]
@@ -472,7 +504,8 @@ class RunConfig:
                     raise _bad(key, values, f"a value for every resolution in schedule.resolutions={res} (missing {missing})")
             elif values is not None and len(values) not in (1, len(res)):
                 raise _bad(key, values, f"1 value or one per resolution ({len(res)} values for schedule.resolutions={res})")
-        if self.data.image_size is not None and self.data.source in STREAMED_SOURCES and self.data.image_size < max(self.schedule.resolutions):
+        if (self.data.image_size is not None and DATA_SOURCES.traits(self.data.source)["per_sample"]
+                and self.data.image_size < max(self.schedule.resolutions)):
             raise _bad("data.image_size", self.data.image_size, f"at least the largest resolution, {max(self.schedule.resolutions)}")
         # Every worker needs at least one training sample; where the config alone fixes the
         # training-set size this is known now (the data files are checked by check_workers_fit).

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any, Callable, Iterable
 
-__all__ = ["ImportPathError", "import_callable", "import_modules", "is_import_path"]
+__all__ = ["ImportPathError", "import_callable", "import_modules", "is_import_path", "split_import_path"]
 
 
 class ImportPathError(ValueError):
@@ -28,7 +28,8 @@ def is_import_path(name: str) -> bool:
     return ":" in name or "." in name
 
 
-def _split(path: str, key: str) -> tuple[str, str]:
+def split_import_path(path: str, key: str = "import path") -> tuple[str, str]:
+    """(module, attribute) of an import path, checked for form only (nothing is imported)."""
     if ":" in path:
         module, _, attr = path.partition(":")
     else:
@@ -59,7 +60,7 @@ def import_callable(path: str, key: str = "import path") -> Callable[..., Any]:
     module does not import, the attribute is missing or is not callable."""
     if not isinstance(path, str):
         raise ImportPathError(f"{key}={path!r} must be a string 'package.module:callable'")
-    module_name, attr = _split(path, key)
+    module_name, attr = split_import_path(path, key)
     target: Any = _import_module(module_name, key, path)
     for part in attr.split("."):
         if not hasattr(target, part):

@@ -22,6 +22,7 @@ W&B. Record schema the report reads (other keys are free-form):
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -39,6 +40,8 @@ __all__ = [
     "TEST_LOSS",
     "Sink",
     "MetricsWriter",
+    "CsvWriter",
+    "CSV_FILE",
     "ConsoleSink",
     "Logger",
     "read_metrics",
@@ -48,6 +51,7 @@ __all__ = [
 ]
 
 METRICS_FILE = "metrics.jsonl"
+CSV_FILE = "metrics.csv"  # the `csv` tracker's (tracking.trackers: [csv])
 EPOCH = "epoch"
 WALL_TIME = "wall_time"
 TEST_ACC = "test_acc"
@@ -202,6 +206,69 @@ class MetricsWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CsvWriter:
+    """`RUN_DIR/metrics.csv` (the `csv` tracker): one row per epoch record, for a spreadsheet.
+
+    Columns: `step_key` first, then every key seen so far (the union, in order of first
+    appearance) whose values are scalars (numbers, strings, booleans, null); lists and
+    mappings (per-worker details) stay in metrics.jsonl, as do records with an `event`
+    (re-plan records are not epochs). A new key changes the header, so each record rewrites
+    the whole file (small: one row per epoch) to a temporary file renamed over the old one:
+    a crash leaves the previous file or the new one, never a torn one.
+
+    `resume=False` refuses a file that already holds rows; `resume=True` continues it and, at
+    the first record, drops its rows at or after that step (epochs after the checkpoint the
+    run resumes from, trained again)."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, resume: bool = False, step_key: str = EPOCH):
+        self.path = Path(run_dir) / CSV_FILE
+        self.step_key = step_key
+        self.columns: list[str] = [step_key]
+        self.rows: list[dict[str, Any]] = []
+        self._trim = resume
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            if not resume:
+                raise FileExistsError(f"{self.path} already holds metrics; resume the run or choose a new run directory")
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                self.rows = list(reader)  # values as read (strings): written back unchanged
+                self.columns = list(reader.fieldnames or [step_key])
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if "event" in metrics:
+            return
+        if self._trim:  # the first record of a resumed run: drop the rows it trains again
+            self._trim = False
+            self.rows = [r for r in self.rows if not _is_int(r.get(self.step_key)) or int(r[self.step_key]) < step]
+        row = {self.step_key: step}
+        for key, value in metrics.items():
+            if value is None or isinstance(value, (bool, int, float, str)):
+                row[key] = value
+        self.columns += [k for k in row if k not in self.columns]
+        self.rows.append(row)
+        tmp = self.path.with_suffix(".csv.tmp")
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise write_failure(self.path, exc) from None
+
+    def close(self) -> None:
+        pass
+
+
+def _is_int(text: Any) -> bool:
+    """Whether a CSV cell read back holds an integer step."""
+    try:
+        int(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _fmt(value: Any) -> str:

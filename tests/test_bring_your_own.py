@@ -296,8 +296,10 @@ def test_fsdp_wrap_units_for_any_model() -> None:
 
 def test_calibrate_measures_a_model_by_import_path() -> None:
     from dbl_ps.calibrate import calibrate
+    from dbl_ps.config import RunConfig
+    from dbl_ps.training.engine import engine_step_factory
 
-    cal = calibrate("torchvision.models:resnet18", [8], num_classes=10, in_channels=1, cifar_stem=True,
-                    batch_sizes=[2, 4, 8], warmup=1, repeats=1, progress=False)
+    cal = calibrate("torchvision.models:resnet18", [8], make_step=engine_step_factory(RunConfig()), num_classes=10,
+                    in_channels=1, cifar_stem=True, batch_sizes=[2, 4, 8], warmup=1, repeats=1, progress=False)
     assert cal.model == "torchvision.models:resnet18"
     assert cal.resolutions[8].samples and all(seconds > 0 for _, seconds in cal.resolutions[8].samples)

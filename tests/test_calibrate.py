@@ -14,16 +14,21 @@ from dbl_ps.calibrate import (
     batch_grid,
     best_throughput_index,
     calibrate,
+    calibration_time_models,
     format_calibration_table,
     load_calibration,
     probe_max_batch,
     save_calibration,
 )
 from dbl_ps.commands import calibrate as calibrate_cmd
+from dbl_ps.config import RunConfig, load_config
 from dbl_ps.planner import make_plan
 from dbl_ps.commands import plan as plan_cmd
+from dbl_ps.training.engine import TorchEngine, engine_step_factory
 
 REPO = Path(__file__).resolve().parents[1]
+# The step `dbl-ps calibrate` times: an `engine: torch` worker's with the default run's optimizer and loss.
+RUN_STEP = engine_step_factory(RunConfig())
 
 
 def run_command(module, argv: list[str]) -> int:
@@ -143,7 +148,8 @@ def test_calibrate_cpu_measures_real_steps(tmp_path):
     torch = pytest.importorskip("torch")
     threads_before = torch.get_num_threads()
     cal = calibrate(
-        "small_resnet", [8, 12], batch_sizes=[2, 64], batch_cap=64, warmup=1, repeats=3, threads=1, progress=False
+        "small_resnet", [8, 12], make_step=RUN_STEP, batch_sizes=[2, 64], batch_cap=64, warmup=1, repeats=3,
+        threads=1, progress=False
     )
     assert isinstance(cal, Calibration)
     assert cal.device == "cpu" and cal.model == "small_resnet"
@@ -167,21 +173,91 @@ def test_timed_step_runs_under_the_runs_precision_and_memory_format():
     """A bf16, channels-last run is planned from bf16, channels-last step times (the
     workers' `engine: torch` step), not from fp32 ones."""
     torch = pytest.importorskip("torch")
-    from dbl_ps.calibrate import make_train_step
-    from dbl_ps.models import build_model
-
-    model = build_model("small_resnet", 10, in_channels=3).to(memory_format=torch.channels_last)
     seen = []
-    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    conv.register_forward_hook(lambda mod, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(
-        memory_format=torch.channels_last))))
-    make_train_step(model, 4, 8, device="cpu", num_classes=10, precision="bf16", channels_last=True)()
-    make_train_step(model, 4, 8, device="cpu", num_classes=10)()
-    assert seen == [(torch.bfloat16, True), (torch.float32, False)]
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
-    cal = calibrate("small_resnet", [8], batch_sizes=[2, 4], batch_cap=4, warmup=0, repeats=1, progress=False,
-                    precision="bf16", channels_last=True)
-    assert cal.settings["precision"] == "bf16" and cal.settings["channels_last"] is True
+
+    def spying_step(model, **settings):  # the run's step, with a look at its first convolution
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda mod, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(
+            memory_format=torch.channels_last))))
+        return RUN_STEP(model, **settings)
+
+    for precision, channels_last, expected in (("bf16", True, (torch.bfloat16, True)),
+                                               ("fp32", False, (torch.float32, False))):
+        seen.clear()
+        cal = calibrate("small_resnet", [8], make_step=spying_step, batch_sizes=[2, 4], batch_cap=4, warmup=0,
+                        repeats=1, progress=False, precision=precision, channels_last=channels_last)
+        assert seen and set(seen) == {expected}
+        assert cal.settings["precision"] == precision and cal.settings["channels_last"] is channels_last
+
+
+def test_a_runs_measured_time_model_times_the_runs_own_engine_step(monkeypatch):
+    """The on-the-spot measurement times `TorchEngine.train_step` built from the run's config:
+    its precision, memory format, compile, optimizer and loss (it timed a step of its own,
+    SGD and no compile, before)."""
+    torch = pytest.importorskip("torch")
+    from dbl_ps.training.setup import MEASURED, resolve_time_models
+
+    timed = []
+    step = TorchEngine.train_step
+
+    def spy(self, images, labels):
+        loss, out = step(self, images, labels)
+        timed.append((out.dtype, self.memory_format, type(self.optimizer).__name__, self.loss_fn.label_smoothing,
+                      self.compiled))
+        return loss, out
+
+    monkeypatch.setattr(TorchEngine, "train_step", spy)
+    compiled = []  # compiling for real takes minutes on a CPU: that the engine asks for it is the point
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    cfg = load_config(None, ["precision=bf16", "channels_last=true", "compile=true", "optim.name=adamw",
+                             "loss.label_smoothing=0.1", "dbl.batch_large=[16]", "threads_per_worker=1"])
+    measured = resolve_time_models(cfg, num_classes=10, in_channels=1, log=lambda m: None)
+    # The fit of so small a grid may fail on a busy machine (the run then takes the default
+    # model and says so); the steps it timed are the point here.
+    assert measured.source in (MEASURED, "default (measurement failed)") and measured.seconds > 0
+    assert timed and set(timed) == {(torch.bfloat16, torch.channels_last, "AdamW", 0.1, True)}
+    assert len(compiled) == 1  # one engine, compiled once, for the whole measurement
+
+
+def test_every_reader_of_a_calibration_file_gives_the_same_time_models(tmp_path):
+    """`dbl-ps train` (resolve_time_models), `dbl-ps plan --config`, `dbl-ps plan
+    --calibration` and `api.plan_from_calibration` read a file through one function."""
+    import dbl_ps.api as dbl
+    from dbl_ps.training.setup import resolve_time_models
+
+    path = tmp_path / "cal.json"
+    fits = {r: {"alpha": 0.002 * r, "beta": 0.0001 * r, "r2": 0.99, "batch_large": 8 * r, "samples": []}
+            for r in (12, 16)}
+    path.write_text(json.dumps({"device": "cpu", "model": "small_resnet", "resolutions": fits}))
+    expected = calibration_time_models(path)
+    assert expected.source == f"calibration file {path}" and expected.batches == {12: 96, 16: 128}
+
+    cfg = load_config(None, [f"dbl.calibration={path}", "dbl.batch_large=null"])
+    train = resolve_time_models(cfg, num_classes=10, in_channels=1, log=lambda m: None)
+    assert (train.models, train.batches, train.source, train.seconds) == (expected.models, expected.batches,
+                                                                          expected.source, 0.0)
+    planned = plan_cmd.inputs_from_config(cfg, dataset_size=1000)
+    assert (planned.time_models, planned.batch_large) == (expected.models, expected.batches)
+    parser = argparse.ArgumentParser()
+    plan_cmd.add_arguments(parser)
+    flags = plan_cmd.gather_inputs(parser.parse_args(["--calibration", str(path), "--dataset-size", "1000"]))
+    assert (flags.time_models, flags.batch_large) == (expected.models, expected.batches)
+    plan = dbl.plan_from_calibration(str(path), ranks=4, dataset_size=1000)
+    assert {r: plan[r].time_models[0] for r in plan.resolutions} == expected.models
+    assert {r: plan[r].batch_large[0] for r in plan.resolutions} == expected.batches
+
+    # one message for a file that lacks a resolution; a config names the key to change
+    fits.pop(16)
+    path.write_text(json.dumps({"device": "cpu", "model": "small_resnet", "resolutions": fits}))
+    message = f"calibration file {str(path)!r} has no entry for resolution(s) [16]; it covers [12]"
+    for read in (lambda: resolve_time_models(cfg, num_classes=10, in_channels=1, log=lambda m: None),
+                 lambda: plan_cmd.inputs_from_config(cfg, dataset_size=1000)):
+        with pytest.raises(ValueError) as err:
+            read()
+        assert str(err.value) == message + " (set dbl.calibration to a matching file)"
+    with pytest.raises(dbl.APIError) as err:
+        dbl.plan_from_calibration(str(path), ranks=4, dataset_size=1000, resolutions=[12, 16])
+    assert str(err.value) == message
 
 
 def test_a_launch_bound_step_calibrates_to_a_flat_line(monkeypatch):
@@ -194,7 +270,7 @@ def test_a_launch_bound_step_calibrates_to_a_flat_line(monkeypatch):
 
     monkeypatch.setattr(cal_mod, "measure_grid", lambda model, grid, resolution, **kw: [
         (b, 0.0066 - 1.4e-7 * b) for b in grid])
-    cal = calibrate("small_resnet", [8], batch_sizes=[8, 64, 512], batch_cap=512, progress=False)
+    cal = calibrate("small_resnet", [8], make_step=RUN_STEP, batch_sizes=[8, 64, 512], batch_cap=512, progress=False)
     c = cal.resolutions[8]
     assert c.beta == 0 and c.alpha == pytest.approx(sum(0.0066 - 1.4e-7 * b for b in (8, 64, 512)) / 3)
     plan = make_plan({8: c.time_model()}, {8: 512}, workers=4, small=1, tau=1.1, dataset_size=24000)
@@ -209,14 +285,16 @@ def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
         return [(b, 0.002 + 0.001 * b if b <= 16 else 0.002 * b) for b in grid]
 
     monkeypatch.setattr(cal_mod, "measure_grid", fake_measure)
-    cal = calibrate("small_resnet", [8], batch_sizes=[4, 8, 16, 32, 64], batch_cap=64, auto_cap=True, progress=False)
+    cal = calibrate("small_resnet", [8], make_step=RUN_STEP, batch_sizes=[4, 8, 16, 32, 64], batch_cap=64,
+                    auto_cap=True, progress=False)
     c = cal.resolutions[8]
     assert c.batch_large == 16
     assert [b for b, _ in c.samples] == [4, 8, 16]
     assert c.alpha == pytest.approx(0.002) and c.beta == pytest.approx(0.001)
     assert cal.settings["auto_cap"] is True
     assert cal.settings["statistic"] == "median"
-    plain = calibrate("small_resnet", [8], batch_sizes=[4, 8, 16, 32, 64], batch_cap=64, progress=False)
+    plain = calibrate("small_resnet", [8], make_step=RUN_STEP, batch_sizes=[4, 8, 16, 32, 64], batch_cap=64,
+                      progress=False)
     assert plain.resolutions[8].batch_large == 64
 
 
@@ -232,7 +310,8 @@ def test_auto_cap_keeps_grid_up_to_best_throughput(monkeypatch):
     ],
 )
 def test_calibrate_errors(kwargs, pattern):
-    args = {"model_name": "small_resnet", "resolutions": [8], "progress": False, "warmup": 0, "repeats": 1} | kwargs
+    args = {"model_name": "small_resnet", "resolutions": [8], "make_step": RUN_STEP, "progress": False, "warmup": 0,
+            "repeats": 1} | kwargs
     with pytest.raises(ValueError, match=pattern):
         calibrate(args.pop("model_name"), args.pop("resolutions"), **args)
 

@@ -1,9 +1,11 @@
-"""One front door, one run format: `dbl-ps train` under torchrun with every engine available
-here writes the same run directory (files and metric keys) as `dbl-ps train` on one
-machine, and `dbl-ps report` and `--resume` work on it.
+"""One front door, one run format, one run driver: `dbl-ps train` under torchrun with every
+engine available here writes the same run directory (files, metric keys, plan.json and
+summary.json keys) as `dbl-ps train` on one machine and fires the same events in the same
+order, and `dbl-ps report` and `--resume` work on it.
 
-Each multi-rank run is stopped after epoch 1 (as if killed there, `DBL_PS_STOP_AFTER_EPOCH`)
-and resumed to the end with `torchrun ... -m dbl_ps train --resume RUN_DIR`."""
+Each run, in both modes, is stopped after epoch 1 (as if killed there,
+`DBL_PS_STOP_AFTER_EPOCH`) and resumed to the end (`--resume RUN_DIR`); every process logs
+its events (`DBL_PS_EVENT_LOG`)."""
 
 from __future__ import annotations
 
@@ -46,13 +48,48 @@ def keys(run_dir: Path) -> tuple[set[str], set[str]]:
     return top, workers
 
 
+def events(log: Path) -> tuple[list[tuple], dict[int, list[tuple]]]:
+    """The main process's run events, and each worker's loop events (rank 0 of its group),
+    in the order fired: what must not differ between the modes."""
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    run = [(e["event"], e["epoch"]) for e in lines if e.get("run") and e["rank"] == 0]
+    workers: dict[int, list[tuple]] = {}
+    for e in lines:
+        if not e.get("run") and e["member"] == 0:  # one rank per worker
+            workers.setdefault(e["worker"], []).append((e["event"], e["epoch"]))
+    # A store-mode worker may start the next epoch before a stop reaches it (asp runs an epoch
+    # ahead); that epoch is trained again after the resume: only finished epochs count.
+    finished = {w: [ev for i, ev in enumerate(seq) if ev[0] == "on_epoch_end"
+                    or (i + 1 < len(seq) and seq[i + 1] == ("on_epoch_end", ev[1]))] for w, seq in workers.items()}
+    return run, finished
+
+
+def stop_and_resume(run_dir: Path, launch, *args: str) -> Path:
+    """Train `args` into `run_dir`, stopped after epoch 1, then resume it to the end; returns the event log."""
+    log = run_dir.parent / "events.jsonl"
+    proc = launch("--run-dir", str(run_dir), *args, DBL_PS_STOP_AFTER_EPOCH="1", DBL_PS_EVENT_LOG=str(log))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert (meta["next_epoch"], meta["status"]) == (2, "interrupted")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    proc = launch("--resume", str(run_dir), DBL_PS_EVENT_LOG=str(log))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "resuming" in proc.stdout + proc.stderr
+    return log
+
+
+def store_mode(*args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", *args],
+                          capture_output=True, text=True, timeout=300, env=env(**extra))
+
+
 @pytest.fixture(scope="module")
 def store_run(tmp_path_factory) -> Path:
-    """The reference: the same config on one machine (parameter store + worker processes)."""
+    """The reference: the same config on one machine (parameter store + worker processes),
+    stopped after epoch 1 and resumed like the multi-rank runs (the stop hook fires on the
+    store mode's checkpoints too)."""
     run_dir = tmp_path_factory.mktemp("store") / "run"
-    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *RUN],
-                          capture_output=True, text=True, timeout=300, env=env())
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    stop_and_resume(run_dir, store_mode, *RUN)
     return run_dir
 
 
@@ -74,12 +111,7 @@ ENGINES = [
 def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, store_run: Path, nproc: int,
                                                                engine: list[str]) -> None:
     run_dir = tmp_path / "run"
-    proc = torchrun(nproc, "--run-dir", str(run_dir), *RUN, *engine, DBL_PS_STOP_AFTER_EPOCH="1")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads((run_dir / "checkpoint.json").read_text())["next_epoch"] == 2
-    proc = torchrun(nproc, "--resume", str(run_dir))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "resuming" in proc.stderr
+    log = stop_and_resume(run_dir, lambda *a, **e: torchrun(nproc, *a, **e), *RUN, *engine)
 
     # the same files and the same metric keys as the store-mode run of the same config
     assert files(run_dir) == files(store_run)
@@ -94,7 +126,15 @@ def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, s
     summary = json.loads((run_dir / "summary.json").read_text())
     store_summary = json.loads((store_run / "summary.json").read_text())
     assert meta["status"] == summary["status"] == "finished" and summary["epochs"] == 4
-    assert set(store_summary) - {"server"} <= set(summary)  # server: the store's own statistics
+    assert set(store_summary) == set(summary)
+    plan, store_plan = (json.loads((d / "plan.json").read_text()) for d in (run_dir, store_run))
+    assert set(plan) == set(store_plan) and plan["replans"] == store_plan["replans"] == []
+    # the same events in the same order: the run's (stop after epoch 1, resume, the rest) and every worker's
+    run_events, worker_events = events(log)
+    store_run_events, store_worker_events = events(store_run.parent / "events.jsonl")
+    assert run_events == store_run_events == [("on_checkpoint", e) for e in range(4)]
+    assert worker_events == store_worker_events
+    assert worker_events[0] == [(event, e) for e in range(4) for event in ("on_epoch_start", "on_epoch_end")]
     assert (run_dir / "checkpoints" / "epoch00003" / "model.pt").is_file()
 
     # dbl-ps report reads it like any run

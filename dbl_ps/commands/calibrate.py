@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dbl_ps.calibrate import calibrate, format_calibration_table, save_calibration
+    from dbl_ps.config import RunConfig
+    from dbl_ps.training.engine import engine_step_factory
 
     model_label = args.model.replace(":", ".").rsplit(".", 1)[-1]
     out = args.out or f"calibration-{model_label}-{args.device.replace(':', '')}.json"
@@ -66,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
         cal = calibrate(
             args.model,
             args.resolutions,
+            # The step a run with these options trains with: the default run's optimizer and
+            # loss, the precision, channels_last and compile given here (`engine: torch`).
+            make_step=engine_step_factory(RunConfig()),
             device=args.device,
             num_classes=args.num_classes,
             in_channels=args.in_channels,

@@ -89,27 +89,10 @@ class PlanInputs:
 def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
     """Plan inputs from a `dbl_ps.config.RunConfig` (time model from `dbl.alpha/beta` or
     `dbl.calibration`; `dataset_size` defaults to the source's training-set size)."""
-    from dbl_ps.calibrate import load_calibration
-    from dbl_ps.planner import TimeModel
+    from dbl_ps.calibrate import configured_time_models
 
-    resolutions = list(cfg.schedule.resolutions)
-    models: dict[int, Any] = {}
-    batches: dict[int, Any] = {}
-    if cfg.dbl.calibration:
-        cal = load_calibration(cfg.dbl.calibration)
-        missing = [r for r in resolutions if r not in cal.resolutions]
-        if missing:
-            raise ValueError(
-                f"calibration file {cfg.dbl.calibration!r} has no entry for resolution(s) {missing}; "
-                f"it covers {sorted(cal.resolutions)}"
-            )
-        models = {r: cal.resolutions[r].time_model() for r in resolutions}
-        batches = {r: cal.resolutions[r].batch_large for r in resolutions}
-    tm = cfg.time_model()
-    if tm is not None:
-        models = {r: TimeModel(alpha=a, beta=b) for r, (a, b) in zip(resolutions, tm)}
-    if cfg.batch_large() is not None:
-        batches = dict(zip(resolutions, cfg.batch_large()))
+    # The same reading of dbl.alpha/beta, dbl.calibration and dbl.batch_large as `dbl-ps train`'s.
+    models, batches, _, _ = configured_time_models(cfg)
     if not models:
         raise ValueError(
             "the config has no time model: set dbl.alpha and dbl.beta, or dbl.calibration to a file "
@@ -171,18 +154,18 @@ def gather_inputs(args: argparse.Namespace) -> PlanInputs:
 
         inputs = inputs_from_config(load_config(args.config, args.overrides), args.dataset_size)
     elif args.calibration:
-        from dbl_ps.calibrate import load_calibration
+        from dbl_ps.calibrate import calibration_time_models
 
-        cals = [load_calibration(path) for path in args.calibration]
-        common = sorted(set.intersection(*(set(c.resolutions) for c in cals)))
+        cals = [calibration_time_models(path) for path in args.calibration]  # every resolution of each file
+        common = sorted(set.intersection(*(set(c.models) for c in cals)))
         if not common:
             raise ValueError(f"the calibration files {args.calibration} share no resolution")
         if len(cals) == 1:
-            models = {r: cals[0].resolutions[r].time_model() for r in common}
-            batches = {r: cals[0].resolutions[r].batch_large for r in common}
+            models = {r: cals[0].models[r] for r in common}
+            batches = {r: cals[0].batches[r] for r in common}
         else:
-            models = {r: [c.resolutions[r].time_model() for c in cals] for r in common}
-            batches = {r: [c.resolutions[r].batch_large for c in cals] for r in common}
+            models = {r: [c.models[r] for c in cals] for r in common}
+            batches = {r: [c.batches[r] for c in cals] for r in common}
         workers = args.workers if args.workers is not None else (len(cals) if len(cals) > 1 else 4)
         if len(cals) > 1 and workers != len(cals):
             raise ValueError(f"--workers={workers} but {len(cals)} calibration files (give one per worker, or one for all)")

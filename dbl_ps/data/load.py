@@ -2,37 +2,77 @@
 
     ds = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions))
 
+`data.source` is looked up in `dbl_ps.registry.DATA_SOURCES`: a built-in (registered
+there by name, its loader one of the `*_source` functions below, or `shards`'), one a
+plugin added with `register_source`, or a user's loader by import path
+(`data.source: my_pkg.data:load`). Every loader is `(data_cfg, image_size) -> Dataset`.
 In-memory sources (`dbl_ps.data.sources`) give `Split`s of uint8 tensors; ImageFolder
 and `data.factory` (`dbl_ps.data.streamed`) give `DatasetSplit`s read sample by
-sample; plugins add sources with `register_source` (`shards`). Either kind has
-`len`, `channels`, `side`; the share loaders and `eval_batches` read both.
+sample. Either kind has `len`, `channels`, `side`; the share loaders and
+`eval_batches` read both.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from dbl_ps.data.sources import DataError, Dataset, load_cifar, load_digits, load_idx_dataset, make_synthetic, plugin_source
+from dbl_ps.data.sources import DataError, Dataset, load_cifar, load_digits, load_idx_dataset, make_synthetic
 from dbl_ps.data.streamed import load_factory, load_imagefolder
+from dbl_ps.imports import ImportPathError
+from dbl_ps.registry import DATA_SOURCES, UnknownPluginError
 
 if TYPE_CHECKING:
     from dbl_ps.config import DataConfig
 
 __all__ = ["load_dataset", "DIRECTORY_EXPECTED"]
 
-# What `data.path` names for each source that reads files (all of them directories).
-DIRECTORY_EXPECTED = {
-    "mnist": "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz), or "
-             "torchvision's MNIST/raw/",
-    "fashion_mnist": "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz), or "
-                     "torchvision's FashionMNIST/raw/",
-    "cifar10": "the folder holding cifar-10-python.tar.gz or cifar-10-batches-py (or that folder itself)",
-    "cifar100": "the folder holding cifar-100-python.tar.gz or cifar-100-python (or that folder itself)",
-    "imagefolder": "the folder holding train/ and val/ (or test/), each with one folder per class",
-    "shards": "the folder `dbl-ps shard --out` wrote, or a folder of webdataset train-*.tar and test-*.tar/val-*.tar",
-}
+# What `data.path` names for each built-in source that reads files (all of them directories):
+# the sources' `path` trait (dbl_ps.registry), kept under its old name.
+DIRECTORY_EXPECTED = {name: DATA_SOURCES.traits(name)["path"] for name in DATA_SOURCES.names()
+                      if DATA_SOURCES.traits(name)["path"]}
 
+
+# --------------------------------------------------------------------------- built-in loaders
+# One `(data_cfg, image_size) -> Dataset` per built-in source; dbl_ps.registry names them.
+
+def digits_source(cfg: Any, image_size: int | None) -> Dataset:
+    return load_digits()
+
+
+def mnist_source(cfg: Any, image_size: int | None) -> Dataset:
+    return load_idx_dataset(cfg.path, "mnist")
+
+
+def fashion_mnist_source(cfg: Any, image_size: int | None) -> Dataset:
+    return load_idx_dataset(cfg.path, "fashion_mnist")
+
+
+def cifar10_source(cfg: Any, image_size: int | None) -> Dataset:
+    return load_cifar(cfg.path, "cifar10")
+
+
+def cifar100_source(cfg: Any, image_size: int | None) -> Dataset:
+    return load_cifar(cfg.path, "cifar100")
+
+
+def imagefolder_source(cfg: Any, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
+    size = cfg.image_size or image_size
+    if size is None:
+        raise DataError("imagefolder needs a stored image size: set data.image_size or pass image_size")
+    return load_imagefolder(cfg.path, size, cfg=cfg, log=log)
+
+
+def factory_source(cfg: Any, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
+    return load_factory(cfg, image_size, log=log)
+
+
+def synthetic_source(cfg: Any, image_size: int | None) -> Dataset:
+    s = cfg.synthetic
+    return make_synthetic(s.num_train, s.num_test, s.num_classes, s.channels, s.size, s.seed)
+
+
+# --------------------------------------------------------------------------- dispatch
 
 def load_dataset(cfg: "DataConfig", *, image_size: int | None = None,
                  log: Callable[[str], None] | None = None) -> Dataset:
@@ -42,29 +82,16 @@ def load_dataset(cfg: "DataConfig", *, image_size: int | None = None,
     receives notes such as estimated statistics (default: print)."""
     log = log or (lambda msg: print(msg, flush=True))
     source = cfg.source
-    if source in DIRECTORY_EXPECTED and cfg.path is not None and Path(cfg.path).exists() and not Path(cfg.path).is_dir():
-        raise DataError(f"data.path {cfg.path} is a file; source '{source}' reads a directory: {DIRECTORY_EXPECTED[source]}")
-    if source == "digits":
-        ds = load_digits()
-    elif source in ("mnist", "fashion_mnist"):
-        ds = load_idx_dataset(cfg.path, source)
-    elif source in ("cifar10", "cifar100"):
-        ds = load_cifar(cfg.path, source)
-    elif source == "imagefolder":
-        size = cfg.image_size or image_size
-        if size is None:
-            raise DataError("imagefolder needs a stored image size: set data.image_size or pass image_size")
-        ds = load_imagefolder(cfg.path, size, cfg=cfg, log=log)
-    elif source == "factory":
-        ds = load_factory(cfg, image_size, log=log)
-    elif source == "synthetic":
-        s = cfg.synthetic
-        ds = make_synthetic(s.num_train, s.num_test, s.num_classes, s.channels, s.size, s.seed)
-    elif plugin_source(source) is not None:
-        ds = plugin_source(source)(cfg, image_size)
-    else:
-        raise DataError(f"data source {source!r} is not one of digits, fashion_mnist, mnist, cifar10, cifar100, imagefolder, "
-                        "synthetic, shards, factory")
+    try:
+        entry = DATA_SOURCES.get(source)
+    except (UnknownPluginError, ImportPathError) as exc:  # a DataError like every other data problem
+        raise DataError(str(exc)) from None
+    where = entry.traits["path"]
+    if where and cfg.path is not None and Path(cfg.path).exists() and not Path(cfg.path).is_dir():
+        raise DataError(f"data.path {cfg.path} is a file; source '{source}' reads a directory: {where}")
+    ds = entry.obj(cfg, image_size, log=log) if entry.traits["takes_log"] else entry.obj(cfg, image_size)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"data.source {source!r} returned a {type(ds).__name__}, expected a dbl_ps.data.Dataset")
     if cfg.mean is not None and ds.train.in_memory:
         if len(cfg.mean) != ds.in_channels:
             raise DataError(f"data.mean {cfg.mean} has {len(cfg.mean)} values, the images have {ds.in_channels} channels")

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dbl_ps.registry import DATA_SOURCES
+
 if TYPE_CHECKING:
     from dbl_ps.config import DataConfig
 
@@ -464,16 +466,18 @@ def make_synthetic(num_train: int = 1024, num_test: int = 256, num_classes: int 
 
 # --------------------------------------------------------------------------- dispatch
 
-# Sources that plugins add (`dbl_ps.shards` registers "shards" when it is imported):
-# name -> loader(cfg, image_size) -> Dataset. Plugins depend on this module, never the reverse.
-_PLUGIN_SOURCES: dict[str, Callable[[Any, int | None], Dataset]] = {}
+# Every source, built-in or added, is an entry of `dbl_ps.registry.DATA_SOURCES` (name ->
+# loader(data_cfg, image_size) -> Dataset, plus traits the config reads without importing
+# the loader). These two functions are the older, documented face of that registry.
 
 
-def register_source(name: str, loader: Callable[[Any, int | None], Dataset]) -> None:
-    """Make `data.source: <name>` load through `loader(data_cfg, image_size)`."""
-    _PLUGIN_SOURCES[name] = loader
+def register_source(name: str, loader: Callable[[Any, int | None], Dataset], **traits: Any) -> None:
+    """Make `data.source: <name>` load through `loader(data_cfg, image_size)`. `traits` are
+    those of `dbl_ps.registry.DATA_SOURCES` (e.g. `path="the folder holding ..."` for a
+    source that reads files). Registering a name again replaces it."""
+    DATA_SOURCES.register(name, loader, **traits)
 
 
 def plugin_source(name: str) -> Callable[[Any, int | None], Dataset] | None:
-    """The loader a plugin registered for `data.source: <name>`, if any."""
-    return _PLUGIN_SOURCES.get(name)
+    """The loader registered for `data.source: <name>` (imported if it is a built-in), if any."""
+    return DATA_SOURCES.get(name).obj if name in DATA_SOURCES else None

@@ -1,5 +1,5 @@
 """Integrations with the engines and trackers users already run: DeepSpeed and FSDP
-engines for workers and multi-node runs, Weights & Biases tracking.
+engines for workers and multi-node runs, Weights & Biases and TensorBoard tracking.
 
 Users import them as ``dbl_ps.integrations.<name>``. The code lives here, inside the
 package, so that wheels ship it; the repository's top-level ``integrations/`` is a link

@@ -50,7 +50,7 @@ from dbl_ps.training.engine import Engine, loss_for, optimizer_for
 from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["DeepSpeedEngine", "DeepSpeedConfigError", "SingleRankMPU", "check_rank_config", "single_rank_groups",
-           "worker_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
+           "worker_engine", "build_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
            "DS_CONFIG_FILE", "CONFIG_DIR"]
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
@@ -287,3 +287,14 @@ def worker_engine(module: nn.Module, cfg: Any, device: torch.device | str, topol
         os.environ.setdefault(name, value)
     return DeepSpeedEngine(module, cfg, device, topology, ds_config=ds_config, batch_size=batch_size,
                            group=dist.group.WORLD if dist.get_world_size() == 1 else None)
+
+
+def build_engine(module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,
+                 batch_size: int | None, options: dict[str, Any]) -> DeepSpeedEngine:
+    """`engine: deepspeed` (dbl_ps.registry.ENGINES): in a store-mode worker process
+    (`batch_size` is its batch) a one-process group of its own (``worker_engine``); in a rank
+    of a multi-rank job (`batch_size` None) an engine on the initialised process group, whose
+    batch the loop sets per resolution. ``options["ds_config"]`` is the run's DeepSpeed config."""
+    if batch_size is None:
+        return DeepSpeedEngine(module, cfg, device, topology, ds_config=options["ds_config"], batch_size=1)
+    return worker_engine(module, cfg, device, topology, batch_size=batch_size, ds_config=options["ds_config"])

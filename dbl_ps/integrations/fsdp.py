@@ -48,7 +48,7 @@ from dbl_ps.training.averaging import split_params_buffers, weighted_average_
 from dbl_ps.training.engine import Engine, loss_for, optimizer_for
 from dbl_ps.training.topology import Topology
 
-__all__ = ["FSDPEngine", "build_mesh", "apply_fsdp", "wrap_units"]
+__all__ = ["FSDPEngine", "build_engine", "build_mesh", "apply_fsdp", "wrap_units"]
 
 
 def build_mesh(topo: Topology, device: torch.device) -> Any:
@@ -183,3 +183,11 @@ class FSDPEngine(Engine):
         dcp.load(osd, checkpoint_id=str(folder / f"optim_group{source}"), process_group=self.shard_group)
         set_optimizer_state_dict(self.module, self.optimizer, osd["optim"])
         return True
+
+
+def build_engine(module: nn.Module, cfg: Any, device: torch.device, topo: Topology, *,
+                 batch_size: int | None, options: dict[str, Any]) -> FSDPEngine:
+    """`engine: fsdp` (dbl_ps.registry.ENGINES; ranks of a multi-rank job only, registered
+    with store_mode=False): the compute dtype from fsdp.param_dtype."""
+    dtype = torch.bfloat16 if cfg.fsdp.param_dtype == "bf16" else None
+    return FSDPEngine(module, cfg, device, topo, param_dtype=dtype)

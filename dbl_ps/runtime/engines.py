@@ -1,5 +1,11 @@
-"""Which engine a worker trains with (`engine: torch | deepspeed | fsdp`), built the same
-way in a store-mode worker process and in every rank of a multi-rank job.
+"""Which engine a worker trains with (`engine:` a name in `dbl_ps.registry.ENGINES` —
+torch, deepspeed, fsdp — or an import path to the user's own), built the same way in a
+store-mode worker process and in every rank of a multi-rank job.
+
+What differs between engines is data, the registry's traits, not branches here:
+`store_mode` (fsdp runs only under a launcher), `ds_config` (reads `deepspeed_config`).
+An entry is an `Engine` subclass built as `cls(module, cfg, device, topology)`, or a
+factory `(module, cfg, device, topology, *, batch_size, options) -> Engine`.
 
 The DeepSpeed engine config is resolved once per run: `deepspeed_config` (a path or a
 packaged name; none = fp32 without ZeRO) is read when the run starts and saved in the
@@ -15,16 +21,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dbl_ps.integrations.deepspeed import (
-    BATCH_FIELDS,
-    DS_CONFIG_FILE,
-    DeepSpeedEngine,
-    check_rank_config,
-    load_ds_config,
-    worker_engine,
-)
-from dbl_ps.integrations.fsdp import FSDPEngine
-from dbl_ps.training.engine import Engine, TorchEngine
+from dbl_ps.imports import ImportPathError
+from dbl_ps.integrations.deepspeed import BATCH_FIELDS, DS_CONFIG_FILE, check_rank_config, load_ds_config
+from dbl_ps.registry import ENGINES, Entry
+from dbl_ps.training.engine import Engine
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
@@ -32,17 +32,30 @@ __all__ = ["engine_options", "check_engine_config", "check_store_mode_engine", "
            "build_rank_engine"]
 
 
+def _entry(cfg: Any) -> Entry:
+    """The engine `cfg.engine` names, imported; a user's engine that does not import is one
+    LaunchError naming the key."""
+    try:
+        return ENGINES.get(cfg.engine)
+    except ImportPathError as exc:
+        raise LaunchError(str(exc)) from None
+
+
 def check_store_mode_engine(cfg: Any) -> None:
-    """The engines a worker process of one-machine `dbl-ps train` can run (not fsdp)."""
-    if cfg.engine == "fsdp":
-        raise LaunchError("engine 'fsdp' shards a worker over several ranks: run it under a launcher, e.g. "
-                          "`torchrun --nproc_per_node N -m dbl_ps train engine=fsdp ...`")
+    """The engines a worker process of one-machine `dbl-ps train` can run (trait store_mode; not fsdp)."""
+    traits = ENGINES.traits(cfg.engine)
+    if not traits["store_mode"]:
+        why = "shards a worker over several ranks" if traits["sharded"] else "runs only in a multi-rank job"
+        raise LaunchError(f"engine {cfg.engine!r} {why}: run it under a launcher, e.g. "
+                          f"`torchrun --nproc_per_node N -m dbl_ps train engine={cfg.engine} ...`")
 
 
 def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
-    """Before anything is measured: a DeepSpeed config that cannot train a DBSL worker is one
+    """Before anything is measured: the engine imports (a user's by import path fails here,
+    not in every worker), and a DeepSpeed config that cannot train a DBSL worker is one
     error listing every conflict, and what dbl-ps changes in it is said once."""
-    if cfg.engine != "deepspeed":
+    entry = _entry(cfg)
+    if not entry.traits["ds_config"]:
         return
     _, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), 1, lr_schedule_owned=True)
     for note in notes:
@@ -52,7 +65,7 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
 def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
     """What an engine needs beyond the run config (picklable: it travels to worker processes).
     Saves the DeepSpeed config of a new run into its directory."""
-    if cfg.engine != "deepspeed":
+    if not ENGINES.traits(cfg.engine)["ds_config"]:
         return {}
     saved = run_dir / DS_CONFIG_FILE
     if resuming and saved.is_file():
@@ -67,21 +80,27 @@ def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]
     return {"ds_config": ds_config}
 
 
+def _build(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
+           batch_size: int | None, options: dict[str, Any]) -> Engine:
+    entry = _entry(cfg)
+    if isinstance(entry.obj, type) and issubclass(entry.obj, Engine):
+        engine = entry.obj(module, cfg, device, topology)  # TorchEngine's constructor
+    else:
+        engine = entry.obj(module, cfg, device, topology, batch_size=batch_size, options=options)
+    if not isinstance(engine, Engine):
+        raise LaunchError(f"engine={cfg.engine!r} built a {type(engine).__name__}, expected a "
+                          "dbl_ps.training.engine.Engine (subclass Engine or TorchEngine)")
+    return engine
+
+
 def build_worker_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
                         batch_size: int, options: dict[str, Any]) -> Engine:
     """The engine of one worker process of `dbl-ps train` (the parameter store merges)."""
     check_store_mode_engine(cfg)
-    if cfg.engine == "deepspeed":
-        return worker_engine(module, cfg, device, topology, batch_size=batch_size, ds_config=options["ds_config"])
-    return TorchEngine(module, cfg, device, topology)
+    return _build(cfg, module, device, topology, batch_size=batch_size, options=options)
 
 
 def build_rank_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
                       options: dict[str, Any]) -> Engine:
     """The engine of one rank of a multi-rank job (the process group is initialised)."""
-    if cfg.engine == "deepspeed":
-        return DeepSpeedEngine(module, cfg, device, topology, ds_config=options["ds_config"], batch_size=1)
-    if cfg.engine == "fsdp":
-        dtype = torch.bfloat16 if cfg.fsdp.param_dtype == "bf16" else None
-        return FSDPEngine(module, cfg, device, topology, param_dtype=dtype)
-    return TorchEngine(module, cfg, device, topology)
+    return _build(cfg, module, device, topology, batch_size=None, options=options)

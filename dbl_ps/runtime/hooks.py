@@ -10,15 +10,20 @@ into callbacks on the loop's events (the loop itself never reads the environment
   slower device or a busy neighbour, for re-planning tests and benchmarks);
 * `DBL_PS_SLOW_START=SECONDS`: every store-mode worker sleeps SECONDS after its engine's
   warm-up, before it looks at the stop event (a slow CUDA start-up or compile warm-up, for
-  tests of a stop during start-up).
+  tests of a stop during start-up);
+* `DBL_PS_EVENT_LOG=FILE`: every process appends one JSON line per event it fires to FILE
+  (the worker loops' epoch events with the worker's torch threads, the run driver's
+  `on_replan` / `on_checkpoint`), so tests can compare the event sequence of two modes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,13 +31,14 @@ from dbl_ps.training.events import Callback, StopTraining
 from dbl_ps.training.loop import EpochState, WorkerLoop
 
 __all__ = ["FAULT_ENV", "DUMP_ENV", "STOP_ENV", "SLOW_ENV", "callbacks_from_env", "FailWorker", "DumpFirstSync",
-           "StopAfterEpoch", "SlowWorker", "SLOW_START_ENV", "start_delay"]
+           "StopAfterEpoch", "SlowWorker", "SLOW_START_ENV", "start_delay", "EVENT_LOG_ENV", "EventLog"]
 
 FAULT_ENV = "DBL_PS_FAIL_WORKER"
 DUMP_ENV = "DBL_PS_DUMP_SYNC"
 STOP_ENV = "DBL_PS_STOP_AFTER_EPOCH"
 SLOW_ENV = "DBL_PS_SLOW_WORKER"
 SLOW_START_ENV = "DBL_PS_SLOW_START"
+EVENT_LOG_ENV = "DBL_PS_EVENT_LOG"
 
 
 class FailWorker(Callback):
@@ -107,6 +113,36 @@ class SlowWorker(Callback):
         return slow
 
 
+class EventLog(Callback):
+    """Appends `{"event", "worker", "epoch", ...}` per event to `path` (O_APPEND: one line per
+    write, so processes sharing the file do not tear each other's lines). Run-level events
+    (the driver's) have worker None unless the process trains a loop."""
+
+    def __init__(self, path: Path, rank: int):
+        self.path, self.rank = path, rank
+
+    def _write(self, event: str, loop: WorkerLoop | None, epoch: int, **extra: object) -> None:
+        line = json.dumps({"event": event, "rank": self.rank, "worker": None if loop is None else loop.worker,
+                           "member": None if loop is None else loop.member, "epoch": epoch, **extra}) + "\n"
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def on_epoch_start(self, loop: WorkerLoop, epoch: int) -> None:
+        self._write("on_epoch_start", loop, epoch, threads=torch.get_num_threads())
+
+    def on_epoch_end(self, loop: WorkerLoop, report: Any) -> None:
+        self._write("on_epoch_end", loop, report.epoch)
+
+    def on_replan(self, loop: WorkerLoop | None, epoch: int) -> None:
+        self._write("on_replan", None, epoch, run=True)
+
+    def on_checkpoint(self, loop: WorkerLoop | None, epoch: int) -> None:
+        self._write("on_checkpoint", None, epoch, run=True)
+
+
 def start_delay() -> float:
     """Seconds a worker's start-up is drawn out (`DBL_PS_SLOW_START`; 0 when unset)."""
     return float(os.environ.get(SLOW_START_ENV) or 0.0)
@@ -114,6 +150,8 @@ def start_delay() -> float:
 
 def callbacks_from_env(rank: int) -> list[Callback]:
     callbacks: list[Callback] = []
+    if os.environ.get(EVENT_LOG_ENV):  # first: it logs an event before another hook may raise in it
+        callbacks.append(EventLog(Path(os.environ[EVENT_LOG_ENV]), rank))
     fault = os.environ.get(FAULT_ENV)
     if fault:
         parts = fault.split(":")

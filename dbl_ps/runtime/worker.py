@@ -49,6 +49,7 @@ class WorkerArgs:
     run_dir: str
     start_epoch: int
     resume_folder: str | None  # the checkpoint folder to restore this worker's own state from
+    resume_workers: int  # how many workers wrote that checkpoint (a resume may re-plan for another count)
     threads: int
     device: str
     launcher_pid: int
@@ -168,8 +169,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
     if compile_seconds:
         print(f"worker {args.worker}: torch.compile warmed up in {compile_seconds:.1f} s", flush=True)
     if args.resume_folder:
-        # a resumed store-mode run keeps its plan (plan.json), so the checkpoint has as many workers
-        engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, plan.workers)
+        engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, args.resume_workers)
     link = LauncherLink(args, queue, stop, gate, lockstep=cfg.store.mode == "bsp" or cfg.dbl.replan,
                         plan_version=plan_version,
                         warm_up=lambda new: engine.warm_up(warm_up_shapes(new, spec, args.worker), data.in_channels))

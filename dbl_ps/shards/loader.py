@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
-from dbl_ps.data.sources import Dataset, Split, register_source
+from dbl_ps.data.sources import Dataset, Split
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
 from dbl_ps.shards.codec import EXTENSIONS, decode_image, read_at
 from dbl_ps.shards.errors import ShardError
@@ -54,7 +54,7 @@ from dbl_ps.shards.index import ShardIndex, ShardInfo, ShardSetInfo, sample_key,
 from dbl_ps.shards.webdataset_folder import load_index, load_webdataset_folder
 
 __all__ = ["read_shard", "load_shard_set", "StreamSet", "ShardShareLoader", "load_shard_dataset", "crop_batch",
-           "DEFAULT_MEMORY_LIMIT", "subset_ids", "share_loader_for", "prepare_shards"]
+           "DEFAULT_MEMORY_LIMIT", "subset_ids", "share_loader_for", "prepare_shards", "load_source"]
 
 DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded images a loader keeps in memory
 
@@ -498,18 +498,16 @@ def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *
                    bool(d["flip"]), list(d["classes"]))
 
 
-def _load_source(cfg: Any, image_size: int | None) -> Dataset:
-    """`data.source: shards`. A directory `dbl-ps shard` wrote: the training split as labels
-    only (no decoding, whatever its size); workers read the set of each resolution through
-    `share_loader_for`. Any other folder: webdataset tars written by other tools, read sample
-    by sample (`webdataset_folder`)."""
+def load_source(cfg: Any, image_size: int | None) -> Dataset:
+    """`data.source: shards` (named in dbl_ps.registry.DATA_SOURCES, imported on first use).
+    A directory `dbl-ps shard` wrote: the training split as labels only (no decoding,
+    whatever its size); workers read the set of each resolution through `share_loader_for`.
+    Any other folder: webdataset tars written by other tools, read sample by sample
+    (`webdataset_folder`)."""
     if not written_by_dbl_ps(cfg.path):
         return load_webdataset_folder(cfg, image_size)
     return load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False,
                               verify=getattr(cfg, "verify", False))
-
-
-register_source("shards", _load_source)
 
 
 def prepare_shards(data_cfg: Any, resolutions: Sequence[int], *, progress: bool | None = None) -> None:

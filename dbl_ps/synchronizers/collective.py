@@ -26,19 +26,21 @@ import math
 import re
 import time
 from datetime import timedelta
-from typing import Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
 from dbl_ps.planner import Plan
 from dbl_ps.training.averaging import all_finite, averaged_tensors, weighted_average_
+from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
 from dbl_ps.training.engine import Engine
+from dbl_ps.training.messages import merge_members
 from dbl_ps.training.setup import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 from dbl_ps.training.topology import Topology
 
-__all__ = ["CollectiveSynchronizer", "init_distributed", "RankLost", "sync_timeout"]
+__all__ = ["CollectiveSynchronizer", "CollectiveCoordinator", "init_distributed", "RankLost", "sync_timeout"]
 
 MIN_SYNC_TIMEOUT = 60.0  # seconds: start-up jitter, a slow first step, evaluation on a busy machine
 
@@ -172,3 +174,95 @@ class CollectiveSynchronizer(Synchronizer):
         weighted_average_(engine.sync_tensors(), weight, engine.sync_group())
         engine.buffer_sync(weight)
         engine.after_sync()
+
+
+class CollectiveCoordinator(Coordinator):
+    """The multi-rank mode's coordinator, one per rank: this rank trains its loop (built by
+    `build_loop(run, start_epoch)`, the launcher's: engine, loader, `CollectiveSynchronizer`),
+    and after each epoch the ranks all-gather their reports, so every rank sees the same
+    global epoch. Rank 0 is the main process. Every method issues the same collectives on
+    every rank (the module invariant)."""
+
+    def __init__(self, topology: Topology, device: torch.device, *, threads: int, measure_per_worker: bool,
+                 build_loop: Callable[[Any, int], Any]):
+        self.topo = topology
+        self.is_main = topology.is_main
+        self.rank = topology.rank
+        self.workers = topology.workers
+        self.ranks_per_worker = topology.group_size
+        self.eval_device = device
+        self.threads = threads
+        self.measure_per_worker = measure_per_worker
+        self.build_loop = build_loop
+        self.loop = None
+
+    def share(self, make: Callable[[], Any]) -> Any:
+        box = [make() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)  # every rank uses rank 0's value, bit for bit
+        return box[0]
+
+    def all_written(self, write: Callable[[], None] | None) -> None:
+        # Each write is followed by a collective that also carries its outcome, so a rank that
+        # cannot write (a full disk, a busy run directory) stops every rank at once instead of
+        # leaving them waiting. The failing rank raises its own exception, the others a copy.
+        failure: BaseException | None = None
+        if write is not None:
+            try:
+                write()
+            except Exception as exc:
+                failure = exc
+        outcomes: list[Any] = [None] * self.topo.world
+        dist.all_gather_object(outcomes, failure)
+        if failure is not None:
+            raise failure
+        failed = [f for f in outcomes if f is not None]
+        if failed:
+            raise failed[0]
+
+    def time_models(self, resolve: Callable[[], Any]) -> Any:
+        if not self.measure_per_worker:
+            return self.share(resolve)
+        # Each worker measures its own device: one time model per worker (mixed hardware).
+        resolved = resolve()
+        gathered: list[Any] = [None] * self.topo.world
+        dist.all_gather_object(gathered, resolved.models)
+        per_worker = [gathered[w * self.topo.group_size] for w in range(self.workers)]
+        models = {r: [pw[r] for pw in per_worker] for r in resolved.models}
+        return resolved._replace(models=models, source="measured per worker")
+
+    def start(self, run: Any, start_epoch: int, on_ready: Callable[[], None]) -> None:
+        self.loop = self.build_loop(run, start_epoch)
+        dist.barrier()  # start the clocks together (W&B start-up on rank 0 is slow)
+        on_ready()
+
+    def epochs(self, start_epoch: int) -> Iterator[GlobalEpoch]:
+        topo = self.topo
+        for report in self.loop.run(start_epoch):
+            gathered: list[Any] = [None] * topo.world
+            dist.all_gather_object(gathered, report)
+            workers = [merge_members(gathered[w * topo.group_size:(w + 1) * topo.group_size])
+                       for w in range(topo.workers)]
+            yield GlobalEpoch(report.epoch, workers, report.version)
+        dist.barrier()
+
+    def global_state(self, epoch: GlobalEpoch) -> dict[str, torch.Tensor]:
+        return self.loop.engine.full_state_dict()  # collective for sharded engines
+
+    def adopt_plan(self, plan: Plan) -> None:
+        self.loop.plan = plan  # every rank decided the same plan from the same reports
+
+    def release(self, epoch: int) -> None:
+        pass  # every rank goes on once the driver is done with the epoch
+
+    def save_worker_state(self, folder: Any) -> None:
+        self.loop.engine.save_worker_state(folder)
+
+    def stop(self, *, clean: bool = False) -> None:
+        # Only where every rank stopped at the same point can they meet; after a lost rank or a
+        # failed collective a barrier would wait for nothing. torchrun ends every rank once one
+        # exits with an error: not before rank 0 wrote what it had to.
+        if clean and dist.is_initialized():
+            dist.barrier()
+
+    def close(self) -> None:
+        pass  # the launcher destroys the process group

@@ -23,18 +23,74 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from dbl_ps.store import StoreClient
+from dbl_ps.store import ParameterStore, StoreClient
 from dbl_ps.training.averaging import all_finite
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.setup import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 
-__all__ = ["StoreSynchronizer"]
+__all__ = ["StoreSynchronizer", "StoreServer", "StoreSetupError"]
+
+
+class StoreSetupError(RuntimeError):
+    """The parameter store could not be created (e.g. too little shared memory)."""
+
+
+class StoreServer:
+    """The store's server half, held by the launcher: the store itself, the epoch gate the
+    workers wait at, the plan version they watch, and the global state read back after
+    each epoch into the launcher's model.
+
+    `gate` and `plan_version` are shared integers (a multiprocessing context's `Value`):
+    a worker may start epoch `e` once `gate >= e` (bsp, or any mode with dbl.replan; asp/ssp
+    run at most one epoch ahead), and re-reads plan.json when `plan_version` changed."""
+
+    def __init__(self, cfg: Any, model: torch.nn.Module, *, ctx: Any, start_epoch: int):
+        self.flat = FlatState(model)
+        # The store first: a machine short of shared memory fails here, before anything
+        # else is opened or any process started.
+        try:
+            # rule sgd: payloads are displacements already scaled by the local LR (StoreSynchronizer)
+            self.store = ParameterStore(
+                self.flat.numel, cfg.dbl.workers, mode=cfg.store.mode, rule=cfg.store.rule,
+                staleness=cfg.store.staleness, apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0,
+                initial=self.flat.gather(), reject_non_finite=cfg.store.reject_non_finite,
+            )
+        except OSError as exc:
+            raise StoreSetupError(f"cannot create the parameter store: {exc}") from None
+        self.name = self.store.name
+        # Shut until every worker is ready (the launcher opens it at start_epoch).
+        self.gate = ctx.Value("i", start_epoch - 2)
+        self.plan_version = ctx.Value("i", 0)
+        self._state = self.flat.new_vector()
+
+    def open_gate(self, epoch: int) -> None:
+        """Workers may start `epoch`."""
+        self.gate.value = epoch
+
+    def read_global(self, version: int) -> int:
+        """Once the store applied every push up to `version`, copy the global state into the
+        launcher's model; returns the version read."""
+        while self.store.version < version:  # the server may still be applying the last pushes
+            time.sleep(0.0005)
+        read = self.store.read(self._state)
+        self.flat.scatter(self._state)
+        return read
+
+    def publish_plan(self) -> None:
+        """plan.json holds a new plan: the workers take it up at their next epoch start."""
+        self.plan_version.value += 1
+
+    def stats(self) -> dict[str, Any]:
+        return self.store.server_stats()
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class StoreSynchronizer(Synchronizer):

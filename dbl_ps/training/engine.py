@@ -15,6 +15,7 @@ rank 0), and each engine writes its worker's own state next to it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -24,13 +25,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
 from dbl_ps.run_dirs import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
 
-__all__ = ["Engine", "TorchEngine", "optimizer_for", "loss_for", "hard_labels", "int_buffers", "atomic_save",
-           "worker_state_file"]
+__all__ = ["Engine", "TorchEngine", "engine_step_factory", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
+           "atomic_save", "worker_state_file"]
 
 
 def optimizer_for(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
@@ -85,18 +87,31 @@ class Engine:
     device: torch.device
     topology: Topology
     loss_fn: nn.Module
+    # fp16 loss scaling (TorchEngine at precision fp16); None: a plain backward and step.
+    scaler: torch.amp.GradScaler | None = None
 
     # -- training
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The module's logits; engines that change precision or memory format override this."""
+        return self.module(images)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns `(mean loss, logits)` of this rank's part of the batch,
         detached and on the device (no host sync). The loss is taken in fp32. `labels` are
-        class indices (N,) or soft targets (N, classes)."""
-        out = self.module(images)
+        class indices (N,) or soft targets (N, classes). The one step of `engine: torch` and
+        FSDP workers, and the one `dbl-ps calibrate` and a run's on-the-spot measurement time
+        (`engine_step_factory`)."""
+        out = self.forward(images)
         loss = self.loss_fn(out.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return loss.detach(), out.detach()
 
     def set_lr(self, lr: float) -> None:
@@ -209,19 +224,6 @@ class TorchEngine(Engine):
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
             return self.module(images)
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.forward(images)
-        loss = self.loss_fn(out.float(), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        return loss.detach(), out.detach()
-
     def warm_up(self, shapes: list[tuple[int, int, float]], in_channels: int) -> float:
         """Compile for every (batch, resolution, dropout) the epochs will use, so no CPL switch
         recompiles inside a timed epoch: forward and backward on zeros, then the model's state
@@ -241,3 +243,22 @@ class TorchEngine(Engine):
             m.p = p
         self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started
+
+
+def engine_step_factory(cfg: Any) -> StepFactory:
+    """What `dbl_ps.calibrate.calibrate(make_step=...)` times: `TorchEngine.train_step`, the
+    step `engine: torch` workers train with, with the run's optimizer and loss (`cfg`) and
+    the device, precision, memory format and compile that `calibrate` is given (the
+    callers take those from the same config, or from `dbl-ps calibrate`'s options)."""
+
+    def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
+                  compile: bool) -> TrainStep:
+        run = dataclasses.replace(cfg, precision=precision, channels_last=channels_last, compile=compile)
+        engine = TorchEngine(model, run, torch.device(device), Topology.single(0, 1))
+        # The timed steps train on random data: a zero learning rate keeps the weights where
+        # they are (no drift into inf/NaN, whose skipped fp16 steps would time shorter),
+        # while the optimizer still does all of its work.
+        engine.set_lr(0.0)
+        return engine.train_step
+
+    return make_step

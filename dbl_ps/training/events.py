@@ -1,8 +1,11 @@
 """Named events of the worker loop, where callbacks hook in.
 
 The loop calls, in this order per epoch: `on_epoch_start`, then per step
-`on_step`, around each sync `before_sync` / `after_sync`, then `on_epoch_end`;
-the runner calls `on_checkpoint` once the epoch's checkpoint is on disk. A
+`on_step`, around each sync `before_sync` / `after_sync`, then `on_epoch_end`.
+The run driver (`dbl_ps.runtime.driver`), in every mode and process, calls `on_replan`
+once a re-plan after an epoch is in plan.json and `on_checkpoint` once the epoch's
+checkpoint is committed; their `loop` is the worker loop the process trains, or None
+(the store mode's launcher trains none). A
 callback overrides the methods it needs; the loop never knows which callbacks it
 holds. Launchers use them for their own duties (the store mode's epoch gate, stop
 checks and progress messages), and tests use them for fault injection and state
@@ -39,7 +42,9 @@ class Callback:
 
     def on_epoch_end(self, loop: "WorkerLoop", report: "EpochReport") -> None: ...
 
-    def on_checkpoint(self, loop: "WorkerLoop", epoch: int) -> None: ...
+    def on_replan(self, loop: "WorkerLoop | None", epoch: int) -> None: ...
+
+    def on_checkpoint(self, loop: "WorkerLoop | None", epoch: int) -> None: ...
 
 
 class Callbacks(Callback):
@@ -67,5 +72,8 @@ class Callbacks(Callback):
     def on_epoch_end(self, loop: "WorkerLoop", report: "EpochReport") -> None:
         self._all("on_epoch_end", loop, report)
 
-    def on_checkpoint(self, loop: "WorkerLoop", epoch: int) -> None:
+    def on_replan(self, loop: "WorkerLoop | None", epoch: int) -> None:
+        self._all("on_replan", loop, epoch)
+
+    def on_checkpoint(self, loop: "WorkerLoop | None", epoch: int) -> None:
         self._all("on_checkpoint", loop, epoch)

@@ -1,14 +1,21 @@
-"""Pure pieces of a run's setup, shared by the launcher and the workers: the time
-models and plan from a config, the schedule spec, where a worker syncs inside an
-epoch, and the seeds of every random draw.
+"""Pieces of a run's setup, shared by the launcher and the workers: the time models and
+plan from a config, the schedule spec, where a worker syncs inside an epoch, the seeds
+of every random draw, and the run's model.
+
+Most are pure functions of the config; three are not, and say so: `measure_time_models`
+runs training steps to time them, `build_run_model` imports the config's modules and
+builds the model, and `check_run_model` runs it on a tiny batch.
 
 Time models come, in order of precedence, from `dbl.alpha`/`dbl.beta`, from the
-calibration file in `dbl.calibration`, or are measured on the spot with
-`dbl_ps.calibrate.calibrate` (a few seconds on the CPU). Every measured model
-(alpha, beta >= 0) plans: where it cannot choose the small batch (no fixed cost per
-step) the planner says so and takes the authors' fraction; only a measurement that
-fails falls back to `DEFAULT_TIME_MODEL`, and says so. The plan is saved in the run
-directory and a resumed run reads it back instead of measuring again.
+calibration file in `dbl.calibration` (both read by `dbl_ps.calibrate.configured_time_models`,
+as `dbl-ps plan --config` reads them), or are measured on the spot by
+`measure_time_models` (a few seconds on the CPU), which times the run's own training
+step (`TorchEngine.train_step` with the config's precision, memory format, compile,
+optimizer and loss). Every measured model (alpha, beta >= 0) plans: where it cannot
+choose the small batch (no fixed cost per step) the planner says so and takes the
+authors' fraction; only a measurement that fails falls back to `DEFAULT_TIME_MODEL`, and
+says so. The plan is saved in the run directory and a resumed run reads it back instead
+of measuring again.
 """
 
 from __future__ import annotations
@@ -16,24 +23,26 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import torch
 from torch import nn
 
-from dbl_ps.calibrate import batch_grid, calibrate, load_calibration
+from dbl_ps.calibrate import ResolvedTimeModels, batch_grid, calibrate, configured_time_models
 from dbl_ps.imports import import_modules
 from dbl_ps.models import build_model, check_model_output
 from dbl_ps.planner import Plan, TimeModel, make_plan, plan_resolution
 from dbl_ps.schedule import ScheduleSpec
+from dbl_ps.training.engine import engine_step_factory
 
 __all__ = [
     "DEFAULT_TIME_MODEL",
     "MEASURED",
     "ResolvedTimeModels",
     "resolve_time_models",
+    "measure_time_models",
     "build_plan",
     "build_spec",
     "plan_from_dict",
@@ -68,66 +77,50 @@ def threads_per_worker(cfg: Any) -> int:
 MEASURED = "measured on the spot"  # the source of a time model measured by the run itself
 
 
-class ResolvedTimeModels(NamedTuple):
-    """A run's time models: per resolution, `B_L` per resolution, where they came from, and
-    the seconds spent measuring them (0 when the config or a file gave them), which every
-    caller reports apart from the training time."""
-
-    models: dict[int, TimeModel]
-    batches: dict[int, int]
-    source: str
-    seconds: float = 0.0
-
-
 def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device: str = "cpu",
                         log: Callable[[str], None] = print) -> ResolvedTimeModels:
-    """The time models from `dbl.alpha/beta`, else `dbl.calibration`, else measured here."""
+    """The time models from `dbl.alpha/beta`, else `dbl.calibration`, else measured here
+    (`measure_time_models`: not pure, it runs training steps)."""
+    given = configured_time_models(cfg)
+    if given.models:
+        return given
+    if cfg.dbl.small == 0:
+        # n_S = 0: every worker gets N/W at B_L whatever the time model.
+        return ResolvedTimeModels({r: DEFAULT_TIME_MODEL for r in cfg.schedule.resolutions}, given.batches,
+                                  "default (not needed: dbl.small=0)")
+    return measure_time_models(cfg, given.batches, num_classes=num_classes, in_channels=in_channels, device=device,
+                               log=log)
+
+
+def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, in_channels: int,
+                        device: str = "cpu", log: Callable[[str], None] = print) -> ResolvedTimeModels:
+    """Time the run's own training step (`engine_step_factory(cfg)`: `TorchEngine.train_step`
+    with the config's precision, memory format, compile, optimizer and loss) at every
+    resolution on a grid of batches up to `batches[r]` (B_L), and fit the time models. A
+    measurement that fails gives `DEFAULT_TIME_MODEL`, and says so."""
     resolutions = list(cfg.schedule.resolutions)
-    models: dict[int, TimeModel] = {}
-    batches: dict[int, int] = {}
-    source = ""
-    if cfg.dbl.calibration:
-        cal = load_calibration(cfg.dbl.calibration)
-        missing = [r for r in resolutions if r not in cal.resolutions]
-        if missing:
-            raise ValueError(f"calibration file {cfg.dbl.calibration!r} has no entry for resolution(s) {missing}; "
-                             f"it covers {sorted(cal.resolutions)} (set dbl.calibration to a matching file)")
-        models = {r: cal.resolutions[r].time_model() for r in resolutions}
-        batches = {r: cal.resolutions[r].batch_large for r in resolutions}
-        source = f"calibration file {cfg.dbl.calibration}"
-    tm = cfg.time_model()
-    if tm is not None:
-        models = {r: TimeModel(alpha=a, beta=b) for r, (a, b) in zip(resolutions, tm)}
-        source = "config (dbl.alpha, dbl.beta)"
-    if cfg.batch_large() is not None:
-        batches = dict(zip(resolutions, cfg.batch_large()))
-    if not models:
-        if cfg.dbl.small == 0:
-            # n_S = 0: every worker gets N/W at B_L whatever the time model.
-            return ResolvedTimeModels({r: DEFAULT_TIME_MODEL for r in resolutions}, batches,
-                                      "default (not needed: dbl.small=0)")
-        log(f"measuring the time model of {cfg.model.name} at {resolutions} px on {device} "
-            f"(set dbl.alpha/dbl.beta or dbl.calibration to skip this)")
-        measuring = time.perf_counter()
-        try:
-            grid = sorted({b for r in resolutions for b in batch_grid(batches[r], smallest=8, points=5)})
-            # auto_cap (CPU): fit only up to the batch with the best throughput; beyond it a
-            # CPU gets slower per sample (caches), which bends the line to a negative alpha.
-            import_modules(cfg.imports)
-            cal = calibrate(cfg.model.name, resolutions, device=device, num_classes=num_classes, in_channels=in_channels,
-                            model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
-                            precision=cfg.precision, channels_last=cfg.channels_last,
-                            batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
-                            threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
-                            auto_cap=device == "cpu")
-            models = cal.time_models()  # alpha, beta >= 0; the planner says what each regime means
-            source = MEASURED
-        except ValueError as exc:
-            log(f"time model measurement failed ({exc}); using the default {DEFAULT_TIME_MODEL}")
-            models = {r: DEFAULT_TIME_MODEL for r in resolutions}
-            source = "default (measurement failed)"
-        return ResolvedTimeModels(models, batches, source, time.perf_counter() - measuring)
-    return ResolvedTimeModels(models, batches, source)
+    log(f"measuring the time model of {cfg.model.name} at {resolutions} px on {device} "
+        f"(set dbl.alpha/dbl.beta or dbl.calibration to skip this)")
+    measuring = time.perf_counter()
+    try:
+        grid = sorted({b for r in resolutions for b in batch_grid(batches[r], smallest=8, points=5)})
+        # auto_cap (CPU): fit only up to the batch with the best throughput; beyond it a
+        # CPU gets slower per sample (caches), which bends the line to a negative alpha.
+        import_modules(cfg.imports)
+        cal = calibrate(cfg.model.name, resolutions, make_step=engine_step_factory(cfg), device=device,
+                        num_classes=num_classes, in_channels=in_channels,
+                        model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
+                        precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                        batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
+                        threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
+                        auto_cap=device == "cpu")
+        models = cal.time_models()  # alpha, beta >= 0; the planner says what each regime means
+        source = MEASURED
+    except ValueError as exc:
+        log(f"time model measurement failed ({exc}); using the default {DEFAULT_TIME_MODEL}")
+        models = {r: DEFAULT_TIME_MODEL for r in resolutions}
+        source = "default (measurement failed)"
+    return ResolvedTimeModels(models, batches, source, time.perf_counter() - measuring)
 
 
 def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int]) -> Plan:

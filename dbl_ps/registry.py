@@ -1,0 +1,220 @@
+"""Registries of what a user may replace: engines, data sources, trackers (synchronizers next).
+
+A config names a plugin by its registered name (`engine: deepspeed`) or by an import
+path to user code (`engine: my_pkg.engines:MyEngine`), the way `model.name` works:
+
+    entry = ENGINES.get(cfg.engine)        # Entry(name, obj, traits); imports what it names
+    ENGINES.traits(cfg.engine)             # the traits alone: never imports anything
+    ENGINES.check("nope")                  # UnknownPluginError: lists the names and the path form
+
+Built-ins are registered below as `"module:attr"` strings and imported only when
+`get` is called, so that `names()`, `traits()` and config validation never import
+torch or an optional extra. A plugin may also register an object directly:
+
+    @DATA_SOURCES.register("my_source", path="the folder holding my files")
+    def load_my_source(data_cfg, image_size): ...
+
+Traits are plain data a launcher or the config reads without importing the plugin
+(e.g. whether an engine runs in a store-mode worker process). Each registry declares
+its traits and their defaults; an import path gets the defaults, a registration may
+set others, and an unknown trait name is an error (a typo would otherwise be ignored).
+
+This module is the core layer: standard library and `dbl_ps.imports` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from dbl_ps.imports import ImportPathError, import_callable, is_import_path, split_import_path
+
+__all__ = ["Registry", "Entry", "UnknownPluginError", "ENGINES", "DATA_SOURCES", "TRACKERS", "SYNCHRONIZERS"]
+
+
+class UnknownPluginError(ValueError):
+    """A value that is neither a registered name nor an import path."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A plugin ready to use: its name (the registered name, or the import path as given),
+    the object it names (loaded) and its traits."""
+
+    name: str
+    obj: Any
+    traits: Mapping[str, Any]
+
+
+class Registry:
+    """Names -> (object or lazy "module:attr", traits) for one kind of plugin.
+
+    `kind` and `key` word the errors ("engine", config key "engine"); `interface` says
+    what an import path must name; `traits` are every trait with its default."""
+
+    def __init__(self, kind: str, *, key: str, interface: str, traits: Mapping[str, Any] | None = None):
+        self.kind = kind
+        self.key = key
+        self.interface = interface
+        self.defaults = dict(traits or {})
+        # name -> [target, traits]; target is the object or a "module:attr" string not yet
+        # imported (replaced by the object on first `get`).
+        self._entries: dict[str, list[Any]] = {}
+
+    # -- registering
+
+    def register(self, name: str, factory: Any = None, /, **traits: Any) -> Any:
+        """Register `factory` (an object, or a "module:attr" string imported on first use)
+        under `name` with `traits`. Without `factory`, a decorator. Registering a name
+        again replaces it."""
+        if factory is None:
+            def decorate(obj: Any) -> Any:
+                self.register(name, obj, **traits)
+                return obj
+            return decorate
+        # A name never reads as an import path, so the two forms a config accepts cannot clash.
+        if not isinstance(name, str) or not name or is_import_path(name):
+            raise ValueError(f"cannot register {self.kind} {name!r}: a name is a non-empty string "
+                                     "without ':' or '.' (those name user code by import path)")
+        unknown = sorted(set(traits) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"cannot register {self.kind} {name!r}: unknown trait(s) {', '.join(unknown)} "
+                                     f"(a {self.kind} has {', '.join(sorted(self.defaults)) or 'no traits'})")
+        if isinstance(factory, str):
+            split_import_path(factory, f"{self.kind} {name!r}")  # a typo in a built-in fails here, at import
+        elif not callable(factory):
+            raise ValueError(f"cannot register {self.kind} {name!r}: {factory!r} is not callable")
+        self._entries[name] = [factory, {**self.defaults, **traits}]
+        return factory
+
+    # -- looking up (no import)
+
+    def names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def with_trait(self, trait: str, value: Any = True) -> list[str]:
+        """The registered names whose `trait` equals `value` (e.g. the engines that run in store mode)."""
+        return [n for n, (_, traits) in self._entries.items() if traits.get(trait) == value]
+
+    def allowed(self) -> str:
+        """What a value may be, for error messages."""
+        names = ", ".join(repr(n) for n in self._entries)
+        return f"one of {names} or an import path 'package.module:callable' naming {self.interface}"
+
+    def _unknown(self, value: Any) -> UnknownPluginError:
+        return UnknownPluginError(f"{self.key}={value!r} is not a registered {self.kind}: expected {self.allowed()}")
+
+    def traits(self, value: str) -> dict[str, Any]:
+        """The traits of a registered name, or the defaults for a well-formed import path;
+        `UnknownPluginError` otherwise. Imports nothing."""
+        if isinstance(value, str) and value in self._entries:
+            return dict(self._entries[value][1])
+        if isinstance(value, str) and is_import_path(value):
+            try:
+                split_import_path(value, self.key)
+            except ImportPathError:
+                raise self._unknown(value) from None
+            return dict(self.defaults)
+        raise self._unknown(value)
+
+    def check(self, value: str) -> None:
+        """Raise `UnknownPluginError` unless `value` is a registered name or an import path."""
+        self.traits(value)
+
+    # -- loading (imports)
+
+    def get(self, value: str) -> Entry:
+        """The entry `value` names, its object imported: a registered name (a lazy built-in is
+        imported now), else an import path to user code (`ImportPathError` naming the config
+        key when it does not import)."""
+        traits = self.traits(value)
+        if value not in self._entries:
+            return Entry(value, import_callable(value, self.key), traits)
+        slot = self._entries[value]
+        if isinstance(slot[0], str):
+            slot[0] = import_callable(slot[0], f"{self.key} {value!r}")
+        return Entry(value, slot[0], traits)
+
+
+# --------------------------------------------------------------------------- registries
+
+# Engines. The object is an `Engine` subclass built as `cls(module, cfg, device, topology)`
+# (TorchEngine's constructor), or a factory called as
+# `factory(module, cfg, device, topology, *, batch_size, options) -> Engine`, where
+# batch_size is the worker's batch in a store-mode worker process and None in a rank of a
+# multi-rank job, and options is `dbl_ps.runtime.engines.engine_options(...)`.
+ENGINES = Registry("engine", key="engine", interface=(
+    "an Engine subclass (dbl_ps.training.engine) or a factory (module, cfg, device, topology, *, batch_size, "
+    "options) -> Engine"), traits={
+    # A worker process of one-machine `dbl-ps train` can run it (else: only under a launcher).
+    "store_mode": True,
+    # One worker's model is sharded over fsdp.ranks_per_worker ranks (so that key may exceed 1).
+    "sharded": False,
+    # Reads `deepspeed_config` (checked at start, saved in the run directory as deepspeed_config.json).
+    "ds_config": False,
+    # None: the engine applies precision, channels_last and compile (TorchEngine reads them);
+    # else where its precision is set instead (those keys must then keep their defaults).
+    "precision_from": None,
+})
+ENGINES.register("torch", "dbl_ps.training.engine:TorchEngine")
+ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine", ds_config=True,
+                 precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)")
+ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=False, sharded=True,
+                 precision_from="fsdp.param_dtype")
+
+# Data sources. The object is a loader `(data_cfg, image_size) -> dbl_ps.data.Dataset`
+# (`register_source`'s; image_size is the largest resolution of the schedule).
+DATA_SOURCES = Registry("data source", key="data.source", interface=(
+    "a loader (data_cfg, image_size) -> dbl_ps.data.Dataset"), traits={
+    # What `data.path` must name (a directory); None: the source reads no files.
+    "path": None,
+    # Read sample by sample from a torch Dataset: per-sample transforms (random_resized_crop)
+    # and data.image_size apply.
+    "per_sample": False,
+    # A folder holding index.json is a `dbl-ps shard` set (pre-resized, decoded per batch);
+    # any other folder holds webdataset tars read sample by sample.
+    "shard_sets": False,
+    # Builds its data with `data.factory` (which is refused for every other source).
+    "factory": False,
+    # The loader also takes `log=` (a callable for notes such as estimated statistics).
+    "takes_log": False,
+})
+_IDX = "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz), or torchvision's "
+DATA_SOURCES.register("digits", "dbl_ps.data.load:digits_source")
+DATA_SOURCES.register("fashion_mnist", "dbl_ps.data.load:fashion_mnist_source", path=_IDX + "FashionMNIST/raw/")
+DATA_SOURCES.register("mnist", "dbl_ps.data.load:mnist_source", path=_IDX + "MNIST/raw/")
+DATA_SOURCES.register("cifar10", "dbl_ps.data.load:cifar10_source",
+                      path="the folder holding cifar-10-python.tar.gz or cifar-10-batches-py (or that folder itself)")
+DATA_SOURCES.register("cifar100", "dbl_ps.data.load:cifar100_source",
+                      path="the folder holding cifar-100-python.tar.gz or cifar-100-python (or that folder itself)")
+DATA_SOURCES.register("imagefolder", "dbl_ps.data.load:imagefolder_source", per_sample=True, takes_log=True,
+                      path="the folder holding train/ and val/ (or test/), each with one folder per class")
+DATA_SOURCES.register("synthetic", "dbl_ps.data.load:synthetic_source")
+DATA_SOURCES.register("shards", "dbl_ps.shards.loader:load_source", shard_sets=True, path=(
+    "the folder `dbl-ps shard --out` wrote, or a folder of webdataset train-*.tar and test-*.tar/val-*.tar"))
+DATA_SOURCES.register("factory", "dbl_ps.data.load:factory_source", per_sample=True, factory=True, takes_log=True)
+
+# Trackers: sinks of the run's metrics records beside metrics.jsonl. The object is called as
+# `factory(cfg, run_dir, *, resuming, tags, warn)` (run_dir a dbl_ps.training.rundir.RunDirectory,
+# tags labels the launcher adds, e.g. the engine of a multi-rank job) and returns a sink with
+# `log(step, record)` and `close()`, or None when it has nothing to log to.
+TRACKERS = Registry("tracker", key="tracking.trackers", interface=(
+    "a tracker factory (cfg, run_dir, *, resuming, tags, warn) -> sink with log(step, record) and close()"))
+TRACKERS.register("wandb", "dbl_ps.runtime.tracking:open_wandb")
+TRACKERS.register("tensorboard", "dbl_ps.runtime.tracking:open_tensorboard")
+TRACKERS.register("csv", "dbl_ps.runtime.tracking:open_csv")
+
+# Synchronizers, each with its coordinator (the run-level half the run driver holds): which
+# one a run gets follows from how it was launched, never from a config key. `coordinator`
+# builds it: the store mode's from (cfg, run_dir), the multi-rank mode's from (cfg, checkpoint)
+# after rank set-up (`dbl_ps.runtime.launcher` / `dbl_ps.runtime.collective`).
+SYNCHRONIZERS = Registry("synchronizer", key="synchronizer", interface="a Synchronizer (dbl_ps.training.sync)",
+                         traits={"launched": False, "coordinator": None})
+SYNCHRONIZERS.register("store", "dbl_ps.synchronizers.store:StoreSynchronizer", launched=False,
+                       coordinator="dbl_ps.runtime.launcher:ProcessCoordinator")
+SYNCHRONIZERS.register("collective", "dbl_ps.synchronizers.collective:CollectiveSynchronizer", launched=True,
+                       coordinator="dbl_ps.runtime.collective:set_up_rank")

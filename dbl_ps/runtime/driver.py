@@ -1,0 +1,391 @@
+"""The run driver: one training run, in every mode, through one order of steps.
+
+    driver = RunDriver(cfg, coordinator, run_dir, checkpoint=None, log=print)
+    driver.prepare()          # data, model check, time models, plan, schedule, run directory, lock
+    summary = driver.run()    # every remaining global epoch; summary.json
+
+The coordinator (`dbl_ps.training.coordinator.Coordinator`) is the mode: worker processes
+around the parameter store (`dbl_ps.runtime.launcher`), or this rank of a torchrun launch
+among the others (`dbl_ps.runtime.collective`). The driver never branches on which one it
+holds. Per global epoch, in every mode:
+
+    gather the workers' reports  ->  global state  ->  re-plan (dbl.replan: plan.json, then
+    the workers take it up)  ->  release the next epoch  ->  finish (evaluate, record, model.pt,
+    trackers, the re-plan record)  ->  the workers' own state  ->  commit checkpoint.json
+    ->  on_checkpoint
+
+plan.json and the re-plan record are written before the commit: a resume keeps both or
+neither. Every write goes through `coordinator.all_written`, so a write that fails on one
+process stops all of them with one line.
+
+In the multi-rank mode every rank runs the driver (the same calls in the same order: the
+collectives inside pair up); the main process (rank 0, or the launcher) writes the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dbl_ps.config import check_workers_fit
+from dbl_ps.data import Dataset, build_transform, load_dataset
+from dbl_ps.metrics import Logger, MetricsWriter
+from dbl_ps.planner import Plan
+from dbl_ps.run_dirs import RunLock, remove_if_empty
+from dbl_ps.runtime.engines import check_engine_config, engine_options
+from dbl_ps.runtime.hooks import callbacks_from_env
+from dbl_ps.runtime.tracking import open_trackers
+from dbl_ps.schedule import ScheduleSpec
+from dbl_ps.shards import prepare_shards
+from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
+from dbl_ps.training.events import Callbacks, StopTraining
+from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
+from dbl_ps.training.loop import DivergedError
+from dbl_ps.training.replanning import Replanned, replan_after_epoch
+from dbl_ps.training.rundir import RunDirectory
+from dbl_ps.training.setup import (
+    ResolvedTimeModels,
+    build_plan,
+    build_run_model,
+    build_spec,
+    check_run_model,
+    plan_from_dict,
+    resolve_time_models,
+)
+
+__all__ = ["RunDriver", "PreparedRun", "TrainingInterrupted", "TrainingDiverged", "WorkerError"]
+
+
+class WorkerError(RuntimeError):
+    """A worker failed; the message holds its traceback, or is one line a user can act on
+    (`actionable`: the worker named the problem, e.g. a shard and sample key)."""
+
+    def __init__(self, message: str, *, actionable: bool = False):
+        super().__init__(message)
+        self.actionable = actionable
+
+
+class TrainingDiverged(WorkerError):
+    """A worker's loss or state became non-finite (`divergence: stop`); summary.json says "diverged"."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGINT or SIGTERM stopped the run after writing its checkpoint."""
+
+    def __init__(self, message: str, run_dir: Path, epoch: int | None):
+        super().__init__(message)
+        self.run_dir = run_dir
+        self.epoch = epoch
+
+
+@dataclass
+class PreparedRun:
+    """What `prepare()` made, handed to the coordinator to bring the workers up."""
+
+    cfg: Any
+    run_dir: RunDirectory
+    data: Dataset
+    transform: Any
+    model: nn.Module  # the global model: seeded initial state, or the checkpoint's
+    plan: Plan
+    spec: ScheduleSpec
+    checkpoint: dict[str, Any] | None  # checkpoint.json of a resumed run ({} or None: none yet)
+    engine_options: dict[str, Any]
+
+
+class RunDriver:
+    """One run of `cfg` in `run_dir` under `coordinator`. `checkpoint`: None for a new run,
+    else the run directory's checkpoint.json ({} when it has none yet). `display`: the
+    launcher's progress bars (None: one line per epoch)."""
+
+    def __init__(self, cfg: Any, coordinator: Coordinator, run_dir: Path, *, checkpoint: dict[str, Any] | None,
+                 log: Callable[[str], None], display: Any = None):
+        self.cfg = cfg
+        self.coordinator = coordinator
+        self.run_dir = Path(run_dir)
+        self.dir = RunDirectory(self.run_dir)
+        self.checkpoint = checkpoint
+        self.resuming = checkpoint is not None
+        self._log = log
+        self.display = display
+        self.callbacks = Callbacks(callbacks_from_env(coordinator.rank))  # run-level test hooks (on_checkpoint, on_replan)
+        self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
+        self.startup_seconds: float | None = None  # bringing the workers up (not in the wall time)
+        self.replans: list[dict[str, Any]] = []
+        self.last_complete = -1
+        self._created = False  # prepare() created the run directory (removed again if it fails)
+        self._lock: RunLock | None = None
+        self.finisher: EpochFinisher | None = None
+
+    def log(self, message: str) -> None:
+        """A line from the main process (the others keep quiet)."""
+        if self.coordinator.is_main:
+            if self.display is not None and self.display.active:
+                self.display.write(message)
+            else:
+                self._log(message)
+
+    # ------------------------------------------------------------------ prepare
+
+    def prepare(self) -> PreparedRun:
+        """Data, model check, time models, plan, schedule, run directory and its lock.
+        Raises before any worker starts; a failure releases the directory."""
+        try:
+            self.prepared = self._prepare()
+        except BaseException:
+            self.release()
+            if self._created:  # a new run that failed before training leaves nothing behind
+                remove_if_empty(self.run_dir)
+            raise
+        return self.prepared
+
+    def _prepare(self) -> PreparedRun:
+        cfg, coordinator = self.cfg, self.coordinator
+        self._own_run_dir()
+        check_engine_config(cfg, self.log)  # every process: the same error everywhere, before measuring
+        if cfg.data.source == "shards" and coordinator.is_main:  # complete sets, or a current index
+            coordinator.all_written(lambda: prepare_shards(cfg.data, cfg.schedule.resolutions,
+                                                           progress=self.display is not None))
+        elif cfg.data.source == "shards":
+            coordinator.all_written(None)
+        data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions), log=self.log)
+        check_workers_fit(cfg, len(data.train))  # before any time is measured
+        transform = build_transform(cfg.data, data)
+        torch.manual_seed(cfg.seed)  # the same initial model in every process
+        model = build_run_model(cfg, data.num_classes, data.in_channels, dropout=cfg.dropouts()[0],
+                                log=self.log if coordinator.is_main else None)
+        check_run_model(cfg, model, data.num_classes, data.in_channels, coordinator.eval_device)
+        model.to(coordinator.eval_device)
+        self.plan, self.plan_source = self._plan(data)
+        for line in self.plan.regime_lines():  # b_S / B_L per resolution, and what it means on this device
+            self.log(line)
+        spec = build_spec(cfg, self.plan)
+        fresh = not self.resuming
+        options = self.coordinator.share(lambda: engine_options(cfg, self.run_dir, resuming=not fresh))
+        self.coordinator.all_written(
+            (lambda: self.dir.write_setup(cfg, self.plan_dict(), spec, fresh=fresh)) if coordinator.is_main else None)
+        if self.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
+            model.load_state_dict(self.dir.load_model(self.checkpoint))
+        return PreparedRun(cfg, self.dir, data, transform, model, self.plan, spec, self.checkpoint, options)
+
+    def _own_run_dir(self) -> None:
+        """The main process creates (a new run) and locks the run directory before the data is
+        read; every process learns the outcome, so a directory another process trains in stops
+        all of them with one error."""
+        def own() -> None:
+            if not self.resuming:
+                self._created = not self.run_dir.exists()
+                self.dir.create()
+            self._lock = RunLock(self.run_dir)
+
+        self.coordinator.all_written(own if self.coordinator.is_main else None)
+
+    def _plan(self, data: Dataset) -> tuple[Plan, str]:
+        """The run's plan: plan.json of a resumed run (its re-plans included) when it has as many
+        workers as this launch, else a new one from the time models; the same in every process."""
+        cfg, workers = self.cfg, self.coordinator.workers
+        saved = self.dir.read_json("plan.json") if self.resuming else None
+        if saved is not None and saved["workers"] == workers:
+            self.replans = list(saved.get("replans", []))
+            return plan_from_dict(saved), saved.get("time_model_source", "plan.json of the run")
+        if saved is not None:
+            self.log(f"resuming with {workers} workers (the checkpoint has {saved['workers']}): re-planning")
+
+        def resolve() -> ResolvedTimeModels:
+            return resolve_time_models(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
+                                       device=self.coordinator.eval_device.type, log=self.log)
+
+        resolved = self.coordinator.time_models(resolve)
+        self.time_model_seconds = resolved.seconds  # one-off, reported apart from the training time
+        plan = plan_from_dict(self.coordinator.share(
+            lambda: build_plan(cfg, len(data.train), resolved.models, resolved.batches).to_dict()))
+        return plan, resolved.source
+
+    def plan_dict(self) -> dict[str, Any]:
+        """What plan.json holds, in every mode: the plan, where its time models came from, the
+        engine, ranks per worker and the re-plans so far."""
+        return {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
+                "ranks_per_worker": self.coordinator.ranks_per_worker, "replans": self.replans}
+
+    def release(self) -> None:
+        """Give up the run directory (its lock); run() does this when it ends."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> dict[str, Any]:
+        """Every remaining epoch; returns the summary (main process; {} elsewhere)."""
+        coordinator = self.coordinator
+        epochs = int(self.prepared.spec.epochs)
+        if self.checkpoint and self.checkpoint.get("status") == "finished":
+            self.log(f"{self.run_dir} already finished all {epochs} epochs")
+            self.release()
+            return self.dir.read_summary() if coordinator.is_main else {}
+        start = int(self.checkpoint["next_epoch"]) if self.checkpoint else 0
+        self.last_complete = start - 1
+        if self.checkpoint:
+            self.log(f"resuming {self.run_dir} at epoch {start} of {epochs}")
+        elif self.resuming:
+            self.log(f"{self.run_dir} has no checkpoint yet: starting again from epoch 1 of {epochs}")
+        try:
+            status = self._train(start, epochs)
+            if not coordinator.is_main:
+                return {}
+            summary = self._summary(status)  # before close: the store's statistics are in it
+            self._print_summary(summary)
+            return summary
+        finally:
+            coordinator.close()
+            if self.finisher is not None:
+                self.finisher.logger.close()
+            self.release()
+
+    def _train(self, start: int, epochs: int) -> str:
+        """The epochs from `start` on; returns the run's status ("finished", or "interrupted"
+        when a callback stopped it cleanly)."""
+        coordinator = self.coordinator
+        if coordinator.is_main:
+            self.finisher = self._open_finisher(start)
+        try:
+            started = time.perf_counter()
+            coordinator.start(self.prepared, start, on_ready=lambda: self._ready(started))
+            if self.display is not None:
+                self.display.open(epochs, start)
+            for global_epoch in coordinator.epochs(start):
+                self._complete(global_epoch)
+            return "finished"
+        except StopTraining as stop:  # a callback's clean stop (every process raised it): the checkpoint is kept
+            self.log(str(stop))
+            coordinator.stop(clean=True)
+            if coordinator.is_main:
+                self.dir.set_checkpoint_status("interrupted")
+            return "interrupted"
+        except (TrainingDiverged, DivergedError):  # every process learnt it at the same sync
+            if self.finisher is not None:
+                self._summary("diverged")  # checkpoint.json keeps the last finite epoch as it is
+            coordinator.stop(clean=True)
+            raise
+        except BaseException as exc:
+            coordinator.stop()
+            if isinstance(exc, TrainingInterrupted) and self.last_complete >= 0:
+                self.dir.set_checkpoint_status("interrupted")
+            raise
+        finally:
+            if self.display is not None:
+                self.display.close()
+
+    def _ready(self, started: float) -> None:
+        """Every worker can train: the wall clock starts now (start-up is reported apart)."""
+        self.startup_seconds = time.perf_counter() - started
+        if self.finisher is not None:
+            self.finisher.start_clock()
+
+    def _open_finisher(self, start: int) -> EpochFinisher:
+        cfg, run = self.cfg, self.prepared
+        logger = Logger([MetricsWriter(self.run_dir, resume=self.resuming, keep_through=start - 1)])
+        for tracker in open_trackers(cfg, self.dir, resuming=self.resuming, tags=[cfg.engine], warn=self.log):
+            logger.add(tracker)
+        evaluate = Evaluator(run.model, run.data.test, run.transform, batch_size=cfg.data.eval_batch_size,
+                             resolution=max(run.spec.resolutions), device=self.coordinator.eval_device,
+                             bn_images=self._bn_images())
+        ckpt = self.checkpoint or {}
+        return EpochFinisher(self.dir, run.spec, evaluate, logger, engine=cfg.engine, workers=self.plan.workers,
+                             ranks_per_worker=self.coordinator.ranks_per_worker,
+                             wall_offset=float(ckpt.get("wall_time", 0.0)),
+                             version_offset=int(ckpt.get("store_version", 0)),
+                             evaluate_every=cfg.eval.every, log=self.log)
+
+    def _bn_images(self) -> Any:
+        """The training images the evaluation recomputes BatchNorm statistics on (eval.recalibrate_bn)."""
+        if not self.cfg.eval.recalibrate_bn:
+            return None
+        images = bn_calibration_split(self.prepared.data.train, self.cfg.eval.bn_samples, self.cfg.seed)
+        if images is None:
+            self.log("eval.recalibrate_bn: the main process holds no training images (data.source shards reads "
+                     "them in the workers only); the global model is evaluated with its merged BatchNorm statistics")
+        return images
+
+    # ------------------------------------------------------------------ one global epoch
+
+    def _complete(self, done: GlobalEpoch) -> None:
+        coordinator, epoch = self.coordinator, done.epoch
+        state = coordinator.global_state(done)
+        # Before the next epoch is released: no worker starts epoch + 1 before this decision.
+        replanned = self._replan(done) if self.cfg.dbl.replan else None
+        coordinator.release(epoch)
+        self.last_complete = epoch
+        record: dict[str, Any] = {}
+
+        def finish() -> None:
+            record.update(self.finisher.finish(epoch, done.reports, state, done.version))
+            if replanned is not None:  # after the epoch's record, before its checkpoint
+                self.finisher.logger.log(epoch, replanned.record)
+
+        coordinator.all_written(finish if coordinator.is_main else None)
+        folder = self.dir.epoch_folder(epoch)
+        coordinator.all_written(lambda: coordinator.save_worker_state(folder))
+        coordinator.all_written(self.finisher.commit if coordinator.is_main else None)
+        if coordinator.is_main:
+            line = self.finisher.console_line(record)
+            if self.display is not None and self.display.active:
+                self.display.epoch_done(line, record)
+            else:
+                self._log(line)
+            if replanned is not None:
+                self.log(replanned.line)
+        self.callbacks.on_checkpoint(coordinator.loop, epoch)
+
+    def _replan(self, done: GlobalEpoch) -> Replanned | None:
+        """`dbl.replan`: every process decides from the same reports (`replan_after_epoch` is
+        pure), the main one rewrites plan.json (what a resume and the store-mode workers read),
+        then every worker takes the new plan up at the next epoch."""
+        replanned = replan_after_epoch(done.epoch, self.plan, done.reports, self.cfg.dbl.replan_threshold,
+                                       log=self.log)
+        if replanned is None:
+            return None
+        self.plan = replanned.plan
+        self.replans = [*self.replans, {"after_epoch": done.epoch, "factors": replanned.record["factors"]}]
+        self.coordinator.all_written(
+            (lambda: self.dir.write_plan(self.plan_dict())) if self.coordinator.is_main else None)
+        self.coordinator.adopt_plan(self.plan)
+        self.callbacks.on_replan(self.coordinator.loop, done.epoch)
+        return replanned
+
+    # ------------------------------------------------------------------ summary
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        return self.finisher.summary(status, name=self.cfg.name, small_workers=self.plan.small,
+                                     server=self.coordinator.server_stats(), plan_source=self.plan_source,
+                                     startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds,
+                                     threads_per_worker=self.coordinator.threads)
+
+    def _print_summary(self, s: dict[str, Any]) -> None:
+        def fmt(v: Any, spec: str) -> str:
+            return "-" if v is None else format(v, spec)
+
+        lines = [
+            f"run {s['name']} ({s['method']}, {s['workers']} workers, {s['small_workers']} small) in {s['run_dir']}",
+            f"  epochs {s['epochs']}  final test acc {fmt(s['final_test_acc'], '.4f')}  best {fmt(s['best_test_acc'], '.4f')}  "
+            f"final test loss {fmt(s['final_test_loss'], '.4f')}",
+            f"  wall time {fmt(s['wall_time'], '.1f')} s  mean {fmt(s['samples_per_s'], ',.0f')} samples/s  "
+            f"store version {s['store_version']}  (time model: {s['plan_source']})",
+        ]
+        self._log("\n".join(lines))
+
+
+def engine_module(model: nn.Module) -> nn.Module:
+    """A copy of the global model for this process's engine (engines recast or shard it)."""
+    return copy.deepcopy(model)
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
