@@ -2,7 +2,7 @@
 shared-memory parameter server (arXiv 2509.26092).
 
 ``from dbl_ps import ParameterStore, StoreClient`` gives the parameter store (see
-``dbl_ps.store``). Names are resolved on first use, so ``import dbl_ps.planner`` loads
+``dbl_ps.parameter_store``). Names are resolved on first use, so ``import dbl_ps.planner`` loads
 neither the native extension nor torch.
 """
 
@@ -15,13 +15,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "ParameterStore": "dbl_ps.store",
-    "StoreClient": "dbl_ps.store",
-    "StoreError": "dbl_ps.store",
-    "StoreClosedError": "dbl_ps.store",
-    "StoreNotFoundError": "dbl_ps.store",
-    "OwnerDiedError": "dbl_ps.store",
-    "cleanup_stale_segments": "dbl_ps.store",
+    "ParameterStore": "dbl_ps.parameter_store",
+    "StoreClient": "dbl_ps.parameter_store",
+    "StoreError": "dbl_ps.parameter_store",
+    "StoreClosedError": "dbl_ps.parameter_store",
+    "StoreNotFoundError": "dbl_ps.parameter_store",
+    "OwnerDiedError": "dbl_ps.parameter_store",
+    "cleanup_stale_segments": "dbl_ps.parameter_store",
 }
 
 __all__ = [*_LAZY, "__version__"]

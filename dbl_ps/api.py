@@ -42,8 +42,17 @@ from torch import nn
 from dbl_ps.data.shares import ShareBatchSampler
 from dbl_ps.integrations.deepspeed import DeepSpeedConfigError, SingleRankMPU, check_rank_config, single_rank_groups
 from dbl_ps.data.transforms import resize_batch
-from dbl_ps.planner import InfeasiblePlanError, Plan, TimeModel, fit_nonnegative_time_model, make_plan
-from dbl_ps.replan import DEFAULT_THRESHOLD, drifted, replan, speed_factors
+from dbl_ps.planner import (
+    InfeasiblePlanError,
+    Plan,
+    TimeModel,
+    DEFAULT_THRESHOLD,
+    drifted,
+    fit_nonnegative_time_model,
+    make_plan,
+    replan,
+    speed_factors,
+)
 from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors

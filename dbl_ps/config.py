@@ -40,7 +40,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 
 from dbl_ps.registry import DATA_SOURCES, ENGINES, TRACKERS, Registry, UnknownPluginError
-from dbl_ps.replan import DEFAULT_THRESHOLD
+from dbl_ps.planner import DEFAULT_THRESHOLD
 
 __all__ = [
     "ConfigError",

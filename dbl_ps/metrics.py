@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, TextIO
 
-from dbl_ps.run_dirs import write_failure
+from dbl_ps.run_ownership import write_failure
 
 __all__ = [
     "METRICS_FILE",

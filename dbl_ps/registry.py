@@ -146,7 +146,7 @@ class Registry:
 # (TorchEngine's constructor), or a factory called as
 # `factory(module, cfg, device, topology, *, batch_size, options) -> Engine`, where
 # batch_size is the worker's batch in a store-mode worker process and None in a rank of a
-# multi-rank job, and options is `dbl_ps.runtime.engines.engine_options(...)`.
+# multi-rank job, and options is `dbl_ps.runtime.engine_setup.engine_options(...)`.
 ENGINES = Registry("engine", key="engine", interface=(
     "an Engine subclass (dbl_ps.training.engine) or a factory (module, cfg, device, topology, *, batch_size, "
     "options) -> Engine"), traits={

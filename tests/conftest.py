@@ -14,7 +14,7 @@ import pytest
 
 
 def _segments() -> list[dict]:
-    from dbl_ps.store import list_segments
+    from dbl_ps.parameter_store import list_segments
 
     return list_segments()
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dbl_ps.integrations.averaging import averaged_tensors, split_params_buffers, weighted_average_
+from dbl_ps.training.averaging import averaged_tensors, split_params_buffers, weighted_average_
 from dbl_ps.models import build_model
 
 

@@ -349,7 +349,7 @@ def test_paper_configs_plan_feasibly(name, dataset_size):
 @pytest.mark.parametrize("staleness", [0, 2])
 def test_store_settings_the_config_accepts_are_the_ones_the_store_accepts(mode, rule, staleness):
     pytest.importorskip("dbl_ps._rust_ps", reason="the Rust extension is not built")
-    from dbl_ps.store import ParameterStore
+    from dbl_ps.parameter_store import ParameterStore
 
     overrides = [f"store.mode={mode}", f"store.rule={rule}", f"store.staleness={staleness}"]
     try:

@@ -25,7 +25,7 @@ from dbl_ps.planner import (
     plan_resolution,
     reference_small_fraction,
 )
-from dbl_ps.replan import replan
+from dbl_ps.planner import replan
 from dbl_ps.training.setup import plan_from_dict
 
 CIFAR32 = TimeModel(alpha=0.015562114074817612, beta=0.0005056358858583448)

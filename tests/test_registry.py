@@ -20,7 +20,7 @@ from dbl_ps.data.sources import plugin_source, register_source
 from dbl_ps.imports import ImportPathError
 from dbl_ps.metrics import CSV_FILE, CsvWriter
 from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS, TRACKERS, Registry, UnknownPluginError
-from dbl_ps.runtime.engines import build_rank_engine, build_worker_engine, check_store_mode_engine
+from dbl_ps.runtime.engine_setup import build_rank_engine, build_worker_engine, check_store_mode_engine
 from dbl_ps.runtime.tracking import open_trackers
 from dbl_ps.training.engine import TorchEngine
 from dbl_ps.training.rundir import RunDirectory

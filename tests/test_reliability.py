@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dbl_ps.metrics import read_metrics
-from dbl_ps.run_dirs import LOCK_FILE, RunDirectoryBusy, RunLock, lock_owner
+from dbl_ps.run_ownership import LOCK_FILE, RunDirectoryBusy, RunLock, lock_owner
 from launch_helpers import can_mount_tmpfs, free_port
 
 # digits, 2 workers, a fixed time model (no measuring), small enough for seconds per epoch

@@ -1,11 +1,10 @@
-"""dbl_ps.replan: speed factors against the plan, drift, and the plan made again."""
+"""dbl_ps.planner: speed factors against the plan, drift, and the plan made again."""
 
 from __future__ import annotations
 
 import pytest
 
-from dbl_ps.planner import TimeModel, make_plan
-from dbl_ps.replan import drifted, replan, scaled_models, speed_factors
+from dbl_ps.planner import TimeModel, drifted, make_plan, replan, scaled_models, speed_factors
 
 MODEL = TimeModel(alpha=0.01, beta=0.001)
 

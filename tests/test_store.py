@@ -26,7 +26,7 @@ from dbl_ps import (
     StoreNotFoundError,
     cleanup_stale_segments,
 )
-from dbl_ps.store import SEGMENT_PREFIX, list_segments
+from dbl_ps.parameter_store import SEGMENT_PREFIX, list_segments
 
 SPAWN = mp.get_context("spawn")
 

@@ -198,7 +198,7 @@ def test_two_trains_started_together_get_their_own_run_directories(tmp_path):
 def test_new_run_dir_is_unique_across_threads_and_processes(tmp_path):
     import threading
 
-    from dbl_ps.run_dirs import create_unique_dir
+    from dbl_ps.run_ownership import create_unique_dir
     from dbl_ps.runtime import new_run_dir
 
     cfg = load_config(None, [f"out_dir={tmp_path / 'threads'}"])
@@ -215,7 +215,7 @@ def test_new_run_dir_is_unique_across_threads_and_processes(tmp_path):
         t.join()
     assert len(set(made)) == 8 and all(p.is_dir() and not any(p.iterdir()) for p in made)
     # The same stem from several processes at once: each gets its own directory.
-    script = ("import sys; from pathlib import Path; from dbl_ps.run_dirs import create_unique_dir; "
+    script = ("import sys; from pathlib import Path; from dbl_ps.run_ownership import create_unique_dir; "
               "print(create_unique_dir(Path(sys.argv[1]), 'run-20260101-000000'))")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "procs")], stdout=subprocess.PIPE, text=True)
              for _ in range(4)]

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from dbl_ps.store import SEGMENT_PREFIX, cleanup_stale_segments, list_segments
+    from dbl_ps.parameter_store import SEGMENT_PREFIX, cleanup_stale_segments, list_segments
 
     where = "/dev/shm/" if sys.platform.startswith("linux") else ""
     if args.list:

@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from dbl_ps.commands.train import train_run
     from dbl_ps.config import ConfigError, load_config
     from dbl_ps.report import format_table, load_run, summarize, write_report
-    from dbl_ps.run_dirs import create_unique_dir
+    from dbl_ps.run_ownership import create_unique_dir
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

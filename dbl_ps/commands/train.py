@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config
-from dbl_ps.run_dirs import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
+from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
 from dbl_ps.training.topology import launched_by_a_launcher
 
 

@@ -6,7 +6,7 @@ ranks different batch sizes or step counts. Here every worker's engine gets a
 data-parallel group of its own rank only (``SingleRankMPU``): DeepSpeed then never
 communicates during a step, its batch arithmetic is per rank (``train_batch =
 micro``), and the DBSL merge runs between engines at each sync point through
-``dbl_ps.integrations.averaging`` (``sum f_i w_i / sum f_i`` with
+``dbl_ps.training.averaging`` (``sum f_i w_i / sum f_i`` with
 ``torch.distributed.all_reduce``: NCCL on GPUs, gloo on CPUs).
 
 Two uses, both through ``dbl-ps train`` with ``engine: deepspeed``:

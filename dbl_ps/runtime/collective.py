@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 
 from dbl_ps.data import DataError
-from dbl_ps.run_dirs import RunDirectoryBusy, RunWriteError
+from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError
 from dbl_ps.runtime.driver import PreparedRun, RunDriver, engine_module, stderr_log
-from dbl_ps.runtime.engines import build_rank_engine
+from dbl_ps.runtime.engine_setup import build_rank_engine
 from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.shards import share_loader_for

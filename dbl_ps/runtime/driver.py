@@ -38,8 +38,8 @@ from dbl_ps.config import check_workers_fit
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.planner import Plan
-from dbl_ps.run_dirs import RunLock, remove_if_empty
-from dbl_ps.runtime.engines import check_engine_config, engine_options
+from dbl_ps.run_ownership import RunLock, remove_if_empty
+from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_trackers
 from dbl_ps.schedule import ScheduleSpec

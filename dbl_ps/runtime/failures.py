@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dbl_ps.data import DataError
-from dbl_ps.run_dirs import RunWriteError
+from dbl_ps.run_ownership import RunWriteError
 from dbl_ps.shards import ShardError
 from dbl_ps.training.loop import DivergedError
 

@@ -37,9 +37,9 @@ import torch
 from tqdm import tqdm
 
 from dbl_ps.config import load_config
-from dbl_ps.run_dirs import RunWriteError
+from dbl_ps.run_ownership import RunWriteError
 from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, TrainingInterrupted, WorkerError
-from dbl_ps.runtime.engines import check_store_mode_engine
+from dbl_ps.runtime.engine_setup import check_store_mode_engine
 from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.synchronizers.store import StoreServer, StoreSetupError

@@ -23,7 +23,7 @@ import torch
 from dbl_ps.config import RunConfig
 from dbl_ps.data import Dataset, Split, build_transform, load_dataset
 from dbl_ps.planner import Plan
-from dbl_ps.runtime.engines import build_worker_engine
+from dbl_ps.runtime.engine_setup import build_worker_engine
 from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env, start_delay
 from dbl_ps.shards import share_loader_for

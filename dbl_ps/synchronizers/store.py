@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import torch
 
-from dbl_ps.store import ParameterStore, StoreClient
+from dbl_ps.parameter_store import ParameterStore, StoreClient
 from dbl_ps.training.averaging import all_finite
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.flat import FlatState

@@ -27,7 +27,7 @@ from torch import nn
 
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
-from dbl_ps.run_dirs import write_failure
+from dbl_ps.run_ownership import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
 

@@ -3,7 +3,7 @@
 `replan_after_epoch` is a pure function of the plan the epoch ran with and its
 `EpochReport`s: each worker's own training time (`seconds - wait_seconds`: the epoch
 without the time it waited for the others at syncs) against what the plan predicts for
-its share and batch gives its speed factor (`dbl_ps.replan.speed_factors`); when the
+its share and batch gives its speed factor (`dbl_ps.planner.speed_factors`); when the
 factors drifted apart by more than the threshold, the plan is made again from the
 scaled time models. Whoever holds every report of an epoch (the store mode's launcher,
 every rank after gathering them) computes the same decision, the same new plan and the
@@ -26,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from dbl_ps.planner import InfeasiblePlanError, Plan
-from dbl_ps.replan import drifted, replan, speed_factors
+from dbl_ps.planner import InfeasiblePlanError, Plan, drifted, replan, speed_factors
 from dbl_ps.training.messages import EpochReport
 
 __all__ = ["Replanned", "replan_after_epoch", "plan_shapes"]

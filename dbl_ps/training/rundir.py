@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from dbl_ps.metrics import strict_dumps
-from dbl_ps.run_dirs import create_unique_dir, write_failure
+from dbl_ps.run_ownership import create_unique_dir, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
