@@ -57,10 +57,10 @@ def events(log: Path) -> tuple[list[tuple], dict[int, list[tuple]]]:
     for e in lines:
         if not e.get("run") and e["member"] == 0:  # one rank per worker
             workers.setdefault(e["worker"], []).append((e["event"], e["epoch"]))
-    # A store-mode worker may start the next epoch before a stop reaches it (asp runs an epoch
-    # ahead); that epoch is trained again after the resume: only finished epochs count.
-    finished = {w: [ev for i, ev in enumerate(seq) if ev[0] == "on_epoch_end"
-                    or (i + 1 < len(seq) and seq[i + 1] == ("on_epoch_end", ev[1]))] for w, seq in workers.items()}
+    # A store-mode worker may run an epoch ahead (asp) and start, or even finish, the epoch
+    # after the stop before the stop reaches it; the resume trains that epoch again and its
+    # events come again: the last time each event fired is the one that counts.
+    finished = {w: [ev for i, ev in enumerate(seq) if ev not in seq[i + 1:]] for w, seq in workers.items()}
     return run, finished
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from dbl_ps.imports import ImportPathError
 from dbl_ps.integrations.tensorboard import TENSORBOARD_DIR, TensorBoardTracker
 from dbl_ps.integrations.wandb import WandbTracker
-from dbl_ps.metrics import CsvWriter, Logger, Sink
+from dbl_ps.metrics import CsvWriter, Sink
 from dbl_ps.registry import TRACKERS
 from dbl_ps.training.rundir import RunDirectory
 from dbl_ps.training.topology import LaunchError
