@@ -270,3 +270,64 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "no checkpoint yet: starting again from epoch 1" in resumed.stdout + resumed.stderr
     assert [r["epoch"] for r in read_metrics(run_dir)] == [0, 1, 2]
+
+
+# --------------------------------------------------------------------------- start-up and signals
+
+
+def test_workers_that_die_while_starting_end_the_run_in_one_line_instead_of_a_hang(tmp_path):
+    """A worker that dies during its imports (here: every spawned worker exits at interpreter
+    start, as one hit by Ctrl-C inside `import torch` does) used to hang the launcher for
+    ever: it wrote the worker's arguments, the training split included, into a pipe the
+    dead worker never read. The arguments are small now (the split follows through a queue),
+    so the launcher sees the exit and stops with one line, leaving no segment and no lock."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os, sys\nif '--multiprocessing-fork' in sys.argv:\n    os._exit(3)\n")
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                             "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.epochs=1",
+                             "schedule.milestones=[]"],  # the whole digits split: more than a pipe holds
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError("the launcher hung writing to a dead worker's pipe")
+    assert proc.returncode == 1, err[-2000:]
+    assert "worker 0 exited with code 3 without reporting an error" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert not list(Path("/dev/shm").glob(f"dblps-{proc.pid}-*"))
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_sighup_stops_the_run_like_sigterm_and_keeps_the_checkpoint(tmp_path):
+    """A closed terminal or SSH session (SIGHUP, sent to the whole process group) stops the
+    run as SIGTERM does: the last checkpoint kept and marked interrupted, the store's shared
+    memory and the lock gone, and the run resumes to the end (the workers used to die of it
+    and the checkpoint stayed "running" with the segment and lock left behind)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                             *FAST, "schedule.epochs=6", "schedule.milestones=[4]"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_epochs(run_dir, proc, 1)
+        os.killpg(proc.pid, signal.SIGHUP)  # the whole session, as a closed terminal does
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "SIGHUP: stopped after epoch" in err, err[-2000:]
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["status"] == "interrupted" and meta["next_epoch"] >= 1
+    assert not list(Path("/dev/shm").glob(f"dblps-{proc.pid}-*"))
+    assert not (run_dir / LOCK_FILE).exists()
+    resumed = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

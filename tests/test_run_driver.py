@@ -60,3 +60,20 @@ def test_a_multi_rank_replan_is_in_plan_json_before_its_epoch_is_committed(tmp_p
     # every rank decided the same re-plan at the same epoch
     assert [e for e in run_events if e[0] == "on_replan"] == \
         [(e["event"], e["epoch"]) for e in logged(log) if e.get("run") and e["rank"] == 1 and e["event"] == "on_replan"]
+
+
+def test_ranks_launched_with_different_configs_stop_together_in_one_line(tmp_path: Path) -> None:
+    """A launcher gives every rank its own command line: ranks whose configs differ (here
+    `schedule.epochs`) are stopped before anything is written, in one line from rank 0
+    (they used to train together with different schedules, then hang in a barrier)."""
+    script = tmp_path / "per_rank.py"
+    script.write_text("import os, sys\nfrom dbl_ps.cli import main\n"
+                      "sys.exit(main(sys.argv[1:] + [f\"schedule.epochs={4 + int(os.environ['RANK'])}\"]))\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(script), "train", "--run-dir", str(tmp_path / "run"), *RUN]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env())
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("dbl-ps train:")]
+    assert ours == ["dbl-ps train: error: rank 1's run config differs from rank 0's: schedule.epochs (4 vs 5); "
+                    "launch every rank with the same config and overrides"], proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()

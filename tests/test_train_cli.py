@@ -116,7 +116,7 @@ def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp
     assert main(["compare", "--out", str(out), "--no-progress", "--methods", "baseline,dbsl", *unmeasured]) == 0
     text = capsys.readouterr().out
     assert "measuring the time model" not in text and "time model: the comparison's own" in text
-    assert "already done, skipped" in text
+    assert "already done (finished), skipped" in text
     for method in ("baseline", "dbsl"):
         dbl = yaml.safe_load((out / f"{method}-s0" / "config.yaml").read_text())["dbl"]
         assert {str(r): a for r, a in dbl["alpha"].items()} == saved["alpha"]
@@ -128,6 +128,27 @@ def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp
     err = capsys.readouterr().err
     assert "time_model.json was measured at [12, 16] px, this comparison trains at [10] px" in err
     assert not (out / "cpl-s0").exists()
+
+
+def test_compare_never_reuses_a_run_of_another_config_nor_tables_one_that_did_not_finish(tmp_path, capsys):
+    """A second `compare` into the same --out with other overrides is one line (it printed
+    "already done" and the first comparison's table); a sub-run that diverged is shown with
+    its status and left out of the table (it was tabled as a result)."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--out", str(out), "--no-progress", "--methods", "baseline", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["compare", "--out", str(out), "--no-progress", "--methods", "baseline", *FAST,
+                 "schedule.lr=0.05"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline-s0 was trained with another config (schedule.lr (" in err and "0.05 now)" in err, err
+    assert len(err.strip().splitlines()) == 1
+    diverging = ["schedule.lr=1000000", "schedule.warmup_epochs=1", "schedule.warmup_start_factor=0"]
+    assert main(["compare", "--out", str(tmp_path / "div"), "--no-progress", "--methods", "baseline", *FAST,
+                 *diverging]) == 1
+    captured = capsys.readouterr()
+    assert "not finished, left out of the table: baseline-s0: diverged" in captured.out, captured.out
+    assert "no run finished: nothing to compare" in captured.err
+    assert not (tmp_path / "div" / "report").exists()
 
 
 @pytest.mark.skipif(not can_mount_tmpfs("/dev/shm"), reason="needs unshare and mount (root, Linux)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -209,26 +210,77 @@ def run(args: argparse.Namespace) -> int:
     if time_model is not None and not (out / TIME_MODEL_FILE).is_file():
         out.mkdir(parents=True, exist_ok=True)
         (out / TIME_MODEL_FILE).write_text(json.dumps(time_model, indent=2) + "\n")
-    run_dirs = []
-    for seed in seeds:
-        for method in methods:
-            vcfg = variant(cfg, method, seed, group=out.name)
-            run_dir = out / f"{method_label(method)}-s{seed}"
-            print(f"=== {method}, seed {seed}: {run_dir}", flush=True)
-            if (run_dir / "summary.json").is_file():
-                print("    already done, skipped", flush=True)
-                code = 0
-            elif (run_dir / "checkpoint.json").is_file():
-                code = train_run(None, resume=str(run_dir), progress=False if args.no_progress else None)
-            else:
-                code = train_run(vcfg, run_dir=str(run_dir), progress=False if args.no_progress else None)
-            if code != 0:
-                return code
+    variants = {(method, seed): variant(cfg, method, seed, group=out.name) for seed in seeds for method in methods}
+    for (method, seed), vcfg in variants.items():  # before any run: a sub-run made with another config is not ours
+        problem = _reused_with_another_config(out / f"{method_label(method)}-s{seed}", vcfg)
+        if problem is not None:
+            return _error(problem)
+    run_dirs, unfinished = [], []
+    for (method, seed), vcfg in variants.items():
+        run_dir = out / f"{method_label(method)}-s{seed}"
+        print(f"=== {method}, seed {seed}: {run_dir}", flush=True)
+        status = _status(run_dir)
+        if status in ("finished", "diverged"):  # a diverged run would diverge again: it stays as it is
+            print(f"    already done ({status}), skipped", flush=True)
+            code = 0
+        elif (run_dir / "checkpoint.json").is_file():
+            code = train_run(None, resume=str(run_dir), progress=False if args.no_progress else None)
+        else:
+            code = train_run(vcfg, run_dir=str(run_dir), progress=False if args.no_progress else None)
+        status = _status(run_dir)
+        if code != 0 and status != "diverged":
+            return code
+        if status == "finished":
             run_dirs.append(run_dir)
+        else:  # shown with its status, never tabled as a result
+            unfinished.append(f"{run_dir.name}: {status or 'no summary'}")
+    if unfinished:
+        print("not finished, left out of the table: " + "; ".join(unfinished), flush=True)
+    if not run_dirs:
+        print("dbl-ps compare: no run finished: nothing to compare", file=sys.stderr)
+        return 1
     runs = [load_run(d) for d in run_dirs]
     baseline = "baseline" if "baseline" in methods else None
     path = write_report(runs, out / "report", baseline=baseline, title=f"dbl-ps compare: {cfg.name}",
                         notes=[time_model_note(time_model)] if time_model is not None else [])
     print(format_table(summarize(runs, baseline), "plain"), end="")
     print(f"report: {path}")
-    return 0
+    return 1 if unfinished else 0
+
+
+def _status(run_dir: Path) -> str | None:
+    """summary.json's status of a sub-run (None: none yet)."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _reused_with_another_config(run_dir: Path, vcfg: Any) -> str | None:
+    """One line when `run_dir` holds a run of another config than this comparison's (a
+    second `compare` with other overrides into the same --out), else None."""
+    from dbl_ps.config import ConfigError, load_config
+
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    try:
+        saved = load_config(run_dir / "config.yaml").to_dict()
+    except ConfigError as exc:
+        return f"{run_dir / 'config.yaml'} is not a readable run config ({exc}); choose another --out"
+    wanted = vcfg.to_dict()
+    differ = [k for k in _dotted(saved) | _dotted(wanted) if _dotted(saved).get(k) != _dotted(wanted).get(k)]
+    if not differ:
+        return None
+    shown = ", ".join(f"{k} ({_dotted(saved).get(k)!r} there, {_dotted(wanted).get(k)!r} now)" for k in sorted(differ)[:4])
+    return (f"{run_dir} was trained with another config ({shown}); a comparison never reuses such a run: "
+            f"give another --out, or the same config to continue it")
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -75,7 +75,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     from dbl_ps.data import DataError
     from dbl_ps.planner import InfeasiblePlanError
     from dbl_ps.runtime import StoreSetupError, Trainer, TrainingInterrupted, WorkerError
-    from dbl_ps.training.rundir import CheckpointError
+    from dbl_ps.training.rundir import CheckpointError, RunDirectory
     from dbl_ps.training.topology import LaunchError
 
     trainer = None
@@ -102,7 +102,10 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         print(f"dbl-ps train: {'error: ' if exc.actionable else ''}{exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        print("dbl-ps train: interrupted while stopping; the last complete epoch's checkpoint is kept", file=sys.stderr)
+        meta = RunDirectory(trainer.run_dir).checkpoint_meta()
+        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: dbl-ps train --resume "
+                f"{trainer.run_dir}") if meta else "no epoch had completed: nothing to resume"
+        print(f"dbl-ps train: interrupted while stopping; {kept}", file=sys.stderr)
         return 130
     return 0
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from dbl_ps.data import DataError
 from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError
-from dbl_ps.runtime.driver import PreparedRun, RunDriver, engine_module, stderr_log
+from dbl_ps.runtime.driver import ConfigMismatch, PreparedRun, RunDriver, engine_module, stderr_log
 from dbl_ps.runtime.engine_setup import build_rank_engine
 from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
@@ -115,6 +115,10 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
         driver.prepare()
         driver.run()
         return 0
+    except ConfigMismatch as err:  # every rank learnt it: rank 0 says it
+        if coordinator is not None and coordinator.is_main:
+            print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
+        return 2
     except (LaunchError, CheckpointError, FileExistsError, RunDirectoryBusy) as err:
         print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -50,6 +50,7 @@ from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_sp
 from dbl_ps.training.loop import DivergedError
 from dbl_ps.training.replanning import Replanned, replan_after_epoch
 from dbl_ps.training.rundir import RunDirectory
+from dbl_ps.training.topology import LaunchError
 from dbl_ps.training.setup import (
     ResolvedTimeModels,
     build_plan,
@@ -60,7 +61,7 @@ from dbl_ps.training.setup import (
     resolve_time_models,
 )
 
-__all__ = ["RunDriver", "PreparedRun", "TrainingInterrupted", "TrainingDiverged", "WorkerError"]
+__all__ = ["RunDriver", "PreparedRun", "TrainingInterrupted", "TrainingDiverged", "WorkerError", "ConfigMismatch"]
 
 
 class WorkerError(RuntimeError):
@@ -83,6 +84,25 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(message)
         self.run_dir = run_dir
         self.epoch = epoch
+
+
+class ConfigMismatch(LaunchError):
+    """The processes of one run were given different configs (each rank its own command line)."""
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted keys whose values differ between two config dicts, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b)):
+            found += _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return found
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -148,6 +168,7 @@ class RunDriver:
 
     def _prepare(self) -> PreparedRun:
         cfg, coordinator = self.cfg, self.coordinator
+        self._agree_on_config()
         self._own_run_dir()
         check_engine_config(cfg, self.log)  # every process: the same error everywhere, before measuring
         if cfg.data.source == "shards" and coordinator.is_main:  # complete sets, or a current index
@@ -174,6 +195,23 @@ class RunDriver:
         if self.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
             model.load_state_dict(self.dir.load_model(self.checkpoint))
         return PreparedRun(cfg, self.dir, data, transform, model, self.plan, spec, self.checkpoint, options)
+
+    def _agree_on_config(self) -> None:
+        """Every process trains the main process's config: a launcher gives each rank its own
+        command line, and ranks that differ (another `schedule.epochs`) would train together
+        with different schedules and then wait for each other for ever. Compared before
+        anything is written; every process stops with the same line."""
+        mine = self.cfg.to_dict()
+        main = self.coordinator.share(lambda: mine)
+
+        def check() -> None:
+            differ = _differing_keys(main, mine)
+            if differ:
+                shown = ", ".join(f"{k} ({_short(a)} vs {_short(b)})" for k, a, b in differ[:5])
+                raise ConfigMismatch(f"rank {self.coordinator.rank}'s run config differs from rank 0's: {shown}; "
+                                     f"launch every rank with the same config and overrides")
+
+        self.coordinator.all_written(check)
 
     def _own_run_dir(self) -> None:
         """The main process creates (a new run) and locks the run directory before the data is

@@ -12,7 +12,7 @@ checkpoint's) and spawns W worker processes; the epoch gate stays shut until eve
 worker is ready, so the wall time counts training, not process start-up
 (`startup_seconds`), and no worker's start-up is taken for slowness by re-planning.
 
-Stopping: SIGINT/SIGTERM set a flag; the launcher then stops the workers, keeps the
+Stopping: SIGINT/SIGTERM/SIGHUP set a flag; the launcher then stops the workers, keeps the
 last complete epoch's checkpoint (rewritten with status "interrupted"), closes the
 store (its shared memory goes) and raises `TrainingInterrupted`. A worker that fails
 makes `train()` raise `WorkerError` carrying that worker's traceback, or one line when
@@ -144,9 +144,10 @@ class ProcessCoordinator(Coordinator):
         self._install_signal_handlers()
         self.queue, self.stop_event = ctx.Queue(), ctx.Event()
         self._on_ready, self._start_epoch = on_ready, start_epoch
-        self.procs = self._spawn(ctx, run, start_epoch)
+        self._spawn(ctx, run, start_epoch)
 
-    def _spawn(self, ctx: Any, run: PreparedRun, start_epoch: int) -> list[Any]:
+    def _spawn(self, ctx: Any, run: PreparedRun, start_epoch: int) -> None:
+        """Start the W workers; each is in `self.procs` as soon as it runs (a stop meanwhile ends it)."""
         data = run.data
         # A split read sample by sample (imagefolder, data.factory) is never shipped: each worker loads it.
         train_data = pack_train_data(data) if data.train.in_memory and data.train.images.numel() <= PASS_DATA_BYTES \
@@ -155,23 +156,28 @@ class ProcessCoordinator(Coordinator):
         # it again (data.factory without data.mean/std): one estimate, one log line.
         config = self.cfg.to_dict()
         config["data"].update(mean=list(data.mean), std=list(data.std))
+        # The split goes through a queue (its feeder thread never blocks the launcher, see
+        # WorkerArgs); cancel_join_thread: an exit never waits for a worker that died unread.
+        self.data_queue = ctx.Queue()
+        self.data_queue.cancel_join_thread()
         ckpt = run.checkpoint or {}
-        procs = []
         for w in range(self.workers):
             args = WorkerArgs(worker=w, config=config, plan=run.plan.to_dict(), store_name=self.server.name,
                               run_dir=str(self.run_dir), start_epoch=start_epoch, resume_folder=ckpt.get("path"),
                               resume_workers=int(ckpt.get("workers", self.workers)), threads=self.threads,
                               device=self.devices[w], launcher_pid=os.getpid(), engine_options=run.engine_options,
-                              train_data=train_data)
+                              train_data_queued=train_data is not None)
             # Not daemonic, so a worker may start DataLoader processes (data.num_workers); it needs
             # no daemon flag to end: every way out of the run stops, terminates or kills the
             # workers (stop, _join), and a worker whose launcher died stops by itself (LauncherLink).
             p = ctx.Process(target=worker_main,
-                            args=(args, self.queue, self.stop_event, self.server.gate, self.server.plan_version),
+                            args=(args, self.queue, self.stop_event, self.server.gate, self.server.plan_version,
+                                  self.data_queue),
                             name=f"dbl-ps-worker-{w}", daemon=False)
             p.start()
-            procs.append(p)
-        return procs
+            self.procs.append(p)
+            if train_data is not None:
+                self.data_queue.put(train_data)
 
     # -- the epochs
 
@@ -300,7 +306,8 @@ class ProcessCoordinator(Coordinator):
                 raise KeyboardInterrupt  # a second Ctrl-C: stop waiting
             self._signal = signum
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP: a closed terminal or SSH session stops the run as SIGTERM does
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self._old_handlers[sig] = signal.signal(sig, handler)
 
     def _interrupt_message(self) -> str:

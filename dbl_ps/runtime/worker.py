@@ -12,6 +12,7 @@ state into the epoch's checkpoint folder, then reports the epoch to the launcher
 from __future__ import annotations
 
 import os
+import queue as queue_mod
 import signal
 import time
 import traceback
@@ -54,9 +55,13 @@ class WorkerArgs:
     device: str
     launcher_pid: int
     engine_options: dict[str, Any]
-    # The training split as numpy arrays, when the launcher passes it (saves every
-    # worker from loading and decoding the source again); None = load it here.
-    train_data: dict[str, Any] | None = None
+    # The launcher sends the training split as numpy arrays through the data queue (saves
+    # every worker from loading and decoding the source again); False: load it here.
+    # Not in these arguments: they are written into a pipe while the process starts, and a
+    # worker that died before reading them (Ctrl-C inside `import torch`) would leave that
+    # write blocked for ever once they exceed the pipe's buffer; a queue's feeder thread
+    # never blocks the launcher.
+    train_data_queued: bool = False
 
 
 def pack_train_data(data: Dataset) -> dict[str, Any]:
@@ -76,13 +81,15 @@ class _Stopped(Exception):
     """The launcher asked the workers to stop (or died)."""
 
 
-def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any) -> None:
+def worker_main(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, data_queue: Any) -> None:
     """Process entry point: runs the worker, reports errors with their traceback (and one
     line for those a user can act on: a divergence, corrupt data)."""
     # Ctrl-C reaches the whole process group; the launcher alone decides how to stop.
+    # So does SIGHUP (a closed terminal): it stops the run through the launcher, like SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        run_worker(args, queue, stop, gate, plan_version)
+        run_worker(args, queue, stop, gate, plan_version, data_queue)
         queue.put(WorkerFinished(args.worker))
     except _Stopped:
         queue.put(WorkerStopped(args.worker))
@@ -151,13 +158,23 @@ class LauncherLink(Callback):
                                     state.point.resolution, rate))
 
 
-def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any) -> None:
+def _queued_train_data(args: WorkerArgs, data_queue: Any, stop: Any) -> Dataset:
+    """The training split the launcher sent; stops when asked to (or when the launcher died)."""
+    while True:
+        try:
+            return unpack_train_data(data_queue.get(timeout=0.5))
+        except queue_mod.Empty:
+            if stop.is_set() or os.getppid() != args.launcher_pid:
+                raise _Stopped from None
+
+
+def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, data_queue: Any) -> None:
     torch.set_num_threads(args.threads)
     cfg = RunConfig.from_dict(args.config)
     plan = plan_from_dict(args.plan)
     spec = build_spec(cfg, plan)
     device = torch.device(args.device)
-    data = unpack_train_data(args.train_data) if args.train_data is not None else \
+    data = _queued_train_data(args, data_queue, stop) if args.train_data_queued else \
         load_dataset(cfg.data, image_size=max(spec.resolutions))
     topology = Topology.single(args.worker, plan.workers)
     first = plan[spec.resolutions[0]]
