@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -10,6 +11,18 @@ import sys
 # 4 epochs of digits, 2 workers (worker 0 small), a fixed time model (no measuring).
 RUN = ["schedule.epochs=4", "schedule.milestones=[2]", "schedule.warmup_epochs=0", "dbl.workers=2", "dbl.small=1",
        "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "data.eval_batch_size=1024"]
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """The environment of a launched run on this CPU machine (DeepSpeed on the CPU, one thread per rank)."""
+    return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+
+
+def torchrun_train(nproc: int, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node NPROC -m dbl_ps train ARGS` on a free port; `extra`: environment variables."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(free_port()), "-m", "dbl_ps", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env(**extra))
 
 
 def free_port() -> int:

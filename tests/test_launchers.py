@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +19,11 @@ import pytest
 
 from dbl_ps.metrics import read_metrics
 from dbl_ps.training.messages import WORKER_KEYS
-from launch_helpers import RUN, free_port
+from launch_helpers import RUN, free_port, launch_env as env, torchrun_train as torchrun
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 # Files whose presence depends on the engine, not on the mode.
 ENGINE_FILES = {"deepspeed_config.json"}
-
-
-def env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-
-
-def torchrun(nproc: int, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(free_port()), "-m", "dbl_ps", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env(**extra))
 
 
 def files(run_dir: Path) -> set[str]:

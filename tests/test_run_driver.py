@@ -5,23 +5,12 @@ parity of files, keys and events is tests/test_launchers.py)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from dbl_ps.metrics import read_metrics
-from launch_helpers import RUN, free_port
-
-
-def env(**extra: str) -> dict[str, str]:
-    return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-
-
-def torchrun(nproc: int, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(free_port()), "-m", "dbl_ps", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env(**extra))
+from launch_helpers import RUN, free_port, launch_env as env, torchrun_train as torchrun
 
 
 def logged(path: Path) -> list[dict]:
@@ -77,3 +66,30 @@ def test_ranks_launched_with_different_configs_stop_together_in_one_line(tmp_pat
     assert ours == ["dbl-ps train: error: rank 1's run config differs from rank 0's: schedule.epochs (4 vs 5); "
                     "launch every rank with the same config and overrides"], proc.stderr[-3000:]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_onto_another_number_of_workers_is_replanned_recorded_and_trains_all_the_data(tmp_path: Path) -> None:
+    """2 workers in the store mode, resumed under torchrun with 3 (re-planned, as documented),
+    then resumed in the store mode again, whose config says 2: it re-plans for 2 (it used to
+    run 2 processes on the 3-worker plan.json, leaving worker 2's share untrained, and say
+    finished). Every epoch trains the whole training set; plan.json records both re-plans."""
+    run_dir = tmp_path / "run"
+    args = [*RUN, "schedule.epochs=3", "schedule.milestones=[2]", "data.train_limit=600"]
+    first = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                            *args], capture_output=True, text=True, timeout=300,
+                           env=env(DBL_PS_STOP_AFTER_EPOCH="0"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    wider = torchrun(3, "--resume", str(run_dir), DBL_PS_STOP_AFTER_EPOCH="1")
+    assert wider.returncode == 0, wider.stderr[-3000:]
+    assert "resuming with 3 workers (the plan has 2): re-planning" in wider.stderr
+    back = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
+                          capture_output=True, text=True, timeout=300, env=env())
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert "resuming with 2 workers (the plan has 3): re-planning" in back.stdout + back.stderr
+    epochs = [r for r in read_metrics(run_dir) if "workers" in r]
+    assert [len(r["workers"]) for r in epochs] == [2, 3, 2]
+    assert all(sum(w["samples"] for w in r["workers"]) == 600 for r in epochs)
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["workers"] == 2 and [(r["at_resume"], r["workers_before"], r["workers"]) for r in plan["replans"]] \
+        == [(1, 2, 3), (2, 3, 2)]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -57,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(args.config, overrides, notes=notes)
     except ConfigError as exc:
         return error(str(exc))
-    for note in notes:  # values that followed an override (e.g. milestones scaled to schedule.epochs)
-        print(f"dbl-ps train: {note}", flush=True)
+    for note in notes if os.environ.get("RANK", "0") == "0" else []:  # once per launch, not per rank
+        print(f"dbl-ps train: {note}", flush=True)  # values that followed an override (milestones scaled ...)
     if args.run_dir is not None and not args.resume:  # before the data is loaded or any time measured
         problem = run_dir_problem(Path(args.run_dir))
         if problem is not None:

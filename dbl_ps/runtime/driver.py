@@ -38,6 +38,7 @@ from dbl_ps.config import check_workers_fit
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.planner import Plan
+from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, remove_if_empty
 from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
@@ -171,11 +172,10 @@ class RunDriver:
         self._agree_on_config()
         self._own_run_dir()
         check_engine_config(cfg, self.log)  # every process: the same error everywhere, before measuring
-        if cfg.data.source == "shards" and coordinator.is_main:  # complete sets, or a current index
-            coordinator.all_written(lambda: prepare_shards(cfg.data, cfg.schedule.resolutions,
-                                                           progress=self.display is not None))
-        elif cfg.data.source == "shards":
-            coordinator.all_written(None)
+        if DATA_SOURCES.traits(cfg.data.source)["shard_sets"]:  # complete sets, or a current index, made by main
+            coordinator.all_written((lambda: prepare_shards(cfg.data, cfg.schedule.resolutions,
+                                                            progress=self.display is not None))
+                                    if coordinator.is_main else None)
         data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions), log=self.log)
         check_workers_fit(cfg, len(data.train))  # before any time is measured
         transform = build_transform(cfg.data, data)
@@ -233,8 +233,10 @@ class RunDriver:
         if saved is not None and saved["workers"] == workers:
             self.replans = list(saved.get("replans", []))
             return plan_from_dict(saved), saved.get("time_model_source", "plan.json of the run")
-        if saved is not None:
-            self.log(f"resuming with {workers} workers (the checkpoint has {saved['workers']}): re-planning")
+        if saved is not None:  # resumed onto another number of workers: re-planned, and recorded
+            self.log(f"resuming with {workers} workers (the plan has {saved['workers']}): re-planning")
+            self.replans = [*saved.get("replans", []), {"at_resume": int((self.checkpoint or {}).get("next_epoch", 0)),
+                                                         "workers_before": saved["workers"], "workers": workers}]
 
         def resolve() -> ResolvedTimeModels:
             return resolve_time_models(cfg, num_classes=data.num_classes, in_channels=data.in_channels,
