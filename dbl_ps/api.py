@@ -16,19 +16,24 @@ are one implementation.
     sampler = dbl.ShareBatchSampler(len(train_set), mine.shares, rank, mine.batch, seed=0)
     loader = DataLoader(train_set, batch_sampler=sampler)
     averager = dbl.ModelAverager(model, plan)              # a plain module, a DeepSpeed engine, an FSDP2 module
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        averager.set_epoch(epoch)
+    for epoch in range(averager.start_epoch, epochs):      # 0, or where a loaded checkpoint left off
+        mine = averager.set_epoch(epoch)
+        sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)
         for images, labels in loader:
             ...optimizer step...
             averager.step(loss)                            # merges when a sync is due
-        plan, changed = dbl.replan_together(plan, averager.train_seconds)   # mixed hardware drifts
+        averager.end_epoch()                               # every rank took its planned steps, or one error
+        plan, factors = dbl.replan_together(plan, averager.train_seconds)   # mixed hardware drifts
+        if factors:
+            averager.set_plan(plan)
+        # checkpoint per rank: model, optimizer, averager, sampler, schedule .state_dict()
 
 Reference with every function and a worked example: docs/API.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -57,6 +62,7 @@ from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.engine import Engine
+from dbl_ps.training.setup import plan_from_dict as _plan_from_saved_dict
 from dbl_ps.training.topology import Topology
 
 __all__ = [
@@ -76,7 +82,9 @@ __all__ = [
     "lr_at",
     "measure_time_model",
     "plan_from_calibration",
+    "plan_from_dict",
     "plan_ranks",
+    "plan_to_dict",
     "plan_together",
     "rank_plan",
     "replan_together",
@@ -216,6 +224,26 @@ def replan_together(plan: Plan, train_seconds: float, *, resolution: int | None 
     return replan(plan, factors), factors
 
 
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as a JSON-ready dict (`Plan.to_dict()`: what `dbl-ps train` saves as plan.json),
+    for a checkpoint; `plan_from_dict` reads it back to the same plan."""
+    return plan.to_dict()
+
+
+def plan_from_dict(data: dict[str, Any]) -> Plan:
+    """The plan `plan_to_dict` (or a run's plan.json) wrote: made again from its saved inputs
+    (time models, batches, small, tau, dataset size) by the same deterministic planner, and
+    checked against the saved shares and batches. A resumed run reads its plan back instead
+    of measuring and planning again (a new measurement would give other shares)."""
+    try:
+        return _plan_from_saved_dict(data)
+    except (KeyError, TypeError, AttributeError) as err:
+        raise APIError(f"not a plan written by plan_to_dict (missing or malformed {err}); give the dict that "
+                       f"plan_to_dict(plan) returned") from None
+    except ValueError as err:
+        raise APIError(str(err)) from None
+
+
 # --------------------------------------------------------------------------- schedule
 
 
@@ -231,13 +259,37 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
         self.epoch = 0
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.step_in_epoch = 0
+        self._resume_epoch: int | None = None  # set by load_state_dict: that epoch continues
         super().__init__(optimizer, last_epoch)
 
     def set_epoch(self, epoch: int, steps_per_epoch: int | None = None) -> None:
-        self.epoch, self.step_in_epoch = int(epoch), 0
+        """Start `epoch` (this rank's `steps_per_epoch` in it). After `load_state_dict`, the
+        saved epoch continues at the saved step instead (a checkpoint taken mid-epoch)."""
+        continuing = self._resume_epoch == int(epoch)
+        self._resume_epoch = None
+        self.epoch = int(epoch)
+        if not continuing:
+            self.step_in_epoch = 0
         if steps_per_epoch is not None:
             self.steps_per_epoch = max(1, int(steps_per_epoch))
         self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's scheduler state (every attribute but the optimizer) with the epoch, the step
+        in it and the steps per epoch. The `ScheduleSpec` is left out: the script builds it from
+        its own arguments, and plain values load with `torch.load(weights_only=True)`."""
+        state = super().state_dict()
+        state.pop("spec", None)
+        state.pop("_resume_epoch", None)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        missing = [k for k in ("epoch", "step_in_epoch", "steps_per_epoch", "last_epoch") if k not in state_dict]
+        if missing:
+            raise APIError(f"not a ScheduleLR state (missing {missing}); give what ScheduleLR.state_dict() returned")
+        super().load_state_dict(state_dict)
+        self._resume_epoch = self.epoch
+        self._apply()  # the optimizer's LR where the schedule stood, whether or not its state was loaded too
 
     def step(self, epoch: int | None = None) -> None:  # noqa: ARG002 (torch's signature)
         if self.last_epoch >= 0:  # the first call comes from LRScheduler.__init__
@@ -290,7 +342,8 @@ def _is_deepspeed(target: Any) -> bool:
 
 
 class ModelAverager:
-    """Average the model of every rank with its merge weight when a sync is due.
+    """Average the model of every rank with its merge weight when a sync is due, and check
+    that every rank trains what the plan says.
 
     `target`: a plain `nn.Module`, a DeepSpeed engine (its fp32 master weights are refreshed
     after each merge), or an FSDP2 module (its local shards are averaged; where a worker
@@ -299,10 +352,21 @@ class ModelAverager:
     Construction is collective: it checks that every rank's tensors have the same names and
     shapes and averages them once, so all ranks start from the same model.
 
-    `sync_every`: "mini_epoch" (once per epoch, the paper's) or every k steps (spread
-    evenly, the same number of syncs on every rank). `divergence`: "stop" raises when a
-    rank's loss or model is non-finite at a sync (every rank raises), "skip" leaves that
+    `sync_every`: "mini_epoch" (once per epoch, the paper's) or every k steps: the plan's
+    largest step count over k syncs per epoch on every rank, spread evenly over each rank's
+    own steps (`dbl_ps.training.setup.sync_boundaries`, as `dbl-ps train` does), so a rank
+    with few steps may merge several times in one `step()`. `divergence`: "stop" raises when
+    a rank's loss or model is non-finite at a sync (every rank raises), "skip" leaves that
     rank's update out. `timeout_s`: a rank that does not reach a sync in time is named.
+
+    The step check: every sync and every `end_epoch()` first exchange each rank's epoch,
+    syncs and steps (one small all-reduce). A rank that took fewer or more steps than its
+    plan (an early `break`, a sampler left on old shares after a re-plan) is one `APIError`
+    on every rank at the end of that epoch, naming the rank and the numbers, instead of
+    syncs that pair up across epochs until one rank waits for ever.
+
+    Resume: `state_dict()` / `load_state_dict()` (the plan in use, the epoch, the steps and
+    syncs in it, the merge count); `start_epoch` is where a loop starts.
     """
 
     def __init__(self, target: Any, plan: Plan, *, sync_every: int | str = "mini_epoch", ranks_per_worker: int = 1,
@@ -317,14 +381,19 @@ class ModelAverager:
         if ranks_per_worker > 1 and group is None:
             raise APIError(f"ranks_per_worker={ranks_per_worker}: pass group=, the process group of the ranks "
                            f"holding the same shard in the other workers (an FSDP mesh's 'replicate' group)")
+        if sync_every != "mini_epoch" and (isinstance(sync_every, bool) or not isinstance(sync_every, int)
+                                           or sync_every < 1):
+            raise APIError(f"sync_every={sync_every!r}: give 'mini_epoch' or a number of steps >= 1")
         topology = Topology(rank=dist.get_rank(), world=world, local_rank=dist.get_rank(), group_size=ranks_per_worker)
         self.plan = plan
         self.rank = topology.worker  # the worker this rank belongs to: its row of the plan
         self.engine = _UserEngine(target, topology, group)
-        self.sync = CollectiveSynchronizer(sync_every, timeout_s=timeout_s, divergence=divergence)
+        self.sync = CollectiveSynchronizer(sync_every, timeout_s=timeout_s, divergence=divergence,
+                                           timeout_name=f"ModelAverager(timeout_s={timeout_s:g})")
         self._check_same_tensors()
         self.sync.start(self.engine, fresh=True)
-        self.set_epoch(0)  # also zeroes train_seconds: this epoch's training time without waits (replan_together)
+        self._resume_epoch: int | None = None  # set by load_state_dict: that epoch continues
+        self._begin(0, None)  # step() works before the first set_epoch; zeroes train_seconds too
 
     def _check_same_tensors(self) -> None:
         module = self.engine.module
@@ -340,33 +409,89 @@ class ModelAverager:
                            f"parameters ({gathered[0][2]:,} values), rank(s) {mismatched} have "
                            f"{[gathered[r][1:] for r in mismatched]}; every rank must build the same model")
 
-    def set_epoch(self, epoch: int, resolution: int | None = None) -> RankPlan:
-        """Start an epoch (at `resolution` under CPL); returns this rank's plan for it."""
+    # -- epochs
+
+    def _begin(self, epoch: int, resolution: int | None) -> None:
         self.epoch = epoch
         self.mine = rank_plan(self.plan, self.rank, resolution)
         self.bounds = self.sync.boundaries(self.mine.steps, list(self.mine.all_steps))
         self.steps = 0
         self.syncs = 0
-        self.train_seconds = 0.0
+        self.ended = False
+        self._restart_clock()
+
+    def _restart_clock(self) -> None:
+        self.train_seconds = 0.0  # this epoch's training time without waits at syncs (replan_together)
         self.wait_seconds = 0.0
         self._clock = time.perf_counter()
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> RankPlan:
+        """Start an epoch (at `resolution` under CPL); returns this rank's plan for it. An
+        epoch that took steps and was not ended is ended first (`end_epoch`: the step check).
+        After `load_state_dict`, the saved epoch continues where it was saved."""
+        if self._resume_epoch is not None and epoch == self._resume_epoch:
+            self._resume_epoch = None
+            if resolution is not None and resolution != self.mine.resolution:
+                raise APIError(f"set_epoch({epoch}, resolution={resolution}): the loaded state is epoch {epoch} at "
+                               f"resolution {self.mine.resolution}; continue it at the resolution it was saved at")
+            self._restart_clock()
+            return self.mine
+        self._resume_epoch = None
+        if not self.ended and (self.steps or self.syncs):
+            self.end_epoch()
+        self._begin(epoch, resolution)
         return self.mine
 
+    def end_epoch(self) -> None:
+        """End the epoch (collective; call it on every rank right after the epoch's last step,
+        before `replan_together`, evaluation or saving a checkpoint): every rank checks that
+        every rank took its planned steps and ran all its syncs. A mismatch is one `APIError`
+        on every rank naming the rank, its planned and taken steps, and what to do. Calling it
+        again does nothing; `set_epoch` calls it for an epoch left open."""
+        if self.ended:
+            return
+        self.train_seconds += time.perf_counter() - self._clock
+        self.wait_seconds += self.sync.meet(f"the end of epoch {self.epoch}")
+        self._check_progress(at_end=True)
+        self.ended = True
+        self._clock = time.perf_counter()
+
+    @property
+    def start_epoch(self) -> int:
+        """The epoch a loop starts at: 0 on a fresh run; after `load_state_dict` the epoch after
+        the saved one (saved after `end_epoch`), or the saved one itself (saved mid-epoch)."""
+        return self.epoch + 1 if self.ended else self.epoch
+
     def set_plan(self, plan: Plan) -> None:
-        """Use a new plan (from `replan_together`) from the next `set_epoch` on."""
+        """Use a new plan (from `replan_together`) from the next `set_epoch` on. Give the
+        sampler the new plan's shares and batch there too: `sampler.set_epoch(epoch,
+        shares=mine.shares, batch_size=mine.batch)` with `mine = averager.set_epoch(epoch)`."""
+        if plan.workers != self.plan.workers:
+            raise APIError(f"the new plan is for {plan.workers} workers, the averager's for {self.plan.workers}")
         self.plan = plan
 
     def step(self, loss: torch.Tensor | float | None = None) -> bool:
-        """Call after each optimizer step; merges (collective) when this step ends a sync
-        period and returns True then. `loss` (this period's, or this step's) is checked for
-        divergence with the model."""
+        """Call after each optimizer step; merges (collective) at every sync due after this
+        step (more than one where a rank has fewer steps than syncs) and returns True then.
+        `loss` (this period's, or this step's) is checked for divergence with the model."""
+        if self.ended:
+            raise APIError(f"step() after end_epoch() of epoch {self.epoch}; call set_epoch({self.epoch + 1}) "
+                           f"before the next epoch's steps")
         self.steps += 1
-        if self.syncs >= len(self.bounds) or self.steps < self.bounds[self.syncs]:
-            return False
+        merged = False
+        # `while`, not `if`: the syncs are spread over this rank's own steps, and a rank with
+        # fewer steps than the epoch has syncs owes two at some steps (13 steps, 14 syncs).
+        while self.syncs < len(self.bounds) and self.bounds[self.syncs] <= self.steps:
+            self._merge(loss)
+            merged = True
+        return merged
+
+    def _merge(self, loss: torch.Tensor | float | None) -> None:
         now = time.perf_counter()
         self.train_seconds += now - self._clock
         loss_t = None if loss is None else torch.as_tensor(loss, dtype=torch.float32).detach()
-        result = self.sync.sync(self.engine, self.mine.merge_weight, loss=loss_t)
+        result = self.sync.sync(self.engine, self.mine.merge_weight, loss=loss_t,
+                                check=lambda: self._check_progress(at_end=False))
         self.wait_seconds += result.wait_seconds
         self.syncs += 1
         self._clock = time.perf_counter()
@@ -374,7 +499,80 @@ class ModelAverager:
             worker = min(result.diverged)
             raise FloatingPointError(f"rank {worker}'s loss or model is not finite at sync {self.syncs} of epoch "
                                      f"{self.epoch} (loss {result.diverged[worker]}); nothing was merged")
-        return True
+
+    def _check_progress(self, *, at_end: bool) -> None:
+        """Every rank's (epoch, syncs done, steps, planned steps, at the end) in one all-reduce,
+        at every sync and every epoch end: a rank that ended its epoch early meets the others
+        at their next sync, so every rank learns it at the same point and raises together."""
+        row = [self.epoch, self.syncs, self.steps, self.mine.steps, int(at_end)]
+        table = torch.zeros(dist.get_world_size(), len(row), dtype=torch.int64, device=self.engine.device)
+        table[dist.get_rank()] = torch.tensor(row, dtype=torch.int64)
+        dist.all_reduce(table)  # each rank fills its own row
+        problem = _progress_problem(table.cpu().tolist())
+        if problem:
+            raise APIError(problem)
+
+    # -- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the same sync sequence, as plain values: the
+        plan in use (`plan_to_dict`, re-plans included), this rank's plan of the current epoch,
+        the epoch, its steps and syncs so far, whether it ended, and the merges so far. Save it
+        after `end_epoch()` (or right after a sync), with the model, optimizer, sampler and
+        schedule of the same rank."""
+        return {"plan": plan_to_dict(self.plan), "rank_plan": dataclasses.asdict(self.mine), "epoch": self.epoch,
+                "steps": self.steps, "syncs": self.syncs, "ended": self.ended, "merges": self.sync.merges}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` of this rank (not collective). Load the model's own
+        state first: the averager keeps its copy of the last merge from the loaded model
+        (`divergence="skip"`). Then loop from `start_epoch`."""
+        missing = [k for k in ("plan", "rank_plan", "epoch", "steps", "syncs", "ended", "merges") if k not in state]
+        if missing:
+            raise APIError(f"not a ModelAverager state (missing {missing}); give what ModelAverager.state_dict() "
+                           f"returned")
+        plan = plan_from_dict(state["plan"])
+        mine = RankPlan(**{**state["rank_plan"], "shares": tuple(state["rank_plan"]["shares"]),
+                           "all_steps": tuple(state["rank_plan"]["all_steps"])})
+        if plan.workers != self.plan.workers or mine.rank != self.rank:
+            raise APIError(f"the state is rank {mine.rank}'s of a plan for {plan.workers} workers; this is rank "
+                           f"{self.rank} of {self.plan.workers}: load each rank's own checkpoint")
+        self.plan, self.mine, self.epoch = plan, mine, int(state["epoch"])
+        self.bounds = self.sync.boundaries(mine.steps, list(mine.all_steps))
+        self.steps, self.syncs, self.ended = int(state["steps"]), int(state["syncs"]), bool(state["ended"])
+        self.sync.merges = int(state["merges"])
+        self.sync.start(self.engine, fresh=False)  # nothing merged; under "skip": keep the loaded model
+        self._resume_epoch = None if self.ended else self.epoch
+        self._restart_clock()
+
+
+def _progress_problem(rows: Sequence[Sequence[int]]) -> str | None:
+    """What is wrong with the ranks' progress at a sync or an epoch end, or None: `rows[r]` is
+    rank r's `(epoch, syncs done, steps taken, planned steps, at the end of the epoch)`."""
+    def where(r: int) -> str:
+        epoch, syncs, steps, planned, at_end = rows[r]
+        place = f"the end of epoch {epoch}" if at_end else f"sync {syncs + 1} of epoch {epoch}"
+        return f"rank {r} at {place} ({steps} of {planned} planned steps)"
+
+    epochs = sorted({row[0] for row in rows})
+    if len(epochs) > 1:
+        return (f"the ranks are in different epochs: {'; '.join(where(r) for r in range(len(rows)))}. Every rank must "
+                f"call set_epoch with the same epoch; a resumed run must load every rank's checkpoint of the same "
+                f"epoch")
+    off = [(r, row[2], row[3]) for r, row in enumerate(rows) if row[4] and row[2] != row[3]]
+    if off:
+        taken = "; ".join(f"rank {r} took {steps} of its {planned} planned steps" for r, steps, planned in off)
+        fewer = any(steps < planned for _, steps, planned in off)
+        why = ("an early break, a DataLoader with drop_last, or a sampler on other shares or another batch than "
+               "the plan's" if fewer else "a sampler on other shares or another batch than the plan's")
+        return (f"epoch {epochs[0]}: {taken} ({why}). Every rank must take exactly its planned steps "
+                f"(averager.mine.steps): after a re-plan give the sampler the new plan with "
+                f"sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch), mine = "
+                f"averager.set_epoch(epoch)")
+    if len({(row[1], row[4]) for row in rows}) > 1:
+        return (f"the ranks reached different sync points: {'; '.join(where(r) for r in range(len(rows)))}. Every "
+                f"rank must call step() once per optimizer step and end_epoch() after the epoch's last step")
+    return None
 
 
 # --------------------------------------------------------------------------- DeepSpeed

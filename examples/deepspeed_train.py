@@ -11,6 +11,13 @@ marked `# dbl-ps`.
     deepspeed --num_gpus 2 examples/deepspeed_train.py --deepspeed_config examples/ds_config.json
     # CPU (gloo):
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 examples/deepspeed_train.py --deepspeed_config examples/ds_config.json
+
+`--checkpoint DIR`: after every epoch each rank saves into its own folder `DIR/rank<R>/`:
+`engine.save_checkpoint` (model, optimizer, the JSON's scheduler) and `dbl_ps.pt` (the
+averager's and the sampler's state, the DeepSpeed tag). Each engine is a data-parallel
+world of one, so DeepSpeed names its files as data-parallel rank 0 on every rank: one
+folder for all ranks would have every rank write the same files. Started again with the
+same DIR, the ranks resume after the last saved epoch.
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ def main() -> None:
     p.add_argument("--time-model", type=lambda t: [float(v) for v in t.split(",")], metavar="ALPHA,BETA",
                    help="this device's step time alpha + beta * batch in seconds (default: measured in the first steps)")
     p.add_argument("--out", help="folder for each rank's record and the DeepSpeed config it used")
+    p.add_argument("--checkpoint", help="folder of the ranks' checkpoints (one folder per rank), saved after every "
+                                        "epoch; resumed from when present")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this many epochs in all, as a killed job would (tests of --checkpoint)")
     args = p.parse_args()
 
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -66,22 +77,35 @@ def main() -> None:
                                                mpu=dbl.SingleRankMPU(own_group))  # dbl-ps: a data-parallel world of one
         return engine, config
 
-    engine, _ = build(batch_large)
-    x, y = train_set.tensors
+    # Resume: one folder per rank (see the docstring); every rank from the same epoch, or none.
+    ckpt_dir = Path(args.checkpoint) / f"rank{rank}" if args.checkpoint else None
+    ckpt_file = ckpt_dir / "dbl_ps.pt" if ckpt_dir else None
+    ckpt = torch.load(ckpt_file, weights_only=True) if ckpt_file and ckpt_file.exists() else None
+    found: list = [None] * world
+    dist.all_gather_object(found, ckpt and ckpt["averager"]["epoch"])
+    if len(set(found)) > 1:
+        raise SystemExit(f"rank {rank}: the checkpoints in {args.checkpoint} end at epochs {found} (None: no file) "
+                         f"by rank; resume needs every rank's checkpoint of the same epoch, or none")
 
-    def measure_step(b: int) -> None:
-        loss = F.cross_entropy(engine(x[:b].to(device)), y[:b].to(device))
-        engine.backward(loss)
-        engine.step()
-
-    if args.time_model:  # known from an earlier measurement (`dbl-ps calibrate`, a previous run)
-        time_model = dbl.TimeModel(*args.time_model)
+    if ckpt:  # resumed: the saved plan (measuring again would give other shares) (dbl-ps)
+        plan = dbl.plan_from_dict(ckpt["averager"]["plan"])  # dbl-ps
     else:
-        time_model = dbl.measure_time_model(measure_step, [8, 16, 32, batch_large])  # dbl-ps
-    plan = dbl.plan_together(time_model, batch_large=batch_large, dataset_size=len(train_set),  # dbl-ps
-                             small=args.small, tau=args.tau)  # dbl-ps
-    if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
-        print(*plan.regime_lines(), sep="\n", flush=True)
+        engine, _ = build(batch_large)
+        x, y = train_set.tensors
+
+        def measure_step(b: int) -> None:
+            loss = F.cross_entropy(engine(x[:b].to(device)), y[:b].to(device))
+            engine.backward(loss)
+            engine.step()
+
+        if args.time_model:  # known from an earlier measurement (`dbl-ps calibrate`, a previous run)
+            time_model = dbl.TimeModel(*args.time_model)
+        else:
+            time_model = dbl.measure_time_model(measure_step, [8, 16, 32, batch_large])  # dbl-ps
+        plan = dbl.plan_together(time_model, batch_large=batch_large, dataset_size=len(train_set),  # dbl-ps
+                                 small=args.small, tau=args.tau)  # dbl-ps
+        if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
+            print(*plan.regime_lines(), sep="\n", flush=True)
     mine = dbl.rank_plan(plan, rank)  # dbl-ps
     engine, config = build(mine.batch)  # a fresh engine (the measuring steps trained the first one) with the plan's batch
     if args.out:  # the config this rank trained with, as DeepSpeed saw it
@@ -90,22 +114,41 @@ def main() -> None:
     averager = dbl.ModelAverager(engine, plan)  # dbl-ps: same model on every rank, fp32 masters refreshed
     sampler = dbl.ShareBatchSampler(len(train_set), mine.shares, rank, mine.batch, seed=0)  # dbl-ps
     loader = DataLoader(train_set, batch_sampler=sampler)
+    if ckpt:
+        engine.load_checkpoint(str(ckpt_dir), tag=ckpt["tag"])  # model, optimizer, the JSON's scheduler
+        averager.load_state_dict(ckpt["averager"])  # dbl-ps: after the model
+        sampler.load_state_dict(ckpt["sampler"])  # dbl-ps
+        plan = averager.plan  # dbl-ps
+        record.data["resumed_at"] = averager.start_epoch
+        if rank == 0:
+            print(f"resumed from {args.checkpoint} at epoch {averager.start_epoch + 1}", flush=True)
 
-    for epoch in range(args.epochs):
+    for epoch in range(averager.start_epoch, args.epochs):  # dbl-ps: 0, or where the checkpoint left off
         mine = averager.set_epoch(epoch)  # dbl-ps
-        sampler.set_epoch(epoch)  # dbl-ps
+        sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)  # dbl-ps
         for images, labels in loader:
             loss = F.cross_entropy(engine(images.to(device)), labels.to(device))
             engine.backward(loss)
             engine.step()  # DeepSpeed's optimizer and scheduler, from the user's JSON
             if averager.step(loss):  # dbl-ps
                 record.data["syncs"].append({"epoch": epoch, "fingerprint": fingerprint(engine.module)})
+        averager.end_epoch()  # dbl-ps: every rank took its planned steps (else one error on every rank)
         acc = accuracy(engine.module, test_set, device)
         record.data["epochs"].append({"epoch": epoch, "batch": mine.batch, "share": mine.share, "steps": mine.steps,
                                       "lr": engine.get_lr()[0], "test_acc": acc})
         if rank == 0:
             print(f"epoch {epoch + 1}/{args.epochs}  batches {list(plan[mine.resolution].batches)}  "
                   f"lr {engine.get_lr()[0]:.4g}  test acc {acc:.4f}", flush=True)
+        if ckpt_dir:
+            # Collective (DeepSpeed's barriers): every rank, into its own folder, under the same tag
+            # on every rank; no 'latest' file (DeepSpeed writes it on global rank 0 only): ours names the tag.
+            tag = f"epoch{epoch + 1}"
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+            state = {"tag": tag, "averager": averager.state_dict(), "sampler": sampler.state_dict()}  # dbl-ps
+            torch.save(state, ckpt_file.with_suffix(".tmp"))  # written whole, then renamed
+            os.replace(ckpt_file.with_suffix(".tmp"), ckpt_file)
+        if epoch + 1 == args.stop_after:
+            break
     record.save()
     dist.destroy_process_group()
 

@@ -82,7 +82,7 @@ def main() -> None:
 
     for epoch in range(args.epochs):
         mine = averager.set_epoch(epoch)  # dbl-ps
-        sampler.set_epoch(epoch)  # dbl-ps
+        sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)  # dbl-ps
         for images, labels in loader:
             if args.ranks_per_worker > 1:  # the worker's batch is split over its ranks
                 images = images.tensor_split(args.ranks_per_worker)[member]
@@ -90,6 +90,7 @@ def main() -> None:
             loss = train_step(images, labels)
             if averager.step(loss):  # dbl-ps
                 record.data["syncs"].append({"epoch": epoch, "fingerprint": fingerprint(model)})
+        averager.end_epoch()  # dbl-ps: every rank took its planned steps (else one error on every rank)
         acc = accuracy(model, test_set, device)
         record.data["epochs"].append({"epoch": epoch, "batch": mine.batch, "share": mine.share, "steps": mine.steps,
                                       "test_acc": acc})

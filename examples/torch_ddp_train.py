@@ -8,6 +8,10 @@ their models, weighted by their shares, once per epoch. The lines dbl-ps adds ar
     torchrun --nproc_per_node 2 examples/torch_ddp_train.py --epochs 4
     torchrun --nproc_per_node 2 examples/torch_ddp_train.py --small 1 --tau 1.2 --replan
 
+`--checkpoint DIR`: each rank saves its own `DIR/rank<R>.pt` after every epoch (model,
+optimizer, and the state of the averager, sampler and LR schedule); started again with the
+same DIR, the ranks resume where the last epoch ended and train on as if never stopped.
+
 On GPUs the same script runs unchanged with NCCL. `--slow-rank R --slow-seconds S`
 makes rank R sleep S seconds after each training step from epoch `--slow-from-epoch` on
 (a noisy neighbour arriving; -1: all along, a slower device its time model sees), to
@@ -17,7 +21,9 @@ watch `--replan` give it less data (benchmarks/mixed_hardware_ranks.py).
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -47,6 +53,10 @@ def main() -> None:
     p.add_argument("--time-model", type=lambda t: [float(v) for v in t.split(",")], metavar="ALPHA,BETA",
                    help="this device's step time alpha + beta * batch in seconds (default: measured in the first steps)")
     p.add_argument("--out", help="folder for each rank's record (rank<R>.json)")
+    p.add_argument("--checkpoint", help="folder of each rank's checkpoint (rank<R>.pt), saved after every epoch; "
+                                        "resumed from when present")
+    p.add_argument("--stop-after", type=int, default=0,
+                   help="stop after this many epochs in all, as a killed job would (tests of --checkpoint)")
     args = p.parse_args()
 
     rank, world, device = init(args.backend)
@@ -67,24 +77,48 @@ def main() -> None:
             time.sleep(slow)  # a slower device (-1: all along) or a noisy neighbour arriving at that epoch
         return loss.detach()
 
+    # Resume: each rank its own file, so no two ranks write one path. Every rank must resume
+    # from the same epoch (or all start afresh): they agree on it before anything else.
+    ckpt_path = Path(args.checkpoint) / f"rank{rank}.pt" if args.checkpoint else None
+    ckpt = torch.load(ckpt_path, weights_only=True) if ckpt_path and ckpt_path.exists() else None
+    found: list = [None] * world
+    dist.all_gather_object(found, ckpt and ckpt["averager"]["epoch"])
+    if len(set(found)) > 1:
+        raise SystemExit(f"rank {rank}: the checkpoints in {args.checkpoint} end at epochs {found} (None: no file) "
+                         f"by rank; resume needs every rank's file of the same epoch, or none")
+
     # Each rank measures its own step time on a few real batches, then all plan together:
     # every rank gets the batch and share with which all finish an epoch at the same time.
     x, y = train_set.tensors
-    if args.time_model:  # known from an earlier measurement (`dbl-ps calibrate`, a previous run)
-        time_model = dbl.TimeModel(*args.time_model)
+    if ckpt:  # resumed: the saved plan (measuring again would give other shares) (dbl-ps)
+        plan = dbl.plan_from_dict(ckpt["averager"]["plan"])  # dbl-ps
     else:
-        time_model = dbl.measure_time_model(lambda b: train_step(x[:b], y[:b]), [8, 16, 32, args.batch_large])  # dbl-ps
-    plan = dbl.plan_together(time_model, batch_large=args.batch_large, dataset_size=len(train_set),  # dbl-ps
-                             small=args.small, tau=args.tau)  # dbl-ps
-    if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
-        print(*plan.regime_lines(), sep="\n", flush=True)
+        if args.time_model:  # known from an earlier measurement (`dbl-ps calibrate`, a previous run)
+            time_model = dbl.TimeModel(*args.time_model)
+        else:
+            time_model = dbl.measure_time_model(lambda b: train_step(x[:b], y[:b]),  # dbl-ps
+                                                [8, 16, 32, args.batch_large])  # dbl-ps
+        plan = dbl.plan_together(time_model, batch_large=args.batch_large, dataset_size=len(train_set),  # dbl-ps
+                                 small=args.small, tau=args.tau)  # dbl-ps
+        if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
+            print(*plan.regime_lines(), sep="\n", flush=True)
     averager = dbl.ModelAverager(model, plan)  # dbl-ps: checks the ranks' models match, averages them once
     sampler = dbl.ShareBatchSampler(len(train_set), averager.mine.shares, rank, averager.mine.batch, seed=0)  # dbl-ps
     schedule = dbl.ScheduleSpec(epochs=args.epochs, base_lr=args.lr, milestones=(int(args.epochs * 0.75),))  # dbl-ps
     lr_schedule = dbl.ScheduleLR(optimizer, schedule, averager.mine.steps)  # dbl-ps
     loader = DataLoader(train_set, batch_sampler=sampler)
+    if ckpt:  # everything built first, then loaded: the model before the averager (dbl-ps)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        averager.load_state_dict(ckpt["averager"])  # dbl-ps: the plan in use, the epoch, the merge count
+        sampler.load_state_dict(ckpt["sampler"])  # dbl-ps
+        lr_schedule.load_state_dict(ckpt["lr_schedule"])  # dbl-ps
+        plan = averager.plan  # dbl-ps: re-plans included
+        record.data["resumed_at"] = averager.start_epoch
+        if rank == 0:
+            print(f"resumed from {args.checkpoint} at epoch {averager.start_epoch + 1}", flush=True)
 
-    for epoch in range(args.epochs):
+    for epoch in range(averager.start_epoch, args.epochs):  # dbl-ps: 0, or where the checkpoint left off
         epoch_now[0] = epoch
         mine = averager.set_epoch(epoch)  # dbl-ps: this rank's batch, share, merge weight
         sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)  # dbl-ps
@@ -94,6 +128,7 @@ def main() -> None:
             lr_schedule.step()
             if averager.step(loss):  # dbl-ps: merges when the sync is due
                 record.data["syncs"].append({"epoch": epoch, "fingerprint": fingerprint(model)})
+        averager.end_epoch()  # dbl-ps: every rank took its planned steps (else one error on every rank)
         if args.replan:
             plan, factors = dbl.replan_together(plan, averager.train_seconds, threshold=args.replan_threshold)  # dbl-ps
             if factors:
@@ -110,6 +145,15 @@ def main() -> None:
         if rank == 0:
             print(f"epoch {epoch + 1}/{args.epochs}  batches {list(plan[mine.resolution].batches)}  "
                   f"test acc {acc:.4f}  waited {averager.wait_seconds:.2f} s", flush=True)
+        if ckpt_path:  # written whole, then renamed: a job killed while writing keeps the previous epoch's
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "averager": averager.state_dict(), "sampler": sampler.state_dict(),  # dbl-ps
+                     "lr_schedule": lr_schedule.state_dict()}  # dbl-ps
+            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, ckpt_path.with_suffix(".tmp"))
+            os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+        if epoch + 1 == args.stop_after:
+            break
     record.save()
     dist.destroy_process_group()
 

@@ -89,3 +89,94 @@ def test_plan_from_a_calibration_file(tmp_path):
     assert list(plan.resolutions) == [16, 24] and plan[24].time_models[0].alpha == pytest.approx(0.003)
     with pytest.raises(dbl.APIError, match=r"no entry for resolution\(s\) \[32\]; it covers \[16, 24\]"):
         dbl.plan_from_calibration(str(tmp_path / "cal.json"), ranks=2, dataset_size=1000, resolutions=[32])
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def test_a_plan_round_trips_through_json():
+    import json
+
+    from dbl_ps.planner import replan
+
+    plan = dbl.plan_ranks(dbl.TimeModel(alpha=0.002, beta=0.0001), batch_large=64, dataset_size=1437, ranks=2,
+                          small=1, tau=1.2)
+    for p in (plan, replan(plan, [1.0, 1.7])):  # a re-planned plan too: what a checkpoint holds after drift
+        assert dbl.plan_from_dict(json.loads(json.dumps(dbl.plan_to_dict(p)))) == p
+    with pytest.raises(dbl.APIError, match="not a plan written by plan_to_dict"):
+        dbl.plan_from_dict({"workers": 2})
+
+
+def test_schedule_lr_resumes_mid_epoch_through_torch_save(tmp_path):
+    spec = dbl.ScheduleSpec(epochs=4, base_lr=0.1, milestones=(2,), warmup_epochs=1, warmup_start_factor=0.1)
+
+    def make():
+        opt = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+        return opt, dbl.ScheduleLR(opt, spec, 10)
+
+    def run(opt, sched, epochs, first_steps=0):
+        lrs = []
+        for epoch in epochs:
+            sched.set_epoch(epoch, 10)
+            for _ in range(10 - (first_steps if epoch == epochs[0] else 0)):
+                opt.step()
+                sched.step()
+                lrs.append(opt.param_groups[0]["lr"])
+        return lrs
+
+    opt, sched = make()
+    whole = run(opt, sched, range(4))
+    opt, sched = make()
+    run(opt, sched, range(1))
+    sched.set_epoch(1, 10)
+    for _ in range(4):  # 4 steps into epoch 1, then the job dies
+        opt.step()
+        sched.step()
+    torch.save(sched.state_dict(), tmp_path / "sched.pt")
+    opt, sched = make()
+    sched.load_state_dict(torch.load(tmp_path / "sched.pt", weights_only=True))  # plain values only
+    assert opt.param_groups[0]["lr"] == pytest.approx(whole[10 + 3])  # the LR where it stopped
+    assert run(opt, sched, [1, 2, 3], first_steps=4) == pytest.approx(whole[14:])
+    with pytest.raises(dbl.APIError, match="not a ScheduleLR state"):
+        sched.load_state_dict({"base_lrs": [0.1]})
+
+
+def test_share_batch_sampler_resumes_mid_epoch_and_starts_the_next_epoch_fresh():
+    fresh = dbl.ShareBatchSampler(100, [40, 60], 1, 16, seed=3)
+    fresh.set_epoch(2)
+    whole = list(fresh)
+    sampler = dbl.ShareBatchSampler(100, [40, 60], 1, 16, seed=3)
+    sampler.set_epoch(2)
+    batches = iter(sampler)
+    seen = [next(batches), next(batches)]
+    state = sampler.state_dict()
+    assert state["epoch"] == 2 and state["position"] == 32
+    resumed = dbl.ShareBatchSampler(100, [40, 60], 1, 16, seed=3)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2, shares=[40, 60], batch_size=16)  # the loop's own call: the saved epoch continues
+    assert seen + list(resumed) == whole
+    resumed.set_epoch(3)
+    assert len(list(resumed)) == 4 and resumed.position == 60  # the next epoch from its beginning
+    with pytest.raises(ValueError, match="for rank 1 with seed 3; this one is over 100 for rank 0"):
+        dbl.ShareBatchSampler(100, [40, 60], 0, 16, seed=3).load_state_dict(state)
+    again = dbl.ShareBatchSampler(100, [40, 60], 1, 16, seed=3)
+    again.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"continues the loaded epoch at sample 32 of shares \[40, 60\]"):
+        again.set_epoch(2, shares=[50, 50])
+
+
+def test_the_step_check_names_the_rank_and_its_planned_and_taken_steps():
+    from dbl_ps.api import _progress_problem
+
+    # rows: (epoch, syncs done, steps taken, planned steps, at the end of the epoch)
+    assert _progress_problem([[1, 5, 48, 112, 0], [1, 5, 5, 13, 0]]) is None  # both at sync 6
+    assert _progress_problem([[1, 14, 112, 112, 1], [1, 14, 13, 13, 1]]) is None  # both done
+    short = _progress_problem([[0, 5, 48, 112, 0], [0, 5, 5, 13, 1]])
+    assert short.startswith("epoch 0: rank 1 took 5 of its 13 planned steps (an early break")
+    long = _progress_problem([[0, 14, 112, 112, 1], [0, 14, 15, 13, 1]])
+    assert long.startswith("epoch 0: rank 1 took 15 of its 13 planned steps (a sampler on other shares")
+    assert "sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)" in long
+    apart = _progress_problem([[3, 0, 8, 112, 0], [2, 0, 1, 13, 0]])
+    assert apart.startswith("the ranks are in different epochs: rank 0 at sync 1 of epoch 3 (8 of 112 planned "
+                            "steps); rank 1 at sync 1 of epoch 2")
+    assert "every rank's checkpoint of the same epoch" in apart

@@ -68,6 +68,36 @@ def test_torch_example_under_torchrun(tmp_path: Path) -> None:
     assert [e["lr"] for e in ranks[0]["epochs"]] == [e["lr"] for e in ranks[1]["epochs"]]
 
 
+def test_torch_example_resumes_from_its_checkpoints_to_the_same_weights(tmp_path: Path) -> None:
+    """Stopped after 2 of 3 epochs and started again with the same --checkpoint, the ranks
+    resume at epoch 3 and end with exactly the weights, momentum and counters of an
+    uninterrupted run (mini-epoch syncs, fixed seeds; no --replan: it follows measured times)."""
+    import torch
+
+    common = ["--epochs", "3", *TIME_MODEL]
+    whole = torchrun(EXAMPLES / "torch_ddp_train.py", *common, "--checkpoint", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    stopped = torchrun(EXAMPLES / "torch_ddp_train.py", *common, "--checkpoint", str(tmp_path / "split"),
+                       "--stop-after", "2")
+    assert stopped.returncode == 0, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    out = tmp_path / "out"
+    resumed = torchrun(EXAMPLES / "torch_ddp_train.py", *common, "--checkpoint", str(tmp_path / "split"),
+                       "--out", str(out))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "at epoch 3" in resumed.stdout
+    for r, record in enumerate(records(out)):
+        assert record["resumed_at"] == 2 and [e["epoch"] for e in record["epochs"]] == [2]
+        a = torch.load(tmp_path / "whole" / f"rank{r}.pt", weights_only=True)
+        b = torch.load(tmp_path / "split" / f"rank{r}.pt", weights_only=True)
+        assert a["model"].keys() == b["model"].keys()
+        for name in a["model"]:
+            assert torch.equal(a["model"][name], b["model"][name]), (r, name)
+        for key, state in a["optimizer"]["state"].items():
+            assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"])
+        assert a["averager"] == b["averager"] and a["averager"]["merges"] == 3  # one per epoch
+        assert a["sampler"] == b["sampler"] and a["lr_schedule"] == b["lr_schedule"]
+
+
 def test_torch_example_default_run_plans_from_the_time_model_it_measures(tmp_path: Path) -> None:
     """As the docstring runs it: each rank measures its own time model in its first steps. On
     a busy 2-core machine the fit is often alpha = 0 (no fixed cost per step); that gave an
@@ -102,6 +132,37 @@ def test_deepspeed_example_under_the_deepspeed_launcher(tmp_path: Path) -> None:
         assert used["optimizer"]["type"] == "SGD" and used["scheduler"]["type"] == "WarmupLR"
     lrs = [record["epochs"][0]["lr"] for record in ranks]
     assert all(0.005 <= lr <= 0.05 for lr in lrs)  # WarmupLR from the user's JSON drives the LR
+
+
+@pytest.mark.slow  # two DeepSpeed launches, about a minute here; the resume itself is the torch example's test
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
+def test_deepspeed_example_checkpoints_each_rank_into_its_own_folder_and_resumes(tmp_path: Path) -> None:
+    """Every engine is DeepSpeed's data-parallel rank 0 (a world of one), so one folder for all
+    ranks would have them write the same files: each rank saves under DIR/rank<R>/, and a run
+    stopped after epoch 1 resumes at epoch 2 from them (model, optimizer, the JSON's scheduler,
+    averager and sampler), the ranks equal after its sync."""
+    ckpt = tmp_path / "ckpt"
+
+    def launch(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+               str(EXAMPLES / "deepspeed_train.py"), "--deepspeed_config", str(EXAMPLES / "ds_config.json"),
+               "--epochs", "2", *TIME_MODEL, "--checkpoint", str(ckpt), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env(), cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    launch("--stop-after", "1")
+    for r in (0, 1):
+        assert (ckpt / f"rank{r}" / "epoch1" / "mp_rank_00_model_states.pt").is_file()
+        assert (ckpt / f"rank{r}" / "dbl_ps.pt").is_file()
+    assert not (ckpt / "latest").exists() and not (ckpt / "epoch1").exists()
+    out = tmp_path / "out"
+    proc = launch("--out", str(out))
+    assert "at epoch 2" in proc.stdout
+    ranks = records(out)
+    assert [r["resumed_at"] for r in ranks] == [1, 1]
+    assert [[e["epoch"] for e in r["epochs"]] for r in ranks] == [[1], [1]]
+    assert ranks[0]["syncs"] == ranks[1]["syncs"] and len(ranks[0]["syncs"]) == 1
 
 
 def test_a_slowed_rank_makes_the_ranks_replan_together(tmp_path: Path) -> None:
@@ -152,3 +213,41 @@ def test_deepspeed_config_conflicts_are_listed_together() -> None:
     assert notes == ["train_batch_size 256 -> the rank's planned batch",
                      "gradient_accumulation_steps 4 -> 1 (one optimizer step per planned batch)",
                      "scheduler 'WarmupLR' removed: the run's schedule (schedule.*) sets the LR"]
+
+
+def run_api_steps(tmp_path: Path, mode: str) -> list[dict]:
+    proc = torchrun(Path(__file__).with_name("api_steps.py"), mode, str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_the_averager_runs_every_due_sync_when_ranks_take_very_different_steps(tmp_path: Path) -> None:
+    """112 and 13 steps per epoch with sync_every=8: 14 syncs on both ranks, rank 1 owing two
+    at its 13th step. step() merged at most once per call before, and the run ended with
+    rank 1 named lost after the timeout."""
+    ranks = run_api_steps(tmp_path, "uneven")
+    assert [r["error"] for r in ranks] == [None, None]
+    assert ranks[0]["syncs"] == ranks[1]["syncs"] == [14, 14]
+    assert ranks[0]["steps"] == [112, 112] and ranks[1]["steps"] == [13, 13]
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # the last sync is the epoch's last step on both
+
+
+def test_a_rank_that_stops_early_is_one_clear_error_on_every_rank(tmp_path: Path) -> None:
+    """Rank 1 breaks out of epoch 0 after 5 of its 13 planned steps: both ranks stop at rank 0's
+    next sync with the same message naming rank 1 and both numbers, long before the 60 s
+    timeout (the syncs used to pair up across epochs until one rank waited for ever). More
+    steps than planned: tests/test_api.py."""
+    ranks = run_api_steps(tmp_path, "short")
+    for r in ranks:
+        assert r["error"] is not None and r["error"].startswith("APIError: epoch 0: "), r["error"]
+        assert "rank 1 took 5 of its 13 planned steps (an early break" in r["error"]
+        assert "sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)" in r["error"]
+        assert r["seconds"] < 30
+    assert ranks[0]["error"] == ranks[1]["error"]
+
+
+def test_a_lost_rank_is_named_with_the_averagers_own_timeout(tmp_path: Path) -> None:
+    ranks = run_api_steps(tmp_path, "lost")
+    error = ranks[0]["error"]
+    assert error.startswith("RankLost: rank 0 waited 3 s at sync 1: rank(s) 1 did not arrive"), error
+    assert "ModelAverager(timeout_s=3)" in error and "launch.sync_timeout" not in error

@@ -305,6 +305,7 @@ def test_workers_that_die_while_starting_end_the_run_in_one_line_instead_of_a_ha
     assert not (run_dir / LOCK_FILE).exists()
 
 
+@pytest.mark.slow  # ~50 s: the stop path is SIGTERM's (tests/test_runtime.py); this adds the signal and the workers
 def test_sighup_stops_the_run_like_sigterm_and_keeps_the_checkpoint(tmp_path):
     """A closed terminal or SSH session (SIGHUP, sent to the whole process group) stops the
     run as SIGTERM does: the last checkpoint kept and marked interrupted, the store's shared

@@ -178,7 +178,14 @@ class ShareBatchSampler(torch.utils.data.Sampler):
     `torch.utils.data.DataLoader(dataset, batch_sampler=...)` over any map-style dataset:
     exactly `shares[rank]` indices (`epoch_shares`), the last batch partial. Call
     `set_epoch(epoch)` before each epoch (as with DistributedSampler); `start` skips the
-    first samples of the share (to resume an epoch part-way)."""
+    first samples of the share (to resume an epoch part-way).
+
+    Resume: `state_dict()` holds the epoch, the shares, the batch size and `position`, the
+    samples of the share handed out so far (counted when a batch is handed out, as
+    `ShareLoader` does); after `load_state_dict`, `set_epoch` of the saved epoch continues
+    at that position. With DataLoader worker processes the DataLoader asks for batches
+    ahead of training, so a position saved mid-epoch is ahead of the steps taken: save at
+    epoch ends there (the next epoch then starts from its beginning)."""
 
     def __init__(self, num_samples: int, shares: Sequence[int], rank: int, batch_size: int, seed: int, *,
                  epoch: int = 0, start: int = 0):
@@ -189,32 +196,67 @@ class ShareBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"rank {rank} has no share: shares {self.shares} cover ranks 0..{len(self.shares) - 1}")
         self.batch_size = check_count("batch_size", batch_size, 1)
         self.seed = check_count("seed", seed, 0)
+        self._resume_epoch: int | None = None  # set by load_state_dict: that epoch continues
         self.set_epoch(epoch, start=start)
 
-    def set_epoch(self, epoch: int, *, start: int = 0, shares: Sequence[int] | None = None,
+    def set_epoch(self, epoch: int, *, start: int | None = None, shares: Sequence[int] | None = None,
                   batch_size: int | None = None) -> None:
-        """Start `epoch` (from sample `start` of the share), with new `shares` and `batch_size`
-        where the plan changed (a resolution switch, a re-plan)."""
+        """Start `epoch` (from sample `start` of the share, default its beginning), with new
+        `shares` and `batch_size` where the plan changed (a resolution switch, a re-plan).
+        After `load_state_dict`, the saved epoch continues at the saved position."""
+        continuing = self._resume_epoch is not None and self._resume_epoch == epoch and start is None
+        self._resume_epoch = None
         if shares is not None:
             counts = [check_count(f"shares[{i}]", s, 0) for i, s in enumerate(shares)]
             if self.rank >= len(counts):
                 raise ValueError(f"rank {self.rank} has no share: shares {counts} cover ranks 0..{len(counts) - 1}")
+            if continuing and counts != self.shares:
+                raise ValueError(f"set_epoch({epoch}) continues the loaded epoch at sample {self.position} of shares "
+                                 f"{self.shares}, but got shares {counts}: continue it with the plan it was saved with")
             self.shares = counts
         if sum(self.shares) > self.num_samples:
             raise ValueError(f"the planned shares {self.shares} add up to {sum(self.shares)} samples, but the dataset "
                              f"has {self.num_samples}: plan with dataset_size={self.num_samples}")
         if batch_size is not None:
+            if continuing and batch_size != self.batch_size:
+                raise ValueError(f"set_epoch({epoch}) continues the loaded epoch with batch {self.batch_size}, but got "
+                                 f"batch_size={batch_size}: continue it with the plan it was saved with")
             self.batch_size = check_count("batch_size", batch_size, 1)
         self.epoch = check_count("epoch", epoch, 0)
-        self.start = check_count("start", start, 0)
+        self.start = self.position if continuing else check_count("start", 0 if start is None else start, 0)
+        self.position = self.start
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = epoch_shares(self.num_samples, self.shares, self.epoch, self.seed)[self.rank]
         for start in range(self.start, len(indices), self.batch_size):
-            yield indices[start:start + self.batch_size].tolist()
+            batch = indices[start:start + self.batch_size]
+            # Counted before handing it out: a checkpoint taken after training on it resumes with the next batch.
+            self.position = start + len(batch)
+            yield batch.tolist()
 
     def __len__(self) -> int:
         return math.ceil(max(0, self.shares[self.rank] - self.start) / self.batch_size)
+
+    # -- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_samples": self.num_samples, "rank": self.rank, "seed": self.seed, "epoch": self.epoch,
+                "position": self.position, "shares": list(self.shares), "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = (self.num_samples, self.rank, self.seed)
+        saved = (state["num_samples"], state["rank"], state["seed"])
+        if saved != mine:
+            raise ValueError(f"the state is of a sampler over {saved[0]} samples for rank {saved[1]} with seed "
+                             f"{saved[2]}; this one is over {mine[0]} for rank {mine[1]} with seed {mine[2]}: load "
+                             f"this rank's own state, with the same dataset and seed")
+        self.set_epoch(state["epoch"], shares=state["shares"], batch_size=state["batch_size"])
+        position = check_count("position", state["position"], 0)
+        if position > self.shares[self.rank]:
+            raise ValueError(f"state position {position} is past the end of the share ({self.shares[self.rank]} "
+                             f"samples)")
+        self.start = self.position = position
+        self._resume_epoch = self.epoch
 
 
 class _KeyBatches(torch.utils.data.Sampler):

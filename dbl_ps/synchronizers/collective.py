@@ -79,9 +79,13 @@ class CollectiveSynchronizer(Synchronizer):
     a side group on GPUs) with `timeout_s`: a rank that stopped answering is named within
     that time, instead of every other rank blocking until the collective timeout."""
 
-    def __init__(self, sync_every: int | str, *, timeout_s: float, divergence: str = "stop"):
+    def __init__(self, sync_every: int | str, *, timeout_s: float, divergence: str = "stop",
+                 timeout_name: str = "launch.sync_timeout"):
         self.sync_every = sync_every
         self.timeout = timedelta(seconds=timeout_s)
+        # What the user sets to change the timeout, for the message naming a missing rank:
+        # the CLI's config key, or the API's parameter (ModelAverager passes its own).
+        self.timeout_name = timeout_name
         # monitored_barrier exists for gloo only; NCCL runs wait on a gloo side group (made by every rank)
         self.monitor_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self.merges = 0
@@ -98,14 +102,28 @@ class CollectiveSynchronizer(Synchronizer):
         self._keep(engine)
         return self.merges
 
-    def sync(self, engine: Engine, weight: float, *, loss: torch.Tensor | None = None) -> SyncResult:
+    def meet(self, where: str | None = None) -> float:
+        """Wait until every rank is here (a monitored barrier); returns the seconds waited. A
+        rank that does not arrive within the timeout is named (`RankLost`), `where` (default:
+        the next sync) says at which point."""
         waiting = time.perf_counter()
         try:
             dist.monitored_barrier(group=self.monitor_group, timeout=self.timeout, wait_all_ranks=True)
         except RuntimeError as exc:  # rank 0 learns which ranks did not arrive; the others that rank 0 did not answer
-            raise RankLost(f"rank {dist.get_rank()} waited {self.timeout.total_seconds():g} s at sync {self.merges + 1}: "
-                           f"{self._who_is_missing(exc)} (frozen, killed, or slower than launch.sync_timeout "
-                           f"allows)") from None
+            raise RankLost(f"rank {dist.get_rank()} waited {self.timeout.total_seconds():g} s at "
+                           f"{where or f'sync {self.merges + 1}'}: {self._who_is_missing(exc)} (frozen, killed, or "
+                           f"slower than {self.timeout_name} allows)") from None
+        return time.perf_counter() - waiting
+
+    def sync(self, engine: Engine, weight: float, *, loss: torch.Tensor | None = None,
+             check: Callable[[], None] | None = None) -> SyncResult:
+        """`check`: the caller's own collective, run once every rank has arrived and before
+        anything is merged (ModelAverager compares the ranks' steps there); it raises to stop
+        every rank at the same point."""
+        waiting = time.perf_counter()
+        self.meet()
+        if check is not None:
+            check()
         diverged = self.diverged_workers(engine, loss)  # every rank learns every rank's state
         merging = time.perf_counter()
         if diverged and not self.skip_nonfinite:
