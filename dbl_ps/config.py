@@ -557,6 +557,19 @@ class RunConfig:
         return list(zip(per_resolution(self.dbl.alpha, res), per_resolution(self.dbl.beta, res)))
 
 
+def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ between two config dicts (`RunConfig.to_dict()`),
+    sorted, each with its value in `a` and in `b` (None where a key is missing)."""
+    found: list[tuple[str, Any, Any]] = []
+    for key in sorted(set(a) | set(b), key=str):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, Mapping) and isinstance(right, Mapping):
+            found += config_differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            found.append((f"{prefix}{key}", left, right))
+    return found
+
+
 def check_workers_fit(cfg: RunConfig, train_samples: int, source: str = "the training set") -> None:
     """Refuse more workers than training samples (each worker trains on its own share of
     the data): one ConfigError naming `dbl.workers`. `source` says where the count comes

@@ -522,3 +522,14 @@ def test_a_resolution_that_no_stage_reaches_is_said_once():
     load_config(None, ["schedule.epochs=3", "schedule.milestones=[]", "schedule.resolutions=[8,12,16]",
                        "schedule.warmup_epochs=0"], notes=notes)
     assert not any("get no epoch" in n for n in notes)
+
+
+def test_config_differences_names_each_dotted_key_with_both_values():
+    from dbl_ps.config import config_differences
+
+    a = load_config(None, ["schedule.epochs=4", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]"]).to_dict()
+    b = load_config(None, ["schedule.epochs=5", "dbl.alpha=[0.004]", "dbl.beta=[0.0002]"]).to_dict()
+    assert config_differences(a, a) == []
+    assert config_differences(a, b) == [("dbl.alpha", [0.003], [0.004]), ("schedule.epochs", 4, 5),
+                                        ("schedule.milestones", [2, 3], [3, 4])]  # milestones follow the epochs
+    assert config_differences({"x": {"y": 1}}, {"x": {}}) == [("x.y", 1, None)]

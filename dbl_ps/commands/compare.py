@@ -259,7 +259,7 @@ def _status(run_dir: Path) -> str | None:
 def _reused_with_another_config(run_dir: Path, vcfg: Any) -> str | None:
     """One line when `run_dir` holds a run of another config than this comparison's (a
     second `compare` with other overrides into the same --out), else None."""
-    from dbl_ps.config import ConfigError, load_config
+    from dbl_ps.config import ConfigError, config_differences, load_config
 
     if not (run_dir / "config.yaml").is_file():
         return None
@@ -267,20 +267,10 @@ def _reused_with_another_config(run_dir: Path, vcfg: Any) -> str | None:
         saved = load_config(run_dir / "config.yaml").to_dict()
     except ConfigError as exc:
         return f"{run_dir / 'config.yaml'} is not a readable run config ({exc}); choose another --out"
-    wanted = vcfg.to_dict()
-    differ = [k for k in _dotted(saved) | _dotted(wanted) if _dotted(saved).get(k) != _dotted(wanted).get(k)]
+    differ = config_differences(saved, vcfg.to_dict())
     if not differ:
         return None
-    shown = ", ".join(f"{k} ({_dotted(saved).get(k)!r} there, {_dotted(wanted).get(k)!r} now)" for k in sorted(differ)[:4])
+    shown = ", ".join(f"{key} ({there!r} there, {now!r} now)" for key, there, now in differ[:4])
     return (f"{run_dir} was trained with another config ({shown}); a comparison never reuses such a run: "
             f"give another --out, or the same config to continue it")
 
-
-def _dotted(tree: dict, prefix: str = "") -> dict:
-    flat: dict = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

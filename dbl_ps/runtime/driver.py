@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dbl_ps.config import check_workers_fit
+from dbl_ps.config import check_workers_fit, config_differences
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import Logger, MetricsWriter
 from dbl_ps.planner import Plan
@@ -91,16 +91,6 @@ class ConfigMismatch(LaunchError):
     """The processes of one run were given different configs (each rank its own command line)."""
 
 
-def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """Dotted keys whose values differ between two config dicts, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        found = []
-        for key in sorted(set(a) | set(b)):
-            found += _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-        return found
-    return [] if a == b else [(prefix.rstrip("."), a, b)]
-
-
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -140,6 +130,7 @@ class RunDriver:
         self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
         self.startup_seconds: float | None = None  # bringing the workers up (not in the wall time)
         self.replans: list[dict[str, Any]] = []
+        self.replanned_at_resume = False  # plan.json of the resumed run is rewritten for this launch
         self.last_complete = -1
         self._created = False  # prepare() created the run directory (removed again if it fails)
         self._lock: RunLock | None = None
@@ -190,8 +181,9 @@ class RunDriver:
         spec = build_spec(cfg, self.plan)
         fresh = not self.resuming
         options = self.coordinator.share(lambda: engine_options(cfg, self.run_dir, resuming=not fresh))
-        self.coordinator.all_written(
-            (lambda: self.dir.write_setup(cfg, self.plan_dict(), spec, fresh=fresh)) if coordinator.is_main else None)
+        if fresh or self.replanned_at_resume:  # a resume with its saved plan has nothing to write
+            self.coordinator.all_written((lambda: self.dir.write_setup(cfg, self.plan_dict(), spec, fresh=fresh))
+                                         if coordinator.is_main else None)
         if self.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
             model.load_state_dict(self.dir.load_model(self.checkpoint))
         return PreparedRun(cfg, self.dir, data, transform, model, self.plan, spec, self.checkpoint, options)
@@ -205,7 +197,7 @@ class RunDriver:
         main = self.coordinator.share(lambda: mine)
 
         def check() -> None:
-            differ = _differing_keys(main, mine)
+            differ = config_differences(main, mine)
             if differ:
                 shown = ", ".join(f"{k} ({_short(a)} vs {_short(b)})" for k, a, b in differ[:5])
                 raise ConfigMismatch(f"rank {self.coordinator.rank}'s run config differs from rank 0's: {shown}; "
@@ -234,6 +226,7 @@ class RunDriver:
             self.replans = list(saved.get("replans", []))
             return plan_from_dict(saved), saved.get("time_model_source", "plan.json of the run")
         if saved is not None:  # resumed onto another number of workers: re-planned, and recorded
+            self.replanned_at_resume = True
             self.log(f"resuming with {workers} workers (the plan has {saved['workers']}): re-planning")
             self.replans = [*saved.get("replans", []), {"at_resume": int((self.checkpoint or {}).get("next_epoch", 0)),
                                                          "workers_before": saved["workers"], "workers": workers}]

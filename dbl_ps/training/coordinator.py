@@ -40,7 +40,8 @@ T = TypeVar("T")
 @dataclass
 class GlobalEpoch:
     """One global epoch every worker finished: its reports, in worker order, and the global
-    state's version after the epoch's last merge."""
+    state's version after the epoch's last merge (the store mode's `global_state` sets it to
+    the version it read, which covers every report's)."""
 
     epoch: int
     reports: "list[EpochReport]"
