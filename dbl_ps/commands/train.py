@@ -7,6 +7,7 @@ import os
 import sys
 from functools import partial
 from pathlib import Path
+from typing import NoReturn
 
 from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config
@@ -65,8 +66,24 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             return error(problem)
     if launched:  # torchrun / deepspeed launcher: every rank is (part of) a worker
-        return run_collective(cfg, run_dir=args.run_dir, resume=args.resume)
+        end_rank_process(run_collective(cfg, run_dir=args.run_dir, resume=args.resume))
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
+
+
+def end_rank_process(code: int) -> NoReturn:
+    """End a launcher's rank now, without the interpreter's finalization.
+
+    Why: gloo's worker threads (FSDP's shard groups above all) can still hold tensors when the
+    interpreter finalizes; freeing them then needs the GIL, the thread is ended by force and
+    the rank dies of SIGABRT ("terminate called without an active exception") after a run that
+    succeeded, so the launcher reports the whole launch failed (about 1 in 40 FSDP launches on
+    CPUs; pytorch/pytorch#179291 discusses it). `run_collective` has already closed what the
+    run wrote (metrics are flushed per line, trackers finished, the process group destroyed),
+    so nothing is lost by skipping finalization.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
