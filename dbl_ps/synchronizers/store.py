@@ -1,9 +1,15 @@
 """The parameter-store synchronizer: a worker process of `dbl-ps train` and the store.
 
-At a sync point `FlatState.gather` copies the engine's parameters and floating
-BatchNorm buffers into one float32 vector, `client.push(vec, weight=f_i)` queues it,
-and `client.pull(vec)` waits until the push is merged (bsp: until the round is
-complete) and copies the global state back into the model (`FlatState.scatter`).
+At a sync point `client.reserve()` hands out this worker's next queue slot in shared
+memory, `FlatState.gather` writes the engine's parameters and floating BatchNorm
+buffers straight into it, and `client.commit(f_i)` publishes it; `client.snapshot()`
+waits until the push is merged (bsp: until the round is complete) and pins the global
+state in place, and `FlatState.scatter` loads the model straight from it. So a sync
+moves the state once in each direction (on a GPU: one device-to-host DMA into the slot
+and one host-to-device DMA from the snapshot, both regions page-locked with
+`FlatState.pin_host`). The copying path (`zero_copy=False`: gather into a private
+vector, `push` copies it into a slot, `pull` copies the state out, scatter) costs two
+more state-sized copies and gives bitwise the same states.
 
 Rule `sgd`: the payload is the displacement since the last pull (the LR-scaled
 update of the local optimizer, momentum included); the store adds it with weight
@@ -23,8 +29,10 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from dbl_ps.parameter_store import ParameterStore, StoreClient
@@ -94,20 +102,30 @@ class StoreServer:
 
 
 class StoreSynchronizer(Synchronizer):
-    """Worker `worker`'s client of the store `store_name` (`store.mode`, `store.rule`, `store.sync_every`)."""
+    """Worker `worker`'s client of the store `store_name` (`store.mode`, `store.rule`, `store.sync_every`).
+
+    `zero_copy` (default): the model is gathered straight into a reserved queue slot and
+    scattered straight from a pinned snapshot of the state, both in shared memory; False
+    takes the copying path (`push`/`pull` through a private vector: two more state-sized
+    copies per sync), kept as the baseline `benchmarks/worker_sync.py` measures against.
+    Both give bitwise the same states."""
 
     def __init__(self, store_name: str, worker: int, *, mode: str, rule: str, sync_every: int | str,
-                 divergence: str = "stop"):
+                 divergence: str = "stop", zero_copy: bool = True):
         self.mode, self.rule, self.sync_every = mode, rule, sync_every
         self.worker = worker
         self.skip_nonfinite = divergence == "skip"
+        self.zero_copy = zero_copy
         self.client = StoreClient(store_name, worker)
         self.flat: FlatState | None = None
-        self.vec: torch.Tensor | None = None
+        self.vec: torch.Tensor | None = None  # the copying path's private vector
         # The state at the last pull: rule sgd pushes the displacement from it; divergence
         # 'skip' pushes it unchanged in place of a non-finite state.
         self.reference: torch.Tensor | None = None
-        self.payload: torch.Tensor | None = None
+        # A queue slot reserved and not yet committed (zero-copy path). A sync that stops on a
+        # non-finite state keeps it, and a later sync fills it again: the store allows one
+        # reservation at a time and has no way to hand a slot back.
+        self._slot: torch.Tensor | None = None
         self.version = 0
         self.rejected = 0  # this worker's pushes the store refused so far (store.reject_non_finite)
 
@@ -117,55 +135,106 @@ class StoreSynchronizer(Synchronizer):
     def start(self, engine: Engine, *, fresh: bool) -> int:
         # The engine may have recast its module (DeepSpeed bf16): flatten what it trains.
         self.flat = FlatState(engine.module)
-        self.vec = self.flat.new_vector()
-        version = self.version = self.client.pull(self.vec)
-        self.flat.scatter(self.vec)
-        engine.after_sync()
+        if not self.zero_copy:
+            self.vec = self.flat.new_vector()
         if self.rule == "sgd" or self.skip_nonfinite:
-            self.reference = self.vec.clone()
-        if self.rule == "sgd":
-            self.payload = self.flat.new_vector()
+            self.reference = torch.empty(self.flat.numel, dtype=torch.float32)
+        version, _, _ = self._pull_into_model(engine)
         return version
 
     def sync(self, engine: Engine, weight: float, *, loss: torch.Tensor | None = None) -> SyncResult:
-        assert self.flat is not None and self.vec is not None, "start() first"
+        assert self.flat is not None, "start() first"
+        began = time.perf_counter()
+        # Where the payload is built: the reserved slot itself (zero-copy; waits only while the
+        # queue is full or, in ssp, while this worker is too far ahead) or the private vector.
+        payload = self._reserve() if self.zero_copy else self.vec
+        assert payload is not None
         gathered = time.perf_counter()
-        self.flat.gather(self.vec)
-        # The vector is on the host now, so this check adds no device sync of its own.
-        finite = bool(all_finite([self.vec])) and (loss is None or bool(torch.isfinite(loss)))
+        waited = gathered - began
+        self.flat.gather(payload)
+        # The payload is on the host now, so this check adds no device sync of its own.
+        finite = bool(all_finite([payload])) and (loss is None or bool(torch.isfinite(loss)))
         diverged = {} if finite else {self.worker: float(loss) if loss is not None else math.nan}
         if not finite and not self.skip_nonfinite:
-            return SyncResult(version=self.version, wait_seconds=0.0, sync_seconds=time.perf_counter() - gathered,
+            # Nothing is pushed; a reserved slot stays reserved for the next sync.
+            return SyncResult(version=self.version, wait_seconds=waited, sync_seconds=time.perf_counter() - gathered,
                               diverged=diverged, merged=False)
-        pushing = time.perf_counter()
         if not finite:  # skip: the state of the last pull, an unchanged contribution
             assert self.reference is not None
             if self.rule == "sgd":
-                self.client.push(self.payload.zero_(), weight=weight)
+                payload.zero_()
             else:
-                self.client.push(self.reference, weight=weight)
-        elif self.rule == "sgd":
-            torch.sub(self.reference, self.vec, out=self.payload)
-            self.client.push(self.payload, weight=weight)
+                payload.copy_(self.reference)
+        elif self.rule == "sgd":  # the displacement since the last pull, written over the state in place
+            assert self.reference is not None
+            torch.sub(self.reference, payload, out=payload)
+        pushing = time.perf_counter()
+        if self.zero_copy:
+            self.client.commit(weight=weight)
+            self._slot = None
         else:
-            self.client.push(self.vec, weight=weight)
-        version = self.version = self.client.pull(self.vec)
-        pulled = time.perf_counter()
-        rejected = self.client.rejected()
-        if rejected > self.rejected:  # the store refused this push (store.reject_non_finite): a non-finite merge
-            self.rejected = rejected
+            self.client.push(payload, weight=weight)
+        version, refused, pull_wait = self._pull_into_model(engine, scatter_unless_refused=not self.skip_nonfinite)
+        waited += pull_wait
+        if refused:  # the store refused this push (store.reject_non_finite): a non-finite merge
             diverged = {self.worker: float(loss) if loss is not None else math.nan}
             if not self.skip_nonfinite:
-                return SyncResult(version=version, wait_seconds=pulled - pushing, sync_seconds=pushing - gathered,
+                return SyncResult(version=version, wait_seconds=waited, sync_seconds=pushing - gathered,
                                   diverged=diverged, merged=False)
-        self.flat.scatter(self.vec)
+        # reserve and pull are mostly waiting (queue full, bsp round, ssp bound): counted as
+        # waiting, the copies in and out of the model as the sync itself
+        return SyncResult(version=version, wait_seconds=waited,
+                          sync_seconds=time.perf_counter() - began - waited, diverged=diverged)
+
+    def _reserve(self) -> torch.Tensor:
+        """The reserved queue slot as a writable float32 tensor over shared memory."""
+        if self._slot is None:
+            slot = torch.from_numpy(np.asarray(self.client.reserve()))
+            assert self.flat is not None
+            self.flat.pin_host(slot)  # GPU: one DMA into the slot; nothing on the CPU
+            self._slot = slot
+        return self._slot
+
+    def _pull_into_model(self, engine: Engine, *, scatter_unless_refused: bool = False) -> tuple[int, bool, float]:
+        """Wait until this worker's pushes are merged, then load the global state into the
+        model (and `reference`). Returns the version, whether the store refused a push of
+        this worker since the last pull, and the seconds spent waiting for the merge. With
+        `scatter_unless_refused` a refused push leaves the model as it is (divergence
+        'stop': the loop raises)."""
+        assert self.flat is not None
+        waiting = time.perf_counter()
+        snapshot = None
+        if self.zero_copy:
+            snapshot = self.client.snapshot()  # waits like pull, then pins the state in place
+            version = snapshot.version
+            with warnings.catch_warnings():
+                # read-only shared memory: the tensor is only read (scatter, reference)
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                state = torch.from_numpy(np.asarray(snapshot))
+        else:
+            assert self.vec is not None
+            version = self.client.pull(self.vec)
+            state = self.vec
+        pull_wait = time.perf_counter() - waiting
+        try:
+            self.version = version
+            rejected = self.client.rejected()
+            refused = rejected > self.rejected
+            self.rejected = rejected
+            if refused and scatter_unless_refused:
+                return version, True, pull_wait
+            pinned = snapshot is not None and self.flat.pin_host(state)
+            self.flat.scatter(state, non_blocking=pinned)
+            if self.reference is not None:
+                self.reference.copy_(state)
+        finally:
+            if snapshot is not None:
+                snapshot.release()  # the server may write this state copy again
         engine.after_sync()
-        if self.reference is not None:
-            self.reference.copy_(self.vec)
-        # push + pull is mostly waiting (queue full, bsp round, ssp bound): counted as waiting,
-        # the copies in and out of the model as the sync itself
-        return SyncResult(version=version, wait_seconds=pulled - pushing,
-                          sync_seconds=(pushing - gathered) + (time.perf_counter() - pulled), diverged=diverged)
+        return version, refused, pull_wait
 
     def close(self) -> None:
+        if self.flat is not None:
+            self.flat.unpin_host()  # before the client's mapping can go
+        self._slot = None
         self.client.close()

@@ -17,10 +17,17 @@ vector in a single copy, and `new_vector()` is pinned (page-locked) host memory,
 that copy is one DMA at full bus speed. Copying tensor by tensor into pageable
 memory instead costs one synchronous, driver-staged transfer per tensor (over a
 hundred for a ResNet-18); `benchmarks/ps_cuda.py` measures both.
+
+The vector may also be memory the caller does not own, such as a parameter-store queue
+slot or state snapshot in shared memory (`gather(out=slot)`, `scatter(snapshot)`), so a
+sync moves the state without an intermediate vector. On a GPU `pin_host` page-locks such
+memory for this process (`cudaHostRegister`), so the transfer is one DMA as with
+`new_vector()`; on the CPU it does nothing and touches no CUDA API.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -54,6 +61,9 @@ class FlatState:
         self.on_gpu = self.device.type == "cuda"
         # The device-side flat buffer for one-transfer copies (GPU only; see the module doc).
         self._staging = torch.empty(self.numel, dtype=torch.float32, device=self.device) if self.on_gpu else None
+        # Host memory page-locked by `pin_host`: start address -> bytes (GPU only).
+        self._registered: dict[int, int] = {}
+        self._register_failed = False
 
     def new_vector(self) -> torch.Tensor:
         """A float32 CPU vector of `numel` values: pinned host memory when the model is on a GPU."""
@@ -78,18 +88,70 @@ class FlatState:
         return out
 
     @torch.no_grad()
-    def scatter(self, vec: Any) -> None:
-        """Load the model's state from a flat float32 vector (tensor or ndarray)."""
+    def scatter(self, vec: Any, *, non_blocking: bool = False) -> None:
+        """Load the model's state from a flat float32 vector (tensor or ndarray).
+
+        `non_blocking` (GPU, `vec` page-locked): the host-to-device copy is queued
+        asynchronously so that launching the per-tensor copies overlaps it; this still
+        returns only once the transfer is done, so the caller may reuse or release `vec`
+        (a store snapshot) right away."""
         if not isinstance(vec, torch.Tensor):
             vec = torch.from_numpy(vec)
         if vec.numel() != self.numel:
             raise ValueError(f"flat vector has {vec.numel()} values, the model's state has {self.numel}")
         if self._staging is not None:
-            self._staging.copy_(vec)  # one host-to-device copy
+            self._staging.copy_(vec, non_blocking=non_blocking)  # one host-to-device copy
             for view, t in zip(self._staging.split(self.sizes), self.tensors):
                 t.copy_(view.view_as(t))
+            if non_blocking:
+                # The copy from `vec` must be finished before it is returned to its owner.
+                torch.cuda.current_stream(self.device).synchronize()
             return
         offset = 0
         for t, n in zip(self.tensors, self.sizes):
             t.copy_(vec[offset:offset + n].view_as(t))
             offset += n
+
+    def pin_host(self, vec: torch.Tensor) -> bool:
+        """Page-lock the host memory of the float32 CPU tensor `vec` (e.g. a view of a store
+        slot or snapshot) for this process, so that copies between it and the model are one
+        DMA each. Only when the model is on a GPU: on the CPU this does nothing and calls no
+        CUDA API. Registering is done once per address (it costs milliseconds); returns
+        whether `vec` is page-locked. A registration the driver refuses leaves `vec`
+        pageable (slower, still correct) with one warning."""
+        if not self.on_gpu or self._register_failed:
+            return False
+        address, size = vec.data_ptr(), vec.numel() * vec.element_size()
+        known = self._registered.get(address)
+        if known is not None and known >= size:
+            return True
+        # cudaHostRegisterPortable (1): page-locked for every CUDA context of the process,
+        # as torch's own pin_memory helper does.
+        code = int(torch.cuda.cudart().cudaHostRegister(address, size, 1))
+        if code != 0:
+            self._register_failed = True
+            _clear_cuda_error()
+            warnings.warn(f"could not page-lock the parameter store's shared memory (CUDA error {code}); "
+                          "syncs copy through pageable memory (slower)", RuntimeWarning, stacklevel=2)
+            return False
+        self._registered[address] = size
+        return True
+
+    def unpin_host(self) -> None:
+        """Undo every `pin_host` registration; call it before the memory is unmapped."""
+        for address in list(self._registered):
+            torch.cuda.cudart().cudaHostUnregister(address)  # best effort: the mapping goes next
+            del self._registered[address]
+
+
+def _clear_cuda_error() -> None:
+    """Reset the CUDA runtime's last error after a refused `cudaHostRegister`: torch checks
+    `cudaGetLastError` after its kernel launches and would otherwise report this handled
+    error at an unrelated later kernel. torch has no binding for it, so it is looked up in
+    the process's global symbols, where torch loads the CUDA runtime (best effort)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).cudaGetLastError()
+    except (OSError, AttributeError):
+        pass
