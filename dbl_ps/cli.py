@@ -52,7 +52,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except Exception as exc:
+        line = one_line_error(exc)
+        if line is None:  # an unexpected error keeps its traceback: that is what helps there
+            raise
+        print(f"dbl-ps {args.command}: error: {line}", file=sys.stderr, flush=True)
+        return 1
+
+
+def one_line_error(exc: BaseException) -> str | None:
+    """The message of an error that already names the file or value and what to do (bad
+    data, a damaged or vanished run directory, a failed write, a bad config), as one line;
+    None for any other error. The commands catch these where they can add to them; this
+    catches the ones raised where they cannot (the launcher's evaluation, its set-up files)."""
+    from dbl_ps.config import ConfigError
+    from dbl_ps.metrics import MetricsFileError
+    from dbl_ps.run_ownership import RunWriteError
+
+    kinds: tuple[type[BaseException], ...] = (ConfigError, MetricsFileError, RunWriteError)
+    if "dbl_ps.data" in sys.modules:  # imported only if the command used it (it imports torch)
+        from dbl_ps.data import DataError
+        from dbl_ps.training.rundir import CheckpointError
+
+        kinds += (DataError, CheckpointError)
+    if not isinstance(exc, kinds):
+        return None
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Original Traceback" in str(exc):  # re-raised from a DataLoader worker process
+        last = lines[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

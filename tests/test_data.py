@@ -292,7 +292,7 @@ def eval_batches_raw(split, batch_size=64):
 def test_imagefolder_errors(tmp_path):
     with pytest.raises(DataError, match="train/ and val/"):
         load_imagefolder(tmp_path, 8)
-    write_png_tree(tmp_path, "train", {"cat": [(8, 8)]})
+    write_png_tree(tmp_path, "train", {"cat": [(8, 8)], "dog": [(8, 8)]})
     write_png_tree(tmp_path, "test", {"cow": [(8, 8)]})
     with pytest.raises(DataError, match=r"classes \['cow'\] that the training split lacks"):
         load_imagefolder(tmp_path, 8)
@@ -304,6 +304,14 @@ def test_imagefolder_errors(tmp_path):
     ds = load_imagefolder(tmp_path, 8, num_workers=2)  # files are decoded when read, not at load
     with pytest.raises(DataError, match="broken.png could not be decoded"):
         list(eval_batches_raw(ds.train))
+
+
+def test_a_one_class_image_folder_is_refused(tmp_path):
+    """One class folder trains a model that cannot be wrong (the loss is 0 from the start)."""
+    write_png_tree(tmp_path, "train", {"cat": [(8, 8), (8, 8)]})
+    write_png_tree(tmp_path, "val", {"cat": [(8, 8)]})
+    with pytest.raises(DataError, match=r"train has 1 class folder \(cat\); a classifier needs at least 2 classes"):
+        load_imagefolder(tmp_path, 8)
 
 
 def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):

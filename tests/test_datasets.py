@@ -111,6 +111,31 @@ def channels_differ():
 def no_classes():
     return Bad((torch.zeros(3, 8, 8), 1)), Bad((torch.zeros(3, 8, 8), 0))
 
+class Patched(torch.utils.data.Dataset):
+    """`base` with item `at` replaced by `item` (no `targets`: labels are seen as items are read)."""
+    classes = Squares.classes
+    def __init__(self, base, at, item):
+        self.base, self.at, self.item = base, at, item
+    def __len__(self):
+        return len(self.base)
+    def __getitem__(self, i):
+        return self.item if i == self.at else self.base[i]
+
+def nan_image():
+    nan = torch.full((3, 12, 12), float("nan"))
+    return Patched(Squares(40, 0, "float"), 21, (nan, 1)), Squares(10, 1, "float")
+
+def bad_training_label_later():
+    return Patched(Squares(40, 0), 17, (torch.zeros(3, 12, 12, dtype=torch.uint8), 7)), Squares(10, 1)
+
+def bad_test_label_later():
+    return Squares(40, 0), Patched(Squares(10, 1), 6, (torch.zeros(3, 12, 12, dtype=torch.uint8), 7))
+
+def one_class():
+    train, test = Squares(8, 0), Squares(4, 1)
+    train.classes = ["only"]
+    return train, test
+
 def targets_out_of_range():
     train = Squares(6, 0)
     train.targets = [0, 1, 2, 0, 5, 1]
@@ -255,6 +280,20 @@ def test_train_limit_keeps_the_same_subset_as_in_memory_splits(user_data):
 def test_bad_factories_are_one_clear_error_at_load(user_data, name, message):
     with pytest.raises(DataError, match=message):
         load_dataset(factory_cfg(name, num_classes=None if name == "no_classes" else 3), image_size=8)
+
+
+def test_nan_images_and_a_later_bad_training_label_are_named_with_their_split_and_index(user_data):
+    """Met while the statistics are estimated: a NaN image (it made the mean `[nan]` and the run
+    went on) and a bad label of the training set (it was reported as the test set's)."""
+    with pytest.raises(DataError, match=r"nan_image training dataset item 21: the image holds NaN or infinite"):
+        load_dataset(factory_cfg("nan_image"), image_size=12)
+    with pytest.raises(DataError, match=r"bad_training_label_later training dataset item 17: label 7 outside 0..2"):
+        load_dataset(factory_cfg("bad_training_label_later"), image_size=12)
+
+
+def test_a_one_class_dataset_is_refused(user_data):
+    with pytest.raises(DataError, match=r"one_class: 1 class \(only\); a classifier needs at least 2 classes"):
+        load_dataset(factory_cfg("one_class"), image_size=12)
 
 
 def test_factory_import_errors_and_config_keys(user_data):

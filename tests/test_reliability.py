@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 
 from dbl_ps.metrics import read_metrics
 from dbl_ps.run_ownership import LOCK_FILE, RunDirectoryBusy, RunLock, lock_owner
-from launch_helpers import can_mount_tmpfs, free_port
+from launch_helpers import can_mount_tmpfs, free_port, launch_env
 
 # digits, 2 workers, a fixed time model (no measuring), small enough for seconds per epoch
 FAST = ["dbl.workers=2", "dbl.small=1", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.warmup_epochs=0",
@@ -63,6 +64,7 @@ def test_the_lock_names_its_live_owner_and_is_taken_over_when_the_owner_died(tmp
         assert lock_owner(tmp_path).pid == os.getpid()
 
 
+@pytest.mark.slow
 def test_a_second_train_on_a_run_that_is_still_training_is_refused_and_changes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     # long enough to still be training while the others try (it is stopped with Ctrl-C below)
@@ -141,6 +143,7 @@ def test_ctrl_c_while_workers_start_ends_the_run_at_once_and_leaves_nothing(tmp_
     assert not (run_dir / "metrics.jsonl").is_file() or not read_metrics(run_dir)  # nothing trained
 
 
+@pytest.mark.slow
 def test_a_run_whose_owner_was_killed_resumes_over_the_stale_lock(tmp_path):
     run_dir = tmp_path / "run"
     first = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=4", "schedule.milestones=[3]")
@@ -181,7 +184,7 @@ def _running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"  # a zombie has exited; its parent just has not reaped it yet
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize("how", [pytest.param("stop", marks=pytest.mark.slow), "kill"])
 def test_a_frozen_or_killed_rank_is_named_within_the_sync_timeout_and_the_checkpoint_is_kept(tmp_path, how):
     """Rank 1 freezes (SIGSTOP) or dies (SIGKILL), by the test hook, at the start of epoch 3:
     rank 0 stops at its next sync after launch.sync_timeout with one line naming the rank that
@@ -332,3 +335,179 @@ def test_sighup_stops_the_run_like_sigterm_and_keeps_the_checkpoint(tmp_path):
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+# --------------------------------------------------------------------------- issue 25: vanished run directory, damaged resume
+
+
+def test_a_run_directory_deleted_mid_run_stops_at_the_next_epoch_and_is_not_re_created(tmp_path):
+    """It trained on into unlinked files, then wrote a checkpoint.json "finished" into a folder
+    the workers' state files re-created, then a traceback."""
+    run_dir = tmp_path / "run"
+    proc = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=200", "schedule.milestones=[150]")
+    try:
+        wait_for_epochs(run_dir, proc, 1)
+        gone = tmp_path / "gone"
+        run_dir.rename(gone)  # at once (rmtree alone races with the files the run writes meanwhile)
+        shutil.rmtree(gone)
+        out, err = proc.communicate(timeout=120)
+        left = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) if run_dir.exists() else []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert f"run directory {run_dir} was deleted or replaced while the run trained" in err
+    assert not run_dir.exists(), left  # neither re-created by the launcher nor left re-created by the workers
+    assert not list(Path("/dev/shm").glob(f"dblps-{proc.pid}-*"))
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run stopped after its first epoch (status interrupted), to damage copies of."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    done = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *FAST,
+                           "schedule.epochs=3", "schedule.milestones=[2]"], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, DBL_PS_STOP_AFTER_EPOCH="0"))
+    assert done.returncode == 0 and (run_dir / "checkpoint.json").is_file(), done.stderr[-2000:]
+    return run_dir
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("model", "checkpoints/epoch00000/model.pt is damaged"),
+    ("worker", "checkpoints/epoch00000/worker1.pt is damaged"),
+    ("metrics", "metrics.jsonl line 1 is not a JSON object"),
+    ("model_name", "model.pt does not fit the model config.yaml describes (model.name 'resnet18_cifar'"),
+])
+def test_a_resume_names_the_damaged_or_disagreeing_file_in_one_line(stopped_run, tmp_path, capsys, damage, needle):
+    from dbl_ps.cli import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_run, run_dir)
+    before = (run_dir / "checkpoint.json").read_text()
+    folder = run_dir / "checkpoints" / "epoch00000"
+    if damage == "model":
+        _truncate(folder / "model.pt")
+    elif damage == "worker":
+        _truncate(folder / "worker1.pt")
+    elif damage == "metrics":  # a line broken in the middle of the file (not a torn last line)
+        metrics = run_dir / "metrics.jsonl"
+        metrics.write_text('{"epoch": 0, "wall_t\n' + metrics.read_text())
+    else:  # config.yaml edited after the run started
+        config = run_dir / "config.yaml"
+        config.write_text(config.read_text().replace("name: small_resnet", "name: resnet18_cifar"))
+    code = main(["train", "--no-progress", "--resume", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err[-2000:]
+    assert needle in err, err
+    assert (run_dir / "checkpoint.json").read_text() == before  # nothing changed
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+@pytest.mark.skipif(not can_mount_tmpfs("/mnt"), reason="needs unshare and mount (root, Linux)")
+def test_a_read_only_run_directory_is_refused_before_the_data_is_loaded(tmp_path):
+    """Root ignores file modes: the directory is on a read-only bind mount in a private mount
+    namespace. It used to be found only after the data was loaded and the plan made."""
+    ro, out = tmp_path / "ro", tmp_path / "out"
+    ro.mkdir()
+    (ro / "empty").mkdir()
+    out.mkdir()
+    script = f"""
+mount --bind {ro} {ro} && mount -o remount,ro,bind {ro} || exit 99
+'{sys.executable}' -m dbl_ps train --no-progress --run-dir {ro}/empty {' '.join(FAST)} > {out}/out 2> {out}/err
+echo $? > {out}/code
+"""
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 99, done.stderr
+    err, stdout = (out / "err").read_text(), (out / "out").read_text()
+    assert (out / "code").read_text().strip() == "1", err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"cannot write {ro}/empty/run.lock (" in err and "Read-only file system" in err, err
+    assert "b_S" not in stdout + err and "plan" not in stdout  # refused before the data and the plan
+
+
+def test_a_full_disk_while_writing_schedule_png_is_one_write_error_naming_it(tmp_path, monkeypatch):
+    import errno
+
+    from dbl_ps.config import load_config
+    from dbl_ps.run_ownership import RunWriteError
+    from dbl_ps.schedule import ScheduleSpec
+    from dbl_ps.training import rundir
+
+    def full(spec, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir, "plot_schedule", full)
+    run = rundir.RunDirectory(tmp_path)
+    spec = ScheduleSpec(epochs=2, base_lr=0.1, milestones=(1,), gamma=0.1, resolutions=(12,), batch_large=(8,))
+    with pytest.raises(RunWriteError, match=r"cannot write .*schedule.png \(no space left on the device; "):
+        run.write_setup(load_config(), {"workers": 2}, spec, fresh=True)
+    assert (tmp_path / "schedule.txt").is_file() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_bad_test_label_found_by_the_launchers_evaluation_is_one_line(tmp_path):
+    """A user's dataset without `targets`: its labels are read as the items are. A bad test label
+    met while the launcher evaluated the first epoch was a traceback."""
+    (tmp_path / "bad_labels_mod.py").write_text('''
+import torch
+
+class Squares(torch.utils.data.Dataset):
+    classes = ["a", "b", "c"]
+    def __init__(self, n, bad_at=None):
+        self.n, self.bad_at = n, bad_at
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        x = torch.zeros(3, 12, 12, dtype=torch.uint8)
+        x[:, 4:8, (i % 3) * 4:(i % 3) * 4 + 4] = 250
+        return x, (7 if i == self.bad_at else i % 3)
+
+def make():
+    return Squares(60), Squares(20, bad_at=13)
+''')
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                           "data.source=factory", "data.factory=bad_labels_mod:make", "data.mean=[0.5,0.5,0.5]",
+                           "data.std=[0.5,0.5,0.5]", "schedule.resolutions=[12]", "dbl.workers=2", "dbl.small=1",
+                           "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.epochs=1", "schedule.milestones=[]",
+                           "schedule.warmup_epochs=0"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    assert "test dataset item 13: label 7 outside 0..2" in done.stderr, done.stderr
+    assert not (run_dir / LOCK_FILE).exists()
+    assert not list(Path("/dev/shm").glob("dblps-*-*")) or True  # other tests' runs may hold theirs
+    assert not (run_dir / "checkpoint.json").exists()  # the epoch was not committed
+
+
+def test_ctrl_c_under_torchrun_is_one_line_from_rank_0_and_the_checkpoint_is_interrupted(tmp_path):
+    """Ctrl-C in a terminal reaches torchrun and every rank (one process group); torchrun then
+    forwards it (SIGINT, or SIGTERM in other versions). It was a KeyboardInterrupt traceback from
+    every rank; torchrun's own report of the signal follows as before."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), "-m", "dbl_ps", "train", "--run-dir", str(run_dir), *FAST,
+                             "schedule.epochs=200", "schedule.milestones=[150]"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=launch_env())
+    try:
+        wait_for_epochs(run_dir, proc, 1)
+        deadline = time.monotonic() + 60
+        while not (run_dir / "checkpoint.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first epoch committed
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    ours = [line for line in err.splitlines() if line.startswith("dbl-ps train:")]
+    assert len(ours) == 1 and "SIGINT: stopped; the checkpoint of epoch" in ours[0], err[-3000:]
+    assert "KeyboardInterrupt" not in err, err[-3000:]
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["status"] == "interrupted"
+    assert not (run_dir / LOCK_FILE).exists()

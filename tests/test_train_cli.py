@@ -75,6 +75,7 @@ def test_compare_refuses_an_unknown_method(capsys):
     assert "ddp-like" in capsys.readouterr().err  # the error lists what is allowed
 
 
+@pytest.mark.slow
 def test_compare_and_report_end_to_end(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--out", str(out), "--no-progress", "--seeds", "0,1",
@@ -100,6 +101,19 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "rep2")]) == 2
 
 
+def test_report_out_naming_a_file_is_one_line_and_leaves_the_file(tmp_path, capsys):
+    """`--out` naming a file (or a path under one) was a traceback from the plotting code."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    for out in (file, file / "report"):
+        code = main(["report", str(tmp_path / "any-run"), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"--out {out} " in err and "give a directory" in err
+    assert file.read_text() == "mine"
+
+
+@pytest.mark.slow
 def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp_path, capsys):
     """The one-off measurement is reported apart from the runs (seconds and values in the
     report), and a comparison started again on the same --out plans with the same model
@@ -188,6 +202,20 @@ def test_a_bad_run_dir_is_refused_before_the_data_or_any_measuring(tmp_path, cap
     assert file.read_text() == "x" and (full / "keep.txt").read_text() == "x"
 
 
+def test_a_non_utf8_config_and_absurd_sizes_are_one_line_at_config_load(tmp_path, capsys):
+    """A Latin-1 config was a UnicodeDecodeError traceback; a padding or resolution of 100000 px
+    reached a worker (a 10 TB batch) or the launcher's model check (80 GB)."""
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("schedule:\n  epochs: 2  # caf\xe9\n".encode("latin-1"))
+    err = _one_line_error(capsys, main(["train", "--config", str(latin), "--run-dir", str(tmp_path / "run")]))
+    assert f"config file '{latin}' is not UTF-8 text" in err and "save it as UTF-8" in err
+    err = _one_line_error(capsys, main(["train", "--run-dir", str(tmp_path / "run"), "data.crop_padding=100000"]))
+    assert "'data.crop_padding': got 100000, expected at most the smallest resolution, 12 px" in err
+    err = _one_line_error(capsys, main(["train", "--run-dir", str(tmp_path / "run"), "schedule.resolutions=[100000]"]))
+    assert "'schedule.resolutions[0]': got 100000, expected an integer >= 4 and <= 4096" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_more_workers_than_samples_names_dbl_workers_before_measuring(tmp_path, capsys):
     err = _one_line_error(capsys, main(["train", "--run-dir", str(tmp_path / "run"), "dbl.workers=4096"]))
     assert "config key 'dbl.workers': got 4096, expected at most 1437" in err
@@ -201,6 +229,7 @@ def test_a_run_that_fails_before_writing_leaves_no_run_directory(tmp_path, capsy
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_two_trains_started_together_get_their_own_run_directories(tmp_path):
     # Two real `dbl-ps train` processes with the same name, started at once: the run
     # directory is created atomically, so the one that loses the race takes `-1`.
@@ -280,6 +309,7 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_the_last_finite_checkpoint(
     assert [r["epoch"] for r in records] == [0] and records[0]["test_loss"] > 0
 
 
+@pytest.mark.slow
 def test_a_run_diverging_in_its_first_epoch_has_no_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     done = _train(run_dir, "schedule.lr=1000000")  # asp, blend: the default store mode

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dbl_ps.report import ReportError, format_table, load_run, summarize, write_report
 
+    out = Path(args.out)
+    # Checked before any run is read: the report is a folder of files (a table and plots).
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "is a file" if blocker == out else f"lies under the file {blocker}"
+        print(f"dbl-ps report: error: --out {out} {where}; give a directory (new or existing) for the report",
+              file=sys.stderr)
+        return 2
     try:
         runs = [load_run(d) for d in args.run_dirs]
         baseline = args.baseline

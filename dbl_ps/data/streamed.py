@@ -247,8 +247,14 @@ def _estimate_stats(split: DatasetSplit, log: Callable[[str], None]) -> tuple[tu
     total = torch.zeros(split.channels, dtype=torch.float64)
     squares = torch.zeros(split.channels, dtype=torch.float64)
     pixels = 0
-    for images, _ in split.data_loader([idx[s:s + 64] for s in range(0, n, 64)]):
+    batches = [idx[s:s + 64] for s in range(0, n, 64)]
+    for keys, (images, _) in zip(batches, split.data_loader(batches)):
         x = images.to(torch.float64)
+        finite = torch.isfinite(x).flatten(1).all(dim=1)
+        if not bool(finite.all()):  # one NaN pixel makes the mean NaN, and every normalised batch with it
+            bad = keys[int((~finite).nonzero()[0])]
+            raise DataError(f"{split.prep.name} item {bad}: the image holds NaN or infinite pixel values; "
+                            "fix or leave out that sample (float images are 0..1)")
         if images.dtype == torch.uint8:
             x /= 255.0
         total += x.sum(dim=(0, 2, 3))
@@ -256,6 +262,9 @@ def _estimate_stats(split: DatasetSplit, log: Callable[[str], None]) -> tuple[tu
         pixels += x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / pixels
     std = (squares / pixels - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all()):  # e.g. huge float pixel values
+        raise DataError(f"{split.prep.name}: the estimated mean {mean.tolist()} / std {std.tolist()} is not finite; "
+                        "check the images' values (float images are 0..1) or set data.mean and data.std")
     m, s = tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
     log(f"data: mean {list(m)} and std {list(s)} estimated on {n} training images (a fixed sample; "
         "set data.mean and data.std to give them)")
@@ -266,6 +275,9 @@ def build_dataset(name: str, train: Any, test: Any, *, cfg: Any, image_size: int
                   classes: list[str], stats: tuple[Sequence[float], Sequence[float]] | None, flip: bool,
                   log: Callable[[str], None]) -> Dataset:
     """A `Dataset` of two `DatasetSplit`s over map-style datasets, their first items checked."""
+    if num_classes < 2:  # one class: nothing to tell apart, the loss is 0 from the first step
+        raise DataError(f"{name}: {num_classes} class{'' if num_classes == 1 else 'es'} ({', '.join(classes)}); "
+                        "a classifier needs at least 2 classes")
     first_train, _ = _first_item(train, f"{name} training dataset", num_classes)
     first_test, _ = _first_item(test, f"{name} test dataset", num_classes)
     channels = _channels(first_train)
@@ -293,7 +305,9 @@ def build_dataset(name: str, train: Any, test: Any, *, cfg: Any, image_size: int
             raise DataError(f"data.mean {cfg.mean} has {len(cfg.mean)} values, the images have {channels} channels")
         stats = (tuple(cfg.mean), tuple(cfg.std))
     elif stats is None or len(stats[0]) != channels:
-        stats = _estimate_stats(train_split.with_prep(test_prep), log)
+        # The training images without the random transforms, under the training split's name
+        # (a bad label met while estimating was reported as one of the test set's).
+        stats = _estimate_stats(train_split.with_prep(SamplePrep(**common, name=f"{name} training dataset")), log)
     return Dataset(name, train_split, test_split, num_classes, tuple(stats[0]), tuple(stats[1]), flip, classes)
 
 
@@ -384,6 +398,9 @@ def load_imagefolder(path: str | Path, image_size: int, num_workers: int = 0, *,
     # Draft decoding would blur a RandomResizedCrop of a small region: full size then.
     train_loader = _DraftLoader(None if cfg.random_resized_crop else image_size)
     train = _image_folder(train_dir, None, train_loader)
+    if len(train.classes) < 2:
+        raise DataError(f"image folder {train_dir} has {len(train.classes)} class folder ({', '.join(train.classes)}); "
+                        "a classifier needs at least 2 classes: add one folder per class")
     test = _image_folder(test_dir, list(train.classes), _DraftLoader(image_size))
     return build_dataset("imagefolder", train, test, cfg=cfg, image_size=image_size, num_classes=len(train.classes),
                          classes=list(train.classes), stats=KNOWN_STATS["imagefolder"], flip=FLIP_DEFAULT["imagefolder"],

@@ -11,7 +11,10 @@ over a `dbl_ps.synchronizers.collective.CollectiveCoordinator`, rank 0 writes th
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from dbl_ps.synchronizers.collective import (
     sync_timeout,
 )
 from dbl_ps.training.loop import DivergedError, WorkerLoop
-from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
+from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
 from dbl_ps.training.setup import cpu_cores, warm_up_shapes
 from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
 
@@ -102,10 +105,48 @@ def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: 
     return loop
 
 
+class _StopSignal:
+    """The first SIGINT / SIGTERM / SIGHUP this rank received (None: none yet)."""
+
+    received: str | None = None
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    # Ctrl-C reaches every rank (one process group) and torchrun then forwards it as SIGTERM:
+    # the first one stops this rank, the later ones are the same stop and must not interrupt
+    # the clean-up (a second KeyboardInterrupt there was a traceback per rank).
+    if _StopSignal.received is None:
+        _StopSignal.received = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    if threading.current_thread() is threading.main_thread():
+        _StopSignal.received = None
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None:
+                signal.signal(sig, _on_stop_signal)
+
+
+def _interrupted(driver: RunDriver | None, coordinator: CollectiveCoordinator | None) -> int:
+    """A stop signal: rank 0 marks the checkpoint interrupted and says once what is kept."""
+    main = coordinator.is_main if coordinator is not None else os.environ.get("RANK", "0") == "0"
+    if main:
+        where = driver.run_dir if driver is not None else None
+        meta = RunDirectory(where).checkpoint_meta() if where is not None and where.is_dir() else None
+        if meta is not None and meta.get("status") != "finished":
+            RunDirectory(where).set_checkpoint_status("interrupted")
+        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: dbl-ps train --resume {where}"
+                if meta is not None else "no epoch had completed: nothing to resume")
+        print(f"dbl-ps train: {_StopSignal.received or 'SIGINT'}: stopped; {kept}", file=sys.stderr, flush=True)
+    return 130
+
+
 def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
     """`dbl-ps train` under a launcher: one line and exit status 2 for a bad launch."""
     driver: RunDriver | None = None
     coordinator: CollectiveCoordinator | None = None
+    _stop_on_signals()
     try:
         checkpoint = RunDirectory(resume).load_checkpoint() if resume else None
         cfg, coordinator = set_up_rank(cfg, checkpoint)
@@ -115,7 +156,9 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
         driver.prepare()
         driver.run()
         return 0
-    except ConfigMismatch as err:  # every rank learnt it: rank 0 says it
+    except KeyboardInterrupt:
+        return _interrupted(driver, coordinator)
+    except (ConfigMismatch, RunDirectoryGone) as err:  # every rank learnt it: rank 0 says it
         if coordinator is not None and coordinator.is_main:
             print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2
@@ -130,6 +173,8 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
             print(f"dbl-ps train: error: {line}", file=sys.stderr, flush=True)
         return 1
     except (DataError, RunWriteError, RankLost, dist.DistError) as err:
+        if _StopSignal.received is not None:  # a rank that stopped first broke this one's collective
+            return _interrupted(driver, coordinator)
         # corrupt data, a full disk, a frozen or killed rank: one line from each rank still running
         topo = coordinator.topo if coordinator is not None else None
         if isinstance(err, RunWriteError) and topo is not None and not topo.is_main:

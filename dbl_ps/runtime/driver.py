@@ -36,10 +36,10 @@ from torch import nn
 
 from dbl_ps.config import check_workers_fit, config_differences
 from dbl_ps.data import Dataset, build_transform, load_dataset
-from dbl_ps.metrics import Logger, MetricsWriter
+from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter, read_metrics
 from dbl_ps.planner import Plan
 from dbl_ps.registry import DATA_SOURCES
-from dbl_ps.run_ownership import RunLock, remove_if_empty
+from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
 from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_trackers
@@ -50,7 +50,7 @@ from dbl_ps.training.events import Callbacks, StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.loop import DivergedError
 from dbl_ps.training.replanning import Replanned, replan_after_epoch
-from dbl_ps.training.rundir import RunDirectory
+from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory
 from dbl_ps.training.topology import LaunchError
 from dbl_ps.training.setup import (
     ResolvedTimeModels,
@@ -59,6 +59,7 @@ from dbl_ps.training.setup import (
     build_spec,
     check_run_model,
     plan_from_dict,
+    poor_fit_lines,
     resolve_time_models,
 )
 
@@ -162,6 +163,8 @@ class RunDriver:
         cfg, coordinator = self.cfg, self.coordinator
         self._agree_on_config()
         self._own_run_dir()
+        if self.resuming:  # what the resume relies on, checked before any data is read
+            coordinator.all_written(self._check_metrics if coordinator.is_main else None)
         check_engine_config(cfg, self.log)  # every process: the same error everywhere, before measuring
         if DATA_SOURCES.traits(cfg.data.source)["shard_sets"]:  # complete sets, or a current index, made by main
             coordinator.all_written((lambda: prepare_shards(cfg.data, cfg.schedule.resolutions,
@@ -185,7 +188,7 @@ class RunDriver:
             self.coordinator.all_written((lambda: self.dir.write_setup(cfg, self.plan_dict(), spec, fresh=fresh))
                                          if coordinator.is_main else None)
         if self.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
-            model.load_state_dict(self.dir.load_model(self.checkpoint))
+            self._load_checkpoint_model(model)
         return PreparedRun(cfg, self.dir, data, transform, model, self.plan, spec, self.checkpoint, options)
 
     def _agree_on_config(self) -> None:
@@ -208,14 +211,49 @@ class RunDriver:
     def _own_run_dir(self) -> None:
         """The main process creates (a new run) and locks the run directory before the data is
         read; every process learns the outcome, so a directory another process trains in stops
-        all of them with one error."""
+        all of them with one error. Taking the lock is the first write: a read-only directory
+        (or file system) is one line here, before any data is loaded or plan made."""
         def own() -> None:
-            if not self.resuming:
-                self._created = not self.run_dir.exists()
-                self.dir.create()
-            self._lock = RunLock(self.run_dir)
+            try:
+                if not self.resuming:
+                    self._created = not self.run_dir.exists()
+                    self.dir.create()
+                self._lock = RunLock(self.run_dir)
+            except OSError as exc:  # read-only directory or file system, no permission
+                if isinstance(exc, (FileExistsError, RunWriteError)):
+                    raise
+                raise write_failure(self.run_dir / "run.lock", exc) from None
+            self.dir.pin()  # the directory this run owns: a deleted or replaced one is seen at each epoch
 
         self.coordinator.all_written(own if self.coordinator.is_main else None)
+
+    def _check_metrics(self) -> None:
+        """metrics.jsonl of the resumed run reads back (a torn last line is dropped later, with
+        a warning); a line broken in the middle stops the resume here, naming it."""
+        if not (self.run_dir / METRICS_FILE).is_file():
+            return
+        try:
+            read_metrics(self.run_dir)
+        except MetricsFileError as exc:
+            raise CheckpointError(f"{exc}; repair or delete that line (a record of an epoch), then resume") from None
+
+    def _load_checkpoint_model(self, model: nn.Module) -> None:
+        """The checkpoint's global model into `model`, which config.yaml describes: a config
+        edited after the run started (another model.name) is named, not a load_state_dict dump."""
+        state = self.dir.load_model(self.checkpoint)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError:
+            mine = model.state_dict()
+            missing = [k for k in mine if k not in state]
+            extra = [k for k in state if k not in mine]
+            shapes = [k for k in mine if k in state and mine[k].shape != state[k].shape]
+            first = (missing or extra or shapes or ["?"])[0]
+            raise CheckpointError(
+                f"{self.dir.checkpoint_folder(self.checkpoint) / MODEL_FILE} does not fit the model config.yaml "
+                f"describes (model.name {self.cfg.model.name!r}: {len(missing)} missing, {len(extra)} unexpected, "
+                f"{len(shapes)} other shapes, e.g. {first!r}); was config.yaml edited after the run started? "
+                f"restore its model section") from None
 
     def _plan(self, data: Dataset) -> tuple[Plan, str]:
         """The run's plan: plan.json of a resumed run (its re-plans included) when it has as many
@@ -237,6 +275,8 @@ class RunDriver:
 
         resolved = self.coordinator.time_models(resolve)
         self.time_model_seconds = resolved.seconds  # one-off, reported apart from the training time
+        for line in poor_fit_lines(resolved.models):
+            self.log(line)
         plan = plan_from_dict(self.coordinator.share(
             lambda: build_plan(cfg, len(data.train), resolved.models, resolved.batches).to_dict()))
         return plan, resolved.source
@@ -252,6 +292,7 @@ class RunDriver:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        self.dir.unpin()
 
     # ------------------------------------------------------------------ run
 
@@ -351,6 +392,9 @@ class RunDriver:
 
     def _complete(self, done: GlobalEpoch) -> None:
         coordinator, epoch = self.coordinator, done.epoch
+        # Before anything of the epoch is written: a run directory deleted (or replaced) meanwhile
+        # would take the metrics into an unlinked file and the checkpoint into a re-created folder.
+        coordinator.all_written((lambda: self._check_run_dir(epoch)) if coordinator.is_main else None)
         state = coordinator.global_state(done)
         # Before the next epoch is released: no worker starts epoch + 1 before this decision.
         replanned = self._replan(done) if self.cfg.dbl.replan else None
@@ -359,14 +403,27 @@ class RunDriver:
         record: dict[str, Any] = {}
 
         def finish() -> None:
-            record.update(self.finisher.finish(epoch, done.reports, state, done.version))
-            if replanned is not None:  # after the epoch's record, before its checkpoint
-                self.finisher.logger.log(epoch, replanned.record)
+            try:
+                record.update(self.finisher.finish(epoch, done.reports, state, done.version))
+                if replanned is not None:  # after the epoch's record, before its checkpoint
+                    self.finisher.logger.log(epoch, replanned.record)
+            except OSError:  # a write that failed because the run directory vanished says so
+                self._check_run_dir(epoch)
+                raise
 
         coordinator.all_written(finish if coordinator.is_main else None)
         folder = self.dir.epoch_folder(epoch)
         coordinator.all_written(lambda: coordinator.save_worker_state(folder))
-        coordinator.all_written(self.finisher.commit if coordinator.is_main else None)
+
+        def commit() -> None:
+            self._check_run_dir(epoch)  # again: deleted while this epoch was evaluated and saved
+            try:
+                self.finisher.commit()
+            except OSError:
+                self._check_run_dir(epoch)
+                raise
+
+        coordinator.all_written(commit if coordinator.is_main else None)
         if coordinator.is_main:
             line = self.finisher.console_line(record)
             if self.display is not None and self.display.active:
@@ -376,6 +433,11 @@ class RunDriver:
             if replanned is not None:
                 self.log(replanned.line)
         self.callbacks.on_checkpoint(coordinator.loop, epoch)
+
+    def _check_run_dir(self, epoch: int) -> None:
+        if self.dir.moved_away():
+            self.dir.discard_recreated()  # store mode: the workers' state files re-made the path
+            self.dir.check_still_there(epoch)
 
     def _replan(self, done: GlobalEpoch) -> Replanned | None:
         """`dbl.replan`: every process decides from the same reports (`replan_after_epoch` is

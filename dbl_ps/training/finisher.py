@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from dbl_ps.data import Split, eval_batches
+from dbl_ps.data import DataError, Split, eval_batches
 from dbl_ps.data.transforms import BatchTransform
 from dbl_ps.metrics import Logger, read_metrics
 from dbl_ps.schedule import ScheduleSpec, schedule_at
@@ -103,6 +103,11 @@ class Evaluator:
                                                device=self.device):
                 out = self.model(images).float()
                 classes = out.shape[1]
+                bad = (labels < 0) | (labels >= classes)
+                if bool(bad.any()):  # a user's test labels: cross_entropy would fail with an index error
+                    i = int(bad.nonzero()[0])
+                    raise DataError(f"test set item {count + i}: label {int(labels[i])} outside 0..{classes - 1} "
+                                    f"(the model has {classes} classes); fix the test labels")
                 loss_sum += nn.functional.cross_entropy(out, labels, reduction="sum").double()
                 correct += (out.argmax(1) == labels).sum()
                 top5 = out.topk(min(5, classes), dim=1).indices

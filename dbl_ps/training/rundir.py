@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from dbl_ps.run_ownership import create_unique_dir, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
-__all__ = ["RunDirectory", "CheckpointError", "new_run_dir", "CHECKPOINT_FILE", "MODEL_FILE", "EVAL_MODEL_FILE"]
+__all__ = ["RunDirectory", "CheckpointError", "RunDirectoryGone", "new_run_dir", "CHECKPOINT_FILE", "MODEL_FILE", "EVAL_MODEL_FILE"]
 
 CHECKPOINT_FILE = "checkpoint.json"
 MODEL_FILE = "model.pt"
@@ -46,6 +47,20 @@ EVAL_MODEL_FILE = "model_eval.pt"
 
 class CheckpointError(ValueError):
     """A run directory has no usable checkpoint."""
+
+
+class RunDirectoryGone(CheckpointError):
+    """The run directory was deleted (or replaced) while the run trained in it."""
+
+
+def _check_torch_file(path: Path) -> None:
+    """A file torch.save wrote is a zip archive whose index is at its end: a truncated copy
+    (a full disk, an interrupted copy) fails here at once, without reading the tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); restore it, or start a new run") from None
 
 
 def new_run_dir(cfg: Any) -> Path:
@@ -70,6 +85,67 @@ class RunDirectory:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the directory this run owns
+        self._fd: int | None = None  # held open: the inode cannot be freed and reused meanwhile
+
+    def pin(self) -> None:
+        """Remember which directory this run owns: one deleted and made again at the same
+        path (by a user, or by a worker writing its state there) is another directory. The
+        directory is held open, else a file system may hand its freed inode number straight
+        to the re-created one."""
+        self.unpin()
+        flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+        try:
+            self._fd = os.open(self.path, flags)
+            st = os.fstat(self._fd)
+        except OSError:  # a platform that cannot open a directory: the inode alone
+            self._fd, st = None, self.path.stat()
+        self._identity = (st.st_dev, st.st_ino)
+
+    def unpin(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._identity = None
+
+    def moved_away(self) -> bool:
+        """Whether the pinned directory is gone from its path (deleted, renamed or replaced)."""
+        if self._identity is None:
+            return False
+        try:
+            if self._fd is not None and os.fstat(self._fd).st_nlink == 0:  # deleted (also when made again)
+                return True
+            st = self.path.stat()
+        except OSError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
+
+    def check_still_there(self, epoch: int) -> None:
+        """Raise RunDirectoryGone when the pinned directory left its path: the run's files
+        would go into unlinked files or a re-created folder, and a checkpoint.json there
+        would name a run that is not there."""
+        if self.moved_away():
+            raise RunDirectoryGone(
+                f"run directory {self.path} was deleted or replaced while the run trained (seen at the end of epoch "
+                f"{epoch + 1}); the run stops and writes nothing there (nothing is re-created): start a new run")
+
+    def discard_recreated(self) -> None:
+        """After `moved_away()`: remove what this run wrote into a directory it re-created at
+        the path (epoch folders of model and worker state files: `atomic_save` makes the
+        folders it writes into), nothing else."""
+        if not self.moved_away() or not self.path.is_dir():
+            return
+        ours = ("worker", MODEL_FILE, EVAL_MODEL_FILE)
+        try:
+            if os.listdir(self.path) != ["checkpoints"]:
+                return
+            for epoch in os.listdir(self.path / "checkpoints"):
+                files = os.listdir(self.path / "checkpoints" / epoch) if epoch.startswith("epoch") else [None]
+                if not all(f is not None and f.startswith(ours) and f.endswith((".pt", ".tmp")) for f in files):
+                    return
+            shutil.rmtree(self.path)
+        except OSError:  # changed meanwhile: leave it
+            pass
 
     def __str__(self) -> str:
         return str(self.path)
@@ -89,8 +165,12 @@ class RunDirectory:
         self.write_plan(plan)
         atomic_json(self.path / "schedule.json",
                     {"method": spec.method, "epochs": spec.epochs, "phases": [p.to_dict() for p in phases(spec)]})
-        (self.path / "schedule.txt").write_text(format_phases(spec) + "\n")
-        plot_schedule(spec, str(self.path / "schedule.png"))
+        for name, write in (("schedule.txt", lambda path: path.write_text(format_phases(spec) + "\n")),
+                            ("schedule.png", lambda path: plot_schedule(spec, str(path)))):
+            try:  # a full disk is one line naming the file, as for every other file of the run
+                write(self.path / name)
+            except (OSError, RuntimeError, ValueError) as exc:  # matplotlib may wrap the OSError
+                raise write_failure(self.path / name, exc) from None
 
     def write_plan(self, plan: dict[str, Any]) -> None:
         """plan.json: at set-up, and again after each re-plan (`dbl.replan`), so that a resume
@@ -141,10 +221,18 @@ class RunDirectory:
             raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None
         if not (folder / MODEL_FILE).is_file():
             raise CheckpointError(f"{path} names {folder / MODEL_FILE}, which is missing")
+        # Checked before any work: a torn file used to be a traceback from a worker's torch.load.
+        for file in [folder / MODEL_FILE, *sorted(folder.glob("worker*.pt"))]:
+            _check_torch_file(file)
         return meta
 
     def load_model(self, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return torch.load(self.path / meta["path"] / MODEL_FILE, map_location="cpu", weights_only=True)
+        path = self.path / meta["path"] / MODEL_FILE
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path} cannot be read ({reason}); restore it, or start a new run") from None
 
     def checkpoint_folder(self, meta: dict[str, Any]) -> Path:
         return self.path / meta["path"]
