@@ -61,7 +61,7 @@ from dbl_ps.planner import (
 from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors
-from dbl_ps.training.engine import Engine
+from dbl_ps.training.engine import Engine, split_batch
 from dbl_ps.training.setup import plan_from_dict as _plan_from_saved_dict
 from dbl_ps.training.topology import Topology
 
@@ -78,6 +78,7 @@ __all__ = [
     "ShareBatchSampler",
     "SingleRankMPU",
     "TimeModel",
+    "accumulate",
     "deepspeed_rank_config",
     "lr_at",
     "measure_time_model",
@@ -564,7 +565,8 @@ def _progress_problem(rows: Sequence[Sequence[int]]) -> str | None:
         taken = "; ".join(f"rank {r} took {steps} of its {planned} planned steps" for r, steps, planned in off)
         fewer = any(steps < planned for _, steps, planned in off)
         why = ("an early break, a DataLoader with drop_last, or a sampler on other shares or another batch than "
-               "the plan's" if fewer else "a sampler on other shares or another batch than the plan's")
+               "the plan's" if fewer else "a sampler on other shares or another batch than the plan's, or step() "
+               "called per micro-batch: with accumulation call it once per optimizer step")
         return (f"epoch {epochs[0]}: {taken} ({why}). Every rank must take exactly its planned steps "
                 f"(averager.mine.steps): after a re-plan give the sampler the new plan with "
                 f"sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch), mine = "
@@ -583,7 +585,43 @@ def deepspeed_rank_config(user_config: dict[str, Any], batch_size: int) -> tuple
     `(config, notes)`, where notes say once what was changed. DeepSpeed asserts
     `train_batch_size = micro x accumulation x data-parallel size`; each rank here is its own
     data-parallel world of one (pass `mpu=SingleRankMPU(single_rank_groups())` to
-    `deepspeed.initialize`), so the batch fields become this rank's batch. The
-    `optimizer` and `scheduler` blocks stay the user's (DeepSpeed drives them). Everything
-    that cannot work is one `DeepSpeedConfigError` listing every conflict, before any step runs."""
+    `deepspeed.initialize`), so the batch fields become this rank's: your
+    `gradient_accumulation_steps` a is kept, the micro batch is ceil(batch / a) and
+    `train_batch_size` the micro batch x a (feed DeepSpeed a micro-batches per planned batch,
+    e.g. from `accumulate(images, labels, parts=a)`). The `optimizer` block stays yours
+    (DeepSpeed builds it). A `scheduler` block is refused: DeepSpeed steps it once per
+    optimizer step, and the ranks take different numbers of steps per epoch; give
+    `deepspeed.initialize(lr_scheduler=lambda opt: ScheduleLR(opt, spec, mine.steps))`
+    instead (epoch units). Everything that cannot work (also a planned batch smaller than the
+    accumulation steps) is one `DeepSpeedConfigError` listing every conflict, before any step."""
     return check_rank_config(user_config, batch_size)
+
+
+# --------------------------------------------------------------------------- accumulation
+
+
+def accumulate(inputs: torch.Tensor, targets: torch.Tensor, micro_batch: int | None = None, *,
+               parts: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """Gradient accumulation for a planned batch larger than this rank's memory: the batch as
+    micro-batches `(inputs, targets, scale)`, `scale = micro-batch size / batch size`. Take
+    `(loss_fn(model(x), y) * scale).backward()` for each, then one `optimizer.step()` and one
+    `averager.step()`: the averager and the step check count optimizer steps (the plan's
+    `mine.steps`), not micro-batches. The scaled mean losses add up to the batch's mean loss,
+    so the accumulated gradient is the unsplit batch's (exactly, for a model without
+    BatchNorm: its statistics see each micro-batch alone). `micro_batch`: the largest
+    micro-batch (ceil(b / micro_batch) of them; None or >= b: the batch itself, scale 1.0).
+    `parts`: exactly that many micro-batches instead (sizes differ by at most one), e.g.
+    DeepSpeed's `gradient_accumulation_steps` (there: `engine.backward(loss * scale,
+    scale_wrt_gas=False)` and `engine.step()` per micro-batch). The same split `dbl-ps train`
+    uses (`micro_batch` in the run config)."""
+    if micro_batch is not None and parts is not None:
+        raise APIError(f"accumulate(micro_batch={micro_batch}, parts={parts}): give one of them")
+    for name, value in (("micro_batch", micro_batch), ("parts", parts)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise APIError(f"accumulate({name}={value!r}): give a whole number >= 1")
+    if inputs.shape[0] != targets.shape[0]:
+        raise APIError(f"accumulate: {inputs.shape[0]} inputs but {targets.shape[0]} targets; give one batch")
+    if parts is not None and parts > inputs.shape[0]:
+        raise APIError(f"accumulate(parts={parts}): the batch has {inputs.shape[0]} samples, fewer than the "
+                       f"micro-batches; give parts <= {inputs.shape[0]}")
+    return split_batch(inputs, targets, micro_batch, parts=parts)

@@ -140,10 +140,10 @@ def per_resolution(values: PerResolution | None, resolutions: Sequence[int]) -> 
 class SyntheticConfig:
     """Generated images with learnable class structure (for fast tests)."""
 
-    num_train: int = _f(1024, ge=1)
-    num_test: int = _f(256, ge=1)
-    num_classes: int = _f(10, ge=2)
-    channels: int = _f(3, ge=1, le=4)
+    num_train: int = _f(1024, ge=1, help="training images generated")
+    num_test: int = _f(256, ge=1, help="test images generated")
+    num_classes: int = _f(10, ge=2, help="classes of the generated images")
+    channels: int = _f(3, ge=1, le=4, help="colour channels of the generated images")
     size: int = _f(16, ge=4, help="stored image side in pixels")
     seed: int = _f(0, ge=0, help="the data set's own seed (independent of the run's seed)")
 
@@ -187,7 +187,7 @@ class DataConfig:
                                                  "centre crop, per sample); null = largest resolution")
     train_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many training images")
     test_limit: int | None = _f(None, ge=1, help="use a fixed random subset of this many test images")
-    eval_batch_size: int = _f(512, ge=1)
+    eval_batch_size: int = _f(512, ge=1, help="batch size of the global model's evaluation (memory only: results do not depend on it)")
     num_workers: int = _f(0, ge=0, help="DataLoader processes reading and decoding samples (imagefolder, factory, "
                                         "shards); 0 = in the training process")
     verify: bool = _f(False, help="source shards: check each shard's SHA-256 against index.json the first time a "
@@ -250,12 +250,14 @@ class ModelConfig:
 @dataclass(kw_only=True)
 class ScheduleConfig:
     epochs: int = _f(24, ge=1, help="global epochs (one global epoch = `workers` pushes)")
-    lr: float = _f(0.1, gt=0.0)
+    lr: float = _f(0.1, gt=0.0, help="peak learning rate of every worker (after warm-up, before the milestones)")
     milestones: list[int] = _f([12, 20], ge=1, help="global epochs where the LR is multiplied by gamma")
-    gamma: float = _f(0.1, gt=0.0, le=1.0)
+    gamma: float = _f(0.1, gt=0.0, le=1.0, help="factor the LR is multiplied by at each milestone")
     warmup_epochs: int = _f(1, ge=0, help="linear LR warm-up over the first epochs (at most until the first milestone)")
     warmup_start_factor: float = _f(0.1, ge=0.0, le=1.0, help="warm-up starts at this fraction of lr")
-    resolutions: list[int] = _f([12, 16], ge=4, help="CPL resolutions, low to high; one value = no CPL")
+    # At most 4096 px: a typo such as 100000 would otherwise reach the model check
+    # before anything says so (80 GB in the launcher); the paper uses 24-288 px.
+    resolutions: list[int] = _f([12, 16], ge=4, le=4096, help="CPL resolutions, low to high; one value = no CPL")
     cyclic: bool = _f(True, help="restart the resolution climb in every LR stage (CPL); false = one climb over the run")
 
     def check(self, prefix: str) -> None:
@@ -359,7 +361,7 @@ class OptimConfig:
     name: Literal["sgd", "adamw"] = _f("sgd", help="the workers' optimizer: SGD with momentum (the paper's) or "
                                                   "AdamW (set schedule.lr to suit it, e.g. 1e-3)")
     momentum: float = _f(0.9, ge=0.0, lt=1.0, help="SGD momentum")
-    weight_decay: float = _f(1e-4, ge=0.0)
+    weight_decay: float = _f(1e-4, ge=0.0, help="L2 penalty (SGD) or decoupled weight decay (AdamW)")
     nesterov: bool = _f(False, help="SGD: Nesterov momentum")
     betas: list[float] = _f([0.9, 0.999], ge=0.0, lt=1.0, help="AdamW: the two moment decay rates")
     restart_momentum: bool = _f(False, help="zero the optimizer's state (SGD momentum) at every new LR stage and "
@@ -384,11 +386,11 @@ class LossConfig:
 @dataclass(kw_only=True)
 class WandbConfig:
     enabled: bool = _f(False, help="log the run to Weights & Biases (needs the [wandb] extra)")
-    project: str = "dbl-ps"
-    entity: str | None = None
+    project: str = _f("dbl-ps", help="W&B project")
+    entity: str | None = _f(None, help="W&B entity (team or user); null = your default")
     mode: Literal["auto", "online", "offline", "disabled"] = _f(
         "auto", help="auto: online when an API key is configured, else an offline run directory (wandb sync uploads it)")
-    tags: list[str] = _f([])
+    tags: list[str] = _f([], help="W&B tags of the run")
     group: str | None = _f(None, help="W&B group; `dbl-ps compare` sets one so its runs overlay")
 
 
@@ -433,19 +435,23 @@ class RunConfig:
     """The root of a run's configuration. `RunConfig()` is the embedded default
     job: hybrid DBSL+CPL, small ResNet on scikit-learn digits, 4 CPU workers."""
 
-    name: str = "digits-hybrid"
-    description: str = "Embedded default: hybrid DBSL+CPL (1 small-batch worker of 4, tau 1.1, 12->16 px cycles) on scikit-learn digits."
+    name: str = _f("digits-hybrid", help="the run's name: its directory is OUT_DIR/NAME-TIMESTAMP; `dbl-ps report` groups runs by name and config")
+    description: str = _f("Embedded default: hybrid DBSL+CPL (1 small-batch worker of 4, tau 1.1, 12->16 px cycles) on "
+                          "scikit-learn digits.", help="one line on what the run is (config.yaml, W&B notes)")
     out_dir: str = _f("runs", help="run directories are created under this folder")
-    seed: int = _f(0, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = _f(0, ge=0, help="seeds the model's initial weights, the data split into shares and the augmentation")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", help="where workers train: auto = the GPUs in turn where "
+                                                         "torch finds any, else the CPU; cuda = fail without a GPU")
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
     engine: str = _f(
-        "torch", help="each worker's training engine (dbl_ps.registry.ENGINES): torch (plain torch SGD), deepspeed "
-                      "(a DeepSpeed engine; needs the [deepspeed] extra), fsdp (FSDP2 groups of ranks, under torchrun "
+        "torch", help="each worker's training engine (dbl_ps.registry.ENGINES): torch (plain torch, optimizer "
+                      "optim.name), deepspeed (a DeepSpeed engine; needs the [deepspeed] extra), fsdp (FSDP2 groups of ranks, under torchrun "
                       "only), or an import path 'package.module:callable' to your Engine subclass or engine factory")
     deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or the name of one shipped "
                                                  "in dbl_ps/configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1; "
-                                                 "`dbl-ps configs` lists them); null = fp32, no ZeRO")
+                                                 "`dbl-ps configs` lists them); null = fp32, no ZeRO. Its optimizer "
+                                                 "block, if any, is the one that runs (else optim.name), at "
+                                                 "schedule.lr; a scheduler block gives way to schedule.*")
     imports: list[str] = _f([], help="modules every process imports first (e.g. one that defines your model or "
                                      "dataset); the current directory is searched too")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
@@ -455,6 +461,12 @@ class RunConfig:
                                          "(faster convolutions on GPUs with tensor cores)")
     compile: bool = _f(False, help="engine torch: torch.compile each worker's model, warmed up at every "
                                    "resolution and batch size before the first epoch")
+    micro_batch: int | None = _f(None, ge=1, help="engine torch: the largest batch one forward/backward takes; a "
+                                                  "planned batch above it runs as ceil(batch / micro_batch) "
+                                                  "micro-batches with one optimizer step (gradient accumulation: "
+                                                  "the same gradient; BatchNorm sees each micro-batch alone); "
+                                                  "null = the whole batch at once. engine deepspeed: "
+                                                  "gradient_accumulation_steps in the DeepSpeed JSON")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -490,6 +502,10 @@ class RunConfig:
             if getattr(self, key) != getattr(RunConfig, key) and engine["precision_from"] is not None:
                 raise _bad(key, getattr(self, key), f"its default with engine {self.engine!r} (it applies to engine "
                            f"'torch'; engine {self.engine!r} takes its precision from {engine['precision_from']})")
+        if self.micro_batch is not None and (engine["ds_config"] or engine["sharded"]):
+            instead = ("gradient_accumulation_steps in the DeepSpeed JSON (deepspeed_config)" if engine["ds_config"]
+                       else "more ranks per worker (fsdp.ranks_per_worker) to split a worker's batch")
+            raise _bad("micro_batch", self.micro_batch, f"null with engine {self.engine!r} (use {instead})")
         if self.fsdp.ranks_per_worker > 1 and not engine["sharded"]:
             sharded = ENGINES.with_trait("sharded")
             raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, f"1 unless engine is {_names(sharded)} "
@@ -504,6 +520,11 @@ class RunConfig:
                     raise _bad(key, values, f"a value for every resolution in schedule.resolutions={res} (missing {missing})")
             elif values is not None and len(values) not in (1, len(res)):
                 raise _bad(key, values, f"1 value or one per resolution ({len(res)} values for schedule.resolutions={res})")
+        if self.data.crop_padding is not None and self.data.crop_padding > min(res):
+            # The pad-crop runs at every resolution: padding wider than the image crops none of it
+            # (and 100000 px of padding is a 10 TB batch in a worker).
+            raise _bad("data.crop_padding", self.data.crop_padding,
+                       f"at most the smallest resolution, {min(res)} px (null = resolution // 8)")
         if (self.data.image_size is not None and DATA_SOURCES.traits(self.data.source)["per_sample"]
                 and self.data.image_size < max(self.schedule.resolutions)):
             raise _bad("data.image_size", self.data.image_size, f"at least the largest resolution, {max(self.schedule.resolutions)}")
@@ -764,6 +785,34 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
         keys.append(prefix + f.name)
         if _is_config(hints[f.name]):
             keys.extend(_all_keys(hints[f.name], prefix + f.name + "."))
+    return keys
+
+
+class ConfigKey(typing.NamedTuple):
+    """One key of the run config as `dbl-ps configs --keys` lists it."""
+
+    key: str  # dotted, as overrides take it: dbl.tau
+    kind: str  # what it takes, in words: "a number (>= 1.0)"
+    default: Any  # the embedded default job's value
+    help: str  # what it does ("" where the name says it)
+
+
+def config_keys(cls: type | None = None, prefix: str = "", defaults: Any = None) -> list[ConfigKey]:
+    """Every leaf key of the run config (sections walked), with what it takes, its default
+    (the embedded job's) and its help, in the schema's order."""
+    cls = cls or RunConfig
+    defaults = defaults if defaults is not None else cls()
+    hints = _hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp, value = hints[f.name], getattr(defaults, f.name)
+        if _is_config(tp):
+            keys.extend(config_keys(tp, f"{prefix}{f.name}.", value))
+            continue
+        limits = _limits(f.metadata)
+        keys.append(ConfigKey(prefix + f.name, _describe(tp) + (f" ({limits})" if limits else ""),
+                              dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value,
+                              f.metadata.get("help", "")))
     return keys
 
 
@@ -1098,13 +1147,15 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
     applied. Values neither `raw` (plain data) nor the overrides set follow the ones they
     did (see `_follow`); each derived value appends one line to `notes` when given."""
     notes = notes if notes is not None else []
+    file_keys: set[str] | None = None  # keys the plain data sets (None: a whole config, every key given)
     if isinstance(raw, RunConfig):
         data = raw.to_dict()
     else:
         defaults = RunConfig().to_dict()
         data = _merge(defaults, raw)
         if isinstance(raw, Mapping):
-            _follow(defaults, data, set().union(*(_set_keys(v, str(k)) for k, v in raw.items())), notes)
+            file_keys = set().union(*(_set_keys(v, str(k)) for k, v in raw.items()))
+            _follow(defaults, data, file_keys, notes)
     before = copy.deepcopy(data)
     set_keys: list[tuple[str, str]] = []
     dotted: set[str] = set()
@@ -1116,6 +1167,8 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
     if set_keys:
         data = _merge(RunConfig().to_dict(), data)  # an override that replaced a whole section keeps its defaults
         _follow(before, data, dotted, notes)
+    if file_keys is not None:
+        _own_model_and_data(data, file_keys | dotted, notes)
     try:
         return RunConfig.from_dict(data)
     except ConfigError as err:
@@ -1124,6 +1177,59 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
                                         or key.startswith(err.key + ".")):
                 raise ConfigError(f"{err} (from the command-line override {text!r})", key=err.key, value=err.value) from None
         raise
+
+
+def _method_words(data: Mapping[str, Any]) -> str:
+    small, res = _get(data, "dbl.small"), _get(data, "schedule.resolutions")
+    dbsl, cpl = _is_int(small) and small > 0, isinstance(res, list) and len(res) > 1
+    return "hybrid DBSL+CPL" if dbsl and cpl else "DBSL" if dbsl else "CPL" if cpl else "load-balanced PS training"
+
+
+def _leaf(text: str) -> str:
+    """`torchvision.models:resnet18` -> `resnet18`; `my.pkg.data.make` -> `make`."""
+    return re.split(r"[:.]", text)[-1] or text
+
+
+def _own_model_and_data(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
+    """A user's own model or data does not inherit what only the embedded digits job means
+    (in place in `data`, one note each), where the user set none of it:
+
+    * `name` and `description` (still the digits job's) follow the model, the data and the
+      method: `resnet18-cifar10-hybrid`;
+    * a model by import path gets no dropout (the embedded job's 0.0/0.1 is for its small
+      ResNet; `model.dropout` schedules one);
+    * data from `data.factory` gets no random-crop augmentation (its padding and flip are
+      guesses about images dbl-ps has not seen; `data.augment=true` turns it on);
+    * `schedule.resolutions` still the embedded job's 12/16 px (digits are 8 px) are said,
+      with what to set: the images' size is known only once they are loaded."""
+    defaults = RunConfig()
+    model, source, factory = _get(data, "model.name"), _get(data, "data.source"), _get(data, "data.factory")
+    own_model = isinstance(model, str) and model != defaults.model.name
+    own_data = (isinstance(source, str) and source != defaults.data.source) or bool(factory)
+    if not (own_model or own_data):
+        return
+    data_name = _leaf(factory) if isinstance(factory, str) and factory else str(source)
+    method = _method_words(data)
+    if "name" not in set_anywhere and _get(data, "name") == defaults.name:
+        short = {"hybrid DBSL+CPL": "hybrid", "load-balanced PS training": "ps"}.get(method, method.lower())
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{_leaf(str(model))}-{data_name}-{short}")
+        _set_dotted(data, "name", name)
+        notes.append(f"name {name!r}: from the model, the data and the method (set name to choose it)")
+    if "description" not in set_anywhere and _get(data, "description") == defaults.description:
+        _set_dotted(data, "description", f"{method}: {model} on {data_name}.")
+    if own_model and isinstance(model, str) and ":" in model and "model.dropout" not in set_anywhere:
+        _set_dotted(data, "model.dropout", [0.0])
+        notes.append("model.dropout 0.0: your model gets no dropout from the embedded job (set model.dropout, "
+                     "e.g. {24: 0.1, 32: 0.2}, to schedule one; a model without nn.Dropout gets one before its "
+                     "classifier)")
+    if factory and "data.augment" not in set_anywhere and _get(data, "data.augment") is True:
+        _set_dotted(data, "data.augment", False)
+        notes.append("data.augment false: your data.factory images are used as they are (set data.augment=true "
+                     "for random crops with data.crop_padding, and data.flip)")
+    if own_data and "schedule.resolutions" not in set_anywhere \
+            and _get(data, "schedule.resolutions") == defaults.schedule.resolutions:
+        notes.append(f"schedule.resolutions {defaults.schedule.resolutions} px are the embedded digits job's: set "
+                     f"them for your images (e.g. [24, 32] for 32 px images, or one value for no CPL)")
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -1153,7 +1259,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     if path is not None:
         path = resolve_config_path(path)
         try:
-            loaded = _load_yaml(path.read_text())
+            loaded = _load_yaml(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:  # a binary file, or another encoding (Latin-1, UTF-16)
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}: "
+                              f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8", value=str(path)) from None
+        except OSError as exc:  # unreadable (permissions)
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}", value=str(path)) from None
         except _DuplicateKey as dup:
             raise ConfigError(f"config file {str(path)!r} line {dup.line}: key {dup.key!r} appears twice "
                               f"(first at line {dup.first_line}); keep one", value=str(path)) from None

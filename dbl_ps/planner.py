@@ -728,8 +728,26 @@ class Plan:
         return self.resolutions[resolution]
 
     def regime_lines(self) -> list[str]:
-        """One line per resolution on what the small batch is on this device (none when n_S = 0)."""
-        return [reg.message for reg in (rp.regime() for rp in self.resolutions.values()) if reg is not None]
+        """One line per resolution on what the small batch is on this device (none when n_S = 0),
+        and one per resolution where a batch is larger than its worker's share (`batch_lines`)."""
+        lines = [reg.message for reg in (rp.regime() for rp in self.resolutions.values()) if reg is not None]
+        return lines + self.batch_lines()
+
+    def batch_lines(self) -> list[str]:
+        """One line per resolution where a worker's planned batch is larger than its share of
+        the data: it then takes one step of its whole share per epoch, not the batch the plan
+        names (B_L above the data set, or a share cut small by a slow device)."""
+        lines = []
+        for r, rp in self.resolutions.items():
+            over = [(w, b, d) for w, (b, d) in enumerate(zip(rp.batches, rp.shares)) if d and b > d]
+            if not over:
+                continue
+            named = ", ".join(f"worker {w}: batch {b} > share {d}" for w, b, d in over)
+            at = f" at {r} px" if r else ""
+            lines.append(f"batch above the share{at} ({named} of {rp.dataset_size} samples): such a worker takes "
+                         f"one step of its whole share per epoch; lower dbl.batch_large (B_L "
+                         f"{max(rp.batch_large)}) or use fewer workers")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready. Top-level lists are per resolution (order of ``resolutions``);

@@ -5,9 +5,11 @@ From run directories (each with `config.yaml` or `config.json` and
 epoch (PNG, matplotlib Agg), each worker's seconds per mini-epoch against the plan's
 prediction (does DBSL keep the workers together?), and tabulate final and best
 accuracy, total time, time to a target accuracy and the ratios to a named baseline.
-Runs that share a label (the config's `name`, e.g. the same variant with different
-seeds) are one row: the mean and the sample standard deviation over its runs; in the
-plots one colour, each run a faint line and their mean a bold one. The table is also
+Runs that share a label (the config's `name`) and a config apart from the seed and
+where they ran (`NOT_WHAT_A_RUN_IS`) are one row: the mean and the sample standard
+deviation over its runs (seeds); in the plots one colour, each run a faint line and their
+mean a bold one. Runs of one name with other configs are rows of their own, labelled with
+the keys that tell them apart. The table is also
 written as CSV (`summary.csv`, raw numbers) for other tools.
 
 Times are training time (`wall_time` of the records: the clock starts once every worker
@@ -25,14 +27,14 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics, strict_dumps
 
 __all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "write_csv", "plot_runs",
-           "plot_worker_times", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve"]
+           "plot_worker_times", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve"]
 
 # The target accuracy of "time to target": this fraction of the baseline's mean final accuracy.
 TARGET_FRACTION = 0.9
@@ -181,10 +183,53 @@ def mean_curve(runs: Sequence[RunData], y_key: str, x_key: str) -> tuple[list[fl
     return xs, ys
 
 
+# Config keys that differ between the seeds of one experiment or say where and how it ran,
+# not what it is: runs that differ only here are one row (their mean and deviation).
+NOT_WHAT_A_RUN_IS = ("name", "description", "seed", "out_dir", "device", "threads_per_worker", "imports", "tracking",
+                     "launch", "data.path", "data.num_workers", "data.verify", "eval.every")
+
+
+def _identity(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The config as dotted keys without `NOT_WHAT_A_RUN_IS`."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if dotted in NOT_WHAT_A_RUN_IS:
+            continue
+        if isinstance(value, Mapping):
+            flat.update(_identity(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
 def _group(runs: Sequence[RunData]) -> dict[str, list[RunData]]:
-    groups: dict[str, list[RunData]] = {}
+    """Runs grouped by what they are: one label, and one config apart from `NOT_WHAT_A_RUN_IS`.
+    Runs that share a label but not a config (the same name with another learning rate, say)
+    are separate groups, each labelled with the keys that tell them apart:
+    `hybrid [schedule.lr=0.05]` and `hybrid [schedule.lr=0.1]`."""
+    by_label: dict[str, list[RunData]] = {}
     for run in runs:
-        groups.setdefault(run.label, []).append(run)
+        by_label.setdefault(run.label, []).append(run)
+    groups: dict[str, list[RunData]] = {}
+    for label, members in by_label.items():
+        identities = [_identity(m.config) for m in members]
+        distinct: list[dict[str, Any]] = []
+        for identity in identities:
+            if identity not in distinct:
+                distinct.append(identity)
+        if len(distinct) == 1:
+            groups[label] = members
+            continue
+        keys = sorted({k for d in distinct for k in d if any(d.get(k) != o.get(k) for o in distinct)})
+        for identity in distinct:
+            name = f"{label} [{', '.join(f'{k}={_short(identity.get(k))}' for k in keys)}]"
+            groups[name] = [m for m, i in zip(members, identities) if i == identity]
     return groups
 
 
@@ -407,45 +452,119 @@ def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path |
     return path
 
 
-def plot_worker_times(run: RunData, path: str | Path) -> Path | None:
-    """Each worker's measured seconds per mini-epoch against the epoch (solid) and the
-    plan's predicted seconds for its share and batch at that resolution (dashed, from
-    `plan.json` when the run has one). DBSL plans the shares so that the lines of all
-    workers meet. None (nothing drawn) for runs without per-worker records."""
+def worker_times(run: RunData) -> dict[int, dict[str, list[Any]]]:
+    """Per worker, over the epochs it recorded: `epoch`, `resolution`, `training` (seconds
+    computing: the mini-epoch less the waiting and merging at syncs), `waiting` (for the other
+    workers at syncs) and `merging` (the sync's own work). Runs from before waiting was
+    recorded count none. {} for runs without per-worker records."""
+    def number(worker: Mapping[str, Any], key: str) -> float:
+        value = worker.get(key)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    times: dict[int, dict[str, list[Any]]] = {}
+    for record in run.records:
+        if not isinstance(record.get(EPOCH), (int, float)):
+            continue
+        for w in record.get("workers") or []:
+            if not (isinstance(w, dict) and isinstance(w.get("seconds"), (int, float))):
+                continue
+            series = times.setdefault(int(w["worker"]), {k: [] for k in ("epoch", "resolution", "training", "waiting",
+                                                                         "merging")})
+            series["epoch"].append(record[EPOCH])
+            series["resolution"].append(w.get("resolution"))
+            series["training"].append(w["seconds"] - number(w, "wait_seconds") - number(w, "sync_seconds"))
+            series["waiting"].append(number(w, "wait_seconds"))
+            series["merging"].append(number(w, "sync_seconds"))
+    return dict(sorted(times.items()))
+
+
+def replan_marks(plan: Mapping[str, Any]) -> list[tuple[float, str]]:
+    """Where `plan.json`'s re-plans fall on the epoch axis: between the epoch after which the
+    workers were re-planned and the next one; before the epoch a resume re-planned at."""
+    marks = []
+    for record in plan.get("replans", []) if isinstance(plan.get("replans"), list) else []:
+        if isinstance(record.get("after_epoch"), (int, float)):
+            marks.append((record["after_epoch"] + 0.5, "re-plan"))
+        elif isinstance(record.get("at_resume"), (int, float)):
+            marks.append((record["at_resume"] - 0.5, f"resumed on {record.get('workers', '?')} workers"))
+    return marks
+
+
+def _plan_title(label: str, plan: Mapping[str, Any]) -> str:
+    if not plan:
+        return f"{label}: worker times"
+    small, workers = plan.get("small", 0), plan.get("workers", "?")
+    what = f"{workers} workers, {small} small" if small else f"{workers} workers, one batch size"
+    return f"{label}: worker times ({what})"
+
+
+def plot_worker_times(run: RunData, path: str | Path, label: str | None = None) -> Path | None:
+    """Each worker's seconds per mini-epoch against the epoch, computing and waiting apart.
+
+    Top: the seconds each worker trained (its epoch less the waiting and merging at syncs;
+    solid) against the plan's prediction for its share and batch at that resolution (dashed,
+    from `plan.json` when the run has one). DBSL plans the shares so that these lines meet;
+    in BSP the whole epochs are equal by construction, which is why the waiting is taken out.
+    Bottom: the seconds each worker waited for the others at syncs (solid) and spent merging
+    (dotted). Grey vertical lines mark re-plans. None (nothing drawn) for runs without
+    per-worker records."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    points = [(r[EPOCH], w) for r in run.records if isinstance(r.get(EPOCH), (int, float))
-              for w in r.get("workers") or [] if isinstance(w, dict) and isinstance(w.get("seconds"), (int, float))]
-    if not points:
+    times = worker_times(run)
+    if not times:
         return None
     plan: dict[str, Any] = {}
     if (run.run_dir / "plan.json").is_file():
         plan = json.loads((run.run_dir / "plan.json").read_text())
     per_resolution = plan.get("per_resolution", {})
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    fig = Figure(figsize=(6.4, 6.4), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for worker in sorted({w["worker"] for _, w in points}):
-        mine = [(epoch, w) for epoch, w in points if w["worker"] == worker]
+    compute_ax, wait_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for worker, series in times.items():
+        epochs = series["epoch"]
         role = "" if not plan else (" (small)" if worker < plan.get("small", 0) else " (large)")
-        (line,) = ax.plot([e for e, _ in mine], [w["seconds"] for _, w in mine], label=f"worker {worker}{role}",
-                          marker="." if len(mine) < 40 else None)
-        predicted = [(e, per_resolution[str(w.get("resolution"))]["predicted_epoch_seconds"][worker]) for e, w in mine
-                     if str(w.get("resolution")) in per_resolution]
+        marker = "." if len(epochs) < 40 else None
+        (line,) = compute_ax.plot(epochs, series["training"], label=f"worker {worker}{role}", marker=marker)
+        predicted = [(e, per_resolution[str(r)]["predicted_epoch_seconds"][worker])
+                     for e, r in zip(epochs, series["resolution"]) if str(r) in per_resolution]
         if predicted:
-            ax.plot([e for e, _ in predicted], [t for _, t in predicted], linestyle="--", color=line.get_color(),
-                    drawstyle="steps-post")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("seconds per mini-epoch (dashed: plan)")
-    ax.set_title(f"{run.label}: worker times")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+            compute_ax.plot([e for e, _ in predicted], [t for _, t in predicted], linestyle="--",
+                            color=line.get_color(), drawstyle="steps-post")
+        wait_ax.plot(epochs, series["waiting"], color=line.get_color(), marker=marker)
+        wait_ax.plot(epochs, series["merging"], color=line.get_color(), linestyle=":")
+    for ax in (compute_ax, wait_ax):
+        for x, _ in replan_marks(plan):
+            ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+        ax.grid(True, alpha=0.3)
+    for x, text in replan_marks(plan):
+        compute_ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize="x-small",
+                            color="grey", ha="right", va="top")
+    compute_ax.set_ylabel("training s / mini-epoch\n(dashed: plan)")
+    wait_ax.set_ylabel("s at syncs\n(solid: waiting, dotted: merge)")
+    wait_ax.set_xlabel("epoch")
+    compute_ax.set_title(_plan_title(label or run.label, plan))
+    compute_ax.legend(fontsize="small")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def _file_names(labels: Sequence[str], prefix: str) -> dict[str, str]:
+    """One PNG name per label, made safe for a file system and never shared: labels that
+    read the same once made safe (`a/b`, `a_b`) get `-2`, `-3`."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for label in labels:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+        name, k = f"{prefix}{safe}.png", 2
+        while name in taken:
+            name, k = f"{prefix}{safe}-{k}.png", k + 1
+        taken.add(name)
+        names[label] = name
+    return names
 
 
 def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, baseline: str | None = None,
@@ -461,9 +580,10 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
     gap = plot_generalisation_gap(loaded, out_dir / "train_vs_test_accuracy.png")
     if gap is not None:
         plots.append(gap)
-    for label, members in _group(loaded).items():  # one worker-time plot per label (its first run)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-        drawn = plot_worker_times(members[0], out_dir / f"workers_{safe}.png")
+    groups = _group(loaded)
+    names = _file_names(list(groups), "workers_")
+    for label, members in groups.items():  # one worker-time plot per group (its first run)
+        drawn = plot_worker_times(members[0], out_dir / names[label], label)
         if drawn is not None:
             plots.append(drawn)
     (out_dir / "summary.json").write_text(strict_dumps(rows, indent=2) + "\n")  # a NaN loss as null
@@ -477,7 +597,7 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
     for note in notes:
         lines += [note, ""]
     lines += [format_table(rows, "markdown"), "Runs:", ""]
-    lines += [f"- `{r.label}`: {r.run_dir}" for r in loaded]
+    lines += [f"- `{label}`: {r.run_dir}" for label, members in groups.items() for r in members]
     lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out_dir / "report.md"

@@ -3,8 +3,9 @@
 DeepSpeed asserts `train_batch_size = micro batch x accumulation x world size`, so one
 engine per job cannot give ranks different batches (DeepSpeed issues #1051, #6533). Here
 every rank builds its own engine as a data-parallel world of one, from the user's own
-JSON (optimizer and scheduler blocks included: DeepSpeed drives them), with the batch the
-plan gives it; dbl-ps averages the ranks' models with their share weights once per epoch
+JSON (its optimizer block included: DeepSpeed builds it), with the batch the plan gives
+it, and the LR schedule in epochs (`dbl.ScheduleLR`: a JSON scheduler counts optimizer
+steps, which differ per rank, and is refused); dbl-ps averages the ranks' models with their share weights once per epoch
 and refreshes DeepSpeed's fp32 master weights afterwards. The lines dbl-ps adds are
 marked `# dbl-ps`.
 
@@ -13,7 +14,7 @@ marked `# dbl-ps`.
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 examples/deepspeed_train.py --deepspeed_config examples/ds_config.json
 
 `--checkpoint DIR`: after every epoch each rank saves into its own folder `DIR/rank<R>/`:
-`engine.save_checkpoint` (model, optimizer, the JSON's scheduler) and `dbl_ps.pt` (the
+`engine.save_checkpoint` (model, optimizer, the LR schedule) and `dbl_ps.pt` (the
 averager's and the sampler's state, the DeepSpeed tag). Each engine is a data-parallel
 world of one, so DeepSpeed names its files as data-parallel rank 0 on every rank: one
 folder for all ranks would have every rank write the same files. Started again with the
@@ -69,11 +70,16 @@ def main() -> None:
 
     own_group = dbl.single_rank_groups()  # dbl-ps (collective: every rank makes every one-rank group)
 
-    def build(batch: int) -> tuple[deepspeed.DeepSpeedEngine, dict]:
+    # The LR in epochs, the same on every rank at the same fraction of its epoch (dbl-ps)
+    spec = dbl.ScheduleSpec(epochs=args.epochs, base_lr=user_config["optimizer"]["params"]["lr"], warmup_epochs=1,
+                            warmup_start_factor=0.1)
+
+    def build(batch: int, steps: int) -> tuple[deepspeed.DeepSpeedEngine, dict]:
         torch.manual_seed(rank)
-        config, _ = dbl.deepspeed_rank_config(user_config, batch)  # dbl-ps: this rank's batch, no accumulation
+        config, _ = dbl.deepspeed_rank_config(user_config, batch)  # dbl-ps: this rank's batch (and accumulation)
         model = SmallCNN().to(device)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config,
+                                               lr_scheduler=lambda opt: dbl.ScheduleLR(opt, spec, steps),  # dbl-ps
                                                mpu=dbl.SingleRankMPU(own_group))  # dbl-ps: a data-parallel world of one
         return engine, config
 
@@ -90,7 +96,7 @@ def main() -> None:
     if ckpt:  # resumed: the saved plan (measuring again would give other shares) (dbl-ps)
         plan = dbl.plan_from_dict(ckpt["averager"]["plan"])  # dbl-ps
     else:
-        engine, _ = build(batch_large)
+        engine, _ = build(batch_large, 1)
         x, y = train_set.tensors
 
         def measure_step(b: int) -> None:
@@ -107,7 +113,7 @@ def main() -> None:
         if rank == 0:  # what the small batch is on this device: b_S / B_L, alpha/beta (dbl-ps)
             print(*plan.regime_lines(), sep="\n", flush=True)
     mine = dbl.rank_plan(plan, rank)  # dbl-ps
-    engine, config = build(mine.batch)  # a fresh engine (the measuring steps trained the first one) with the plan's batch
+    engine, config = build(mine.batch, mine.steps)  # a fresh engine (the measuring steps trained the first one) with the plan's batch
     if args.out:  # the config this rank trained with, as DeepSpeed saw it
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"ds_config_rank{rank}.json").write_text(json.dumps(config, indent=1))
@@ -115,7 +121,7 @@ def main() -> None:
     sampler = dbl.ShareBatchSampler(len(train_set), mine.shares, rank, mine.batch, seed=0)  # dbl-ps
     loader = DataLoader(train_set, batch_sampler=sampler)
     if ckpt:
-        engine.load_checkpoint(str(ckpt_dir), tag=ckpt["tag"])  # model, optimizer, the JSON's scheduler
+        engine.load_checkpoint(str(ckpt_dir), tag=ckpt["tag"])  # model, optimizer, the LR schedule
         averager.load_state_dict(ckpt["averager"])  # dbl-ps: after the model
         sampler.load_state_dict(ckpt["sampler"])  # dbl-ps
         plan = averager.plan  # dbl-ps
@@ -126,10 +132,11 @@ def main() -> None:
     for epoch in range(averager.start_epoch, args.epochs):  # dbl-ps: 0, or where the checkpoint left off
         mine = averager.set_epoch(epoch)  # dbl-ps
         sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)  # dbl-ps
+        engine.lr_scheduler.set_epoch(epoch, mine.steps)  # dbl-ps: this rank's steps in this epoch
         for images, labels in loader:
             loss = F.cross_entropy(engine(images.to(device)), labels.to(device))
             engine.backward(loss)
-            engine.step()  # DeepSpeed's optimizer and scheduler, from the user's JSON
+            engine.step()  # DeepSpeed's optimizer from the user's JSON, then the LR schedule
             if averager.step(loss):  # dbl-ps
                 record.data["syncs"].append({"epoch": epoch, "fingerprint": fingerprint(engine.module)})
         averager.end_epoch()  # dbl-ps: every rank took its planned steps (else one error on every rank)

@@ -60,15 +60,35 @@ def test_schedule_lr_follows_the_fractional_epoch_of_each_rank():
     assert lrs[4] == pytest.approx(expected) and lrs[10] == pytest.approx(expected)
 
 
-def test_deepspeed_rank_config_keeps_the_users_optimizer_and_scheduler():
-    user = {"train_batch_size": 128, "train_micro_batch_size_per_gpu": 64, "optimizer": {"type": "Adam"},
-            "scheduler": {"type": "WarmupLR"}}
+def test_deepspeed_rank_config_keeps_the_users_optimizer_and_accumulation():
+    user = {"train_batch_size": 128, "train_micro_batch_size_per_gpu": 64, "optimizer": {"type": "Adam"}}
     config, notes = dbl.deepspeed_rank_config(user, 24)
     assert config["train_batch_size"] == config["train_micro_batch_size_per_gpu"] == 24
-    assert config["optimizer"] == {"type": "Adam"} and config["scheduler"] == {"type": "WarmupLR"}
+    assert config["gradient_accumulation_steps"] == 1 and config["optimizer"] == {"type": "Adam"}
     assert notes == ["train_batch_size 128 -> the rank's planned batch",
                      "train_micro_batch_size_per_gpu 64 -> the rank's planned batch"]
     assert user["train_batch_size"] == 128  # the user's dict is left as it was
+    # accumulation 4 on a planned batch of 26: micro-batches of at most 7, DeepSpeed's 7 x 4 = 28
+    config, notes = dbl.deepspeed_rank_config({**user, "gradient_accumulation_steps": 4}, 26)
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"],
+            config["train_batch_size"]) == (7, 4, 28)
+    assert notes[0].startswith("gradient_accumulation_steps 4 kept: each rank's planned batch runs as 4 "
+                               "micro-batches")
+    assert [len(x) for x, _, _ in dbl.accumulate(torch.zeros(26, 1), torch.zeros(26), parts=4)] == [7, 7, 6, 6]
+
+
+def test_deepspeed_rank_config_refuses_what_would_differ_per_rank():
+    """A step-based scheduler would run at a different pace on every rank; a planned batch
+    smaller than the accumulation steps cannot be split: each one error naming the values."""
+    with pytest.raises(dbl.DeepSpeedConfigError) as info:
+        dbl.deepspeed_rank_config({"gradient_accumulation_steps": 8,
+                                   "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 20}}}, 5)
+    message = str(info.value)
+    assert "gradient_accumulation_steps=8 splits each planned batch into 8 micro-batches, but this rank's planned " \
+           "batch is 5: use gradient_accumulation_steps <= 5" in message
+    assert "scheduler 'WarmupLR' counts optimizer steps" in message and "dbl.ScheduleLR(opt, spec, mine.steps)" in message
+    with pytest.raises(dbl.DeepSpeedConfigError, match=r"gradient_accumulation_steps=0: give a whole number >= 1"):
+        dbl.deepspeed_rank_config({"gradient_accumulation_steps": 0}, 5)
 
 
 def test_a_measured_time_model_keeps_alpha_and_beta_non_negative():

@@ -107,7 +107,7 @@ def user_folder(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("torchrun", [0, 2], ids=["store", "torchrun"])
+@pytest.mark.parametrize("torchrun", [pytest.param(0, marks=pytest.mark.slow), 2], ids=["store", "torchrun"])
 def test_torchvision_resnet18_with_cifar_stem(tmp_path: Path, torchrun: int) -> None:
     run_dir = tmp_path / "run"
     # digits' own 8 px and 128 images: ResNet-18 (11 M parameters) is slow on a CPU
@@ -139,7 +139,8 @@ def test_user_model_from_the_current_directory(user_folder: Path, tmp_path: Path
     assert all(math.isfinite(r["train_loss"]) for r in records)
 
 
-@pytest.mark.parametrize(("torchrun", "extra"), [(0, ["data.num_workers=1"]), (2, ["data.mixup_alpha=0.4"])],
+@pytest.mark.parametrize(("torchrun", "extra"), [pytest.param(0, ["data.num_workers=1"], marks=pytest.mark.slow),
+                                                (2, ["data.mixup_alpha=0.4"])],
                          ids=["store-dataloader-process", "torchrun-mixup"])
 def test_user_model_and_dataset_from_a_factory(user_folder: Path, tmp_path: Path, torchrun: int,
                                                extra: list[str]) -> None:

@@ -533,3 +533,34 @@ def test_config_differences_names_each_dotted_key_with_both_values():
     assert config_differences(a, b) == [("dbl.alpha", [0.003], [0.004]), ("schedule.epochs", 4, 5),
                                         ("schedule.milestones", [2, 3], [3, 4])]  # milestones follow the epochs
     assert config_differences({"x": {"y": 1}}, {"x": {}}) == [("x.y", 1, None)]
+
+
+def test_a_users_model_and_data_do_not_inherit_the_digits_job():
+    # a model by import path: its own name, no dropout inserted; each said once
+    notes: list[str] = []
+    cfg = load_config(None, ["model.name=torchvision.models:resnet18"], notes=notes)
+    assert cfg.name == "resnet18-digits-hybrid"
+    assert cfg.description == "hybrid DBSL+CPL: torchvision.models:resnet18 on digits."
+    assert cfg.dropouts() == [0.0, 0.0]
+    assert sum("model.dropout 0.0" in n for n in notes) == 1 and sum(n.startswith("name ") for n in notes) == 1
+    # data from a factory: no augmentation added, and the digits job's resolutions are said
+    notes = []
+    cfg = load_config(None, ["data.factory=mypkg.data:make_sets", "dbl.small=0"], notes=notes)
+    assert (cfg.name, cfg.data.augment) == ("small_resnet-make_sets-cpl", False)
+    assert any(n.startswith("data.augment false") for n in notes)
+    assert any(n.startswith("schedule.resolutions [12, 16] px are the embedded digits job's") for n in notes)
+
+
+def test_what_the_user_set_is_kept_and_the_embedded_job_is_unchanged(tmp_path):
+    notes: list[str] = []
+    assert load_config(None, notes=notes).to_dict() == RunConfig().to_dict() and notes == []
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nmodel: {name: 'torchvision.models:resnet18', dropout: [0.2]}\n"
+                    "data: {factory: 'mypkg.data:make_sets', augment: true}\nschedule: {resolutions: [24, 32]}\n"
+                    "dbl: {batch_large: [64, 32]}\n")
+    notes = []
+    cfg = load_config(path, ["schedule.lr=0.05"], notes=notes)
+    assert (cfg.name, cfg.dropouts(), cfg.data.augment) == ("mine", [0.2, 0.2], True)
+    assert notes == []
+    # an override naming the model keeps the file's name (the name was set, in the file)
+    assert load_config(path, ["model.name=torchvision.models:resnet34"]).name == "mine"

@@ -82,3 +82,36 @@ def test_deepspeed_engine_configs_resolve_by_name():
 
     assert load_ds_config("gpu_fp16_zero1")["zero_optimization"]["stage"] == 1
     assert load_ds_config("deepspeed/gpu_bf16")["bf16"]["enabled"] is True
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("kwargs", "dropout", "batch_large"):  # sections, not mapping values
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_keys_lists_every_config_key_with_its_default_as_an_override_takes_it(capsys):
+    assert main(["configs", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = dict(line.split(" = ", 1) for line in lines if not line.startswith(" "))
+    assert set(listed) == set(_leaves(load_config(None).to_dict()))
+    # each printed default, given back as an override, is the default: a user can copy it
+    for key, default in listed.items():
+        assert load_config(None, [f"{key}={default}"]).to_dict() == load_config(None).to_dict(), key
+    # and every key says what it takes and what it does
+    about = {k: lines[i + 1] for i, line in enumerate(lines) if " = " in line and not line.startswith(" ")
+             for k in [line.split(" = ", 1)[0]]}
+    assert all(text.startswith("    ") and "; " in text for text in about.values()), about
+
+
+def test_keys_of_one_section_and_an_unknown_text(capsys):
+    assert main(["configs", "--keys", "store."]) == 0
+    keys = [line.split(" = ")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert keys == ["store.mode", "store.rule", "store.staleness", "store.sync_every", "store.apply_threads",
+                    "store.reject_non_finite"]
+    assert main(["configs", "--keys", "nosuchkey"]) == 2
+    assert "no config key contains 'nosuchkey'" in capsys.readouterr().err

@@ -116,8 +116,9 @@ def test_fsdp_example_under_torchrun(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
 def test_deepspeed_example_under_the_deepspeed_launcher(tmp_path: Path) -> None:
-    """The user's JSON with optimizer and scheduler blocks: DeepSpeed builds both; the batch
-    fields are said once to be replaced, and each rank's saved config shows its own batch."""
+    """The user's JSON with an optimizer block: DeepSpeed builds it; the batch fields are said
+    once to be replaced, and each rank's saved config shows its own batch; the LR follows
+    dbl.ScheduleLR in epochs, the same on both ranks despite their different step counts."""
     out = tmp_path / "out"
     cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
            str(EXAMPLES / "deepspeed_train.py"), "--deepspeed_config", str(EXAMPLES / "ds_config.json"),
@@ -129,9 +130,9 @@ def test_deepspeed_example_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     for r, record in enumerate(ranks):
         used = json.loads((out / f"ds_config_rank{r}.json").read_text())
         assert used["train_batch_size"] == used["train_micro_batch_size_per_gpu"] == record["epochs"][0]["batch"]
-        assert used["optimizer"]["type"] == "SGD" and used["scheduler"]["type"] == "WarmupLR"
+        assert used["optimizer"]["type"] == "SGD" and "scheduler" not in used
     lrs = [record["epochs"][0]["lr"] for record in ranks]
-    assert all(0.005 <= lr <= 0.05 for lr in lrs)  # WarmupLR from the user's JSON drives the LR
+    assert all(0.005 <= lr <= 0.05 for lr in lrs) and lrs[0] == pytest.approx(lrs[1])  # epoch units on every rank
 
 
 @pytest.mark.slow  # two DeepSpeed launches, about a minute here; the resume itself is the torch example's test
@@ -207,12 +208,13 @@ def test_deepspeed_config_conflicts_are_listed_together() -> None:
     for part in ("zero_optimization.stage=3", "'pipeline'", "bf16.enabled and fp16.enabled"):
         assert part in message
     config, notes = check_rank_config({"train_batch_size": 256, "gradient_accumulation_steps": 4,
-                                       "scheduler": {"type": "WarmupLR"}}, 32, lr_schedule_owned=True)
-    assert config["train_batch_size"] == config["train_micro_batch_size_per_gpu"] == 32
-    assert config["gradient_accumulation_steps"] == 1 and "scheduler" not in config
-    assert notes == ["train_batch_size 256 -> the rank's planned batch",
-                     "gradient_accumulation_steps 4 -> 1 (one optimizer step per planned batch)",
-                     "scheduler 'WarmupLR' removed: the run's schedule (schedule.*) sets the LR"]
+                                       "scheduler": {"type": "WarmupLR"}}, 32, schedule_lr=0.1)
+    assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"]) == (32, 8)
+    assert config["gradient_accumulation_steps"] == 4 and "scheduler" not in config
+    assert notes[1:] == ["train_batch_size 256 -> the micro batch x 4",
+                         "scheduler 'WarmupLR' removed: it counts optimizer steps, which differ per worker; the run's "
+                         "schedule (schedule.lr, schedule.warmup_epochs, schedule.milestones) sets the LR in epochs, "
+                         "the same on every worker"]
 
 
 def run_api_steps(tmp_path: Path, mode: str) -> list[dict]:

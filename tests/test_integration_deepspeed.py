@@ -91,6 +91,7 @@ def check_run(run_dir: Path, min_acc: float = 0.8) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_deepspeed_launcher_two_ranks_sync_is_weighted_mean_and_learns(tmp_path: Path) -> None:
     run_dir, dump = tmp_path / "run", tmp_path / "dump"
     shm_before = _ds_shm()
@@ -125,16 +126,77 @@ def test_ds_config_preparation_rules() -> None:
     from dbl_ps.training.topology import LaunchError
 
     for name in ("cpu_gloo", "gpu_bf16", "gpu_fp16_zero1"):
-        conf = _prepare_ds_config(load_ds_config(name), 37)
+        conf = _prepare_ds_config(load_ds_config(name), 37, 0.1)
         assert conf["train_micro_batch_size_per_gpu"] == conf["train_batch_size"] == 37
         assert conf["gradient_accumulation_steps"] == 1
     with pytest.raises(LaunchError, match="zero_optimization.stage=3"):
-        _prepare_ds_config({"zero_optimization": {"stage": 3}}, 8)
-    # the user's optimizer block is DeepSpeed's to build; the scheduler gives way to schedule.*
-    conf = _prepare_ds_config({"optimizer": {"type": "Adam"}, "scheduler": {"type": "WarmupLR"}}, 8)
-    assert conf["optimizer"] == {"type": "Adam"} and "scheduler" not in conf
+        _prepare_ds_config({"zero_optimization": {"stage": 3}}, 8, 0.1)
+    # the user's optimizer block is DeepSpeed's to build, at schedule.lr; the scheduler gives way to schedule.*
+    conf = _prepare_ds_config({"optimizer": {"type": "Adam", "params": {"lr": 0.002}}, "scheduler": {"type": "WarmupLR"},
+                               "gradient_accumulation_steps": 3}, 8, 0.1)
+    assert conf["optimizer"] == {"type": "Adam", "params": {"lr": 0.1}} and "scheduler" not in conf
+    assert (conf["train_micro_batch_size_per_gpu"], conf["gradient_accumulation_steps"], conf["train_batch_size"]) \
+        == (3, 3, 9)  # 8 samples as micro-batches of 3, 3, 2
     with pytest.raises(LaunchError, match="does not exist"):
         load_ds_config("no/such/file.json")
+
+
+def test_the_runs_notes_say_the_lr_and_scheduler_with_their_values() -> None:
+    from dbl_ps.integrations.deepspeed import check_rank_config
+
+    user = {"train_batch_size": 512, "gradient_accumulation_steps": 2,
+            "optimizer": {"type": "AdamW", "params": {"lr": 0.002, "weight_decay": 0.05}},
+            "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}}
+    conf, notes = check_rank_config(user, None, schedule_lr=0.1)  # dbl-ps train, before the plan
+    assert conf == {"gradient_accumulation_steps": 2, "steps_per_print": 1_000_000_000,
+                    "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "weight_decay": 0.05}}}
+    assert notes[1:] == [
+        "train_batch_size 512 -> the micro batch x 2",
+        "scheduler 'WarmupLR' removed: it counts optimizer steps, which differ per worker; the run's schedule "
+        "(schedule.lr, schedule.warmup_epochs, schedule.milestones) sets the LR in epochs, the same on every worker",
+        "optimizer AdamW lr 0.002 in the DeepSpeed config replaced by schedule.lr 0.1 (the run's schedule sets the "
+        "LR; DeepSpeed builds this optimizer, optim.* is not used)"]
+    assert notes[0].startswith("gradient_accumulation_steps 2 kept")
+
+
+@pytest.fixture
+def world_of_one():
+    import torch.distributed as dist
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    before = dict(os.environ)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # worker_engine sets them for DeepSpeed; a later
+        if name not in before:                         # launch would take this process for a launcher
+            os.environ.pop(name, None)
+
+
+def test_deepspeed_accumulation_steps_train_as_the_whole_batch(world_of_one) -> None:
+    """gradient_accumulation_steps 3 on a planned batch of 10 (micro-batches 4, 3, 3, weighted by
+    size): one optimizer step that equals the unsplit batch's, for a model without BatchNorm."""
+    from torch import nn
+
+    from dbl_ps.config import load_config
+    from dbl_ps.integrations.deepspeed import worker_engine
+    from dbl_ps.training.topology import Topology
+
+    cfg = load_config(None, ["engine=deepspeed", "schedule.lr=0.5", "optim.weight_decay=0.01"])
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(10, 8, generator=g), torch.randint(0, 5, (10,), generator=g)
+    params = []
+    for accumulation in (1, 3):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+        engine = worker_engine(model, cfg, "cpu", Topology.single(0, 1), batch_size=10,
+                               ds_config={"gradient_accumulation_steps": accumulation})
+        for _ in range(2):
+            loss, out = engine.train_step(x, y)
+        assert out.shape == (10, 5) and engine.engine.global_steps == 2  # optimizer steps, not micro-batches
+        params.append([p.detach().clone() for p in engine.module.parameters()])
+    for a, b in zip(*params):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -190,26 +252,39 @@ def test_dbl_ps_train_worker_with_deepspeed_engine_learns(tmp_path: Path) -> Non
     assert {w["batch"] for r in records for w in r["workers"] if w["worker"] == 1} == {96, 64}
 
 
+@pytest.mark.slow  # measures the time model through DeepSpeed: about 3.5 minutes on 2 shared cores
 def test_dbl_ps_train_with_a_users_deepspeed_json(tmp_path: Path) -> None:
-    """A user's JSON with optimizer and scheduler blocks and its own batch fields: what dbl-ps
-    changes is said once, before the time model is measured; DeepSpeed builds the optimizer;
-    the saved deepspeed_config.json is the config the workers used (batch fields per worker)."""
+    """A user's JSON with optimizer and scheduler blocks, accumulation and its own batch fields:
+    what dbl-ps changes is said once with its values, before the time model is measured;
+    DeepSpeed builds the optimizer at schedule.lr; deepspeed_config.json is what every worker's
+    engine ran but for the two per-worker batch fields, which each worker's file records."""
     user = {"train_batch_size": 512, "gradient_accumulation_steps": 2,
-            "optimizer": {"type": "SGD", "params": {"lr": 0.1, "momentum": 0.9}},
+            "optimizer": {"type": "AdamW", "params": {"lr": 0.002}},
             "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}}
     (tmp_path / "ds.json").write_text(json.dumps(user))
     run_dir = tmp_path / "run"
     proc = launch([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
                    "engine=deepspeed", f"deepspeed_config={tmp_path / 'ds.json'}", "dbl.alpha=null", "dbl.beta=null",
                    *[o for o in RUN if not o.startswith("dbl.alpha") and not o.startswith("dbl.beta")],
-                   "schedule.epochs=2", "schedule.milestones=[]"])
+                   "schedule.epochs=2", "schedule.milestones=[]", "schedule.lr=0.001"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     notes = [line for line in out.splitlines() if line.startswith("DeepSpeed config:")]
-    assert len(notes) == 4, out[-3000:]  # train_batch_size, gradient_accumulation_steps, scheduler, optimizer
+    assert len(notes) == 4, out[-3000:]  # accumulation kept, train_batch_size, scheduler, optimizer's lr
+    assert "DeepSpeed config: optimizer AdamW lr 0.002 in the DeepSpeed config replaced by schedule.lr 0.001" in out
     assert out.index("DeepSpeed config: scheduler 'WarmupLR' removed") < out.index("measuring the time model")
     saved = json.loads((run_dir / "deepspeed_config.json").read_text())
-    assert saved["optimizer"]["type"] == "SGD" and "scheduler" not in saved and "train_batch_size" not in saved
+    assert saved["optimizer"] == {"type": "AdamW", "params": {"lr": 0.001}} and "scheduler" not in saved
+    assert saved["gradient_accumulation_steps"] == 2 and "train_batch_size" not in saved
+    records = read_metrics(run_dir)
+    for worker in (0, 1):
+        own = json.loads((run_dir / f"deepspeed_config.worker{worker}.json").read_text())
+        trained = {w["batch"] for r in records for w in r["workers"] if w["worker"] == worker}
+        assert trained <= {e["batch"] for e in own["batches"]}, (trained, own)  # the plan's, every resolution
+        for entry in own["batches"]:  # DeepSpeed's fields for each batch it ran: ceil(b / 2) x 2
+            micro = -(-entry["batch"] // 2)
+            assert (entry["train_micro_batch_size_per_gpu"], entry["gradient_accumulation_steps"],
+                    entry["train_batch_size"]) == (micro, 2, 2 * micro)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
 

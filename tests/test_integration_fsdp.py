@@ -82,6 +82,7 @@ def check_run(run_dir: Path, epochs: list[int], min_acc: float = 0.8) -> list[di
     return records
 
 
+@pytest.mark.slow
 def test_two_groups_of_two_sync_is_weighted_mean_and_learns(tmp_path: Path) -> None:
     run_dir, dump = tmp_path / "run", tmp_path / "dump"
     proc = torchrun(4, "--ranks-per-worker", "2", "--run-dir", str(run_dir), *RUN, "store.sync_every=4",

@@ -134,6 +134,7 @@ def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, s
     assert any(out.glob("*.png")) and any(out.glob("*.md"))
 
 
+@pytest.mark.slow
 def test_torchrun_divergence_stops_every_rank_at_the_same_sync_or_skips(tmp_path: Path) -> None:
     """A diverging multi-rank run: every rank learns it at the same sync (the flag travels in
     the collective that opens every sync), so both stop together, without waiting for the

@@ -522,3 +522,28 @@ def test_any_nonnegative_time_model_plans_or_is_infeasible(alpha, beta, b_large,
     assert sum(p.shares) == n
     if small:
         assert p.regime() is not None and 1 <= p.batch_small <= b_large
+
+
+def test_a_batch_above_a_workers_share_is_said_with_the_numbers():
+    from dbl_ps.api import plan_ranks
+
+    plan = plan_ranks(TimeModel(0.01, 0.001), batch_large=5000, dataset_size=4000, ranks=2, small=1, tau=1.1)
+    (line,) = plan.batch_lines()
+    share = plan.resolutions[0].shares[1]
+    assert f"worker 1: batch 5000 > share {share} of 4000 samples" in line and "dbl.batch_large" in line
+    assert line in plan.regime_lines()
+    fits = plan_ranks(TimeModel(0.01, 0.001), batch_large=64, dataset_size=4000, ranks=2, small=1, tau=1.1)
+    assert fits.batch_lines() == []
+
+
+def test_measured_time_models_that_should_not_be_trusted_are_said():
+    from dbl_ps.training.setup import poor_fit_lines
+
+    good, noisy = TimeModel(0.01, 0.001, r2=0.99), TimeModel(0.01, 0.001, r2=0.1)
+    flat = TimeModel(0.02, 0.0, r2=0.0)
+    assert poor_fit_lines({16: good, 12: [good, good]}) == []
+    assert poor_fit_lines({16: [flat, flat]}) == []  # launch-bound everywhere: the regime line says it
+    (line,) = poor_fit_lines({16: noisy})
+    assert line.startswith("time model at 16 px: alpha 0.01 s, beta 0.001 s/sample fitted with R^2 = 0.10")
+    (line,) = poor_fit_lines({16: [flat, good]})  # torchrun: each worker measured its own
+    assert "worker(s) [0] measured no cost per sample (beta 0) and worker(s) [1] did" in line

@@ -78,7 +78,8 @@ def epochs_and_replans(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in records if r.get("event") != "replan"], [r for r in records if r.get("event") == "replan"]
 
 
-@pytest.mark.parametrize("mode, stop", [("bsp", True), ("asp", False)], ids=["bsp-stop-resume", "asp"])
+@pytest.mark.parametrize("mode, stop", [pytest.param("bsp", True, marks=pytest.mark.slow), ("asp", False)],
+                         ids=["bsp-stop-resume", "asp"])
 def test_slowed_worker_gets_less_data_and_resume_keeps_the_new_plan(tmp_path, monkeypatch, mode, stop):
     run_dir = tmp_path / "run"
     monkeypatch.setenv(SLOW_ENV, SLOW)

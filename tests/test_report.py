@@ -20,7 +20,9 @@ from dbl_ps.report import (
     mean_curve,
     mean_std,
     plot_runs,
+    replan_marks,
     summarize,
+    worker_times,
     write_csv,
     write_report,
 )
@@ -325,3 +327,48 @@ def test_worker_times_are_drawn_against_the_plan(tmp_path, runs):
     assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(workers_dbsl_run.png)" in path.read_text()
     # the fixture's runs have no per-worker seconds: nothing to draw for them
     assert sorted(p.name for p in path.parent.glob("workers_*.png")) == ["workers_dbsl_run.png"]
+
+
+def test_runs_of_one_name_with_other_configs_are_rows_of_their_own(tmp_path):
+    # two seeds of one config are one row; the same name with another LR is another row,
+    # labelled with the key that tells them apart (not merged as if it were a seed)
+    dirs = [make_run(tmp_path, "hybrid", [0.6, 0.8], 8.0), make_run(tmp_path, "hybrid", [0.6, 0.82], 8.0, seed=1)]
+    other = make_run(tmp_path / "lr", "hybrid", [0.5, 0.7], 8.0)
+    RunConfig.from_dict({"name": "hybrid", "schedule": {"lr": 0.05}}).save(other / "config.yaml")
+    rows = summarize([load_run(d) for d in [*dirs, other]])
+    assert [(r["label"], r["runs"]) for r in rows] == [("hybrid [schedule.lr=0.1]", 2), ("hybrid [schedule.lr=0.05]", 1)]
+    path = write_report([*dirs, other], tmp_path / "report")
+    assert "`hybrid [schedule.lr=0.05]`: " + str(other) in path.read_text()
+
+
+def test_worker_plots_of_labels_alike_once_made_safe_do_not_overwrite_each_other(tmp_path):
+    made = []
+    for name in ("a/b", "a_b"):
+        run_dir = tmp_path / name.replace("/", "-")
+        run_dir.mkdir()
+        RunConfig(name=name).save(run_dir / "config.yaml")
+        with MetricsWriter(run_dir) as writer:
+            writer.log(0, {"wall_time": 1.0, "test_acc": 0.5, "workers": [{"worker": 0, "seconds": 0.6}]})
+        made.append(run_dir)
+    path = write_report(made, tmp_path / "report")
+    assert sorted(p.name for p in path.parent.glob("workers_*.png")) == ["workers_a_b-2.png", "workers_a_b.png"]
+
+
+def test_worker_times_take_the_waiting_at_syncs_out_of_training_and_mark_replans(tmp_path):
+    run_dir = tmp_path / "bsp"
+    run_dir.mkdir()
+    RunConfig(name="bsp").save(run_dir / "config.yaml")
+    # BSP: both mini-epochs take 2.0 s; worker 1 computed 1.0 s and waited 0.8 s for worker 0
+    plan = {"workers": 2, "small": 1, "replans": [{"after_epoch": 0, "factors": [1.0, 1.1]},
+                                                 {"at_resume": 2, "workers": 3}]}
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    with MetricsWriter(run_dir) as writer:
+        writer.log(0, {"wall_time": 2.0, "test_acc": 0.5, "workers": [
+            {"worker": 0, "seconds": 2.0, "wait_seconds": 0.0, "sync_seconds": 0.2, "resolution": 12},
+            {"worker": 1, "seconds": 2.0, "wait_seconds": 0.8, "sync_seconds": 0.2, "resolution": 12}]})
+    times = worker_times(load_run(run_dir))
+    assert times[0]["training"] == [pytest.approx(1.8)] and times[1]["training"] == [pytest.approx(1.0)]
+    assert times[1]["waiting"] == [0.8] and times[1]["merging"] == [0.2] and times[1]["epoch"] == [0]
+    assert replan_marks(plan) == [(0.5, "re-plan"), (1.5, "resumed on 3 workers")]
+    path = write_report([run_dir], tmp_path / "report")
+    assert (path.parent / "workers_bsp.png").read_bytes()[:4] == b"\x89PNG"

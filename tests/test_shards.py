@@ -489,7 +489,8 @@ SHARD_RUN = ["data.source=shards", "schedule.resolutions=[8,12]", "schedule.epoc
                  marks=pytest.mark.slow),
     # index.json's labels hold for every resolution: the 8 px set of epoch 1 finds it
     ("index-label", r"train/r8/train-000001\.tar, sample 00000410: label \d, the index says \d", False),
-    ("verify", r"train/r12/train-000001\.tar does not match its SHA-256 in the index", True),
+    pytest.param("verify", r"train/r12/train-000001\.tar does not match its SHA-256 in the index", True,
+                 marks=pytest.mark.slow),
 ])
 def test_corrupt_shard_content_stops_the_run_in_one_line_naming_shard_and_key(png_dir, tmp_path, case, needle, kept):
     """A worker's loader finds corrupt content during the run: one line naming the shard,

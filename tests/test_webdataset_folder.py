@@ -258,6 +258,7 @@ def test_missing_or_unreadable_tars_are_one_error_each(tmp_path: Path, cache: Pa
 # --------------------------------------------------------------------------- a run
 
 
+@pytest.mark.slow
 def test_train_on_a_webdataset_folder(tmp_path: Path, cache: Path):
     root = tmp_path / "wds"
     write_folder(root)

@@ -3,6 +3,8 @@
     dbl-ps configs                                  # list them with what each one runs
     dbl-ps configs --show cifar100_resnet18         # print one
     dbl-ps configs --copy cifar100_resnet18 my.yaml # copy one out to edit it (DEST may be a folder)
+    dbl-ps configs --keys                           # every config key: what it takes, its default, what it does
+    dbl-ps configs --keys dbl                       # the keys of one section (or keys containing the text)
 
 `dbl-ps train --config NAME` and `deepspeed_config: NAME` take the names directly.
 """
@@ -24,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     action.add_argument("--copy", nargs=2, metavar=("NAME", "DEST"),
                         help="copy the shipped config NAME to the file or existing folder DEST")
     action.add_argument("--show", metavar="NAME", help="print the shipped config NAME")
+    action.add_argument("--keys", nargs="?", const="", metavar="TEXT",
+                        help="list every config key (KEY=VALUE overrides, YAML) with what it takes, its default and "
+                             "what it does; TEXT: only the keys containing it (e.g. dbl, lr)")
     parser.add_argument("--force", action="store_true", help="with --copy: overwrite DEST if it exists")
 
 
@@ -61,11 +66,38 @@ def _find(name: str) -> tuple[Path | None, str]:
     return path, ""
 
 
+def format_keys(text: str = "", width: int = 100) -> str:
+    """The config keys containing `text` as `--keys` prints them: the key and its default on
+    one line, what it takes and what it does indented below."""
+    import textwrap
+
+    import yaml
+
+    from dbl_ps.config import config_keys
+
+    lines = []
+    for key in config_keys():
+        if text not in key.key:
+            continue
+        # YAML flow style: what an override or a config file takes ({12: 96}, not JSON's {"12": 96})
+        default = yaml.safe_dump(key.default, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+        lines.append(f"{key.key} = {default}")
+        about = f"{key.kind}" + (f"; {key.help}" if key.help else "")
+        lines += textwrap.wrap(about, width, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def run(args: argparse.Namespace) -> int:
     from dbl_ps.configs import CONFIG_DIR, packaged_files
 
     if args.force and not args.copy:
         return _error("--force only applies to --copy NAME DEST")
+    if args.keys is not None:
+        listing = format_keys(args.keys)
+        if not listing:
+            return _error(f"no config key contains {args.keys!r}; `dbl-ps configs --keys` lists them all")
+        sys.stdout.write(listing)
+        return 0
     if args.show:
         path, problem = _find(args.show)
         if path is None:

@@ -17,6 +17,8 @@ from dbl_ps.training.topology import launched_by_a_launcher
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("KEY=VALUE takes any config key: `dbl-ps configs --keys` lists them all with what each takes, its "
+                     "default and what it does (`dbl-ps configs --keys dbl.` one section).")
     parser.add_argument("--config", metavar="FILE", help="YAML run config (default: the embedded digits job)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. dbl.tau=1.05 store.mode=bsp")
     parser.add_argument("--run-dir", metavar="DIR", help="run directory (default: OUT_DIR/NAME-TIMESTAMP)")

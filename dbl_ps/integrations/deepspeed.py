@@ -46,7 +46,8 @@ import torch.distributed as dist
 from torch import nn
 
 from dbl_ps._optional import require
-from dbl_ps.training.engine import Engine, loss_for, optimizer_for
+from dbl_ps.training.engine import Engine, loss_for, optimizer_for, split_batch
+from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["DeepSpeedEngine", "DeepSpeedConfigError", "SingleRankMPU", "check_rank_config", "single_rank_groups",
@@ -147,19 +148,40 @@ class DeepSpeedConfigError(LaunchError):
     """A DeepSpeed config that cannot train a DBSL rank (every conflict in one message)."""
 
 
-# Batch fields DeepSpeed checks against each other and the data-parallel size; each DBSL
-# rank is a data-parallel world of one with the plan's batch, so dbl-ps sets them.
-BATCH_FIELDS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps")
+# Batch fields DeepSpeed checks against each other and the data-parallel size. Each DBSL rank
+# is a data-parallel world of one with the plan's batch b, so dbl-ps sets these two per rank
+# (micro = ceil(b / accumulation), train = micro x accumulation) and keeps the user's
+# gradient_accumulation_steps: each planned batch runs as that many micro-batches.
+PER_RANK_FIELDS = ("train_batch_size", "train_micro_batch_size_per_gpu")
 
 
-def check_rank_config(ds_config: Mapping[str, Any], batch_size: int, *,
-                      lr_schedule_owned: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """`(config, notes)`: the config DeepSpeed accepts for one DBSL rank training with
-    `batch_size` (micro batch = the rank's batch, no accumulation, data-parallel size 1),
-    and one note per value dbl-ps changed. `lr_schedule_owned` (dbl-ps train): the run's
-    schedule sets the LR, so a `scheduler` block is dropped (said in a note); the
-    `optimizer` block, if any, is DeepSpeed's to build. Raises `DeepSpeedConfigError`
-    listing every conflict at once."""
+def accumulation_steps(ds_config: Mapping[str, Any]) -> int:
+    """The config's `gradient_accumulation_steps` (1 when absent)."""
+    return int(ds_config.get("gradient_accumulation_steps", 1))
+
+
+def rank_batch_fields(batch_size: int, accumulation: int) -> dict[str, int]:
+    """DeepSpeed's batch fields for a rank whose planned batch is `batch_size`, split into
+    `accumulation` micro-batches (sizes differ by at most one; the largest is DeepSpeed's
+    micro batch, its `train_batch_size` the micro batch x accumulation, as it asserts)."""
+    micro = -(-int(batch_size) // accumulation)
+    return {"train_batch_size": micro * accumulation, "train_micro_batch_size_per_gpu": micro,
+            "gradient_accumulation_steps": accumulation}
+
+
+def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
+                      schedule_lr: float | None = None) -> tuple[dict[str, Any], list[str]]:
+    """`(config, notes)`: the config DeepSpeed accepts for one DBSL rank whose planned batch is
+    `batch_size` (data-parallel size 1; the user's `gradient_accumulation_steps` kept: the
+    batch runs as that many micro-batches of ceil(batch / steps)), and one note per value
+    dbl-ps changed. `batch_size` None: not known yet (a run's check before it is planned):
+    the per-rank batch fields are left out.
+
+    `schedule_lr` (dbl-ps train): the run's schedule sets the LR in epochs, so the JSON's
+    `scheduler` block is dropped and its `optimizer` block (DeepSpeed builds it) starts at this
+    LR, each said in a note with the values. Without it (your own loop) a `scheduler` block is
+    refused: DeepSpeed steps it per optimizer step, and DBSL ranks take different numbers of
+    steps per epoch. Raises `DeepSpeedConfigError` listing every conflict at once."""
     conf = copy.deepcopy(dict(ds_config))
     conflicts, notes = [], []
     zero = conf.get("zero_optimization", {})
@@ -172,22 +194,56 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int, *,
             conflicts.append(f"{key!r} splits one model over several ranks; a DBSL rank trains a whole model")
     if conf.get("bf16", {}).get("enabled") and conf.get("fp16", {}).get("enabled"):
         conflicts.append("bf16.enabled and fp16.enabled are both true; choose one")
+    accumulation = conf.get("gradient_accumulation_steps", 1)
+    if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+        conflicts.append(f"gradient_accumulation_steps={accumulation!r}: give a whole number >= 1 (micro-batches "
+                         f"per planned batch)")
+        accumulation = 1
+    elif batch_size is not None and batch_size < accumulation:
+        conflicts.append(f"gradient_accumulation_steps={accumulation} splits each planned batch into "
+                         f"{accumulation} micro-batches, but this rank's planned batch is {batch_size}: use "
+                         f"gradient_accumulation_steps <= {batch_size}")
+    scheduler = conf.get("scheduler")
+    if scheduler is not None and schedule_lr is None:
+        kind = scheduler.get("type", "?") if isinstance(scheduler, Mapping) else scheduler
+        conflicts.append(f"scheduler {kind!r} counts optimizer steps, and DBSL ranks take different numbers of "
+                         f"steps per epoch, so each rank would follow it at its own pace (a small-batch rank "
+                         f"warms up in a fraction of the epochs): remove the block and pass "
+                         f"lr_scheduler=lambda opt: dbl.ScheduleLR(opt, spec, mine.steps) to deepspeed.initialize "
+                         f"(epoch units: every rank at the same LR at the same fraction of its epoch)")
     if conflicts:
         raise DeepSpeedConfigError("the DeepSpeed config cannot train a DBSL rank:\n  - " + "\n  - ".join(conflicts))
-    for key in BATCH_FIELDS:
-        wanted = 1 if key == "gradient_accumulation_steps" else int(batch_size)
-        if key in conf and conf[key] != wanted:
-            what = "1 (one optimizer step per planned batch)" if key == "gradient_accumulation_steps" else \
-                "the rank's planned batch"
+    if accumulation > 1:
+        notes.append(f"gradient_accumulation_steps {accumulation} kept: each rank's planned batch runs as "
+                     f"{accumulation} micro-batches of about batch/{accumulation}, one optimizer step per planned "
+                     f"batch (losses weighted by micro-batch size: the whole batch's gradient)")
+    fields = rank_batch_fields(batch_size if batch_size is not None else accumulation, accumulation)
+    for key in PER_RANK_FIELDS:
+        what = ("the rank's planned batch" if accumulation == 1 else
+                f"ceil(planned batch / {accumulation})" if key == "train_micro_batch_size_per_gpu" else
+                f"the micro batch x {accumulation}")
+        if key in conf and (batch_size is None or conf[key] != fields[key]):
             notes.append(f"{key} {conf[key]} -> {what}")
-        conf[key] = wanted
-    if lr_schedule_owned and "scheduler" in conf:
-        notes.append(f"scheduler {conf['scheduler'].get('type', '?')!r} removed: the run's schedule (schedule.*) "
-                     f"sets the LR")
-        del conf["scheduler"]
-    if lr_schedule_owned and "optimizer" in conf:
-        notes.append(f"optimizer {conf['optimizer'].get('type', '?')!r} is built by DeepSpeed from the config "
-                     f"(optim.* is not used); its LR follows the run's schedule")
+        if batch_size is None:  # not known yet: each rank's own
+            conf.pop(key, None)
+        else:
+            conf[key] = fields[key]
+    conf["gradient_accumulation_steps"] = accumulation
+    if schedule_lr is not None:
+        if scheduler is not None:
+            kind = scheduler.get("type", "?") if isinstance(scheduler, Mapping) else scheduler
+            notes.append(f"scheduler {kind!r} removed: it counts optimizer steps, which differ per worker; the "
+                         f"run's schedule (schedule.lr, schedule.warmup_epochs, schedule.milestones) sets the LR "
+                         f"in epochs, the same on every worker")
+            del conf["scheduler"]
+        optimizer = conf.get("optimizer")
+        if isinstance(optimizer, Mapping):
+            params = dict(optimizer.get("params", {}))
+            was = f"lr {params['lr']:g}" if "lr" in params else "no lr"
+            notes.append(f"optimizer {optimizer.get('type', '?')} {was} in the DeepSpeed config replaced by "
+                         f"schedule.lr {schedule_lr:g} (the run's schedule sets the LR; DeepSpeed builds this "
+                         f"optimizer, optim.* is not used)")
+            conf["optimizer"] = {**optimizer, "params": {**params, "lr": float(schedule_lr)}}
     if stage > 0 and "optimizer" not in conf:
         conf.setdefault("zero_allow_untested_optimizer", True)  # torch SGD/AdamW as a client optimizer
         conf.setdefault("zero_force_ds_cpu_optimizer", False)
@@ -195,24 +251,45 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int, *,
     return conf, notes
 
 
-def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
-    """The per-rank config of a `dbl-ps train` worker (checked and noted up front by
-    `check_rank_config` when the run starts)."""
-    return check_rank_config(ds_config, batch_size, lr_schedule_owned=True)[0]
+def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int | None, schedule_lr: float) -> dict[str, Any]:
+    """The config a `dbl-ps train` worker's engine starts with (checked and noted up front by
+    `check_rank_config` when the run starts). `batch_size` None (a rank of a multi-rank job,
+    whose batch the loop sets per resolution): the batch fields of a placeholder batch."""
+    conf = check_rank_config(ds_config, None, schedule_lr=schedule_lr)[0]
+    accumulation = accumulation_steps(conf)
+    return {**conf, **rank_batch_fields(batch_size if batch_size is not None else accumulation, accumulation)}
+
+
+def worker_config_file(worker: int) -> str:
+    """The run directory's record of worker `worker`'s DeepSpeed batch fields per resolution."""
+    return f"deepspeed_config.worker{worker}.json"
+
+
+def _too_small(accumulation: int, batches: dict[int, list[int]]) -> str:
+    named = "; ".join(f"worker {w}: {bs}" for w, bs in batches.items())
+    return (f"gradient_accumulation_steps={accumulation} in the DeepSpeed config splits each planned batch into "
+            f"{accumulation} micro-batches, but the plan gives smaller batches ({named}): use "
+            f"gradient_accumulation_steps <= {min(b for bs in batches.values() for b in bs)}")
 
 
 class DeepSpeedEngine(Engine):
     """A DeepSpeed engine training one worker's module with its own batch size."""
 
     def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,
-                 ds_config: Any = None, batch_size: int = 1, group: dist.ProcessGroup | None = None):
+                 ds_config: Any = None, batch_size: int | None = None, group: dist.ProcessGroup | None = None,
+                 run_dir: str | Path | None = None):
         ds = _deepspeed()
+        # A rank of a multi-rank job (its one-rank group made here) checks its batches together
+        # with the other ranks (warm_up); a store-mode worker process is alone.
+        self.collective = group is None
         if group is None:
             group = single_rank_groups()
         self.device = device
         self.topology = topology
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         module = module.to(device)
-        self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size)
+        self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size, cfg.schedule.lr)
+        self.accumulation = accumulation_steps(self.ds_config)
         # The config's optimizer block, where there is one, is DeepSpeed's to build; else ours (optim.*).
         optimizer = None if "optimizer" in self.ds_config else optimizer_for(module, cfg)
         # With LOCAL_SIZE set (the deepspeed launcher sets it), DeepSpeed's CPU backend creates
@@ -238,18 +315,55 @@ class DeepSpeedEngine(Engine):
         self.loss_fn = loss_for(cfg)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.engine(images.to(self.dtype))
-        loss = self.loss_fn(out.float(), labels)
-        self.engine.backward(loss)
-        self.engine.step()
-        return loss.detach(), out.detach()
+        """One optimizer step on the planned batch: `gradient_accumulation_steps` micro-batches,
+        each through DeepSpeed's backward and step (it steps the optimizer after the last). Each
+        micro-batch's mean loss is weighted by its share of the batch (`scale_wrt_gas=False`
+        instead of DeepSpeed's 1/steps, which is right only for equal micro-batches), so the
+        gradient is the whole batch's also where the steps do not divide the batch."""
+        if images.shape[0] < self.accumulation:
+            raise DeepSpeedConfigError(_too_small(self.accumulation, {self.topology.worker: [int(images.shape[0])]}))
+        parts = split_batch(images, labels, None, parts=self.accumulation)
+        losses, outs = [], []
+        for x, y, scale in parts:
+            out = self.engine(x.to(self.dtype))
+            loss = self.loss_fn(out.float(), y) * scale
+            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.step()
+            losses.append(loss.detach())
+            outs.append(out.detach())
+        if len(parts) == 1:
+            return losses[0], outs[0]
+        return torch.stack(losses).sum(), torch.cat(outs)  # the weighted losses add up to the batch's mean
+
+    def warm_up(self, shapes: list[tuple[int, int, float]], in_channels: int) -> float:
+        """Before the first epoch, with every (batch, resolution, dropout) of this worker's plan:
+        a planned batch smaller than gradient_accumulation_steps cannot be split into that many
+        micro-batches: one error naming the workers and batches (on every rank of a multi-rank
+        job at once, not one rank failing while the others wait at the first sync). Then this
+        worker's DeepSpeed batch fields per resolution are written next to deepspeed_config.json."""
+        batches = sorted({int(b) for b, _, _ in shapes})
+        small = {self.topology.worker: [b for b in batches if b < self.accumulation]}
+        if self.collective:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, small)
+            small = {w: bs for part in gathered for w, bs in part.items()}
+        small = {w: bs for w, bs in sorted(small.items()) if bs}
+        if small:
+            raise DeepSpeedConfigError(_too_small(self.accumulation, small))
+        if self.run_dir is not None and self.topology.member == 0:
+            atomic_json(self.run_dir / worker_config_file(self.topology.worker),
+                        {"worker": self.topology.worker, "batches": [
+                            {"resolution": r, "batch": b, **rank_batch_fields(b, self.accumulation)}
+                            for r, b in sorted({(int(r), int(b)) for b, r, _ in shapes})]})
+        return 0.0
 
     def set_batch_size(self, batch_size: int) -> None:
         # Only DeepSpeed's bookkeeping (throughput timers, its own loaders): the forward
         # takes any batch, so a resolution boundary needs no new engine or process.
+        # DeepSpeed keeps the accumulation steps and sets train_batch_size = micro x steps.
         setter = getattr(self.engine, "set_train_micro_batch_size", None)  # DeepSpeed >= 0.12
         if callable(setter):
-            setter(int(batch_size))
+            setter(rank_batch_fields(batch_size, self.accumulation)["train_micro_batch_size_per_gpu"])
 
     def after_sync(self) -> None:
         refresh = getattr(self.optimizer, "refresh_fp32_params", None)
@@ -264,7 +378,7 @@ class DeepSpeedEngine(Engine):
 
 
 def worker_engine(module: nn.Module, cfg: Any, device: torch.device | str, topology: Topology, *,
-                  batch_size: int, ds_config: Any = None) -> DeepSpeedEngine:
+                  batch_size: int, ds_config: Any = None, run_dir: str | Path | None = None) -> DeepSpeedEngine:
     """A DeepSpeed engine for one worker process of ``dbl-ps train`` (``engine: deepspeed``).
 
     The worker is not part of a multi-process job, so a one-process group is created
@@ -286,7 +400,7 @@ def worker_engine(module: nn.Module, cfg: Any, device: torch.device | str, topol
     for name, value in (("LOCAL_RANK", "0"), ("RANK", str(dist.get_rank())), ("WORLD_SIZE", str(dist.get_world_size()))):
         os.environ.setdefault(name, value)
     return DeepSpeedEngine(module, cfg, device, topology, ds_config=ds_config, batch_size=batch_size,
-                           group=dist.group.WORLD if dist.get_world_size() == 1 else None)
+                           group=dist.group.WORLD if dist.get_world_size() == 1 else None, run_dir=run_dir)
 
 
 def build_engine(module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,
@@ -296,5 +410,7 @@ def build_engine(module: nn.Module, cfg: Any, device: torch.device, topology: To
     of a multi-rank job (`batch_size` None) an engine on the initialised process group, whose
     batch the loop sets per resolution. ``options["ds_config"]`` is the run's DeepSpeed config."""
     if batch_size is None:
-        return DeepSpeedEngine(module, cfg, device, topology, ds_config=options["ds_config"], batch_size=1)
-    return worker_engine(module, cfg, device, topology, batch_size=batch_size, ds_config=options["ds_config"])
+        return DeepSpeedEngine(module, cfg, device, topology, ds_config=options["ds_config"],
+                               run_dir=options.get("run_dir"))
+    return worker_engine(module, cfg, device, topology, batch_size=batch_size, ds_config=options["ds_config"],
+                         run_dir=options.get("run_dir"))

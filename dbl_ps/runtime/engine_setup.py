@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from dbl_ps.imports import ImportPathError
-from dbl_ps.integrations.deepspeed import BATCH_FIELDS, DS_CONFIG_FILE, check_rank_config, load_ds_config
+from dbl_ps.integrations.deepspeed import DS_CONFIG_FILE, check_rank_config, load_ds_config
 from dbl_ps.registry import ENGINES, Entry
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.rundir import atomic_json
@@ -55,29 +55,34 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
     not in every worker), and a DeepSpeed config that cannot train a DBSL worker is one
     error listing every conflict, and what dbl-ps changes in it is said once."""
     entry = _entry(cfg)
+    if cfg.micro_batch is not None:
+        log(f"micro_batch {cfg.micro_batch}: a planned batch above {cfg.micro_batch} runs as "
+            f"ceil(batch / {cfg.micro_batch}) micro-batches and one optimizer step (gradient accumulation: the "
+            f"same gradient; BatchNorm statistics see each micro-batch)")
     if not entry.traits["ds_config"]:
         return
-    _, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), 1, lr_schedule_owned=True)
+    _, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), None, schedule_lr=cfg.schedule.lr)
     for note in notes:
         log(f"DeepSpeed config: {note}")
 
 
 def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
     """What an engine needs beyond the run config (picklable: it travels to worker processes).
-    Saves the DeepSpeed config of a new run into its directory."""
+    Saves the DeepSpeed config of a new run into its directory: what every worker's engine
+    runs (the LR from schedule.lr, no scheduler block, gradient_accumulation_steps), without
+    the two batch fields that differ per worker and resolution; each DeepSpeed engine writes
+    its own next to it (`deepspeed_config.worker<i>.json`)."""
     if not ENGINES.traits(cfg.engine)["ds_config"]:
         return {}
     saved = run_dir / DS_CONFIG_FILE
     if resuming and saved.is_file():
-        return {"ds_config": load_ds_config(saved)}
+        return {"ds_config": load_ds_config(saved), "run_dir": str(run_dir)}
     ds_config = load_ds_config(cfg.deepspeed_config)
     if not resuming:
-        # What the workers use: the checked config, its batch fields left out (each worker's
-        # batch is in plan.json and set per resolution).
-        used, _ = check_rank_config(ds_config, 1, lr_schedule_owned=True)
+        used, _ = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_json(saved, {k: v for k, v in used.items() if k not in BATCH_FIELDS})
-    return {"ds_config": ds_config}
+        atomic_json(saved, used)
+    return {"ds_config": ds_config, "run_dir": str(run_dir)}
 
 
 def _build(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,

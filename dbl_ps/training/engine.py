@@ -32,7 +32,7 @@ from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.topology import Topology
 
 __all__ = ["Engine", "TorchEngine", "engine_step_factory", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
-           "atomic_save", "worker_state_file"]
+           "atomic_save", "worker_state_file", "split_batch"]
 
 
 def optimizer_for(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
@@ -78,6 +78,27 @@ def worker_state_file(folder: Path, worker: int) -> Path:
     return folder / f"worker{worker}.pt"
 
 
+def split_batch(inputs: torch.Tensor, targets: torch.Tensor, micro_batch: int | None, *,
+                parts: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+    """A batch as micro-batches for gradient accumulation: `(inputs, targets, scale)` each,
+    with `scale = micro-batch size / batch size`. The scaled micro-batch losses (each a mean
+    over its own samples) add up to the whole batch's mean loss, so their gradients add up
+    to the whole batch's gradient: one optimizer step after the last backward is the step of
+    the unsplit batch (exactly so for a model without BatchNorm, whose statistics see each
+    micro-batch alone). `micro_batch`: the largest micro-batch (ceil(b / micro_batch) of them,
+    the last one smaller where it does not divide b; None: the whole batch, scale 1.0).
+    `parts`: exactly that many micro-batches instead (sizes differ by at most one; DeepSpeed's
+    `gradient_accumulation_steps`, which steps after a fixed count)."""
+    size = int(inputs.shape[0])
+    if parts is not None:
+        chunks = list(zip(torch.tensor_split(inputs, parts), torch.tensor_split(targets, parts)))
+    elif micro_batch is None or micro_batch >= size:
+        return [(inputs, targets, 1.0)]
+    else:
+        chunks = list(zip(torch.split(inputs, micro_batch), torch.split(targets, micro_batch)))
+    return [(x, y, x.shape[0] / size) for x, y in chunks]
+
+
 class Engine:
     """What the worker loop needs from a training engine. Subclasses set `module`,
     `optimizer`, `device` and `topology` and override what differs."""
@@ -89,6 +110,9 @@ class Engine:
     loss_fn: nn.Module
     # fp16 loss scaling (TorchEngine at precision fp16); None: a plain backward and step.
     scaler: torch.amp.GradScaler | None = None
+    # The largest batch one forward/backward takes (config `micro_batch`); a larger planned
+    # batch runs as micro-batches with one optimizer step (gradient accumulation). None: whole.
+    micro_batch: int | None = None
 
     # -- training
 
@@ -101,18 +125,27 @@ class Engine:
         detached and on the device (no host sync). The loss is taken in fp32. `labels` are
         class indices (N,) or soft targets (N, classes). The one step of `engine: torch` and
         FSDP workers, and the one `dbl-ps calibrate` and a run's on-the-spot measurement time
-        (`engine_step_factory`)."""
-        out = self.forward(images)
-        loss = self.loss_fn(out.float(), labels)
+        (`engine_step_factory`). A batch larger than `micro_batch` runs as micro-batches whose
+        scaled gradients accumulate before the one optimizer step (`split_batch`)."""
         self.optimizer.zero_grad(set_to_none=True)
+        parts = split_batch(images, labels, self.micro_batch)
+        losses, outs = [], []
+        for x, y, scale in parts:
+            out = self.forward(x)
+            loss = self.loss_fn(out.float(), y)
+            if len(parts) > 1:  # the unsplit batch keeps its loss as it is (scale 1.0)
+                loss = loss * scale
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            losses.append(loss.detach())
+            outs.append(out.detach())
         if self.scaler is None:
-            loss.backward()
             self.optimizer.step()
         else:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        return loss.detach(), out.detach()
+        if len(parts) == 1:
+            return losses[0], outs[0]
+        return torch.stack(losses).sum(), torch.cat(outs)  # the scaled losses add up to the batch's mean
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -212,6 +245,7 @@ class TorchEngine(Engine):
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        self.micro_batch = cfg.micro_batch
         self.compiled = cfg.compile
         if cfg.compile:
             # nn.Module.compile compiles in place: the state dict keeps its keys (no `_orig_mod.`),

@@ -53,6 +53,7 @@ __all__ = [
     "build_run_model",
     "check_run_model",
     "warm_up_shapes",
+    "poor_fit_lines",
 ]
 
 # Typical of a small ResNet at 8-16 px on one CPU core: 3 ms fixed cost per step,
@@ -121,6 +122,39 @@ def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, 
         models = {r: DEFAULT_TIME_MODEL for r in resolutions}
         source = "default (measurement failed)"
     return ResolvedTimeModels(models, batches, source, time.perf_counter() - measuring)
+
+
+# Below this R^2 a measured time model with a slope says little about how the step time
+# grows with the batch (a busy machine, a step dominated by noise).
+POOR_FIT_R2 = 0.5
+
+
+def poor_fit_lines(models: dict[int, Any]) -> list[str]:
+    """Lines on measured time models the plan's shares rest on but should not, per resolution:
+    a line with a slope that explains little of the measured times (R^2 < `POOR_FIT_R2`),
+    and, where each worker measured its own, workers whose step time did not grow with the
+    batch (beta = 0) beside workers whose did: on like hardware that is the measurement's
+    noise, and it moves data between them. A flat line on every worker is a launch-bound
+    device, which the plan's regime line says. Each line gives the values and what to do."""
+    advice = "give dbl.alpha/dbl.beta or dbl.calibration (`dbl-ps calibrate` on a quiet machine)"
+    lines = []
+    for r, value in models.items():
+        per_worker = list(value) if isinstance(value, (list, tuple)) else [value]
+        flat = [w for w, m in enumerate(per_worker) if m.beta == 0]
+        if flat and len(flat) < len(per_worker):
+            sloped = [w for w in range(len(per_worker)) if w not in flat]
+            lines.append(f"time models at {r} px: worker(s) {flat} measured no cost per sample (beta 0) and "
+                         f"worker(s) {sloped} did (beta up to {max(per_worker[w].beta for w in sloped):.3g} s): the "
+                         f"shares follow the difference; {advice}")
+        for w, m in enumerate(per_worker):
+            r2 = getattr(m, "r2", None)
+            if m.beta == 0 or r2 is None or not math.isfinite(r2) or r2 >= POOR_FIT_R2:
+                continue
+            who = f" (worker {w})" if len(per_worker) > 1 else ""
+            lines.append(f"time model at {r} px{who}: alpha {m.alpha:.4g} s, beta {m.beta:.4g} s/sample fitted with "
+                         f"R^2 = {r2:.2f}: the step times measured did not follow the batch size (a busy machine?), "
+                         f"and the plan's shares rest on this line; {advice}")
+    return lines
 
 
 def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int]) -> Plan:
