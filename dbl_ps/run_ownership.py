@@ -40,14 +40,18 @@ MAX_SUFFIX = 10_000  # more taken names than this is not a collision but a full 
 
 def create_unique_dir(parent: Path, stem: str) -> Path:
     """Create and return `parent/stem`, or `parent/stem-1`, `-2`, ... when that is taken.
-    The directory is new and empty and no other caller got the same one."""
-    parent.mkdir(parents=True, exist_ok=True)
+    The directory is new and empty and no other caller got the same one. A parent that
+    cannot hold it (read-only, under a file, no permission) is one `RunWriteError`."""
     for n in range(MAX_SUFFIX):
         path = parent / (stem if n == 0 else f"{stem}-{n}")
         try:
+            parent.mkdir(parents=True, exist_ok=True)
             path.mkdir()  # atomic: exactly one caller creates a given name
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise RunWriteError(f"cannot create a run directory under {parent} ({exc.strerror or exc}); choose "
+                                f"another out_dir or --run-dir") from None
         return path
     raise FileExistsError(f"{parent} already holds {stem} and {MAX_SUFFIX - 1} numbered variants of it; "
                           f"choose another out_dir or name")

@@ -113,6 +113,18 @@ def test_report_out_naming_a_file_is_one_line_and_leaves_the_file(tmp_path, caps
     assert file.read_text() == "mine"
 
 
+def test_an_out_dir_that_cannot_hold_run_directories_is_one_line(tmp_path, capsys):
+    """out_dir under a file (or read-only) was a traceback from mkdir, without --run-dir."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    code = main(["train", "--no-progress", f"out_dir={file / 'runs'}", *FAST])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert f"error: cannot create a run directory under {file / 'runs'} (Not a directory); choose another " \
+           f"out_dir or --run-dir" in err
+    assert file.read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp_path, capsys):
     """The one-off measurement is reported apart from the runs (seconds and values in the

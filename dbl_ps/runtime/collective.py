@@ -161,7 +161,7 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
     except (ConfigMismatch, RunDirectoryGone) as err:  # every rank learnt it: rank 0 says it
         if coordinator is not None and coordinator.is_main:
             print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return 2 if isinstance(err, ConfigMismatch) else 1  # a bad launch, or a run that failed (as in store mode)
     except (LaunchError, CheckpointError, FileExistsError, RunDirectoryBusy) as err:
         print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2
