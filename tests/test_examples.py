@@ -98,6 +98,7 @@ def test_torch_example_resumes_from_its_checkpoints_to_the_same_weights(tmp_path
         assert a["sampler"] == b["sampler"] and a["lr_schedule"] == b["lr_schedule"]
 
 
+@pytest.mark.slow
 def test_torch_example_default_run_plans_from_the_time_model_it_measures(tmp_path: Path) -> None:
     """As the docstring runs it: each rank measures its own time model in its first steps. On
     a busy 2-core machine the fit is often alpha = 0 (no fixed cost per step); that gave an

@@ -297,6 +297,7 @@ def test_a_deepspeed_json_that_cannot_work_fails_before_measuring(tmp_path: Path
     assert "measuring" not in proc.stdout + proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_dbl_ps_train_zero1_engine_resumes_after_a_worker_failure(tmp_path: Path, monkeypatch) -> None:
     """ZeRO's optimizer takes a list of per-rank states: a `dbl-ps train` worker resuming
     with a ZeRO-1 engine must restore its checkpointed optimizer state through it."""

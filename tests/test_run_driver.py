@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dbl_ps.metrics import read_metrics
 from launch_helpers import RUN, free_port, launch_env as env, torchrun_train as torchrun
 
@@ -17,6 +19,7 @@ def logged(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_multi_rank_run_uses_threads_per_worker(tmp_path: Path) -> None:
     """`threads_per_worker` sets every worker's torch threads in every mode (the multi-rank
     mode used cores // local ranks whatever the config said)."""

@@ -159,6 +159,7 @@ def test_eval_every_k_epochs_and_a_chosen_small_batch_said_at_start(tmp_path):
     assert [w["batch"] for w in records[0]["workers"]] == [32, 64]
 
 
+@pytest.mark.slow
 def test_asp_gradient_pushes_every_step_learn(tmp_path):
     # rule sgd, a push per local step: the store adds each worker's update as it arrives
     # (asynchronous, so the outcome varies with timing: a loose bound, chance is 0.1)

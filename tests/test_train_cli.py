@@ -334,6 +334,7 @@ def test_a_run_diverging_in_its_first_epoch_has_no_checkpoint(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_divergence_skip_leaves_non_finite_updates_out_and_counts_them(tmp_path):
     """lr 1e38 makes every sync's state non-finite: with `divergence: skip` each worker
     contributes its state of the last pull instead, so the run finishes with the initial
