@@ -394,7 +394,7 @@ class RunDriver:
         coordinator, epoch = self.coordinator, done.epoch
         # Before anything of the epoch is written: a run directory deleted (or replaced) meanwhile
         # would take the metrics into an unlinked file and the checkpoint into a re-created folder.
-        coordinator.all_written((lambda: self._check_run_dir(epoch)) if coordinator.is_main else None)
+        coordinator.all_written((lambda: self.dir.check_still_there(epoch)) if coordinator.is_main else None)
         state = coordinator.global_state(done)
         # Before the next epoch is released: no worker starts epoch + 1 before this decision.
         replanned = self._replan(done) if self.cfg.dbl.replan else None
@@ -408,7 +408,7 @@ class RunDriver:
                 if replanned is not None:  # after the epoch's record, before its checkpoint
                     self.finisher.logger.log(epoch, replanned.record)
             except OSError:  # a write that failed because the run directory vanished says so
-                self._check_run_dir(epoch)
+                self.dir.check_still_there(epoch)
                 raise
 
         coordinator.all_written(finish if coordinator.is_main else None)
@@ -416,11 +416,11 @@ class RunDriver:
         coordinator.all_written(lambda: coordinator.save_worker_state(folder))
 
         def commit() -> None:
-            self._check_run_dir(epoch)  # again: deleted while this epoch was evaluated and saved
+            self.dir.check_still_there(epoch)  # again: deleted while this epoch was evaluated and saved
             try:
                 self.finisher.commit()
             except OSError:
-                self._check_run_dir(epoch)
+                self.dir.check_still_there(epoch)
                 raise
 
         coordinator.all_written(commit if coordinator.is_main else None)
@@ -433,11 +433,6 @@ class RunDriver:
             if replanned is not None:
                 self.log(replanned.line)
         self.callbacks.on_checkpoint(coordinator.loop, epoch)
-
-    def _check_run_dir(self, epoch: int) -> None:
-        if self.dir.moved_away():
-            self.dir.discard_recreated()  # store mode: the workers' state files re-made the path
-            self.dir.check_still_there(epoch)
 
     def _replan(self, done: GlobalEpoch) -> Replanned | None:
         """`dbl.replan`: every process decides from the same reports (`replan_after_epoch` is

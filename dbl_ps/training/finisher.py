@@ -76,6 +76,9 @@ class Evaluator:
         self.bn_images = bn_images
         self.recalibrates = bn_images is not None and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        # The test labels are checked against the model's classes in the first evaluation only:
+        # they do not change, and the check reads each batch back to the host (a device sync).
+        self.labels_checked = False
 
     def recalibrate(self) -> None:
         """Recompute the BatchNorm running statistics of `self.model` on `bn_images`."""
@@ -88,6 +91,16 @@ class Evaluator:
     def last_state(self) -> dict[str, torch.Tensor]:
         """The state dict of the model as last evaluated (recalibrated statistics included)."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @staticmethod
+    def _check_labels(labels: torch.Tensor, classes: int, *, first_item: int) -> None:
+        """A user's test labels outside the model's classes: cross_entropy would fail with an
+        index error (on a GPU a device-side assert), so they are one DataError first."""
+        bad = (labels < 0) | (labels >= classes)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise DataError(f"test set item {first_item + i}: label {int(labels[i])} outside 0..{classes - 1} "
+                            f"(the model has {classes} classes); fix the test labels")
 
     def __call__(self, state: dict[str, torch.Tensor]) -> TestScores:
         self.model.load_state_dict(state)
@@ -103,16 +116,14 @@ class Evaluator:
                                                device=self.device):
                 out = self.model(images).float()
                 classes = out.shape[1]
-                bad = (labels < 0) | (labels >= classes)
-                if bool(bad.any()):  # a user's test labels: cross_entropy would fail with an index error
-                    i = int(bad.nonzero()[0])
-                    raise DataError(f"test set item {count + i}: label {int(labels[i])} outside 0..{classes - 1} "
-                                    f"(the model has {classes} classes); fix the test labels")
+                if not self.labels_checked:
+                    self._check_labels(labels, classes, first_item=count)
                 loss_sum += nn.functional.cross_entropy(out, labels, reduction="sum").double()
                 correct += (out.argmax(1) == labels).sum()
                 top5 = out.topk(min(5, classes), dim=1).indices
                 correct5 += (top5 == labels[:, None]).any(dim=1).sum()
                 count += labels.shape[0]
+        self.labels_checked = True
         n = max(count, 1)
         return TestScores(float(loss_sum) / n, int(correct) / n, int(correct5) / n if classes > 5 else None)
 
