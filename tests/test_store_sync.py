@@ -150,8 +150,10 @@ def test_skip_pushes_the_last_pulled_state_in_place_of_a_non_finite_one(mode, ru
 @pytest.mark.parametrize("divergence", ["stop", "skip"])
 def test_a_push_the_store_refuses_as_non_finite_is_reported(divergence, zero_copy):
     """Rule sgd pushes a displacement: a finite state far from the last pulled one makes an
-    infinite displacement, which the divergence check (on the state) lets through and the
-    store (reject_non_finite) refuses."""
+    infinite displacement. The zero-copy sync checks the displacement it writes and so
+    catches it itself (nothing non-finite reaches the store); the copying path checks the
+    state, lets it through, and the store (reject_non_finite) refuses it. Either way the
+    divergence is reported and the global state keeps its values."""
     model = nn.Linear(1, 1)  # two values: their sum (the divergence check) stays finite below
     with torch.no_grad():
         model.weight.fill_(3e38)
@@ -169,7 +171,8 @@ def test_a_push_the_store_refuses_as_non_finite_is_reported(divergence, zero_cop
             result = sync.sync(engine, 1.0, loss=torch.tensor(0.25))
             assert result.diverged == {0: 0.25}
             assert result.merged == (divergence == "skip")
-            assert torch.equal(read_store(store), before) and store.server_stats()["rejected"] == 1
+            assert torch.equal(read_store(store), before)
+            assert store.server_stats()["rejected"] == (0 if zero_copy else 1)
             if divergence == "skip":  # continues from the global state, which kept its old values
                 assert torch.equal(model_state(model), before)
             else:  # stop: the model is left as it was; the loop raises
@@ -222,3 +225,63 @@ def test_on_a_gpu_the_shared_memory_is_page_locked_and_the_states_equal_the_copy
             assert not sync.flat._registered  # unregistered before the mapping can go
     assert torch.equal(results[True][0], results[False][0])
     assert torch.equal(results[True][1], results[False][1])
+
+
+@pytest.mark.parametrize("layout", ["float32", "channels_last", "bfloat16"])
+def test_gather_checked_and_scatter_keeping_equal_torchs_copies(layout):
+    """The sync's one-pass copies (the store's kernels for contiguous float32 CPU tensors,
+    torch's copies otherwise) write bitwise what `gather`/`scatter` write, the displacement
+    `reference - state`, and the kept copy; they find a NaN anywhere, and bump the tensors'
+    autograd versions as `copy_` would."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.Flatten(), nn.Linear(5 * 4 * 4, 7))
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    if layout == "bfloat16":
+        model = model.to(torch.bfloat16)
+    twin = copy.deepcopy(model)
+    flat, twin_flat = FlatState(model), FlatState(twin)
+    assert flat._kernels_apply() == (layout == "float32")
+    state = flat.gather().clone()
+    out = torch.full((flat.numel,), -1.0)
+    assert flat.gather_checked(out) and torch.equal(out, state)
+    reference = torch.randn(flat.numel)
+    assert flat.gather_checked(out, reference=reference) and torch.equal(out, torch.sub(reference, state))
+
+    new, keep = torch.randn(flat.numel), torch.empty(flat.numel)
+    versions = [t._version for t in flat.tensors]
+    flat.scatter_keeping(new, keep)
+    twin_flat.scatter(new)
+    assert torch.equal(flat.gather(), twin_flat.gather()) and torch.equal(keep, new)
+    assert all(t._version > v for t, v in zip(flat.tensors, versions))
+    flat.scatter_keeping(new * 2)  # nothing kept
+    twin_flat.scatter(new * 2)
+    assert torch.equal(flat.gather(), twin_flat.gather())
+
+    for tensor in (model[0].weight, model[1].running_var, model[3].bias):
+        with torch.no_grad():
+            saved = tensor.detach().clone()
+            tensor[(-1,) * tensor.dim()] = math.nan
+        assert not flat.gather_checked(out), tensor.shape
+        with torch.no_grad():
+            tensor.copy_(saved)
+    assert flat.gather_checked(out)
+
+
+def test_the_copy_kernels_refuse_what_they_cannot_copy_in_one_line():
+    from dbl_ps.parameter_store import gather_into, scatter_from
+
+    a, b = torch.randn(5), torch.randn(7)
+    with pytest.raises(ValueError, match="sources hold 12 values in all but out has 11"):
+        gather_into([a, b], torch.empty(11))
+    out = torch.empty(12)
+    with pytest.raises(ValueError, match="out overlaps sources"):
+        gather_into([out[:5], b], out)
+    with pytest.raises(TypeError, match="float32"):
+        gather_into([a.double(), b], out)
+    with pytest.raises(ValueError, match="targets\\[0\\] overlaps targets\\[1\\]"):
+        scatter_from(torch.randn(12), [out[:5], out[:7]])
+    with pytest.raises(ValueError, match="copy hold 11 values"):
+        scatter_from(torch.randn(12), [a, b], torch.empty(11))

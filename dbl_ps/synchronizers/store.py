@@ -7,17 +7,21 @@ waits until the push is merged (bsp: until the round is complete) and pins the g
 state in place, and `FlatState.scatter` loads the model straight from it. So a sync
 moves the state once in each direction (on a GPU: one device-to-host DMA into the slot
 and one host-to-device DMA from the snapshot, both regions page-locked with
-`FlatState.pin_host`). The copying path (`zero_copy=False`: gather into a private
-vector, `push` copies it into a slot, `pull` copies the state out, scatter) costs two
-more state-sized copies and gives bitwise the same states.
+`FlatState.pin_host`). On the CPU both copies are the store's kernels
+(`FlatState.gather_checked`, `scatter_keeping`), which fold the divergence check, rule
+sgd's displacement and the copy of the pulled state into the same pass. The copying
+path (`zero_copy=False`) is the sync as it was before (issue 26): gather into a private
+vector with torch's copies, check with a sum, `push` copies it into a slot, `pull`
+copies the state out, scatter: four more passes over the state, bitwise the same
+states.
 
 Rule `sgd`: the payload is the displacement since the last pull (the LR-scaled
 update of the local optimizer, momentum included); the store adds it with weight
 f_i at lr 1 and no server momentum, which would also amplify the BatchNorm
 statistics' changes that travel in the same vector.
 
-Divergence: the gathered vector and the loss since the last pull are checked before
-the push (one sum over the vector per sync). `stop`: nothing is pushed, so the
+Divergence: the gathered vector (rule sgd: the displacement) and the loss since the
+last pull are checked before the push. `stop`: nothing is pushed, so the
 global state never holds a non-finite value; the loop raises and the launcher stops
 the run. `skip`: the worker pushes an unchanged contribution instead, the state of
 its last pull (rule sgd: a zero displacement), because a worker cannot leave a bsp
@@ -106,9 +110,9 @@ class StoreSynchronizer(Synchronizer):
 
     `zero_copy` (default): the model is gathered straight into a reserved queue slot and
     scattered straight from a pinned snapshot of the state, both in shared memory; False
-    takes the copying path (`push`/`pull` through a private vector: two more state-sized
-    copies per sync), kept as the baseline `benchmarks/worker_sync.py` measures against.
-    Both give bitwise the same states."""
+    takes the sync as it was before issue 26 (`push`/`pull` through a private vector, the
+    check and rule sgd's subtraction as passes of their own), kept as the baseline
+    `benchmarks/worker_sync.py` measures against. Both give bitwise the same states."""
 
     def __init__(self, store_name: str, worker: int, *, mode: str, rule: str, sync_every: int | str,
                  divergence: str = "stop", zero_copy: bool = True):
@@ -151,9 +155,8 @@ class StoreSynchronizer(Synchronizer):
         assert payload is not None
         gathered = time.perf_counter()
         waited = gathered - began
-        self.flat.gather(payload)
-        # The payload is on the host now, so this check adds no device sync of its own.
-        finite = bool(all_finite([payload])) and (loss is None or bool(torch.isfinite(loss)))
+        # The payload is on the host now, so its check adds no device sync of its own.
+        finite = self._write_payload(payload) and (loss is None or bool(torch.isfinite(loss)))
         diverged = {} if finite else {self.worker: float(loss) if loss is not None else math.nan}
         if not finite and not self.skip_nonfinite:
             # Nothing is pushed; a reserved slot stays reserved for the next sync.
@@ -165,9 +168,6 @@ class StoreSynchronizer(Synchronizer):
                 payload.zero_()
             else:
                 payload.copy_(self.reference)
-        elif self.rule == "sgd":  # the displacement since the last pull, written over the state in place
-            assert self.reference is not None
-            torch.sub(self.reference, payload, out=payload)
         pushing = time.perf_counter()
         if self.zero_copy:
             self.client.commit(weight=weight)
@@ -185,6 +185,24 @@ class StoreSynchronizer(Synchronizer):
         # waiting, the copies in and out of the model as the sync itself
         return SyncResult(version=version, wait_seconds=waited,
                           sync_seconds=time.perf_counter() - began - waited, diverged=diverged)
+
+    def _write_payload(self, payload: torch.Tensor) -> bool:
+        """Write this worker's contribution into `payload`: the model's state or, for rule
+        sgd, the displacement since the last pull. Returns whether what it wrote is finite.
+        Rule sgd: the zero-copy path checks the displacement, which is non-finite whenever
+        the state is (the reference is a merged, finite state) and also when a finite state
+        lies so far from it that the difference overflows; the copying path checks the
+        state and leaves that overflow to the store's `reject_non_finite`."""
+        assert self.flat is not None
+        reference = self.reference if self.rule == "sgd" else None
+        if self.zero_copy:  # one pass: copy, check and subtract together (FlatState.gather_checked)
+            return self.flat.gather_checked(payload, reference=reference)
+        # The sync as before issue 26, the benchmark's baseline: gather, check, subtract.
+        self.flat.gather(payload)
+        finite = bool(all_finite([payload]))
+        if finite and reference is not None:
+            torch.sub(reference, payload, out=payload)
+        return finite
 
     def _reserve(self) -> torch.Tensor:
         """The reserved queue slot as a writable float32 tensor over shared memory."""
@@ -223,10 +241,12 @@ class StoreSynchronizer(Synchronizer):
             self.rejected = rejected
             if refused and scatter_unless_refused:
                 return version, True, pull_wait
-            pinned = snapshot is not None and self.flat.pin_host(state)
-            self.flat.scatter(state, non_blocking=pinned)
-            if self.reference is not None:
-                self.reference.copy_(state)
+            if snapshot is not None:  # one pass into the model and `reference`
+                self.flat.scatter_keeping(state, self.reference, non_blocking=self.flat.pin_host(state))
+            else:  # as before issue 26
+                self.flat.scatter(state)
+                if self.reference is not None:
+                    self.reference.copy_(state)
         finally:
             if snapshot is not None:
                 snapshot.release()  # the server may write this state copy again

@@ -20,7 +20,10 @@ hundred for a ResNet-18); `benchmarks/ps_cuda.py` measures both.
 
 The vector may also be memory the caller does not own, such as a parameter-store queue
 slot or state snapshot in shared memory (`gather(out=slot)`, `scatter(snapshot)`), so a
-sync moves the state without an intermediate vector. On a GPU `pin_host` page-locks such
+sync moves the state without an intermediate vector. A sync uses `gather_checked` and
+`scatter_keeping`, which on the CPU copy through the store's own kernels
+(`dbl_ps.parameter_store.gather_into` / `scatter_from`): the finiteness check, rule sgd's
+displacement and the copy of the pulled state are folded into the one pass over the state. On a GPU `pin_host` page-locks such
 memory for this process (`cudaHostRegister`), so the transfer is one DMA as with
 `new_vector()`; on the CPU it does nothing and touches no CUDA API.
 """
@@ -32,6 +35,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from dbl_ps.parameter_store import gather_into, scatter_from
+from dbl_ps.training.averaging import all_finite
 
 __all__ = ["FlatState"]
 
@@ -111,6 +117,44 @@ class FlatState:
         for t, n in zip(self.tensors, self.sizes):
             t.copy_(vec[offset:offset + n].view_as(t))
             offset += n
+
+    def _kernels_apply(self) -> bool:
+        """Whether the store's copy kernels can read and write the tensors in place: every
+        tensor a contiguous float32 CPU tensor (not so for a GPU model, a bf16 engine or a
+        channels_last weight, which take torch's copies)."""
+        return not self.on_gpu and all(t.dtype == torch.float32 and t.is_contiguous() for t in self.tensors)
+
+    @torch.no_grad()
+    def gather_checked(self, out: torch.Tensor, *, reference: torch.Tensor | None = None) -> bool:
+        """Write the model's state into `out` (with `reference`: `reference - state`, rule
+        sgd's displacement since the last pull) and return whether every value written is
+        finite. On the CPU one pass of `gather_into`; otherwise `gather`, then the same
+        check as `all_finite` and the subtraction."""
+        if out.numel() != self.numel:
+            raise ValueError(f"flat vector has {out.numel()} values, the model's state has {self.numel}")
+        if self._kernels_apply():
+            return gather_into([t.detach() for t in self.tensors], out, reference)
+        self.gather(out)
+        if reference is not None:
+            torch.sub(reference, out, out=out)
+        return bool(all_finite([out]))
+
+    @torch.no_grad()
+    def scatter_keeping(self, vec: torch.Tensor, keep: torch.Tensor | None = None, *,
+                        non_blocking: bool = False) -> None:
+        """`scatter(vec)`, and with `keep` also copy `vec` into it (the state of the last
+        pull that rule sgd and divergence 'skip' keep). On the CPU one pass of
+        `scatter_from`; otherwise `scatter`, then the copy."""
+        if self._kernels_apply():
+            if vec.numel() != self.numel:
+                raise ValueError(f"flat vector has {vec.numel()} values, the model's state has {self.numel}")
+            scatter_from(vec, [t.detach() for t in self.tensors], keep)
+            for t in self.tensors:  # written behind autograd's back: count it as `copy_` would
+                torch.autograd.graph.increment_version(t)
+            return
+        self.scatter(vec, non_blocking=non_blocking)
+        if keep is not None:
+            keep.copy_(vec)
 
     def pin_host(self, vec: torch.Tensor) -> bool:
         """Page-lock the host memory of the float32 CPU tensor `vec` (e.g. a view of a store

@@ -6,13 +6,15 @@
 //! applies updates with a team of threads on disjoint slices of the state. Worker
 //! processes attach by name with a [`StoreClient`] and pull/push through shared memory
 //! only. Sync modes (BSP/ASP/SSP) and merge rules (average/blend/sgd) are in
-//! [`options`]; the arithmetic is in [`rules`]; the segment's layout and who writes
+//! [`options`]; the arithmetic is in [`rules`]; a worker's copies between its model's
+//! tensors and a slot or snapshot are in [`flat`]; the segment's layout and who writes
 //! which field is documented in [`layout`].
 //!
 //! The core has no Python dependency; the `python` feature adds the PyO3 module
 //! `dbl_ps._rust_ps` (see `src/python/`).
 
 pub mod error;
+pub mod flat;
 pub mod options;
 pub mod protocol;
 pub mod rules;

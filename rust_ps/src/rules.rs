@@ -18,7 +18,7 @@ const BLOCK: usize = 1024;
 /// and an or), where `is_finite` costs five.
 #[inline(always)]
 #[allow(clippy::eq_op)] // `x - x` is the point: 0 only for finite `x`
-fn non_finite_bits(x: f32) -> u32 {
+pub(crate) fn non_finite_bits(x: f32) -> u32 {
     (x - x).to_bits()
 }
 

@@ -32,6 +32,12 @@ impl F32Buffer {
     pub unsafe fn as_mut_slice(&self) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.address as *mut f32, self.len)
     }
+
+    /// Whether the two buffers share any byte (empty ones share none).
+    pub fn overlaps(&self, other: &F32Buffer) -> bool {
+        let (a, b) = (self.address..self.address + 4 * self.len, other.address..other.address + 4 * other.len);
+        !a.is_empty() && !b.is_empty() && a.start < b.end && b.start < a.end
+    }
 }
 
 fn dtype_name(typestr: &str) -> String {

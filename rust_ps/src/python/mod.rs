@@ -5,6 +5,7 @@
 mod arrays;
 mod client;
 mod errors;
+mod flat;
 mod store;
 mod views;
 
@@ -41,6 +42,8 @@ fn _rust_ps(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<views::PySlotView>()?;
     m.add_function(wrap_pyfunction!(cleanup_stale, m)?)?;
     m.add_function(wrap_pyfunction!(list_segments, m)?)?;
+    m.add_function(wrap_pyfunction!(flat::gather_into, m)?)?;
+    m.add_function(wrap_pyfunction!(flat::scatter_from, m)?)?;
     m.add("SEGMENT_PREFIX", crate::shm::PREFIX)?;
     errors::register(m)?;
     Ok(())
