@@ -318,7 +318,8 @@ class RunDriver:
             self._print_summary(summary)
             return summary
         finally:
-            coordinator.close()
+            coordinator.close()  # every worker has stopped: none writes into the run directory now
+            self.dir.discard_recreated()  # what a worker re-created after the directory went
             if self.finisher is not None:
                 self.finisher.logger.close()
             self.release()

@@ -124,18 +124,20 @@ class RunDirectory:
         """Raise RunDirectoryGone when the pinned directory left its path: the run's files
         would go into unlinked files or a re-created folder, and a checkpoint.json there
         would name a run that is not there. A folder at the path holding only what this run
-        re-created there is removed first (`_discard_recreated`)."""
+        re-created there is removed first (`discard_recreated`)."""
         if self.moved_away():
-            self._discard_recreated()
+            self.discard_recreated()
             raise RunDirectoryGone(
                 f"run directory {self.path} was deleted or replaced while the run trained (seen at the end of epoch "
                 f"{epoch + 1}); the run stops and writes nothing there (nothing is re-created): start a new run")
 
-    def _discard_recreated(self) -> None:
-        """Remove what this run wrote into a directory it re-created at the path after the
-        pinned one went (epoch folders of model and worker state files: `atomic_save` makes
-        the folders it writes into, as the store-mode workers do), nothing else."""
-        if not self.path.is_dir():
+    def discard_recreated(self) -> None:
+        """When the pinned directory went from its path: remove what this run wrote into a
+        directory it re-created there (epoch folders of model and worker state files:
+        `atomic_save` makes the folders it writes into, as the store-mode workers do),
+        nothing else. Called at the check and again once the workers have stopped (a
+        store-mode worker may save its state for the next epoch in between)."""
+        if not self.moved_away() or not self.path.is_dir():
             return
         ours = ("worker", MODEL_FILE, EVAL_MODEL_FILE)
         try:
