@@ -9,7 +9,14 @@ as fast as they can, in every sync mode. Reported as ratios against:
   (c) torch.distributed.all_reduce (gloo) of the same size over W processes,
   (d) a torch.distributed.rpc parameter server like the paper's reference code
       (whole weights sent by RPC, merged under a lock with the blend rule, merged
-      weights returned).
+      weights returned),
+  (e) the machine's memory ceiling: one process per core copying a state-sized array
+      at the same time (the most bytes per second all cores together move). A push
+      and its pull move a known number of state-sized arrays through memory (the
+      push's copy in, the merge's reads and writes, the pull's copy out: `state_moves`),
+      so ceiling / (moves x state bytes) is the most pushes per second this design can
+      reach here, whatever its code; "of bound" is the store's share of it, and the
+      line above each table says what 10x the RPC server would need.
 
     python benchmarks/ps_throughput.py                # W = 2 and 4, ~3 minutes
     python benchmarks/ps_throughput.py --workers 2 --seconds 2 --params 1000000
@@ -46,7 +53,7 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-# --- (a) memcpy and (b) torch foreach, one process ---------------------------------
+# --- (a) memcpy and (b) torch foreach, one process; (e) all cores copying -------------
 
 
 def memcpy_gbps(n: int) -> float:
@@ -54,6 +61,45 @@ def memcpy_gbps(n: int) -> float:
     dst = np.empty_like(src)
     seconds = median_seconds(lambda: np.copyto(dst, src), 10)
     return 8 * n / seconds / 1e9  # bytes read + written
+
+
+def _copy_process(n: int, seconds: float, start, results) -> None:
+    src = np.ones(n, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in
+    start.wait()
+    copies, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        np.copyto(dst, src)
+        copies += 1
+    results.put(8 * n * copies / (time.perf_counter() - began) / 1e9)
+
+
+def memory_ceiling_gbps(n: int, seconds: float = 1.5) -> float:
+    """Bytes read + written per second by one process per core, each copying a state-sized
+    array at the same time: what the whole machine's memory moves (e)."""
+    start, results = SPAWN.Event(), SPAWN.Queue()
+    procs = [SPAWN.Process(target=_copy_process, args=(n, seconds, start, results))
+             for _ in range(os.cpu_count() or 1)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # every process allocated and faulted in its arrays
+    start.set()
+    total = sum(results.get(timeout=seconds + 120) for _ in procs)
+    for p in procs:
+        p.join()
+    return total
+
+
+def state_moves(mode: str, rule: str, workers: int) -> float:
+    """State-sized arrays one push and its pull move through memory (reads + writes):
+    the push's copy into the slot (2), the pull's copy out (2), and the push's share of
+    the merge: blend reads the state and the payload and writes the new copy (3); a bsp
+    average reads the W payloads of a round and writes one copy, per push (W + 1) / W;
+    sgd with momentum (as run here, momentum updated in place) reads payload, state and
+    momentum and writes state and momentum (5)."""
+    merge = {"blend": 3.0, "sgd": 5.0, "average": (workers + 1) / workers}[rule]
+    return 4.0 + merge
 
 
 def resnet18_like_tensors(n: int):
@@ -304,21 +350,30 @@ def main() -> int:
     for workers in worker_counts:
         allreduce = run_allreduce(n, workers, args.seconds)
         rpc_rate = run_rpc(n, workers, args.seconds)
-        report["runs"].append({"workers": workers, "gloo_allreduce_per_s": allreduce, "rpc_pushes_per_s": rpc_rate})
-        print(f"\nW={workers}: gloo all_reduce {allreduce:.2f} rounds/s; rpc server {rpc_rate:.2f} pushes/s", flush=True)
+        ceiling = memory_ceiling_gbps(n)
+        report["runs"].append({"workers": workers, "gloo_allreduce_per_s": allreduce, "rpc_pushes_per_s": rpc_rate,
+                               "memory_ceiling_gbps": ceiling})
+        print(f"\nW={workers}: gloo all_reduce {allreduce:.2f} rounds/s; rpc server {rpc_rate:.2f} pushes/s; "
+              f"memory ceiling {ceiling:.1f} GB/s ({os.cpu_count()} processes copying)", flush=True)
+        state_gb = 4 * n / 1e9
+        needs = ", ".join(f"{rule} {10 * rpc_rate * state_moves(mode, rule, workers) * state_gb:.1f}"
+                          for mode, rule in MODES if mode != "ssp")
+        print(f"10x the rpc server would move (GB/s): {needs}, against the ceiling {ceiling:.1f}")
         print("| mode/rule | pushes/s | effective GB/s | apply GB/s | apply / memcpy | apply / torch foreach "
-              "| rounds/s vs gloo all_reduce | pushes/s vs rpc server | server busy |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| rounds/s vs gloo all_reduce | pushes/s vs rpc server | bound pushes/s | of bound | server busy |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for mode, rule in MODES:
             memcpy = memcpy_gbps(n)
             r = run_store(n, workers, mode, rule, args.seconds, reject_non_finite=reject)
             r["memcpy_gbps"] = memcpy
             r["foreach_gbps"] = foreach_gbps(n, rule, workers)
+            r["bound_pushes_per_s"] = ceiling / (state_moves(mode, rule, workers) * state_gb)
             report["runs"].append(r)
             rounds = f"{r['versions_per_s'] / allreduce:.2f}x" if mode == "bsp" else "-"
             print(f"| {mode}/{rule} | {r['pushes_per_s']:.1f} | {r['effective_gbps']:.2f} | {r['apply_gbps']:.2f} "
                   f"| {r['apply_gbps'] / memcpy:.2f} | {r['apply_gbps'] / r['foreach_gbps']:.2f} | {rounds} "
-                  f"| {r['pushes_per_s'] / rpc_rate:.1f}x | {r['server_busy']:.0%} |", flush=True)
+                  f"| {r['pushes_per_s'] / rpc_rate:.1f}x | {r['bound_pushes_per_s']:.0f} "
+                  f"| {r['pushes_per_s'] / r['bound_pushes_per_s']:.0%} | {r['server_busy']:.0%} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -81,7 +81,7 @@ fn check_lengths(parts: impl Iterator<Item = usize>, total: usize) {
 const LINE: usize = 16;
 
 /// `dst = src`; returns the OR of `non_finite_bits` over the values (0 when all finite).
-fn stream_copy(dst: &mut [f32], src: &[f32]) -> u32 {
+pub(crate) fn stream_copy(dst: &mut [f32], src: &[f32]) -> u32 {
     assert_eq!(dst.len(), src.len());
     let head = head_len(dst);
     let mut bad = 0u32;

@@ -4,10 +4,16 @@
 //! Each rule takes a `CHECK` constant: with `CHECK = true` it also returns whether
 //! every value it wrote to `out` is finite, folded into the loop that writes them (no
 //! second pass; the store's `reject_non_finite`). With `CHECK = false` it returns
-//! `true` and compiles to the unchecked loop. Checking what is written covers what is
+//! `true`. Checking what is written covers what is
 //! read: a NaN or infinity in a payload makes the value computed from it non-finite
 //! (IEEE arithmetic propagates NaN, and `0 * inf` is NaN, so no coefficient can hide
 //! one), and a result that overflows f32 is caught too.
+//!
+//! `average` writes its result a block at a time from a stack buffer with streaming
+//! stores (`write_block`) and fences them before it returns; `blend` and `sgd` write
+//! with ordinary stores, which measured faster for them (`benchmarks/RESULTS.md`, issue 26).
+
+use crate::flat::{store_fence, stream_copy};
 
 /// Elements processed per block; the f64 accumulator for one block lives on the stack.
 const BLOCK: usize = 1024;
@@ -32,37 +38,96 @@ pub fn all_finite(values: &[f32]) -> bool {
 /// to 1 for a weighted mean), accumulated in f64 and rounded once to f32. Returns
 /// whether every value written is finite (always `true` unless `CHECK`).
 pub fn weighted_sum<const CHECK: bool>(out: &mut [f32], sources: &[&[f32]], coefficients: &[f64]) -> bool {
-    weighted_sum_at::<CHECK>(out, sources, 0, coefficients)
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { weighted_sum_avx2::<CHECK>(out, sources, coefficients) };
+    }
+    weighted_sum_body::<CHECK>(out, sources, coefficients)
 }
 
-/// [`weighted_sum`] of `sources[i][offset..offset + out.len()]`.
-fn weighted_sum_at<const CHECK: bool>(
-    out: &mut [f32],
-    sources: &[&[f32]],
-    offset: usize,
-    coefficients: &[f64],
-) -> bool {
+/// [`weighted_sum`] compiled for AVX2: four f64 lanes per instruction where the x86_64
+/// baseline (SSE2) has two, which is what kept this f64 loop below memory speed on one
+/// thread. The same operations in the same order (no fused multiply-add), so the same
+/// bits.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn weighted_sum_avx2<const CHECK: bool>(out: &mut [f32], sources: &[&[f32]], coefficients: &[f64]) -> bool {
+    weighted_sum_body::<CHECK>(out, sources, coefficients)
+}
+
+#[inline(always)]
+fn weighted_sum_body<const CHECK: bool>(out: &mut [f32], sources: &[&[f32]], coefficients: &[f64]) -> bool {
     assert_eq!(sources.len(), coefficients.len());
-    assert!(sources.iter().all(|s| s.len() >= offset + out.len()));
+    assert!(sources.iter().all(|s| s.len() >= out.len()));
     let mut acc = [0.0f64; BLOCK];
+    let mut block = [0.0f32; BLOCK];
     let mut bad = 0u32;
     for start in (0..out.len()).step_by(BLOCK) {
         let end = (start + BLOCK).min(out.len());
-        let acc = &mut acc[..end - start];
-        acc.fill(0.0);
-        for (source, &c) in sources.iter().zip(coefficients) {
-            for (a, &x) in acc.iter_mut().zip(&source[offset + start..offset + end]) {
-                *a += c * x as f64;
+        let values = &mut block[..end - start];
+        weighted_block(values, &mut acc, sources, start, coefficients);
+        bad |= write_block::<CHECK>(&mut out[start..end], values);
+    }
+    store_fence();
+    bad == 0
+}
+
+/// `values = sum_i coefficients[i] * sources[i][offset..offset + values.len()]`, in f64
+/// (`acc`, at least as long as `values`), rounded once to f32. The first source's pass
+/// starts the sum (from +0.0, as a zeroed accumulator would, so a -0.0 term gives the
+/// same bits) and the last one's rounds it, so no pass only zeroes or converts.
+#[inline(always)]
+fn weighted_block(values: &mut [f32], acc: &mut [f64], sources: &[&[f32]], offset: usize, coefficients: &[f64]) {
+    let n = values.len();
+    if sources.is_empty() {
+        values.fill(0.0);
+        return;
+    }
+    let acc = &mut acc[..n];
+    let last = sources.len() - 1;
+    for (k, (source, &c)) in sources.iter().zip(coefficients).enumerate() {
+        let xs = &source[offset..offset + n];
+        match (k == 0, k == last) {
+            (true, true) => {
+                for (v, &x) in values.iter_mut().zip(xs) {
+                    *v = (0.0 + c * x as f64) as f32;
+                }
             }
-        }
-        for (o, &a) in out[start..end].iter_mut().zip(acc.iter()) {
-            *o = a as f32;
-            if CHECK {
-                bad |= non_finite_bits(*o);
+            (true, false) => {
+                for (a, &x) in acc.iter_mut().zip(xs) {
+                    *a = 0.0 + c * x as f64;
+                }
+            }
+            (false, false) => {
+                for (a, &x) in acc.iter_mut().zip(xs) {
+                    *a += c * x as f64;
+                }
+            }
+            (false, true) => {
+                for ((v, &a), &x) in values.iter_mut().zip(acc.iter()).zip(xs) {
+                    *v = (a + c * x as f64) as f32;
+                }
             }
         }
     }
-    bad == 0
+}
+
+/// Write a block of merged values into `out`, a state copy that no reader holds: with
+/// streaming stores, which skip reading each destination line first (the
+/// server does not read this copy again before readers pull it, and a state is larger
+/// than the caches); see `flat`. Returns the values' `non_finite_bits` when `CHECK`.
+#[inline(always)]
+fn write_block<const CHECK: bool>(out: &mut [f32], values: &[f32]) -> u32 {
+    let bad = stream_copy(out, values);
+    if CHECK {
+        bad
+    } else {
+        0
+    }
 }
 
 /// The paper's asynchronous rule: `out = (state + f * update) / (1 + f)`. Returns
@@ -135,6 +200,7 @@ pub fn sgd<const CHECK: bool>(
     assert_eq!(grads.len(), coefficients.len());
     assert!(!grads.is_empty() && state.len() == out.len());
     let mut block = [0.0f32; BLOCK];
+    let mut acc = [0.0f64; BLOCK];
     let mut momentum = momentum;
     let mut bad = 0u32;
     for start in (0..out.len()).step_by(BLOCK) {
@@ -150,7 +216,7 @@ pub fn sgd<const CHECK: bool>(
                 }
             }
         } else {
-            weighted_sum_at::<false>(g, grads, start, coefficients);
+            weighted_block(g, &mut acc, grads, start, coefficients);
         }
         let w = &state[start..end];
         if p.weight_decay != 0.0 {
@@ -212,6 +278,28 @@ mod tests {
         let mut out = vec![0.0f32; n];
         weighted_sum::<false>(&mut out, &[&a, &a], &[0.5, 0.5]);
         assert_eq!(out, a);
+    }
+
+    /// The blocked, streamed, AVX2 form gives the bits of the plain formula: +0.0 plus
+    /// each term in f64, in source order, rounded once (-0.0 terms included).
+    #[test]
+    fn weighted_sum_equals_the_plain_f64_formula_bitwise() {
+        let n = BLOCK * 3 + 21;
+        let make = |seed: usize| -> Vec<f32> {
+            (0..n).map(|i| if i % 17 == 0 { -0.0 } else { ((i * 31 + seed * 7) % 113) as f32 * 0.37 - 20.0 }).collect()
+        };
+        let sources = [make(1), make(2), make(3), make(4)];
+        for count in 0..=4 {
+            let coefficients: Vec<f64> = (0..count).map(|k| 0.1 + 0.2 * k as f64).collect();
+            let views: Vec<&[f32]> = sources[..count].iter().map(|s| s.as_slice()).collect();
+            let mut backing = vec![7.0f32; n + 3];
+            let out = &mut backing[3..]; // not aligned to a cache line
+            assert!(weighted_sum::<true>(out, &views, &coefficients));
+            for i in 0..n {
+                let expected = views.iter().zip(&coefficients).fold(0.0f64, |a, (s, &c)| a + c * s[i] as f64) as f32;
+                assert_eq!(out[i].to_bits(), expected.to_bits(), "{count} sources, value {i}");
+            }
+        }
     }
 
     #[test]
