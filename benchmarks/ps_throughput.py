@@ -358,7 +358,10 @@ def main() -> int:
         state_gb = 4 * n / 1e9
         needs = ", ".join(f"{rule} {10 * rpc_rate * state_moves(mode, rule, workers) * state_gb:.1f}"
                           for mode, rule in MODES if mode != "ssp")
-        print(f"10x the rpc server would move (GB/s): {needs}, against the ceiling {ceiling:.1f}")
+        bsp_bound_rounds = ceiling / (state_moves("bsp", "average", workers) * state_gb) / workers
+        print(f"10x the rpc server would move (GB/s): {needs}, against the ceiling {ceiling:.1f}; "
+              f"the ceiling allows bsp at most {bsp_bound_rounds:.1f} rounds/s = "
+              f"{bsp_bound_rounds / allreduce:.2f}x gloo all_reduce")
         print("| mode/rule | pushes/s | effective GB/s | apply GB/s | apply / memcpy | apply / torch foreach "
               "| rounds/s vs gloo all_reduce | pushes/s vs rpc server | bound pushes/s | of bound | server busy |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
