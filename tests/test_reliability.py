@@ -259,6 +259,7 @@ cp -r {mnt}/run {out}/resumed
     assert [r["epoch"] for r in read_metrics(out / "resumed")] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # ~15 s; resuming after a kill: tests/test_runtime.py (test_bsp_resume_after_kill_matches_uninterrupted_run)
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path):
     run_dir = tmp_path / "run"
     first = train("--run-dir", str(run_dir), *FAST, "schedule.epochs=3", "schedule.milestones=[2]")
@@ -450,6 +451,7 @@ def test_a_full_disk_while_writing_schedule_png_is_one_write_error_naming_it(tmp
     assert (tmp_path / "schedule.txt").is_file() and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow  # ~17 s; labels outside the classes at load: tests/test_datasets.py (label_out_of_range)
 def test_a_bad_test_label_found_by_the_launchers_evaluation_is_one_line(tmp_path):
     """A user's dataset without `targets`: its labels are read as the items are. A bad test label
     met while the launcher evaluated the first epoch was a traceback."""
@@ -485,6 +487,7 @@ def make():
     assert not (run_dir / "checkpoint.json").exists()  # the epoch was not committed
 
 
+@pytest.mark.slow  # ~15 s; Ctrl-C in the store mode: test_ctrl_c_while_workers_start_ends_the_run_at_once_and_leaves_nothing
 def test_ctrl_c_under_torchrun_is_one_line_from_rank_0_and_the_checkpoint_is_interrupted(tmp_path):
     """Ctrl-C in a terminal reaches torchrun and every rank (one process group); torchrun then
     forwards it (SIGINT, or SIGTERM in other versions). It was a KeyboardInterrupt traceback from

@@ -71,6 +71,7 @@ def test_ranks_launched_with_different_configs_stop_together_in_one_line(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # ~48 s, three launches (store mode, torchrun, store mode); `make test-slow` runs it
 def test_a_resume_onto_another_number_of_workers_is_replanned_recorded_and_trains_all_the_data(tmp_path: Path) -> None:
     """2 workers in the store mode, resumed under torchrun with 3 (re-planned, as documented),
     then resumed in the store mode again, whose config says 2: it re-plans for 2 (it used to

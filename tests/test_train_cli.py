@@ -156,6 +156,7 @@ def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp
     assert not (out / "cpl-s0").exists()
 
 
+@pytest.mark.slow  # ~15 s; a resumed compare keeping its runs and time model: the test above
 def test_compare_never_reuses_a_run_of_another_config_nor_tables_one_that_did_not_finish(tmp_path, capsys):
     """A second `compare` into the same --out with other overrides is one line (it printed
     "already done" and the first comparison's table); a sub-run that diverged is shown with

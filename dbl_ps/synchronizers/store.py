@@ -1,10 +1,11 @@
 """The parameter-store synchronizer: a worker process of `dbl-ps train` and the store.
 
 At a sync point `client.reserve()` hands out this worker's next queue slot in shared
-memory, `FlatState.gather` writes the engine's parameters and floating BatchNorm
-buffers straight into it, and `client.commit(f_i)` publishes it; `client.snapshot()`
-waits until the push is merged (bsp: until the round is complete) and pins the global
-state in place, and `FlatState.scatter` loads the model straight from it. So a sync
+memory, `FlatState.gather_checked` writes the engine's parameters and floating
+BatchNorm buffers straight into it, and `client.commit(f_i)` publishes it;
+`client.snapshot()` waits until the push is merged (bsp: until the round is complete)
+and pins the global state in place, and `FlatState.scatter_keeping` loads the model
+straight from it. So a sync
 moves the state once in each direction (on a GPU: one device-to-host DMA into the slot
 and one host-to-device DMA from the snapshot, both regions page-locked with
 `FlatState.pin_host`). On the CPU both copies are the store's kernels

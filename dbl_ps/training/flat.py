@@ -20,12 +20,14 @@ hundred for a ResNet-18); `benchmarks/ps_cuda.py` measures both.
 
 The vector may also be memory the caller does not own, such as a parameter-store queue
 slot or state snapshot in shared memory (`gather(out=slot)`, `scatter(snapshot)`), so a
-sync moves the state without an intermediate vector. A sync uses `gather_checked` and
-`scatter_keeping`, which on the CPU copy through the store's own kernels
-(`dbl_ps.parameter_store.gather_into` / `scatter_from`): the finiteness check, rule sgd's
-displacement and the copy of the pulled state are folded into the one pass over the state. On a GPU `pin_host` page-locks such
+sync moves the state without an intermediate vector. On a GPU `pin_host` page-locks such
 memory for this process (`cudaHostRegister`), so the transfer is one DMA as with
 `new_vector()`; on the CPU it does nothing and touches no CUDA API.
+
+A sync uses `gather_checked` and `scatter_keeping`. On the CPU they copy through the
+store's own kernels (`dbl_ps.parameter_store.gather_into` / `scatter_from`), which fold
+the finiteness check, rule sgd's displacement and the copy of the pulled state into the
+one pass over the state.
 """
 
 from __future__ import annotations
