@@ -170,6 +170,13 @@ fn stream_lines(dst: &mut [f32], src: &[f32], reference: Option<&[f32]>) -> u32 
 
 #[cfg(not(target_arch = "x86_64"))]
 fn stream_lines(dst: &mut [f32], src: &[f32], reference: Option<&[f32]>) -> u32 {
+    plain_lines(dst, src, reference)
+}
+
+/// [`stream_lines`] with ordinary stores: what other CPUs run (compiled everywhere, so the
+/// tests on x86_64 check the two agree).
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+fn plain_lines(dst: &mut [f32], src: &[f32], reference: Option<&[f32]>) -> u32 {
     let mut bad = 0u32;
     match reference {
         None => {
@@ -284,6 +291,30 @@ mod tests {
         let mut views: Vec<&mut [f32]> = targets.iter_mut().map(|t| t.as_mut_slice()).collect();
         scatter(&vec![3.0; state.len()], &mut views, None);
         assert!(concat(&targets).iter().all(|&x| x == 3.0));
+    }
+
+    /// The streaming (x86_64) and the plain (other CPUs) line copies write the same bits
+    /// and agree on whether a non-finite value was written.
+    #[test]
+    fn streaming_and_plain_lines_agree() {
+        let n = LINE * 70;
+        let src: Vec<f32> = (0..n).map(|i| i as f32 * 0.3 - 100.0).collect();
+        let reference: Vec<f32> = (0..n).map(|i| (i % 13) as f32 * 1e3).collect();
+        let mut backing = vec![0f32; 2 * n + LINE];
+        let start = head_len(&backing); // the first 64-byte boundary
+        let (streamed, plain) = backing[start..start + 2 * n].split_at_mut(n);
+        assert_eq!(streamed.as_ptr() as usize % 64, 0);
+        for (bad_at, reference) in [(None, None), (None, Some(&reference[..])), (Some(LINE * 33 + 5), Some(&reference[..]))] {
+            let mut src = src.clone();
+            if let Some(at) = bad_at {
+                src[at] = f32::NAN;
+            }
+            let a = stream_lines(streamed, &src, reference);
+            let b = plain_lines(plain, &src, reference);
+            assert_eq!(a != 0, b != 0);
+            assert_eq!(a != 0, bad_at.is_some());
+            assert!(streamed.iter().zip(plain.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
     }
 
     #[test]

@@ -280,7 +280,7 @@ mod tests {
         assert_eq!(out, a);
     }
 
-    /// The blocked, streamed, AVX2 form gives the bits of the plain formula: +0.0 plus
+    /// The blocked, streamed, AVX2 and portable forms give the bits of the plain formula: +0.0 plus
     /// each term in f64, in source order, rounded once (-0.0 terms included).
     #[test]
     fn weighted_sum_equals_the_plain_f64_formula_bitwise() {
@@ -295,6 +295,10 @@ mod tests {
             let mut backing = vec![7.0f32; n + 3];
             let out = &mut backing[3..]; // not aligned to a cache line
             assert!(weighted_sum::<true>(out, &views, &coefficients));
+            // the portable body (what CPUs without AVX2 run) gives the same bits
+            let mut portable = vec![0f32; n];
+            assert!(weighted_sum_body::<true>(&mut portable, &views, &coefficients));
+            assert!(out.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits()));
             for i in 0..n {
                 let expected = views.iter().zip(&coefficients).fold(0.0f64, |a, (s, &c)| a + c * s[i] as f64) as f32;
                 assert_eq!(out[i].to_bits(), expected.to_bits(), "{count} sources, value {i}");
