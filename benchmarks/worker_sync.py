@@ -9,10 +9,11 @@ the store's merge, pull, scatter) on a real store with one worker, so no time wa
 other workers: the sync's own cost. For each rule (bsp/average, asp/blend, asp/sgd):
 
   * zero-copy: the synchronizer's default path (gather into a reserved queue slot,
-    scatter from a pinned snapshot);
-  * copy: the same synchronizer with `zero_copy=False`, the path before issue 26
-    (gather into a vector, push copies it into a slot, pull copies the state out,
-    scatter from the vector).
+    scatter from a pinned snapshot, each one pass of the store's kernels with the
+    divergence check, rule sgd's subtraction and the kept reference folded in);
+  * copy: the same synchronizer with `zero_copy=False`, the sync as it was before
+    issue 26 (torch's copies into a vector, a sum for the check, push copies it into a
+    slot, pull copies the state out, scatter from the vector).
 
 The two run alternately (`--repeats` each, medians), so both see the same machine load.
 Baselines, same run: one `TorchEngine.train_step` of the same model at batch 128 and at
