@@ -91,7 +91,7 @@ def memory_ceiling_gbps(n: int, seconds: float = 1.5) -> float:
     return total
 
 
-def state_moves(mode: str, rule: str, workers: int) -> float:
+def state_moves(rule: str, workers: int) -> float:
     """State-sized arrays one push and its pull move through memory (reads + writes):
     the push's copy into the slot (2), the pull's copy out (2), and the push's share of
     the merge: blend reads the state and the payload and writes the new copy (3); a bsp
@@ -356,9 +356,9 @@ def main() -> int:
         print(f"\nW={workers}: gloo all_reduce {allreduce:.2f} rounds/s; rpc server {rpc_rate:.2f} pushes/s; "
               f"memory ceiling {ceiling:.1f} GB/s ({os.cpu_count()} processes copying)", flush=True)
         state_gb = 4 * n / 1e9
-        needs = ", ".join(f"{rule} {10 * rpc_rate * state_moves(mode, rule, workers) * state_gb:.1f}"
+        needs = ", ".join(f"{rule} {10 * rpc_rate * state_moves(rule, workers) * state_gb:.1f}"
                           for mode, rule in MODES if mode != "ssp")
-        bsp_bound_rounds = ceiling / (state_moves("bsp", "average", workers) * state_gb) / workers
+        bsp_bound_rounds = ceiling / (state_moves("average", workers) * state_gb) / workers
         print(f"10x the rpc server would move (GB/s): {needs}, against the ceiling {ceiling:.1f}; "
               f"the ceiling allows bsp at most {bsp_bound_rounds:.1f} rounds/s = "
               f"{bsp_bound_rounds / allreduce:.2f}x gloo all_reduce")
@@ -370,7 +370,7 @@ def main() -> int:
             r = run_store(n, workers, mode, rule, args.seconds, reject_non_finite=reject)
             r["memcpy_gbps"] = memcpy
             r["foreach_gbps"] = foreach_gbps(n, rule, workers)
-            r["bound_pushes_per_s"] = ceiling / (state_moves(mode, rule, workers) * state_gb)
+            r["bound_pushes_per_s"] = ceiling / (state_moves(rule, workers) * state_gb)
             report["runs"].append(r)
             rounds = f"{r['versions_per_s'] / allreduce:.2f}x" if mode == "bsp" else "-"
             print(f"| {mode}/{rule} | {r['pushes_per_s']:.1f} | {r['effective_gbps']:.2f} | {r['apply_gbps']:.2f} "

@@ -13,7 +13,8 @@ and one host-to-device DMA from the snapshot, both regions page-locked with
 sgd's displacement and the copy of the pulled state into the same pass. The copying
 path (`zero_copy=False`) is the sync as it was before (issue 26): gather into a private
 vector with torch's copies, check with a sum, `push` copies it into a slot, `pull`
-copies the state out, scatter: four more passes over the state, bitwise the same
+copies the state out, scatter: three more passes over the state (five for rule sgd,
+whose subtraction and kept reference are passes of their own there), bitwise the same
 states.
 
 Rule `sgd`: the payload is the displacement since the last pull (the LR-scaled

@@ -10,8 +10,9 @@
 //! one), and a result that overflows f32 is caught too.
 //!
 //! `average` writes its result a block at a time from a stack buffer with streaming
-//! stores (`write_block`) and fences them before it returns; `blend` and `sgd` write
-//! with ordinary stores, which measured faster for them (`benchmarks/RESULTS.md`, issue 26).
+//! stores (`write_block`) and fences them before it returns (`benchmarks/merge_ab.sh`
+//! compares it with an earlier commit's). `blend` and `sgd` write with ordinary stores:
+//! the same streaming through a stack block was tried for them and was slower.
 
 use crate::flat::{store_fence, stream_copy};
 
@@ -47,9 +48,8 @@ pub fn weighted_sum<const CHECK: bool>(out: &mut [f32], sources: &[&[f32]], coef
 }
 
 /// [`weighted_sum`] compiled for AVX2: four f64 lanes per instruction where the x86_64
-/// baseline (SSE2) has two, which is what kept this f64 loop below memory speed on one
-/// thread. The same operations in the same order (no fused multiply-add), so the same
-/// bits.
+/// baseline (SSE2) has two, for an f64 loop that one thread runs below memory speed.
+/// The same operations in the same order (no fused multiply-add), so the same bits.
 ///
 /// # Safety
 /// The CPU must support AVX2.
