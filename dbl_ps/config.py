@@ -39,7 +39,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from dbl_ps.registry import DATA_SOURCES, ENGINES, TRACKERS, Registry, UnknownPluginError
+from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS, TRACKERS, Registry, UnknownPluginError
 from dbl_ps.planner import DEFAULT_THRESHOLD
 
 __all__ = [
@@ -61,6 +61,10 @@ __all__ = [
     "parse_override",
     "per_resolution",
     "check_workers_fit",
+    "resolve_sync",
+    "sync_record",
+    "sync_line",
+    "rule_fits",
     "SOURCES",
     "MODELS",
 ]
@@ -318,8 +322,12 @@ class DBSLConfig:
 
 @dataclass(kw_only=True)
 class StoreConfig:
-    mode: Literal["bsp", "asp", "ssp"] = _f("asp", help="synchronisation: bulk-synchronous, asynchronous, stale-synchronous")
-    rule: Literal["average", "blend", "sgd"] = _f("blend", help="merge: weighted mean, (w + f*w_i)/(1+f), or server-side SGD on gradients")
+    mode: Literal["bsp", "asp", "ssp"] | None = _f(
+        None, help="synchronisation: bulk-synchronous, asynchronous, stale-synchronous; null = the sync kind's "
+                   "first (store: asp, the authors' code; collective: bsp, the only one it runs)")
+    rule: Literal["average", "blend", "sgd"] | None = _f(
+        None, help="merge: weighted mean, (w + f*w_i)/(1+f), or server-side SGD on gradients; null = the sync "
+                   "kind's first that fits store.mode (store: blend for asp/ssp, average for bsp)")
     staleness: int = _f(0, ge=0, help="SSP bound on how many pushes a worker may run ahead (mode ssp only)")
     sync_every: int | Literal["mini_epoch"] = _f("mini_epoch", ge=1, help="push after each mini-epoch (paper) or every k steps")
     apply_threads: int = _f(0, ge=0, le=256, help="store threads applying updates; 0 = auto")
@@ -328,14 +336,21 @@ class StoreConfig:
 
     def check(self, prefix: str) -> None:
         # The same pairings the parameter store enforces, caught before any process starts.
-        if self.rule == "blend" and self.mode == "bsp":
-            raise _bad(f"{prefix}rule", self.rule, f"'average' or 'sgd' with {prefix}mode='bsp' "
-                       "('blend' applies each push on arrival and needs mode 'asp' or 'ssp')")
-        if self.rule == "average" and self.mode != "bsp":
-            raise _bad(f"{prefix}rule", self.rule, f"'blend' or 'sgd' with {prefix}mode='{self.mode}' "
-                       "('average' merges a whole round and needs mode 'bsp')")
-        if self.staleness > 0 and self.mode != "ssp":
+        if self.mode is not None and self.rule is not None and not rule_fits(self.mode, self.rule):
+            allowed = [r for r in ("average", "blend", "sgd") if rule_fits(self.mode, r)]
+            why = ("'blend' applies each push on arrival and needs mode 'asp' or 'ssp'" if self.rule == "blend"
+                   else "'average' merges a whole round and needs mode 'bsp'")
+            raise _bad(f"{prefix}rule", self.rule, f"{' or '.join(map(repr, allowed))} with {prefix}mode="
+                       f"'{self.mode}' ({why})")
+        if self.staleness > 0 and self.mode not in ("ssp", None):
             raise _bad(f"{prefix}staleness", self.staleness, f"0 with {prefix}mode='{self.mode}' (the bound applies to mode 'ssp' only)")
+
+
+def rule_fits(mode: str, rule: str, staleness: int = 0) -> bool:
+    """Whether the parameter store can merge with `rule` in `mode` (and the SSP bound needs ssp)."""
+    if staleness > 0 and mode != "ssp":
+        return False
+    return {"average": mode == "bsp", "blend": mode != "bsp", "sgd": True}[rule]
 
 
 @dataclass(kw_only=True)
@@ -471,6 +486,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dbl: DBSLConfig = field(default_factory=DBSLConfig)
+    sync: str = _f("auto", help="how the workers' models meet (dbl_ps.registry.SYNCHRONIZERS): store (the "
+                                "parameter store on one machine, store.mode/rule), collective (share-weighted model "
+                                "averaging with torch.distributed at every sync, under torchrun or the deepspeed "
+                                "launcher: bsp/average), an import path, or auto = store on one machine, collective "
+                                "under a launcher; plan.json and summary.json record the one that ran")
     store: StoreConfig = field(default_factory=StoreConfig)
     divergence: Literal["stop", "skip"] = _f(
         "stop", help="a non-finite loss or model state at a sync: stop the run (status 'diverged', the last finite "
@@ -510,6 +530,8 @@ class RunConfig:
             sharded = ENGINES.with_trait("sharded")
             raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, f"1 unless engine is {_names(sharded)} "
                        f"(set engine: {sharded[0] if sharded else '...'})")
+        if self.sync != "auto":
+            _plugin_traits(SYNCHRONIZERS, "sync", self.sync)
         res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
                    ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta), ("dbl.batch_small", self.dbl.batch_small)]
@@ -589,6 +611,68 @@ def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str =
         elif left != right:
             found.append((f"{prefix}{key}", left, right))
     return found
+
+
+def resolve_sync(cfg: RunConfig, *, launched: bool) -> RunConfig:
+    """`cfg` with its sync made concrete for this launch: the kind (`sync: auto` is the first
+    registered kind that runs on one machine, or under a launcher when `launched`), store.mode
+    and store.rule (unset ones: the kind's first that fit the others). A setting the kind cannot
+    honour is one ConfigError saying what the kind does and what to write instead, so a config
+    never trains another algorithm without a word. Resolving a resolved config changes nothing."""
+    kind = cfg.sync
+    if kind == "auto":
+        kind = next(n for n in SYNCHRONIZERS.names() if SYNCHRONIZERS.traits(n)["launched"] == launched)
+    traits = _plugin_traits(SYNCHRONIZERS, "sync", kind)
+    what = f"sync {kind!r}: {traits['what']}" if traits["what"] else f"sync {kind!r}"
+    if traits["launched"] != launched:
+        fits = [n for n in SYNCHRONIZERS.names() if SYNCHRONIZERS.traits(n)["launched"] == launched]
+        here = "under a launcher (torchrun, deepspeed)" if launched else "on one machine, without a launcher"
+        there = "under torchrun or the deepspeed launcher" if traits["launched"] else \
+            "on one machine (`dbl-ps train` without a launcher)"
+        raise _bad("sync", cfg.sync, f"{_names(fits + ['auto'])} for a run {here} (sync {kind!r} runs {there})")
+    store = cfg.store
+    modes, rules = tuple(traits["modes"]), tuple(traits["rules"])
+    default = f"leave it unset (= {modes[0]!r}, store.rule {next(r for r in rules if rule_fits(modes[0], r))!r})" \
+        if modes else "leave it unset"
+
+    def others(trait: str, value: str) -> str:
+        names = [n for n in SYNCHRONIZERS.names() if value in SYNCHRONIZERS.traits(n)[trait]]
+        if not names:
+            return ""
+        where = ["under a launcher" if SYNCHRONIZERS.traits(n)["launched"] else "on one machine" for n in names]
+        return ", or train with " + " or ".join(f"sync {n!r} ({w})" for n, w in zip(names, where))
+
+    if store.mode is not None and store.mode not in modes:
+        raise _bad("store.mode", store.mode, f"{_names(list(modes))} with {what}; {default}"
+                   f"{others('modes', store.mode)}")
+    if store.rule is not None and store.rule not in rules:
+        raise _bad("store.rule", store.rule, f"{_names(list(rules))} with {what}; {default}"
+                   f"{others('rules', store.rule)}")
+    if not traits["sync_every"] and store.sync_every != StoreConfig.sync_every:
+        raise _bad("store.sync_every", store.sync_every, f"{StoreConfig.sync_every!r} (unset) with {what}")
+    pairs = [(m, r) for m in ([store.mode] if store.mode else modes) for r in ([store.rule] if store.rule else rules)
+             if rule_fits(m, r, store.staleness)]
+    if not pairs:  # e.g. store.staleness > 0 with a kind that runs no ssp
+        raise _bad("store.staleness", store.staleness, f"0 with {what} (it runs {_names(list(modes))})")
+    mode, rule = pairs[0]
+    if (kind, mode, rule) == (cfg.sync, store.mode, store.rule):
+        return cfg
+    return dataclasses.replace(cfg, sync=kind, store=dataclasses.replace(store, mode=mode, rule=rule))
+
+
+def sync_record(cfg: RunConfig) -> dict[str, Any]:
+    """What plan.json and summary.json say about how the workers' models met (a resolved config)."""
+    s = cfg.store
+    return {"kind": cfg.sync, "mode": s.mode, "rule": s.rule, "period": s.sync_every, "staleness": s.staleness}
+
+
+def sync_line(cfg: RunConfig) -> str:
+    """One line at a run's start on the sync that runs (a resolved config)."""
+    s, what = cfg.store, SYNCHRONIZERS.traits(cfg.sync)["what"]
+    period = "once per mini-epoch" if s.sync_every == "mini_epoch" else f"every {s.sync_every} steps"
+    staleness = f", staleness {s.staleness}" if s.mode == "ssp" else ""
+    return (f"sync: {cfg.sync}, store.mode {s.mode}, store.rule {s.rule}{staleness}, {period}"
+            + (f": {what}" if what else ""))
 
 
 def check_workers_fit(cfg: RunConfig, train_samples: int, source: str = "the training set") -> None:

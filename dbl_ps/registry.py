@@ -1,4 +1,4 @@
-"""Registries of what a user may replace: engines, data sources, trackers (synchronizers next).
+"""Registries of what a user may replace: engines, data sources, trackers, sync kinds.
 
 A config names a plugin by its registered name (`engine: deepspeed`) or by an import
 path to user code (`engine: my_pkg.engines:MyEngine`), the way `model.name` works:
@@ -208,13 +208,32 @@ TRACKERS.register("wandb", "dbl_ps.runtime.tracking:open_wandb")
 TRACKERS.register("tensorboard", "dbl_ps.runtime.tracking:open_tensorboard")
 TRACKERS.register("csv", "dbl_ps.runtime.tracking:open_csv")
 
-# Synchronizers, each with its coordinator (the run-level half the run driver holds): which
-# one a run gets follows from how it was launched, never from a config key. `coordinator`
-# builds it: the store mode's from (cfg, run_dir), the multi-rank mode's from (cfg, checkpoint)
-# after rank set-up (`dbl_ps.runtime.launcher` / `dbl_ps.runtime.collective`).
-SYNCHRONIZERS = Registry("synchronizer", key="synchronizer", interface="a Synchronizer (dbl_ps.training.sync)",
-                         traits={"launched": False, "coordinator": None})
+# Sync kinds: how the workers' models meet, each a synchronizer (what a worker's loop holds)
+# with its coordinator (the run-level half the run driver holds). The config's `sync` key
+# names one (`auto`: the first registered kind that fits the launch). Traits say what a kind
+# needs and what it honours, so the config is checked against them at load:
+SYNCHRONIZERS = Registry("sync kind", key="sync", interface="a Synchronizer (dbl_ps.training.sync)", traits={
+    # True: runs under torchrun or the deepspeed launcher (every rank a worker, or a group of
+    # ranks one worker); False: `dbl-ps train` on one machine spawns its own worker processes.
+    "launched": False,
+    # The store.mode values it runs and the store.rule values it merges with; the first of
+    # each is what an unset key means (a rule that does not fit the mode is skipped).
+    "modes": ("bsp", "asp", "ssp"),
+    "rules": ("average", "blend", "sgd"),
+    # Honours store.sync_every (a sync every k steps or once per mini-epoch).
+    "sync_every": True,
+    # One line on what it does, for the run's first lines and for errors.
+    "what": "",
+    # Builds the coordinator: the store mode's from (cfg, run_dir, bars), the multi-rank mode's
+    # from (cfg, checkpoint) after the rank's set-up (`dbl_ps.runtime.launcher` / `.collective`).
+    "coordinator": None,
+})
 SYNCHRONIZERS.register("store", "dbl_ps.synchronizers.store:StoreSynchronizer", launched=False,
+                       modes=("asp", "bsp", "ssp"), rules=("blend", "average", "sgd"),
+                       what="the parameter store on one machine merges each worker's push with store.rule",
                        coordinator="dbl_ps.runtime.launcher:ProcessCoordinator")
 SYNCHRONIZERS.register("collective", "dbl_ps.synchronizers.collective:CollectiveSynchronizer", launched=True,
+                       modes=("bsp",), rules=("average",),
+                       what="every rank meets the others at each sync and takes the share-weighted mean of the "
+                            "models (torch.distributed all_reduce): bulk-synchronous averaging",
                        coordinator="dbl_ps.runtime.collective:set_up_rank")

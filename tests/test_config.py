@@ -18,6 +18,9 @@ from dbl_ps.config import (
     load_config,
     parse_override,
     per_resolution,
+    resolve_sync,
+    sync_line,
+    sync_record,
 )
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -208,24 +211,26 @@ def test_override_into_a_value_is_an_error():
         ("device=tpu", "device", "'cuda'"),
         ("dbl.alpha=[0.01,0.02]", "dbl.alpha", "dbl.beta"),
         ("dbl.batch_large=null", "dbl.batch_large", "dbl.calibration"),
-        ("store.mode=bsp", "store.rule", "'average' or 'sgd' with store.mode='bsp'"),
-        ("store.rule=average", "store.rule", "'blend' or 'sgd' with store.mode='asp'"),
-        ("store.staleness=2", "store.staleness", "mode 'ssp' only"),
+        ("store.mode=bsp;store.rule=blend", "store.rule", "'average' or 'sgd' with store.mode='bsp'"),
+        ("store.mode=asp;store.rule=average", "store.rule", "'blend' or 'sgd' with store.mode='asp'"),
+        ("store.mode=bsp;store.staleness=2", "store.staleness", "mode 'ssp' only"),
+        ("sync=nope", "sync", "'store', 'collective'"),
         ("store.apply_threads=300", "store.apply_threads", "<= 256"),
         ("optim.momentum=0", None, None),  # fine on its own
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override, key, expected):
+    overrides = override.split(";")  # the last one is the bad value
     if key is None:
-        load_config(None, [override])
+        load_config(None, overrides)
         return
     with pytest.raises(ConfigError) as info:
-        load_config(None, [override])
+        load_config(None, overrides)
     err = info.value
     assert err.key == key
     message = str(err)
     assert f"'{key}'" in message and expected in message
-    assert override.split("=", 1)[1].split(",")[0].strip("[{") in message  # the value given is shown
+    assert overrides[-1].split("=", 1)[1].split(",")[0].strip("[{") in message  # the value given is shown
 
 
 def test_unknown_key_suggests_the_right_one():
@@ -342,6 +347,42 @@ def test_paper_configs_plan_feasibly(name, dataset_size):
     if name.startswith("cifar"):  # the authors' best plans use 27-51 % of B_L
         assert (plan[32].d_large, plan[32].d_small, plan[32].batch_small) == (13125, 12292, 243)
         assert plan[32].regime().kind == "dual-batch"
+
+
+def test_an_unset_mode_or_rule_is_the_sync_kinds_first_that_fits_the_other():
+    def resolved(*overrides: str, launched: bool = False) -> tuple[str, str | None, str | None, int]:
+        cfg = resolve_sync(load_config(None, list(overrides)), launched=launched)
+        return cfg.sync, cfg.store.mode, cfg.store.rule, cfg.store.staleness
+
+    assert resolved() == ("store", "asp", "blend", 0)  # the authors' code on one machine
+    assert resolved(launched=True) == ("collective", "bsp", "average", 0)
+    assert resolved("store.mode=bsp") == ("store", "bsp", "average", 0)
+    assert resolved("store.rule=average") == ("store", "bsp", "average", 0)
+    assert resolved("store.rule=sgd") == ("store", "asp", "sgd", 0)
+    assert resolved("store.staleness=2") == ("store", "ssp", "blend", 2)
+    assert resolved("store.mode=bsp", launched=True) == ("collective", "bsp", "average", 0)
+    once = resolve_sync(load_config(None, []), launched=False)
+    assert resolve_sync(once, launched=False) is once  # resolving a resolved config changes nothing
+
+
+@pytest.mark.parametrize("overrides, launched, key, expected", [
+    # what a launcher's collective cannot run is refused, saying what it runs and where the setting runs
+    (["store.mode=asp"], True, "store.mode", "'bsp' with sync 'collective'"),
+    (["store.rule=sgd"], True, "store.rule", "train with sync 'store' (on one machine)"),
+    (["store.staleness=1"], True, "store.staleness", "0 with sync 'collective'"),
+    (["sync=store"], True, "sync", "'collective' or 'auto' for a run under a launcher"),
+    (["sync=collective"], False, "sync", "'store' or 'auto' for a run on one machine"),
+])
+def test_a_sync_setting_the_launch_cannot_honour_is_refused_in_one_line(overrides, launched, key, expected):
+    with pytest.raises(ConfigError) as info:
+        resolve_sync(load_config(None, overrides), launched=launched)
+    assert info.value.key == key and expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_plan_and_summary_record_the_sync_that_ran():
+    cfg = resolve_sync(load_config(None, ["store.sync_every=3"]), launched=True)
+    assert sync_record(cfg) == {"kind": "collective", "mode": "bsp", "rule": "average", "period": 3, "staleness": 0}
+    assert sync_line(cfg).startswith("sync: collective, store.mode bsp, store.rule average, every 3 steps")
 
 
 @pytest.mark.parametrize("mode", ["bsp", "asp", "ssp"])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from dbl_ps.commands._arguments import command_error
-from dbl_ps.config import ConfigError, load_config
+from dbl_ps.config import ConfigError, load_config, resolve_sync
 from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
 from dbl_ps.training.topology import launched_by_a_launcher
 
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
             cfg = load_config(Path(args.resume) / "config.yaml", overrides) if launched else None
         else:
             cfg = load_config(args.config, overrides, notes=notes)
+        if cfg is not None:  # the sync this launch runs: a setting it cannot honour stops here
+            cfg = resolve_sync(cfg, launched=launched)
     except ConfigError as exc:
         return error(str(exc))
     for note in notes if os.environ.get("RANK", "0") == "0" else []:  # once per launch, not per rank

@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dbl_ps.config import check_workers_fit, config_differences
+from dbl_ps.config import check_workers_fit, config_differences, sync_line, sync_record
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter, read_metrics
 from dbl_ps.planner import Plan
@@ -163,6 +163,7 @@ class RunDriver:
         cfg, coordinator = self.cfg, self.coordinator
         self._agree_on_config()
         self._own_run_dir()
+        self.log(sync_line(cfg))  # the algorithm that runs, in every mode (also in plan.json, summary.json)
         if self.resuming:  # what the resume relies on, checked before any data is read
             coordinator.all_written(self._check_metrics if coordinator.is_main else None)
         check_engine_config(cfg, self.log)  # every process: the same error everywhere, before measuring
@@ -284,7 +285,8 @@ class RunDriver:
     def plan_dict(self) -> dict[str, Any]:
         """What plan.json holds, in every mode: the plan, where its time models came from, the
         engine, ranks per worker and the re-plans so far."""
-        return {**self.plan.to_dict(), "time_model_source": self.plan_source, "engine": self.cfg.engine,
+        return {**self.plan.to_dict(), "time_model_source": self.plan_source, "sync": sync_record(self.cfg),
+                "engine": self.cfg.engine,
                 "ranks_per_worker": self.coordinator.ranks_per_worker, "replans": self.replans}
 
     def release(self) -> None:
@@ -455,6 +457,7 @@ class RunDriver:
 
     def _summary(self, status: str) -> dict[str, Any]:
         return self.finisher.summary(status, name=self.cfg.name, small_workers=self.plan.small,
+                                     sync=sync_record(self.cfg),
                                      server=self.coordinator.server_stats(), plan_source=self.plan_source,
                                      startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds,
                                      threads_per_worker=self.coordinator.threads)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import torch
 from tqdm import tqdm
 
-from dbl_ps.config import load_config
+from dbl_ps.config import load_config, resolve_sync
 from dbl_ps.run_ownership import RunWriteError
 from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, TrainingInterrupted, WorkerError
 from dbl_ps.runtime.engine_setup import check_store_mode_engine
@@ -60,7 +60,7 @@ class Trainer:
 
     def __init__(self, cfg: Any, run_dir: str | Path | None = None, *, progress: bool | None = None,
                  log: Callable[[str], None] | None = None, _checkpoint: dict[str, Any] | None = None):
-        self.cfg = cfg
+        self.cfg = cfg = resolve_sync(cfg, launched=False)
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
         log = log or (lambda msg: print(msg, flush=True))
         progress = sys.stderr.isatty() if progress is None else progress
