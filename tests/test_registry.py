@@ -20,7 +20,7 @@ from dbl_ps.data.sources import plugin_source, register_source
 from dbl_ps.imports import ImportPathError
 from dbl_ps.metrics import CSV_FILE, CsvWriter
 from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS, TRACKERS, Registry, UnknownPluginError
-from dbl_ps.runtime.engine_setup import build_rank_engine, build_worker_engine, check_store_mode_engine
+from dbl_ps.runtime.engine_setup import build_engine, check_store_mode_engine
 from dbl_ps.runtime.tracking import open_trackers
 from dbl_ps.training.engine import TorchEngine
 from dbl_ps.training.rundir import RunDirectory
@@ -237,16 +237,16 @@ def test_source_traits_drive_the_data_rules():
 def test_a_users_engine_by_import_path_builds_in_both_modes(user_plugins):
     module, device, topology = torch.nn.Linear(4, 2), torch.device("cpu"), Topology.single(0, 1)
     cfg = RunConfig(engine="dblps_user_plugins:MarkedEngine")
-    engine = build_worker_engine(cfg, module, device, topology, batch_size=8, options={})
+    engine = build_engine(cfg, module, device, topology, batch_size=8, options={})
     assert type(engine).__name__ == "MarkedEngine" and isinstance(engine, TorchEngine)
     factory = RunConfig(engine="dblps_user_plugins.build_marked")
-    assert build_worker_engine(factory, module, device, topology, batch_size=8, options={}).built_with == 8
-    assert build_rank_engine(factory, module, device, topology, options={}).built_with is None
+    assert build_engine(factory, module, device, topology, batch_size=8, options={}).built_with == 8  # a store worker
+    assert build_engine(factory, module, device, topology, batch_size=None, options={}).built_with is None  # a rank
     with pytest.raises(LaunchError, match=r"engine='dblps_user_plugins:not_an_engine' built a str"):
-        build_worker_engine(RunConfig(engine="dblps_user_plugins:not_an_engine"), module, device, topology,
+        build_engine(RunConfig(engine="dblps_user_plugins:not_an_engine"), module, device, topology,
                             batch_size=8, options={})
     with pytest.raises(LaunchError, match=r"engine='dblps_user_plugins:NoSuchEngine'.*has no attribute"):
-        build_worker_engine(RunConfig(engine="dblps_user_plugins:NoSuchEngine"), module, device, topology,
+        build_engine(RunConfig(engine="dblps_user_plugins:NoSuchEngine"), module, device, topology,
                             batch_size=8, options={})
 
 

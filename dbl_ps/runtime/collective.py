@@ -24,10 +24,9 @@ import torch.distributed as dist
 from dbl_ps.data import DataError
 from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError
 from dbl_ps.runtime.driver import ConfigMismatch, PreparedRun, RunDriver, engine_module, stderr_log
-from dbl_ps.runtime.engine_setup import build_rank_engine
 from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
-from dbl_ps.shards import share_loader_for
+from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
 from dbl_ps.synchronizers.collective import (
     CollectiveCoordinator,
     CollectiveSynchronizer,
@@ -37,7 +36,7 @@ from dbl_ps.synchronizers.collective import (
 )
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
-from dbl_ps.training.setup import cpu_cores, warm_up_shapes
+from dbl_ps.training.setup import threads_per_worker
 from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
 
 __all__ = ["run_collective", "pick_device", "set_up_rank"]
@@ -71,8 +70,7 @@ def set_up_rank(cfg: Any, checkpoint: dict[str, Any] | None) -> tuple[Any, Colle
     topo = read_topology(workers, group_size)
     cfg = _with_workers(cfg, workers)
     device, backend = pick_device(cfg, topo)
-    threads = int(cfg.threads_per_worker) if cfg.threads_per_worker else \
-        max(1, cpu_cores() // local_world_size(topo.world))
+    threads = threads_per_worker(cfg, local_world_size(topo.world))
     torch.set_num_threads(threads)
     init_distributed(topo, backend, cfg.launch.timeout)
     measure = cfg.time_model() is None and not cfg.dbl.calibration and cfg.dbl.small > 0
@@ -82,27 +80,19 @@ def set_up_rank(cfg: Any, checkpoint: dict[str, Any] | None) -> tuple[Any, Colle
 
 
 def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: torch.device) -> WorkerLoop:
-    """What this rank trains: its engine (warmed up, resumed), its share loader and the
-    collective synchronizer around the worker loop, started from the global model."""
-    cfg, plan, spec = run.cfg, run.plan, run.spec
-    engine = build_rank_engine(cfg, engine_module(run.model), device, topo, options=run.engine_options)
-    compile_seconds = engine.warm_up(warm_up_shapes(plan, spec, topo.worker), run.data.in_channels)
-    if compile_seconds and topo.is_main:
-        stderr_log(f"rank {topo.rank}: torch.compile warmed up in {compile_seconds:.1f} s")
-    if run.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
-        engine.load_full_state_dict(run.model.state_dict())
-        engine.load_worker_state(run.run_dir.checkpoint_folder(run.checkpoint), int(run.checkpoint["workers"]))
-    first = plan[spec.resolutions[0]]
-    # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
-    loader = share_loader_for(cfg.data, run.data.train, run.transform, resolutions=spec.resolutions,
-                              worker=topo.worker, shares=first.shares, batch_size=first.batches[topo.worker],
-                              resolution=spec.resolutions[0], seed=cfg.seed, epoch=start_epoch, device=device)
+    """What this rank trains (`build_worker_loop`, as a store-mode worker), around the collective
+    synchronizer, started from the global model (every rank loaded the same model.pt on a resume)."""
+    cfg, plan = run.cfg, run.plan
     sync = CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
                                   timeout_s=sync_timeout(plan, cfg.store.sync_every, cfg.launch.sync_timeout))
-    loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
-                      callbacks=callbacks_from_env(topo.rank), restart_momentum=cfg.optim.restart_momentum)
-    loop.start(fresh=not run.checkpoint)
-    return loop
+    folder = run.run_dir.checkpoint_folder(run.checkpoint) if run.checkpoint else None
+    part = WorkerPart(module=engine_module(run.model), plan=plan, spec=run.spec, train=run.data.train,
+                      transform=run.transform, in_channels=run.data.in_channels, topology=topo, device=device,
+                      engine_options=run.engine_options, start_epoch=start_epoch,
+                      resume=Resume(folder, int(run.checkpoint["workers"])) if folder is not None else None,
+                      global_state=run.model.state_dict() if folder is not None else None)
+    return build_worker_loop(cfg, part, synchronizer=sync, callbacks=callbacks_from_env(topo.rank),
+                             log=stderr_log if topo.is_main else None)
 
 
 class _StopSignal:

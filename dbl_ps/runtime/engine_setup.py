@@ -28,8 +28,7 @@ from dbl_ps.training.engine import Engine
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["engine_options", "check_engine_config", "check_store_mode_engine", "build_worker_engine",
-           "build_rank_engine"]
+__all__ = ["engine_options", "check_engine_config", "check_store_mode_engine", "build_engine"]
 
 
 def _entry(cfg: Any) -> Entry:
@@ -85,8 +84,11 @@ def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]
     return {"ds_config": ds_config, "run_dir": str(run_dir)}
 
 
-def _build(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
-           batch_size: int | None, options: dict[str, Any]) -> Engine:
+def build_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
+                 batch_size: int | None, options: dict[str, Any]) -> Engine:
+    """The engine `engine:` names for one worker (or one rank of it), in every mode: `batch_size`
+    is the worker's first batch in a store-mode worker process, None in a rank of a multi-rank
+    job (the process group is initialised there)."""
     entry = _entry(cfg)
     if isinstance(entry.obj, type) and issubclass(entry.obj, Engine):
         engine = entry.obj(module, cfg, device, topology)  # TorchEngine's constructor
@@ -96,16 +98,3 @@ def _build(cfg: Any, module: nn.Module, device: torch.device, topology: Topology
         raise LaunchError(f"engine={cfg.engine!r} built a {type(engine).__name__}, expected a "
                           "dbl_ps.training.engine.Engine (subclass Engine or TorchEngine)")
     return engine
-
-
-def build_worker_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
-                        batch_size: int, options: dict[str, Any]) -> Engine:
-    """The engine of one worker process of `dbl-ps train` (the parameter store merges)."""
-    check_store_mode_engine(cfg)
-    return _build(cfg, module, device, topology, batch_size=batch_size, options=options)
-
-
-def build_rank_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
-                      options: dict[str, Any]) -> Engine:
-    """The engine of one rank of a multi-rank job (the process group is initialised)."""
-    return _build(cfg, module, device, topology, batch_size=None, options=options)

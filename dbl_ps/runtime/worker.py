@@ -17,23 +17,21 @@ import signal
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from dbl_ps.config import RunConfig
 from dbl_ps.data import Dataset, Split, build_transform, load_dataset
-from dbl_ps.planner import Plan
-from dbl_ps.runtime.engine_setup import build_worker_engine
 from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env, start_delay
-from dbl_ps.shards import share_loader_for
+from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
 from dbl_ps.synchronizers import StoreSynchronizer
 from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import RunDirectory
-from dbl_ps.training.setup import build_run_model, build_spec, plan_from_dict, warm_up_shapes
+from dbl_ps.training.setup import build_run_model, build_spec, plan_from_dict
 from dbl_ps.training.topology import Topology
 
 __all__ = ["WorkerArgs", "worker_main", "pack_train_data", "unpack_train_data"]
@@ -114,13 +112,11 @@ class LauncherLink(Callback):
     keeps the gate shut until then), so one worker's start-up (importing torch, building its
     model) is neither measured as another's slowness nor waited for inside the first sync,
     and the wall clock starts with training. `plan_version` counts the
-    launcher's rewrites of plan.json; `warm_up(plan)` prepares the engine for a new plan's
-    shapes (compiling) outside the timed epoch."""
+    launcher's rewrites of plan.json."""
 
-    def __init__(self, args: WorkerArgs, queue: Any, stop: Any, gate: Any, *, lockstep: bool, plan_version: Any,
-                 warm_up: Callable[[Plan], Any]):
+    def __init__(self, args: WorkerArgs, queue: Any, stop: Any, gate: Any, *, lockstep: bool, plan_version: Any):
         self.args, self.queue, self.stop, self.gate, self.lockstep = args, queue, stop, gate, lockstep
-        self.plan_version, self.warm_up = plan_version, warm_up
+        self.plan_version = plan_version
         self.seen_plan_version = 0  # the plan this worker started with
         self.last_progress = 0.0
 
@@ -144,9 +140,8 @@ class LauncherLink(Callback):
         # merge weight, steps: all read from loop.plan in prepare_epoch).
         version = self.plan_version.value
         if version != self.seen_plan_version:
-            loop.plan = plan_from_dict(RunDirectory(self.args.run_dir).read_json("plan.json"))
+            loop.set_plan(plan_from_dict(RunDirectory(self.args.run_dir).read_json("plan.json")))
             self.seen_plan_version = version
-            self.warm_up(loop.plan)
 
     def on_step(self, loop: WorkerLoop, state: EpochState) -> None:
         self.check_stop()
@@ -176,39 +171,29 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
     device = torch.device(args.device)
     data = _queued_train_data(args, data_queue, stop) if args.train_data_queued else \
         load_dataset(cfg.data, image_size=max(spec.resolutions))
-    topology = Topology.single(args.worker, plan.workers)
-    first = plan[spec.resolutions[0]]
     module = build_run_model(cfg, data.num_classes, data.in_channels, dropout=spec.dropouts[0])
-    engine = build_worker_engine(cfg, module.to(device), device, topology, batch_size=first.batches[args.worker],
-                                 options=args.engine_options)
-    compile_seconds = engine.warm_up(warm_up_shapes(plan, spec, args.worker), data.in_channels)
     time.sleep(start_delay())  # test hook: a start-up as slow as CUDA's or a compile warm-up
-    if compile_seconds:
-        print(f"worker {args.worker}: torch.compile warmed up in {compile_seconds:.1f} s", flush=True)
-    if args.resume_folder:
-        engine.load_worker_state(RunDirectory(args.run_dir).path / args.resume_folder, args.resume_workers)
     link = LauncherLink(args, queue, stop, gate, lockstep=cfg.store.mode == "bsp" or cfg.dbl.replan,
-                        plan_version=plan_version,
-                        warm_up=lambda new: engine.warm_up(warm_up_shapes(new, spec, args.worker), data.in_channels))
+                        plan_version=plan_version)
     link.check_stop()
     sync = StoreSynchronizer(args.store_name, args.worker, mode=cfg.store.mode, rule=cfg.store.rule,
                              sync_every=cfg.store.sync_every, divergence=cfg.divergence)
+    run_dir = RunDirectory(args.run_dir)
     try:
-        # ShareLoader over data.train, or (data.source: shards) the shard set of each resolution.
-        loader = share_loader_for(cfg.data, data.train, build_transform(cfg.data, data),
-                                  resolutions=spec.resolutions, worker=args.worker, shares=first.shares,
-                                  batch_size=first.batches[args.worker], resolution=spec.resolutions[0],
-                                  seed=cfg.seed, epoch=args.start_epoch, device=device)
-        loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
-                          callbacks=[link, *callbacks_from_env(args.worker)],
-                          restart_momentum=cfg.optim.restart_momentum)
-        loop.start(fresh=args.start_epoch == 0)
+        part = WorkerPart(module=module.to(device), plan=plan, spec=spec, train=data.train,
+                          transform=build_transform(cfg.data, data), in_channels=data.in_channels,
+                          topology=Topology.single(args.worker, plan.workers), device=device,
+                          engine_options=args.engine_options, start_epoch=args.start_epoch,
+                          resume=Resume(run_dir.path / args.resume_folder, args.resume_workers)
+                          if args.resume_folder else None,
+                          batch_size=plan[spec.resolutions[0]].batches[args.worker])
+        loop = build_worker_loop(cfg, part, synchronizer=sync, callbacks=[link, *callbacks_from_env(args.worker)],
+                                 log=lambda line: print(line, flush=True))
         queue.put(WorkerReady(args.worker))  # the launcher opens the gate (and starts the clock) once all are
-        run_dir = RunDirectory(args.run_dir)
         for report in loop.run(args.start_epoch):
             folder = run_dir.epoch_folder(report.epoch)
             folder.mkdir(parents=True, exist_ok=True)
-            engine.save_worker_state(folder)  # before reporting: the launcher's checkpoint names it
+            loop.engine.save_worker_state(folder)  # before reporting: the launcher's checkpoint names it
             queue.put(report)
     finally:
         sync.close()

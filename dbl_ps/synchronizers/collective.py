@@ -267,7 +267,7 @@ class CollectiveCoordinator(Coordinator):
         return self.loop.engine.full_state_dict()  # collective for sharded engines
 
     def adopt_plan(self, plan: Plan) -> None:
-        self.loop.plan = plan  # every rank decided the same plan from the same reports
+        self.loop.set_plan(plan)  # every rank decided the same plan from the same reports; its shapes warmed up
 
     def release(self, epoch: int) -> None:
         pass  # every rank goes on once the driver is done with the epoch

@@ -37,7 +37,7 @@ from dbl_ps.schedule import SchedulePoint, ScheduleSpec, ScheduleTracker, starts
 from dbl_ps.training.engine import Engine, hard_labels
 from dbl_ps.training.events import Callback, Callbacks
 from dbl_ps.training.messages import EpochReport
-from dbl_ps.training.setup import epoch_seed
+from dbl_ps.training.setup import epoch_seed, warm_up_shapes
 from dbl_ps.training.sync import Synchronizer
 
 __all__ = ["WorkerLoop", "EpochState", "DivergedError"]
@@ -94,7 +94,7 @@ class WorkerLoop:
     to the next epoch (`ShareLoader`, `ShardShareLoader`, or anything alike)."""
 
     def __init__(self, *, engine: Engine, synchronizer: Synchronizer, loader: Any, plan: Plan, spec: ScheduleSpec,
-                 seed: int, callbacks: Iterable[Callback] = (), restart_momentum: bool = False):
+                 seed: int, callbacks: Iterable[Callback] = (), restart_momentum: bool = False, in_channels: int = 3):
         self.engine = engine
         self.synchronizer = synchronizer
         self.loader = loader
@@ -106,7 +106,19 @@ class WorkerLoop:
         self.member = engine.topology.member
         self.callbacks = Callbacks(callbacks)
         self.schedule = ScheduleTracker(spec)
+        self.in_channels = in_channels  # of the images, for warming up the engine's shapes
         self.version = 0
+
+    def warm_up(self) -> float:
+        """Prepare the engine for every shape the plan trains (compiling, `compile: true`) outside
+        the timed epochs; returns the seconds it took."""
+        return self.engine.warm_up(warm_up_shapes(self.plan, self.spec, self.worker), self.in_channels)
+
+    def set_plan(self, plan: Plan) -> float:
+        """Train with `plan` from the next epoch on (a re-plan: every worker of every mode takes the
+        same one at the same epoch boundary), its new shapes warmed up before that epoch."""
+        self.plan = plan
+        return self.warm_up()
 
     def start(self, *, fresh: bool) -> None:
         """The global model into the engine before the first step."""

@@ -68,11 +68,13 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_worker(cfg: Any) -> int:
-    """Torch threads per worker: the config's value, else cores // workers (at least 1)."""
+def threads_per_worker(cfg: Any, local_workers: int | None = None) -> int:
+    """Torch threads of each worker process: the config's value, else this machine's cores shared
+    by its worker processes (`local_workers`: the store mode's W, a launch's LOCAL_WORLD_SIZE;
+    default `dbl.workers`), at least 1. The one place every mode computes it."""
     if cfg.threads_per_worker:
         return int(cfg.threads_per_worker)
-    return max(1, cpu_cores() // cfg.dbl.workers)
+    return max(1, cpu_cores() // (local_workers or cfg.dbl.workers))
 
 
 MEASURED = "measured on the spot"  # the source of a time model measured by the run itself
