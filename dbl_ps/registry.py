@@ -224,16 +224,20 @@ SYNCHRONIZERS = Registry("sync kind", key="sync", interface="a Synchronizer (dbl
     "sync_every": True,
     # One line on what it does, for the run's first lines and for errors.
     "what": "",
-    # Builds the coordinator: the store mode's from (cfg, run_dir, bars), the multi-rank mode's
-    # from (cfg, checkpoint) after the rank's set-up (`dbl_ps.runtime.launcher` / `.collective`).
+    # "module:attr" of the coordinator factory: one-machine kinds' is called as
+    # (cfg, run_dir, processes: dbl_ps.training.coordinator.WorkerProcesses), launched kinds' as
+    # (topology, device, *, threads, measure_per_worker, build_loop) after the rank's set-up.
     "coordinator": None,
 })
-SYNCHRONIZERS.register("store", "dbl_ps.synchronizers.store:StoreSynchronizer", launched=False,
+# The object is the synchronizer factory: one-machine kinds' called in each worker process as
+# (cfg, worker, links) with the picklable links the coordinator handed the launcher; launched
+# kinds' in each rank as (cfg, plan, topology).
+SYNCHRONIZERS.register("store", "dbl_ps.synchronizers.store:worker_synchronizer", launched=False,
                        modes=("asp", "bsp", "ssp"), rules=("blend", "average", "sgd"),
                        what="the parameter store on one machine merges each worker's push with store.rule",
-                       coordinator="dbl_ps.runtime.launcher:ProcessCoordinator")
-SYNCHRONIZERS.register("collective", "dbl_ps.synchronizers.collective:CollectiveSynchronizer", launched=True,
+                       coordinator="dbl_ps.synchronizers.store:StoreCoordinator")
+SYNCHRONIZERS.register("collective", "dbl_ps.synchronizers.collective:rank_synchronizer", launched=True,
                        modes=("bsp",), rules=("average",),
                        what="every rank meets the others at each sync and takes the share-weighted mean of the "
                             "models (torch.distributed all_reduce): bulk-synchronous averaging",
-                       coordinator="dbl_ps.runtime.collective:set_up_rank")
+                       coordinator="dbl_ps.synchronizers.collective:CollectiveCoordinator")

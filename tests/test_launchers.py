@@ -118,6 +118,12 @@ def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, s
     assert set(store_summary) == set(summary)
     plan, store_plan = (json.loads((d / "plan.json").read_text()) for d in (run_dir, store_run))
     assert set(plan) == set(store_plan) and plan["replans"] == store_plan["replans"] == []
+    # which algorithm ran is named in both modes: sync auto is the store on one machine (its
+    # default, the authors' asp/blend) and weighted averaging under torchrun
+    assert store_plan["sync"] == store_summary["sync"] == {"kind": "store", "mode": "asp", "rule": "blend",
+                                                           "period": "mini_epoch", "staleness": 0}
+    assert plan["sync"] == summary["sync"] == {"kind": "collective", "mode": "bsp", "rule": "average",
+                                               "period": "mini_epoch", "staleness": 0}
     # the same events in the same order: the run's (stop after epoch 1, resume, the rest) and every worker's
     run_events, worker_events = events(log)
     store_run_events, store_worker_events = events(store_run.parent / "events.jsonl")
@@ -132,6 +138,20 @@ def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, s
                           capture_output=True, text=True, timeout=120, env=env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any(out.glob("*.png")) and any(out.glob("*.md"))
+
+
+def test_a_torchrun_launch_with_a_sync_it_cannot_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    """store.mode asp (the store's own default) cannot run as collectives: every rank stops at
+    load, before the process group or any data, and the launch prints one line saying what
+    to write instead."""
+    proc = torchrun(2, "--run-dir", str(tmp_path / "run"), *RUN, "store.mode=asp")
+    assert proc.returncode != 0
+    ours = sorted({line for line in proc.stderr.splitlines() if line.startswith("dbl-ps train:")})
+    assert ours == ["dbl-ps train: error: config key 'store.mode': got 'asp', expected 'bsp' with sync 'collective': "
+                    "every rank meets the others at each sync and takes the share-weighted mean of the models "
+                    "(torch.distributed all_reduce): bulk-synchronous averaging; leave it unset (= 'bsp', store.rule "
+                    "'average'), or train with sync 'store' (on one machine)"], proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

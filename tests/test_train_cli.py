@@ -24,7 +24,8 @@ FAST = ["dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.epo
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["store.mode=bsp"], "config key 'store.rule': got 'blend'"),
+    (["store.mode=bsp", "store.rule=blend"], "config key 'store.rule': got 'blend'"),
+    (["sync=collective"], "config key 'sync': got 'collective', expected 'store' or 'auto' for a run on one machine"),
     (["dbl.taux=1.1"], "unknown config key 'dbl.taux'; did you mean 'dbl.tau'?"),
     (["dbl.workers=0"], "config key 'dbl.workers': got 0"),
     (["schedule.resolutions=[16,12]"], "strictly increasing"),

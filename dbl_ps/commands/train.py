@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config, resolve_sync
+from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
 from dbl_ps.training.topology import launched_by_a_launcher
 
@@ -69,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
         problem = run_dir_problem(Path(args.run_dir))
         if problem is not None:
             return error(problem)
-    if launched:  # torchrun / deepspeed launcher: every rank is (part of) a worker
+    # The sync kind (resolved for this launch above) decides how the run is hosted: every rank a
+    # worker under torchrun / the deepspeed launcher, or worker processes spawned here on one
+    # machine (also a store-mode resume, whose config the trainer reads from the run directory).
+    if cfg is not None and SYNCHRONIZERS.traits(cfg.sync)["launched"]:
         end_rank_process(run_collective(cfg, run_dir=args.run_dir, resume=args.resume))
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
 

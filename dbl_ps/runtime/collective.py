@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -27,13 +27,9 @@ from dbl_ps.runtime.driver import ConfigMismatch, PreparedRun, RunDriver, engine
 from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
-from dbl_ps.synchronizers.collective import (
-    CollectiveCoordinator,
-    CollectiveSynchronizer,
-    RankLost,
-    init_distributed,
-    sync_timeout,
-)
+from dbl_ps.imports import import_callable
+from dbl_ps.registry import SYNCHRONIZERS
+from dbl_ps.synchronizers.collective import CollectiveCoordinator, RankLost, init_distributed
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
 from dbl_ps.training.setup import threads_per_worker
@@ -74,17 +70,19 @@ def set_up_rank(cfg: Any, checkpoint: dict[str, Any] | None) -> tuple[Any, Colle
     torch.set_num_threads(threads)
     init_distributed(topo, backend, cfg.launch.timeout)
     measure = cfg.time_model() is None and not cfg.dbl.calibration and cfg.dbl.small > 0
-    coordinator = CollectiveCoordinator(topo, device, threads=threads, measure_per_worker=measure,
-                                        build_loop=lambda run, start: build_rank_loop(run, start, topo, device))
+    kind = SYNCHRONIZERS.get(cfg.sync)  # the launched sync kind: its coordinator and synchronizer
+    make_coordinator = import_callable(kind.traits["coordinator"], f"sync {cfg.sync!r} coordinator")
+    coordinator = make_coordinator(topo, device, threads=threads, measure_per_worker=measure,
+                                   build_loop=lambda run, start: build_rank_loop(run, start, topo, device, kind.obj))
     return cfg, coordinator
 
 
-def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: torch.device) -> WorkerLoop:
-    """What this rank trains (`build_worker_loop`, as a store-mode worker), around the collective
+def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: torch.device,
+                    make_synchronizer: Callable[..., Any]) -> WorkerLoop:
+    """What this rank trains (`build_worker_loop`, as a store-mode worker), around its sync kind's
     synchronizer, started from the global model (every rank loaded the same model.pt on a resume)."""
     cfg, plan = run.cfg, run.plan
-    sync = CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
-                                  timeout_s=sync_timeout(plan, cfg.store.sync_every, cfg.launch.sync_timeout))
+    sync = make_synchronizer(cfg, plan, topo)
     folder = run.run_dir.checkpoint_folder(run.checkpoint) if run.checkpoint else None
     part = WorkerPart(module=engine_module(run.model), plan=plan, spec=run.spec, train=run.data.train,
                       transform=run.transform, in_channels=run.data.in_channels, topology=topo, device=device,

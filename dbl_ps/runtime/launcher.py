@@ -42,13 +42,15 @@ from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, Trai
 from dbl_ps.runtime.engine_setup import check_store_mode_engine
 from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
-from dbl_ps.synchronizers.store import StoreServer, StoreSetupError
-from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
+from dbl_ps.imports import import_callable
+from dbl_ps.registry import SYNCHRONIZERS
+from dbl_ps.synchronizers.store import StoreSetupError
+from dbl_ps.training.coordinator import Coordinator, WorkerProcesses
 from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
 from dbl_ps.training.setup import threads_per_worker
 
-__all__ = ["Trainer", "ProcessCoordinator", "WorkerError", "TrainingDiverged", "StoreSetupError", "TrainingInterrupted",
+__all__ = ["Trainer", "WorkerPool", "one_machine_coordinator", "WorkerError", "TrainingDiverged", "StoreSetupError", "TrainingInterrupted",
            "new_run_dir"]
 
 STOP_TIMEOUT = 30.0  # seconds a worker gets to stop before it is terminated
@@ -65,7 +67,9 @@ class Trainer:
         log = log or (lambda msg: print(msg, flush=True))
         progress = sys.stderr.isatty() if progress is None else progress
         self.bars = ProgressBars(cfg.dbl.workers) if progress else None
-        self.coordinator = ProcessCoordinator(cfg, self.run_dir, bars=self.bars)
+        # The sync kind's coordinator (`sync: store`) around this launcher's worker processes.
+        self.processes = WorkerPool(cfg, self.run_dir, bars=self.bars)
+        self.coordinator = one_machine_coordinator(cfg, self.run_dir, self.processes)
         self.driver = RunDriver(cfg, self.coordinator, self.run_dir, checkpoint=_checkpoint, log=log,
                                 display=self.bars)
         self._prepared = False
@@ -102,20 +106,21 @@ class Trainer:
             self.release()
 
 
-class ProcessCoordinator(Coordinator):
-    """The store mode's coordinator: W worker processes, their messages, and the store's
-    server half (`StoreServer`). Signals: SIGINT/SIGTERM stop the run at the next message
-    (`TrainingInterrupted`); a second Ctrl-C stops waiting."""
+class WorkerPool(WorkerProcesses):
+    """The store mode's W worker processes: spawning them, relaying their messages (progress to
+    the bars, failures as `WorkerError`), watching their exits, and signals: SIGINT/SIGTERM/SIGHUP
+    stop the run at the next message (`TrainingInterrupted`); a second Ctrl-C stops waiting. The
+    sync kind's coordinator (`StoreCoordinator`) drives it."""
 
     def __init__(self, cfg: Any, run_dir: Path, *, bars: "ProgressBars | None" = None):
         check_store_mode_engine(cfg)  # before any data is loaded
         self.cfg, self.run_dir, self.bars = cfg, run_dir, bars
         self.workers = cfg.dbl.workers
-        self.threads = threads_per_worker(cfg)
+        self.threads = threads_per_worker(cfg, self.workers)
         torch.set_num_threads(self.threads)
         self.devices = _devices(cfg)
         self.eval_device = torch.device(self.devices[0])
-        self.server: StoreServer | None = None
+        self.ctx = mp.get_context("spawn")
         self.procs: list[Any] = []
         self._signal: int | None = None
         self._old_handlers: dict[int, Any] = {}
@@ -123,31 +128,15 @@ class ProcessCoordinator(Coordinator):
         self._finished: set[int] = set()
         self.last_complete = -1
 
-    # -- what every process agrees on: one process here
-
-    def share(self, make: Callable[[], Any]) -> Any:
-        return make()
-
-    def all_written(self, write: Callable[[], None] | None) -> None:
-        if write is not None:
-            write()
-
-    def time_models(self, resolve: Callable[[], Any]) -> Any:
-        return resolve()  # once, on the first worker's device
-
     # -- bringing the workers up
 
-    def start(self, run: PreparedRun, start_epoch: int, on_ready: Callable[[], None]) -> None:
-        ctx = mp.get_context("spawn")
-        self.last_complete = start_epoch - 1
-        self.server = StoreServer(self.cfg, run.model, ctx=ctx, start_epoch=start_epoch)
-        self._install_signal_handlers()
-        self.queue, self.stop_event = ctx.Queue(), ctx.Event()
-        self._on_ready, self._start_epoch = on_ready, start_epoch
-        self._spawn(ctx, run, start_epoch)
-
-    def _spawn(self, ctx: Any, run: PreparedRun, start_epoch: int) -> None:
+    def spawn(self, run: PreparedRun, start_epoch: int, *, links: dict[str, Any], gate: Any,
+              plan_version: Any) -> None:
         """Start the W workers; each is in `self.procs` as soon as it runs (a stop meanwhile ends it)."""
+        self.last_complete = start_epoch - 1
+        self._install_signal_handlers()
+        ctx = self.ctx
+        self.queue, self.stop_event = ctx.Queue(), ctx.Event()
         data = run.data
         # A split read sample by sample (imagefolder, data.factory) is never shipped: each worker loads it.
         train_data = pack_train_data(data) if data.train.in_memory and data.train.images.numel() <= PASS_DATA_BYTES \
@@ -162,7 +151,7 @@ class ProcessCoordinator(Coordinator):
         self.data_queue.cancel_join_thread()
         ckpt = run.checkpoint or {}
         for w in range(self.workers):
-            args = WorkerArgs(worker=w, config=config, plan=run.plan.to_dict(), store_name=self.server.name,
+            args = WorkerArgs(worker=w, config=config, plan=run.plan.to_dict(), sync_links=links,
                               run_dir=str(self.run_dir), start_epoch=start_epoch, resume_folder=ckpt.get("path"),
                               resume_workers=int(ckpt.get("workers", self.workers)), threads=self.threads,
                               device=self.devices[w], launcher_pid=os.getpid(), engine_options=run.engine_options,
@@ -171,26 +160,25 @@ class ProcessCoordinator(Coordinator):
             # no daemon flag to end: every way out of the run stops, terminates or kills the
             # workers (stop, _join), and a worker whose launcher died stops by itself (LauncherLink).
             p = ctx.Process(target=worker_main,
-                            args=(args, self.queue, self.stop_event, self.server.gate, self.server.plan_version,
-                                  self.data_queue),
+                            args=(args, self.queue, self.stop_event, gate, plan_version, self.data_queue),
                             name=f"dbl-ps-worker-{w}", daemon=False)
             p.start()
             self.procs.append(p)
             if train_data is not None:
                 self.data_queue.put(train_data)
 
-    # -- the epochs
+    # -- the workers' messages
 
-    def epochs(self, start_epoch: int) -> Iterator[GlobalEpoch]:
-        reports: dict[int, dict[int, EpochReport]] = {}
-        epochs = int(self.cfg.schedule.epochs)
-        while self.last_complete < epochs - 1:
-            for msg in self._messages():
-                complete = self._handle(msg, reports)
-                if complete is not None:
-                    self.last_complete = complete.epoch
-                    yield complete
-                    break
+    def events(self) -> Iterator[Any]:
+        for msg in self._messages():
+            event = self._handle(msg)
+            if event is not None:
+                yield event
+
+    def completed(self, epoch: int) -> None:
+        self.last_complete = epoch
+
+    def finish(self) -> None:
         self._join(timeout=STOP_TIMEOUT)
 
     def _messages(self) -> Iterator[Any]:
@@ -230,8 +218,8 @@ class ProcessCoordinator(Coordinator):
             raise WorkerError(f"worker {w} exited with code {self.procs[w].exitcode} without reporting an error "
                               f"(killed by a signal or out of memory?)")
 
-    def _handle(self, msg: Any, reports: dict[int, dict[int, EpochReport]]) -> GlobalEpoch | None:
-        """One message; returns the next global epoch once every worker reported it."""
+    def _handle(self, msg: Any) -> WorkerReady | EpochReport | None:
+        """One message: the coordinator's events are handed on, the launcher's own handled here."""
         if isinstance(msg, WorkerFailed):
             if msg.message is None:
                 raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
@@ -242,39 +230,15 @@ class ProcessCoordinator(Coordinator):
             self._finished.add(msg.worker)
             if isinstance(msg, WorkerStopped) and self._signal is None:
                 raise WorkerError(f"worker {msg.worker} stopped unexpectedly (the parameter store closed?)")
-        elif isinstance(msg, WorkerReady):
-            self._ready.add(msg.worker)
-            if len(self._ready) == self.workers:
-                self._on_ready()
-                self.server.open_gate(self._start_epoch)
         elif isinstance(msg, Progress):
             if self.bars is not None:
                 self.bars.worker_progress(msg)
+        elif isinstance(msg, WorkerReady):
+            self._ready.add(msg.worker)
+            return msg
         elif isinstance(msg, EpochReport):
-            reports.setdefault(msg.epoch, {})[msg.worker] = msg
-            nxt = self.last_complete + 1
-            if len(reports.get(nxt, {})) == self.workers:
-                done = reports.pop(nxt)
-                return GlobalEpoch(nxt, [done[w] for w in sorted(done)], max(r.version for r in done.values()))
+            return msg
         return None
-
-    def global_state(self, epoch: GlobalEpoch) -> dict[str, torch.Tensor]:
-        # The launcher's model (the driver's evaluation model) takes the store's state; the
-        # record names the version read (at least every report's).
-        epoch.version = self.server.read_global(epoch.version)
-        return self.server.flat.model.state_dict()
-
-    def adopt_plan(self, plan: Any) -> None:
-        self.server.publish_plan()  # the workers re-read plan.json at their next epoch start
-
-    def release(self, epoch: int) -> None:
-        self.server.open_gate(epoch + 1)  # bsp (and any mode with dbl.replan): the next epoch may start
-
-    def save_worker_state(self, folder: Path) -> None:
-        pass  # every worker wrote its own before reporting the epoch
-
-    def server_stats(self) -> dict[str, Any] | None:
-        return self.server.stats() if self.server is not None else None
 
     # -- stopping
 
@@ -290,9 +254,6 @@ class ProcessCoordinator(Coordinator):
 
     def close(self) -> None:
         self.stop()
-        if self.server is not None:
-            self.server.close()  # its shared memory goes
-            self.server = None
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers = {}
@@ -334,6 +295,13 @@ class ProcessCoordinator(Coordinator):
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def one_machine_coordinator(cfg: Any, run_dir: Path, processes: WorkerPool) -> Coordinator:
+    """The coordinator of the config's sync kind (one that runs on one machine, e.g. `store`)
+    around this launcher's worker processes, built by the kind's registered factory."""
+    factory = import_callable(SYNCHRONIZERS.traits(cfg.sync)["coordinator"], f"sync {cfg.sync!r} coordinator")
+    return factory(cfg, run_dir, processes)
 
 
 def _devices(cfg: Any) -> list[str]:

@@ -1,6 +1,6 @@
 """One worker process of `dbl-ps train` on one machine.
 
-It builds its engine and the parameter-store synchronizer, and runs the worker loop
+It builds its engine and its sync kind's synchronizer (the parameter store's client), and runs the worker loop
 (`dbl_ps.training.loop.WorkerLoop`, the same loop every rank of a multi-rank job
 runs). What this process adds hooks in as callbacks: the launcher's epoch gate, the
 launcher's re-planned plan (`dbl.replan`), stop checks, progress messages and the test
@@ -26,7 +26,7 @@ from dbl_ps.data import Dataset, Split, build_transform, load_dataset
 from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env, start_delay
 from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
-from dbl_ps.synchronizers import StoreSynchronizer
+from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
@@ -44,7 +44,7 @@ class WorkerArgs:
     worker: int
     config: dict[str, Any]
     plan: dict[str, Any]
-    store_name: str
+    sync_links: dict[str, Any]  # what this worker's synchronizer is built from (the store's name)
     run_dir: str
     start_epoch: int
     resume_folder: str | None  # the checkpoint folder to restore this worker's own state from
@@ -176,8 +176,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
     link = LauncherLink(args, queue, stop, gate, lockstep=cfg.store.mode == "bsp" or cfg.dbl.replan,
                         plan_version=plan_version)
     link.check_stop()
-    sync = StoreSynchronizer(args.store_name, args.worker, mode=cfg.store.mode, rule=cfg.store.rule,
-                             sync_every=cfg.store.sync_every, divergence=cfg.divergence)
+    sync = SYNCHRONIZERS.get(cfg.sync).obj(cfg, args.worker, args.sync_links)  # the sync kind's, e.g. the store's client
     run_dir = RunDirectory(args.run_dir)
     try:
         part = WorkerPart(module=module.to(device), plan=plan, spec=spec, train=data.train,

@@ -40,7 +40,8 @@ from dbl_ps.training.setup import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 from dbl_ps.training.topology import Topology
 
-__all__ = ["CollectiveSynchronizer", "CollectiveCoordinator", "init_distributed", "RankLost", "sync_timeout"]
+__all__ = ["CollectiveSynchronizer", "CollectiveCoordinator", "init_distributed", "RankLost", "sync_timeout",
+           "rank_synchronizer"]
 
 MIN_SYNC_TIMEOUT = 60.0  # seconds: start-up jitter, a slow first step, evaluation on a busy machine
 
@@ -192,6 +193,12 @@ class CollectiveSynchronizer(Synchronizer):
         weighted_average_(engine.sync_tensors(), weight, engine.sync_group())
         engine.buffer_sync(weight)
         engine.after_sync()
+
+
+def rank_synchronizer(cfg: Any, plan: Plan, topology: Topology) -> CollectiveSynchronizer:
+    """A rank's synchronizer for `sync: collective` (the process group is initialised)."""
+    return CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
+                                  timeout_s=sync_timeout(plan, cfg.store.sync_every, cfg.launch.sync_timeout))
 
 
 class CollectiveCoordinator(Coordinator):

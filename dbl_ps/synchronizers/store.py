@@ -36,19 +36,22 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from dbl_ps.parameter_store import ParameterStore, StoreClient
 from dbl_ps.training.averaging import all_finite
+from dbl_ps.training.coordinator import Coordinator, GlobalEpoch, WorkerProcesses
 from dbl_ps.training.engine import Engine
+from dbl_ps.training.messages import EpochReport, WorkerReady
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.setup import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 
-__all__ = ["StoreSynchronizer", "StoreServer", "StoreSetupError"]
+__all__ = ["StoreSynchronizer", "StoreServer", "StoreCoordinator", "StoreSetupError", "worker_synchronizer"]
 
 
 class StoreSetupError(RuntimeError):
@@ -105,6 +108,99 @@ class StoreServer:
 
     def close(self) -> None:
         self.store.close()
+
+
+class StoreCoordinator(Coordinator):
+    """The store mode's coordinator: the parameter store's server half (`StoreServer`) around
+    the W worker processes the launcher spawns and watches (`processes`). It gates the epochs,
+    assembles a global epoch once every worker reported it, reads the global state back from
+    the store, and publishes a re-plan; everything about processes (spawning, messages,
+    signals, progress) is the launcher's."""
+
+    def __init__(self, cfg: Any, run_dir: Path, processes: WorkerProcesses):
+        self.cfg, self.run_dir, self.processes = cfg, run_dir, processes
+        self.workers = processes.workers
+        self.threads = processes.threads
+        self.eval_device = processes.eval_device
+        self.server: StoreServer | None = None
+        self.last_complete = -1
+
+    # -- what every process agrees on: one process here
+
+    def share(self, make: Callable[[], Any]) -> Any:
+        return make()
+
+    def all_written(self, write: Callable[[], None] | None) -> None:
+        if write is not None:
+            write()
+
+    def time_models(self, resolve: Callable[[], Any]) -> Any:
+        return resolve()  # once, on the first worker's device
+
+    # -- the workers and their epochs
+
+    def start(self, run: Any, start_epoch: int, on_ready: Callable[[], None]) -> None:
+        self.last_complete = start_epoch - 1
+        self.server = StoreServer(self.cfg, run.model, ctx=self.processes.ctx, start_epoch=start_epoch)
+        self._on_ready, self._start_epoch = on_ready, start_epoch
+        self.processes.spawn(run, start_epoch, links={"store_name": self.server.name}, gate=self.server.gate,
+                             plan_version=self.server.plan_version)
+
+    def epochs(self, start_epoch: int) -> Iterator[GlobalEpoch]:
+        reports: dict[int, dict[int, EpochReport]] = {}
+        ready: set[int] = set()
+        events = self.processes.events()
+        while self.last_complete < int(self.cfg.schedule.epochs) - 1:
+            event = next(events)
+            if isinstance(event, WorkerReady):
+                ready.add(event.worker)
+                if len(ready) == self.workers:  # the clock starts, the gate opens
+                    self._on_ready()
+                    self.server.open_gate(self._start_epoch)
+            elif isinstance(event, EpochReport):
+                reports.setdefault(event.epoch, {})[event.worker] = event
+                done = reports.get(self.last_complete + 1, {})
+                if len(done) == self.workers:
+                    del reports[self.last_complete + 1]
+                    self.last_complete += 1
+                    self.processes.completed(self.last_complete)
+                    yield GlobalEpoch(self.last_complete, [done[w] for w in sorted(done)],
+                                      max(r.version for r in done.values()))
+        self.processes.finish()
+
+    def global_state(self, epoch: GlobalEpoch) -> dict[str, torch.Tensor]:
+        # The launcher's model (the driver's evaluation model) takes the store's state; the
+        # record names the version read (at least every report's).
+        epoch.version = self.server.read_global(epoch.version)
+        return self.server.flat.model.state_dict()
+
+    def adopt_plan(self, plan: Any) -> None:
+        self.server.publish_plan()  # the workers re-read plan.json at their next epoch start
+
+    def release(self, epoch: int) -> None:
+        self.server.open_gate(epoch + 1)  # bsp (and any mode with dbl.replan): the next epoch may start
+
+    def save_worker_state(self, folder: Path) -> None:
+        pass  # every worker wrote its own before reporting the epoch
+
+    def server_stats(self) -> dict[str, Any] | None:
+        return self.server.stats() if self.server is not None else None
+
+    def stop(self, *, clean: bool = False) -> None:
+        self.processes.stop(clean=clean)
+
+    def close(self) -> None:
+        self.processes.stop()
+        if self.server is not None:
+            self.server.close()  # its shared memory goes
+            self.server = None
+        self.processes.close()
+
+
+def worker_synchronizer(cfg: Any, worker: int, links: dict[str, Any]) -> "StoreSynchronizer":
+    """Worker `worker`'s synchronizer in its own process: a client of the store `links` names."""
+    return StoreSynchronizer(links["store_name"], worker, mode=cfg.store.mode, rule=cfg.store.rule,
+                             sync_every=cfg.store.sync_every, divergence=cfg.divergence)
 
 
 class StoreSynchronizer(Synchronizer):

@@ -10,8 +10,9 @@ one set-up and one epoch order, and fires every event.
 Two implementations, each beside its synchronizer:
 
 * store mode (`dbl-ps train` on one machine): the launcher process coordinates worker
-  processes through the parameter store's server half (`dbl_ps.synchronizers.store.StoreServer`,
-  driven by `dbl_ps.runtime.launcher.ProcessCoordinator`, which adds spawning and signals);
+  processes through the parameter store's server half (`dbl_ps.synchronizers.store.StoreCoordinator`
+  over `StoreServer`); the launcher spawns and watches the processes, relays their messages and
+  handles signals (`WorkerProcesses` below, `dbl_ps.runtime.launcher.WorkerPool`);
 * multi-rank mode (`torchrun`, the `deepspeed` launcher): every rank runs the driver and
   a `dbl_ps.synchronizers.collective.CollectiveCoordinator`, which trains this rank's loop
   and gathers the reports with collectives. Rank 0 is the main process.
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from dbl_ps.planner import Plan
     from dbl_ps.training.messages import EpochReport
 
-__all__ = ["Coordinator", "GlobalEpoch"]
+__all__ = ["Coordinator", "GlobalEpoch", "WorkerProcesses"]
 
 T = TypeVar("T")
 
@@ -114,4 +115,42 @@ class Coordinator:
 
     def close(self) -> None:
         """Release what the coordinator holds (shared memory, processes); idempotent."""
+        raise NotImplementedError
+
+
+class WorkerProcesses:
+    """What a one-machine coordinator (a sync kind with `launched: False`) needs from the
+    launcher that runs its worker processes (`dbl_ps.runtime.launcher.WorkerPool`): spawning
+    them, their events, stopping them. Messages the coordinator need not see (progress,
+    failures, signals) are the launcher's: a failure or a signal raises from `events()`."""
+
+    workers: int
+    threads: int  # torch threads of each worker process
+    eval_device: "torch.device"  # the launcher's device (the first worker's)
+    ctx: Any  # the multiprocessing context the workers are spawned with (for shared values)
+
+    def spawn(self, run: Any, start_epoch: int, *, links: dict[str, Any], gate: Any, plan_version: Any) -> None:
+        """Start the workers on `run` (`PreparedRun`) at `start_epoch`. `links`: picklable values
+        each worker's synchronizer is built from (e.g. the store's name); `gate`: the shared epoch
+        gate the workers wait at; `plan_version`: the shared count of plan.json rewrites."""
+        raise NotImplementedError
+
+    def events(self) -> Iterator[Any]:
+        """The workers' `WorkerReady` and `EpochReport` messages as they arrive."""
+        raise NotImplementedError
+
+    def completed(self, epoch: int) -> None:
+        """Every worker reported `epoch` (what a stop then keeps)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Every worker trained its last epoch: wait for them to exit."""
+        raise NotImplementedError
+
+    def stop(self, *, clean: bool = False) -> None:
+        """Stop the workers (idempotent)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the workers and give back what the launcher took (signal handlers); idempotent."""
         raise NotImplementedError
