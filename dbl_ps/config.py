@@ -50,6 +50,7 @@ __all__ = [
     "ScheduleConfig",
     "DBSLConfig",
     "StoreConfig",
+    "MixedBatchConfig",
     "OptimConfig",
     "EvalConfig",
     "FSDPConfig",
@@ -321,6 +322,21 @@ class DBSLConfig:
 
 
 @dataclass(kw_only=True)
+class MixedBatchConfig:
+    """`sync: mixed_batch`: every step trains one global batch, split over the ranks so each
+    rank's step takes the same time; gradients are merged in every step, weighted by each
+    rank's share of the batch (`dbl_ps.mixed_plan`)."""
+
+    global_batch: list[int] | dict[int, int] | None = _f(
+        None, ge=1, help="the global batch B per resolution ({px: batch}, a list, or one value); null = "
+                         "dbl.workers x dbl.batch_large (what the ranks' largest batches add up to)")
+    memory_caps: list[int] | None = _f(
+        None, ge=1, help="each rank's largest batch per forward/backward, one value per rank; a larger planned "
+                         "batch runs as micro-batches (gradient accumulation, the same gradient); null = "
+                         "micro_batch for every rank (null: no cap)")
+
+
+@dataclass(kw_only=True)
 class StoreConfig:
     mode: Literal["bsp", "asp", "ssp"] | None = _f(
         None, help="synchronisation: bulk-synchronous, asynchronous, stale-synchronous; null = the sync kind's "
@@ -492,6 +508,7 @@ class RunConfig:
                                 "launcher: bsp/average), an import path, or auto = store on one machine, collective "
                                 "under a launcher; plan.json and summary.json record the one that ran")
     store: StoreConfig = field(default_factory=StoreConfig)
+    mixed: MixedBatchConfig = field(default_factory=MixedBatchConfig)
     divergence: Literal["stop", "skip"] = _f(
         "stop", help="a non-finite loss or model state at a sync: stop the run (status 'diverged', the last finite "
                      "checkpoint kept), or skip that worker's update (it continues from the merged state; counted "
@@ -532,9 +549,13 @@ class RunConfig:
                        f"(set engine: {sharded[0] if sharded else '...'})")
         if self.sync != "auto":
             _plugin_traits(SYNCHRONIZERS, "sync", self.sync)
+        if self.mixed.memory_caps is not None and len(self.mixed.memory_caps) != self.dbl.workers:
+            raise _bad("mixed.memory_caps", self.mixed.memory_caps, f"one value per rank ({self.dbl.workers}, "
+                       f"dbl.workers)")
         res = self.schedule.resolutions
         per_res = [("model.dropout", self.model.dropout), ("dbl.batch_large", self.dbl.batch_large),
-                   ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta), ("dbl.batch_small", self.dbl.batch_small)]
+                   ("dbl.alpha", self.dbl.alpha), ("dbl.beta", self.dbl.beta), ("dbl.batch_small", self.dbl.batch_small),
+                   ("mixed.global_batch", self.mixed.global_batch)]
         for key, values in per_res:
             if isinstance(values, dict):
                 missing = [r for r in res if r not in values]
@@ -591,6 +612,18 @@ class RunConfig:
         """The chosen small batch {px: size or fraction of B_L}, or None: planned from the time model."""
         values = per_resolution(self.dbl.batch_small, self.schedule.resolutions)
         return None if values is None else dict(zip(self.schedule.resolutions, values))
+
+    def global_batch(self) -> list[int] | None:
+        """sync mixed_batch: the global batch B at each resolution (None: from the calibration's B_L)."""
+        given = per_resolution(self.mixed.global_batch, self.schedule.resolutions)
+        if given is not None:
+            return given
+        large = self.batch_large()
+        return None if large is None else [self.dbl.workers * b for b in large]
+
+    def memory_caps(self) -> list[int | None]:
+        """sync mixed_batch: each rank's largest batch per forward/backward (None: no cap)."""
+        return list(self.mixed.memory_caps) if self.mixed.memory_caps else [self.micro_batch] * self.dbl.workers
 
     def time_model(self) -> list[tuple[float, float]] | None:
         """(alpha, beta) at each resolution, or None when the config has no time model."""
@@ -650,6 +683,20 @@ def resolve_sync(cfg: RunConfig, *, launched: bool) -> RunConfig:
                    f"{others('rules', store.rule)}")
     if not traits["sync_every"] and store.sync_every != StoreConfig.sync_every:
         raise _bad("store.sync_every", store.sync_every, f"{StoreConfig.sync_every!r} (unset) with {what}")
+    if traits["per_step"] and cfg.divergence == "skip":
+        raise _bad("divergence", cfg.divergence, f"'stop' with {what} (a rank's gradients are in every rank's "
+                   f"step before any check, so its update cannot be left out)")
+    mixed_defaults = MixedBatchConfig()
+    if traits["plan"] == "mixed":  # one global batch split by speed: DBSL's small workers do not apply
+        if cfg.dbl.small:
+            raise _bad("dbl.small", cfg.dbl.small, f"0 with {what} (DBSL's small workers do not apply); add dbl.small=0")
+        if cfg.dbl.batch_small is not None:
+            raise _bad("dbl.batch_small", cfg.dbl.batch_small, f"null with {what} (DBSL's small batch does not apply)")
+    else:
+        for key in ("global_batch", "memory_caps"):
+            if getattr(cfg.mixed, key) != getattr(mixed_defaults, key):
+                raise _bad(f"mixed.{key}", getattr(cfg.mixed, key), f"null with {what} (it applies to "
+                           f"{_names(SYNCHRONIZERS.with_trait('plan', 'mixed'))})")
     pairs = [(m, r) for m in ([store.mode] if store.mode else modes) for r in ([store.rule] if store.rule else rules)
              if rule_fits(m, r, store.staleness)]
     if not pairs:  # e.g. store.staleness > 0 with a kind that runs no ssp
@@ -663,12 +710,16 @@ def resolve_sync(cfg: RunConfig, *, launched: bool) -> RunConfig:
 def sync_record(cfg: RunConfig) -> dict[str, Any]:
     """What plan.json and summary.json say about how the workers' models met (a resolved config)."""
     s = cfg.store
+    if SYNCHRONIZERS.traits(cfg.sync)["per_step"]:  # gradients, weighted, inside every step
+        return {"kind": cfg.sync, "mode": "bsp", "rule": "gradient_average", "period": "step", "staleness": 0}
     return {"kind": cfg.sync, "mode": s.mode, "rule": s.rule, "period": s.sync_every, "staleness": s.staleness}
 
 
 def sync_line(cfg: RunConfig) -> str:
     """One line at a run's start on the sync that runs (a resolved config)."""
     s, what = cfg.store, SYNCHRONIZERS.traits(cfg.sync)["what"]
+    if SYNCHRONIZERS.traits(cfg.sync)["per_step"]:
+        return f"sync: {cfg.sync}: {what}"
     period = "once per mini-epoch" if s.sync_every == "mini_epoch" else f"every {s.sync_every} steps"
     staleness = f", staleness {s.staleness}" if s.mode == "ssp" else ""
     return (f"sync: {cfg.sync}, store.mode {s.mode}, store.rule {s.rule}{staleness}, {period}"

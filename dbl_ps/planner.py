@@ -233,6 +233,11 @@ class ResolutionPlan:
     min_small_batch: int = 1  # the floor the small batch was planned with
     batch_small_request: int | float | None = None  # the user's choice (dbl.batch_small), None = planned
     small_batch_source: str = "formula"  # the paper's formula | chosen (batch_small) | reference (no fixed cost)
+    # A mixed-batch plan (`dbl_ps.mixed_plan`: one global batch split so every rank's step takes
+    # the same time; merge weights are gradient weights b_i / B); None: a DBSL plan.
+    global_batch: int | None = None
+    micro_batches: tuple[int, ...] | None = None  # mixed batch: forward/backward passes per step under a memory cap
+    memory_caps: tuple[int | None, ...] | None = None  # mixed batch: each rank's cap (None: none)
 
     @property
     def large_workers(self) -> range:
@@ -288,6 +293,9 @@ class ResolutionPlan:
             "small_batch_source": self.small_batch_source if self.small else None,
             "small_fraction": self.small_fraction,
             "regime": self.regime().to_dict() if self.small else None,
+            "global_batch": self.global_batch,
+            "micro_batches": list(self.micro_batches) if self.micro_batches else None,
+            "memory_caps": list(self.memory_caps) if self.memory_caps else None,
             "exact": {
                 "shares": list(self.shares_exact),
                 "batch_small": self.batch_small_exact,
@@ -891,8 +899,7 @@ def speed_factors(rp: ResolutionPlan, measured_seconds: Sequence[float]) -> list
     for i, seconds in enumerate(measured_seconds):
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"measured seconds of worker {i} must be a positive number, got {seconds!r}")
-        predicted = rp.time_models[i].epoch_seconds_whole_steps(rp.shares[i], rp.batches[i])
-        factors.append(float(seconds) / predicted)
+        factors.append(float(seconds) / rp.predicted_epoch_seconds[i])  # its whole steps (and micro-batches)
     return factors
 
 

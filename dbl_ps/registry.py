@@ -224,6 +224,12 @@ SYNCHRONIZERS = Registry("sync kind", key="sync", interface="a Synchronizer (dbl
     "sync_every": True,
     # One line on what it does, for the run's first lines and for errors.
     "what": "",
+    # The plan it trains: "dbsl" (the paper's small and large workers, `dbl_ps.planner`) or
+    # "mixed" (one global batch split by the ranks' speed, `dbl_ps.mixed_plan`).
+    "plan": "dbsl",
+    # Merges gradients inside every step (the engine all-reduces them, weighted), rather than
+    # models at sync points; the engine is then built for it (`Engine.gradient_sync`).
+    "per_step": False,
     # "module:attr" of the coordinator factory: one-machine kinds' is called as
     # (cfg, run_dir, processes: dbl_ps.training.coordinator.WorkerProcesses), launched kinds' as
     # (topology, device, *, threads, measure_per_worker, build_loop) after the rank's set-up.
@@ -240,4 +246,9 @@ SYNCHRONIZERS.register("collective", "dbl_ps.synchronizers.collective:rank_synch
                        modes=("bsp",), rules=("average",),
                        what="every rank meets the others at each sync and takes the share-weighted mean of the "
                             "models (torch.distributed all_reduce): bulk-synchronous averaging",
+                       coordinator="dbl_ps.synchronizers.collective:CollectiveCoordinator")
+SYNCHRONIZERS.register("mixed_batch", "dbl_ps.synchronizers.mixed_batch:rank_synchronizer", launched=True,
+                       modes=("bsp",), rules=("average",), sync_every=False, plan="mixed", per_step=True,
+                       what="every step trains one global batch split over the ranks by their speed; gradients are "
+                            "merged in every step, weighted by each rank's share of the batch",
                        coordinator="dbl_ps.synchronizers.collective:CollectiveCoordinator")

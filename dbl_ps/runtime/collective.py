@@ -32,7 +32,7 @@ from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.synchronizers.collective import CollectiveCoordinator, RankLost, init_distributed
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
-from dbl_ps.training.setup import threads_per_worker
+from dbl_ps.training.setup import needs_time_model, threads_per_worker
 from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
 
 __all__ = ["run_collective", "pick_device", "set_up_rank"]
@@ -69,7 +69,7 @@ def set_up_rank(cfg: Any, checkpoint: dict[str, Any] | None) -> tuple[Any, Colle
     threads = threads_per_worker(cfg, local_world_size(topo.world))
     torch.set_num_threads(threads)
     init_distributed(topo, backend, cfg.launch.timeout)
-    measure = cfg.time_model() is None and not cfg.dbl.calibration and cfg.dbl.small > 0
+    measure = cfg.time_model() is None and not cfg.dbl.calibration and needs_time_model(cfg)
     kind = SYNCHRONIZERS.get(cfg.sync)  # the launched sync kind: its coordinator and synchronizer
     make_coordinator = import_callable(kind.traits["coordinator"], f"sync {cfg.sync!r} coordinator")
     coordinator = make_coordinator(topo, device, threads=threads, measure_per_worker=measure,

@@ -37,6 +37,7 @@ from torch import nn
 from dbl_ps.config import check_workers_fit, config_differences, sync_line, sync_record
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter, read_metrics
+from dbl_ps.mixed_plan import plan_lines
 from dbl_ps.planner import Plan
 from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
@@ -180,7 +181,7 @@ class RunDriver:
         check_run_model(cfg, model, data.num_classes, data.in_channels, coordinator.eval_device)
         model.to(coordinator.eval_device)
         self.plan, self.plan_source = self._plan(data)
-        for line in self.plan.regime_lines():  # b_S / B_L per resolution, and what it means on this device
+        for line in plan_lines(self.plan):  # b_S / B_L (or the mixed-batch split) per resolution, and what it means
             self.log(line)
         spec = build_spec(cfg, self.plan)
         fresh = not self.resuming

@@ -15,6 +15,7 @@ rank 0), and each engine writes its worker's own state next to it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,11 +25,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
 from dbl_ps.run_ownership import write_failure
 from dbl_ps.training.averaging import averaged_tensors
+from dbl_ps.training.gradient_weighting import GradientWeight, weighted_sum_hook
 from dbl_ps.training.topology import Topology
 
 __all__ = ["Engine", "TorchEngine", "engine_step_factory", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
@@ -130,14 +133,17 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=True)
         parts = split_batch(images, labels, self.micro_batch)
         losses, outs = [], []
-        for x, y, scale in parts:
-            out = self.forward(x)
-            loss = self.loss_fn(out.float(), y)
-            if len(parts) > 1:  # the unsplit batch keeps its loss as it is (scale 1.0)
-                loss = loss * scale
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        for j, (x, y, scale) in enumerate(parts):
+            # Gradients merged inside the step (sync mixed_batch) are merged once, in the last backward.
+            with self.no_gradient_sync() if j < len(parts) - 1 else contextlib.nullcontext():
+                out = self.forward(x)
+                loss = self.loss_fn(out.float(), y)
+                if len(parts) > 1:  # the unsplit batch keeps its loss as it is (scale 1.0)
+                    loss = loss * scale
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             losses.append(loss.detach())
             outs.append(out.detach())
+        self.backward_done()
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -150,6 +156,29 @@ class Engine:
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    # -- gradients merged inside every step (sync mixed_batch, `dbl_ps.training.gradient_weighting`)
+
+    def gradient_sync(self, weight: float) -> None:
+        """From now on merge gradients over the world inside every step, this rank's weighted by
+        `weight` (its batch over the global batch). Engines that cannot, say so."""
+        raise NotImplementedError(f"engine {type(self).__name__} cannot merge gradients inside every step "
+                                  f"(sync mixed_batch); use engine torch")
+
+    def set_gradient_weight(self, weight: float) -> None:
+        """This rank's weight for the steps to come (the batch changed: a resolution, a re-plan)."""
+        raise NotImplementedError(f"engine {type(self).__name__} does not merge gradients inside every step")
+
+    def no_gradient_sync(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which a backward merges no gradients (all but the last micro-batch)."""
+        return contextlib.nullcontext()
+
+    def backward_done(self) -> None:
+        """The step's last backward returned (gradient merging engines note their wait)."""
+
+    def take_wait_seconds(self) -> float:
+        """Seconds this rank waited for the others inside its steps since the last call."""
+        return 0.0
 
     def set_batch_size(self, batch_size: int) -> None:
         """The worker's batch changed (resolution boundary); engines that track it update here."""
@@ -247,16 +276,45 @@ class TorchEngine(Engine):
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         self.micro_batch = cfg.micro_batch
         self.compiled = cfg.compile
+        self.ddp: DistributedDataParallel | None = None  # sync mixed_batch: the module inside DDP
+        self.gradient_weight: GradientWeight | None = None
         if cfg.compile:
             # nn.Module.compile compiles in place: the state dict keeps its keys (no `_orig_mod.`),
             # so checkpoints, merges and evaluation see the same model as without compile.
             self.module.compile()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The module's logits in the run's memory format and precision."""
+        """The module's logits in the run's memory format and precision (through DDP when the
+        engine merges gradients inside every step)."""
         images = images.contiguous(memory_format=self.memory_format)
+        net = self.ddp if self.ddp is not None else self.module
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            return self.module(images)
+            return net(images)
+
+    def gradient_sync(self, weight: float) -> None:
+        """DDP around the module (which stays `self.module`: state dicts keep their keys) with a
+        communication hook that scales each bucket by `weight` and sums over the world, bucket by
+        bucket during backward (`weighted_sum_hook`). DDP's constructor broadcasts rank 0's
+        parameters and buffers, so every rank starts from the same model."""
+        self.gradient_weight = GradientWeight(weight)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(self.module, device_ids=device_ids)
+        self.ddp.register_comm_hook(self.gradient_weight, weighted_sum_hook)
+
+    def set_gradient_weight(self, weight: float) -> None:
+        if self.gradient_weight is None:
+            raise RuntimeError("gradient_sync() first")
+        self.gradient_weight.weight = weight
+
+    def no_gradient_sync(self) -> contextlib.AbstractContextManager[Any]:
+        return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
+
+    def backward_done(self) -> None:
+        if self.gradient_weight is not None:
+            self.gradient_weight.backward_done()
+
+    def take_wait_seconds(self) -> float:
+        return self.gradient_weight.take_wait() if self.gradient_weight is not None else 0.0
 
     def warm_up(self, shapes: list[tuple[int, int, float]], in_channels: int) -> float:
         """Compile for every (batch, resolution, dropout) the epochs will use, so no CPL switch

@@ -150,6 +150,7 @@ class WorkerLoop:
         self.engine.set_batch_size(batch)
         torch.manual_seed(epoch_seed(self.seed, self.worker, epoch, self.member))
         self.loader.set_epoch(epoch, shares=rp.shares, batch_size=batch, resolution=point.resolution)
+        self.synchronizer.begin_epoch(self.engine, weight)
         self.engine.module.train()
         device = self.engine.device
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from dbl_ps.planner import InfeasiblePlanError, Plan, drifted, replan, speed_factors
+from dbl_ps.mixed_plan import replan_any
+from dbl_ps.planner import InfeasiblePlanError, Plan, drifted, speed_factors
 from dbl_ps.training.messages import EpochReport
 
 __all__ = ["Replanned", "replan_after_epoch", "plan_shapes"]
@@ -60,7 +61,7 @@ def replan_after_epoch(epoch: int, plan: Plan, reports: Sequence[EpochReport], t
     if not drifted(factors, threshold):
         return None
     try:
-        new = replan(plan, factors)
+        new = replan_any(plan, factors)
     except InfeasiblePlanError as exc:
         log(f"re-planning after epoch {epoch + 1} found no feasible plan ({exc}); keeping the plan")
         return None

@@ -33,7 +33,9 @@ from torch import nn
 from dbl_ps.calibrate import ResolvedTimeModels, batch_grid, calibrate, configured_time_models
 from dbl_ps.imports import import_modules
 from dbl_ps.models import build_model, check_model_output
+from dbl_ps.mixed_plan import plan_mixed, plan_mixed_resolution
 from dbl_ps.planner import Plan, TimeModel, make_plan, plan_resolution
+from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.training.engine import engine_step_factory
 
@@ -43,6 +45,7 @@ __all__ = [
     "ResolvedTimeModels",
     "resolve_time_models",
     "measure_time_models",
+    "needs_time_model",
     "build_plan",
     "build_spec",
     "plan_from_dict",
@@ -87,7 +90,7 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
     given = configured_time_models(cfg)
     if given.models:
         return given
-    if cfg.dbl.small == 0:
+    if not needs_time_model(cfg):
         # n_S = 0: every worker gets N/W at B_L whatever the time model.
         return ResolvedTimeModels({r: DEFAULT_TIME_MODEL for r in cfg.schedule.resolutions}, given.batches,
                                   "default (not needed: dbl.small=0)")
@@ -159,9 +162,20 @@ def poor_fit_lines(models: dict[int, Any]) -> list[str]:
     return lines
 
 
+def needs_time_model(cfg: Any) -> bool:
+    """Whether the plan depends on the time models: DBSL with small workers, or a mixed-batch
+    split (`sync: mixed_batch`); plain PS training gives every worker N/W at B_L."""
+    return cfg.dbl.small > 0 or SYNCHRONIZERS.traits(cfg.sync)["plan"] == "mixed"
+
+
 def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int]) -> Plan:
-    """The DBSL plan of every resolution, with the small batch chosen in `dbl.batch_small` where
-    set. A time model the planner cannot use is one `InfeasiblePlanError` naming what to change."""
+    """The run's plan of every resolution: DBSL's (with the small batch chosen in `dbl.batch_small`
+    where set), or the mixed-batch split of the global batch (`sync: mixed_batch`). A time model
+    the planner cannot use is one `InfeasiblePlanError` naming what to change."""
+    if SYNCHRONIZERS.traits(cfg.sync)["plan"] == "mixed":
+        global_batch = cfg.global_batch() or [cfg.dbl.workers * batches[r] for r in cfg.schedule.resolutions]
+        return plan_mixed(models, dict(zip(cfg.schedule.resolutions, global_batch)), cfg.dbl.workers, dataset_size,
+                          cfg.memory_caps())
     return make_plan(models, batches, cfg.dbl.workers, cfg.dbl.small, cfg.dbl.tau, dataset_size,
                      cfg.dbl.min_small_batch, cfg.batch_small())
 
@@ -171,11 +185,15 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
     plans = {}
     for key, rp in data["per_resolution"].items():
         models = [TimeModel(alpha=m["alpha"], beta=m["beta"], r2=m.get("r2")) for m in rp["time_models"]]
-        # Re-plan from the saved inputs: the planner is deterministic, so this is the saved plan.
-        plans[int(key)] = plan_resolution(models, rp["batch_large"], small=rp["small"], tau=rp["tau"],
-                                          dataset_size=rp["dataset_size"], resolution=int(key),
-                                          min_small_batch=rp.get("min_small_batch", 1),  # plans written before the floor
-                                          batch_small=rp.get("batch_small_request"))
+        # Re-plan from the saved inputs: the planners are deterministic, so this is the saved plan.
+        if rp.get("global_batch"):  # a mixed-batch split
+            plans[int(key)] = plan_mixed_resolution(models, rp["global_batch"], rp["dataset_size"],
+                                                    caps=rp.get("memory_caps"), resolution=int(key))
+        else:
+            plans[int(key)] = plan_resolution(models, rp["batch_large"], small=rp["small"], tau=rp["tau"],
+                                              dataset_size=rp["dataset_size"], resolution=int(key),
+                                              min_small_batch=rp.get("min_small_batch", 1),  # plans written before the floor
+                                              batch_small=rp.get("batch_small_request"))
         if list(plans[int(key)].shares) != list(rp["shares"]) or list(plans[int(key)].batches) != list(rp["batches"]):
             raise ValueError(f"saved plan at {key} px does not match its inputs (shares {rp['shares']}, batches {rp['batches']})")
     return Plan(workers=data["workers"], small=data["small"], tau=data["tau"], dataset_size=data["dataset_size"],

@@ -47,6 +47,10 @@ class Synchronizer:
         (`all_steps`: every worker's step count, for modes that need equal sync counts)."""
         raise NotImplementedError
 
+    def begin_epoch(self, engine: "Engine", weight: float) -> None:
+        """An epoch starts with this worker's merge weight (`sync: mixed_batch`: the gradient
+        weight of every step of the epoch); most synchronizers need nothing here."""
+
     def start(self, engine: "Engine", *, fresh: bool) -> int:
         """Give the engine's model the global state before the first step; returns its version.
         `fresh`: a new run (not a resumed one)."""
