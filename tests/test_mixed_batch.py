@@ -1,0 +1,83 @@
+"""Mixed-batch data parallelism (`sync: mixed_batch`): every rank trains its planned share of
+one global batch per step and the gradients are merged inside the step, weighted by each
+rank's share, so the step is the step of the concatenated batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbl_ps.metrics import read_metrics
+from dbl_ps.training.rundir import RunDirectory
+from launch_helpers import free_port, launch_env, torchrun_train
+
+STEPS = Path(__file__).with_name("mixed_batch_steps.py")
+
+
+def run_steps(nproc: int, engine: str, out: Path, *extra: str) -> list[dict]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(free_port()), str(STEPS), engine, str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.parametrize("nproc, micro_batch", [(2, None), (3, None), (2, "2")], ids=["2-ranks", "3-ranks",
+                                                                                    "accumulated"])
+def test_a_ddp_step_applies_the_gradient_of_the_concatenated_batch(tmp_path, nproc, micro_batch):
+    """Ranks with batches 2, 5, 8: the hook weights each bucket by b_i / B and sums, so the
+    applied gradient is the single-process gradient of all B samples, to float32 rounding
+    (stock DDP's mean would weigh the 2-sample rank like the 8-sample one). With micro-batches
+    (micro_batch 2: 1, 3 and 4 of them) the gradient is the same."""
+    results = run_steps(nproc, "torch", tmp_path, *([micro_batch] if micro_batch else []))
+    assert [r["batch"] for r in results] == [2 + 3 * i for i in range(nproc)]
+    for r in results:
+        assert r["error"] <= 1e-6 * max(1.0, r["scale"]), r
+
+
+RUN = ["sync=mixed_batch", "dbl.small=0", "dbl.workers=2", "schedule.epochs=3", "schedule.milestones=[2]",
+       "schedule.warmup_epochs=0", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "data.eval_batch_size=1024",
+       "mixed.global_batch={12: 160, 16: 96}"]
+
+
+def test_dbl_ps_train_runs_mixed_batch_under_torchrun_and_resumes_to_the_same_weights(tmp_path):
+    """The CLI's mixed-batch run: the plan names the split (equal time models here: equal
+    halves of the global batch), every rank takes the same steps, plan.json and summary.json
+    name the sync, and a run stopped after epoch 1 and resumed ends with exactly the weights
+    of the uninterrupted run."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    proc = torchrun_train(2, "--run-dir", str(whole), *RUN)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "mixed batch at 12 px: global batch 160 split 80/80 over 2 ranks" in proc.stderr
+    plan = json.loads((whole / "plan.json").read_text())
+    summary = json.loads((whole / "summary.json").read_text())
+    assert plan["sync"] == summary["sync"] == {"kind": "mixed_batch", "mode": "bsp", "rule": "gradient_average",
+                                               "period": "step", "staleness": 0}
+    records = read_metrics(whole)
+    assert [r["epoch"] for r in records] == [0, 1, 2] and records[-1]["test_acc"] >= 0.5, records[-1]
+    for record in records:
+        assert len({w["steps"] for w in record["workers"]}) == 1  # the same steps on every rank
+        assert sum(w["batch"] for w in record["workers"]) == {12: 160, 16: 96}[record["workers"][0]["resolution"]]
+
+    proc = torchrun_train(2, "--run-dir", str(split), *RUN, DBL_PS_STOP_AFTER_EPOCH="1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = torchrun_train(2, "--resume", str(split))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    final = [RunDirectory(d).load_model(RunDirectory(d).load_checkpoint()) for d in (whole, split)]
+    assert final[0].keys() == final[1].keys()
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0]), "the resumed run's weights differ"
+
+
+def test_settings_mixed_batch_cannot_honour_are_refused_at_load(tmp_path):
+    proc = torchrun_train(2, "--run-dir", str(tmp_path / "run"), "sync=mixed_batch", "dbl.workers=2")
+    assert proc.returncode != 0
+    lines = {line for line in proc.stderr.splitlines() if line.startswith("dbl-ps train:")}
+    assert lines == {"dbl-ps train: error: config key 'dbl.small': got 1, expected 0 with sync 'mixed_batch': every "
+                     "step trains one global batch split over the ranks by their speed; gradients are merged in every "
+                     "step, weighted by each rank's share of the batch (DBSL's small workers do not apply); add "
+                     "dbl.small=0"}, proc.stderr[-3000:]
