@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -55,9 +54,11 @@ from dbl_ps.planner import (
     drifted,
     fit_nonnegative_time_model,
     make_plan,
-    replan,
     speed_factors,
 )
+from dbl_ps.mixed_api import MixedBatch, deepspeed_mixed_config, mixed_batch, plan_mixed_ranks, plan_mixed_together
+from dbl_ps.mixed_plan import replan_any
+from dbl_ps.rank_plan import APIError, RankPlan, rank_plan
 from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors
@@ -69,6 +70,7 @@ __all__ = [
     "APIError",
     "DeepSpeedConfigError",
     "InfeasiblePlanError",
+    "MixedBatch",
     "ModelAverager",
     "Plan",
     "RankPlan",
@@ -79,11 +81,15 @@ __all__ = [
     "SingleRankMPU",
     "TimeModel",
     "accumulate",
+    "deepspeed_mixed_config",
     "deepspeed_rank_config",
     "lr_at",
     "measure_time_model",
+    "mixed_batch",
     "plan_from_calibration",
     "plan_from_dict",
+    "plan_mixed_ranks",
+    "plan_mixed_together",
     "plan_ranks",
     "plan_to_dict",
     "plan_together",
@@ -93,10 +99,6 @@ __all__ = [
     "schedule_at",
     "single_rank_groups",
 ]
-
-
-class APIError(ValueError):
-    """A call of the public API with inputs that cannot work (one message naming them)."""
 
 
 # --------------------------------------------------------------------------- planning
@@ -181,35 +183,6 @@ def plan_together(time_model: TimeModel, *, batch_large: int | Sequence[int], da
                       tau=tau, resolutions=resolutions, batch_small=batch_small)
 
 
-@dataclass(frozen=True)
-class RankPlan:
-    """One rank's part of a plan at one resolution."""
-
-    rank: int
-    resolution: int
-    batch: int
-    share: int
-    shares: tuple[int, ...]  # every rank's, for ShareBatchSampler
-    merge_weight: float
-    steps: int
-    all_steps: tuple[int, ...]
-    predicted_seconds: float
-
-
-def rank_plan(plan: Plan, rank: int, resolution: int | None = None) -> RankPlan:
-    """Rank `rank`'s batch, share, merge weight and steps at `resolution` (default: the only
-    or the first resolution of the plan)."""
-    r = next(iter(plan.resolutions)) if resolution is None else resolution
-    if r not in plan.resolutions:
-        raise APIError(f"the plan has no resolution {r} (it has {list(plan.resolutions)})")
-    if not 0 <= rank < plan.workers:
-        raise APIError(f"rank {rank} is outside the plan's ranks 0..{plan.workers - 1}")
-    rp = plan[r]
-    return RankPlan(rank=rank, resolution=r, batch=rp.batches[rank], share=rp.shares[rank], shares=tuple(rp.shares),
-                    merge_weight=rp.merge_weights[rank], steps=rp.steps()[rank], all_steps=tuple(rp.steps()),
-                    predicted_seconds=rp.predicted_epoch_seconds[rank])
-
-
 def replan_together(plan: Plan, train_seconds: float, *, resolution: int | None = None,
                     threshold: float = DEFAULT_THRESHOLD, group: Any = None) -> tuple[Plan, list[float] | None]:
     """After an epoch: every rank's own training seconds (without waits at syncs) against the
@@ -222,7 +195,7 @@ def replan_together(plan: Plan, train_seconds: float, *, resolution: int | None 
     factors = speed_factors(plan[r], gathered)
     if not drifted(factors, threshold):
         return plan, None
-    return replan(plan, factors), factors
+    return replan_any(plan, factors), factors  # a DBSL or a mixed-batch plan
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:

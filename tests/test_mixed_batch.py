@@ -4,6 +4,7 @@ rank's share, so the step is the step of the concatenated batch."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,27 +18,47 @@ from dbl_ps.training.rundir import RunDirectory
 from launch_helpers import free_port, launch_env, torchrun_train
 
 STEPS = Path(__file__).with_name("mixed_batch_steps.py")
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
-def run_steps(nproc: int, engine: str, out: Path, *extra: str) -> list[dict]:
+def run_steps(nproc: int, engines: list[str], out: Path) -> dict[str, list[dict]]:
+    """One launch, every engine in turn: {engine: [rank 0's result, rank 1's, ...]}."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(free_port()), str(STEPS), engine, str(out), *extra]
+           str(free_port()), str(STEPS), ",".join(engines), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env())
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+    return {e: [json.loads((out / f"{e}.rank{r}.json").read_text()) for r in range(nproc)] for e in engines}
 
 
-@pytest.mark.parametrize("nproc, micro_batch", [(2, None), (3, None), (2, "2")], ids=["2-ranks", "3-ranks",
-                                                                                    "accumulated"])
-def test_a_ddp_step_applies_the_gradient_of_the_concatenated_batch(tmp_path, nproc, micro_batch):
-    """Ranks with batches 2, 5, 8: the hook weights each bucket by b_i / B and sums, so the
-    applied gradient is the single-process gradient of all B samples, to float32 rounding
-    (stock DDP's mean would weigh the 2-sample rank like the 8-sample one). With micro-batches
-    (micro_batch 2: 1, 3 and 4 of them) the gradient is the same."""
-    results = run_steps(nproc, "torch", tmp_path, *([micro_batch] if micro_batch else []))
-    assert [r["batch"] for r in results] == [2 + 3 * i for i in range(nproc)]
-    for r in results:
-        assert r["error"] <= 1e-6 * max(1.0, r["scale"]), r
+def assert_concatenated_batch_gradient(results: dict[str, list[dict]], nproc: int) -> None:
+    for engine, ranks in results.items():
+        assert [r["batch"] for r in ranks] == [2 + 3 * i for i in range(nproc)], engine
+        for r in ranks:
+            assert r["error"] <= 1e-6 * max(1.0, r["scale"]), (engine, r)
+
+
+def test_a_step_applies_the_gradient_of_the_concatenated_batch(tmp_path):
+    """Ranks with batches 2 and 5 (one global batch of 7): the applied gradient is the
+    single-process gradient of all 7 samples, to float32 rounding (stock DDP's mean would
+    weigh the 2-sample rank like the 5-sample one), through dbl-ps's torch engine (DDP with
+    the weighting hook; also with micro-batches: 1 and 3 of them) and through the public API
+    on a user's own DDP model and FSDP2 module (sharded over both ranks)."""
+    results = run_steps(2, ["torch", "torch-accumulated", "ddp", "fsdp"], tmp_path)
+    assert_concatenated_batch_gradient(results, 2)
+    assert all(r["wait"] > 0 for r in results["ddp"])  # the hook timed the last bucket's all-reduce
+
+
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
+def test_a_deepspeed_engine_applies_the_gradient_of_the_concatenated_batch_at_zero_0_2_and_3(tmp_path):
+    """`dbl.deepspeed_mixed_config` (one data-parallel group over both ranks, this rank's micro
+    batch) and the loss through `mixed.scale` (W b_i / B, since DeepSpeed averages over the
+    ranks): ZeRO stages 0, 2 and 3 apply the concatenated batch's gradient."""
+    assert_concatenated_batch_gradient(run_steps(2, ["deepspeed0", "deepspeed2", "deepspeed3"], tmp_path), 2)
+
+
+@pytest.mark.slow
+def test_four_ranks_apply_the_gradient_of_the_concatenated_batch(tmp_path):
+    assert_concatenated_batch_gradient(run_steps(4, ["torch", "torch-accumulated", "ddp"], tmp_path), 4)
 
 
 RUN = ["sync=mixed_batch", "dbl.small=0", "dbl.workers=2", "schedule.epochs=3", "schedule.milestones=[2]",

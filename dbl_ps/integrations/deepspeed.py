@@ -170,7 +170,7 @@ def rank_batch_fields(batch_size: int, accumulation: int) -> dict[str, int]:
 
 
 def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
-                      schedule_lr: float | None = None) -> tuple[dict[str, Any], list[str]]:
+                      schedule_lr: float | None = None, mixed: bool = False) -> tuple[dict[str, Any], list[str]]:
     """`(config, notes)`: the config DeepSpeed accepts for one DBSL rank whose planned batch is
     `batch_size` (data-parallel size 1; the user's `gradient_accumulation_steps` kept: the
     batch runs as that many micro-batches of ceil(batch / steps)), and one note per value
@@ -181,12 +181,16 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
     `scheduler` block is dropped and its `optimizer` block (DeepSpeed builds it) starts at this
     LR, each said in a note with the values. Without it (your own loop) a `scheduler` block is
     refused: DeepSpeed steps it per optimizer step, and DBSL ranks take different numbers of
-    steps per epoch. Raises `DeepSpeedConfigError` listing every conflict at once."""
+    steps per epoch. Raises `DeepSpeedConfigError` listing every conflict at once.
+
+    `mixed`: a rank of mixed-batch data parallelism instead (`dbl_ps.mixed_api`): one
+    data-parallel group over every rank, so ZeRO stage 3 partitions over it and a scheduler
+    steps alike on every rank (all take the same steps); the caller sets `train_batch_size`."""
     conf = copy.deepcopy(dict(ds_config))
     conflicts, notes = [], []
     zero = conf.get("zero_optimization", {})
     stage = int(zero.get("stage", 0)) if isinstance(zero, Mapping) else 0
-    if stage >= 3:
+    if stage >= 3 and not mixed:
         conflicts.append(f"zero_optimization.stage={stage} partitions parameters across a data-parallel group; a "
                          f"DBSL rank is its own group of one: use stage 0-2 (or FSDP groups: engine fsdp)")
     for key in ("pipeline", "tensor_parallel"):
@@ -204,7 +208,7 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
                          f"{accumulation} micro-batches, but this rank's planned batch is {batch_size}: use "
                          f"gradient_accumulation_steps <= {batch_size}")
     scheduler = conf.get("scheduler")
-    if scheduler is not None and schedule_lr is None:
+    if scheduler is not None and schedule_lr is None and not mixed:
         kind = scheduler.get("type", "?") if isinstance(scheduler, Mapping) else scheduler
         conflicts.append(f"scheduler {kind!r} counts optimizer steps, and DBSL ranks take different numbers of "
                          f"steps per epoch, so each rank would follow it at its own pace (a small-batch rank "

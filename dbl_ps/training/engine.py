@@ -143,7 +143,6 @@ class Engine:
                 (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             losses.append(loss.detach())
             outs.append(out.detach())
-        self.backward_done()
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -172,9 +171,6 @@ class Engine:
     def no_gradient_sync(self) -> contextlib.AbstractContextManager[Any]:
         """A context in which a backward merges no gradients (all but the last micro-batch)."""
         return contextlib.nullcontext()
-
-    def backward_done(self) -> None:
-        """The step's last backward returned (gradient merging engines note their wait)."""
 
     def take_wait_seconds(self) -> float:
         """Seconds this rank waited for the others inside its steps since the last call."""
@@ -308,10 +304,6 @@ class TorchEngine(Engine):
 
     def no_gradient_sync(self) -> contextlib.AbstractContextManager[Any]:
         return self.ddp.no_sync() if self.ddp is not None else contextlib.nullcontext()
-
-    def backward_done(self) -> None:
-        if self.gradient_weight is not None:
-            self.gradient_weight.backward_done()
 
     def take_wait_seconds(self) -> float:
         return self.gradient_weight.take_wait() if self.gradient_weight is not None else 0.0

@@ -17,9 +17,10 @@ as DDP's own `allreduce_hook` does with ``1 / W``; no second pass after backward
 Engines that average by ``W`` themselves (DeepSpeed, FSDP2's reduce-scatter) get the same
 result by scaling each rank's loss with ``W b_i / B`` (`loss_scale_for`).
 
-The hook also notes when this rank's last bucket was ready: the time from then until
-backward returns is time spent waiting for the other ranks (`GradientWeight.take_wait`),
-which re-planning must not count as this rank's own slowness.
+The hook also times the step's last bucket from the moment this rank hands it over until its
+all-reduce completes, which it cannot before the slowest rank got there: time spent waiting
+for the other ranks (`GradientWeight.take_wait`), which re-planning must not count as this
+rank's own slowness.
 """
 
 from __future__ import annotations
@@ -41,15 +42,7 @@ class GradientWeight:
 
     weight: float
     group: Any = None
-    last_ready: float = 0.0  # perf_counter when the step's last bucket was handed to the hook
     waited: float = field(default=0.0)  # seconds waited for the other ranks since `take_wait`
-
-    def backward_done(self) -> None:
-        """Backward returned (every bucket reduced): the time since the last bucket was ready
-        was spent waiting for the others."""
-        if self.last_ready:
-            self.waited += max(0.0, time.perf_counter() - self.last_ready)
-            self.last_ready = 0.0
 
     def take_wait(self) -> float:
         waited, self.waited = self.waited, 0.0
@@ -59,13 +52,22 @@ class GradientWeight:
 def weighted_sum_hook(state, bucket):  # type: ignore[no-untyped-def]
     """DDP communication hook `(GradientWeight, dist.GradBucket) -> Future[Tensor]`: ``bucket *=
     weight``, then ``all_reduce(SUM)`` (asynchronous, so DDP overlaps it with the rest of
-    backward). Unannotated on purpose: DDP checks the annotations' objects, and this module's
-    postponed (string) annotations would fail that check."""
-    state.last_ready = time.perf_counter()
+    backward). The step's last bucket cannot finish reducing before the slowest rank has
+    computed its gradients: the time from handing it over to its completion counts as waiting
+    for the others. Unannotated on purpose: DDP checks the annotations' objects, and this
+    module's postponed (string) annotations would fail that check."""
     buffer = bucket.buffer()
     buffer.mul_(state.weight)
-    work = dist.all_reduce(buffer, group=state.group, async_op=True)
-    return work.get_future().then(lambda fut: fut.value()[0])
+    future = dist.all_reduce(buffer, group=state.group, async_op=True).get_future()
+    if not bucket.is_last():
+        return future.then(lambda fut: fut.value()[0])
+    handed = time.perf_counter()
+
+    def done(fut: torch.futures.Future) -> torch.Tensor:
+        state.waited += time.perf_counter() - handed
+        return fut.value()[0]
+
+    return future.then(done)
 
 
 def loss_scale_for(weight: float, world: int) -> float:
