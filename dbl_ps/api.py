@@ -57,7 +57,7 @@ from dbl_ps.planner import (
     speed_factors,
 )
 from dbl_ps.mixed_api import MixedBatch, deepspeed_mixed_config, mixed_batch, plan_mixed_ranks, plan_mixed_together
-from dbl_ps.mixed_plan import replan_any
+from dbl_ps.mixed_plan import plan_lines, replan_any
 from dbl_ps.rank_plan import APIError, RankPlan, rank_plan
 from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
@@ -88,6 +88,7 @@ __all__ = [
     "mixed_batch",
     "plan_from_calibration",
     "plan_from_dict",
+    "plan_lines",
     "plan_mixed_ranks",
     "plan_mixed_together",
     "plan_ranks",

@@ -254,3 +254,21 @@ def test_a_lost_rank_is_named_with_the_averagers_own_timeout(tmp_path: Path) -> 
     error = ranks[0]["error"]
     assert error.startswith("RankLost: rank 0 waited 3 s at sync 1: rank(s) 1 did not arrive"), error
     assert "ModelAverager(timeout_s=3)" in error and "launch.sync_timeout" not in error
+
+
+def test_mixed_batch_example_gives_a_slow_rank_fewer_samples_per_step(tmp_path: Path) -> None:
+    """The README's mixed-GPU recipe: an ordinary DDP script with dbl-ps's lines, rank 1 a
+    half-speed device. Each rank measures itself in its first steps, the ranks split the global
+    batch so their steps take the same time (rank 1 gets fewer samples), both take the same
+    steps, and the model learns."""
+    out = tmp_path / "out"
+    proc = torchrun(EXAMPLES / "mixed_batch_ddp.py", "--epochs", "3", "--lr", "0.1", "--slow-rank", "1",
+                    "--global-batch", "128", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "mixed batch: global batch 128 split" in proc.stdout
+    ranks = records(out)
+    batches = ranks[0]["batches"]
+    assert sum(batches) == 128 and batches[1] < batches[0], batches
+    assert [e["batch"] for r in ranks for e in r["epochs"][:1]] == batches
+    assert ranks[0]["epochs"][-1]["steps"] == ranks[1]["epochs"][-1]["steps"] == 1437 // 128
+    assert ranks[0]["epochs"][-1]["test_acc"] > 0.3  # chance is 0.1
