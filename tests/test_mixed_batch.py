@@ -94,6 +94,21 @@ def test_dbl_ps_train_runs_mixed_batch_under_torchrun_and_resumes_to_the_same_we
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0]), "the resumed run's weights differ"
 
 
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
+def test_the_torch_deepspeed_and_fsdp_engines_train_the_same_mixed_batch_run(tmp_path):
+    """engine torch (DDP with the hook), deepspeed (one data-parallel group, the loss scaled by
+    W b_i / B) and fsdp (sharded over both ranks, the same scale) under dbl-ps train: the same
+    plan, the same losses and accuracy every epoch, to float rounding."""
+    short = [*RUN[:3], "schedule.epochs=2", "schedule.milestones=[]", *RUN[6:]]
+    runs = {}
+    for engine in ("torch", "deepspeed", "fsdp"):
+        proc = torchrun_train(2, "--run-dir", str(tmp_path / engine), *short, f"engine={engine}")
+        assert proc.returncode == 0, (engine, proc.stderr[-4000:])
+        runs[engine] = [v for r in read_metrics(tmp_path / engine) for v in (r["train_loss"], r["test_loss"], r["test_acc"])]
+    for engine in ("deepspeed", "fsdp"):
+        assert runs[engine] == pytest.approx(runs["torch"], rel=1e-4, abs=1e-4), (engine, runs)
+
+
 def test_settings_mixed_batch_cannot_honour_are_refused_at_load(tmp_path):
     proc = torchrun_train(2, "--run-dir", str(tmp_path / "run"), "sync=mixed_batch", "dbl.workers=2")
     assert proc.returncode != 0

@@ -46,7 +46,8 @@ import torch.distributed as dist
 from torch import nn
 
 from dbl_ps._optional import require
-from dbl_ps.training.engine import Engine, loss_for, optimizer_for, split_batch
+from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for, split_batch
+from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
@@ -255,13 +256,18 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
     return conf, notes
 
 
-def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int | None, schedule_lr: float) -> dict[str, Any]:
+def _prepare_ds_config(ds_config: Mapping[str, Any], batch_size: int | None, schedule_lr: float, *,
+                       ranks: int = 1) -> dict[str, Any]:
     """The config a `dbl-ps train` worker's engine starts with (checked and noted up front by
     `check_rank_config` when the run starts). `batch_size` None (a rank of a multi-rank job,
-    whose batch the loop sets per resolution): the batch fields of a placeholder batch."""
-    conf = check_rank_config(ds_config, None, schedule_lr=schedule_lr)[0]
+    whose batch the loop sets per resolution): the batch fields of a placeholder batch.
+    `ranks` > 1 (sync mixed_batch): one data-parallel group of that many ranks, whose size
+    DeepSpeed multiplies into `train_batch_size`."""
+    conf = check_rank_config(ds_config, None, schedule_lr=schedule_lr, mixed=ranks > 1)[0]
     accumulation = accumulation_steps(conf)
-    return {**conf, **rank_batch_fields(batch_size if batch_size is not None else accumulation, accumulation)}
+    fields = rank_batch_fields(batch_size if batch_size is not None else accumulation, accumulation)
+    fields["train_batch_size"] *= ranks
+    return {**conf, **fields}
 
 
 def worker_config_file(worker: int) -> str:
@@ -284,15 +290,19 @@ class DeepSpeedEngine(Engine):
                  run_dir: str | Path | None = None):
         ds = _deepspeed()
         # A rank of a multi-rank job (its one-rank group made here) checks its batches together
-        # with the other ranks (warm_up); a store-mode worker process is alone.
+        # with the other ranks (warm_up); a store-mode worker process is alone. With sync
+        # mixed_batch the ranks form one data-parallel group: DeepSpeed all-reduces the
+        # gradients inside every step, each rank's loss scaled by W b_i / B (gradient_sync).
         self.collective = group is None
+        self.merging = merging = self.collective and merges_gradients(cfg)
         if group is None:
-            group = single_rank_groups()
+            group = dist.group.WORLD if merging else single_rank_groups()
         self.device = device
         self.topology = topology
         self.run_dir = Path(run_dir) if run_dir is not None else None
         module = module.to(device)
-        self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size, cfg.schedule.lr)
+        self.ds_config = _prepare_ds_config(load_ds_config(ds_config), batch_size, cfg.schedule.lr,
+                                            ranks=dist.get_world_size() if merging else 1)
         self.accumulation = accumulation_steps(self.ds_config)
         # The config's optimizer block, where there is one, is DeepSpeed's to build; else ours (optim.*).
         optimizer = None if "optimizer" in self.ds_config else optimizer_for(module, cfg)
@@ -302,7 +312,7 @@ class DeepSpeedEngine(Engine):
         local_size = os.environ.pop("LOCAL_SIZE", None)
         try:
             self.engine, self.optimizer, _, _ = ds.initialize(
-                model=module, optimizer=optimizer, config=self.ds_config, mpu=SingleRankMPU(group),
+                model=module, optimizer=optimizer, config=self.ds_config, mpu=None if merging else SingleRankMPU(group),
                 model_parameters=module.parameters() if optimizer is None else None, dist_init_required=False)
         finally:
             if local_size is not None:
@@ -331,13 +341,22 @@ class DeepSpeedEngine(Engine):
         for x, y, scale in parts:
             out = self.engine(x.to(self.dtype))
             loss = self.loss_fn(out.float(), y) * scale
-            self.engine.backward(loss, scale_wrt_gas=False)
+            self.engine.backward(loss * self.gradient_loss_scale, scale_wrt_gas=False)
             self.engine.step()
             losses.append(loss.detach())
             outs.append(out.detach())
         if len(parts) == 1:
             return losses[0], outs[0]
         return torch.stack(losses).sum(), torch.cat(outs)  # the weighted losses add up to the batch's mean
+
+    def gradient_sync(self, weight: float) -> None:
+        if not self.merging:
+            raise RuntimeError("this DeepSpeed engine was built as a data-parallel group of one rank; sync "
+                               "mixed_batch builds it over every rank")
+        self.set_gradient_weight(weight)
+
+    def set_gradient_weight(self, weight: float) -> None:
+        self.gradient_loss_scale = loss_scale_for(weight, self.topology.world)  # DeepSpeed averages over the ranks
 
     def warm_up(self, shapes: list[tuple[int, int, float]], in_channels: int) -> float:
         """Before the first epoch, with every (batch, resolution, dropout) of this worker's plan:

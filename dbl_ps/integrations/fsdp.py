@@ -26,12 +26,20 @@ written by that group's ranks. Loading reshards, so a run resumes onto another
 counterpart takes the momentum of the last saved group).
 
     torchrun --nproc_per_node 4 -m dbl_ps train --config FILE engine=fsdp fsdp.ranks_per_worker=2
+
+``sync: mixed_batch`` (gradients merged inside every step, `dbl_ps.training.gradient_weighting`):
+every rank is its own worker with its planned share of the global batch, and the model is
+sharded over every rank (a 1-D mesh of the world); FSDP2's reduce-scatter averages the
+gradients over the ranks, so each rank's loss is scaled by ``W b_i / B``, and a step split
+into micro-batches reduces in its last backward only. The optimizer state is one sharded
+checkpoint of the whole world, ``optim_world/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,7 +53,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from dbl_ps.models import residual_block_classes
 from dbl_ps.training.averaging import split_params_buffers, weighted_average_
-from dbl_ps.training.engine import Engine, loss_for, optimizer_for
+from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for
+from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.topology import Topology
 
 __all__ = ["FSDPEngine", "build_engine", "build_mesh", "apply_fsdp", "wrap_units"]
@@ -112,13 +121,21 @@ class FSDPEngine(Engine):
     """One member of a worker group: an FSDP2-sharded module and SGD on its shards."""
 
     def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topo: Topology, *,
-                 param_dtype: torch.dtype | None = None):
+                 param_dtype: torch.dtype | None = None, shard_world: bool = False):
         self.topology = topo
         self.device = device
-        self.mesh = build_mesh(topo, device)
-        self.replicate_group = self.mesh.get_group("replicate")
+        # shard_world (sync mixed_batch): one model sharded over every rank, each rank its own worker.
+        self.shard_world = shard_world
+        if shard_world:
+            self.mesh = init_device_mesh(device.type, (topo.world,), mesh_dim_names=("shard",))
+            shard_mesh = self.mesh
+            self.replicate_group = None
+        else:
+            self.mesh = build_mesh(topo, device)
+            shard_mesh = self.mesh["shard"]
+            self.replicate_group = self.mesh.get_group("replicate")
         self.shard_group = self.mesh.get_group("shard")
-        self.module = apply_fsdp(module.to(device), self.mesh["shard"], param_dtype=param_dtype,
+        self.module = apply_fsdp(module.to(device), shard_mesh, param_dtype=param_dtype,
                                  classes=cfg.fsdp.wrap_classes, min_params=cfg.fsdp.wrap_min_params)
         self.optimizer = optimizer_for(self.module, cfg)
         self.loss_fn = loss_for(cfg)
@@ -132,6 +149,20 @@ class FSDPEngine(Engine):
         if images.shape[0] < gs:  # a last partial batch smaller than the group: every member takes all of it
             return images, labels
         return images.tensor_split(gs)[m], labels.tensor_split(gs)[m]
+
+    # -- gradients merged inside every step (sync mixed_batch)
+
+    def gradient_sync(self, weight: float) -> None:
+        if not self.shard_world:
+            raise RuntimeError("an FSDP engine merges gradients inside every step only when built with "
+                               "shard_world=True (sync mixed_batch)")
+        self.set_gradient_weight(weight)
+
+    def set_gradient_weight(self, weight: float) -> None:
+        self.gradient_loss_scale = loss_scale_for(weight, self.topology.world)  # FSDP2 averages over the world
+
+    def no_gradient_sync(self) -> contextlib.AbstractContextManager[Any]:
+        return _no_reduce(self.module)
 
     # -- the merge
 
@@ -171,16 +202,19 @@ class FSDPEngine(Engine):
                     if "momentum_buffer" not in st:
                         st["momentum_buffer"] = torch.zeros_like(p)
 
+    def _optim_folder(self, folder: Path, worker: int) -> Path:
+        return folder / ("optim_world" if self.shard_world else f"optim_group{worker}")
+
     def save_worker_state(self, folder: Path) -> None:
         self._init_momentum()
         dcp.save({"optim": get_optimizer_state_dict(self.module, self.optimizer)},
-                 checkpoint_id=str(folder / f"optim_group{self.topology.worker}"), process_group=self.shard_group)
+                 checkpoint_id=str(self._optim_folder(folder, self.topology.worker)), process_group=self.shard_group)
 
     def load_worker_state(self, folder: Path, saved_workers: int) -> bool:
         source = min(self.topology.worker, saved_workers - 1)
         self._init_momentum()
         osd = {"optim": get_optimizer_state_dict(self.module, self.optimizer)}
-        dcp.load(osd, checkpoint_id=str(folder / f"optim_group{source}"), process_group=self.shard_group)
+        dcp.load(osd, checkpoint_id=str(self._optim_folder(folder, source)), process_group=self.shard_group)
         set_optimizer_state_dict(self.module, self.optimizer, osd["optim"])
         return True
 
@@ -190,4 +224,14 @@ def build_engine(module: nn.Module, cfg: Any, device: torch.device, topo: Topolo
     """`engine: fsdp` (dbl_ps.registry.ENGINES; ranks of a multi-rank job only, registered
     with store_mode=False): the compute dtype from fsdp.param_dtype."""
     dtype = torch.bfloat16 if cfg.fsdp.param_dtype == "bf16" else None
-    return FSDPEngine(module, cfg, device, topo, param_dtype=dtype)
+    return FSDPEngine(module, cfg, device, topo, param_dtype=dtype, shard_world=merges_gradients(cfg))
+
+
+@contextlib.contextmanager
+def _no_reduce(module: nn.Module) -> Iterator[None]:
+    """FSDP2 without the gradient reduce-scatter (all but a step's last micro-batch)."""
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from dbl_ps.imports import ImportPathError
-from dbl_ps.integrations.deepspeed import DS_CONFIG_FILE, check_rank_config, load_ds_config
+from dbl_ps.integrations.deepspeed import DS_CONFIG_FILE, DeepSpeedConfigError, check_rank_config, load_ds_config
 from dbl_ps.registry import ENGINES, Entry
-from dbl_ps.training.engine import Engine
+from dbl_ps.training.engine import Engine, merges_gradients
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
@@ -60,7 +60,13 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
             f"same gradient; BatchNorm statistics see each micro-batch)")
     if not entry.traits["ds_config"]:
         return
-    _, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), None, schedule_lr=cfg.schedule.lr)
+    used, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), None, schedule_lr=cfg.schedule.lr,
+                                    mixed=merges_gradients(cfg))
+    stage = int(used.get("zero_optimization", {}).get("stage", 0))
+    if merges_gradients(cfg) and stage >= 3:  # the API's deepspeed_mixed_config runs it in your own loop
+        raise DeepSpeedConfigError(f"zero_optimization.stage={stage} partitions the parameters, and dbl-ps train reads "
+                                   f"the whole model from every rank's module after each epoch: use stage 0-2 with "
+                                   f"sync mixed_batch, or ZeRO-3 in your own loop (dbl.deepspeed_mixed_config)")
     for note in notes:
         log(f"DeepSpeed config: {note}")
 
@@ -78,7 +84,7 @@ def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]
         return {"ds_config": load_ds_config(saved), "run_dir": str(run_dir)}
     ds_config = load_ds_config(cfg.deepspeed_config)
     if not resuming:
-        used, _ = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr)
+        used, _ = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, mixed=merges_gradients(cfg))
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_json(saved, used)
     return {"ds_config": ds_config, "run_dir": str(run_dir)}

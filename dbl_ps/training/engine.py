@@ -29,12 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
+from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.run_ownership import write_failure
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.gradient_weighting import GradientWeight, weighted_sum_hook
 from dbl_ps.training.topology import Topology
 
-__all__ = ["Engine", "TorchEngine", "engine_step_factory", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
+__all__ = ["Engine", "TorchEngine", "engine_step_factory", "merges_gradients", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
            "atomic_save", "worker_state_file", "split_batch"]
 
 
@@ -81,6 +82,13 @@ def worker_state_file(folder: Path, worker: int) -> Path:
     return folder / f"worker{worker}.pt"
 
 
+def merges_gradients(cfg: Any) -> bool:
+    """Whether the run's sync kind merges gradients inside every step (`sync: mixed_batch`): an
+    engine that builds its data-parallel layout up front (DeepSpeed's group, FSDP2's mesh) then
+    builds it over every rank."""
+    return cfg.sync != "auto" and SYNCHRONIZERS.traits(cfg.sync)["per_step"]
+
+
 def split_batch(inputs: torch.Tensor, targets: torch.Tensor, micro_batch: int | None, *,
                 parts: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
     """A batch as micro-batches for gradient accumulation: `(inputs, targets, scale)` each,
@@ -116,6 +124,9 @@ class Engine:
     # The largest batch one forward/backward takes (config `micro_batch`); a larger planned
     # batch runs as micro-batches with one optimizer step (gradient accumulation). None: whole.
     micro_batch: int | None = None
+    # sync mixed_batch on an engine that averages gradients over the ranks itself (FSDP2,
+    # DeepSpeed): the factor W b_i / B on this rank's loss before backward (1.0: none).
+    gradient_loss_scale: float = 1.0
 
     # -- training
 
@@ -140,7 +151,8 @@ class Engine:
                 loss = self.loss_fn(out.float(), y)
                 if len(parts) > 1:  # the unsplit batch keeps its loss as it is (scale 1.0)
                     loss = loss * scale
-                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+                backward = loss * self.gradient_loss_scale if self.gradient_loss_scale != 1.0 else loss
+                (backward if self.scaler is None else self.scaler.scale(backward)).backward()
             losses.append(loss.detach())
             outs.append(out.detach())
         if self.scaler is None:
