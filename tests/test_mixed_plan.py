@@ -4,6 +4,7 @@ rank's step takes the same time, checked against the closed form and by brute fo
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -135,3 +136,19 @@ def test_thousands_of_ranks_are_planned_in_well_under_a_second():
     batches = balanced_batches(models, 1 << 20, [None if i % 2 else 64 for i in range(4096)])
     assert sum(batches) == 1 << 20 and time.perf_counter() - started < 5.0  # < 1 s on a quiet core
     assert math.isfinite(slowest(models, batches))
+
+
+def test_dbl_ps_plan_prints_the_split_per_rank_against_an_equal_split(capsys):
+    from dbl_ps.cli import main
+
+    assert main(["plan", "--alpha", "0.01", "--beta", "0.001", "--batch-large", "128", "--resolutions", "32",
+                 "--dataset-size", "10000", "--workers", "3", "--global-batch", "300", "--memory-caps", "64,0,0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("32 ")]
+    assert [row[2:6] for row in rows] == [["94", "2", "3102", "33"], ["103", "1", "3399", "33"],
+                                          ["103", "1", "3399", "33"]]
+    assert "global batch 300 split 94/103/103 over 3 ranks (micro-batches 2/1/1 under the memory caps)" in out
+    assert main(["plan", "--config", "digits_default", "sync=mixed_batch", "dbl.small=0", "dbl.alpha=[0.003]",
+                 "dbl.beta=[0.0002]", "--json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["per_resolution"]["16"]["global_batch"] == 256 and saved["per_resolution"]["16"]["batches"] == [64] * 4

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "config's dbl.batch_small, else planned from the time model)")
     p.add_argument("--dataset-size", type=int, help="N, training samples per epoch (default: from preset or config source)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of tables")
+    m = parser.add_argument_group("mixed-batch data parallelism (sync mixed_batch; a config with it plans it too)")
+    m.add_argument("--global-batch", type=int_list, metavar="B", help="split this global batch over the workers "
+                   "(ranks) so their steps take the same time, one value or one per resolution (comma list)")
+    m.add_argument("--memory-caps", type=int_list, metavar="M", help="each rank's largest batch per forward/backward "
+                   "(comma list, one per rank, 0 = none; default: config's mixed.memory_caps, else none)")
     s = parser.add_argument_group("schedule")
     s.add_argument("--show-schedule", action="store_true", help="print the schedule table and draw it to a PNG")
     s.add_argument("--schedule-png", default="schedule.png", metavar="FILE", help="where --show-schedule draws (default %(default)s)")
@@ -84,6 +89,8 @@ class PlanInputs:
     warmup_start_factor: float = 0.1
     dropouts: tuple[float, ...] | None = None
     cyclic: bool = True
+    global_batch: dict[int, int] | None = None  # sync mixed_batch: B per resolution (None: a DBSL plan)
+    memory_caps: list[int | None] | None = None  # sync mixed_batch: each rank's cap (None: none)
 
 
 def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
@@ -127,6 +134,8 @@ def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
         warmup_start_factor=getattr(cfg.schedule, "warmup_start_factor", 0.1),
         dropouts=tuple(cfg.dropouts()),
         cyclic=cfg.schedule.cyclic,
+        global_batch=dict(zip(cfg.schedule.resolutions, cfg.global_batch())) if cfg.sync == "mixed_batch" else None,
+        memory_caps=cfg.memory_caps() if cfg.sync == "mixed_batch" else None,
     )
 
 
@@ -288,7 +297,72 @@ def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
     return "\n".join(out)
 
 
+def format_mixed_table(plan: Any) -> str:
+    """One line per (resolution, rank): its batch, micro-batches, share, steps and predicted step
+    time, against the equal split stock DDP takes."""
+    from dbl_ps.mixed_plan import step_seconds
+
+    header = ("res", "rank", "b_i", "micro", "share", "steps", "step s", "equal-split step s")
+    lines = [header]
+    for r, rp in plan.resolutions.items():
+        caps = rp.memory_caps or (None,) * rp.workers
+        even = [rp.global_batch // rp.workers + (1 if i < rp.global_batch % rp.workers else 0)
+                for i in range(rp.workers)]
+        for i in range(rp.workers):
+            lines.append((str(r), str(i), str(rp.batches[i]), str(rp.micro_batches[i]), str(rp.shares[i]),
+                          str(rp.steps()[i]), f"{step_seconds(rp.time_models[i], rp.batches[i], caps[i]):.4g}",
+                          f"{step_seconds(rp.time_models[i], even[i], caps[i]):.4g}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def run_mixed(args: argparse.Namespace) -> int:
+    """`dbl-ps plan` of sync mixed_batch: the split of the global batch, per rank."""
+    from dbl_ps.mixed_plan import plan_lines, plan_mixed
+    from dbl_ps.planner import InfeasiblePlanError
+
+    try:
+        inputs = gather_inputs(args)
+        res = sorted(inputs.time_models)
+        if args.global_batch is not None:
+            if len(args.global_batch) not in (1, len(res)):
+                raise ValueError(f"--global-batch has {len(args.global_batch)} values; give 1 or one per resolution {res}")
+            inputs.global_batch = dict(zip(res, args.global_batch * len(res) if len(args.global_batch) == 1
+                                           else args.global_batch))
+        if args.memory_caps is not None:
+            inputs.memory_caps = [c or None for c in args.memory_caps]  # 0: no cap
+        models = {r: inputs.time_models[r] for r in res}
+        plan = plan_mixed(models, inputs.global_batch, inputs.workers, inputs.dataset_size, inputs.memory_caps)
+    except (InfeasiblePlanError, ValueError) as err:
+        print(f"dbl-ps plan: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    print(f"W={inputs.workers} ranks, N={inputs.dataset_size}, one global batch per step split so every rank's step "
+          f"takes the same time (sync mixed_batch)")
+    print(format_mixed_table(plan))
+    for line in plan_lines(plan):
+        print(line)
+    return 0
+
+
+def _plans_mixed_batch(args: argparse.Namespace) -> bool:
+    if args.global_batch is not None or args.memory_caps is not None:
+        return True
+    if not args.config:
+        return False
+    from dbl_ps.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config, args.overrides).sync == "mixed_batch"
+    except ConfigError:
+        return False  # the DBSL path says what is wrong with it
+
+
 def run(args: argparse.Namespace) -> int:
+    if _plans_mixed_batch(args):
+        return run_mixed(args)
     from dbl_ps.planner import InfeasiblePlanError, make_plan, plan_all_small_counts
 
     try:
