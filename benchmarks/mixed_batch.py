@@ -3,13 +3,14 @@
 Every run is `examples/mixed_batch_ddp.py` under torchrun (a user's DDP script; the lines
 dbl-ps adds are marked there), with the same global batch, LR, epochs and seed:
 
-* rank 1 at half speed (`--slow-rank 1`: after each step it sleeps as long as the step took,
-  so its time model sees it): stock DDP with equal batches (`--mode ddp`) against the planned
+* rank 1 at half speed (`--slow-rank 1`: it times its own bare steps first, then sleeps that
+  long again after each step, so its time model sees it): stock DDP with equal batches (`--mode ddp`) against the planned
   batches (`--mode mixed`), 2 seeds each, alternating: the mean epoch time (epochs after the
   first) and the final test accuracy;
-* equal ranks (no slowdown): the step time of the mixed mode against stock DDP (the weighting
-  hook against DDP's own all-reduce), and against dbl-ps's `ddp-like` model averaging after
-  every step (`--mode average`).
+* equal ranks (no slowdown; the mixed mode given one time model for both, so the batches are
+  stock DDP's): the step time of the mixed mode against stock DDP (the weighting hook against
+  DDP's own all-reduce), and against dbl-ps's `ddp-like` model averaging after every step
+  (`--mode average`), alternating over `--step-repeats` rounds.
 
 It ends with one line:
 `mixed-batch vs equal-batch DDP, rank 1 at half speed: time xR, accuracy +D points; equal ranks: step time xO`
@@ -38,14 +39,15 @@ EXAMPLE = ROOT / "examples" / "mixed_batch_ddp.py"
 FASHION = ROOT / ".." / "shared" / "data" / "fashion-mnist"
 
 
-def launch(mode: str, out: Path, args: argparse.Namespace, *, seed: int, slow: bool, epochs: int) -> dict:
+def launch(mode: str, out: Path, args: argparse.Namespace, *, seed: int, slow: bool, epochs: int,
+           extra: tuple[str, ...] = ()) -> dict:
     """One torchrun launch of the example; rank 0's record."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(EXAMPLE), "--mode", mode, "--epochs", str(epochs), "--seed", str(seed), "--lr", str(args.lr),
            "--global-batch", str(args.global_batch), "--out", str(out),
            *(["--data", str(FASHION.resolve()), "--train-limit", str(args.train_limit)] if args.data == "fashion"
              else []),
-           *(["--slow-rank", "1"] if slow else [])]
+           *(["--slow-rank", "1"] if slow else []), *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     if proc.returncode != 0:
@@ -63,6 +65,7 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--step-epochs", type=int, default=2, help="epochs of the equal-rank step-time runs")
+    p.add_argument("--step-repeats", type=int, default=3, help="alternating rounds of the equal-rank runs")
     p.add_argument("--global-batch", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1])
@@ -80,9 +83,12 @@ def main() -> None:
         for seed in args.seeds:  # alternating, so a machine getting busier weighs on both alike
             run("ddp-slow", "ddp", seed=seed, slow=True, epochs=args.epochs)
             run("mixed-slow", "mixed", seed=seed, slow=True, epochs=args.epochs)
-        for _ in range(2):
+        # Equal ranks: the mixed mode with a given, equal time model trains the same equal batches
+        # as stock DDP, so the step times compare the weighting hook with DDP's own all-reduce.
+        for _ in range(args.step_repeats):
             for name, mode in (("ddp-equal", "ddp"), ("mixed-equal", "mixed"), ("average-equal", "average")):
-                run(name, mode, seed=args.seeds[0], slow=False, epochs=args.step_epochs)
+                run(name, mode, seed=args.seeds[0], slow=False, epochs=args.step_epochs,
+                    extra=("--time-model", "0.001,0.0001"))
 
     def mean(name: str, key: str) -> float:
         return statistics.mean(r[key] for r in results[name])

@@ -11,9 +11,9 @@ as if one process had trained it. The lines dbl-ps adds are marked `# dbl-ps`.
     torchrun --nproc_per_node 2 examples/mixed_batch_ddp.py --mode ddp          # stock DDP, equal batches
     torchrun --nproc_per_node 2 examples/mixed_batch_ddp.py --slow-rank 1       # rank 1 at half speed
 
-`--slow-rank R` makes rank R a slower device: after each of its steps it sleeps as long as
-the step took times `--slow-factor` (1.0: half speed), from its first step on, so its own
-time model measures it. `--mode average` trains the same equal batches with every rank's
+`--slow-rank R` makes rank R a slower device: it first times its own steps (the bare model,
+no communication), then sleeps `--slow-factor` x that step time (alpha + beta x its batch)
+after each step (1.0: half speed), from its first step on, so its own time model measures it. `--mode average` trains the same equal batches with every rank's
 model averaged after every step instead (dbl-ps's ModelAverager, `sync_every=1`: the
 `ddp-like` model averaging of DBSL), for the benchmark's comparison. benchmarks/mixed_batch.py
 runs the three against each other.
@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=0, help="train on the first N images (0: all)")
     p.add_argument("--slow-rank", type=int, default=-1, help="this rank is a slower device")
     p.add_argument("--slow-factor", type=float, default=1.0, help="it sleeps this x its step time (1: half speed)")
+    p.add_argument("--time-model", type=lambda t: [float(v) for v in t.split(",")], metavar="ALPHA,BETA",
+                   help="--mode mixed: this device's step time alpha + beta * batch (default: measured)")
     p.add_argument("--backend", help="torch.distributed backend (default: nccl on GPUs, gloo on CPUs)")
     p.add_argument("--out", help="folder for each rank's record (rank<R>.json)")
     args = p.parse_args()
@@ -59,33 +61,35 @@ def main() -> None:
     model = SmallCNN().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     record = Record(args.out, rank)
-    slow = args.slow_factor if rank == args.slow_rank else 0.0
+    x, y = train_set.tensors
+    sizes = [16, 32, 64, args.global_batch // world]
+    slowdown = None  # the slow rank's own step time model: it sleeps slow_factor x that after each step
 
     def train_step(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        started = time.perf_counter()
         loss = F.cross_entropy(net(images.to(device)), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if slow:  # a slower device: every step takes (1 + slow) x as long
-            time.sleep(slow * (time.perf_counter() - started))
+        if slowdown is not None:  # a slower device: its own work takes (1 + slow_factor) x as long
+            time.sleep(args.slow_factor * slowdown.step_seconds(len(labels)))
         return loss.detach()
 
+    # Timing steps moves the weights: the model and optimizer are put back afterwards.
+    start_state = ({k: v.clone() for k, v in model.state_dict().items()}, optimizer.state_dict())
+    if rank == args.slow_rank:
+        slowdown = dbl.measure_time_model(lambda b: train_step(model, x[:b], y[:b]), sizes)
     if args.mode == "mixed":
         # Each rank times a few real steps of its own device, then all plan together: every rank's
-        # batch is sized so that the ranks' steps take the same time (dbl-ps). The steps move the
-        # weights, so the model and optimizer are put back afterwards.
-        start_state = ({k: v.clone() for k, v in model.state_dict().items()}, optimizer.state_dict())
-        x, y = train_set.tensors
-        time_model = dbl.measure_time_model(lambda b: train_step(model, x[:b], y[:b]),  # dbl-ps
-                                            [16, 32, 64, args.global_batch // world])  # dbl-ps
-        model.load_state_dict(start_state[0])
-        optimizer.load_state_dict(start_state[1])
+        # batch is sized so that the ranks' steps take the same time (dbl-ps).
+        time_model = dbl.TimeModel(*args.time_model) if args.time_model else \
+            dbl.measure_time_model(lambda b: train_step(model, x[:b], y[:b]), sizes)  # dbl-ps
         plan = dbl.plan_mixed_together(time_model, global_batch=args.global_batch,  # dbl-ps
                                        dataset_size=len(train_set))  # dbl-ps
     else:  # the same global batch in equal parts, as stock DDP takes it
         plan = dbl.plan_mixed_ranks(dbl.TimeModel(alpha=0.0, beta=1e-3), global_batch=args.global_batch,
                                     dataset_size=len(train_set), ranks=world)
+    model.load_state_dict(start_state[0])
+    optimizer.load_state_dict(start_state[1])
     net: torch.nn.Module = model
     averager = None
     if args.mode in ("mixed", "ddp"):
