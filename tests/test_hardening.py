@@ -1,0 +1,93 @@
+"""Reliability round 4 (issue 34): faults a hostile audit still found, each with real
+processes and real files."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dbl_ps.run_ownership import LOCK_FILE, RunDirectoryBusy, RunLock, lock_owner, run_dir_problem
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+def _contend(run_dir: str, barrier, holders, rounds: int, doubles) -> None:
+    for _ in range(rounds):
+        barrier.wait()
+        lock = None
+        try:
+            lock = RunLock(run_dir)
+            with holders.get_lock():
+                holders.value += 1
+        except RunDirectoryBusy:
+            pass
+        barrier.wait()  # every contender has tried; nobody has released yet
+        if lock is not None and holders.value != 1:
+            with doubles.get_lock():
+                doubles.value += 1
+        barrier.wait()
+        if lock is not None:
+            lock.release()
+        barrier.wait()
+        with holders.get_lock():
+            holders.value = 0
+        barrier.wait()
+
+
+def test_three_processes_taking_the_lock_at_a_barrier_never_both_hold_it(tmp_path):
+    """A lock created but not yet written was taken for stale: 6 rounds in 400 had two owners."""
+    ctx = mp.get_context("fork")
+    barrier, holders, doubles = ctx.Barrier(3), ctx.Value("i", 0), ctx.Value("i", 0)
+    rounds = 600
+    procs = [ctx.Process(target=_contend, args=(str(tmp_path), barrier, holders, rounds, doubles))
+             for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert doubles.value == 0, f"{doubles.value} holder-rounds saw two owners"
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_lock_being_written_is_never_stale_and_one_nobody_holds_is(tmp_path):
+    # a live process holding the lock before it wrote a word into it
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirectoryBusy, match="without having named itself yet"):
+            RunLock(tmp_path)
+        assert lock_owner(tmp_path) is not None
+        assert (tmp_path / LOCK_FILE).read_text() == ""  # left as it was
+    finally:
+        holder.kill()
+        holder.wait()
+    # its holder is gone: empty or not, nobody holds it, so it is stale
+    assert lock_owner(tmp_path) is None
+    with RunLock(tmp_path):
+        assert lock_owner(tmp_path).pid == os.getpid()
+
+
+def test_a_lock_from_another_host_is_named_as_such_with_the_file_to_remove(tmp_path):
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(json.dumps({"pid": 4242, "start_time": None, "host": "node-17.cluster",
+                                "command": "dbl-ps train"}))
+    assert socket.gethostname() != "node-17.cluster"
+    with pytest.raises(RunDirectoryBusy) as exc:
+        RunLock(tmp_path)
+    line = str(exc.value)
+    assert "another host, node-17.cluster" in line and f"remove {lock}" in line, line
+    assert "another host, node-17.cluster" in run_dir_problem(tmp_path)
+    assert json.loads(lock.read_text())["host"] == "node-17.cluster"  # untouched
