@@ -450,8 +450,9 @@ def plan_resolution(
     _check_int("workers", workers, 1)
     if len(batch_large) != workers:
         raise ValueError(f"batch_large has {len(batch_large)} entries for {workers} workers{_where(resolution)}")
-    for i, b in enumerate(batch_large):
-        _check_int(f"batch_large[{i}]{_where(resolution)}", b, 1)
+    if not all(type(b) is int and b >= 1 for b in batch_large):  # one pass; the message names the first bad one
+        for i, b in enumerate(batch_large):
+            _check_int(f"batch_large[{i}]{_where(resolution)}", b, 1)
     _check_int("small", small, 0, workers)
     _check_int("dataset_size", dataset_size, workers)
     _check_int("min_small_batch", min_small_batch, 1)
@@ -462,7 +463,7 @@ def plan_resolution(
         )
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 1):
         raise ValueError(f"tau={tau!r} must be a number >= 1 (1.05 = 5 % more time than all-large training)")
-    for i, m in enumerate(time_models):
+    for i, m in enumerate(time_models if not _same_models(time_models) else time_models[:1]):
         if m.alpha < 0:
             raise InfeasiblePlanError(
                 f"worker {i}{_where(resolution)}: alpha={m.alpha:g} < 0 is no time model a device can have (a "
@@ -826,16 +827,34 @@ def plan_all_small_counts(
     dataset_size: int,
     min_small_batch: int = 1,
     batch_small: Mapping[int, int | float] | int | float | None = None,
+    counts: Sequence[int] | None = None,
 ) -> list[tuple[int, Plan | InfeasiblePlanError]]:
-    """``make_plan`` for every ``n_S`` in ``0..workers``; infeasible ones carry their error."""
+    """``make_plan`` for every ``n_S`` in ``counts`` (default ``0..workers``; a plan costs O(W),
+    so thousands of workers take ``table_small_counts``); infeasible ones carry their error."""
     out: list[tuple[int, Plan | InfeasiblePlanError]] = []
-    for n_s in range(workers + 1):
+    for n_s in (range(workers + 1) if counts is None else counts):
         try:
             out.append((n_s, make_plan(time_models, batch_large, workers, n_s, tau, dataset_size, min_small_batch,
                                        batch_small)))
         except InfeasiblePlanError as err:
             out.append((n_s, err))
     return out
+
+
+ALL_COUNTS_UP_TO = 32  # workers up to which `table_small_counts` lists every n_S
+
+
+def table_small_counts(workers: int, chosen: int, tau: float) -> list[int]:
+    """The ``n_S`` a plan table shows: every one up to ``ALL_COUNTS_UP_TO`` workers; beyond, at
+    most about 35 (0..8, each sixteenth of ``W``, the chosen one and its neighbours, and the
+    first count that leaves the small workers data at ``tau`` on uniform hardware,
+    ``n_S > W (1 - 1/tau)``). All ``W + 1`` of 4096 workers took minutes (a plan costs O(W))."""
+    if workers <= ALL_COUNTS_UP_TO:
+        return list(range(workers + 1))
+    first = math.floor(workers * (1 - 1 / tau)) + 1 if tau > 1 else 1
+    picks = {*range(9), *(round(workers * k / 16) for k in range(1, 17)), *range(chosen - 2, chosen + 3),
+             *range(first - 1, first + 2)}
+    return sorted(n for n in picks if 0 <= n <= workers)
 
 
 # Time models fitted by the paper's authors (their public code), kept as presets and

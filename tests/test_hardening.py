@@ -91,3 +91,36 @@ def test_a_lock_from_another_host_is_named_as_such_with_the_file_to_remove(tmp_p
     assert "another host, node-17.cluster" in line and f"remove {lock}" in line, line
     assert "another host, node-17.cluster" in run_dir_problem(tmp_path)
     assert json.loads(lock.read_text())["host"] == "node-17.cluster"  # untouched
+
+
+# --------------------------------------------------------------------------- the planner
+
+
+PLAN_4096 = ["plan", "--batch-large", "256", "--resolutions", "224", "--workers", "4096", "--tau", "1.05",
+             "--dataset-size", "1281167", "--alpha", "0.05", "--beta", "0.001"]
+
+
+@pytest.mark.parametrize("extra", [["--small", "1"], ["--small", "300"], ["--small", "300", "--json"]])
+def test_the_plan_of_4096_workers_takes_under_a_second(extra):
+    """4096 workers (the config's most) printed nothing for 300 s: the table planned every n_S."""
+    script = ("import contextlib, io, sys, time; from dbl_ps.cli import build_parser, main; "
+              "import dbl_ps.commands.plan, dbl_ps.planner; build_parser()\n"  # imports are not the planner's time
+              "out, err = io.StringIO(), io.StringIO(); t = time.process_time()\n"
+              "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+              "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
+              "print('CPU', time.process_time() - t, len(out.getvalue().splitlines()))\n"
+              "print(err.getvalue(), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", script, *PLAN_4096, *extra], capture_output=True, text=True,
+                          timeout=60)
+    _, seconds, lines = proc.stdout.strip().splitlines()[-1].split()
+    assert float(seconds) < 1.0, proc.stdout[-2000:]
+    if "--json" not in extra:
+        assert int(lines) < 60
+    assert "Traceback" not in proc.stderr
+
+
+def test_plan_workers_beyond_the_configs_bound_is_one_line():
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", *PLAN_4096[:6], "4097", *PLAN_4096[7:]],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "dbl-ps plan: error: --workers=4097 must be in 1..4096 (as dbl.workers)", proc.stderr

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from dbl_ps.commands._arguments import float_list, int_list
+from dbl_ps.config import DBSLConfig
 
 # Training-set sizes of the built-in sources (digits: scikit-learn's 1797 minus the
 # data module's default 360 test images). Others need --dataset-size.
@@ -211,6 +212,9 @@ def gather_inputs(args: argparse.Namespace) -> PlanInputs:
         value = getattr(args, name)
         if value is not None:
             setattr(inputs, name, value)
+    most = next(f for f in fields(DBSLConfig) if f.name == "workers").metadata["le"]  # the config's bound
+    if not 1 <= inputs.workers <= most:
+        raise ValueError(f"--workers={inputs.workers} must be in 1..{most} (as dbl.workers)")
     if args.milestones is not None:
         inputs.milestones = tuple(args.milestones)
     if args.dropouts is not None:
@@ -288,19 +292,26 @@ def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
     return "\n".join(out)
 
 
+def _counts_note(shown: int, workers: int) -> str:
+    return (f"(the table shows {shown} of the {workers + 1} small-worker counts; --small N plans any other)"
+            if shown < workers + 1 else "")
+
+
 def run(args: argparse.Namespace) -> int:
-    from dbl_ps.planner import InfeasiblePlanError, make_plan, plan_all_small_counts
+    from dbl_ps.planner import InfeasiblePlanError, make_plan, plan_all_small_counts, table_small_counts
 
     try:
         inputs = gather_inputs(args)
+        counts = table_small_counts(inputs.workers, inputs.small, inputs.tau)
         rows = plan_all_small_counts(inputs.time_models, inputs.batch_large, inputs.workers, inputs.tau,
-                                     inputs.dataset_size, inputs.min_small_batch, inputs.batch_small)
+                                     inputs.dataset_size, inputs.min_small_batch, inputs.batch_small, counts=counts)
         plan = make_plan(inputs.time_models, inputs.batch_large, inputs.workers, inputs.small, inputs.tau,
                          inputs.dataset_size, inputs.min_small_batch, inputs.batch_small)
         spec = schedule_spec(inputs, plan) if args.show_schedule else None
     except InfeasiblePlanError as err:
         if not args.json:
             print(format_plan_table(rows, inputs.small))
+            print(_counts_note(len(counts), inputs.workers))
         print(f"dbl-ps plan: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
@@ -329,6 +340,8 @@ def run(args: argparse.Namespace) -> int:
         f"small workers are ids 0..n_S-1; * = chosen n_S={inputs.small}"
     )
     print(format_plan_table(rows, inputs.small))
+    if len(counts) < inputs.workers + 1:
+        print(_counts_note(len(counts), inputs.workers))
     for line in plan.regime_lines():  # what the chosen plan's small batch is on this device
         print(line)
     if spec is not None:
