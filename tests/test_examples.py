@@ -249,6 +249,19 @@ def test_a_rank_that_stops_early_is_one_clear_error_on_every_rank(tmp_path: Path
     assert ranks[0]["error"] == ranks[1]["error"]
 
 
+def test_ranks_holding_different_plans_stop_at_the_first_sync_naming_the_field(tmp_path: Path) -> None:
+    """Rank 1 planned for 1500 samples, rank 0 for 1438: shares overlapped, merge weights
+    disagreed and both ranks exited 0 (each checked its steps against its own plan). One hash
+    of the plan now travels with the first sync's step check; every rank stops with one line."""
+    ranks = run_api_steps(tmp_path, "plans-differ")
+    for r in ranks:
+        assert r["error"] == ("APIError: the ranks hold different plans: dataset_size is 1438 on rank 0 but 1500 on "
+                              "rank 1; every rank must use the same plan (plan_together from each rank's time model, "
+                              "or plan_ranks with the same inputs on every rank), else shares overlap or leave "
+                              "samples out and the merge weights disagree"), r["error"]
+        assert r["syncs"] == [] and r["seconds"] < 30
+
+
 def test_a_lost_rank_is_named_with_the_averagers_own_timeout(tmp_path: Path) -> None:
     ranks = run_api_steps(tmp_path, "lost")
     error = ranks[0]["error"]
