@@ -124,3 +124,70 @@ def test_plan_workers_beyond_the_configs_bound_is_one_line():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == \
         "dbl-ps plan: error: --workers=4097 must be in 1..4096 (as dbl.workers)", proc.stderr
+
+
+# --------------------------------------------------------------------------- data sources
+
+FASHION = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_bytes(array) -> bytes:
+    import struct
+
+    import numpy as np
+
+    array = np.asarray(array, dtype=np.uint8)
+    return struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + \
+        array.tobytes()
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="the shared Fashion-MNIST copy is not on this machine")
+def test_an_uncompressed_label_file_beside_a_different_gz_is_one_line_naming_both(tmp_path):
+    """An all-zero uncompressed train-labels-idx1-ubyte beside the intact .gz was read without a
+    word: rc 0, test accuracy 0.096, `finished`."""
+    import numpy as np
+
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for name in IDX_NAMES:
+        (data / f"{name}.gz").symlink_to(FASHION / f"{name}.gz")
+    (data / "train-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(60000)))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                           "data.source=fashion_mnist", f"data.path={data}", "dbl.workers=2", "dbl.alpha=[0.003]",
+                           "dbl.beta=[0.0001]", "schedule.epochs=2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert line == (f"dbl-ps train: error: fashion_mnist train labels: {data / 'train-labels-idx1-ubyte'} and "
+                    f"{data / 'train-labels-idx1-ubyte.gz'} are both there and differ (54,000 of 60,000 values); "
+                    f"keep the right one and move the other away"), line
+    assert not run_dir.exists() or not any(run_dir.iterdir())
+    # the same all-zero file alone: one class, refused naming it
+    (data / "train-labels-idx1-ubyte.gz").unlink()
+    from dbl_ps.data import DataError, load_idx_dataset
+
+    with pytest.raises(DataError, match=r"labels in .*train-labels-idx1-ubyte are all 0 \(one class among 60,000 "
+                                        r"samples\): a classifier needs at least 2 classes"):
+        load_idx_dataset(data, "fashion_mnist")
+
+
+def test_two_identical_copies_of_an_idx_file_are_read_and_a_one_class_test_split_is_refused(tmp_path):
+    import gzip
+
+    import numpy as np
+
+    from dbl_ps.data import DataError, load_idx_dataset
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (20, 28, 28)), np.arange(20) % 10, rng.integers(0, 256, (10, 28, 28)),
+              np.arange(10) % 10]
+    for name, array in zip(IDX_NAMES, arrays):
+        (tmp_path / name).write_bytes(_idx_bytes(array))
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(_idx_bytes(array)))
+    assert load_idx_dataset(tmp_path, "mnist").train.labels.tolist() == (np.arange(20) % 10).tolist()
+    for name in IDX_NAMES[3:]:
+        (tmp_path / f"{name}.gz").unlink()
+        (tmp_path / name).write_bytes(_idx_bytes(np.full(10, 3)))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte are all 3 .one class among 10 samples"):
+        load_idx_dataset(tmp_path, "mnist")
