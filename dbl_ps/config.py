@@ -401,6 +401,8 @@ class TrackingConfig:
                                       "(RUN_DIR/tensorboard/, needs the [tensorboard] extra), csv (RUN_DIR/metrics.csv), "
                                       "wandb (same as tracking.wandb.enabled), or an import path 'package.module:callable' "
                                       "to your factory (cfg, run_dir, *, resuming, tags, warn) -> sink")
+    timeout: float = _f(120.0, gt=0, help="seconds a tracker's open, log or close may take; one that takes longer "
+                                         "(or raises) is named once and left out, training goes on")
 
     def check(self, prefix: str) -> None:
         for i, name in enumerate(self.trackers):

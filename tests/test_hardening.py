@@ -191,3 +191,69 @@ def test_two_identical_copies_of_an_idx_file_are_read_and_a_one_class_test_split
         (tmp_path / name).write_bytes(_idx_bytes(np.full(10, 3)))
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte are all 3 .one class among 10 samples"):
         load_idx_dataset(tmp_path, "mnist")
+
+
+# --------------------------------------------------------------------------- trackers
+
+BAD_TRACKERS = '''
+import sys, time
+
+class Sink:
+    def __init__(self, how):
+        self.how = how
+    def log(self, step, record):
+        if self.how == "raise":
+            raise RuntimeError("tracker log failed")
+        if self.how == "hang" and step == 1:
+            time.sleep(3600)
+        if self.how == "exit":
+            sys.exit(5)
+    def close(self):
+        pass
+
+def raising(cfg, run_dir, **kw):
+    return Sink("raise")
+
+def hanging(cfg, run_dir, **kw):
+    return Sink("hang")
+
+def exiting(cfg, run_dir, **kw):
+    return Sink("exit")
+
+def failing_open(cfg, run_dir, **kw):
+    raise ConnectionError("no tracking server at http://localhost:1")
+
+def not_a_tracker(cfg, run_dir, **kw):
+    return 42
+'''
+
+FT = ["dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0001]", "schedule.epochs=3", "schedule.milestones=[2]",
+      "schedule.warmup_epochs=0", "data.train_limit=300", "store.mode=bsp", "store.rule=average"]
+
+
+def test_trackers_that_raise_hang_exit_or_are_no_trackers_never_stop_training(tmp_path):
+    """A tracker whose log() raised ended the run with a traceback; one raising when opened gave a
+    30-line traceback; a hanging one hung the run; sys.exit(5) inside one exited with no line."""
+    (tmp_path / "bad_trackers.py").write_text(BAD_TRACKERS)
+    names = ["raising", "hanging", "exiting", "failing_open", "not_a_tracker"]
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *FT,
+                           f"tracking.trackers=[{', '.join(f'bad_trackers:{n}' for n in names)}, csv]",
+                           "tracking.timeout=3"], capture_output=True, text=True, timeout=300, env=env)
+    took = time.monotonic() - started
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out
+    warnings = [line for line in out.splitlines() if line.startswith("warning: tracker")]
+    assert len(warnings) == 5, warnings  # each named once
+    for name, what in [("raising", "log() raised RuntimeError: tracker log failed"),
+                       ("hanging", "log() did not return within 3 s"), ("exiting", "log() raised SystemExit: 5"),
+                       ("failing_open", "failing_open() raised ConnectionError: no tracking server"),
+                       ("not_a_tracker", "its factory returned int 42, not a sink")]:
+        assert any(f"tracker 'bad_trackers:{name}'" in w and what in w for w in warnings), (name, warnings)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((run_dir / "checkpoint.json").read_text())["next_epoch"] == 3
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4  # the good tracker saw every epoch
+    assert took < 120
