@@ -36,7 +36,7 @@ try:
 except ImportError:  # Windows: the lock is linked into place instead
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["create_unique_dir", "run_dir_problem", "remove_if_empty", "RunLock", "RunDirectoryBusy", "LOCK_FILE",
+__all__ = ["create_unique_dir", "run_dir_problem", "never_trained", "remove_if_empty", "RunLock", "RunDirectoryBusy", "LOCK_FILE",
            "lock_owner", "RunWriteError", "write_failure"]
 
 LOCK_FILE = "run.lock"
@@ -74,7 +74,7 @@ def run_dir_problem(path: Path) -> str | None:
     owner = lock_owner(path) if path.is_dir() else None
     if owner is not None:
         return f"run directory {path} {owner.describe()}"
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(path.iterdir()) and not never_trained(path):
         return f"run directory {path} is not empty; resume it with --resume or choose another"
     for ancestor in path.parents:
         if ancestor.exists():
@@ -82,6 +82,25 @@ def run_dir_problem(path: Path) -> str | None:
                 return f"--run-dir {path}: {ancestor} is a file, so no directory can be made under it"
             break
     return None
+
+
+# What a run writes while it starts, before anything of an epoch: a directory holding only
+# these (and temporary files) never trained, so a new start there loses nothing.
+SETUP_FILES = frozenset({"config.yaml", "plan.json", "schedule.json", "schedule.txt", "schedule.png", LOCK_FILE})
+
+
+def never_trained(path: Path) -> bool:
+    """Whether `path` is a directory holding only what a run writes while it starts (config,
+    plan, schedule, an empty metrics.jsonl, a lock nobody holds): a stop during start-up (Ctrl-C, SIGTERM, SIGHUP, a
+    kill) left it, and `--run-dir` starts it anew (it used to say "not empty; resume it"
+    while `--resume` said "not a run directory")."""
+    try:
+        names = os.listdir(path)
+        empty_metrics = "metrics.jsonl" not in names or os.path.getsize(os.path.join(path, "metrics.jsonl")) == 0
+    except OSError:
+        return False
+    return empty_metrics and all(n in SETUP_FILES or n.endswith(".tmp") or n == "metrics.jsonl" for n in names) \
+        and lock_owner(Path(path)) is None
 
 
 def remove_if_empty(path: Path) -> None:

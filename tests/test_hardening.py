@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -257,3 +258,139 @@ def test_trackers_that_raise_hang_exit_or_are_no_trackers_never_stop_training(tm
     assert json.loads((run_dir / "checkpoint.json").read_text())["next_epoch"] == 3
     assert len((run_dir / "metrics.csv").read_text().splitlines()) == 4  # the good tracker saw every epoch
     assert took < 120
+
+
+# --------------------------------------------------------------------------- signals while a run starts
+
+
+def _train(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dbl_ps", "train", "--no-progress", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert path.exists(), proc.communicate()[1][-2000:] if proc.poll() is not None else f"no {path}"
+
+
+# the time model is measured (no dbl.alpha/beta): seconds of start-up before any worker
+MEASURED = ["dbl.workers=2", "schedule.epochs=2", "schedule.milestones=[1]", "data.train_limit=300"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_while_a_run_starts_is_one_line_and_leaves_a_directory_that_starts_again(tmp_path, sig):
+    """`timeout`, `docker stop`, a pre-emption or a closed SSH session during the data loading
+    or the time-model measurement killed the launcher without a word and left only run.lock;
+    then --resume said "not a run directory" and --run-dir "not empty; resume it"."""
+    run_dir = tmp_path / "run"
+    proc = _train("--run-dir", str(run_dir), *MEASURED)
+    try:
+        _wait_for(run_dir / LOCK_FILE, proc)
+        time.sleep(0.5)  # loading the data or measuring the time model
+        assert not (run_dir / "plan.json").exists()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip() == f"dbl-ps train: {sig.name} before training started; nothing to resume", err[-2000:]
+    assert not run_dir.exists()  # the run made it and removed it again: nothing left, no lock
+    # a start killed outright (SIGKILL) leaves its lock: --run-dir starts there again, --resume says so
+    run_dir.mkdir()
+    stale = subprocess.run([sys.executable, "-c", "import sys; from dbl_ps.run_ownership import RunLock; "
+                            "RunLock(sys.argv[1]); import os; os._exit(0)", str(run_dir)], timeout=60)
+    assert stale.returncode == 0 and (run_dir / LOCK_FILE).exists()
+    resumed = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 2 and f"start it again with --run-dir {run_dir}" in resumed.stderr, resumed.stderr
+    assert run_dir_problem(run_dir) is None
+
+
+def test_a_compare_stopped_while_its_first_sub_run_starts_continues_when_run_again(tmp_path):
+    """Ctrl-C while the first sub-run started: every later `dbl-ps compare` stopped with `run
+    directory .../baseline-s0 is not empty; resume it with --resume` (config.yaml and plan.json,
+    no checkpoint.json); only deleting it by hand helped."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "dbl_ps", "compare", "--no-progress", "--methods", "baseline", "--out", str(out),
+           "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0001]", "schedule.epochs=2", "schedule.milestones=[1]",
+           "data.train_limit=300", "schedule.warmup_epochs=0"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out / "baseline-s0" / "plan.json", first)
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and not (out / "baseline-s0" / "checkpoint.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert json.loads((out / "baseline-s0" / "summary.json").read_text())["status"] == "finished"
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(c) for c in task.read_text().split()]
+    return found
+
+
+@pytest.mark.parametrize("launcher", ["store", "torchrun"])
+def test_ctrl_c_while_workers_or_ranks_import_torch_is_one_line_without_tracebacks(tmp_path, launcher):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) while the spawned
+    workers, or torchrun's ranks, import torch printed a KeyboardInterrupt traceback per process."""
+    from launch_helpers import free_port, launch_env
+
+    run = ["--run-dir", str(tmp_path / "run"), "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0001]",
+           "schedule.epochs=2", "schedule.milestones=[1]", "data.train_limit=300"]
+    if launcher == "store":
+        cmd = [sys.executable, "-m", "dbl_ps", "train", "--no-progress", *run]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "dbl_ps", "train", *run]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env=launch_env())
+    try:
+        deadline = time.monotonic() + 120
+        while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(_children(proc.pid)) >= 2, proc.communicate()[1][-2000:] if proc.poll() is not None else "none"
+        time.sleep(0.3)  # each child is importing torch now (seconds)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "KeyboardInterrupt" not in err, err[-3000:]
+    ours = [line for line in err.splitlines() if line.startswith("dbl-ps")]
+    assert len(ours) == 1, err[-3000:]  # one line per run (torchrun adds its own report)
+    if launcher == "store":
+        assert proc.returncode == 130 and err.strip() == ours[0], err[-3000:]
+
+
+def test_a_second_ctrl_c_while_stopping_marks_the_checkpoint_interrupted(tmp_path):
+    """A frozen worker keeps the launcher waiting while it stops; a second Ctrl-C then ends the
+    wait. checkpoint.json still said `running` afterwards."""
+    run_dir = tmp_path / "run"
+    proc = _train("--run-dir", str(run_dir), *FT, "schedule.epochs=4", env=dict(os.environ, DBL_PS_FAIL_WORKER="1:1:stop"))
+    try:
+        _wait_for(run_dir / "checkpoint.json", proc)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.5)  # the launcher waits for the frozen worker to stop
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert json.loads((run_dir / "checkpoint.json").read_text())["status"] == "interrupted"
+    assert err.strip().splitlines()[-1] == (f"dbl-ps train: SIGINT while stopping; the checkpoint of epoch 1 is kept; "
+                                            f"continue with: dbl-ps train --resume {run_dir}"), err
+    assert not (run_dir / LOCK_FILE).exists()

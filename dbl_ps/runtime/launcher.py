@@ -37,10 +37,11 @@ import torch
 from tqdm import tqdm
 
 from dbl_ps.config import load_config
-from dbl_ps.run_ownership import RunWriteError
+from dbl_ps.run_ownership import RunWriteError, never_trained
 from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, TrainingInterrupted, WorkerError
 from dbl_ps.runtime.engine_setup import check_store_mode_engine
 from dbl_ps.runtime.failures import stopped_line
+from dbl_ps.runtime.signals import blocked_while_spawning, interrupt_on_signals
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.synchronizers.store import StoreServer, StoreSetupError
 from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
@@ -75,14 +76,19 @@ class Trainer:
         """Continue the run in `run_dir` from its last checkpoint (config and plan from the directory)."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
+            if never_trained(run_dir):  # a run stopped while starting, before it wrote its config
+                raise CheckpointError(f"{run_dir} holds no config.yaml: its run stopped while starting, before any "
+                                      f"epoch; start it again with --run-dir {run_dir} (and its config)")
             raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml")
         return cls(cfg, run_dir, _checkpoint=RunDirectory(run_dir).load_checkpoint(), **kwargs)
 
     def prepare(self) -> None:
-        """Data, plan, schedule, run directory. Raises before any process starts."""
+        """Data, plan, schedule, run directory. Raises before any process starts; SIGTERM and
+        SIGHUP meanwhile raise KeyboardInterrupt, as Ctrl-C does (`interrupt_on_signals`)."""
         if not self._prepared:
-            self.driver.prepare()
+            with interrupt_on_signals():
+                self.driver.prepare()
             self._prepared = True
 
     def release(self) -> None:
@@ -93,7 +99,8 @@ class Trainer:
         """Run to the last epoch; returns the summary (also saved as summary.json)."""
         self.prepare()
         try:
-            return self.driver.run()
+            with interrupt_on_signals():  # until the coordinator's own handlers take over
+                return self.driver.run()
         except RunWriteError as exc:  # the launcher's own write (model.pt, checkpoint.json, metrics)
             meta = RunDirectory(self.run_dir).checkpoint_meta()
             raise RunWriteError(stopped_line(str(exc), diverged=False, last_epoch=meta["epoch"] if meta else None,
@@ -174,7 +181,8 @@ class ProcessCoordinator(Coordinator):
                             args=(args, self.queue, self.stop_event, self.server.gate, self.server.plan_version,
                                   self.data_queue),
                             name=f"dbl-ps-worker-{w}", daemon=False)
-            p.start()
+            with blocked_while_spawning():  # Ctrl-C while it imports torch is the launcher's alone
+                p.start()
             self.procs.append(p)
             if train_data is not None:
                 self.data_queue.put(train_data)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from dbl_ps.metrics import strict_dumps
-from dbl_ps.run_ownership import create_unique_dir, write_failure
+from dbl_ps.run_ownership import create_unique_dir, never_trained, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
@@ -158,7 +158,7 @@ class RunDirectory:
 
     def create(self) -> None:
         """A new run: the directory must be absent or empty (nothing is overwritten)."""
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(self.path.iterdir()) and not never_trained(self.path):
             raise FileExistsError(f"run directory {self.path} is not empty; resume it with --resume or choose another")
         self.path.mkdir(parents=True, exist_ok=True)
 
@@ -215,6 +215,9 @@ class RunDirectory:
         again from epoch 0 in the same directory, with the plan it made."""
         path = self.path / CHECKPOINT_FILE
         if not (self.path / "plan.json").is_file():
+            if never_trained(self.path):  # a stop while the run started, before it wrote its plan
+                raise CheckpointError(f"{self.path} holds no plan.json: its run stopped while starting, before any "
+                                      f"epoch; start it again with --run-dir {self.path} (and its config)")
             raise CheckpointError(f"{self.path} is not a run directory that can be resumed (no plan.json)")
         if not path.is_file():
             return {}
