@@ -325,6 +325,10 @@ class StoreConfig:
     apply_threads: int = _f(0, ge=0, le=256, help="store threads applying updates; 0 = auto")
     reject_non_finite: bool = _f(True, help="the store refuses an update whose merge is not finite (a NaN/inf "
                                             "push, an overflow); the worker then stops or skips as `divergence` says")
+    worker_timeout: float | None = _f(None, gt=0, help="seconds the launcher waits while no worker sends progress "
+                                                       "(one frozen or hung: the others soon wait for it) before the "
+                                                       "run stops naming it, its checkpoint kept; null = 10 x the "
+                                                       "plan's epoch time, at least 60 s")
 
     def check(self, prefix: str) -> None:
         # The same pairings the parameter store enforces, caught before any process starts.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -394,3 +395,33 @@ def test_a_second_ctrl_c_while_stopping_marks_the_checkpoint_interrupted(tmp_pat
     assert err.strip().splitlines()[-1] == (f"dbl-ps train: SIGINT while stopping; the checkpoint of epoch 1 is kept; "
                                             f"continue with: dbl-ps train --resume {run_dir}"), err
     assert not (run_dir / LOCK_FILE).exists()
+
+
+# --------------------------------------------------------------------------- a frozen store-mode worker
+
+
+@pytest.mark.parametrize("mode", ["bsp", "asp"])
+def test_a_frozen_store_mode_worker_is_named_within_the_worker_timeout_and_the_checkpoint_is_kept(tmp_path, mode):
+    """`kill -STOP` of one worker after two epochs: 150 s later nothing had been said (under a
+    launcher `launch.sync_timeout` names the rank; the store mode had no equivalent)."""
+    run_dir = tmp_path / "run"
+    store = ["store.mode=bsp", "store.rule=average"] if mode == "bsp" else ["store.mode=asp", "store.rule=blend"]
+    proc = _train("--run-dir", str(run_dir), *FT[:-2], *store, "schedule.epochs=6", "schedule.milestones=[4]",
+                  "store.worker_timeout=4", env=dict(os.environ, DBL_PS_FAIL_WORKER="1:2:stop"))
+    try:
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    # it froze as epoch 3 began: its report of epoch 2 may still have been in its queue's feeder thread
+    heard = re.search(r"\(last heard at (the end of epoch 2|epoch 2, step \d+ of \d+)\)", line)
+    assert line.startswith("dbl-ps train: error: worker 1 made no progress for ") and heard and \
+        "store.worker_timeout, 4 s" in line, err[-2000:]
+    kept = 2 if heard.group(1) == "the end of epoch 2" else 1
+    assert line.endswith(f"the checkpoint of epoch {kept} is kept: once that is fixed, `dbl-ps train --resume "
+                         f"{run_dir}` continues from it"), line
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["next_epoch"] == kept and meta["status"] == "interrupted"
+    assert not (run_dir / LOCK_FILE).exists() and "Traceback" not in err

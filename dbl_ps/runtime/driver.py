@@ -50,7 +50,7 @@ from dbl_ps.training.events import Callbacks, StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.loop import DivergedError
 from dbl_ps.training.replanning import Replanned, replan_after_epoch
-from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory
+from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory, RunDirectoryGone
 from dbl_ps.training.topology import LaunchError
 from dbl_ps.training.setup import (
     ResolvedTimeModels,
@@ -351,12 +351,23 @@ class RunDriver:
             raise
         except BaseException as exc:
             coordinator.stop()
-            if isinstance(exc, TrainingInterrupted) and self.last_complete >= 0:
-                self.dir.set_checkpoint_status("interrupted")
+            if coordinator.is_main and not isinstance(exc, RunDirectoryGone):
+                self._mark_stopped()
             raise
         finally:
             if self.display is not None:
                 self.display.close()
+
+    def _mark_stopped(self) -> None:
+        """checkpoint.json of a run that stopped (a signal, a failed worker, a failed write) says
+        `interrupted`, not `running`: its checkpoint is complete and `--resume` continues it. A
+        write that fails now (the full disk that stopped it) leaves it as it was."""
+        try:
+            meta = self.dir.checkpoint_meta()
+            if meta is not None and meta.get("status") == "running":
+                self.dir.set_checkpoint_status("interrupted")
+        except (OSError, ValueError):
+            pass
 
     def _ready(self, started: float) -> None:
         """Every worker can train: the wall clock starts now (start-up is reported apart)."""

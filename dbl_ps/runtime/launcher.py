@@ -42,6 +42,7 @@ from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, Trai
 from dbl_ps.runtime.engine_setup import check_store_mode_engine
 from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.signals import blocked_while_spawning, interrupt_on_signals
+from dbl_ps.runtime.watch import ProgressWatch, worker_timeout
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.synchronizers.store import StoreServer, StoreSetupError
 from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
@@ -148,6 +149,7 @@ class ProcessCoordinator(Coordinator):
         ctx = mp.get_context("spawn")
         self.last_complete = start_epoch - 1
         self.server = StoreServer(self.cfg, run.model, ctx=ctx, start_epoch=start_epoch)
+        self.watch = ProgressWatch(self.workers, worker_timeout(run.plan, self.cfg.store.worker_timeout))
         self._install_signal_handlers()
         self.queue, self.stop_event = ctx.Queue(), ctx.Event()
         self._on_ready, self._start_epoch = on_ready, start_epoch
@@ -198,6 +200,7 @@ class ProcessCoordinator(Coordinator):
                 if complete is not None:
                     self.last_complete = complete.epoch
                     yield complete
+                    self.watch.start()  # the launcher's own time (evaluation) is not the workers' silence
                     break
         self._join(timeout=STOP_TIMEOUT)
 
@@ -210,6 +213,7 @@ class ProcessCoordinator(Coordinator):
             if time.monotonic() - last_check > 0.5:
                 last_check = time.monotonic()
                 yield from self._check_exits()
+                stop_stuck_worker(self)
             try:
                 yield self.queue.get(timeout=0.1)
             except queue_mod.Empty:
@@ -240,6 +244,7 @@ class ProcessCoordinator(Coordinator):
 
     def _handle(self, msg: Any, reports: dict[int, dict[int, EpochReport]]) -> GlobalEpoch | None:
         """One message; returns the next global epoch once every worker reported it."""
+        self.watch.heard(msg)
         if isinstance(msg, WorkerFailed):
             if msg.message is None:
                 raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
@@ -255,6 +260,7 @@ class ProcessCoordinator(Coordinator):
             if len(self._ready) == self.workers:
                 self._on_ready()
                 self.server.open_gate(self._start_epoch)
+                self.watch.start()
         elif isinstance(msg, Progress):
             if self.bars is not None:
                 self.bars.worker_progress(msg)
@@ -342,6 +348,22 @@ class ProcessCoordinator(Coordinator):
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+def stop_stuck_worker(coordinator: ProcessCoordinator) -> None:
+    """Raise WorkerError naming the worker every other one waits for once none sent progress
+    for `store.worker_timeout` (`ProgressWatch`); that worker is killed first, so the others'
+    waits (a bsp round, an ssp bound) end and they stop at once."""
+    stuck = coordinator.watch.stuck(coordinator._finished)
+    if stuck is None:
+        return
+    line = coordinator.watch.line(stuck)
+    proc = coordinator.procs[stuck]
+    if proc.is_alive():
+        proc.kill()  # SIGKILL also ends a stopped process
+        proc.join(5)
+    raise WorkerError(stopped_line(line, diverged=False, last_epoch=coordinator.last_complete,
+                                   run_dir=coordinator.run_dir), actionable=True)
 
 
 def _devices(cfg: Any) -> list[str]:
