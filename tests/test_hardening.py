@@ -425,3 +425,94 @@ def test_a_frozen_store_mode_worker_is_named_within_the_worker_timeout_and_the_c
     meta = json.loads((run_dir / "checkpoint.json").read_text())
     assert meta["next_epoch"] == kept and meta["status"] == "interrupted"
     assert not (run_dir / LOCK_FILE).exists() and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- a resume checks what it relies on
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A 4-epoch store-mode run stopped cleanly after epoch 2 (checkpoint of epoch 2, 2 workers)."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *FT,
+                           "schedule.epochs=4"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, DBL_PS_STOP_AFTER_EPOCH="1"))
+    assert proc.returncode in (0, 130), proc.stderr[-2000:]
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    assert meta["next_epoch"] == 2 and set(meta["files"]) == {"model.pt", "worker0.pt", "worker1.pt"}
+    return run_dir
+
+
+def _resume(run_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def _damaged(stopped_run: Path, tmp_path: Path, damage) -> tuple[Path, Path]:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(stopped_run, run_dir)
+    folder = run_dir / "checkpoints" / "epoch00001"
+    damage(run_dir, folder)
+    return run_dir, folder
+
+
+def _swap(a: Path, b: Path) -> None:
+    tmp = a.with_name("swap.tmp")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+
+
+@pytest.mark.parametrize("case", ["worker_missing", "workers_swapped", "next_epoch_ahead"])
+def test_a_resume_refuses_missing_swapped_or_disagreeing_checkpoint_files_in_one_line(stopped_run, tmp_path, case):
+    """`rm checkpoints/epoch00002/worker1.pt` (or two workers' files swapped) then --resume: rc 0,
+    no line, 47 tensors differed from the uninterrupted run; next_epoch edited far ahead:
+    summary `finished` after 3 of 6 epochs."""
+    def damage(run_dir: Path, folder: Path) -> None:
+        if case == "worker_missing":
+            (folder / "worker1.pt").unlink()
+        elif case == "workers_swapped":
+            _swap(folder / "worker0.pt", folder / "worker1.pt")
+        else:
+            meta = json.loads((run_dir / "checkpoint.json").read_text())
+            (run_dir / "checkpoint.json").write_text(json.dumps({**meta, "next_epoch": 4}))
+
+    run_dir, folder = _damaged(stopped_run, tmp_path, damage)
+    before = {f: f.read_bytes() for f in run_dir.rglob("*") if f.is_file()}
+    proc = _resume(run_dir)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    expected = {"worker_missing": f"dbl-ps train: error: {folder / 'worker1.pt'} is missing (the checkpoint in "
+                                  f"{run_dir / 'checkpoint.json'} was written with it); restore it, or start a new run",
+                "workers_swapped": f"dbl-ps train: error: {folder / 'worker0.pt'} holds what the checkpoint wrote as "
+                                   f"worker1.pt (were the two swapped?); restore the checkpoint's own file, or start "
+                                   f"a new run",
+                "next_epoch_ahead": f"dbl-ps train: error: {run_dir / 'checkpoint.json'} disagrees with itself: epoch "
+                                    f"1, next_epoch 4, path 'checkpoints/epoch00001' (a checkpoint of epoch e "
+                                    f"continues at e + 1 from checkpoints/epoch<e>); was it edited? restore it"}[case]
+    assert proc.stderr.strip() == expected, proc.stderr
+    assert {f: f.read_bytes() for f in run_dir.rglob("*") if f.is_file()} == before  # nothing changed
+
+
+@pytest.mark.parametrize("case", ["cut", "deleted"])
+def test_a_resume_with_a_cut_or_missing_metrics_file_says_so_and_counts_the_epochs_trained(stopped_run, tmp_path,
+                                                                                           case):
+    """metrics.jsonl cut to its first line: no warning, `"epochs": 4` for a 6-epoch run; without
+    metrics.jsonl a resume said nothing."""
+    def damage(run_dir: Path, folder: Path) -> None:
+        metrics = run_dir / "metrics.jsonl"
+        if case == "cut":
+            metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+        else:
+            metrics.unlink()
+
+    run_dir, _ = _damaged(stopped_run, tmp_path, damage)
+    proc = _resume(run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("warning:")]
+    expected = ("lacks the records of epoch(s) 2 of the 2 the checkpoint holds" if case == "cut"
+                else "is missing: the records of the 2 epoch(s) the checkpoint holds are gone")
+    assert len(warning) == 1 and expected in warning[0], proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["epochs"] == 4

@@ -229,13 +229,26 @@ class RunDriver:
 
     def _check_metrics(self) -> None:
         """metrics.jsonl of the resumed run reads back (a torn last line is dropped later, with
-        a warning); a line broken in the middle stops the resume here, naming it."""
-        if not (self.run_dir / METRICS_FILE).is_file():
+        a warning); a line broken in the middle stops the resume here, naming it. Records the
+        checkpoint's epochs lack (a cut or deleted file) are said in one warning: the run goes
+        on, its summary counts the epochs trained, but their history is gone."""
+        path = self.run_dir / METRICS_FILE
+        trained = int(self.checkpoint["epoch"]) + 1 if self.checkpoint else 0
+        if not path.is_file():
+            if trained:
+                self.log(f"warning: {path} is missing: the records of the {trained} epoch(s) the checkpoint holds "
+                         f"are gone (restore it to keep them); the run goes on")
             return
         try:
-            read_metrics(self.run_dir)
+            records = read_metrics(self.run_dir)
         except MetricsFileError as exc:
             raise CheckpointError(f"{exc}; repair or delete that line (a record of an epoch), then resume") from None
+        present = {r.get("epoch") for r in records if "workers" in r}
+        missing = [e for e in range(trained) if e not in present]
+        if missing:
+            shown = ", ".join(str(e + 1) for e in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            self.log(f"warning: {path} lacks the records of epoch(s) {shown} of the {trained} the checkpoint holds "
+                     f"(cut or edited?): their history is gone (restore the file to keep it); the run goes on")
 
     def _load_checkpoint_model(self, model: nn.Module) -> None:
         """The checkpoint's global model into `model`, which config.yaml describes: a config
@@ -388,7 +401,7 @@ class RunDriver:
                              ranks_per_worker=self.coordinator.ranks_per_worker,
                              wall_offset=float(ckpt.get("wall_time", 0.0)),
                              version_offset=int(ckpt.get("store_version", 0)),
-                             evaluate_every=cfg.eval.every, log=self.log)
+                             evaluate_every=cfg.eval.every, log=self.log, first_epoch=start)
 
     def _bn_images(self) -> Any:
         """The training images the evaluation recomputes BatchNorm statistics on (eval.recalibrate_bn)."""
