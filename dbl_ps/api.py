@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dbl_ps.data.shares import ShareBatchSampler
+from dbl_ps.deepspeed_shm import unlink_own_buffer
 from dbl_ps.integrations.deepspeed import DeepSpeedConfigError, SingleRankMPU, check_rank_config, single_rank_groups
 from dbl_ps.data.transforms import resize_batch
 from dbl_ps.planner import (
@@ -394,7 +395,9 @@ class ModelAverager:
         self.engine = _UserEngine(target, topology, group)
         self.sync = CollectiveSynchronizer(sync_every, timeout_s=timeout_s, divergence=divergence,
                                            timeout_name=f"ModelAverager(timeout_s={timeout_s:g})")
-        self._check_same_tensors()
+        self._check_same_tensors()  # collective: every rank is past deepspeed.initialize
+        if _is_deepspeed(target):  # its CPU all-reduce buffer, mapped by every rank by now (dbl_ps.deepspeed_shm)
+            unlink_own_buffer(dist.get_rank())
         self.sync.start(self.engine, fresh=True)
         self._resume_epoch: int | None = None  # set by load_state_dict: that epoch continues
         self._begin(0, None)  # step() works before the first set_epoch; zeroes train_seconds too

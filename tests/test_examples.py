@@ -121,11 +121,16 @@ def test_deepspeed_example_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     once to be replaced, and each rank's saved config shows its own batch; the LR follows
     dbl.ScheduleLR in epochs, the same on both ranks despite their different step counts."""
     out = tmp_path / "out"
-    cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+    port = free_port()
+    cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(port),
            str(EXAMPLES / "deepspeed_train.py"), "--deepspeed_config", str(EXAMPLES / "ds_config.json"),
            "--epochs", "2", *TIME_MODEL, "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env(), cwd=ROOT)
     ranks = check_dbsl_ran(proc, out)
+    # DeepSpeed's CPU all-reduce buffers (2 x 66 MiB per launch) were left in /dev/shm: each rank's
+    # is unlinked once the averager's first collective shows every rank has mapped them
+    left = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
+    assert not left, left
     notes = [line for line in proc.stdout.splitlines() if "dbl-ps: DeepSpeed config:" in line]
     assert len(notes) == 1 and "train_batch_size 128 -> the rank's planned batch" in notes[0]
     for r, record in enumerate(ranks):

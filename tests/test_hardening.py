@@ -516,3 +516,38 @@ def test_a_resume_with_a_cut_or_missing_metrics_file_says_so_and_counts_the_epoc
     assert len(warning) == 1 and expected in warning[0], proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["epochs"] == 4
+
+
+# --------------------------------------------------------------------------- DeepSpeed's shared memory
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="POSIX shared memory under /dev/shm (Linux)")
+def test_cleanup_lists_and_removes_stale_deepspeed_buffers_and_keeps_mapped_ones(tmp_path):
+    from dbl_ps import deepspeed_shm
+
+    uid = os.getuid()
+    stale = Path(f"/dev/shm/deepspeed_allreduce_buffer_{uid}_127.0.0.1_1_0")
+    used = Path(f"/dev/shm/deepspeed_allreduce_buffer_{uid}_127.0.0.1_1_1")
+    for path in (stale, used):
+        path.write_bytes(b"\0" * 4096)
+        os.utime(path, (time.time() - 3600, time.time() - 3600))  # an hour old: past the grace minute
+    holder = subprocess.Popen([sys.executable, "-c", "import mmap, sys, time; f = open(sys.argv[1], 'r+b'); "
+                               "m = mmap.mmap(f.fileno(), 0); print('mapped', flush=True); time.sleep(60)", str(used)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "mapped"
+        listed = subprocess.run([sys.executable, "-m", "dbl_ps", "cleanup", "--list"], capture_output=True, text=True,
+                                timeout=60)
+        assert f"{stale}  0 MiB  DeepSpeed all-reduce buffer, stale: `dbl-ps cleanup` removes it" in listed.stdout
+        assert f"{used}  0 MiB  DeepSpeed all-reduce buffer, in use" in listed.stdout, listed.stdout
+        assert stale.exists()
+        cleaned = subprocess.run([sys.executable, "-m", "dbl_ps", "cleanup"], capture_output=True, text=True,
+                                 timeout=60)
+        assert f"removed {stale}" in cleaned.stdout, cleaned.stdout
+        assert not stale.exists() and used.exists()  # a live process maps it: kept
+    finally:
+        holder.kill()
+        holder.wait()
+        stale.unlink(missing_ok=True)
+        used.unlink(missing_ok=True)
+    assert deepspeed_shm.unlink_own_buffer(0) is False  # nothing of this process's to remove
