@@ -551,3 +551,36 @@ def test_cleanup_lists_and_removes_stale_deepspeed_buffers_and_keeps_mapped_ones
         stale.unlink(missing_ok=True)
         used.unlink(missing_ok=True)
     assert deepspeed_shm.unlink_own_buffer(0) is False  # nothing of this process's to remove
+
+
+# --------------------------------------------------------------------------- the next cases
+
+
+def test_report_leaves_diverged_and_interrupted_runs_out_of_its_table(stopped_run, tmp_path):
+    """`dbl-ps report` tabled diverged and interrupted runs as results."""
+    import shutil
+
+    import yaml
+
+    runs = {}
+    for name, status in (("finished", "finished"), ("diverged", "diverged"), ("interrupted", None)):
+        run = tmp_path / name
+        shutil.copytree(stopped_run, run)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "name": name}))
+        summary = json.loads((run / "summary.json").read_text())
+        if status is not None:
+            (run / "summary.json").write_text(json.dumps({**summary, "status": status}))
+        runs[name] = run
+    assert json.loads((runs["interrupted"] / "summary.json").read_text())["status"] == "interrupted"
+    report = subprocess.run([sys.executable, "-m", "dbl_ps", "report", *map(str, runs.values()), "--out",
+                             str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    assert (f"not finished, left out (--all keeps them): {runs['diverged']} (diverged); {runs['interrupted']} "
+            f"(interrupted)") in report.stdout
+    rows = [line.split()[0] for line in report.stdout.splitlines()[2:] if not line.startswith("report:")]
+    assert rows == ["finished"], report.stdout
+    kept = subprocess.run([sys.executable, "-m", "dbl_ps", "report", *map(str, runs.values()), "--all", "--out",
+                           str(tmp_path / "all")], capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 0 and "diverged (diverged)" in kept.stdout and \
+        "interrupted (interrupted)" in kept.stdout, kept.stdout
