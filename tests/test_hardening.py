@@ -584,3 +584,20 @@ def test_report_leaves_diverged_and_interrupted_runs_out_of_its_table(stopped_ru
                            str(tmp_path / "all")], capture_output=True, text=True, timeout=120)
     assert kept.returncode == 0 and "diverged (diverged)" in kept.stdout and \
         "interrupted (interrupted)" in kept.stdout, kept.stdout
+
+
+def test_a_diverged_store_mode_worker_stops_within_a_quarter_second_not_at_its_sync(tmp_path):
+    """A diverged run took about a minute to exit: the loss was looked at only at the sync, so a
+    worker trained its whole mini-epoch on NaN first."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                           "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0001]", "schedule.epochs=2",
+                           "schedule.lr=1e6", "data.source=synthetic", "data.synthetic.num_train=12000"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    found = re.search(r"worker (\d) diverged at epoch 1 step (\d+) \(loss (nan|inf)\)", proc.stderr)
+    assert found, proc.stderr[-2000:]
+    plan = json.loads((run_dir / "plan.json").read_text())
+    fewest = min(min(rp["steps"]) for rp in plan["per_resolution"].values())
+    assert int(found.group(2)) < fewest / 2, (found.group(0), fewest)  # not at the end of its mini-epoch
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
