@@ -601,3 +601,22 @@ def test_a_diverged_store_mode_worker_stops_within_a_quarter_second_not_at_its_s
     fewest = min(min(rp["steps"]) for rp in plan["per_resolution"].values())
     assert int(found.group(2)) < fewest / 2, (found.group(0), fewest)  # not at the end of its mini-epoch
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_a_model_or_data_factory_calling_sys_exit_is_one_error_not_a_clean_exit(tmp_path):
+    """A model factory calling sys.exit(0) ended `dbl-ps train` with status 0, nothing trained."""
+    (tmp_path / "exiting_factories.py").write_text(
+        "import sys\n\ndef model(num_classes, **kw):\n    sys.exit(0)\n\ndef data():\n    sys.exit(3)\n")
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    for override, line in [("model.name=exiting_factories:model",
+                            "dbl-ps train: error: model.name='exiting_factories:model' called sys.exit(0) instead of "
+                            "returning a model"),
+                           ("data.factory=exiting_factories:data",
+                            "dbl-ps train: error: data.factory 'exiting_factories:data' called sys.exit(3) instead "
+                            "of returning (train, test) datasets")]:
+        run_dir = tmp_path / override.split("=")[0]
+        proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
+                               *FT, override, "data.num_classes=10"], capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert proc.returncode == 2 and proc.stderr.strip().startswith(line), proc.stderr[-2000:]
+        assert not run_dir.exists()
