@@ -620,3 +620,38 @@ def test_a_model_or_data_factory_calling_sys_exit_is_one_error_not_a_clean_exit(
                               env=env)
         assert proc.returncode == 2 and proc.stderr.strip().startswith(line), proc.stderr[-2000:]
         assert not run_dir.exists()
+
+
+def _bomb_png(path: Path, side: int = 20000) -> None:
+    """A valid PNG header claiming side x side pixels (PIL refuses it at open: a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_png_in_an_image_folder_is_one_line_naming_the_file(tmp_path):
+    """A 51-line traceback that never named the file."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "images" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(folder / f"{i}.png")
+    bomb = tmp_path / "images" / "train" / "cat" / "huge.png"
+    _bomb_png(bomb)
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir",
+                           str(tmp_path / "run"), "data.source=imagefolder", f"data.path={tmp_path / 'images'}",
+                           "dbl.workers=2", "dbl.alpha=[0.003]", "dbl.beta=[0.0001]", "schedule.epochs=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (1, 2), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"image {bomb} is too large to decode safely" in line, proc.stderr[-2000:]

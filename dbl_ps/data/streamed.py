@@ -325,6 +325,9 @@ def _open_rgb(path: str, size: int | None = None) -> Any:
             return img.convert("RGB")
     except (OSError, ValueError) as exc:
         raise DataError(f"image {path} could not be decoded: {exc}") from None
+    except Image.DecompressionBombError as exc:  # a 51-line traceback that never named the file
+        raise DataError(f"image {path} is too large to decode safely ({exc}); remove or shrink it (or raise "
+                        f"PIL.Image.MAX_IMAGE_PIXELS in data.factory code if such images are real)") from None
 
 
 class _DraftLoader:
