@@ -655,3 +655,53 @@ def test_a_decompression_bomb_png_in_an_image_folder_is_one_line_naming_the_file
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert f"image {bomb} is too large to decode safely" in line, proc.stderr[-2000:]
+
+
+def _can_chattr(tmp_path: Path) -> bool:
+    probe = tmp_path / "chattr-probe"
+    probe.mkdir()
+    ok = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0 if \
+        __import__("shutil").which("chattr") else False
+    if ok:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    return ok
+
+
+def test_a_checkpoint_folder_made_immutable_mid_run_is_one_line_and_the_checkpoint_interrupted(tmp_path):
+    """`chattr +i` on the checkpoint folder gave two tracebacks and left status `running`.
+    Without chattr (no CAP_LINUX_IMMUTABLE) the folder is made read-only by a bind mount in a
+    private mount namespace instead (root ignores file modes)."""
+    from launch_helpers import can_mount_tmpfs
+
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    cmd = [sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir), *FT,
+           "schedule.epochs=30", "schedule.milestones=[20]"]
+    env = dict(os.environ, DBL_PS_SLOW_WORKER="0:0.2")  # epochs of about a second: time to set the attribute
+    if _can_chattr(tmp_path):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            _wait_for(run_dir / "checkpoint.json", proc)
+            subprocess.run(["chattr", "+i", str(ckpts)], check=True)
+            _, err = proc.communicate(timeout=300)
+        finally:
+            subprocess.run(["chattr", "-i", str(ckpts)], capture_output=True)
+            if proc.poll() is None:
+                proc.kill()
+        code = proc.returncode
+    elif can_mount_tmpfs("/mnt"):
+        import shlex
+
+        script = (f"{shlex.join(cmd)} 2>{tmp_path / 'err'} & pid=$!; while [ ! -e {run_dir / 'checkpoint.json'} ]; "
+                  f"do sleep 0.02; done; mount --bind {ckpts} {ckpts} && mount -o remount,ro,bind {ckpts}; "
+                  f"wait $pid; echo $? > {tmp_path / 'rc'}")
+        subprocess.run(["unshare", "-m", "sh", "-c", script], timeout=300, env=env)
+        err, code = (tmp_path / "err").read_text(), int((tmp_path / "rc").read_text())
+    else:
+        pytest.skip("neither chattr nor a private mount namespace here")
+    assert code == 1, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("dbl-ps train: error: worker ") and str(ckpts) in line and \
+        "the checkpoint of epoch 1 is kept" in line, err[-3000:]
+    assert json.loads((run_dir / "checkpoint.json").read_text())["status"] == "interrupted"

@@ -31,6 +31,9 @@ def failure_message(exc: BaseException, *, worker: int, data_path: str | None) -
         text = f"worker {worker}: {exc}; `dbl-ps shard --verify {data_path}` checks every shard of the set"
     elif isinstance(exc, (DataError, RunWriteError)):  # corrupt data; a full disk
         text = f"worker {worker}: {exc}"
+    elif isinstance(exc, OSError) and exc.filename is not None:  # a folder made read-only or immutable meanwhile
+        text = (f"worker {worker}: {exc.strerror or type(exc).__name__}: {exc.filename} (is the run directory "
+                f"read-only, immutable (chattr +i) or full?)")
     else:
         return None
     return " ".join(text.split())  # one line, whatever a library put into the message
