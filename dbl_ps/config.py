@@ -145,7 +145,7 @@ class SyntheticConfig:
     num_classes: int = _f(10, ge=2, help="classes of the generated images")
     channels: int = _f(3, ge=1, le=4, help="colour channels of the generated images")
     size: int = _f(16, ge=4, help="stored image side in pixels")
-    seed: int = _f(0, ge=0, help="the data set's own seed (independent of the run's seed)")
+    seed: int = _f(0, ge=0, le=2**63 - 1, help="the data set's own seed (independent of the run's seed)")
 
     def check(self, prefix: str) -> None:
         pass
@@ -445,7 +445,8 @@ class RunConfig:
     description: str = _f("Embedded default: hybrid DBSL+CPL (1 small-batch worker of 4, tau 1.1, 12->16 px cycles) on "
                           "scikit-learn digits.", help="one line on what the run is (config.yaml, W&B notes)")
     out_dir: str = _f("runs", help="run directories are created under this folder")
-    seed: int = _f(0, ge=0, help="seeds the model's initial weights, the data split into shares and the augmentation")
+    seed: int = _f(0, ge=0, le=2**63 - 1, help="seeds the model's initial weights, the data split into shares and "
+                                                "the augmentation")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", help="where workers train: auto = the GPUs in turn where "
                                                          "torch finds any, else the CPU; cuda = fail without a GPU")
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")

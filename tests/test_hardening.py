@@ -705,3 +705,14 @@ def test_a_checkpoint_folder_made_immutable_mid_run_is_one_line_and_the_checkpoi
     assert line.startswith("dbl-ps train: error: worker ") and str(ckpts) in line and \
         "the checkpoint of epoch 1 is kept" in line, err[-3000:]
     assert json.loads((run_dir / "checkpoint.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("key", ["seed", "data.synthetic.seed"])
+def test_a_huge_seed_is_one_config_error_naming_the_key(key):
+    """`seed=10**23` failed with "Overflow when unpacking long long", naming no key."""
+    from dbl_ps.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': got 100000000000000000000000, expected "
+                                          r"an integer >= 0 and <= 9223372036854775807"):
+        load_config(None, [f"{key}={10**23}"])
+    assert load_config(None, [f"{key}={2**63 - 1}"]) is not None
