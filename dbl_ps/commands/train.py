@@ -114,7 +114,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         _remove_new_run_dir(trainer, run_dir, resume)
         return error(str(exc))
     try:
-        trainer.train()
+        summary = trainer.train()
     except (StoreSetupError, RunWriteError) as exc:
         print(f"dbl-ps train: error: {exc}", file=sys.stderr)
         return 1
@@ -129,6 +129,9 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         print(f"dbl-ps train: {stop_line(trainer, 'while stopping' if started else 'before training started')}",
               file=sys.stderr)
         return 130
+    if summary.get("status") == "diverged":  # every epoch ran, every update was left out (divergence=skip)
+        print(f"dbl-ps train: error: {summary.get('reason', 'the run diverged')}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -218,6 +218,13 @@ class EpochFinisher:
         evals = [r for r in epochs if isinstance(r.get("test_acc"), (int, float))]
         last = evals[-1] if evals else {}
         seconds = epochs[-1]["wall_time"] if epochs else 0.0
+        workers = [w for r in epochs for w in r.get("workers", [])]
+        if status == "finished" and workers and all(0 < w.get("syncs", 0) == w.get("skipped_syncs", 0) for w in workers):
+            # divergence: skip left every update out: the global model is the initial one, nothing was learnt
+            status = "diverged"
+            extra = {**extra, "reason": (f"every sync of the run was skipped as non-finite ({len(epochs)} epoch(s), "
+                                         f"divergence=skip): the global model never changed; lower schedule.lr (or "
+                                         f"lengthen schedule.warmup_epochs) and start a new run")}
         summary = {
             "run_dir": str(self.run_dir.path),
             "status": status,
