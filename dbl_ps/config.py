@@ -500,6 +500,10 @@ class RunConfig:
         _validate(self, "")
 
     def check(self, prefix: str) -> None:
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0") or len(self.name) > 100:
+            # the run directory is OUT_DIR/NAME-TIMESTAMP: a name with a separator wrote outside out_dir
+            raise _bad("name", self.name, "a file name of 1-100 characters without '/', '\\' or '..' (the run "
+                       "directory is out_dir/NAME-TIMESTAMP; choose the folder with out_dir)")
         engine = _plugin_traits(ENGINES, "engine", self.engine)
         if self.deepspeed_config is not None and not engine["ds_config"]:
             readers = ENGINES.with_trait("ds_config")

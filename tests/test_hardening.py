@@ -716,3 +716,15 @@ def test_a_huge_seed_is_one_config_error_naming_the_key(key):
                                           r"an integer >= 0 and <= 9223372036854775807"):
         load_config(None, [f"{key}={10**23}"])
     assert load_config(None, [f"{key}={2**63 - 1}"]) is not None
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/b", "..", "x" * 101])
+def test_a_run_name_that_would_leave_out_dir_is_one_config_error(tmp_path, name):
+    """The run directory is OUT_DIR/NAME-TIMESTAMP: `name=../escaped` wrote beside out_dir."""
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", f"out_dir={out}",
+                           f"name={name}", *FT], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"dbl-ps train: error: config key 'name': got {name!r}, expected a file name of "
+                                  f"1-100 characters without '/'"), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, inside out_dir or beside it
