@@ -830,7 +830,8 @@ def plan_all_small_counts(
     counts: Sequence[int] | None = None,
 ) -> list[tuple[int, Plan | InfeasiblePlanError]]:
     """``make_plan`` for every ``n_S`` in ``counts`` (default ``0..workers``; a plan costs O(W),
-    so thousands of workers take ``table_small_counts``); infeasible ones carry their error."""
+    so thousands of workers take a selection: ``dbl-ps plan``'s ``table_small_counts``);
+    infeasible ones carry their error."""
     out: list[tuple[int, Plan | InfeasiblePlanError]] = []
     for n_s in (range(workers + 1) if counts is None else counts):
         try:
@@ -839,22 +840,6 @@ def plan_all_small_counts(
         except InfeasiblePlanError as err:
             out.append((n_s, err))
     return out
-
-
-ALL_COUNTS_UP_TO = 32  # workers up to which `table_small_counts` lists every n_S
-
-
-def table_small_counts(workers: int, chosen: int, tau: float) -> list[int]:
-    """The ``n_S`` a plan table shows: every one up to ``ALL_COUNTS_UP_TO`` workers; beyond, at
-    most about 35 (0..8, each sixteenth of ``W``, the chosen one and its neighbours, and the
-    first count that leaves the small workers data at ``tau`` on uniform hardware,
-    ``n_S > W (1 - 1/tau)``). All ``W + 1`` of 4096 workers took minutes (a plan costs O(W))."""
-    if workers <= ALL_COUNTS_UP_TO:
-        return list(range(workers + 1))
-    first = math.floor(workers * (1 - 1 / tau)) + 1 if tau > 1 else 1
-    picks = {*range(9), *(round(workers * k / 16) for k in range(1, 17)), *range(chosen - 2, chosen + 3),
-             *range(first - 1, first + 2)}
-    return sorted(n for n in picks if 0 <= n <= workers)
 
 
 # Time models fitted by the paper's authors (their public code), kept as presets and

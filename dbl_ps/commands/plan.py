@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, fields
 from typing import Any
@@ -292,13 +293,29 @@ def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
     return "\n".join(out)
 
 
+ALL_COUNTS_UP_TO = 32  # workers up to which `table_small_counts` lists every n_S
+
+
+def table_small_counts(workers: int, chosen: int, tau: float) -> list[int]:
+    """The ``n_S`` a plan table shows: every one up to ``ALL_COUNTS_UP_TO`` workers; beyond, at
+    most about 35 (0..8, each sixteenth of ``W``, the chosen one and its neighbours, and the
+    first count that leaves the small workers data at ``tau`` on uniform hardware,
+    ``n_S > W (1 - 1/tau)``). All ``W + 1`` of 4096 workers took minutes (a plan costs O(W))."""
+    if workers <= ALL_COUNTS_UP_TO:
+        return list(range(workers + 1))
+    first = math.floor(workers * (1 - 1 / tau)) + 1 if tau > 1 else 1
+    picks = {*range(9), *(round(workers * k / 16) for k in range(1, 17)), *range(chosen - 2, chosen + 3),
+             *range(first - 1, first + 2)}
+    return sorted(n for n in picks if 0 <= n <= workers)
+
+
 def _counts_note(shown: int, workers: int) -> str:
     return (f"(the table shows {shown} of the {workers + 1} small-worker counts; --small N plans any other)"
             if shown < workers + 1 else "")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dbl_ps.planner import InfeasiblePlanError, make_plan, plan_all_small_counts, table_small_counts
+    from dbl_ps.planner import InfeasiblePlanError, make_plan, plan_all_small_counts
 
     try:
         inputs = gather_inputs(args)
