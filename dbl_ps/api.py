@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -44,6 +45,7 @@ import torch.distributed as dist
 from torch import nn
 
 from dbl_ps.data.shares import ShareBatchSampler
+from dbl_ps.deepspeed_shm import unlink_own_buffer
 from dbl_ps.integrations.deepspeed import DeepSpeedConfigError, SingleRankMPU, check_rank_config, single_rank_groups
 from dbl_ps.data.transforms import resize_batch
 from dbl_ps.planner import (
@@ -63,6 +65,7 @@ from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.engine import Engine, split_batch
+from dbl_ps.training.setup import plan_difference
 from dbl_ps.training.setup import plan_from_dict as _plan_from_saved_dict
 from dbl_ps.training.topology import Topology
 
@@ -361,11 +364,14 @@ class ModelAverager:
             raise APIError(f"sync_every={sync_every!r}: give 'mini_epoch' or a number of steps >= 1")
         topology = Topology(rank=dist.get_rank(), world=world, local_rank=dist.get_rank(), group_size=ranks_per_worker)
         self.plan = plan
+        self._plan_hash = _plan_hash(plan)
         self.rank = topology.worker  # the worker this rank belongs to: its row of the plan
         self.engine = _UserEngine(target, topology, group)
         self.sync = CollectiveSynchronizer(sync_every, timeout_s=timeout_s, divergence=divergence,
                                            timeout_name=f"ModelAverager(timeout_s={timeout_s:g})")
-        self._check_same_tensors()
+        self._check_same_tensors()  # collective: every rank is past deepspeed.initialize
+        if _is_deepspeed(target):  # its CPU all-reduce buffer, mapped by every rank by now (dbl_ps.deepspeed_shm)
+            unlink_own_buffer(dist.get_rank())
         self.sync.start(self.engine, fresh=True)
         self._resume_epoch: int | None = None  # set by load_state_dict: that epoch continues
         self._begin(0, None)  # step() works before the first set_epoch; zeroes train_seconds too
@@ -444,6 +450,7 @@ class ModelAverager:
         if plan.workers != self.plan.workers:
             raise APIError(f"the new plan is for {plan.workers} workers, the averager's for {self.plan.workers}")
         self.plan = plan
+        self._plan_hash = _plan_hash(plan)
 
     def step(self, loss: torch.Tensor | float | None = None) -> bool:
         """Call after each optimizer step; merges (collective) at every sync due after this
@@ -479,11 +486,16 @@ class ModelAverager:
         """Every rank's (epoch, syncs done, steps, planned steps, at the end) in one all-reduce,
         at every sync and every epoch end: a rank that ended its epoch early meets the others
         at their next sync, so every rank learns it at the same point and raises together."""
-        row = [self.epoch, self.syncs, self.steps, self.mine.steps, int(at_end)]
+        row = [self.epoch, self.syncs, self.steps, self.mine.steps, int(at_end), self._plan_hash]
         table = torch.zeros(dist.get_world_size(), len(row), dtype=torch.int64, device=self.engine.device)
         table[dist.get_rank()] = torch.tensor(row, dtype=torch.int64)
         dist.all_reduce(table)  # each rank fills its own row
-        problem = _progress_problem(table.cpu().tolist())
+        rows = table.cpu().tolist()
+        if len({row[5] for row in rows}) > 1:  # every rank learns it here; each sends its plan to name the field
+            plans: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(plans, plan_to_dict(self.plan))
+            raise APIError(_plan_mismatch(plans, [row[5] for row in rows]))
+        problem = _progress_problem([row[:5] for row in rows])
         if problem:
             raise APIError(problem)
 
@@ -513,12 +525,36 @@ class ModelAverager:
             raise APIError(f"the state is rank {mine.rank}'s of a plan for {plan.workers} workers; this is rank "
                            f"{self.rank} of {self.plan.workers}: load each rank's own checkpoint")
         self.plan, self.mine, self.epoch = plan, mine, int(state["epoch"])
+        self._plan_hash = _plan_hash(plan)
         self.bounds = self.sync.boundaries(mine.steps, list(mine.all_steps))
         self.steps, self.syncs, self.ended = int(state["steps"]), int(state["syncs"]), bool(state["ended"])
         self.sync.merges = int(state["merges"])
         self.sync.start(self.engine, fresh=False)  # nothing merged; under "skip": keep the loaded model
         self._resume_epoch = None if self.ended else self.epoch
         self._restart_clock()
+
+
+def _plan_hash(plan: Plan) -> int:
+    """63 bits of the SHA-256 of the plan's canonical JSON: equal on ranks holding the same plan."""
+    text = json.dumps(plan_to_dict(plan), sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def _plan_mismatch(plans: Sequence[dict[str, Any]], hashes: Sequence[int]) -> str:
+    """The line every rank raises when the ranks hold different plans: the first rank whose plan
+    differs from rank 0's and the first field that differs, with both values."""
+    k = next(r for r, h in enumerate(hashes) if h != hashes[0])
+    where, mine, theirs = plan_difference(plans[0], plans[k]) or ("the plan", "?", "?")
+    others = [r for r, h in enumerate(hashes) if h != hashes[0]]
+    return (f"the ranks hold different plans: {where} is {_shown(mine)} on rank 0 but {_shown(theirs)} on rank {k}"
+            f"{f' (ranks {others} differ from rank 0)' if len(others) > 1 else ''}; every rank must use the same plan "
+            f"(plan_together from each rank's time model, or plan_ranks with the same inputs on every rank), else "
+            f"shares overlap or leave samples out and the merge weights disagree")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _progress_problem(rows: Sequence[Sequence[int]]) -> str | None:

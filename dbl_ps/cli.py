@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the commands (torch, for train): seconds
+    except KeyboardInterrupt:  # Ctrl-C before anything ran: no traceback (under a launcher: one line, rank 0's)
+        if os.environ.get("RANK", "0") == "0":
+            print("dbl-ps: interrupted while starting; nothing was done", file=sys.stderr, flush=True)
+        return 130
     # KEY=VALUE overrides may stand on both sides of options (`train engine=fsdp --run-dir D x=1`);
     # argparse alone takes one block of positionals, so the later ones are collected here.
     args, extra = parser.parse_known_args(argv)
@@ -51,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(args._module)
+    try:
+        module = importlib.import_module(args._module)
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dbl-ps {args.command}: interrupted while starting; nothing was done", file=sys.stderr, flush=True)
+        return 130
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # a Ctrl-C the command had no more to say about than this
+        if os.environ.get("RANK", "0") == "0":
+            print(f"dbl-ps {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:
         line = one_line_error(exc)
         if line is None:  # an unexpected error keeps its traceback: that is what helps there

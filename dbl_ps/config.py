@@ -150,7 +150,7 @@ class SyntheticConfig:
     num_classes: int = _f(10, ge=2, help="classes of the generated images")
     channels: int = _f(3, ge=1, le=4, help="colour channels of the generated images")
     size: int = _f(16, ge=4, help="stored image side in pixels")
-    seed: int = _f(0, ge=0, help="the data set's own seed (independent of the run's seed)")
+    seed: int = _f(0, ge=0, le=2**63 - 1, help="the data set's own seed (independent of the run's seed)")
 
     def check(self, prefix: str) -> None:
         pass
@@ -349,6 +349,10 @@ class StoreConfig:
     apply_threads: int = _f(0, ge=0, le=256, help="store threads applying updates; 0 = auto")
     reject_non_finite: bool = _f(True, help="the store refuses an update whose merge is not finite (a NaN/inf "
                                             "push, an overflow); the worker then stops or skips as `divergence` says")
+    worker_timeout: float | None = _f(None, gt=0, help="seconds the launcher waits while no worker sends progress "
+                                                       "(one frozen or hung: the others soon wait for it) before the "
+                                                       "run stops naming it, its checkpoint kept; null = 10 x the "
+                                                       "plan's epoch time, at least 60 s")
 
     def check(self, prefix: str) -> None:
         # The same pairings the parameter store enforces, caught before any process starts.
@@ -432,6 +436,8 @@ class TrackingConfig:
                                       "(RUN_DIR/tensorboard/, needs the [tensorboard] extra), csv (RUN_DIR/metrics.csv), "
                                       "wandb (same as tracking.wandb.enabled), or an import path 'package.module:callable' "
                                       "to your factory (cfg, run_dir, *, resuming, tags, warn) -> sink")
+    timeout: float = _f(120.0, gt=0, help="seconds a tracker's open, log or close may take; one that takes longer "
+                                         "(or raises) is named once and left out, training goes on")
 
     def check(self, prefix: str) -> None:
         for i, name in enumerate(self.trackers):
@@ -470,7 +476,8 @@ class RunConfig:
     description: str = _f("Embedded default: hybrid DBSL+CPL (1 small-batch worker of 4, tau 1.1, 12->16 px cycles) on "
                           "scikit-learn digits.", help="one line on what the run is (config.yaml, W&B notes)")
     out_dir: str = _f("runs", help="run directories are created under this folder")
-    seed: int = _f(0, ge=0, help="seeds the model's initial weights, the data split into shares and the augmentation")
+    seed: int = _f(0, ge=0, le=2**63 - 1, help="seeds the model's initial weights, the data split into shares and "
+                                                "the augmentation")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", help="where workers train: auto = the GPUs in turn where "
                                                          "torch finds any, else the CPU; cuda = fail without a GPU")
     threads_per_worker: int = _f(0, ge=0, help="torch threads per worker; 0 = cores / workers")
@@ -530,6 +537,10 @@ class RunConfig:
         _validate(self, "")
 
     def check(self, prefix: str) -> None:
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0") or len(self.name) > 100:
+            # the run directory is OUT_DIR/NAME-TIMESTAMP: a name with a separator wrote outside out_dir
+            raise _bad("name", self.name, "a file name of 1-100 characters without '/', '\\' or '..' (the run "
+                       "directory is out_dir/NAME-TIMESTAMP; choose the folder with out_dir)")
         engine = _plugin_traits(ENGINES, "engine", self.engine)
         if self.deepspeed_config is not None and not engine["ds_config"]:
             readers = ENGINES.with_trait("ds_config")

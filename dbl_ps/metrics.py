@@ -26,7 +26,9 @@ import csv
 import json
 import math
 import os
+import queue
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, TextIO
 
@@ -48,6 +50,8 @@ __all__ = [
     "MetricsFileError",
     "finite_or_null",
     "strict_dumps",
+    "Isolated",
+    "IsolatedSink",
 ]
 
 METRICS_FILE = "metrics.jsonl"
@@ -324,3 +328,64 @@ class Logger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Isolated:
+    """User code that must never stop, kill or hang training (a tracker, a callback), called
+    through one guard: `guard(fn, *args)` runs `fn` on the guard's own thread and waits at
+    most `timeout` seconds. An exception (`SystemExit` and `KeyboardInterrupt` raised by the
+    code itself included) or a call past the deadline is reported once through `warn`, and
+    the guard is off from then on: later calls return None at once and the caller goes on.
+    Returns what `fn` returned. One thread per guard, made at the first call: a call costs a
+    hand-over, not a thread start; a hung call's thread is left behind (a daemon)."""
+
+    def __init__(self, name: str, *, timeout: float, warn: Callable[[str], None]):
+        self.name, self.timeout, self._warn = name, float(timeout), warn
+        self.off = False
+        self._calls: queue.SimpleQueue | None = None
+
+    def _serve(self) -> None:
+        while True:
+            fn, args, kwargs, box, done = self._calls.get()
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 (user code: whatever it raises stays here)
+                box["error"] = exc
+            done.set()
+
+    def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.off:
+            return None
+        if self._calls is None:
+            self._calls = queue.SimpleQueue()
+            threading.Thread(target=self._serve, name=f"dbl-ps {self.name}", daemon=True).start()
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self._calls.put((fn, args, kwargs, box, done))
+        what = getattr(fn, "__name__", "call")
+        if not done.wait(self.timeout):
+            self._disable(f"{self.name}: {what}() did not return within {self.timeout:g} s")
+            return None
+        if "error" in box:
+            exc = box["error"]
+            text = " ".join(str(exc).split())[:200]
+            self._disable(f"{self.name}: {what}() raised {type(exc).__name__}{f': {text}' if text else ''}")
+            return None
+        return box.get("value")
+
+    def _disable(self, why: str) -> None:
+        self.off = True
+        self._warn(f"warning: {why}; it is off for the rest of this run, training goes on")
+
+
+class IsolatedSink:
+    """A sink (a tracker) whose `log` and `close` go through an `Isolated` guard."""
+
+    def __init__(self, sink: Sink, guard: Isolated):
+        self.sink, self.guard = sink, guard
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        self.guard(self.sink.log, step, dict(metrics))
+
+    def close(self) -> None:
+        self.guard(self.sink.close)

@@ -161,6 +161,10 @@ def _from_import_path(name: str, num_classes: int, kwargs: Mapping[str, Any]) ->
     factory = import_callable(name, "model.name")
     try:
         model = factory(num_classes=num_classes, **kwargs)
+    except SystemExit as exc:  # sys.exit(0) in a factory ended the run with status 0 and nothing trained
+        raise ModelError(f"model.name={name!r} called sys.exit({exc.code!r}) instead of returning a model "
+                         f"(num_classes={num_classes}, model.kwargs={dict(kwargs)}); a model factory must return "
+                         f"a torch nn.Module") from None
     except Exception as exc:  # whatever the user's factory raises, it is about these arguments
         raise ModelError(f"model.name={name!r} could not be called with num_classes={num_classes} and "
                          f"model.kwargs={dict(kwargs)}: {type(exc).__name__}: {exc}") from None

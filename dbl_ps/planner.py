@@ -458,8 +458,9 @@ def plan_resolution(
     _check_int("workers", workers, 1)
     if len(batch_large) != workers:
         raise ValueError(f"batch_large has {len(batch_large)} entries for {workers} workers{_where(resolution)}")
-    for i, b in enumerate(batch_large):
-        _check_int(f"batch_large[{i}]{_where(resolution)}", b, 1)
+    if not all(type(b) is int and b >= 1 for b in batch_large):  # one pass; the message names the first bad one
+        for i, b in enumerate(batch_large):
+            _check_int(f"batch_large[{i}]{_where(resolution)}", b, 1)
     _check_int("small", small, 0, workers)
     _check_int("dataset_size", dataset_size, workers)
     _check_int("min_small_batch", min_small_batch, 1)
@@ -470,7 +471,7 @@ def plan_resolution(
         )
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 1):
         raise ValueError(f"tau={tau!r} must be a number >= 1 (1.05 = 5 % more time than all-large training)")
-    for i, m in enumerate(time_models):
+    for i, m in enumerate(time_models if not _same_models(time_models) else time_models[:1]):
         if m.alpha < 0:
             raise InfeasiblePlanError(
                 f"worker {i}{_where(resolution)}: alpha={m.alpha:g} < 0 is no time model a device can have (a "
@@ -834,10 +835,13 @@ def plan_all_small_counts(
     dataset_size: int,
     min_small_batch: int = 1,
     batch_small: Mapping[int, int | float] | int | float | None = None,
+    counts: Sequence[int] | None = None,
 ) -> list[tuple[int, Plan | InfeasiblePlanError]]:
-    """``make_plan`` for every ``n_S`` in ``0..workers``; infeasible ones carry their error."""
+    """``make_plan`` for every ``n_S`` in ``counts`` (default ``0..workers``; a plan costs O(W),
+    so thousands of workers take a selection: ``dbl-ps plan``'s ``table_small_counts``);
+    infeasible ones carry their error."""
     out: list[tuple[int, Plan | InfeasiblePlanError]] = []
-    for n_s in range(workers + 1):
+    for n_s in (range(workers + 1) if counts is None else counts):
         try:
             out.append((n_s, make_plan(time_models, batch_large, workers, n_s, tau, dataset_size, min_small_batch,
                                        batch_small)))

@@ -33,7 +33,7 @@ import yaml
 
 from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics, strict_dumps
 
-__all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "write_csv", "plot_runs",
+__all__ = ["ReportError", "RunData", "load_run", "unfinished", "summarize", "format_table", "write_csv", "plot_runs",
            "plot_worker_times", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve"]
 
 # The target accuracy of "time to target": this fraction of the baseline's mean final accuracy.
@@ -154,6 +154,21 @@ def load_run(run_dir: str | Path, label: str | None = None) -> RunData:
         name = config.get("name")
         label = name if isinstance(name, str) and name else run_dir.name
     return RunData(run_dir, label, config, records, summary)
+
+
+def unfinished(run: RunData) -> str | None:
+    """Why a run is no result, or None: summary.json's status when it is not `finished`
+    (diverged, interrupted), or the checkpoint's when a run has one and no summary (killed, or
+    still training). A folder with neither (metrics written by other tools) counts as a result."""
+    status = run.summary.get("status")
+    if status is not None:
+        return None if status == "finished" else str(status)
+    try:
+        meta = json.loads((run.run_dir / "checkpoint.json").read_text())
+    except (OSError, ValueError):
+        return None
+    status = meta.get("status") if isinstance(meta, dict) else None
+    return "still training, or stopped without a word" if status in (None, "running") else str(status)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

@@ -10,12 +10,13 @@ the directory itself with an atomic `mkdir` (it fails if the name exists, whoeve
 made it), so of any number of concurrent callers each gets its own directory.
 
 A run directory has one owner at a time: the process training in it holds `run.lock`
-(`RunLock`: pid, process start time, host, command line), created with `O_EXCL`, so a
-second `dbl-ps train --resume` (or `--run-dir`) on a directory that is still training
-is one error naming the owner, instead of two processes rewriting the same metrics and
-checkpoints. The lock is removed when the owner ends; an owner killed with SIGKILL
-leaves it behind, and the next taker sees that its pid is gone (or is another process:
-the start time differs) and takes the lock over.
+(`RunLock`: an exclusive flock held for the owner's lifetime; the file names pid, process
+start time, host and command line), so a second `dbl-ps train --resume` (or `--run-dir`)
+on a directory that is still training is one error naming the owner, instead of two
+processes rewriting the same metrics and checkpoints. The lock is removed when the owner
+ends; an owner killed with SIGKILL leaves the file behind, but not its flock, and the next
+taker takes it over. Whether a lock is stale is never read from the file's content (an
+earlier version took a lock whose creator had not written it yet for stale: two owners).
 """
 
 from __future__ import annotations
@@ -26,15 +27,22 @@ import os
 import shutil
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["create_unique_dir", "run_dir_problem", "remove_if_empty", "RunLock", "RunDirectoryBusy", "LOCK_FILE",
+try:
+    import fcntl
+except ImportError:  # Windows: the lock is linked into place instead
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["create_unique_dir", "run_dir_problem", "never_trained", "remove_if_empty", "RunLock", "RunDirectoryBusy", "LOCK_FILE",
            "lock_owner", "RunWriteError", "write_failure"]
 
 LOCK_FILE = "run.lock"
 FULL_BELOW = 1 << 20  # bytes: a device with less free space than this is full for a checkpoint
 
+LOCK_PATIENCE = 2.0  # seconds of retries while other processes take and release the lock
 MAX_SUFFIX = 10_000  # more taken names than this is not a collision but a full folder
 
 
@@ -66,7 +74,7 @@ def run_dir_problem(path: Path) -> str | None:
     owner = lock_owner(path) if path.is_dir() else None
     if owner is not None:
         return f"run directory {path} {owner.describe()}"
-    if path.is_dir() and any(path.iterdir()):
+    if path.is_dir() and any(path.iterdir()) and not never_trained(path):
         return f"run directory {path} is not empty; resume it with --resume or choose another"
     for ancestor in path.parents:
         if ancestor.exists():
@@ -74,6 +82,25 @@ def run_dir_problem(path: Path) -> str | None:
                 return f"--run-dir {path}: {ancestor} is a file, so no directory can be made under it"
             break
     return None
+
+
+# What a run writes while it starts, before anything of an epoch: a directory holding only
+# these (and temporary files) never trained, so a new start there loses nothing.
+SETUP_FILES = frozenset({"config.yaml", "plan.json", "schedule.json", "schedule.txt", "schedule.png", LOCK_FILE})
+
+
+def never_trained(path: Path) -> bool:
+    """Whether `path` is a directory holding only what a run writes while it starts (config,
+    plan, schedule, an empty metrics.jsonl, a lock nobody holds): a stop during start-up (Ctrl-C, SIGTERM, SIGHUP, a
+    kill) left it, and `--run-dir` starts it anew (it used to say "not empty; resume it"
+    while `--resume` said "not a run directory")."""
+    try:
+        names = os.listdir(path)
+        empty_metrics = "metrics.jsonl" not in names or os.path.getsize(os.path.join(path, "metrics.jsonl")) == 0
+    except OSError:
+        return False
+    return empty_metrics and all(n in SETUP_FILES or n.endswith(".tmp") or n == "metrics.jsonl" for n in names) \
+        and lock_owner(Path(path)) is None
 
 
 def remove_if_empty(path: Path) -> None:
@@ -96,6 +123,9 @@ class _Owner:
     command: str
 
     def describe(self) -> str:
+        if self.host != socket.gethostname():
+            return (f"is locked by pid {self.pid} on another host, {self.host} (`{self.command}`); this machine cannot "
+                    f"tell whether it still runs: if you know that run has ended, remove its {LOCK_FILE} and try again")
         return (f"is in use by pid {self.pid} on {self.host} (`{self.command}`); wait for it to finish or stop it "
                 f"(Ctrl-C keeps its checkpoint), then resume")
 
@@ -122,41 +152,161 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def lock_owner(run_dir: Path) -> _Owner | None:
-    """The live process holding `run_dir`'s lock, or None (no lock, or its owner is gone)."""
+def _read_owner(text: str) -> _Owner | None:
     try:
-        owner = _Owner(**json.loads((Path(run_dir) / LOCK_FILE).read_text()))
-    except (OSError, ValueError, TypeError):  # no lock, or one being written: not an owner to name
+        return _Owner(**json.loads(text))
+    except (ValueError, TypeError):
         return None
-    return owner if owner.alive() else None
+
+
+def _flock(fd: int) -> bool | None:
+    """Take the exclusive flock on `fd` without waiting: True taken, False held by another open
+    file (a live owner), None where the file system or platform has no flock."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return None  # ENOLCK, EOPNOTSUPP: a file system without flock
+    return True
+
+
+def lock_owner(run_dir: Path) -> _Owner | None:
+    """The live process holding `run_dir`'s lock, or None (no lock, or its owner is gone).
+    Live means: it holds the lock file's flock (released by the kernel however the owner
+    ends, SIGKILL included), or the file names another host (which this machine cannot
+    check), or, where there is no flock, its pid runs with the start time it wrote."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        owner = _read_owner(os.read(fd, 1 << 16).decode("utf-8", "replace"))
+        held = _flock(fd)  # a probe: released at once by the close below
+    finally:
+        os.close(fd)
+    if owner is not None and owner.host != socket.gethostname():
+        return owner
+    if held is False:
+        return owner or _Owner(pid=-1, start_time=None, host=socket.gethostname(), command="?")
+    if held is True:
+        return None
+    return owner if owner is not None and owner.alive() else None
 
 
 class RunLock:
-    """This process's ownership of a run directory; `release()` (or the end of a `with`) gives it up."""
+    """This process's ownership of a run directory; `release()` (or the end of a `with`) gives it up.
+
+    The owner holds an exclusive `flock` on `run.lock` for as long as it owns the directory,
+    and writes who it is (pid, start time, host, command) into it once it holds it. The
+    kernel gives the flock to one process only and drops it when that process ends (also
+    by SIGKILL), so a lock file nobody holds is stale whatever it says, and one being
+    written is never mistaken for stale (the file's content is not what decides). A file
+    naming another host is refused with the file to remove: a flock may not cross machines.
+    Where there is no flock (Windows, a file system without it) the file is written under a
+    temporary name and linked into place (atomic; fails when it exists), and a stale one is
+    named for the user to remove."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.path = Path(run_dir) / LOCK_FILE
+        self.held = False
+        self._fd: int | None = None
         me = _Owner(pid=os.getpid(), start_time=_start_time(os.getpid()), host=socket.gethostname(),
                     command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200])
-        for _ in range(3):  # a stale lock is removed and the creation tried again
+        self._content = json.dumps(asdict(me)).encode()
+        self._last_holder: _Owner | None = None  # who held the flock at the last attempt
+        self._held_by_other = False
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while not self._try_take():
+            if time.monotonic() > deadline:
+                if self._held_by_other:
+                    self._busy(self._last_holder, held=True)
+                raise RunDirectoryBusy(f"cannot take {self.path}: other processes keep taking and releasing it")
+            time.sleep(0.01)
+        self.held = True
+
+    def _try_take(self) -> bool:
+        """One attempt: True when taken; False to try again (the file changed meanwhile);
+        raises RunDirectoryBusy for a live owner."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            held = _flock(fd)
+            if held is None:
+                os.close(fd)
+                fd = -1
+                return self._link_take()
+            if held is False:
+                owner = _read_owner(os.read(fd, 1 << 16).decode("utf-8", "replace"))
+                if owner is not None and owner.alive():
+                    self._busy(owner, held=True)
+                # not named yet (being written), or a brief probe (`lock_owner`): look again
+                self._last_holder, self._held_by_other = owner, True
+                return False
+            self._held_by_other = False
+            try:  # the previous owner may have unlinked the file between our open and our flock
+                if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
+                    return False
+            except FileNotFoundError:
+                return False
+            owner = _read_owner(os.read(fd, 1 << 16).decode("utf-8", "replace"))
+            if owner is not None and owner.host != socket.gethostname():
+                self._busy(owner, held=False)
+            if owner is not None and owner.pid != os.getpid() and owner.alive():
+                self._busy(owner, held=False)  # alive without the flock: a dbl-ps from before the flock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, self._content, 0)
+            self._fd, fd = fd, -1
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _link_take(self) -> bool:
+        """No flock: the content under a temporary name, linked to run.lock (fails if it exists)."""
+        tmp = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        tmp.write_bytes(self._content)
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = lock_owner(self.path.parent)
-                if owner is not None:
-                    raise RunDirectoryBusy(f"run directory {self.path.parent} {owner.describe()}") from None
-                self.path.unlink(missing_ok=True)  # its owner died (SIGKILL, power loss): take over
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(me), f)
-            self.held = True
-            return
-        raise RunDirectoryBusy(f"cannot take {self.path}: other processes keep creating it")
+                owner = _read_owner(self.path.read_text())
+            except OSError:
+                return False  # released meanwhile
+            if owner is not None and owner.alive():
+                self._busy(owner, held=False)
+            raise RunDirectoryBusy(
+                f"{self.path} was left by a process that is gone ({f'pid {owner.pid}' if owner else 'unreadable'}); "
+                f"this platform cannot tell a stale lock safely: remove {self.path} if no run uses "
+                f"{self.path.parent}, then try again") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _busy(self, owner: _Owner | None, *, held: bool) -> None:
+        run_dir = self.path.parent
+        if owner is not None and owner.host != socket.gethostname():
+            raise RunDirectoryBusy(f"run directory {run_dir} {owner.describe().replace(f'its {LOCK_FILE}', str(self.path))}")
+        if owner is None or (held and not owner.alive()):
+            raise RunDirectoryBusy(
+                f"run directory {run_dir} is locked by a process that holds {self.path} "
+                f"{'without having named itself yet' if owner is None else f'(it names pid {owner.pid}, which is gone: a child process of it?)'}; "
+                f"wait for it to finish or stop it, then try again")
+        raise RunDirectoryBusy(f"run directory {run_dir} {owner.describe()}")
 
     def release(self) -> None:
-        if getattr(self, "held", False):
+        if self.held:
             self.held = False
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)  # while still holding the flock: no one takes an unlinked file
+            finally:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self

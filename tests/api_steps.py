@@ -7,6 +7,7 @@ what happened to OUT/rank<R>.json (files, not stdout: the launcher interleaves t
             (rank 1 owes two at its 13th step)
     short:  rank 1 breaks out of epoch 0 after 5 of its 13 steps
     lost:   rank 1 stops answering before its first sync (timeout_s=3)
+    plans-differ: rank 1 plans for 1500 samples (rank 0: 1438), syncing once per epoch
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ import dbl_ps.api as dbl
 def main(mode: str, out: Path) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    plan = dbl.plan_ranks(dbl.TimeModel(alpha=0.0001, beta=0.0001), batch_large=[6, 64], dataset_size=1438)
-    assert plan[0].steps() == [112, 13], plan[0].steps()
+    size = 1500 if mode == "plans-differ" and rank == 1 else 1438
+    plan = dbl.plan_ranks(dbl.TimeModel(alpha=0.0001, beta=0.0001), batch_large=[6, 64], dataset_size=size)
+    assert size != 1438 or plan[0].steps() == [112, 13], plan[0].steps()
     torch.manual_seed(rank)
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     record: dict = {"rank": rank, "syncs": [], "error": None, "steps": []}
     started = time.perf_counter()
     try:
-        averager = dbl.ModelAverager(model, plan, sync_every=8, timeout_s=3 if mode == "lost" else 60)
+        averager = dbl.ModelAverager(model, plan, sync_every="mini_epoch" if mode == "plans-differ" else 8,
+                                     timeout_s=3 if mode == "lost" else 60)
         for epoch in range(2):
             mine = averager.set_epoch(epoch)
             steps = mine.steps

@@ -200,3 +200,17 @@ def test_the_step_check_names_the_rank_and_its_planned_and_taken_steps():
     assert apart.startswith("the ranks are in different epochs: rank 0 at sync 1 of epoch 3 (8 of 112 planned "
                             "steps); rank 1 at sync 1 of epoch 2")
     assert "every rank's checkpoint of the same epoch" in apart
+
+
+def test_plan_difference_names_an_input_before_what_follows_from_it():
+    from dbl_ps.training.setup import plan_difference
+
+    base = dbl.plan_ranks(dbl.TimeModel(alpha=0.01, beta=0.001), batch_large=64, dataset_size=200, ranks=2)
+    same = dbl.plan_ranks(dbl.TimeModel(alpha=0.01, beta=0.001), batch_large=64, dataset_size=200, ranks=2)
+    assert plan_difference(dbl.plan_to_dict(base), dbl.plan_to_dict(same)) is None
+    more = dbl.plan_ranks(dbl.TimeModel(alpha=0.01, beta=0.001), batch_large=64, dataset_size=260, ranks=2)
+    assert plan_difference(dbl.plan_to_dict(base), dbl.plan_to_dict(more)) == ("dataset_size", 200, 260)
+    # each rank planned from its own measured time model (instead of plan_together)
+    own = dbl.plan_ranks(dbl.TimeModel(alpha=0.012, beta=0.001), batch_large=64, dataset_size=200, ranks=2)
+    assert plan_difference(dbl.plan_to_dict(base), dbl.plan_to_dict(own)) == \
+        ("per_resolution.0.time_models[0].alpha", 0.01, 0.012)

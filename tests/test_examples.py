@@ -121,11 +121,16 @@ def test_deepspeed_example_under_the_deepspeed_launcher(tmp_path: Path) -> None:
     once to be replaced, and each rank's saved config shows its own batch; the LR follows
     dbl.ScheduleLR in epochs, the same on both ranks despite their different step counts."""
     out = tmp_path / "out"
-    cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+    port = free_port()
+    cmd = [shutil.which("deepspeed") or "deepspeed", "--num_gpus", "2", "--master_port", str(port),
            str(EXAMPLES / "deepspeed_train.py"), "--deepspeed_config", str(EXAMPLES / "ds_config.json"),
            "--epochs", "2", *TIME_MODEL, "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env(), cwd=ROOT)
     ranks = check_dbsl_ran(proc, out)
+    # DeepSpeed's CPU all-reduce buffers (2 x 66 MiB per launch) were left in /dev/shm: each rank's
+    # is unlinked once the averager's first collective shows every rank has mapped them
+    left = [p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")]
+    assert not left, left
     notes = [line for line in proc.stdout.splitlines() if "dbl-ps: DeepSpeed config:" in line]
     assert len(notes) == 1 and "train_batch_size 128 -> the rank's planned batch" in notes[0]
     for r, record in enumerate(ranks):
@@ -247,6 +252,19 @@ def test_a_rank_that_stops_early_is_one_clear_error_on_every_rank(tmp_path: Path
         assert "sampler.set_epoch(epoch, shares=mine.shares, batch_size=mine.batch)" in r["error"]
         assert r["seconds"] < 30
     assert ranks[0]["error"] == ranks[1]["error"]
+
+
+def test_ranks_holding_different_plans_stop_at_the_first_sync_naming_the_field(tmp_path: Path) -> None:
+    """Rank 1 planned for 1500 samples, rank 0 for 1438: shares overlapped, merge weights
+    disagreed and both ranks exited 0 (each checked its steps against its own plan). One hash
+    of the plan now travels with the first sync's step check; every rank stops with one line."""
+    ranks = run_api_steps(tmp_path, "plans-differ")
+    for r in ranks:
+        assert r["error"] == ("APIError: the ranks hold different plans: dataset_size is 1438 on rank 0 but 1500 on "
+                              "rank 1; every rank must use the same plan (plan_together from each rank's time model, "
+                              "or plan_ranks with the same inputs on every rank), else shares overlap or leave "
+                              "samples out and the merge weights disagree"), r["error"]
+        assert r["syncs"] == [] and r["seconds"] < 30
 
 
 def test_a_lost_rank_is_named_with_the_averagers_own_timeout(tmp_path: Path) -> None:

@@ -185,7 +185,11 @@ def test_torchrun_divergence_stops_every_rank_at_the_same_sync_or_skips(tmp_path
     run_dir = tmp_path / "skip"
     proc = torchrun(2, "--run-dir", str(run_dir), *RUN, "schedule.epochs=2", "schedule.milestones=[]",
                     "schedule.lr=1e38", "divergence=skip")
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # every epoch ran but every update was left out: rank 0 says so and exits 1, status diverged
+    assert proc.returncode != 0, proc.stderr[-4000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("dbl-ps train:")]
+    assert len(ours) == 1 and ours[0].startswith("dbl-ps train: error: every sync of the run was skipped"), ours
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
     records = read_metrics(run_dir)
     assert all(w["skipped_syncs"] == w["syncs"] > 0 for r in records for w in r["workers"])
     run = RunDirectory(run_dir)

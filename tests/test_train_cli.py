@@ -346,7 +346,11 @@ def test_divergence_skip_leaves_non_finite_updates_out_and_counts_them(tmp_path)
 
     run_dir = tmp_path / "run"
     done = _train(run_dir, "schedule.lr=1e38", "divergence=skip", "store.mode=bsp", "store.rule=average")
-    assert done.returncode == 0, done.stdout + done.stderr
+    # every epoch ran, but nothing was learnt: said, status diverged (it said `finished`, exit 0)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == ("dbl-ps train: error: every sync of the run was skipped as non-finite (2 epoch(s), "
+                                   "divergence=skip): the global model never changed; lower schedule.lr (or lengthen "
+                                   "schedule.warmup_epochs) and start a new run"), done.stderr
     assert "skipped" in done.stdout and "non-finite syncs" in done.stdout
     records = _strict(run_dir / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1]
@@ -354,7 +358,7 @@ def test_divergence_skip_leaves_non_finite_updates_out_and_counts_them(tmp_path)
         for w in r["workers"]:
             assert w["skipped_syncs"] == w["syncs"] > 0 and w["loss"] is None  # no merged period, no loss
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["skipped_syncs"] == sum(
+    assert summary["status"] == "diverged" and summary["skipped_syncs"] == sum(
         w["skipped_syncs"] for r in records for w in r["workers"])
     run = RunDirectory(run_dir)
     final = run.load_model(run.load_checkpoint())

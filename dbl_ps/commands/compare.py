@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from dbl_ps.commands.train import train_run
     from dbl_ps.config import ConfigError, load_config
     from dbl_ps.report import format_table, load_run, summarize, write_report
-    from dbl_ps.run_ownership import create_unique_dir
+    from dbl_ps.run_ownership import create_unique_dir, never_trained
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -223,9 +223,10 @@ def run(args: argparse.Namespace) -> int:
         if status in ("finished", "diverged"):  # a diverged run would diverge again: it stays as it is
             print(f"    already done ({status}), skipped", flush=True)
             code = 0
-        elif (run_dir / "checkpoint.json").is_file():
+        elif (run_dir / "checkpoint.json").is_file() or ((run_dir / "plan.json").is_file() and
+                                                          not never_trained(run_dir)):
             code = train_run(None, resume=str(run_dir), progress=False if args.no_progress else None)
-        else:
+        else:  # new, or stopped while it started (only its set-up files: started anew)
             code = train_run(vcfg, run_dir=str(run_dir), progress=False if args.no_progress else None)
         status = _status(run_dir)
         if code != 0 and status != "diverged":

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from dbl_ps.commands._arguments import float_list, int_list
+from dbl_ps.config import DBSLConfig
 
 # Training-set sizes of the built-in sources (digits: scikit-learn's 1797 minus the
 # data module's default 360 test images). Others need --dataset-size.
@@ -220,6 +222,9 @@ def gather_inputs(args: argparse.Namespace) -> PlanInputs:
         value = getattr(args, name)
         if value is not None:
             setattr(inputs, name, value)
+    most = next(f for f in fields(DBSLConfig) if f.name == "workers").metadata["le"]  # the config's bound
+    if not 1 <= inputs.workers <= most:
+        raise ValueError(f"--workers={inputs.workers} must be in 1..{most} (as dbl.workers)")
     if args.milestones is not None:
         inputs.milestones = tuple(args.milestones)
     if args.dropouts is not None:
@@ -360,6 +365,27 @@ def _plans_mixed_batch(args: argparse.Namespace) -> bool:
         return False  # the DBSL path says what is wrong with it
 
 
+ALL_COUNTS_UP_TO = 32  # workers up to which `table_small_counts` lists every n_S
+
+
+def table_small_counts(workers: int, chosen: int, tau: float) -> list[int]:
+    """The ``n_S`` a plan table shows: every one up to ``ALL_COUNTS_UP_TO`` workers; beyond, at
+    most about 35 (0..8, each sixteenth of ``W``, the chosen one and its neighbours, and the
+    first count that leaves the small workers data at ``tau`` on uniform hardware,
+    ``n_S > W (1 - 1/tau)``). All ``W + 1`` of 4096 workers took minutes (a plan costs O(W))."""
+    if workers <= ALL_COUNTS_UP_TO:
+        return list(range(workers + 1))
+    first = math.floor(workers * (1 - 1 / tau)) + 1 if tau > 1 else 1
+    picks = {*range(9), *(round(workers * k / 16) for k in range(1, 17)), *range(chosen - 2, chosen + 3),
+             *range(first - 1, first + 2)}
+    return sorted(n for n in picks if 0 <= n <= workers)
+
+
+def _counts_note(shown: int, workers: int) -> str:
+    return (f"(the table shows {shown} of the {workers + 1} small-worker counts; --small N plans any other)"
+            if shown < workers + 1 else "")
+
+
 def run(args: argparse.Namespace) -> int:
     if _plans_mixed_batch(args):
         return run_mixed(args)
@@ -367,14 +393,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         inputs = gather_inputs(args)
+        counts = table_small_counts(inputs.workers, inputs.small, inputs.tau)
         rows = plan_all_small_counts(inputs.time_models, inputs.batch_large, inputs.workers, inputs.tau,
-                                     inputs.dataset_size, inputs.min_small_batch, inputs.batch_small)
+                                     inputs.dataset_size, inputs.min_small_batch, inputs.batch_small, counts=counts)
         plan = make_plan(inputs.time_models, inputs.batch_large, inputs.workers, inputs.small, inputs.tau,
                          inputs.dataset_size, inputs.min_small_batch, inputs.batch_small)
         spec = schedule_spec(inputs, plan) if args.show_schedule else None
     except InfeasiblePlanError as err:
         if not args.json:
             print(format_plan_table(rows, inputs.small))
+            print(_counts_note(len(counts), inputs.workers))
         print(f"dbl-ps plan: error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
@@ -403,6 +431,8 @@ def run(args: argparse.Namespace) -> int:
         f"small workers are ids 0..n_S-1; * = chosen n_S={inputs.small}"
     )
     print(format_plan_table(rows, inputs.small))
+    if len(counts) < inputs.workers + 1:
+        print(_counts_note(len(counts), inputs.workers))
     for line in plan.regime_lines():  # what the chosen plan's small batch is on this device
         print(line)
     if spec is not None:

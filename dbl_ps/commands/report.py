@@ -13,10 +13,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", metavar="LABEL",
                         help="label (config name) the ratios are against (default: 'baseline' if present, else none)")
     parser.add_argument("--title", default="dbl-ps report")
+    parser.add_argument("--all", action="store_true",
+                        help="table and plot runs that did not finish (diverged, interrupted) too, their status "
+                             "beside their label (default: they are named and left out)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dbl_ps.report import ReportError, format_table, load_run, summarize, write_report
+    from dbl_ps.report import ReportError, format_table, load_run, summarize, unfinished, write_report
 
     out = Path(args.out)
     # Checked before any run is read: the report is a folder of files (a table and plots).
@@ -28,6 +31,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         runs = [load_run(d) for d in args.run_dirs]
+        # A diverged or interrupted run is no result: named and left out (it was tabled as one)
+        left = [(r, unfinished(r)) for r in runs if unfinished(r) is not None]
+        if left and args.all:
+            for run, status in left:
+                run.label = f"{run.label} ({status})"
+        elif left:
+            print("not finished, left out (--all keeps them): " +
+                  "; ".join(f"{r.run_dir} ({status})" for r, status in left), flush=True)
+            runs = [r for r in runs if unfinished(r) is None]
+            if not runs:
+                print("dbl-ps report: error: no run finished: nothing to table", file=sys.stderr)
+                return 1
         baseline = args.baseline
         if baseline is None and any(r.label == "baseline" for r in runs):
             baseline = "baseline"

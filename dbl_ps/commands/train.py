@@ -70,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         problem = run_dir_problem(Path(args.run_dir))
         if problem is not None:
             return error(problem)
+        if Path(args.run_dir).is_dir() and any(Path(args.run_dir).iterdir()) and os.environ.get("RANK", "0") == "0":
+            print(f"dbl-ps train: {args.run_dir} holds only the set-up of a run stopped while it started (no epoch): "
+                  f"starting it anew", flush=True)
     # The sync kind (resolved for this launch above) decides how the run is hosted: every rank a
     # worker under torchrun / the deepspeed launcher, or worker processes spawned here on one
     # machine (also a store-mode resume, whose config the trainer reads from the run directory).
@@ -101,7 +104,7 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     from dbl_ps.data import DataError
     from dbl_ps.planner import InfeasiblePlanError
     from dbl_ps.runtime import StoreSetupError, Trainer, TrainingInterrupted, WorkerError
-    from dbl_ps.training.rundir import CheckpointError, RunDirectory
+    from dbl_ps.training.rundir import CheckpointError
     from dbl_ps.training.topology import LaunchError
 
     trainer = None
@@ -109,15 +112,15 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
         trainer = Trainer.resume(resume, progress=progress) if resume else Trainer(cfg, run_dir, progress=progress)
         trainer.prepare()
     except KeyboardInterrupt:
-        print("dbl-ps train: interrupted before training started; nothing to resume", file=sys.stderr)
         _remove_new_run_dir(trainer, run_dir, resume)
+        print(f"dbl-ps train: {stop_line(trainer, 'before training started')}", file=sys.stderr)
         return 130
     except (ConfigError, DataError, InfeasiblePlanError, CheckpointError, FileExistsError, ValueError,
             MissingExtraError, LaunchError, RunDirectoryBusy) as exc:
         _remove_new_run_dir(trainer, run_dir, resume)
         return error(str(exc))
     try:
-        trainer.train()
+        summary = trainer.train()
     except (StoreSetupError, RunWriteError) as exc:
         print(f"dbl-ps train: error: {exc}", file=sys.stderr)
         return 1
@@ -127,13 +130,35 @@ def train_run(cfg, *, run_dir=None, resume=None, progress=None) -> int:
     except WorkerError as exc:  # one line when the worker named the problem (divergence, corrupt data), else its traceback
         print(f"dbl-ps train: {'error: ' if exc.actionable else ''}{exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C while stopping
-        meta = RunDirectory(trainer.run_dir).checkpoint_meta()
-        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: dbl-ps train --resume "
-                f"{trainer.run_dir}") if meta else "no epoch had completed: nothing to resume"
-        print(f"dbl-ps train: interrupted while stopping; {kept}", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping, or a signal before the workers started
+        started = trainer.driver.startup_seconds is not None
+        print(f"dbl-ps train: {stop_line(trainer, 'while stopping' if started else 'before training started')}",
+              file=sys.stderr)
         return 130
+    if summary.get("status") == "diverged":  # every epoch ran, every update was left out (divergence=skip)
+        print(f"dbl-ps train: error: {summary.get('reason', 'the run diverged')}", file=sys.stderr)
+        return 1
     return 0
+
+
+def stop_line(trainer, when: str) -> str:
+    """The line for a run stopped by a signal outside the launcher's own handling: which
+    signal, what is kept (checkpoint.json marked `interrupted`) and the command that goes on."""
+    from dbl_ps.runtime.signals import received
+    from dbl_ps.training.rundir import RunDirectory
+
+    where = trainer.run_dir if trainer is not None else None
+    run = RunDirectory(where) if where is not None and where.is_dir() else None
+    meta = run.checkpoint_meta() if run is not None else None
+    if meta is not None and meta.get("status") not in ("finished", "interrupted"):
+        run.set_checkpoint_status("interrupted")  # it said "running" after a second Ctrl-C
+    if meta is not None:
+        kept = f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: dbl-ps train --resume {where}"
+    elif run is not None and (where / "plan.json").is_file():
+        kept = f"no epoch had completed; `dbl-ps train --resume {where}` starts it again"
+    else:
+        kept = "nothing to resume"
+    return f"{received()} {when}; {kept}"
 
 
 def _remove_new_run_dir(trainer, run_dir, resume) -> None:

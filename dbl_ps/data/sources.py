@@ -174,11 +174,33 @@ IDX_FILES = {
 }
 
 
-def _find_file(root: Path, name: str, what: str) -> Path:
-    for candidate in (root / name, root / (name + ".gz")):
-        if candidate.is_file():
-            return candidate
-    raise DataError(f"{what}: neither {root / name} nor {root / (name + '.gz')} exists")
+def _read_idx_file(root: Path, name: str, what: str, ndim: int) -> tuple[Path, np.ndarray]:
+    """The IDX file `name` in `root`, raw or .gz. Where both are there they must hold the same
+    array: one of two different copies (a label file written over, say) is never picked silently."""
+    found = [c for c in (root / name, root / (name + ".gz")) if c.is_file()]
+    if not found:
+        raise DataError(f"{what}: neither {root / name} nor {root / (name + '.gz')} exists")
+    arrays = [read_idx(path, expected_ndim=ndim) for path in found]
+    if len(arrays) == 2 and not (arrays[0].shape == arrays[1].shape and np.array_equal(arrays[0], arrays[1])):
+        raise DataError(f"{what}: {found[0]} and {found[1]} are both there and differ ({_differs(*arrays)}); keep "
+                        f"the right one and move the other away")
+    return found[0], arrays[0]
+
+
+def _differs(a: np.ndarray, b: np.ndarray) -> str:
+    if a.shape != b.shape:
+        return f"shapes {a.shape} and {b.shape}"
+    return f"{int(np.count_nonzero(a != b)):,} of {a.size:,} values"
+
+
+def check_classes(labels: np.ndarray | torch.Tensor, where: str | Path) -> None:
+    """A training or test split whose labels hold one class: a damaged or wrong label file
+    (all zeros, say) from which a classifier learns nothing, while the run would say finished."""
+    values = np.unique(np.asarray(labels))
+    if len(labels) > 1 and len(values) < 2:
+        raise DataError(f"the labels in {where} are all {values[0]} (one class among {len(labels):,} samples): a "
+                        f"classifier needs at least 2 classes; the file is damaged or not this split's labels: "
+                        f"restore it")
 
 
 def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
@@ -211,16 +233,15 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
 
 def _idx_split(root: Path, split: str, source: str) -> Split:
     image_name, label_name = IDX_FILES[split]
-    image_path = _find_file(root, image_name, f"{source} {split} images")
-    label_path = _find_file(root, label_name, f"{source} {split} labels")
-    images = read_idx(image_path, expected_ndim=3)
-    labels = read_idx(label_path, expected_ndim=1)
+    image_path, images = _read_idx_file(root, image_name, f"{source} {split} images", 3)
+    label_path, labels = _read_idx_file(root, label_name, f"{source} {split} labels", 1)
     if images.dtype != np.uint8:
         raise DataError(f"IDX file {image_path} holds {images.dtype}, expected unsigned bytes (images)")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{image_path} has {images.shape[0]} images but {label_path} has {labels.shape[0]} labels")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"IDX labels in {label_path} range {labels.min()}..{labels.max()}, expected 0..9")
+    check_classes(labels, label_path)
     return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
@@ -256,6 +277,7 @@ def _load_torchvision_idx(root: Path, source: str) -> Dataset:
         labels = tv.targets.to(torch.int64)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > 9):
             raise DataError(f"{source}: labels in {raw} range {int(labels.min())}..{int(labels.max())}, expected 0..9")
+        check_classes(labels, raw / IDX_FILES["train" if train else "test"][1])
         splits.append(Split(tv.data.to(torch.uint8).unsqueeze(1).contiguous(), labels))
     mean, std = KNOWN_STATS[source]
     return Dataset(source, splits[0], splits[1], 10, mean, std, FLIP_DEFAULT[source], [str(i) for i in range(10)])

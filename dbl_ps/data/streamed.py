@@ -325,6 +325,9 @@ def _open_rgb(path: str, size: int | None = None) -> Any:
             return img.convert("RGB")
     except (OSError, ValueError) as exc:
         raise DataError(f"image {path} could not be decoded: {exc}") from None
+    except Image.DecompressionBombError as exc:  # a 51-line traceback that never named the file
+        raise DataError(f"image {path} is too large to decode safely ({exc}); remove or shrink it (or raise "
+                        f"PIL.Image.MAX_IMAGE_PIXELS in data.factory code if such images are real)") from None
 
 
 class _DraftLoader:
@@ -418,7 +421,11 @@ def load_factory(cfg: Any, image_size: int | None, *, log: Callable[[str], None]
         make = import_callable(cfg.factory, "data.factory")
     except ImportPathError as exc:
         raise DataError(str(exc)) from exc
-    result = make()
+    try:
+        result = make()
+    except SystemExit as exc:  # it would end the run with that status and nothing trained
+        raise DataError(f"data.factory {cfg.factory!r} called sys.exit({exc.code!r}) instead of returning (train, "
+                        f"test) datasets") from None
     if not isinstance(result, (tuple, list)) or len(result) != 2:
         kind = f"a {len(result)}-item {type(result).__name__}" if isinstance(result, (tuple, list)) else f"a {type(result).__name__}"
         raise DataError(f"data.factory {cfg.factory!r} returned {kind}, expected a pair (train, test) of map-style datasets")

@@ -142,7 +142,10 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
             run_dir = coordinator.share(lambda: str(new_run_dir(cfg)))
         driver = RunDriver(cfg, coordinator, Path(resume or run_dir), checkpoint=checkpoint, log=stderr_log)
         driver.prepare()
-        driver.run()
+        summary = driver.run()
+        if summary.get("status") == "diverged":  # rank 0's: every update was left out (divergence=skip)
+            print(f"dbl-ps train: error: {summary.get('reason', 'the run diverged')}", file=sys.stderr, flush=True)
+            return 1
         return 0
     except KeyboardInterrupt:
         return _interrupted(driver, coordinator)

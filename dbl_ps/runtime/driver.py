@@ -51,7 +51,7 @@ from dbl_ps.training.events import Callbacks, StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.loop import DivergedError
 from dbl_ps.training.replanning import Replanned, replan_after_epoch
-from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory
+from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory, RunDirectoryGone
 from dbl_ps.training.topology import LaunchError
 from dbl_ps.training.setup import (
     ResolvedTimeModels,
@@ -231,13 +231,26 @@ class RunDriver:
 
     def _check_metrics(self) -> None:
         """metrics.jsonl of the resumed run reads back (a torn last line is dropped later, with
-        a warning); a line broken in the middle stops the resume here, naming it."""
-        if not (self.run_dir / METRICS_FILE).is_file():
+        a warning); a line broken in the middle stops the resume here, naming it. Records the
+        checkpoint's epochs lack (a cut or deleted file) are said in one warning: the run goes
+        on, its summary counts the epochs trained, but their history is gone."""
+        path = self.run_dir / METRICS_FILE
+        trained = int(self.checkpoint["epoch"]) + 1 if self.checkpoint else 0
+        if not path.is_file():
+            if trained:
+                self.log(f"warning: {path} is missing: the records of the {trained} epoch(s) the checkpoint holds "
+                         f"are gone (restore it to keep them); the run goes on")
             return
         try:
-            read_metrics(self.run_dir)
+            records = read_metrics(self.run_dir)
         except MetricsFileError as exc:
             raise CheckpointError(f"{exc}; repair or delete that line (a record of an epoch), then resume") from None
+        present = {r.get("epoch") for r in records if "workers" in r}
+        missing = [e for e in range(trained) if e not in present]
+        if missing:
+            shown = ", ".join(str(e + 1) for e in missing[:8]) + (" ..." if len(missing) > 8 else "")
+            self.log(f"warning: {path} lacks the records of epoch(s) {shown} of the {trained} the checkpoint holds "
+                     f"(cut or edited?): their history is gone (restore the file to keep it); the run goes on")
 
     def _load_checkpoint_model(self, model: nn.Module) -> None:
         """The checkpoint's global model into `model`, which config.yaml describes: a config
@@ -354,12 +367,23 @@ class RunDriver:
             raise
         except BaseException as exc:
             coordinator.stop()
-            if isinstance(exc, TrainingInterrupted) and self.last_complete >= 0:
-                self.dir.set_checkpoint_status("interrupted")
+            if coordinator.is_main and not isinstance(exc, RunDirectoryGone):
+                self._mark_stopped()
             raise
         finally:
             if self.display is not None:
                 self.display.close()
+
+    def _mark_stopped(self) -> None:
+        """checkpoint.json of a run that stopped (a signal, a failed worker, a failed write) says
+        `interrupted`, not `running`: its checkpoint is complete and `--resume` continues it. A
+        write that fails now (the full disk that stopped it) leaves it as it was."""
+        try:
+            meta = self.dir.checkpoint_meta()
+            if meta is not None and meta.get("status") == "running":
+                self.dir.set_checkpoint_status("interrupted")
+        except (OSError, ValueError):
+            pass
 
     def _ready(self, started: float) -> None:
         """Every worker can train: the wall clock starts now (start-up is reported apart)."""
@@ -380,7 +404,7 @@ class RunDriver:
                              ranks_per_worker=self.coordinator.ranks_per_worker,
                              wall_offset=float(ckpt.get("wall_time", 0.0)),
                              version_offset=int(ckpt.get("store_version", 0)),
-                             evaluate_every=cfg.eval.every, log=self.log)
+                             evaluate_every=cfg.eval.every, log=self.log, first_epoch=start)
 
     def _bn_images(self) -> Any:
         """The training images the evaluation recomputes BatchNorm statistics on (eval.recalibrate_bn)."""

@@ -37,10 +37,12 @@ import torch
 from tqdm import tqdm
 
 from dbl_ps.config import load_config, resolve_sync
-from dbl_ps.run_ownership import RunWriteError
+from dbl_ps.run_ownership import RunWriteError, never_trained
 from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, TrainingInterrupted, WorkerError
 from dbl_ps.runtime.engine_setup import check_store_mode_engine
 from dbl_ps.runtime.failures import stopped_line
+from dbl_ps.runtime.signals import blocked_while_spawning, interrupt_on_signals
+from dbl_ps.runtime.watch import ProgressWatch, worker_timeout
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
 from dbl_ps.imports import import_callable
 from dbl_ps.registry import SYNCHRONIZERS
@@ -79,14 +81,19 @@ class Trainer:
         """Continue the run in `run_dir` from its last checkpoint (config and plan from the directory)."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
+            if never_trained(run_dir):  # a run stopped while starting, before it wrote its config
+                raise CheckpointError(f"{run_dir} holds no config.yaml: its run stopped while starting, before any "
+                                      f"epoch; start it again with --run-dir {run_dir} (and its config)")
             raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml)")
         cfg = load_config(run_dir / "config.yaml")
         return cls(cfg, run_dir, _checkpoint=RunDirectory(run_dir).load_checkpoint(), **kwargs)
 
     def prepare(self) -> None:
-        """Data, plan, schedule, run directory. Raises before any process starts."""
+        """Data, plan, schedule, run directory. Raises before any process starts; SIGTERM and
+        SIGHUP meanwhile raise KeyboardInterrupt, as Ctrl-C does (`interrupt_on_signals`)."""
         if not self._prepared:
-            self.driver.prepare()
+            with interrupt_on_signals():
+                self.driver.prepare()
             self._prepared = True
 
     def release(self) -> None:
@@ -97,7 +104,8 @@ class Trainer:
         """Run to the last epoch; returns the summary (also saved as summary.json)."""
         self.prepare()
         try:
-            return self.driver.run()
+            with interrupt_on_signals():  # until the coordinator's own handlers take over
+                return self.driver.run()
         except RunWriteError as exc:  # the launcher's own write (model.pt, checkpoint.json, metrics)
             meta = RunDirectory(self.run_dir).checkpoint_meta()
             raise RunWriteError(stopped_line(str(exc), diverged=False, last_epoch=meta["epoch"] if meta else None,
@@ -126,6 +134,7 @@ class WorkerPool(WorkerProcesses):
         self._old_handlers: dict[int, Any] = {}
         self._ready: set[int] = set()
         self._finished: set[int] = set()
+        self._epoch_done = False
         self.last_complete = -1
 
     # -- bringing the workers up
@@ -134,6 +143,7 @@ class WorkerPool(WorkerProcesses):
               plan_version: Any) -> None:
         """Start the W workers; each is in `self.procs` as soon as it runs (a stop meanwhile ends it)."""
         self.last_complete = start_epoch - 1
+        self.watch = ProgressWatch(self.workers, worker_timeout(run.plan, self.cfg.store.worker_timeout))
         self._install_signal_handlers()
         ctx = self.ctx
         self.queue, self.stop_event = ctx.Queue(), ctx.Event()
@@ -162,7 +172,8 @@ class WorkerPool(WorkerProcesses):
             p = ctx.Process(target=worker_main,
                             args=(args, self.queue, self.stop_event, gate, plan_version, self.data_queue),
                             name=f"dbl-ps-worker-{w}", daemon=False)
-            p.start()
+            with blocked_while_spawning():  # Ctrl-C while it imports torch is the launcher's alone
+                p.start()
             self.procs.append(p)
             if train_data is not None:
                 self.data_queue.put(train_data)
@@ -174,9 +185,13 @@ class WorkerPool(WorkerProcesses):
             event = self._handle(msg)
             if event is not None:
                 yield event
+                if self._epoch_done:  # the launcher's own time (evaluation) is not the workers' silence
+                    self._epoch_done = False
+                    self.watch.start()
 
     def completed(self, epoch: int) -> None:
         self.last_complete = epoch
+        self._epoch_done = True
 
     def finish(self) -> None:
         self._join(timeout=STOP_TIMEOUT)
@@ -190,6 +205,7 @@ class WorkerPool(WorkerProcesses):
             if time.monotonic() - last_check > 0.5:
                 last_check = time.monotonic()
                 yield from self._check_exits()
+                stop_stuck_worker(self)
             try:
                 yield self.queue.get(timeout=0.1)
             except queue_mod.Empty:
@@ -220,6 +236,7 @@ class WorkerPool(WorkerProcesses):
 
     def _handle(self, msg: Any) -> WorkerReady | EpochReport | None:
         """One message: the coordinator's events are handed on, the launcher's own handled here."""
+        self.watch.heard(msg)
         if isinstance(msg, WorkerFailed):
             if msg.message is None:
                 raise WorkerError(f"worker {msg.worker} failed:\n{msg.traceback}")
@@ -235,6 +252,8 @@ class WorkerPool(WorkerProcesses):
                 self.bars.worker_progress(msg)
         elif isinstance(msg, WorkerReady):
             self._ready.add(msg.worker)
+            if len(self._ready) == self.workers:  # the gate opens now: from here on silence counts
+                self.watch.start()
             return msg
         elif isinstance(msg, EpochReport):
             return msg
@@ -302,6 +321,22 @@ def one_machine_coordinator(cfg: Any, run_dir: Path, processes: WorkerPool) -> C
     around this launcher's worker processes, built by the kind's registered factory."""
     factory = import_callable(SYNCHRONIZERS.traits(cfg.sync)["coordinator"], f"sync {cfg.sync!r} coordinator")
     return factory(cfg, run_dir, processes)
+
+
+def stop_stuck_worker(coordinator: WorkerPool) -> None:
+    """Raise WorkerError naming the worker every other one waits for once none sent progress
+    for `store.worker_timeout` (`ProgressWatch`); that worker is killed first, so the others'
+    waits (a bsp round, an ssp bound) end and they stop at once."""
+    stuck = coordinator.watch.stuck(coordinator._finished)
+    if stuck is None:
+        return
+    line = coordinator.watch.line(stuck)
+    proc = coordinator.procs[stuck]
+    if proc.is_alive():
+        proc.kill()  # SIGKILL also ends a stopped process
+        proc.join(5)
+    raise WorkerError(stopped_line(line, diverged=False, last_epoch=coordinator.last_complete,
+                                   run_dir=coordinator.run_dir), actionable=True)
 
 
 def _devices(cfg: Any) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from dbl_ps.imports import ImportPathError
 from dbl_ps.integrations.tensorboard import TENSORBOARD_DIR, TensorBoardTracker
 from dbl_ps.integrations.wandb import WandbTracker
-from dbl_ps.metrics import CsvWriter, Sink
+from dbl_ps.metrics import CsvWriter, Isolated, IsolatedSink, Sink
 from dbl_ps.registry import TRACKERS
 from dbl_ps.training.rundir import RunDirectory
 from dbl_ps.training.topology import LaunchError
@@ -40,7 +40,12 @@ def open_trackers(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequ
     """Open every tracker the config names (`tracker_names`); add each to the run's Logger.
     `tags` label the run where a tracker has labels (W&B tags). A tracker by import path
     that does not import is one LaunchError naming the key; if one fails to open, those
-    already open are closed."""
+    already open are closed.
+
+    Tracking never stops training: each tracker is opened, fed and closed through its own
+    `Isolated` guard (`tracking.timeout` seconds a call). One that raises (SystemExit
+    included) or hangs when opened or later is named once and left out for the rest of the
+    run; a factory that returns no sink (no `log`/`close`) is named and left out too."""
     sinks: list[Sink] = []
     try:
         for name in tracker_names(cfg):
@@ -48,9 +53,15 @@ def open_trackers(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequ
                 factory = TRACKERS.get(name).obj
             except ImportPathError as exc:
                 raise LaunchError(str(exc)) from None
-            sink = factory(cfg, run_dir, resuming=resuming, tags=list(tags), warn=warn)
-            if sink is not None:
-                sinks.append(sink)
+            guard = Isolated(f"tracker {name!r}", timeout=cfg.tracking.timeout, warn=warn)
+            sink = guard(factory, cfg, run_dir, resuming=resuming, tags=list(tags), warn=warn)
+            if sink is None:
+                continue
+            if not (callable(getattr(sink, "log", None)) and callable(getattr(sink, "close", None))):
+                warn(f"warning: tracker {name!r}: its factory returned {type(sink).__name__} {sink!r:.60}, not a sink "
+                     f"with log(step, record) and close(); it is left out of this run, training goes on")
+                continue
+            sinks.append(IsolatedSink(sink, guard))
     except BaseException:
         for sink in sinks:
             sink.close()

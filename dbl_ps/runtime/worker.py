@@ -23,7 +23,7 @@ import torch
 
 from dbl_ps.config import RunConfig
 from dbl_ps.data import Dataset, Split, build_transform, load_dataset
-from dbl_ps.runtime.failures import failure_message
+from dbl_ps.runtime.failures import diverged_between_syncs, failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env, start_delay
 from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
 from dbl_ps.registry import SYNCHRONIZERS
@@ -148,6 +148,7 @@ class LauncherLink(Callback):
         now = time.perf_counter()
         if now - self.last_progress >= PROGRESS_INTERVAL:
             self.last_progress = now
+            diverged_between_syncs(loop, state, self.args.config["divergence"])
             rate = state.samples / max(now - state.start, 1e-9)
             self.queue.put(Progress(loop.worker, state.epoch, state.step, state.steps, state.batch,
                                     state.point.resolution, rate))

@@ -158,12 +158,14 @@ class EpochFinisher:
 
     def __init__(self, run_dir: RunDirectory, spec: ScheduleSpec, evaluate: Evaluator, logger: Logger, *,
                  engine: str, workers: int, ranks_per_worker: int = 1, wall_offset: float = 0.0,
-                 version_offset: int = 0, evaluate_every: int = 1, log: Callable[[str], None] = print):
+                 version_offset: int = 0, evaluate_every: int = 1, log: Callable[[str], None] = print,
+                 first_epoch: int = 0):
         self.run_dir, self.spec, self.evaluate, self.logger = run_dir, spec, evaluate, logger
         self.evaluate_every = evaluate_every
         self.engine, self.workers, self.ranks_per_worker = engine, workers, ranks_per_worker
         self.wall_offset, self.version_offset = wall_offset, version_offset
         self.log = log
+        self.first_epoch = first_epoch  # where this launch started: the epochs before it are trained
         self.t0 = time.perf_counter()
         self.last: dict[str, Any] | None = None  # the last checkpoint's metadata
 
@@ -216,6 +218,13 @@ class EpochFinisher:
         evals = [r for r in epochs if isinstance(r.get("test_acc"), (int, float))]
         last = evals[-1] if evals else {}
         seconds = epochs[-1]["wall_time"] if epochs else 0.0
+        workers = [w for r in epochs for w in r.get("workers", [])]
+        if status == "finished" and workers and all(0 < w.get("syncs", 0) == w.get("skipped_syncs", 0) for w in workers):
+            # divergence: skip left every update out: the global model is the initial one, nothing was learnt
+            status = "diverged"
+            extra = {**extra, "reason": (f"every sync of the run was skipped as non-finite ({len(epochs)} epoch(s), "
+                                         f"divergence=skip): the global model never changed; lower schedule.lr (or "
+                                         f"lengthen schedule.warmup_epochs) and start a new run")}
         summary = {
             "run_dir": str(self.run_dir.path),
             "status": status,
@@ -223,7 +232,8 @@ class EpochFinisher:
             "engine": self.engine,
             "workers": self.workers,
             "ranks_per_worker": self.ranks_per_worker,
-            "epochs": len(epochs),
+            # the epochs trained (those checkpointed), not the records (a cut metrics.jsonl has fewer)
+            "epochs": self.last["epoch"] + 1 if self.last is not None else self.first_epoch,
             "final_test_acc": last.get("test_acc"),
             "best_test_acc": max(r["test_acc"] for r in evals) if evals else None,
             "final_test_loss": last.get("test_loss"),

@@ -22,6 +22,7 @@ checkpoint is on disk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from dbl_ps.metrics import strict_dumps
-from dbl_ps.run_ownership import create_unique_dir, write_failure
+from dbl_ps.run_ownership import create_unique_dir, never_trained, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
@@ -61,6 +62,38 @@ def _check_torch_file(path: Path) -> None:
             archive.infolist()
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"{path} is damaged ({exc}); restore it, or start a new run") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprints(folder: Path) -> dict[str, dict[str, Any]]:
+    """`{relative path: {"bytes", "sha256"}}` of every file under an epoch's folder (a worker's
+    state file, FSDP's sharded folders, the model): what its checkpoint is made of."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.endswith(".tmp"))
+    return {str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in files}
+
+
+def check_fingerprints(folder: Path, recorded: dict[str, dict[str, Any]], checkpoint: Path) -> None:
+    """Every file the checkpoint recorded is there with the same content; one CheckpointError
+    naming the first that is missing, torn or another's (two workers' files swapped)."""
+    by_hash = {v["sha256"]: name for name, v in recorded.items()}
+    for name, want in recorded.items():
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{file} is missing (the checkpoint in {checkpoint} was written with it); "
+                                  f"restore it, or start a new run")
+        if file.stat().st_size == want["bytes"] and _sha256(file) == want["sha256"]:
+            continue
+        other = by_hash.get(_sha256(file)) if file.stat().st_size in {v["bytes"] for v in recorded.values()} else None
+        what = (f"holds what the checkpoint wrote as {other} (were the two swapped?)" if other not in (None, name)
+                else "is not the file the checkpoint wrote (torn, replaced or edited since)")
+        raise CheckpointError(f"{file} {what}; restore the checkpoint's own file, or start a new run")
 
 
 def new_run_dir(cfg: Any) -> Path:
@@ -158,7 +191,7 @@ class RunDirectory:
 
     def create(self) -> None:
         """A new run: the directory must be absent or empty (nothing is overwritten)."""
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(self.path.iterdir()) and not never_trained(self.path):
             raise FileExistsError(f"run directory {self.path} is not empty; resume it with --resume or choose another")
         self.path.mkdir(parents=True, exist_ok=True)
 
@@ -193,9 +226,12 @@ class RunDirectory:
         atomic_save(state, self.epoch_folder(epoch) / name)
 
     def commit_checkpoint(self, meta: dict[str, Any]) -> None:
-        """Name the epoch's folder (complete by now) as the checkpoint; prune older folders."""
+        """Name the epoch's folder (complete by now) as the checkpoint, with the size and SHA-256
+        of every file in it (a resume checks them: a missing, torn or swapped worker state file
+        gave other weights without a word); prune older folders."""
         folder = self.epoch_folder(meta["epoch"])
-        atomic_json(self.path / CHECKPOINT_FILE, {**meta, "path": str(folder.relative_to(self.path))})
+        atomic_json(self.path / CHECKPOINT_FILE, {**meta, "path": str(folder.relative_to(self.path)),
+                                                  "files": fingerprints(folder)})
         for old in (self.path / "checkpoints").glob("epoch*"):
             if old.name < folder.name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -215,19 +251,31 @@ class RunDirectory:
         again from epoch 0 in the same directory, with the plan it made."""
         path = self.path / CHECKPOINT_FILE
         if not (self.path / "plan.json").is_file():
+            if never_trained(self.path):  # a stop while the run started, before it wrote its plan
+                raise CheckpointError(f"{self.path} holds no plan.json: its run stopped while starting, before any "
+                                      f"epoch; start it again with --run-dir {self.path} (and its config)")
             raise CheckpointError(f"{self.path} is not a run directory that can be resumed (no plan.json)")
         if not path.is_file():
             return {}
         try:
             meta = json.loads(path.read_text())
             folder = self.path / meta["path"]
+            epoch, next_epoch = int(meta["epoch"]), int(meta["next_epoch"])
         except (ValueError, KeyError, TypeError) as exc:  # a torn or foreign file
             raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from None
+        # The fields a resume relies on agree with each other: an edited next_epoch made a run
+        # say "finished" after 3 of 6 epochs.
+        if next_epoch != epoch + 1 or Path(meta["path"]) != self.epoch_folder(epoch).relative_to(self.path):
+            raise CheckpointError(f"{path} disagrees with itself: epoch {epoch}, next_epoch {next_epoch}, path "
+                                  f"{meta['path']!r} (a checkpoint of epoch e continues at e + 1 from "
+                                  f"checkpoints/epoch<e>); was it edited? restore it")
         if not (folder / MODEL_FILE).is_file():
             raise CheckpointError(f"{path} names {folder / MODEL_FILE}, which is missing")
         # Checked before any work: a torn file used to be a traceback from a worker's torch.load.
         for file in [folder / MODEL_FILE, *sorted(folder.glob("worker*.pt"))]:
             _check_torch_file(file)
+        if "files" in meta:
+            check_fingerprints(folder, meta["files"], path)
         return meta
 
     def load_model(self, meta: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -49,6 +49,7 @@ __all__ = [
     "build_plan",
     "build_spec",
     "plan_from_dict",
+    "plan_difference",
     "sync_boundaries",
     "epoch_seed",
     "cpu_cores",
@@ -276,3 +277,35 @@ def warm_up_shapes(plan: Plan, spec: ScheduleSpec, worker: int) -> list[tuple[in
         if share > batch and share % batch:
             shapes.append((share % batch, r, p))
     return shapes
+
+
+# The inputs a plan is made from, named before anything that follows from them (shares, weights).
+_PLAN_INPUTS = ("workers", "small", "tau", "dataset_size", "resolutions")
+_RESOLUTION_INPUTS = ("time_models", "batch_large", "batch_small_request", "min_small_batch")
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first place two JSON values differ: (path, a's value, b's value), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _first_difference(x, y, f"{path}[{i}]"))),
+                    None)
+    return None if a == b else (path, a, b)
+
+
+def plan_difference(a: dict[str, Any], b: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """Where two plans (`plan_to_dict`) differ, their inputs first."""
+    inputs = [(k, k) for k in _PLAN_INPUTS] + [
+        (f"per_resolution.{r}.{k}", (r, k)) for r in a.get("per_resolution", {}) for k in _RESOLUTION_INPUTS]
+    for path, key in inputs:
+        x, y = (a.get(key), b.get(key)) if isinstance(key, str) else \
+            (a["per_resolution"][key[0]].get(key[1]), b.get("per_resolution", {}).get(key[0], {}).get(key[1]))
+        found = _first_difference(x, y, path)
+        if found:
+            return found
+    return _first_difference(a, b)
