@@ -84,7 +84,7 @@ def method_label(text: str) -> str:
 def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     """The config of one method and seed (see the module doc); `group` is the W&B group
     shared by all runs of one comparison."""
-    from dbl_ps.config import ConfigError, RunConfig
+    from dbl_ps.config import ConfigError, RunConfig, resolve_sync
 
     label = method_label(method)
     method, small = parse_method(method)
@@ -120,7 +120,8 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     wandb["group"] = wandb["group"] or group
     wandb["tags"] = [*wandb["tags"], label, f"seed{seed}"]
     data["description"] = f"{label} variant (seed {seed}) of: {cfg.description}"
-    return RunConfig.from_dict(data)
+    # each sub-run is a one-machine run: its sync as it will run (and as its config.yaml says)
+    return resolve_sync(RunConfig.from_dict(data), launched=False)
 
 
 TIME_MODEL_FILE = "time_model.json"
