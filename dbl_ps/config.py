@@ -490,6 +490,11 @@ class RunConfig:
                                                  "`dbl-ps configs` lists them); null = fp32, no ZeRO. Its optimizer "
                                                  "block, if any, is the one that runs (else optim.name), at "
                                                  "schedule.lr; a scheduler block gives way to schedule.*")
+    callbacks: list[str] = _f([], help="your callbacks on the run's events, by import path "
+                                       "'package.module:factory' (a class or a function called with no "
+                                       "arguments, returning a dbl_ps.training.events.RunCallback or any object "
+                                       "with some of its methods: on_run_start, on_epoch_end, on_replan, "
+                                       "on_checkpoint, on_run_end); called on the main process in every mode")
     imports: list[str] = _f([], help="modules every process imports first (e.g. one that defines your model or "
                                      "dataset); the current directory is searched too")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
@@ -560,6 +565,10 @@ class RunConfig:
                        f"(set engine: {sharded[0] if sharded else '...'})")
         if self.sync != "auto":
             _plugin_traits(SYNCHRONIZERS, "sync", self.sync)
+        for i, path in enumerate(self.callbacks):
+            if not _IMPORT_PATH_RE.match(path):
+                raise _bad(f"callbacks[{i}]", path, "an import path 'package.module:factory' to your callback class "
+                           "or factory")
         if self.mixed.memory_caps is not None and len(self.mixed.memory_caps) != self.dbl.workers:
             raise _bad("mixed.memory_caps", self.mixed.memory_caps, f"one value per rank ({self.dbl.workers}, "
                        f"dbl.workers)")

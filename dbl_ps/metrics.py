@@ -339,8 +339,12 @@ class Isolated:
     Returns what `fn` returned. One thread per guard, made at the first call: a call costs a
     hand-over, not a thread start; a hung call's thread is left behind (a daemon)."""
 
-    def __init__(self, name: str, *, timeout: float, warn: Callable[[str], None]):
+    def __init__(self, name: str, *, timeout: float, warn: Callable[[str], None],
+                 passthrough: tuple[type[BaseException], ...] = ()):
         self.name, self.timeout, self._warn = name, float(timeout), warn
+        # Exceptions the code raises on purpose to reach the caller (a callback's StopTraining):
+        # raised again in the caller's thread, the guard stays on.
+        self.passthrough = passthrough
         self.off = False
         self._calls: queue.SimpleQueue | None = None
 
@@ -368,6 +372,8 @@ class Isolated:
             return None
         if "error" in box:
             exc = box["error"]
+            if isinstance(exc, self.passthrough):
+                raise exc
             text = " ".join(str(exc).split())[:200]
             self._disable(f"{self.name}: {what}() raised {type(exc).__name__}{f': {text}' if text else ''}")
             return None

@@ -18,11 +18,13 @@ def launch_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
 
 
-def torchrun_train(nproc: int, *args: str, **extra: str) -> subprocess.CompletedProcess:
-    """`torchrun --nproc_per_node NPROC -m dbl_ps train ARGS` on a free port; `extra`: environment variables."""
+def torchrun_train(nproc: int, *args: str, cwd: str | os.PathLike | None = None,
+                   **extra: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node NPROC -m dbl_ps train ARGS` on a free port, in `cwd`; `extra`:
+    environment variables."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
            str(free_port()), "-m", "dbl_ps", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env(**extra))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=launch_env(**extra), cwd=cwd)
 
 
 def free_port() -> int:

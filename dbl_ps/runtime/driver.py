@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
 from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
+from dbl_ps.runtime.user_callbacks import UserCallbacks, load_callbacks
 from dbl_ps.runtime.tracking import open_trackers
 from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.shards import prepare_shards
@@ -119,7 +120,7 @@ class RunDriver:
     launcher's progress bars (None: one line per epoch)."""
 
     def __init__(self, cfg: Any, coordinator: Coordinator, run_dir: Path, *, checkpoint: dict[str, Any] | None,
-                 log: Callable[[str], None], display: Any = None):
+                 log: Callable[[str], None], display: Any = None, callbacks: Sequence[Any] = ()):
         self.cfg = cfg
         self.coordinator = coordinator
         self.run_dir = Path(run_dir)
@@ -129,6 +130,11 @@ class RunDriver:
         self._log = log
         self.display = display
         self.callbacks = Callbacks(callbacks_from_env(coordinator.rank))  # run-level test hooks (on_checkpoint, on_replan)
+        # The user's callbacks (`callbacks=` here, the config's `callbacks:` loaded in prepare()):
+        # the main process calls them; `self.user` is built in prepare().
+        self._given_callbacks = list(callbacks)
+        self.user = UserCallbacks([], timeout=1.0, warn=self.log)
+        self._user_callbacks = False
         self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
         self.startup_seconds: float | None = None  # bringing the workers up (not in the wall time)
         self.replans: list[dict[str, Any]] = []
@@ -191,6 +197,13 @@ class RunDriver:
                                          if coordinator.is_main else None)
         if self.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
             self._load_checkpoint_model(model)
+        def load_user_callbacks() -> None:  # after the config's imports: a callback's module may need them
+            given = [(type(c).__name__, c) for c in self._given_callbacks]
+            self.user = UserCallbacks([*load_callbacks(cfg.callbacks), *given], timeout=cfg.tracking.timeout,
+                                      warn=self.log)
+
+        coordinator.all_written(load_user_callbacks if coordinator.is_main else None)  # a bad one stops every process
+        self._user_callbacks = coordinator.share(lambda: bool(self.user))  # every process calls the events alike
         return PreparedRun(cfg, self.dir, data, transform, model, self.plan, spec, self.checkpoint, options)
 
     def _agree_on_config(self) -> None:
@@ -332,6 +345,7 @@ class RunDriver:
                 return {}
             summary = self._summary(status)  # before close: the store's statistics are in it
             self._print_summary(summary)
+            self.user.fire("on_run_end", dict(summary))  # a stop asked for now has nothing left to stop
             return summary
         finally:
             coordinator.close()  # every worker has stopped: none writes into the run directory now
@@ -351,6 +365,9 @@ class RunDriver:
             coordinator.start(self.prepared, start, on_ready=lambda: self._ready(started))
             if self.display is not None:
                 self.display.open(epochs, start)
+            self._user_event("on_run_start", {"run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
+                                              "plan": self.plan_dict(), "start_epoch": start,
+                                              "resumed": bool(self.checkpoint)})
             for global_epoch in coordinator.epochs(start):
                 self._complete(global_epoch)
             return "finished"
@@ -460,7 +477,22 @@ class RunDriver:
                 self._log(line)
             if replanned is not None:
                 self.log(replanned.line)
+        self._user_event("on_epoch_end", epoch, dict(record))
+        if replanned is not None:
+            self._user_event("on_replan", epoch, dict(replanned.record))
+        self._user_event("on_checkpoint", epoch, folder)
         self.callbacks.on_checkpoint(coordinator.loop, epoch)
+
+    def _user_event(self, event: str, *args: Any) -> None:
+        """The user's callbacks on the main process; a `StopTraining` one of them raised stops
+        every process at the same point (`all_written` hands the exception to each)."""
+        def fire() -> None:
+            stop = self.user.fire(event, *args)
+            if stop is not None:
+                raise stop
+
+        if self._user_callbacks:
+            self.coordinator.all_written(fire if self.coordinator.is_main else None)
 
     def _replan(self, done: GlobalEpoch) -> Replanned | None:
         """`dbl.replan`: every process decides from the same reports (`replan_after_epoch` is

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -60,10 +60,12 @@ PASS_DATA_BYTES = 1 << 30  # training splits up to this size go to the workers w
 
 
 class Trainer:
-    """One store-mode run of `cfg` in `run_dir`. `progress`: True/False, None = when stderr is a terminal."""
+    """One store-mode run of `cfg` in `run_dir`. `progress`: True/False, None = when stderr is a terminal.
+    `callbacks`: your `dbl_ps.training.events.RunCallback`s (besides the config's `callbacks:`)."""
 
     def __init__(self, cfg: Any, run_dir: str | Path | None = None, *, progress: bool | None = None,
-                 log: Callable[[str], None] | None = None, _checkpoint: dict[str, Any] | None = None):
+                 log: Callable[[str], None] | None = None, callbacks: Sequence[Any] = (),
+                 _checkpoint: dict[str, Any] | None = None):
         self.cfg = cfg = resolve_sync(cfg, launched=False)
         self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
         log = log or (lambda msg: print(msg, flush=True))
@@ -73,7 +75,7 @@ class Trainer:
         self.processes = WorkerPool(cfg, self.run_dir, bars=self.bars)
         self.coordinator = one_machine_coordinator(cfg, self.run_dir, self.processes)
         self.driver = RunDriver(cfg, self.coordinator, self.run_dir, checkpoint=_checkpoint, log=log,
-                                display=self.bars)
+                                display=self.bars, callbacks=callbacks)
         self._prepared = False
 
     @classmethod
