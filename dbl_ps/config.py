@@ -233,7 +233,7 @@ class ModelConfig:
     cifar_stem: bool = _f(False, help="give a torchvision-style ResNet (conv1 + maxpool) the 3x3 stride-1 stem "
                                       "without max-pool, for small (32 px) images")
     dropout: list[float] | dict[int, float] = _f({12: 0.0, 16: 0.1}, ge=0.0, lt=1.0,
-                                                  help="dropout rate per resolution: {px: rate} or a list (one value = all)")
+                                                  help="dropout rate per resolution")
 
     def check(self, prefix: str) -> None:
         if len(self.dropout) == 0:
@@ -280,7 +280,7 @@ class DBSLConfig:
     small: int = _f(1, ge=0, help="n_S, how many workers train with the small batch (0 = plain PS training)")
     tau: float = _f(1.1, ge=1.0, help="time budget: a small-batch epoch may take tau x the all-large time")
     batch_large: list[int] | dict[int, int] | None = _f({12: 96, 16: 64}, ge=1,
-                                                        help="B_L per resolution ({px: batch} or a list); null = from the calibration file")
+                                                        help="B_L per resolution; null = from the calibration file")
     calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution); "
                                             "values given here explicitly take precedence over it")
     alpha: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
@@ -634,10 +634,25 @@ def _describe(tp: Any) -> str:
         k, v = typing.get_args(tp)
         return f"a mapping of ({_describe(k)}) to ({_describe(v)})"
     if origin in (typing.Union, types.UnionType):
+        item_tp = _per_resolution_item(tp)
+        if item_tp is not None:
+            forms = f"{_describe(item_tp)} (all resolutions), a list (one per resolution)"
+            return forms + (", {px: value} or null" if type(None) in typing.get_args(tp) else " or {px: value}")
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if _is_config(tp):
         return f"a section ({', '.join(f.name for f in dataclasses.fields(tp))})"
     return str(tp)
+
+
+def _per_resolution_item(tp: Any) -> Any:
+    """T when `tp` is a per-resolution setting (`list[T] | dict[int, T]`, maybe `| None`),
+    else None: such a key also takes one T, meaning the same value at every resolution."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+    lists = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is list]
+    dicts = [typing.get_args(a) for a in args if typing.get_origin(a) is dict]
+    if len(lists) == 1 and len(dicts) == 1 and dicts[0] == (int, lists[0]):
+        return lists[0]
+    return None
 
 
 def _limits(meta: Mapping[str, Any]) -> str:
@@ -723,6 +738,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except _NoMatch:
                 continue
+        item_tp = _per_resolution_item(tp)
+        if item_tp is not None and not isinstance(value, (list, tuple, Mapping)) and value is not None:
+            # One value for every resolution (`dbl.batch_large=64`) is the one-element list.
+            return [_coerce(value, item_tp, key)]
         raise _NoMatch
     if _is_config(tp):
         if isinstance(value, tp):

@@ -33,7 +33,10 @@ from dbl_ps.planner import PAPER_BATCH_LARGE, PAPER_TIME_MODELS, make_plan
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
-    """Inputs of ``schedule_at``. Per-resolution tuples follow ``resolutions`` (low to high)."""
+    """Inputs of ``schedule_at``. Per-resolution values (``dropouts``, ``batch_large``,
+    ``batch_small``) follow ``resolutions`` (low to high): one per resolution, or one value
+    (a number or a one-element tuple) for every resolution, so the defaults fit any number
+    of resolutions."""
 
     epochs: float
     base_lr: float
@@ -42,9 +45,9 @@ class ScheduleSpec:
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.1
     resolutions: tuple[int, ...] = (32,)
-    dropouts: tuple[float, ...] | None = None  # None: 0.0 at every resolution
-    batch_large: tuple[int, ...] = (128,)
-    batch_small: tuple[int, ...] | None = None  # None: no small workers (no DBSL)
+    dropouts: tuple[float, ...] | float | None = None  # None: 0.0 at every resolution
+    batch_large: tuple[int, ...] | int = (128,)  # B_L, read by the schedule's table and plots only
+    batch_small: tuple[int, ...] | int | None = None  # None: no small workers (no DBSL)
     cyclic: bool = True
 
     def __post_init__(self) -> None:
@@ -83,7 +86,17 @@ class ScheduleSpec:
         if any(a >= b for a, b in zip(self.resolutions, self.resolutions[1:])):
             raise ValueError(f"resolutions={list(self.resolutions)} must be listed once each, low to high")
         n = len(self.resolutions)
-        dropouts = (0.0,) * n if self.dropouts is None else tuple(self.dropouts)
+
+        def per_resolution(name: str, value: Any) -> tuple:
+            values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            if len(values) == 1:
+                return values * n
+            if len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} resolutions {list(self.resolutions)} "
+                                 f"(give one per resolution, or one value for all)")
+            return values
+
+        dropouts = (0.0,) * n if self.dropouts is None else per_resolution("dropouts", self.dropouts)
         if len(dropouts) != n:
             raise ValueError(f"dropouts has {len(dropouts)} entries for {n} resolutions {list(self.resolutions)}")
         for p in dropouts:
@@ -94,9 +107,7 @@ class ScheduleSpec:
             values = getattr(self, name)
             if values is None:
                 continue
-            values = tuple(values)
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} entries for {n} resolutions {list(self.resolutions)}")
+            values = per_resolution(name, values)
             for b in values:
                 if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                     raise ValueError(f"{name} entry {b!r} must be a positive integer")
