@@ -580,21 +580,25 @@ def _progress_problem(rows: Sequence[Sequence[int]]) -> str | None:
 # --------------------------------------------------------------------------- DeepSpeed
 
 
-def deepspeed_rank_config(user_config: dict[str, Any], batch_size: int) -> tuple[dict[str, Any], list[str]]:
+def deepspeed_rank_config(user_config: dict[str, Any], batch_size: int, *,
+                          steps_per_epoch: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """A user's DeepSpeed config made fit for one DBSL rank with its own batch: returns
-    `(config, notes)`, where notes say once what was changed. DeepSpeed asserts
-    `train_batch_size = micro x accumulation x data-parallel size`; each rank here is its own
-    data-parallel world of one (pass `mpu=SingleRankMPU(single_rank_groups())` to
-    `deepspeed.initialize`), so the batch fields become this rank's: your
+    `(config, notes)`, where notes say once what was changed (or kept: gradient clipping).
+    DeepSpeed asserts `train_batch_size = micro x accumulation x data-parallel size`; each rank
+    here is its own data-parallel world of one (pass `mpu=SingleRankMPU(single_rank_groups())`
+    to `deepspeed.initialize`), so the batch fields become this rank's: your
     `gradient_accumulation_steps` a is kept, the micro batch is ceil(batch / a) and
     `train_batch_size` the micro batch x a (feed DeepSpeed a micro-batches per planned batch,
-    e.g. from `accumulate(images, labels, parts=a)`). The `optimizer` block stays yours
-    (DeepSpeed builds it). A `scheduler` block is refused: DeepSpeed steps it once per
-    optimizer step, and the ranks take different numbers of steps per epoch; give
-    `deepspeed.initialize(lr_scheduler=lambda opt: ScheduleLR(opt, spec, mine.steps))`
-    instead (epoch units). Everything that cannot work (also a planned batch smaller than the
-    accumulation steps) is one `DeepSpeedConfigError` listing every conflict, before any step."""
-    return check_rank_config(user_config, batch_size)
+    e.g. from `accumulate(images, labels, parts=a)`). The `optimizer` block stays yours, its LR
+    included (DeepSpeed builds it; give the same LR as `ScheduleSpec(base_lr=)`). A `scheduler`
+    block is refused, as in `dbl-ps train`: DeepSpeed steps it once per optimizer step, and the
+    ranks take different numbers of steps per epoch; the error says what it is in epochs (with
+    the numbers when `steps_per_epoch`, a large rank's `rank_plan(plan, r).steps`, is given),
+    to pass as `deepspeed.initialize(lr_scheduler=lambda opt: ScheduleLR(opt, spec, mine.steps))`.
+    Everything that cannot work (also a planned batch smaller than the accumulation steps) is
+    one `DeepSpeedConfigError` listing every conflict, before any step."""
+    return check_rank_config(user_config, batch_size, steps_per_epoch=steps_per_epoch,
+                             steps_how="steps_per_epoch" if steps_per_epoch else "")
 
 
 # --------------------------------------------------------------------------- accumulation

@@ -1187,6 +1187,7 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
         data = _merge(RunConfig().to_dict(), data)  # an override that replaced a whole section keeps its defaults
         _follow(before, data, dotted, notes)
     if file_keys is not None:
+        _lr_from_deepspeed(data, file_keys | dotted, notes)
         _own_model_and_data(data, file_keys | dotted, notes)
     try:
         return RunConfig.from_dict(data)
@@ -1196,6 +1197,44 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
                                         or key.startswith(err.key + ".")):
                 raise ConfigError(f"{err} (from the command-line override {text!r})", key=err.key, value=err.value) from None
         raise
+
+
+def _deepspeed_optimizer(value: Any) -> tuple[str, float] | None:
+    """(type, lr) of the `optimizer` block in the DeepSpeed JSON `deepspeed_config` names (a
+    path, or a config shipped in the package), None when it has no LR or cannot be read (the
+    engine's check reports a file that is missing or broken, with the rest of its problems)."""
+    from dbl_ps.configs import find_deepspeed_config
+
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        path = find_deepspeed_config(value) if not path.suffix or path.name == value else None
+        if path is None:
+            return None
+    try:
+        optimizer = json.loads(path.read_text()).get("optimizer")
+        lr = optimizer["params"]["lr"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        return None
+    return str(optimizer.get("type", "?")), float(lr)
+
+
+def _lr_from_deepspeed(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
+    """The LR in the user's DeepSpeed JSON is the run's `schedule.lr` unless the user set
+    `schedule.lr` (then the engine's check says which won): a value the user chose is never
+    replaced by the embedded job's default."""
+    if "schedule.lr" in set_anywhere or "deepspeed_config" not in set_anywhere:
+        return
+    found = _deepspeed_optimizer(_get(data, "deepspeed_config"))
+    if found is None or found[1] == _get(data, "schedule.lr"):
+        return
+    kind, lr = found
+    _set_dotted(data, "schedule.lr", lr)
+    notes.append(f"schedule.lr {lr:g}: the lr of optimizer {kind} in the DeepSpeed config "
+                 f"{_get(data, 'deepspeed_config')} (set schedule.lr to train at another)")
 
 
 def _method_words(data: Mapping[str, Any]) -> str:

@@ -208,14 +208,15 @@ def test_deepspeed_config_conflicts_are_listed_together() -> None:
     assert message.count("\n  - ") == 3
     for part in ("zero_optimization.stage=3", "'pipeline'", "bf16.enabled and fp16.enabled"):
         assert part in message
-    config, notes = check_rank_config({"train_batch_size": 256, "gradient_accumulation_steps": 4,
-                                       "scheduler": {"type": "WarmupLR"}}, 32, schedule_lr=0.1)
+    config, notes = check_rank_config({"train_batch_size": 256, "gradient_accumulation_steps": 4}, 32,
+                                      schedule_lr=0.1)
     assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"]) == (32, 8)
-    assert config["gradient_accumulation_steps"] == 4 and "scheduler" not in config
-    assert notes[1:] == ["train_batch_size 256 -> the micro batch x 4",
-                         "scheduler 'WarmupLR' removed: it counts optimizer steps, which differ per worker; the run's "
-                         "schedule (schedule.lr, schedule.warmup_epochs, schedule.milestones) sets the LR in epochs, "
-                         "the same on every worker"]
+    assert config["gradient_accumulation_steps"] == 4
+    assert notes[1:] == ["train_batch_size 256 -> the micro batch x 4"]
+    # a scheduler block is one more conflict in the list, in dbl-ps train as in a user's loop
+    with pytest.raises(DeepSpeedConfigError) as info:
+        check_rank_config({**user, "scheduler": {"type": "WarmupLR"}}, 32, schedule_lr=0.1)
+    assert str(info.value).count("\n  - ") == 4 and "scheduler 'WarmupLR' counts optimizer steps" in str(info.value)
 
 
 def run_api_steps(tmp_path: Path, mode: str) -> list[dict]:

@@ -40,7 +40,7 @@ from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter
 from dbl_ps.planner import Plan
 from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
-from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
+from dbl_ps.runtime.engine_setup import check_engine_config, check_engine_schedule, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_trackers
 from dbl_ps.schedule import ScheduleSpec
@@ -172,6 +172,7 @@ class RunDriver:
                                     if coordinator.is_main else None)
         data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions), log=self.log)
         check_workers_fit(cfg, len(data.train))  # before any time is measured
+        check_engine_schedule(cfg, len(data.train))
         transform = build_transform(cfg.data, data)
         torch.manual_seed(cfg.seed)  # the same initial model in every process
         model = build_run_model(cfg, data.num_classes, data.in_channels, dropout=cfg.dropouts()[0],

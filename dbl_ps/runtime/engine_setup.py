@@ -15,6 +15,7 @@ depends on a file outside its directory.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,8 +29,8 @@ from dbl_ps.training.engine import Engine
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["engine_options", "check_engine_config", "check_store_mode_engine", "build_worker_engine",
-           "build_rank_engine"]
+__all__ = ["engine_options", "check_engine_config", "check_engine_schedule", "check_store_mode_engine",
+           "build_worker_engine", "build_rank_engine"]
 
 
 def _entry(cfg: Any) -> Entry:
@@ -61,9 +62,27 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
             f"same gradient; BatchNorm statistics see each micro-batch)")
     if not entry.traits["ds_config"]:
         return
-    _, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), None, schedule_lr=cfg.schedule.lr)
+    ds_config = load_ds_config(cfg.deepspeed_config)
+    ds_config.pop("scheduler", None)  # refused with its epochs once the data's size is known (check_engine_schedule)
+    _, notes = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr)
     for note in notes:
         log(f"DeepSpeed config: {note}")
+
+
+def check_engine_schedule(cfg: Any, train_samples: int) -> None:
+    """Once the training set's size is known, before anything is measured: a DeepSpeed
+    `scheduler` block is one error saying what it is in epochs, at a large worker's steps per
+    epoch (its share of `train_samples` over B_L at the first resolution), the same refusal
+    as `dbl_ps.api.deepspeed_rank_config` (the run's schedule sets the LR in epochs)."""
+    if not ENGINES.traits(cfg.engine)["ds_config"] or cfg.deepspeed_config is None:
+        return
+    ds_config = load_ds_config(cfg.deepspeed_config)
+    if ds_config.get("scheduler") is None:
+        return
+    batch = (cfg.batch_large() or [None])[0]
+    steps = math.ceil(train_samples / cfg.dbl.workers / batch) if batch else None
+    how = f"a large worker: {train_samples} samples / {cfg.dbl.workers} workers / batch {batch}" if batch else ""
+    check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, steps_per_epoch=steps, steps_how=how)
 
 
 def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
