@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("dbl_ps.commands.plan", "DBSL plan: small batch, data shares and predicted epoch time per resolution"),
     "calibrate": ("dbl_ps.commands.calibrate", "measure the time model t(b) = alpha + beta*b and the largest batch"),
     "train": ("dbl_ps.commands.train", "train a model: parameter store + worker processes (DBSL, CPL, hybrid)"),
+    "lr-find": ("dbl_ps.commands.lr_find", "LR range test on the run's model, data and batch: a plot and the "
+                                           "suggested schedule.lr, written into the run config with --write"),
     "compare": ("dbl_ps.commands.compare", "run baseline, DBSL, CPL and hybrid on one config and write one report"),
     "report": ("dbl_ps.commands.report", "plots and a table (ratios to a baseline) for existing run directories"),
     "shard": ("dbl_ps.commands.shard", "pre-encode a data source into webdataset shards, one set per resolution"),

@@ -1248,6 +1248,25 @@ def _leaf(text: str) -> str:
     return re.split(r"[:.]", text)[-1] or text
 
 
+def _inherited_recipe(data: Mapping[str, Any], set_anywhere: set[str]) -> str:
+    """One line naming the training recipe a user's model or data takes from the embedded
+    digits job (the keys the user set none of), and how to find the model's own LR."""
+    parts = [f"schedule.lr {_get(data, 'schedule.lr'):g}"]
+    if not {"optim.name", "optim.momentum", "optim.weight_decay"} & set_anywhere:
+        parts.append(f"optim {_get(data, 'optim.name')} (momentum {_get(data, 'optim.momentum'):g}, weight decay "
+                     f"{_get(data, 'optim.weight_decay'):g})")
+    if "schedule.warmup_epochs" not in set_anywhere:
+        parts.append(f"a {_get(data, 'schedule.warmup_epochs')}-epoch warm-up")
+    if not {"schedule.milestones", "schedule.gamma"} & set_anywhere:
+        parts.append(f"the LR x{_get(data, 'schedule.gamma'):g} at epochs {_get(data, 'schedule.milestones')} of "
+                     f"{_get(data, 'schedule.epochs')}")
+    if not {"store.mode", "store.rule"} & set_anywhere:
+        parts.append(f"store.mode {_get(data, 'store.mode')} with rule {_get(data, 'store.rule')}")
+    return (f"your model and data train with the embedded digits job's recipe where you set none of it: "
+            f"{', '.join(parts)}; that LR suits its small ResNet on 8 px digits: `dbl-ps lr-find` with the same "
+            f"arguments measures one for yours (--write FILE puts it into your config)")
+
+
 def _own_model_and_data(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
     """A user's own model or data does not inherit what only the embedded digits job means
     (in place in `data`, one note each), where the user set none of it:
@@ -1277,9 +1296,12 @@ def _own_model_and_data(data: dict, set_anywhere: set[str], notes: list[str]) ->
         _set_dotted(data, "description", f"{method}: {model} on {data_name}.")
     if own_model and isinstance(model, str) and ":" in model and "model.dropout" not in set_anywhere:
         _set_dotted(data, "model.dropout", [0.0])
-        notes.append("model.dropout 0.0: your model gets no dropout from the embedded job (set model.dropout, "
-                     "e.g. {24: 0.1, 32: 0.2}, to schedule one; a model without nn.Dropout gets one before its "
-                     "classifier)")
+        notes[:] = [n for n in notes if not n.startswith("model.dropout ")]  # what it followed before, replaced
+        notes.append("model.dropout 0.0: your model trains without dropout (the embedded job's rates are for its "
+                     "small ResNet); set model.dropout (e.g. 0.1, or {24: 0.1, 32: 0.2}) to schedule a rate for "
+                     "every nn.Dropout of your model, or for one dbl-ps puts before its classifier where it has none")
+    if "schedule.lr" not in set_anywhere:
+        notes.append(_inherited_recipe(data, set_anywhere))
     if factory and "data.augment" not in set_anywhere and _get(data, "data.augment") is True:
         _set_dotted(data, "data.augment", False)
         notes.append("data.augment false: your data.factory images are used as they are (set data.augment=true "
