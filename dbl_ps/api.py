@@ -26,7 +26,8 @@ are one implementation.
         plan, factors = dbl.replan_together(plan, averager.train_seconds)   # mixed hardware drifts
         if factors:
             averager.set_plan(plan)
-        # checkpoint per rank: model, optimizer, averager, sampler, schedule .state_dict()
+        dbl.save_rank_state(f"ckpt/rank{rank}.pt", dbl.rank_state(model=model, optimizer=optimizer,
+                            averager=averager, sampler=sampler, lr_schedule=lr_schedule))  # RNGs too: exact
 
 Reference with every function and a worked example: docs/API.md.
 """
@@ -63,7 +64,10 @@ from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.engine import Engine, split_batch
 from dbl_ps.training.setup import plan_from_dict as _plan_from_saved_dict
-from dbl_ps.training.topology import Topology
+from dbl_ps.run_ownership import RunDirectoryBusy, RunLock
+from dbl_ps.training.orphans import exit_with_launcher
+from dbl_ps.training.resume import load_rank_state, own_folder, rank_state, read_rank_state, save_rank_state
+from dbl_ps.training.topology import Topology, launched_by_a_launcher
 
 __all__ = [
     "APIError",
@@ -72,6 +76,8 @@ __all__ = [
     "ModelAverager",
     "Plan",
     "RankPlan",
+    "RunDirectoryBusy",
+    "RunLock",
     "ScheduleLR",
     "SchedulePoint",
     "ScheduleSpec",
@@ -80,16 +86,22 @@ __all__ = [
     "TimeModel",
     "accumulate",
     "deepspeed_rank_config",
+    "exit_with_launcher",
+    "load_rank_state",
     "lr_at",
     "measure_time_model",
+    "own_folder",
     "plan_from_calibration",
     "plan_from_dict",
     "plan_ranks",
     "plan_to_dict",
     "plan_together",
     "rank_plan",
+    "rank_state",
+    "read_rank_state",
     "replan_together",
     "resize_batch",
+    "save_rank_state",
     "schedule_at",
     "single_rank_groups",
 ]
@@ -385,6 +397,8 @@ class ModelAverager:
         if sync_every != "mini_epoch" and (isinstance(sync_every, bool) or not isinstance(sync_every, int)
                                            or sync_every < 1):
             raise APIError(f"sync_every={sync_every!r}: give 'mini_epoch' or a number of steps >= 1")
+        if launched_by_a_launcher():
+            exit_with_launcher()  # a launcher killed with SIGKILL leaves no rank training on as an orphan
         topology = Topology(rank=dist.get_rank(), world=world, local_rank=dist.get_rank(), group_size=ranks_per_worker)
         self.plan = plan
         self.rank = topology.worker  # the worker this rank belongs to: its row of the plan

@@ -37,6 +37,7 @@ from dbl_ps.synchronizers.collective import (
 )
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
+from dbl_ps.training.orphans import exit_with_launcher
 from dbl_ps.training.setup import cpu_cores, warm_up_shapes
 from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
 
@@ -147,6 +148,7 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
     driver: RunDriver | None = None
     coordinator: CollectiveCoordinator | None = None
     _stop_on_signals()
+    exit_with_launcher()  # a launcher killed with SIGKILL leaves no rank training on (SIGTERM: stopped as above)
     try:
         checkpoint = RunDirectory(resume).load_checkpoint() if resume else None
         cfg, coordinator = set_up_rank(cfg, checkpoint)
