@@ -324,3 +324,59 @@ class Logger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- trackers' names
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# record key -> tracker name (W&B, TensorBoard, CSV: every tracker logs the same names)
+RECORD_NAMES = {
+    "test_loss": "test/loss", "test_acc": "test/acc", "test_acc5": "test/acc5", "eval_seconds": "test/eval_seconds",
+    "train_loss": "train/loss", "train_acc": "train/acc", "samples": "train/samples",
+    "samples_per_s": "train/samples_per_s", "sync_seconds": "train/sync_seconds", "wait_seconds": "train/wait_seconds",
+    "lr": "schedule/lr", "resolution": "schedule/resolution", "dropout": "schedule/dropout",
+    "store_version": "store/version", "wall_time": "time/wall_seconds",
+}
+WORKER_NAMES = ("loss", "acc", "samples_per_s", "batch", "resolution", "samples", "steps", "syncs", "skipped_syncs",
+                "seconds", "wait_seconds", "sync_seconds", "weight")
+
+
+def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The namespaced scalars every tracker logs for one global-epoch record of metrics.jsonl
+    (pure): `test/`, `train/`, `train/worker{i}/` (each worker's own), `schedule/`, `store/`
+    (staleness: updates the store applied after a worker's last pull), `time/`. A re-plan
+    record (`"event": "replan"`) gives `replan/worker{i}/...` instead."""
+    if record.get("event") == "replan":
+        return replan_metrics(record)
+    out: dict[str, float] = {name: record[key] for key, name in RECORD_NAMES.items() if _scalar(record.get(key))}
+    workers = record.get("workers") or []
+    batches = [w["batch"] for w in workers if _scalar(w.get("batch"))]
+    if batches:
+        out["schedule/batch_large"] = max(batches)
+        out["schedule/batch_small"] = min(batches)
+    staleness = []
+    for i, w in enumerate(workers):
+        prefix = f"train/worker{w.get('worker', i)}/"
+        out.update({prefix + key: w[key] for key in WORKER_NAMES if _scalar(w.get(key))})
+        if _scalar(w.get("version")) and _scalar(record.get("store_version")):
+            staleness.append(record["store_version"] - w["version"])
+    if staleness:
+        out["store/staleness_max"] = max(staleness)
+        out["store/staleness_mean"] = sum(staleness) / len(staleness)
+    return out
+
+
+def replan_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """Each worker's speed factor (measured / planned seconds) and its new share and batch at
+    the measured resolution, of a re-plan record (`dbl_ps.training.replanning`)."""
+    new = record["new"][str(record["measured_resolution"])]
+    out: dict[str, float] = {}
+    for w, factor in enumerate(record["factors"]):
+        out[f"replan/worker{w}/factor"] = factor
+        out[f"replan/worker{w}/share"] = new["shares"][w]
+        out[f"replan/worker{w}/batch"] = new["batches"][w]
+    return out

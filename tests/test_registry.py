@@ -189,6 +189,30 @@ def test_names_traits_and_config_validation_import_no_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_a_config_error_from_the_command_line_comes_before_torch_is_imported():
+    """`dbl-ps train` (and lr-find, compare) with a bad key: the one line came after 5 s of
+    importing torch (every command's arguments were built through dbl_ps.shards, and train
+    imported its launcher first); now the process exits without torch ever imported."""
+    code = textwrap.dedent("""
+        import sys
+        from dbl_ps.cli import main
+        for command in ("train", "lr-find", "compare"):
+            assert main([command, "dbl.tau=abc"]) == 2
+        heavy = [m for m in ("torch", "numpy", "dbl_ps.training", "dbl_ps.shards") if m in sys.modules]
+        assert not heavy, heavy
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("config key 'dbl.tau': got 'abc'") == 3
+
+
+def test_the_shard_commands_choices_are_the_writers():
+    from dbl_ps.commands import shard
+    from dbl_ps.shards import writer
+
+    assert (shard.SOURCE_TYPES, shard.DEFAULT_SAMPLES_PER_SHARD) == (writer.SOURCE_TYPES, writer.DEFAULT_SAMPLES_PER_SHARD)
+
+
 # --- the config -------------------------------------------------------------------------
 
 
