@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dbl_ps._optional import require
-from dbl_ps.metrics import epoch_metrics, replan_metrics  # noqa: F401  (the mapping lives with the metrics; named here too)
+from dbl_ps.metrics import epoch_metrics, replan_metrics, shown_epoch  # noqa: F401  (every tracker's names)
 
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -147,7 +147,8 @@ class WandbTracker:
         if "test/acc" in metrics:
             self.last = metrics["test/acc"]
             self.best = self.last if self.best is None else max(self.best, self.last)
-        self._call(lambda: self.run.log({"epoch": step, **metrics}, step=step) if self.run else None)
+        shown = shown_epoch(step)  # 1-based, as the console and the plots count
+        self._call(lambda: self.run.log({"epoch": shown, **metrics}, step=shown) if self.run else None)
 
     def close(self) -> None:
         def summarize():
