@@ -35,7 +35,7 @@ from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, 
 
 __all__ = ["ReportError", "RunData", "load_run", "summarize", "format_table", "write_csv", "plot_runs",
            "plot_worker_times", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve",
-           "comparison_notes"]
+           "comparison_notes", "shared_cores_note"]
 
 # The target accuracy of "time to target": this fraction of the baseline's mean final accuracy.
 TARGET_FRACTION = 0.9
@@ -449,10 +449,11 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         x_scale = scale if x_key == WALL_TIME else 1.0
+        shift = 1 if x_key == EPOCH else 0  # epochs as users count them: 1 = the end of the first
         for g, (label, members) in enumerate(groups.items()):
             several = len(members) > 1
             for k, run in enumerate(members):
-                pts = [(r[x_key], r[y_key]) for r in run.evals
+                pts = [(r[x_key] + shift, r[y_key]) for r in run.evals
                        if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))]
                 if not pts:
                     continue
@@ -461,8 +462,10 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
                         label=None if several or k else label, marker="." if len(pts) < 40 and not several else None)
             if several:
                 xs, ys = mean_curve(members, y_key, x_key)
-                ax.plot([x / x_scale for x in xs], ys, color=colours(g % 10), linewidth=2.2,
+                ax.plot([x / x_scale + shift for x in xs], ys, color=colours(g % 10), linewidth=2.2,
                         label=f"{label} (mean of {len(members)})", marker="." if len(xs) < 40 else None)
+        if x_key == EPOCH:
+            _integer_ticks(ax)
         ax.set_xlabel(f"{_AXIS_NAMES[x_key]} ({unit})" if x_key == WALL_TIME else _AXIS_NAMES[x_key])
         ax.set_ylabel(_AXIS_NAMES[y_key])
         ax.grid(True, alpha=0.3)
@@ -473,6 +476,12 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
         fig.savefig(path)
         written.append(path)
     return written
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path | None:
@@ -495,7 +504,8 @@ def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path |
     for g, (label, members) in enumerate(groups.items()):
         for key, style, name in (("train_acc", "--", "train"), (TEST_ACC, "-", "test")):
             xs, ys = mean_curve(members, key, EPOCH)
-            ax.plot(xs, ys, style, color=colours(g % 10), linewidth=1.5, label=f"{label} {name}")
+            ax.plot([x + 1 for x in xs], ys, style, color=colours(g % 10), linewidth=1.5, label=f"{label} {name}")
+    _integer_ticks(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (top-1)")
     ax.set_title("training (dashed) vs test accuracy")
@@ -525,7 +535,7 @@ def worker_times(run: RunData) -> dict[int, dict[str, list[Any]]]:
                 continue
             series = times.setdefault(int(w["worker"]), {k: [] for k in ("epoch", "resolution", "training", "waiting",
                                                                          "merging")})
-            series["epoch"].append(record[EPOCH])
+            series["epoch"].append(record[EPOCH] + 1)  # 1-based, as every plot and the console count
             series["resolution"].append(w.get("resolution"))
             series["training"].append(w["seconds"] - number(w, "wait_seconds") - number(w, "sync_seconds"))
             series["waiting"].append(number(w, "wait_seconds"))
@@ -538,11 +548,21 @@ def replan_marks(plan: Mapping[str, Any]) -> list[tuple[float, str]]:
     workers were re-planned and the next one; before the epoch a resume re-planned at."""
     marks = []
     for record in plan.get("replans", []) if isinstance(plan.get("replans"), list) else []:
-        if isinstance(record.get("after_epoch"), (int, float)):
-            marks.append((record["after_epoch"] + 0.5, "re-plan"))
+        if isinstance(record.get("after_epoch"), (int, float)):  # 0-based indices, drawn at 1-based epochs
+            marks.append((record["after_epoch"] + 1.5, "re-plan"))
         elif isinstance(record.get("at_resume"), (int, float)):
-            marks.append((record["at_resume"] - 0.5, f"resumed on {record.get('workers', '?')} workers"))
+            marks.append((record["at_resume"] + 0.5, f"resumed on {record.get('workers', '?')} workers"))
     return marks
+
+
+def shared_cores_note(run: RunData, plan: Mapping[str, Any]) -> str | None:
+    """Why a CPU run's measured worker times sit above the plan: more workers than cores
+    (summary.json's `cpu_cores`), while the time model was measured one process at a time."""
+    cores, workers = run.summary.get("cpu_cores"), plan.get("workers", 0) if plan else 0
+    if not isinstance(cores, int) or run.summary.get("device", "cpu") != "cpu" or workers <= cores:
+        return None
+    return (f"{workers} workers share {cores} cores: the measured times sit above the plan (its time model is "
+            f"measured one process at a time)")
 
 
 def _plan_title(label: str, plan: Mapping[str, Any]) -> str:
@@ -595,6 +615,10 @@ def plot_worker_times(run: RunData, path: str | Path, label: str | None = None) 
     for x, text in replan_marks(plan):
         compute_ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize="x-small",
                             color="grey", ha="right", va="top")
+    note = shared_cores_note(run, plan)
+    if note:
+        compute_ax.annotate(note, (0.01, 0.02), xycoords="axes fraction", fontsize="x-small", color="dimgrey")
+    _integer_ticks(wait_ax)
     compute_ax.set_ylabel("training s / mini-epoch\n(dashed: plan)")
     wait_ax.set_ylabel("s at syncs\n(solid: waiting, dotted: merge)")
     wait_ax.set_xlabel("epoch")

@@ -393,13 +393,21 @@ class ScheduleTracker:
         return point, changed
 
 
+def _epochs_shown(start: float, end: float) -> str:
+    """A phase's epochs as users count them: `1-40` for [0, 40) (the console's, 1-based and
+    inclusive); a phase that starts or ends inside an epoch as progress, `0.5-2.5`."""
+    if float(start).is_integer() and float(end).is_integer():
+        return f"{int(start) + 1}" if end - start == 1 else f"{int(start) + 1}-{int(end)}"
+    return f"{start:g}-{end:g} (progress)"
+
+
 def format_phases(spec: ScheduleSpec) -> str:
-    """A plain-text table of ``phases(spec)``."""
+    """A plain-text table of ``phases(spec)``, epochs 1-based as the console counts them."""
     rows = [("epochs", "lr", "res", "dropout", "batch_large", "batch_small")]
     for p in phases(spec):
         rows.append(
             (
-                f"{p.start:g}-{p.end:g}",
+                _epochs_shown(p.start, p.end),
                 f"{p.lr:g}",
                 str(p.resolution),
                 f"{p.dropout:g}",
@@ -420,6 +428,7 @@ def plot_schedule(spec: ScheduleSpec, path: str, *, points: int = 1000) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     xs = [spec.epochs * i / points for i in range(points + 1)]
     pts = [schedule_at(x, spec) for x in xs]
@@ -436,7 +445,8 @@ def plot_schedule(spec: ScheduleSpec, path: str, *, points: int = 1000) -> None:
     axes[2].legend(loc="best")
     axes[3].step(xs, [p.dropout for p in pts], where="post")
     axes[3].set_ylabel("dropout")
-    axes[3].set_xlabel("global epoch")
+    axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[3].set_xlabel("epochs trained (epoch 1 is 0-1)")
     fig.suptitle(f"schedule ({spec.method})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -22,6 +22,7 @@ from dbl_ps.report import (
     mean_std,
     plot_runs,
     replan_marks,
+    shared_cores_note,
     summarize,
     worker_times,
     write_csv,
@@ -419,7 +420,14 @@ def test_worker_times_take_the_waiting_at_syncs_out_of_training_and_mark_replans
             {"worker": 1, "seconds": 2.0, "wait_seconds": 0.8, "sync_seconds": 0.2, "resolution": 12}]})
     times = worker_times(load_run(run_dir))
     assert times[0]["training"] == [pytest.approx(1.8)] and times[1]["training"] == [pytest.approx(1.0)]
-    assert times[1]["waiting"] == [0.8] and times[1]["merging"] == [0.2] and times[1]["epoch"] == [0]
-    assert replan_marks(plan) == [(0.5, "re-plan"), (1.5, "resumed on 3 workers")]
+    assert times[1]["waiting"] == [0.8] and times[1]["merging"] == [0.2] and times[1]["epoch"] == [1]  # 1-based
+    # a re-plan after the first epoch falls between epochs 1 and 2; a resume at the third before it
+    assert replan_marks(plan) == [(1.5, "re-plan"), (2.5, "resumed on 3 workers")]
     path = write_report([run_dir], tmp_path / "report")
     assert (path.parent / "workers_bsp.png").read_bytes()[:4] == b"\x89PNG"
+    # 4 workers on 2 CPU cores: the plot says why the measured times sit above the plan
+    (run_dir / "summary.json").write_text(json.dumps({"cpu_cores": 2, "device": "cpu"}))
+    assert shared_cores_note(load_run(run_dir), {**plan, "workers": 4}).startswith("4 workers share 2 cores")
+    assert shared_cores_note(load_run(run_dir), plan) is None  # 2 workers, 2 cores
+    (run_dir / "summary.json").write_text(json.dumps({"cpu_cores": 2, "device": "cuda"}))
+    assert shared_cores_note(load_run(run_dir), {**plan, "workers": 4}) is None

@@ -93,6 +93,9 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     assert len(csv_rows) == 5 and csv_rows[0].startswith("label,runs,epochs,final_acc,final_acc_std")
     summary = json.loads((out / "hybrid-s0" / "summary.json").read_text())
     assert summary["startup_seconds"] > 0 and summary["time_model_seconds"] == 0.0  # time model given
+    # the whole launch: start-up (data, plan, workers) + training + the end, what `time` would show
+    assert summary["total_seconds"] >= summary["wall_time"] + summary["startup_seconds"]
+    assert summary["cpu_cores"] >= 1 and summary["device"] == "cpu"
     for png in ("accuracy_vs_time.png", "loss_vs_time.png", "accuracy_vs_epoch.png", "loss_vs_epoch.png"):
         assert (out / "report" / png).stat().st_size > 0
     # the same report from the run directories

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -58,8 +57,10 @@ from dbl_ps.training.setup import (
     build_run_model,
     build_spec,
     check_run_model,
+    cpu_cores,
     plan_from_dict,
     poor_fit_lines,
+    process_seconds,
     resolve_time_models,
 )
 
@@ -129,7 +130,12 @@ class RunDriver:
         self.display = display
         self.callbacks = Callbacks(callbacks_from_env(coordinator.rank))  # run-level test hooks (on_checkpoint, on_replan)
         self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
-        self.startup_seconds: float | None = None  # bringing the workers up (not in the wall time)
+        self.startup_seconds: float | None = None  # the launch until training starts, less the time model
+        # Where this launch's start-up counts from: the process's start for its first run (imports
+        # and config included), else now (`dbl-ps compare` runs several in one process).
+        global _FIRST_RUN
+        self.launched_at = 0.0 if _FIRST_RUN else process_seconds()
+        _FIRST_RUN = False
         self.replans: list[dict[str, Any]] = []
         self.replanned_at_resume = False  # plan.json of the resumed run is rewritten for this launch
         self.last_complete = -1
@@ -308,7 +314,7 @@ class RunDriver:
         start = int(self.checkpoint["next_epoch"]) if self.checkpoint else 0
         self.last_complete = start - 1
         if self.checkpoint:
-            self.log(f"resuming {self.run_dir} at epoch {start} of {epochs}")
+            self.log(f"resuming {self.run_dir} at epoch {start + 1} of {epochs}")  # 1-based, as the epoch lines
         elif self.resuming:
             self.log(f"{self.run_dir} has no checkpoint yet: starting again from epoch 1 of {epochs}")
         try:
@@ -332,8 +338,7 @@ class RunDriver:
         if coordinator.is_main:
             self.finisher = self._open_finisher(start)
         try:
-            started = time.perf_counter()
-            coordinator.start(self.prepared, start, on_ready=lambda: self._ready(started))
+            coordinator.start(self.prepared, start, on_ready=self._ready)
             if self.display is not None:
                 self.display.open(epochs, start)
             for global_epoch in coordinator.epochs(start):
@@ -359,9 +364,10 @@ class RunDriver:
             if self.display is not None:
                 self.display.close()
 
-    def _ready(self, started: float) -> None:
-        """Every worker can train: the wall clock starts now (start-up is reported apart)."""
-        self.startup_seconds = time.perf_counter() - started
+    def _ready(self) -> None:
+        """Every worker can train: the wall clock starts now (start-up is reported apart: from the
+        launch, imports, data and plan included, less the time model, which has its own field)."""
+        self.startup_seconds = max(0.0, process_seconds() - self.launched_at - self.time_model_seconds)
         if self.finisher is not None:
             self.finisher.start_clock()
 
@@ -458,7 +464,9 @@ class RunDriver:
         return self.finisher.summary(status, name=self.cfg.name, small_workers=self.plan.small,
                                      server=self.coordinator.server_stats(), plan_source=self.plan_source,
                                      startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds,
-                                     threads_per_worker=self.coordinator.threads)
+                                     total_seconds=process_seconds() - self.launched_at,
+                                     threads_per_worker=self.coordinator.threads, cpu_cores=cpu_cores(),
+                                     device=self.coordinator.eval_device.type)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         def fmt(v: Any, spec: str) -> str:
@@ -472,6 +480,9 @@ class RunDriver:
             f"store version {s['store_version']}  (time model: {s['plan_source']})",
         ]
         self._log("\n".join(lines))
+
+
+_FIRST_RUN = True  # no RunDriver made in this process yet
 
 
 def engine_module(model: nn.Module) -> nn.Module:
