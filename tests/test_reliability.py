@@ -510,6 +510,7 @@ def test_ctrl_c_under_torchrun_is_one_line_from_rank_0_and_the_checkpoint_is_int
             os.killpg(proc.pid, signal.SIGKILL)
     ours = [line for line in err.splitlines() if line.startswith("dbl-ps train:")]
     assert len(ours) == 1 and "SIGINT: stopped; the checkpoint of epoch" in ours[0], err[-3000:]
+    assert ours[0].endswith(f"continue with: torchrun --nproc_per_node 2 -m dbl_ps train --resume {run_dir}")
     assert "KeyboardInterrupt" not in err, err[-3000:]
     meta = json.loads((run_dir / "checkpoint.json").read_text())
     assert meta["status"] == "interrupted"
@@ -565,3 +566,20 @@ def test_the_ranks_end_when_torchrun_is_killed_with_sigkill(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     assert lock_owner(run_dir) is None  # removed, or left by a dead process: a resume takes it over
     assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] >= 0
+
+
+def test_the_resume_hint_names_the_launcher_the_run_was_started_with(monkeypatch):
+    from dbl_ps.training.topology import resume_command
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert resume_command("runs/r") == "dbl-ps train --resume runs/r"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_SIZE", "4")  # the deepspeed launcher's
+    assert resume_command("runs/r") == "deepspeed --num_gpus 4 --module dbl_ps train --resume runs/r"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command("runs/r") == "torchrun --nproc_per_node 4 -m dbl_ps train --resume runs/r"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two nodes
+    assert resume_command("runs/r") == "the same launch on every node, with `-m dbl_ps train --resume runs/r`"
