@@ -119,6 +119,10 @@ def test_lr_find_on_the_runs_own_model_and_data_writes_its_suggestion_into_the_c
     assert config.read_text().startswith("# digits, mine\nschedule:\n  epochs: 4\n  lr: ")
     assert f"suggested schedule.lr {written:.3g}" in proc.stdout and f"written to {config}" in proc.stdout
     # bad arguments: one line, before anything is loaded or trained
-    bad = subprocess.run([sys.executable, "-m", "dbl_ps", "lr-find", "--resolution", "99", "--write"],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert bad.returncode == 2 and "--resolution 99: give one of schedule.resolutions [12, 16]" in bad.stderr
+    for args, message in ((["--resolution", "99"], "--resolution 99: give one of schedule.resolutions [12, 16]"),
+                          (["--write"], "--write writes into the --config file, and there is none here"),
+                          (["--write-to", str(tmp_path)], f"--write-to {tmp_path}: that is a folder")):
+        bad = subprocess.run([sys.executable, "-m", "dbl_ps", "lr-find", *args], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -1,6 +1,6 @@
 """`dbl-ps lr-find [--config FILE] [KEY=VALUE ...]`: the LR range test on the run's own
 model, data, batch and engine (`dbl_ps.training.lr_find`), a plot and the suggested
-`schedule.lr`, which `--write` puts into the run config.
+`schedule.lr`, which `--write` puts into the run config (`--write-to FILE`: into another).
 
     dbl-ps lr-find --config my_run.yaml --write            # then: dbl-ps train --config my_run.yaml
     dbl-ps lr-find model.name=torchvision.models:resnet18 data.source=imagefolder data.path=DIR
@@ -46,9 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how the LR is suggested (default %(default)s)")
     parser.add_argument("--out", metavar="DIR", help="folder for lr_find.png and lr_find.json "
                                                      "(default OUT_DIR/NAME-lr-find)")
-    parser.add_argument("--write", nargs="?", const=True, default=None, metavar="FILE",
-                        help="write the suggested schedule.lr into FILE (without FILE: the --config file); "
-                             "other lines, comments included, are kept")
+    parser.add_argument("--write", action="store_true",
+                        help="write the suggested schedule.lr into the --config file; its other lines, comments "
+                             "included, are kept")
+    parser.add_argument("--write-to", metavar="FILE",
+                        help="write the suggested schedule.lr into FILE instead (created when missing)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -85,21 +87,25 @@ def _check_arguments(args: argparse.Namespace, cfg: Any) -> str | None:
 
 
 def _write_target(args: argparse.Namespace) -> Path | None | str:
-    """The file --write names, checked before anything is trained (a str: what is wrong)."""
-    if args.write is None:
-        return None
-    if args.write is True:
+    """The file --write / --write-to names, checked before anything is trained (a str: what
+    is wrong)."""
+    if args.write and args.write_to:
+        return "--write writes into the --config file, --write-to into another: give one"
+    if args.write:
         if args.config is None or not Path(args.config).is_file():
-            return ("--write without FILE writes into the --config file, and there is none here (a shipped config "
-                    "is copied out first: `dbl-ps configs --copy NAME DEST`); give --write FILE")
-        return Path(args.config)
-    path = Path(args.write)
+            return ("--write writes into the --config file, and there is none here (a shipped config is copied "
+                    "out first: `dbl-ps configs --copy NAME DEST`); or give --write-to FILE")
+        path, flag = Path(args.config), "--write"
+    elif args.write_to:
+        path, flag = Path(args.write_to), "--write-to"
+    else:
+        return None
     if path.is_dir():
-        return f"--write {path}: that is a folder; give a YAML file (created when missing)"
+        return f"{flag} {path}: that is a folder; give a YAML file (created when missing)"
     if path.exists() and not os.access(path, os.W_OK):
-        return f"--write {path}: the file is not writable"
+        return f"{flag} {path}: the file is not writable"
     if not path.exists() and not path.parent.is_dir():
-        return f"--write {path}: folder {path.parent} does not exist"
+        return f"{flag} {path}: folder {path.parent} does not exist"
     return path
 
 
@@ -184,7 +190,7 @@ def _find(args: argparse.Namespace, cfg: Any, target: Path | None) -> int:
         try:
             write_schedule_lr(target, finding.suggestion)
         except (OSError, ValueError) as exc:
-            return error(f"--write {target}: {exc}")
+            return error(f"writing schedule.lr into {target}: {exc}")
         print(f"dbl-ps lr-find: schedule.lr {finding.suggestion:.3g} written to {target}; train with: "
               f"dbl-ps train --config {target}")
     else:
