@@ -200,3 +200,14 @@ def test_the_step_check_names_the_rank_and_its_planned_and_taken_steps():
     assert apart.startswith("the ranks are in different epochs: rank 0 at sync 1 of epoch 3 (8 of 112 planned "
                             "steps); rank 1 at sync 1 of epoch 2")
     assert "every rank's checkpoint of the same epoch" in apart
+
+
+def test_one_value_in_a_list_means_every_worker_and_every_resolution():
+    """The one-value form the config takes (`dbl.batch_large: [64]`) works in the API too."""
+    tm = dbl.TimeModel(alpha=0.002, beta=0.0001)
+    one = dbl.plan_ranks(tm, batch_large=64, dataset_size=1000, ranks=2, small=1, tau=1.5, resolutions=(20, 28),
+                         batch_small=0.5)
+    listed = dbl.plan_ranks(tm, batch_large=[64], dataset_size=1000, ranks=2, small=1, tau=1.5, resolutions=(20, 28),
+                            batch_small=[0.5])
+    assert dbl.plan_to_dict(one) == dbl.plan_to_dict(listed)
+    assert [one[r].batches for r in (20, 28)] == [(32, 64), (32, 64)]
