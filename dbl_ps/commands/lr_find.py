@@ -194,9 +194,9 @@ def _find(args: argparse.Namespace, cfg: Any, target: Path | None) -> int:
         print(f"dbl-ps lr-find: schedule.lr {finding.suggestion:.3g} written to {target}; train with: "
               f"dbl-ps train --config {target}")
     else:
-        config = f"--config {args.config} " if args.config else ""
-        print(f"dbl-ps lr-find: train with: dbl-ps train {config}{' '.join(args.overrides)} "
-              f"schedule.lr={finding.suggestion:.3g}".rstrip())
+        command = ["dbl-ps train", *(["--config", args.config] if args.config else []), *args.overrides,
+                   f"schedule.lr={finding.suggestion:.3g}"]
+        print(f"dbl-ps lr-find: train with: {' '.join(command)}")
     return 0
 
 
