@@ -87,11 +87,19 @@ def test_write_schedule_lr_keeps_every_other_line_and_comment(tmp_path: Path):
     path.write_text("name: x\n")
     write_schedule_lr(path, 0.02)
     assert load_config(path).schedule.lr == 0.02 and path.read_text().startswith("name: x\n")
+    # a one-line flow mapping, as the README's example writes it
+    path.write_text("schedule: {epochs: 6, lr: 0.1, resolutions: [28]}   # six\n")
+    write_schedule_lr(path, 0.02)
+    assert path.read_text() == "schedule: {epochs: 6, lr: 0.02, resolutions: [28]}   # six\n"
+    path.write_text("name: x\nschedule: {epochs: 6, resolutions: [28]}\n")
+    write_schedule_lr(path, 0.0025)
+    assert path.read_text() == "name: x\nschedule: {lr: 0.0025, epochs: 6, resolutions: [28]}\n"
+    assert load_config(path).schedule.lr == 0.0025
     # what cannot be edited as text is refused and the file left as it was
-    path.write_text("schedule: {epochs: 6, lr: 0.1}\n")
-    with pytest.raises(ValueError, match="flow style"):
+    path.write_text("schedule: {epochs: 6,\n  lr: 0.1}\n")
+    with pytest.raises(ValueError, match="set schedule.lr by hand"):
         write_schedule_lr(path, 0.02)
-    assert path.read_text() == "schedule: {epochs: 6, lr: 0.1}\n"
+    assert path.read_text() == "schedule: {epochs: 6,\n  lr: 0.1}\n"
     path.write_text("schedule:\n  epochs: 6\nnot_a_key: 1\n")
     with pytest.raises(ValueError, match="not a valid config"):
         write_schedule_lr(path, 0.02)

@@ -210,22 +210,34 @@ def _endless(loader: Any, samples: int, batch: int, resolution: int):
 
 
 _SECTION = re.compile(r"^schedule:\s*(#.*)?$")
+_FLOW = re.compile(r"^(schedule:\s*)\{(.*)\}(\s*(?:#.*)?)$")  # a flow mapping on one line
+_FLOW_LR = re.compile(r"((?:^|,)\s*)lr:\s*[^,}]*")
 _LR_LINE = re.compile(r"^(\s+)lr:(\s*)([^#\n]*?)(\s*#.*)?$")
 
 
 def write_schedule_lr(path: Path, lr: float) -> None:
     """Set `schedule.lr` in the YAML run config `path` (created when missing), keeping every
     other line, comments included: the `lr:` line of the block-style `schedule:` section is
-    rewritten, or added as its first key, or a `schedule:` section is appended. The result is
+    rewritten, or added as its first key; in a one-line `schedule: {...}` the `lr:` entry is
+    rewritten or put first; else a `schedule:` section is appended. The result is
     loaded back and must be a valid config with that LR; else the file is left as it was."""
     value = f"{lr:.3g}"
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if _SECTION.match(line)), None)
-    if start is None:
+    flow = next((i for i, line in enumerate(lines) if _FLOW.match(line)), None)
+    if start is None and flow is not None:  # schedule: {epochs: 6, lr: 0.1} on one line
+        m = _FLOW.match(lines[flow])
+        body = m.group(2)
+        if _FLOW_LR.search(body):
+            body = _FLOW_LR.sub(lambda k: f"{k.group(1)}lr: {value}", body, count=1)
+        else:
+            body = f"lr: {value}, {body}" if body.strip() else f"lr: {value}"
+        lines[flow] = f"{m.group(1)}{{{body}}}{m.group(3)}"
+    elif start is None:
         if re.search(r"^schedule:", text, re.M):
-            raise ValueError("its schedule section is written in flow style ({...}); write it as a block "
-                             "(one key per line) or set schedule.lr by hand")
+            raise ValueError("its schedule section is written in a form this edit does not follow (a flow mapping "
+                             "over several lines?); set schedule.lr by hand")
         lines += ["schedule:", f"  lr: {value}"]
     else:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace()),
