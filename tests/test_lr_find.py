@@ -113,7 +113,7 @@ def test_lr_find_on_the_runs_own_model_and_data_writes_its_suggestion_into_the_c
     config.write_text("# digits, mine\nschedule:\n  epochs: 4\n  lr: 0.1\ndbl:\n  workers: 2\n")
     proc = subprocess.run([sys.executable, "-m", "dbl_ps", "lr-find", "--config", str(config), "--steps", "60",
                            "--min-lr", "1e-4", "--max-lr", "30", "--out", str(tmp_path / "out"), "--write",
-                           "threads_per_worker=1"], capture_output=True, text=True, timeout=600)
+                           "threads_per_worker=1"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "lr_find.json").read_text())
     assert (record["model"], record["batch"], record["resolution"]) == ("small_resnet", 64, 16)
