@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+from dbl_ps._process import mark_command
+
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `dbl-ps plan` never pays for importing torch-heavy training code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    mark_command()  # a run's start-up counts from this process's start (dbl_ps._process)
     parser = build_parser()
     # KEY=VALUE overrides may stand on both sides of options (`train engine=fsdp --run-dir D x=1`);
     # argparse alone takes one block of positionals, so the later ones are collected here.

@@ -39,6 +39,7 @@ from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter
 from dbl_ps.planner import Plan
 from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
+from dbl_ps._process import is_command, process_seconds
 from dbl_ps.runtime.engine_setup import check_engine_config, check_engine_schedule, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.tracking import open_trackers
@@ -60,7 +61,6 @@ from dbl_ps.training.setup import (
     cpu_cores,
     plan_from_dict,
     poor_fit_lines,
-    process_seconds,
     resolve_time_models,
 )
 
@@ -131,10 +131,11 @@ class RunDriver:
         self.callbacks = Callbacks(callbacks_from_env(coordinator.rank))  # run-level test hooks (on_checkpoint, on_replan)
         self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
         self.startup_seconds: float | None = None  # the launch until training starts, less the time model
-        # Where this launch's start-up counts from: the process's start for its first run (imports
-        # and config included), else now (`dbl-ps compare` runs several in one process).
+        # Where this launch's start-up counts from: the process's start for the first run of a
+        # `dbl-ps` command (imports and config included), else now (a run made from Python, or
+        # the next run of `dbl-ps compare`): see dbl_ps._process
         global _FIRST_RUN
-        self.launched_at = 0.0 if _FIRST_RUN else process_seconds()
+        self.launched_at = 0.0 if _FIRST_RUN and is_command() else process_seconds()
         _FIRST_RUN = False
         self.replans: list[dict[str, Any]] = []
         self.replanned_at_resume = False  # plan.json of the resumed run is rewritten for this launch

@@ -38,7 +38,6 @@ from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.training.engine import engine_step_factory
 
 __all__ = [
-    "process_seconds",
     "DEFAULT_TIME_MODEL",
     "MEASURED",
     "ResolvedTimeModels",
@@ -60,20 +59,6 @@ __all__ = [
 # Typical of a small ResNet at 8-16 px on one CPU core: 3 ms fixed cost per step,
 # 0.2 ms per sample. Only used when a measurement on the spot is unusable.
 DEFAULT_TIME_MODEL = TimeModel(alpha=0.003, beta=0.0002)
-
-
-_IMPORTED = time.monotonic()
-
-
-def process_seconds() -> float:
-    """Seconds since this process started (Linux: its start time in /proc, so the interpreter's
-    and torch's imports count; elsewhere: since this module was imported)."""
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        uptime = float(open("/proc/uptime").read().split()[0])
-        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.monotonic() - _IMPORTED
 
 
 def cpu_cores() -> int:
