@@ -2,12 +2,19 @@
 PYTHON ?= python3
 RUST_SOURCES := $(shell find rust_ps -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: install test test-rust check-windows test-python test-slow bench clean
+.PHONY: install test test-quick test-rust check-windows test-python test-slow bench clean
 
 # Installs the package in editable mode (builds the Rust extension with maturin).
-# The stamp file makes repeated `make test` runs skip the rebuild when nothing changed.
+# The stamp file makes repeated `make test` runs skip the rebuild when nothing changed; and
+# right after the README's `pip install -e ".[dev]"` (no stamp yet) an extension newer than
+# every Rust source, with the test tools importable, is taken as built: only the stamp is made.
 .installed: $(RUST_SOURCES)
-	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	@if $(PYTHON) -c "import dbl_ps._rust_ps, pytest, hypothesis" 2>/dev/null && [ -f dbl_ps/_rust_ps.abi3.so ] \
+	    && [ -z "$$(find $(RUST_SOURCES) -newer dbl_ps/_rust_ps.abi3.so)" ]; then \
+	  echo "dbl_ps/_rust_ps.abi3.so is newer than every Rust source: installed, nothing to build"; \
+	else \
+	  $(PYTHON) -m pip install --quiet -e ".[dev]"; \
+	fi
 	touch .installed
 
 install: .installed
@@ -32,6 +39,15 @@ test-python: .installed
 
 test-slow: .installed
 	$(PYTHON) -m pytest -q -m slow
+
+# Day-to-day: the layer check and the unit-level tests of the config, schedule, planner,
+# report, API, store and LR finder (one real lr-find training included), no launchers and no
+# multi-process runs: about 2 minutes on a busy 2-core machine (README, "Set up").
+QUICK_TESTS := tests/test_config.py tests/test_configs_command.py tests/test_schedule.py tests/test_planner.py \
+	tests/test_report.py tests/test_imports.py tests/test_api.py tests/test_store.py tests/test_lr_find.py
+test-quick:
+	lint-imports
+	$(PYTHON) -m pytest -q $(QUICK_TESTS)
 
 clean:
 	rm -rf target .installed

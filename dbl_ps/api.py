@@ -26,7 +26,8 @@ are one implementation.
         plan, factors = dbl.replan_together(plan, averager.train_seconds)   # mixed hardware drifts
         if factors:
             averager.set_plan(plan)
-        # checkpoint per rank: model, optimizer, averager, sampler, schedule .state_dict()
+        dbl.save_rank_state(f"ckpt/rank{rank}.pt", dbl.rank_state(model=model, optimizer=optimizer,
+                            averager=averager, sampler=sampler, lr_schedule=lr_schedule))  # RNGs too: exact
 
 Reference with every function and a worked example: docs/API.md.
 """
@@ -67,7 +68,10 @@ from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.engine import Engine, split_batch
 from dbl_ps.training.setup import plan_difference
 from dbl_ps.training.setup import plan_from_dict as _plan_from_saved_dict
-from dbl_ps.training.topology import Topology
+from dbl_ps.run_ownership import RunDirectoryBusy, RunLock
+from dbl_ps.training.orphans import exit_with_launcher
+from dbl_ps.training.resume import load_rank_state, own_folder, rank_state, read_rank_state, save_rank_state
+from dbl_ps.training.topology import Topology, launched_by_a_launcher
 
 __all__ = [
     "APIError",
@@ -77,6 +81,8 @@ __all__ = [
     "ModelAverager",
     "Plan",
     "RankPlan",
+    "RunDirectoryBusy",
+    "RunLock",
     "ScheduleLR",
     "SchedulePoint",
     "ScheduleSpec",
@@ -86,9 +92,12 @@ __all__ = [
     "accumulate",
     "deepspeed_mixed_config",
     "deepspeed_rank_config",
+    "exit_with_launcher",
+    "load_rank_state",
     "lr_at",
     "measure_time_model",
     "mixed_batch",
+    "own_folder",
     "plan_from_calibration",
     "plan_from_dict",
     "plan_lines",
@@ -98,8 +107,11 @@ __all__ = [
     "plan_to_dict",
     "plan_together",
     "rank_plan",
+    "rank_state",
+    "read_rank_state",
     "replan_together",
     "resize_batch",
+    "save_rank_state",
     "schedule_at",
     "single_rank_groups",
 ]
@@ -362,6 +374,8 @@ class ModelAverager:
         if sync_every != "mini_epoch" and (isinstance(sync_every, bool) or not isinstance(sync_every, int)
                                            or sync_every < 1):
             raise APIError(f"sync_every={sync_every!r}: give 'mini_epoch' or a number of steps >= 1")
+        if launched_by_a_launcher():
+            exit_with_launcher()  # a launcher killed with SIGKILL leaves no rank training on as an orphan
         topology = Topology(rank=dist.get_rank(), world=world, local_rank=dist.get_rank(), group_size=ranks_per_worker)
         self.plan = plan
         self._plan_hash = _plan_hash(plan)
@@ -590,21 +604,25 @@ def _progress_problem(rows: Sequence[Sequence[int]]) -> str | None:
 # --------------------------------------------------------------------------- DeepSpeed
 
 
-def deepspeed_rank_config(user_config: dict[str, Any], batch_size: int) -> tuple[dict[str, Any], list[str]]:
+def deepspeed_rank_config(user_config: dict[str, Any], batch_size: int, *,
+                          steps_per_epoch: int | None = None) -> tuple[dict[str, Any], list[str]]:
     """A user's DeepSpeed config made fit for one DBSL rank with its own batch: returns
-    `(config, notes)`, where notes say once what was changed. DeepSpeed asserts
-    `train_batch_size = micro x accumulation x data-parallel size`; each rank here is its own
-    data-parallel world of one (pass `mpu=SingleRankMPU(single_rank_groups())` to
-    `deepspeed.initialize`), so the batch fields become this rank's: your
+    `(config, notes)`, where notes say once what was changed (or kept: gradient clipping).
+    DeepSpeed asserts `train_batch_size = micro x accumulation x data-parallel size`; each rank
+    here is its own data-parallel world of one (pass `mpu=SingleRankMPU(single_rank_groups())`
+    to `deepspeed.initialize`), so the batch fields become this rank's: your
     `gradient_accumulation_steps` a is kept, the micro batch is ceil(batch / a) and
     `train_batch_size` the micro batch x a (feed DeepSpeed a micro-batches per planned batch,
-    e.g. from `accumulate(images, labels, parts=a)`). The `optimizer` block stays yours
-    (DeepSpeed builds it). A `scheduler` block is refused: DeepSpeed steps it once per
-    optimizer step, and the ranks take different numbers of steps per epoch; give
-    `deepspeed.initialize(lr_scheduler=lambda opt: ScheduleLR(opt, spec, mine.steps))`
-    instead (epoch units). Everything that cannot work (also a planned batch smaller than the
-    accumulation steps) is one `DeepSpeedConfigError` listing every conflict, before any step."""
-    return check_rank_config(user_config, batch_size)
+    e.g. from `accumulate(images, labels, parts=a)`). The `optimizer` block stays yours, its LR
+    included (DeepSpeed builds it; give the same LR as `ScheduleSpec(base_lr=)`). A `scheduler`
+    block is refused, as in `dbl-ps train`: DeepSpeed steps it once per optimizer step, and the
+    ranks take different numbers of steps per epoch; the error says what it is in epochs (with
+    the numbers when `steps_per_epoch`, a large rank's `rank_plan(plan, r).steps`, is given),
+    to pass as `deepspeed.initialize(lr_scheduler=lambda opt: ScheduleLR(opt, spec, mine.steps))`.
+    Everything that cannot work (also a planned batch smaller than the accumulation steps) is
+    one `DeepSpeedConfigError` listing every conflict, before any step."""
+    return check_rank_config(user_config, batch_size, steps_per_epoch=steps_per_epoch,
+                             steps_how="steps_per_epoch" if steps_per_epoch else "")
 
 
 # --------------------------------------------------------------------------- accumulation

@@ -9,6 +9,8 @@ import importlib
 import os
 import sys
 
+from dbl_ps._process import mark_command
+
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `dbl-ps plan` never pays for importing torch-heavy training code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -16,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("dbl_ps.commands.plan", "DBSL plan: small batch, data shares and predicted epoch time per resolution"),
     "calibrate": ("dbl_ps.commands.calibrate", "measure the time model t(b) = alpha + beta*b and the largest batch"),
     "train": ("dbl_ps.commands.train", "train a model: parameter store + worker processes (DBSL, CPL, hybrid)"),
+    "lr-find": ("dbl_ps.commands.lr_find", "LR range test on the run's model, data and batch: a plot and the "
+                                           "suggested schedule.lr, written into the run config with --write"),
     "compare": ("dbl_ps.commands.compare", "run baseline, DBSL, CPL and hybrid on one config and write one report"),
     "report": ("dbl_ps.commands.report", "plots and a table (ratios to a baseline) for existing run directories"),
     "shard": ("dbl_ps.commands.shard", "pre-encode a data source into webdataset shards, one set per resolution"),
@@ -40,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    mark_command()  # a run's start-up counts from this process's start (dbl_ps._process)
     try:
         parser = build_parser()  # imports the commands (torch, for train): seconds
     except KeyboardInterrupt:  # Ctrl-C before anything ran: no traceback (under a launcher: one line, rank 0's)

@@ -238,7 +238,7 @@ class ModelConfig:
     cifar_stem: bool = _f(False, help="give a torchvision-style ResNet (conv1 + maxpool) the 3x3 stride-1 stem "
                                       "without max-pool, for small (32 px) images")
     dropout: list[float] | dict[int, float] = _f({12: 0.0, 16: 0.1}, ge=0.0, lt=1.0,
-                                                  help="dropout rate per resolution: {px: rate} or a list (one value = all)")
+                                                  help="dropout rate per resolution")
 
     def check(self, prefix: str) -> None:
         if len(self.dropout) == 0:
@@ -285,7 +285,7 @@ class DBSLConfig:
     small: int = _f(1, ge=0, help="n_S, how many workers train with the small batch (0 = plain PS training)")
     tau: float = _f(1.1, ge=1.0, help="time budget: a small-batch epoch may take tau x the all-large time")
     batch_large: list[int] | dict[int, int] | None = _f({12: 96, 16: 64}, ge=1,
-                                                        help="B_L per resolution ({px: batch} or a list); null = from the calibration file")
+                                                        help="B_L per resolution; null = from the calibration file")
     calibration: str | None = _f(None, help="calibration file written by `dbl-ps calibrate` (alpha, beta, B_L per resolution); "
                                             "values given here explicitly take precedence over it")
     alpha: list[float] | dict[int, float] | None = _f(None, ge=0.0, help="time model: seconds per step, per resolution")
@@ -792,10 +792,25 @@ def _describe(tp: Any) -> str:
         k, v = typing.get_args(tp)
         return f"a mapping of ({_describe(k)}) to ({_describe(v)})"
     if origin in (typing.Union, types.UnionType):
+        item_tp = _per_resolution_item(tp)
+        if item_tp is not None:
+            forms = f"{_describe(item_tp)} (all resolutions), a list (one per resolution)"
+            return forms + (", {px: value} or null" if type(None) in typing.get_args(tp) else " or {px: value}")
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if _is_config(tp):
         return f"a section ({', '.join(f.name for f in dataclasses.fields(tp))})"
     return str(tp)
+
+
+def _per_resolution_item(tp: Any) -> Any:
+    """T when `tp` is a per-resolution setting (`list[T] | dict[int, T]`, maybe `| None`),
+    else None: such a key also takes one T, meaning the same value at every resolution."""
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+    lists = [typing.get_args(a)[0] for a in args if typing.get_origin(a) is list]
+    dicts = [typing.get_args(a) for a in args if typing.get_origin(a) is dict]
+    if len(lists) == 1 and len(dicts) == 1 and dicts[0] == (int, lists[0]):
+        return lists[0]
+    return None
 
 
 def _limits(meta: Mapping[str, Any]) -> str:
@@ -881,6 +896,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except _NoMatch:
                 continue
+        item_tp = _per_resolution_item(tp)
+        if item_tp is not None and not isinstance(value, (list, tuple, Mapping)) and value is not None:
+            # One value for every resolution (`dbl.batch_large=64`) is the one-element list.
+            return [_coerce(value, item_tp, key)]
         raise _NoMatch
     if _is_config(tp):
         if isinstance(value, tp):
@@ -1326,6 +1345,7 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
         data = _merge(RunConfig().to_dict(), data)  # an override that replaced a whole section keeps its defaults
         _follow(before, data, dotted, notes)
     if file_keys is not None:
+        _lr_from_deepspeed(data, file_keys | dotted, notes)
         _own_model_and_data(data, file_keys | dotted, notes)
     try:
         return RunConfig.from_dict(data)
@@ -1337,6 +1357,44 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
         raise
 
 
+def _deepspeed_optimizer(value: Any) -> tuple[str, float] | None:
+    """(type, lr) of the `optimizer` block in the DeepSpeed JSON `deepspeed_config` names (a
+    path, or a config shipped in the package), None when it has no LR or cannot be read (the
+    engine's check reports a file that is missing or broken, with the rest of its problems)."""
+    from dbl_ps.configs import find_deepspeed_config
+
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        path = find_deepspeed_config(value) if not path.suffix or path.name == value else None
+        if path is None:
+            return None
+    try:
+        optimizer = json.loads(path.read_text()).get("optimizer")
+        lr = optimizer["params"]["lr"]
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        return None
+    return str(optimizer.get("type", "?")), float(lr)
+
+
+def _lr_from_deepspeed(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
+    """The LR in the user's DeepSpeed JSON is the run's `schedule.lr` unless the user set
+    `schedule.lr` (then the engine's check says which won): a value the user chose is never
+    replaced by the embedded job's default."""
+    if "schedule.lr" in set_anywhere or "deepspeed_config" not in set_anywhere:
+        return
+    found = _deepspeed_optimizer(_get(data, "deepspeed_config"))
+    if found is None or found[1] == _get(data, "schedule.lr"):
+        return
+    kind, lr = found
+    _set_dotted(data, "schedule.lr", lr)
+    notes.append(f"schedule.lr {lr:g}: the lr of optimizer {kind} in the DeepSpeed config "
+                 f"{_get(data, 'deepspeed_config')} (set schedule.lr to train at another)")
+
+
 def _method_words(data: Mapping[str, Any]) -> str:
     small, res = _get(data, "dbl.small"), _get(data, "schedule.resolutions")
     dbsl, cpl = _is_int(small) and small > 0, isinstance(res, list) and len(res) > 1
@@ -1346,6 +1404,25 @@ def _method_words(data: Mapping[str, Any]) -> str:
 def _leaf(text: str) -> str:
     """`torchvision.models:resnet18` -> `resnet18`; `my.pkg.data.make` -> `make`."""
     return re.split(r"[:.]", text)[-1] or text
+
+
+def _inherited_recipe(data: Mapping[str, Any], set_anywhere: set[str]) -> str:
+    """One line naming the training recipe a user's model or data takes from the embedded
+    digits job (the keys the user set none of), and how to find the model's own LR."""
+    parts = [f"schedule.lr {_get(data, 'schedule.lr'):g}"]
+    if not {"optim.name", "optim.momentum", "optim.weight_decay"} & set_anywhere:
+        parts.append(f"optim {_get(data, 'optim.name')} (momentum {_get(data, 'optim.momentum'):g}, weight decay "
+                     f"{_get(data, 'optim.weight_decay'):g})")
+    if "schedule.warmup_epochs" not in set_anywhere:
+        parts.append(f"a {_get(data, 'schedule.warmup_epochs')}-epoch warm-up")
+    if not {"schedule.milestones", "schedule.gamma"} & set_anywhere:
+        parts.append(f"the LR x{_get(data, 'schedule.gamma'):g} at epochs {_get(data, 'schedule.milestones')} of "
+                     f"{_get(data, 'schedule.epochs')}")
+    if not {"store.mode", "store.rule"} & set_anywhere:
+        parts.append(f"store.mode {_get(data, 'store.mode')} with rule {_get(data, 'store.rule')}")
+    return (f"your model and data train with the embedded digits job's recipe where you set none of it: "
+            f"{', '.join(parts)}; that LR suits its small ResNet on 8 px digits: `dbl-ps lr-find` with the same "
+            f"arguments measures one for yours (--write FILE puts it into your config)")
 
 
 def _own_model_and_data(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
@@ -1377,9 +1454,12 @@ def _own_model_and_data(data: dict, set_anywhere: set[str], notes: list[str]) ->
         _set_dotted(data, "description", f"{method}: {model} on {data_name}.")
     if own_model and isinstance(model, str) and ":" in model and "model.dropout" not in set_anywhere:
         _set_dotted(data, "model.dropout", [0.0])
-        notes.append("model.dropout 0.0: your model gets no dropout from the embedded job (set model.dropout, "
-                     "e.g. {24: 0.1, 32: 0.2}, to schedule one; a model without nn.Dropout gets one before its "
-                     "classifier)")
+        notes[:] = [n for n in notes if not n.startswith("model.dropout ")]  # what it followed before, replaced
+        notes.append("model.dropout 0.0: your model trains without dropout (the embedded job's rates are for its "
+                     "small ResNet); set model.dropout (e.g. 0.1, or {24: 0.1, 32: 0.2}) to schedule a rate for "
+                     "every nn.Dropout of your model, or for one dbl-ps puts before its classifier where it has none")
+    if "schedule.lr" not in set_anywhere:
+        notes.append(_inherited_recipe(data, set_anywhere))
     if factory and "data.augment" not in set_anywhere and _get(data, "data.augment") is True:
         _set_dotted(data, "data.augment", False)
         notes.append("data.augment false: your data.factory images are used as they are (set data.augment=true "

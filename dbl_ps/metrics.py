@@ -52,6 +52,9 @@ __all__ = [
     "strict_dumps",
     "Isolated",
     "IsolatedSink",
+    "epoch_metrics",
+    "replan_metrics",
+    "shown_epoch",
 ]
 
 METRICS_FILE = "metrics.jsonl"
@@ -215,15 +218,16 @@ class MetricsWriter:
 class CsvWriter:
     """`RUN_DIR/metrics.csv` (the `csv` tracker): one row per epoch record, for a spreadsheet.
 
-    Columns: `step_key` first, then every key seen so far (the union, in order of first
-    appearance) whose values are scalars (numbers, strings, booleans, null); lists and
-    mappings (per-worker details) stay in metrics.jsonl, as do records with an `event`
-    (re-plan records are not epochs). A new key changes the header, so each record rewrites
-    the whole file (small: one row per epoch) to a temporary file renamed over the old one:
-    a crash leaves the previous file or the new one, never a torn one.
+    Columns: `step_key` first (the epoch as users read it, 1-based: `shown_epoch`), then the
+    names every tracker logs (`epoch_metrics`: `test/acc`, `train/worker0/loss`, ... the
+    per-worker values included), the union in order of first appearance. Records with an
+    `event` (re-plan records are not epochs) stay in metrics.jsonl. A new key changes the
+    header, so each record rewrites the whole file (small: one row per epoch) to a temporary
+    file renamed over the old one: a crash leaves the previous file or the new one, never a
+    torn one.
 
     `resume=False` refuses a file that already holds rows; `resume=True` continues it and, at
-    the first record, drops its rows at or after that step (epochs after the checkpoint the
+    the first record, drops its rows of that epoch or later (epochs after the checkpoint the
     run resumes from, trained again)."""
 
     def __init__(self, run_dir: str | os.PathLike, *, resume: bool = False, step_key: str = EPOCH):
@@ -243,13 +247,11 @@ class CsvWriter:
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         if "event" in metrics:
             return
+        shown = shown_epoch(step)
         if self._trim:  # the first record of a resumed run: drop the rows it trains again
             self._trim = False
-            self.rows = [r for r in self.rows if not _is_int(r.get(self.step_key)) or int(r[self.step_key]) < step]
-        row = {self.step_key: step}
-        for key, value in metrics.items():
-            if value is None or isinstance(value, (bool, int, float, str)):
-                row[key] = value
+            self.rows = [r for r in self.rows if not _is_int(r.get(self.step_key)) or int(r[self.step_key]) < shown]
+        row: dict[str, Any] = {self.step_key: shown, **epoch_metrics(metrics)}
         self.columns += [k for k in row if k not in self.columns]
         self.rows.append(row)
         tmp = self.path.with_suffix(".csv.tmp")
@@ -395,3 +397,65 @@ class IsolatedSink:
 
     def close(self) -> None:
         self.guard(self.sink.close)
+# --------------------------------------------------------------------------- trackers' names
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# record key -> tracker name (W&B, TensorBoard, CSV: every tracker logs the same names)
+RECORD_NAMES = {
+    "test_loss": "test/loss", "test_acc": "test/acc", "test_acc5": "test/acc5", "eval_seconds": "test/eval_seconds",
+    "train_loss": "train/loss", "train_acc": "train/acc", "samples": "train/samples",
+    "samples_per_s": "train/samples_per_s", "sync_seconds": "train/sync_seconds", "wait_seconds": "train/wait_seconds",
+    "lr": "schedule/lr", "resolution": "schedule/resolution", "dropout": "schedule/dropout",
+    "store_version": "store/version", "wall_time": "time/wall_seconds",
+}
+WORKER_NAMES = ("loss", "acc", "samples_per_s", "batch", "resolution", "samples", "steps", "syncs", "skipped_syncs",
+                "seconds", "wait_seconds", "sync_seconds", "weight")
+
+
+def shown_epoch(epoch: int) -> int:
+    """The epoch a user reads (console, plots, trackers' steps, metrics.csv): 1-based, the
+    number of epochs completed. metrics.jsonl's `epoch` field stays 0-based, the index a
+    resume continues from (`checkpoint.json`'s `epoch` too): changing it would break the
+    resumes of existing runs."""
+    return int(epoch) + 1
+
+
+def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The namespaced scalars every tracker logs for one global-epoch record of metrics.jsonl
+    (pure): `test/`, `train/`, `train/worker{i}/` (each worker's own), `schedule/`, `store/`
+    (staleness: updates the store applied after a worker's last pull), `time/`. A re-plan
+    record (`"event": "replan"`) gives `replan/worker{i}/...` instead."""
+    if "event" in record:  # not an epoch
+        return replan_metrics(record) if record["event"] == "replan" else {}
+    out: dict[str, float] = {name: record[key] for key, name in RECORD_NAMES.items() if _scalar(record.get(key))}
+    workers = record.get("workers") or []
+    batches = [w["batch"] for w in workers if _scalar(w.get("batch"))]
+    if batches:
+        out["schedule/batch_large"] = max(batches)
+        out["schedule/batch_small"] = min(batches)
+    staleness = []
+    for i, w in enumerate(workers):
+        prefix = f"train/worker{w.get('worker', i)}/"
+        out.update({prefix + key: w[key] for key in WORKER_NAMES if _scalar(w.get(key))})
+        if _scalar(w.get("version")) and _scalar(record.get("store_version")):
+            staleness.append(record["store_version"] - w["version"])
+    if staleness:
+        out["store/staleness_max"] = max(staleness)
+        out["store/staleness_mean"] = sum(staleness) / len(staleness)
+    return out
+
+
+def replan_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """Each worker's speed factor (measured / planned seconds) and its new share and batch at
+    the measured resolution, of a re-plan record (`dbl_ps.training.replanning`)."""
+    new = record["new"][str(record["measured_resolution"])]
+    out: dict[str, float] = {}
+    for w, factor in enumerate(record["factors"]):
+        out[f"replan/worker{w}/factor"] = factor
+        out[f"replan/worker{w}/share"] = new["shares"][w]
+        out[f"replan/worker{w}/batch"] = new["batches"][w]
+    return out

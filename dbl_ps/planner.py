@@ -786,6 +786,8 @@ def _per_worker(name: str, value: Any, workers: int, resolution: int) -> list[An
     if isinstance(value, (TimeModel, int)) and not isinstance(value, bool):
         return [value] * workers
     values = list(value)
+    if len(values) == 1:  # one value for every worker, as a list ([64], a config's one-value form)
+        return values * workers
     if len(values) != workers:
         raise ValueError(
             f"{name} at {resolution} px has {len(values)} entries; give one value or one per worker ({workers})"
@@ -817,6 +819,8 @@ def make_plan(
     if isinstance(batch_small, Mapping) and set(batch_small) - set(time_models):
         raise ValueError(f"batch_small resolutions {sorted(batch_small)} are not all in the plan's "
                          f"{sorted(time_models)}")
+    if isinstance(batch_small, (list, tuple)) and len(batch_small) == 1:
+        batch_small = batch_small[0]  # one value for every resolution
     plans = {}
     for r in sorted(time_models):
         models = _per_worker("time_models", time_models[r], workers, r)

@@ -34,7 +34,8 @@ import yaml
 from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics, strict_dumps
 
 __all__ = ["ReportError", "RunData", "load_run", "unfinished", "summarize", "format_table", "write_csv", "plot_runs",
-           "plot_worker_times", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve"]
+           "plot_worker_times", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve",
+           "comparison_notes", "shared_cores_note"]
 
 # The target accuracy of "time to target": this fraction of the baseline's mean final accuracy.
 TARGET_FRACTION = 0.9
@@ -111,12 +112,26 @@ class RunData:
         epochs = [r[EPOCH] for r in self.evals if isinstance(r.get(EPOCH), (int, float))]
         return int(max(epochs)) + 1 if epochs else None
 
-    def time_to_accuracy(self, target: float) -> float | None:
-        """Wall time of the first evaluation at or above `target` (None if never)."""
+    def time_to_accuracy(self, target: float, epochs: set[int] | None = None) -> float | None:
+        """Wall time at which the test accuracy reached `target` (None if never): linearly
+        interpolated between the evaluation before and the first at or above it, from the
+        evaluations at `epochs` only (None: all), so a method evaluated more often than
+        another gets no head start from it (`summarize` passes the epochs every run shares)."""
+        prev: tuple[float, float] | None = None
         for r in self.evals:
-            if float(r[TEST_ACC]) >= target and isinstance(r.get(WALL_TIME), (int, float)):
-                return float(r[WALL_TIME])
+            if not isinstance(r.get(WALL_TIME), (int, float)) or (epochs is not None and r.get(EPOCH) not in epochs):
+                continue
+            t, acc = float(r[WALL_TIME]), float(r[TEST_ACC])
+            if acc >= target:
+                if prev is None or acc <= prev[1]:
+                    return t
+                return prev[0] + (target - prev[1]) / (acc - prev[1]) * (t - prev[0])
+            prev = (t, acc)
         return None
+
+    @property
+    def eval_epochs(self) -> set[int]:
+        return {int(r[EPOCH]) for r in self.evals if isinstance(r.get(EPOCH), (int, float))}
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -259,8 +274,9 @@ def summarize(runs: Sequence[RunData], baseline: str | None = None,
     accuracy (the workers' batches of the last evaluated epoch), start-up and time-model seconds.
     With a baseline label also: the target accuracy (`target_fraction` x the baseline's
     mean final accuracy), each row's time to reach it (mean and deviation over its runs;
-    None when a run never does, `target_reached` says how many did), and the ratios to the
-    baseline (training time, time to target) and the accuracy change."""
+    None when a run never does, `target_reached` says how many did; interpolated between the
+    evaluations at the epochs every run evaluated: `RunData.time_to_accuracy`), and the
+    ratios to the baseline (training time, time to target) and the accuracy change."""
     groups = _group(runs)
     if baseline is not None and baseline not in groups:
         raise ReportError(f"baseline {baseline!r} is not one of the runs' labels: {', '.join(map(repr, groups))}")
@@ -280,8 +296,9 @@ def summarize(runs: Sequence[RunData], baseline: str | None = None,
     if baseline is not None:
         base = next(r for r in rows if r["label"] == baseline)
         target = target_fraction * base["final_acc"] if base["final_acc"] is not None else None
+        shared = set.intersection(*(m.eval_epochs for members in groups.values() for m in members))
         for row, members in zip(rows, groups.values()):
-            reach = [m.time_to_accuracy(target) for m in members] if target is not None else [None]
+            reach = [m.time_to_accuracy(target, shared) for m in members] if target is not None else [None]
             row["target_acc"] = target
             row["time_to_target"], row["time_to_target_std"] = mean_std(reach)
             row["target_reached"] = sum(t is not None for t in reach)
@@ -291,6 +308,44 @@ def summarize(runs: Sequence[RunData], baseline: str | None = None,
                                 if row["final_acc"] is not None and base["final_acc"] is not None else None)
             row["time_to_target_ratio"] = _ratio(row["time_to_target"], base["time_to_target"])
     return rows
+
+
+# The spread between seeds the README quotes (DBSL's test accuracy over 2 seeds, issue 22):
+# what one seed cannot measure for itself.
+SEED_SPREAD_POINTS = 1.3
+OVERFIT_POINTS = 0.05  # train accuracy this far above test accuracy: the model overfits
+
+
+def comparison_notes(runs: Sequence[RunData], rows: Sequence[dict[str, Any]], baseline: str | None = None,
+                     seeds_hint: str = "") -> list[str]:
+    """What the table cannot say for itself, one paragraph each: one seed per row (no spread:
+    differences below the seeds' typical spread are noise; `seeds_hint` names what to add),
+    time to target read from the evaluations every run shares (when runs evaluated at other
+    epochs), and a baseline that does not overfit (DBSL, a regulariser, has nothing to
+    regularise there)."""
+    notes = []
+    if rows and all(r.get("runs") == 1 for r in rows):
+        notes.append(f"One seed per row: a difference smaller than the spread between seeds is noise, and one seed "
+                     f"cannot measure that spread (the README's DBSL figure varies by {SEED_SPREAD_POINTS} points "
+                     f"between seeds); {seeds_hint or 'run each with more seeds'} for mean ± spread.")
+    epochs = [run.eval_epochs for run in runs]
+    if baseline is not None and epochs and any(e != epochs[0] for e in epochs):
+        shared = sorted(set.intersection(*epochs))
+        shown = ", ".join(str(e + 1) for e in shared) or "none"
+        notes.append(f"Time to target: the runs evaluated at different epochs, so it is read only from the epochs "
+                     f"every run evaluated ({shown}), interpolated linearly between them: a run evaluated more "
+                     f"often gets no head start from it (`eval.every`).")
+    base = next((r for r in rows if r.get("label") == baseline), None)
+    if base is not None and None not in (base.get("final_train_loss"), base.get("final_loss"),
+                                         base.get("final_train_acc"), base.get("final_acc")):
+        if base["final_train_loss"] >= base["final_loss"] and base["final_train_acc"] < base["final_acc"] + OVERFIT_POINTS:
+            notes.append(f"The baseline does not overfit here: its final training loss {base['final_train_loss']:.3f} "
+                         f"is not below its test loss {base['final_loss']:.3f}, and its training accuracy "
+                         f"{100 * base['final_train_acc']:.1f} % is not {100 * OVERFIT_POINTS:.0f} points above its "
+                         f"test accuracy {100 * base['final_acc']:.1f} %. DBSL acts as a regulariser, so it has "
+                         f"nothing to regularise in this setting: expect no accuracy gain from it (more epochs or "
+                         f"less data make a model overfit; `train_vs_test_accuracy.png` shows the gap).")
+    return notes
 
 
 def _time_unit(seconds: float) -> tuple[float, str]:
@@ -409,10 +464,11 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         x_scale = scale if x_key == WALL_TIME else 1.0
+        shift = 1 if x_key == EPOCH else 0  # epochs as users count them: 1 = the end of the first
         for g, (label, members) in enumerate(groups.items()):
             several = len(members) > 1
             for k, run in enumerate(members):
-                pts = [(r[x_key], r[y_key]) for r in run.evals
+                pts = [(r[x_key] + shift, r[y_key]) for r in run.evals
                        if isinstance(r.get(x_key), (int, float)) and isinstance(r.get(y_key), (int, float))]
                 if not pts:
                     continue
@@ -421,8 +477,10 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
                         label=None if several or k else label, marker="." if len(pts) < 40 and not several else None)
             if several:
                 xs, ys = mean_curve(members, y_key, x_key)
-                ax.plot([x / x_scale for x in xs], ys, color=colours(g % 10), linewidth=2.2,
+                ax.plot([x / x_scale + shift for x in xs], ys, color=colours(g % 10), linewidth=2.2,
                         label=f"{label} (mean of {len(members)})", marker="." if len(xs) < 40 else None)
+        if x_key == EPOCH:
+            _integer_ticks(ax)
         ax.set_xlabel(f"{_AXIS_NAMES[x_key]} ({unit})" if x_key == WALL_TIME else _AXIS_NAMES[x_key])
         ax.set_ylabel(_AXIS_NAMES[y_key])
         ax.grid(True, alpha=0.3)
@@ -433,6 +491,12 @@ def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
         fig.savefig(path)
         written.append(path)
     return written
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path | None:
@@ -455,7 +519,8 @@ def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path |
     for g, (label, members) in enumerate(groups.items()):
         for key, style, name in (("train_acc", "--", "train"), (TEST_ACC, "-", "test")):
             xs, ys = mean_curve(members, key, EPOCH)
-            ax.plot(xs, ys, style, color=colours(g % 10), linewidth=1.5, label=f"{label} {name}")
+            ax.plot([x + 1 for x in xs], ys, style, color=colours(g % 10), linewidth=1.5, label=f"{label} {name}")
+    _integer_ticks(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (top-1)")
     ax.set_title("training (dashed) vs test accuracy")
@@ -485,7 +550,7 @@ def worker_times(run: RunData) -> dict[int, dict[str, list[Any]]]:
                 continue
             series = times.setdefault(int(w["worker"]), {k: [] for k in ("epoch", "resolution", "training", "waiting",
                                                                          "merging")})
-            series["epoch"].append(record[EPOCH])
+            series["epoch"].append(record[EPOCH] + 1)  # 1-based, as every plot and the console count
             series["resolution"].append(w.get("resolution"))
             series["training"].append(w["seconds"] - number(w, "wait_seconds") - number(w, "sync_seconds"))
             series["waiting"].append(number(w, "wait_seconds"))
@@ -498,11 +563,21 @@ def replan_marks(plan: Mapping[str, Any]) -> list[tuple[float, str]]:
     workers were re-planned and the next one; before the epoch a resume re-planned at."""
     marks = []
     for record in plan.get("replans", []) if isinstance(plan.get("replans"), list) else []:
-        if isinstance(record.get("after_epoch"), (int, float)):
-            marks.append((record["after_epoch"] + 0.5, "re-plan"))
+        if isinstance(record.get("after_epoch"), (int, float)):  # 0-based indices, drawn at 1-based epochs
+            marks.append((record["after_epoch"] + 1.5, "re-plan"))
         elif isinstance(record.get("at_resume"), (int, float)):
-            marks.append((record["at_resume"] - 0.5, f"resumed on {record.get('workers', '?')} workers"))
+            marks.append((record["at_resume"] + 0.5, f"resumed on {record.get('workers', '?')} workers"))
     return marks
+
+
+def shared_cores_note(run: RunData, plan: Mapping[str, Any]) -> str | None:
+    """Why a CPU run's measured worker times sit above the plan: more workers than cores
+    (summary.json's `cpu_cores`), while the time model was measured one process at a time."""
+    cores, workers = run.summary.get("cpu_cores"), plan.get("workers", 0) if plan else 0
+    if not isinstance(cores, int) or run.summary.get("device", "cpu") != "cpu" or workers <= cores:
+        return None
+    return (f"{workers} workers share {cores} cores: the measured times sit above the plan (its time model is "
+            f"measured one process at a time)")
 
 
 def _plan_title(label: str, plan: Mapping[str, Any]) -> str:
@@ -555,6 +630,10 @@ def plot_worker_times(run: RunData, path: str | Path, label: str | None = None) 
     for x, text in replan_marks(plan):
         compute_ax.annotate(text, (x, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize="x-small",
                             color="grey", ha="right", va="top")
+    note = shared_cores_note(run, plan)
+    if note:
+        compute_ax.annotate(note, (0.01, 0.02), xycoords="axes fraction", fontsize="x-small", color="dimgrey")
+    _integer_ticks(wait_ax)
     compute_ax.set_ylabel("training s / mini-epoch\n(dashed: plan)")
     wait_ax.set_ylabel("s at syncs\n(solid: waiting, dotted: merge)")
     wait_ax.set_xlabel("epoch")
@@ -583,9 +662,10 @@ def _file_names(labels: Sequence[str], prefix: str) -> dict[str, str]:
 
 
 def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, baseline: str | None = None,
-                 title: str = "dbl-ps report", notes: Sequence[str] = ()) -> Path:
+                 title: str = "dbl-ps report", notes: Sequence[str] = (), seeds_hint: str = "") -> Path:
     """Plots, `summary.json` and `report.md` (table + plots) in `out_dir`; returns the report's path.
-    `notes`: paragraphs printed under the table's explanation (e.g. how the time model was had)."""
+    `notes`: paragraphs printed under the table's explanation (e.g. how the time model was had),
+    after `comparison_notes` (one seed, time to target, a baseline that does not overfit)."""
     loaded = [r if isinstance(r, RunData) else load_run(r) for r in runs]
     if not loaded:
         raise ReportError("no runs to report on")
@@ -609,7 +689,7 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
                   f"target accuracy is {TARGET_FRACTION:g} x its mean final accuracy.", ""]
     lines += ["Mean ± sample standard deviation over each row's runs (seeds). Training time excludes the start-up "
               "and the time-model measurement (their own columns). Table as CSV: `summary.csv`.", ""]
-    for note in notes:
+    for note in [*comparison_notes(loaded, rows, baseline, seeds_hint), *notes]:
         lines += [note, ""]
     lines += [format_table(rows, "markdown"), "Runs:", ""]
     lines += [f"- `{label}`: {r.run_dir}" for label, members in groups.items() for r in members]

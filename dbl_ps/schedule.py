@@ -33,7 +33,10 @@ from dbl_ps.planner import PAPER_BATCH_LARGE, PAPER_TIME_MODELS, make_plan
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduleSpec:
-    """Inputs of ``schedule_at``. Per-resolution tuples follow ``resolutions`` (low to high)."""
+    """Inputs of ``schedule_at``. Per-resolution values (``dropouts``, ``batch_large``,
+    ``batch_small``) follow ``resolutions`` (low to high): one per resolution, or one value
+    (a number or a one-element tuple) for every resolution, so the defaults fit any number
+    of resolutions."""
 
     epochs: float
     base_lr: float
@@ -42,9 +45,9 @@ class ScheduleSpec:
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.1
     resolutions: tuple[int, ...] = (32,)
-    dropouts: tuple[float, ...] | None = None  # None: 0.0 at every resolution
-    batch_large: tuple[int, ...] = (128,)
-    batch_small: tuple[int, ...] | None = None  # None: no small workers (no DBSL)
+    dropouts: tuple[float, ...] | float | None = None  # None: 0.0 at every resolution
+    batch_large: tuple[int, ...] | int = (128,)  # B_L, read by the schedule's table and plots only
+    batch_small: tuple[int, ...] | int | None = None  # None: no small workers (no DBSL)
     cyclic: bool = True
 
     def __post_init__(self) -> None:
@@ -83,7 +86,17 @@ class ScheduleSpec:
         if any(a >= b for a, b in zip(self.resolutions, self.resolutions[1:])):
             raise ValueError(f"resolutions={list(self.resolutions)} must be listed once each, low to high")
         n = len(self.resolutions)
-        dropouts = (0.0,) * n if self.dropouts is None else tuple(self.dropouts)
+
+        def per_resolution(name: str, value: Any) -> tuple:
+            values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            if len(values) == 1:
+                return values * n
+            if len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} resolutions {list(self.resolutions)} "
+                                 f"(give one per resolution, or one value for all)")
+            return values
+
+        dropouts = (0.0,) * n if self.dropouts is None else per_resolution("dropouts", self.dropouts)
         if len(dropouts) != n:
             raise ValueError(f"dropouts has {len(dropouts)} entries for {n} resolutions {list(self.resolutions)}")
         for p in dropouts:
@@ -94,9 +107,7 @@ class ScheduleSpec:
             values = getattr(self, name)
             if values is None:
                 continue
-            values = tuple(values)
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} entries for {n} resolutions {list(self.resolutions)}")
+            values = per_resolution(name, values)
             for b in values:
                 if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                     raise ValueError(f"{name} entry {b!r} must be a positive integer")
@@ -382,13 +393,21 @@ class ScheduleTracker:
         return point, changed
 
 
+def _epochs_shown(start: float, end: float) -> str:
+    """A phase's epochs as users count them: `1-40` for [0, 40) (the console's, 1-based and
+    inclusive); a phase that starts or ends inside an epoch as progress, `0.5-2.5`."""
+    if float(start).is_integer() and float(end).is_integer():
+        return f"{int(start) + 1}" if end - start == 1 else f"{int(start) + 1}-{int(end)}"
+    return f"{start:g}-{end:g} (progress)"
+
+
 def format_phases(spec: ScheduleSpec) -> str:
-    """A plain-text table of ``phases(spec)``."""
+    """A plain-text table of ``phases(spec)``, epochs 1-based as the console counts them."""
     rows = [("epochs", "lr", "res", "dropout", "batch_large", "batch_small")]
     for p in phases(spec):
         rows.append(
             (
-                f"{p.start:g}-{p.end:g}",
+                _epochs_shown(p.start, p.end),
                 f"{p.lr:g}",
                 str(p.resolution),
                 f"{p.dropout:g}",
@@ -409,6 +428,7 @@ def plot_schedule(spec: ScheduleSpec, path: str, *, points: int = 1000) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     xs = [spec.epochs * i / points for i in range(points + 1)]
     pts = [schedule_at(x, spec) for x in xs]
@@ -425,7 +445,8 @@ def plot_schedule(spec: ScheduleSpec, path: str, *, points: int = 1000) -> None:
     axes[2].legend(loc="best")
     axes[3].step(xs, [p.dropout for p in pts], where="post")
     axes[3].set_ylabel("dropout")
-    axes[3].set_xlabel("global epoch")
+    axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[3].set_xlabel("epochs trained (epoch 1 is 0-1)")
     fig.suptitle(f"schedule ({spec.method})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

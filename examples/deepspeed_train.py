@@ -14,8 +14,9 @@ marked `# dbl-ps`.
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 examples/deepspeed_train.py --deepspeed_config examples/ds_config.json
 
 `--checkpoint DIR`: after every epoch each rank saves into its own folder `DIR/rank<R>/`:
-`engine.save_checkpoint` (model, optimizer, the LR schedule) and `dbl_ps.pt` (the
-averager's and the sampler's state, the DeepSpeed tag). Each engine is a data-parallel
+`engine.save_checkpoint` (model, optimizer, the LR schedule) and `dbl_ps.pt`
+(`dbl.rank_state`: the averager's and the sampler's state and the random number
+generators, with the DeepSpeed tag). Each engine is a data-parallel
 world of one, so DeepSpeed names its files as data-parallel rank 0 on every rank: one
 folder for all ranks would have every rank write the same files. Started again with the
 same DIR, the ranks resume after the last saved epoch.
@@ -86,7 +87,7 @@ def main() -> None:
     # Resume: one folder per rank (see the docstring); every rank from the same epoch, or none.
     ckpt_dir = Path(args.checkpoint) / f"rank{rank}" if args.checkpoint else None
     ckpt_file = ckpt_dir / "dbl_ps.pt" if ckpt_dir else None
-    ckpt = torch.load(ckpt_file, weights_only=True) if ckpt_file and ckpt_file.exists() else None
+    ckpt = dbl.read_rank_state(ckpt_file) if ckpt_file else None  # dbl-ps: None without a file
     found: list = [None] * world
     dist.all_gather_object(found, ckpt and ckpt["averager"]["epoch"])
     if len(set(found)) > 1:
@@ -122,8 +123,7 @@ def main() -> None:
     loader = DataLoader(train_set, batch_sampler=sampler)
     if ckpt:
         engine.load_checkpoint(str(ckpt_dir), tag=ckpt["tag"])  # model, optimizer, the LR schedule
-        averager.load_state_dict(ckpt["averager"])  # dbl-ps: after the model
-        sampler.load_state_dict(ckpt["sampler"])  # dbl-ps
+        dbl.load_rank_state(ckpt, averager=averager, sampler=sampler)  # dbl-ps: after the model; the RNGs too
         plan = averager.plan  # dbl-ps
         record.data["resumed_at"] = averager.start_epoch
         if rank == 0:
@@ -151,9 +151,7 @@ def main() -> None:
             # on every rank; no 'latest' file (DeepSpeed writes it on global rank 0 only): ours names the tag.
             tag = f"epoch{epoch + 1}"
             engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
-            state = {"tag": tag, "averager": averager.state_dict(), "sampler": sampler.state_dict()}  # dbl-ps
-            torch.save(state, ckpt_file.with_suffix(".tmp"))  # written whole, then renamed
-            os.replace(ckpt_file.with_suffix(".tmp"), ckpt_file)
+            dbl.save_rank_state(ckpt_file, {"tag": tag, **dbl.rank_state(averager=averager, sampler=sampler)})  # dbl-ps
         if epoch + 1 == args.stop_after:
             break
     record.save()

@@ -8,9 +8,12 @@ their models, weighted by their shares, once per epoch. The lines dbl-ps adds ar
     torchrun --nproc_per_node 2 examples/torch_ddp_train.py --epochs 4
     torchrun --nproc_per_node 2 examples/torch_ddp_train.py --small 1 --tau 1.2 --replan
 
-`--checkpoint DIR`: each rank saves its own `DIR/rank<R>.pt` after every epoch (model,
-optimizer, and the state of the averager, sampler and LR schedule); started again with the
-same DIR, the ranks resume where the last epoch ended and train on as if never stopped.
+`--checkpoint DIR`: each rank saves its own `DIR/rank<R>.pt` after every epoch
+(`dbl.rank_state`: model, optimizer, the averager, sampler and LR schedule, and every random
+number generator, which dropout draws from); started again with the same DIR, the ranks
+resume where the last epoch ended and end with the bits of a run never stopped. Rank 0
+holds DIR's run lock (`dbl.own_folder`), so a relaunch while ranks of an earlier launch still
+train there is refused on every rank, naming them.
 
 On GPUs the same script runs unchanged with NCCL. `--slow-rank R --slow-seconds S`
 makes rank R sleep S seconds after each training step from epoch `--slow-from-epoch` on
@@ -55,14 +58,17 @@ def main() -> None:
     p.add_argument("--out", help="folder for each rank's record (rank<R>.json)")
     p.add_argument("--checkpoint", help="folder of each rank's checkpoint (rank<R>.pt), saved after every epoch; "
                                         "resumed from when present")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classifier")
     p.add_argument("--stop-after", type=int, default=0,
                    help="stop after this many epochs in all, as a killed job would (tests of --checkpoint)")
+    p.add_argument("--hold-after", type=int, default=0,
+                   help="after this many epochs in all, wait there until killed (tests of a killed launcher)")
     args = p.parse_args()
 
     rank, world, device = init(args.backend)
     train_set, test_set = datasets(args.data)
     torch.manual_seed(rank)  # the ranks start apart on purpose: the averager makes them equal
-    model = SmallCNN().to(device)
+    model = SmallCNN(dropout=args.dropout).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     record = Record(args.out, rank)
     slow = args.slow_seconds if rank == args.slow_rank else 0.0
@@ -79,8 +85,12 @@ def main() -> None:
 
     # Resume: each rank its own file, so no two ranks write one path. Every rank must resume
     # from the same epoch (or all start afresh): they agree on it before anything else.
+    try:
+        lock = dbl.own_folder(args.checkpoint) if args.checkpoint else None  # dbl-ps: one launch trains here at a time
+    except dbl.RunDirectoryBusy as exc:  # dbl-ps: on every rank
+        raise SystemExit(f"rank {rank}: {exc}") from None
     ckpt_path = Path(args.checkpoint) / f"rank{rank}.pt" if args.checkpoint else None
-    ckpt = torch.load(ckpt_path, weights_only=True) if ckpt_path and ckpt_path.exists() else None
+    ckpt = dbl.read_rank_state(ckpt_path) if ckpt_path else None  # dbl-ps: None without a file
     found: list = [None] * world
     dist.all_gather_object(found, ckpt and ckpt["averager"]["epoch"])
     if len(set(found)) > 1:
@@ -107,12 +117,9 @@ def main() -> None:
     schedule = dbl.ScheduleSpec(epochs=args.epochs, base_lr=args.lr, milestones=(int(args.epochs * 0.75),))  # dbl-ps
     lr_schedule = dbl.ScheduleLR(optimizer, schedule, averager.mine.steps)  # dbl-ps
     loader = DataLoader(train_set, batch_sampler=sampler)
-    if ckpt:  # everything built first, then loaded: the model before the averager (dbl-ps)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        averager.load_state_dict(ckpt["averager"])  # dbl-ps: the plan in use, the epoch, the merge count
-        sampler.load_state_dict(ckpt["sampler"])  # dbl-ps
-        lr_schedule.load_state_dict(ckpt["lr_schedule"])  # dbl-ps
+    if ckpt:  # everything built first, then loaded (the model before the averager), the RNGs last (dbl-ps)
+        dbl.load_rank_state(ckpt, model=model, optimizer=optimizer, averager=averager, sampler=sampler,  # dbl-ps
+                            lr_schedule=lr_schedule)  # dbl-ps
         plan = averager.plan  # dbl-ps: re-plans included
         record.data["resumed_at"] = averager.start_epoch
         if rank == 0:
@@ -146,15 +153,18 @@ def main() -> None:
             print(f"epoch {epoch + 1}/{args.epochs}  batches {list(plan[mine.resolution].batches)}  "
                   f"test acc {acc:.4f}  waited {averager.wait_seconds:.2f} s", flush=True)
         if ckpt_path:  # written whole, then renamed: a job killed while writing keeps the previous epoch's
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "averager": averager.state_dict(), "sampler": sampler.state_dict(),  # dbl-ps
-                     "lr_schedule": lr_schedule.state_dict()}  # dbl-ps
-            ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(state, ckpt_path.with_suffix(".tmp"))
-            os.replace(ckpt_path.with_suffix(".tmp"), ckpt_path)
+            dbl.save_rank_state(ckpt_path, dbl.rank_state(model=model, optimizer=optimizer, averager=averager,  # dbl-ps
+                                                          sampler=sampler, lr_schedule=lr_schedule))  # dbl-ps
         if epoch + 1 == args.stop_after:
             break
+        if epoch + 1 == args.hold_after:
+            dist.barrier()  # every rank's checkpoint of this epoch is written
+            print(f"rank {rank}: holding after epoch {epoch + 1} (pid {os.getpid()})", flush=True)
+            while True:
+                time.sleep(1)
     record.save()
+    if lock is not None:
+        lock.release()
     dist.destroy_process_group()
 
 

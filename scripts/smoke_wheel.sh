@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install a built wheel into a fresh virtualenv with no Rust toolchain on PATH, then run
-# `import dbl_ps`, `dbl-ps configs` (the shipped configs) and the default job
+# `import dbl_ps`, `python -m dbl_ps.smoke`, `dbl-ps configs` (the shipped configs) and the default job
 # (`dbl-ps train`) against it, from a directory outside the repository so the checkout
 # cannot shadow the installed package.
 #
@@ -35,6 +35,9 @@ with ParameterStore(8, 1, mode="asp", rule="blend") as store, StoreClient(store.
     assert (out == 1.0).all(), out
 print("import and store round trip OK:", dbl_ps.__file__)
 PY
+
+# The store across two spawned processes, from the package (no scripts/ in a wheel).
+"$venv/bin/python" -m dbl_ps.smoke
 
 # The configs ship in the package: listed, copied out and found by name with no checkout here.
 dbl-ps configs

@@ -214,3 +214,12 @@ def test_plan_difference_names_an_input_before_what_follows_from_it():
     own = dbl.plan_ranks(dbl.TimeModel(alpha=0.012, beta=0.001), batch_large=64, dataset_size=200, ranks=2)
     assert plan_difference(dbl.plan_to_dict(base), dbl.plan_to_dict(own)) == \
         ("per_resolution.0.time_models[0].alpha", 0.01, 0.012)
+def test_one_value_in_a_list_means_every_worker_and_every_resolution():
+    """The one-value form the config takes (`dbl.batch_large: [64]`) works in the API too."""
+    tm = dbl.TimeModel(alpha=0.002, beta=0.0001)
+    one = dbl.plan_ranks(tm, batch_large=64, dataset_size=1000, ranks=2, small=1, tau=1.5, resolutions=(20, 28),
+                         batch_small=0.5)
+    listed = dbl.plan_ranks(tm, batch_large=[64], dataset_size=1000, ranks=2, small=1, tau=1.5, resolutions=(20, 28),
+                            batch_small=[0.5])
+    assert dbl.plan_to_dict(one) == dbl.plan_to_dict(listed)
+    assert [one[r].batches for r in (20, 28)] == [(32, 64), (32, 64)]

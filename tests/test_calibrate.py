@@ -414,7 +414,7 @@ def test_plan_show_schedule(tmp_path, capsys):
     assert run_command(plan_cmd, ["--preset", "cifar", "--show-schedule", "--schedule-png", str(png)]) == 0
     out = capsys.readouterr().out
     assert png.read_bytes()[:4] == b"\x89PNG"
-    assert "130-140  0.002   32      0.2          560          102" in out
+    assert "131-140  0.002   32      0.2          560          102" in out  # epochs 1-based, as the console
     assert "x all-large training at 32 px" in out
 
 

@@ -155,6 +155,29 @@ def test_per_resolution_map_and_list_forms():
     assert cfg.dropouts() == [0.1] and cfg.batch_large() == [64]
 
 
+def test_one_value_for_every_resolution_is_accepted_on_the_command_line_and_in_yaml(tmp_path):
+    # the form README and `dbl-ps configs --keys` document: one value = the same at every resolution
+    overrides = ["dbl.batch_small=0.5", "dbl.alpha=0.003", "dbl.beta=0.0002", "dbl.batch_large=64", "model.dropout=0.1"]
+    from_cli = load_config(None, overrides)
+    path = write_yaml(tmp_path / "one.yaml", {"dbl": {"batch_small": 0.5, "alpha": 0.003, "beta": 0.0002,
+                                                      "batch_large": 64}, "model": {"dropout": 0.1}})
+    from_yaml = load_config(path)
+    for cfg in (from_cli, from_yaml):
+        assert cfg.batch_large() == [64, 64] and cfg.dropouts() == [0.1, 0.1]
+        assert cfg.batch_small() == {12: 0.5, 16: 0.5}
+        assert cfg.time_model() == [(0.003, 0.0002), (0.003, 0.0002)]
+    assert from_cli.to_dict() == from_yaml.to_dict()
+    # the saved config.yaml (a one-element list) loads back to the same run
+    assert RunConfig.from_dict(yaml.safe_load(from_cli.to_yaml())).to_dict() == from_cli.to_dict()
+    # one value still follows any resolutions; a bad one is still one error naming the key and the forms
+    assert load_config(None, ["dbl.batch_large=64", "schedule.resolutions=[16,24,32]"]).batch_large() == [64] * 3
+    with pytest.raises(ConfigError, match=r"'model.dropout(\[0\])?': got 1.5, expected .*< 1.0"):
+        load_config(None, ["model.dropout=1.5"])
+    with pytest.raises(ConfigError, match=r"'dbl.batch_large': got 'big', expected an integer \(all resolutions\), "
+                                          r"a list \(one per resolution\), \{px: value\} or null"):
+        load_config(None, ["dbl.batch_large=big"])
+
+
 def test_per_resolution_function():
     assert per_resolution(None, [24, 32]) is None
     assert per_resolution([0.1], [24, 32]) == [0.1, 0.1]

@@ -103,9 +103,15 @@ def test_keys_lists_every_config_key_with_its_default_as_an_override_takes_it(ca
     for key, default in listed.items():
         assert load_config(None, [f"{key}={default}"]).to_dict() == load_config(None).to_dict(), key
     # and every key says what it takes and what it does
-    about = {k: lines[i + 1] for i, line in enumerate(lines) if " = " in line and not line.startswith(" ")
-             for k in [line.split(" = ", 1)[0]]}
-    assert all(text.startswith("    ") and "; " in text for text in about.values()), about
+    about: dict[str, str] = {}
+    for line in lines:
+        if not line.startswith(" "):
+            key = line.split(" = ", 1)[0]
+            about[key] = ""
+        else:
+            about[key] += line.strip() + " "
+    assert all("; " in text for text in about.values()), about
+    assert set(about) == set(listed)
 
 
 def test_keys_of_one_section_and_an_unknown_text(capsys):

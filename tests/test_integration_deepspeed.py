@@ -131,32 +131,91 @@ def test_ds_config_preparation_rules() -> None:
         assert conf["gradient_accumulation_steps"] == 1
     with pytest.raises(LaunchError, match="zero_optimization.stage=3"):
         _prepare_ds_config({"zero_optimization": {"stage": 3}}, 8, 0.1)
-    # the user's optimizer block is DeepSpeed's to build, at schedule.lr; the scheduler gives way to schedule.*
-    conf = _prepare_ds_config({"optimizer": {"type": "Adam", "params": {"lr": 0.002}}, "scheduler": {"type": "WarmupLR"},
+    # the user's optimizer block is DeepSpeed's to build, at schedule.lr (the JSON's own unless the user set one)
+    conf = _prepare_ds_config({"optimizer": {"type": "Adam", "params": {"lr": 0.002}},
                                "gradient_accumulation_steps": 3}, 8, 0.1)
-    assert conf["optimizer"] == {"type": "Adam", "params": {"lr": 0.1}} and "scheduler" not in conf
+    assert conf["optimizer"] == {"type": "Adam", "params": {"lr": 0.1}}
     assert (conf["train_micro_batch_size_per_gpu"], conf["gradient_accumulation_steps"], conf["train_batch_size"]) \
         == (3, 3, 9)  # 8 samples as micro-batches of 3, 3, 2
     with pytest.raises(LaunchError, match="does not exist"):
         load_ds_config("no/such/file.json")
 
 
-def test_the_runs_notes_say_the_lr_and_scheduler_with_their_values() -> None:
-    from dbl_ps.integrations.deepspeed import check_rank_config
+def test_the_users_deepspeed_lr_is_the_runs_unless_schedule_lr_is_set(tmp_path: Path) -> None:
+    """The JSON's optimizer LR is what the run trains at (config.yaml, the saved DeepSpeed config);
+    an explicit schedule.lr wins, and one line says so with both values. It used to be replaced
+    by the embedded job's 0.1, a value the user never set (50x their AdamW's 0.002)."""
+    from dbl_ps.config import load_config
+    from dbl_ps.integrations.deepspeed import DS_CONFIG_FILE
+    from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
 
-    user = {"train_batch_size": 512, "gradient_accumulation_steps": 2,
-            "optimizer": {"type": "AdamW", "params": {"lr": 0.002, "weight_decay": 0.05}},
-            "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}}
-    conf, notes = check_rank_config(user, None, schedule_lr=0.1)  # dbl-ps train, before the plan
-    assert conf == {"gradient_accumulation_steps": 2, "steps_per_print": 1_000_000_000,
-                    "optimizer": {"type": "AdamW", "params": {"lr": 0.1, "weight_decay": 0.05}}}
-    assert notes[1:] == [
-        "train_batch_size 512 -> the micro batch x 2",
-        "scheduler 'WarmupLR' removed: it counts optimizer steps, which differ per worker; the run's schedule "
-        "(schedule.lr, schedule.warmup_epochs, schedule.milestones) sets the LR in epochs, the same on every worker",
-        "optimizer AdamW lr 0.002 in the DeepSpeed config replaced by schedule.lr 0.1 (the run's schedule sets the "
-        "LR; DeepSpeed builds this optimizer, optim.* is not used)"]
-    assert notes[0].startswith("gradient_accumulation_steps 2 kept")
+    user = tmp_path / "my_ds_config.json"
+    user.write_text(json.dumps({"train_batch_size": 512, "gradient_accumulation_steps": 2, "gradient_clipping": 1.0,
+                                "optimizer": {"type": "AdamW", "params": {"lr": 0.002, "weight_decay": 0.05}}}))
+    notes: list[str] = []
+    cfg = load_config(None, ["engine=deepspeed", f"deepspeed_config={user}", "schedule.epochs=3"], notes=notes)
+    assert cfg.schedule.lr == 0.002
+    assert f"schedule.lr 0.002: the lr of optimizer AdamW in the DeepSpeed config {user} (set schedule.lr to " \
+           f"train at another)" in notes
+    said: list[str] = []
+    check_engine_config(cfg, said.append)
+    assert not any("lr" in line and "optimizer" in line for line in said), said
+    assert "DeepSpeed config: gradient_clipping 1 kept: DeepSpeed clips each rank's gradient norm at 1 before every " \
+           "optimizer step" in said
+    engine_options(cfg, tmp_path / "run", resuming=False)
+    saved = json.loads((tmp_path / "run" / DS_CONFIG_FILE).read_text())
+    assert saved["optimizer"] == {"type": "AdamW", "params": {"lr": 0.002, "weight_decay": 0.05}}
+    assert "train_batch_size" not in saved and saved["gradient_accumulation_steps"] == 2
+    # set on the command line, or in the user's own YAML: theirs wins, said once with both values
+    (tmp_path / "run.yaml").write_text("schedule: {lr: 0.01}\n")
+    for path, overrides in ((None, ["schedule.lr=0.1"]), (tmp_path / "run.yaml", [])):
+        notes = []
+        cfg = load_config(path, ["engine=deepspeed", f"deepspeed_config={user}", *overrides], notes=notes)
+        assert not any(n.startswith("schedule.lr") for n in notes)
+        said = []
+        check_engine_config(cfg, said.append)
+        assert [line for line in said if "lr" in line] == [
+            f"DeepSpeed config: optimizer AdamW lr 0.002 in the DeepSpeed config replaced by schedule.lr "
+            f"{cfg.schedule.lr:g}, which the run config sets (leave schedule.lr out to train at the JSON's lr; "
+            f"DeepSpeed builds this optimizer, optim.* is not used)"]
+    # a resumed run's config.yaml is the whole config: nothing follows the JSON again
+    resumed = load_config(None, ["engine=deepspeed", f"deepspeed_config={user}"])
+    assert apply_full(resumed.to_dict()).schedule.lr == 0.002
+
+
+def apply_full(data: dict):
+    from dbl_ps.config import RunConfig, apply_overrides
+
+    return apply_overrides(RunConfig.from_dict(data), [])
+
+
+def test_a_deepspeed_scheduler_is_refused_alike_in_the_cli_and_the_api_with_its_epochs(tmp_path: Path) -> None:
+    """DeepSpeed steps a scheduler per optimizer step and DBSL workers take different step
+    counts: both the run and the API refuse it, saying what its warm-up is in epochs at a
+    large worker's steps per epoch (the CLI dropped it for its own 1-epoch warm-up, the API
+    refused it; neither turned steps into epochs)."""
+    import dbl_ps.api as dbl
+    from dbl_ps.config import load_config
+    from dbl_ps.runtime.engine_setup import check_engine_schedule
+
+    block = {"type": "WarmupLR", "params": {"warmup_num_steps": 25, "warmup_min_lr": 0.0005,
+                                            "warmup_max_lr": 0.005, "warmup_type": "linear"}}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"scheduler": block}))
+    cfg = load_config(None, ["engine=deepspeed", f"deepspeed_config={path}"])  # 4 workers, B_L 96 at 12 px
+    with pytest.raises(dbl.DeepSpeedConfigError) as run_error:
+        check_engine_schedule(cfg, 3840)  # 3840 / 4 / 96 = 10 steps per epoch
+    message = str(run_error.value)
+    assert "scheduler 'WarmupLR' counts optimizer steps, and DBSL workers take different numbers of steps" in message
+    assert "its warm-up of 25 steps is 2.5 epochs at 10 optimizer steps per epoch (a large worker: 3840 samples / " \
+           "4 workers / batch 96); in epochs: schedule.warmup_epochs=3 schedule.warmup_start_factor=0.1 " \
+           "schedule.lr=0.005" in message
+    with pytest.raises(dbl.DeepSpeedConfigError) as api_error:
+        dbl.deepspeed_rank_config({"scheduler": block}, 96, steps_per_epoch=10)
+    message = str(api_error.value)
+    assert "its warm-up of 25 steps is 2.5 epochs at 10 optimizer steps per epoch (steps_per_epoch); in epochs: " \
+           "ScheduleSpec(warmup_epochs=2.5, warmup_start_factor=0.1, base_lr=0.005, ...)" in message
+    assert "dbl.ScheduleLR(opt, spec, mine.steps)" in message
 
 
 @pytest.fixture
@@ -254,13 +313,12 @@ def test_dbl_ps_train_worker_with_deepspeed_engine_learns(tmp_path: Path) -> Non
 
 @pytest.mark.slow  # measures the time model through DeepSpeed: about 3.5 minutes on 2 shared cores
 def test_dbl_ps_train_with_a_users_deepspeed_json(tmp_path: Path) -> None:
-    """A user's JSON with optimizer and scheduler blocks, accumulation and its own batch fields:
+    """A user's JSON with an optimizer block, accumulation and its own batch fields:
     what dbl-ps changes is said once with its values, before the time model is measured;
     DeepSpeed builds the optimizer at schedule.lr; deepspeed_config.json is what every worker's
     engine ran but for the two per-worker batch fields, which each worker's file records."""
     user = {"train_batch_size": 512, "gradient_accumulation_steps": 2,
-            "optimizer": {"type": "AdamW", "params": {"lr": 0.002}},
-            "scheduler": {"type": "WarmupLR", "params": {"warmup_num_steps": 10}}}
+            "optimizer": {"type": "AdamW", "params": {"lr": 0.002}}}
     (tmp_path / "ds.json").write_text(json.dumps(user))
     run_dir = tmp_path / "run"
     proc = launch([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
@@ -270,9 +328,9 @@ def test_dbl_ps_train_with_a_users_deepspeed_json(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     notes = [line for line in out.splitlines() if line.startswith("DeepSpeed config:")]
-    assert len(notes) == 4, out[-3000:]  # accumulation kept, train_batch_size, scheduler, optimizer's lr
+    assert len(notes) == 3, out[-3000:]  # accumulation kept, train_batch_size, optimizer's lr
     assert "DeepSpeed config: optimizer AdamW lr 0.002 in the DeepSpeed config replaced by schedule.lr 0.001" in out
-    assert out.index("DeepSpeed config: scheduler 'WarmupLR' removed") < out.index("measuring the time model")
+    assert out.index("DeepSpeed config: optimizer AdamW") < out.index("measuring the time model")
     saved = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert saved["optimizer"] == {"type": "AdamW", "params": {"lr": 0.001}} and "scheduler" not in saved
     assert saved["gradient_accumulation_steps"] == 2 and "train_batch_size" not in saved
@@ -294,6 +352,13 @@ def test_a_deepspeed_json_that_cannot_work_fails_before_measuring(tmp_path: Path
                    "engine=deepspeed", f"deepspeed_config={tmp_path / 'ds.json'}", "dbl.alpha=null", "dbl.beta=null"])
     assert proc.returncode != 0
     assert "zero_optimization.stage=3" in proc.stderr and "'pipeline'" in proc.stderr
+    assert "measuring" not in proc.stdout + proc.stderr and not (tmp_path / "run").exists()
+    # a scheduler block: one line with its epochs, once the data's size is known, before measuring
+    (tmp_path / "ds.json").write_text(json.dumps({"scheduler": {"type": "WarmupLR"}}))
+    proc = launch([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(tmp_path / "run"),
+                   "engine=deepspeed", f"deepspeed_config={tmp_path / 'ds.json'}", "dbl.alpha=null", "dbl.beta=null"])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "scheduler 'WarmupLR' counts optimizer steps" in proc.stderr and "its warm-up of 1000 steps is " in proc.stderr
     assert "measuring" not in proc.stdout + proc.stderr and not (tmp_path / "run").exists()
 
 

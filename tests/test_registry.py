@@ -4,6 +4,7 @@ trackers' files (TensorBoard, CSV) and a user's engine, source and tracker in on
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -189,6 +190,30 @@ def test_names_traits_and_config_validation_import_no_torch():
     assert done.returncode == 0, done.stderr
 
 
+def test_a_config_error_from_the_command_line_comes_before_torch_is_imported():
+    """`dbl-ps train` (and lr-find, compare) with a bad key: the one line came after 5 s of
+    importing torch (every command's arguments were built through dbl_ps.shards, and train
+    imported its launcher first); now the process exits without torch ever imported."""
+    code = textwrap.dedent("""
+        import sys
+        from dbl_ps.cli import main
+        for command in ("train", "lr-find", "compare"):
+            assert main([command, "dbl.tau=abc"]) == 2
+        heavy = [m for m in ("torch", "numpy", "dbl_ps.training", "dbl_ps.shards") if m in sys.modules]
+        assert not heavy, heavy
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("config key 'dbl.tau': got 'abc'") == 3
+
+
+def test_the_shard_commands_choices_are_the_writers():
+    from dbl_ps.commands import shard
+    from dbl_ps.shards import writer
+
+    assert (shard.SOURCE_TYPES, shard.DEFAULT_SAMPLES_PER_SHARD) == (writer.SOURCE_TYPES, writer.DEFAULT_SAMPLES_PER_SHARD)
+
+
 # --- the config -------------------------------------------------------------------------
 
 
@@ -320,39 +345,73 @@ def test_csv_tracker_writes_one_row_per_epoch_and_trims_on_resume(tmp_path):
     assert isinstance(sink.sink, CsvWriter)  # behind its guard (IsolatedSink)
     sink.log(3, {"event": "replan", "factors": [1.0]})  # not an epoch: left out
     text = (run_dir.path / CSV_FILE).read_text().splitlines()
-    assert text[0] == "epoch,train_loss,test_acc,resolution,note,diverged"  # the union, scalars only
-    assert text[1:] == ["0,2.0,0.25,12,a,", "1,1.5,0.5,16,,False", "2,1.0,0.75,16,,"]
+    # W&B's names, each worker's included; the epoch 1-based, as the console counts
+    assert text[0] == "epoch,test/acc,train/loss,schedule/resolution,train/worker0/loss"
+    assert text[1:] == ["1,0.25,2.0,12,2.0", "2,0.5,1.5,16,1.5", "3,0.75,1.0,16,1.0"]
     with pytest.raises(FileExistsError):
         CsvWriter(run_dir.path)
-    # resumed from the checkpoint of epoch 0: epochs 1 and 2 are trained again
+    # resumed from the checkpoint of epoch 1: epochs 2 and 3 are trained again
     _log_run(cfg, run_dir, [{"train_loss": 1.4, "test_acc": 0.6, "lr": 0.1}], resuming=True, first=1)
     text = (run_dir.path / CSV_FILE).read_text().splitlines()
-    assert text[0] == "epoch,train_loss,test_acc,resolution,note,diverged,lr"
-    assert text[1:] == ["0,2.0,0.25,12,a,,", "1,1.4,0.6,,,,0.1"]
+    assert text[0] == "epoch,test/acc,train/loss,schedule/resolution,train/worker0/loss,schedule/lr"
+    assert text[1:] == ["1,0.25,2.0,12,2.0,", "2,0.6,1.4,,,0.1"]
     assert not list(run_dir.path.glob("*.tmp"))
 
 
-def test_tensorboard_tracker_writes_scalars_and_appends_on_resume(tmp_path):
+def test_tensorboard_tracker_writes_what_wandb_logs_and_appends_on_resume(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dbl_ps.metrics import epoch_metrics
 
     cfg = load_config(None, ["tracking.trackers=[tensorboard]"])
     run_dir = RunDirectory(tmp_path / "run")
     run_dir.path.mkdir()
     _log_run(cfg, run_dir, RECORDS, resuming=False)
-    _log_run(cfg, run_dir, [{"test_acc": 0.9}, {"test_acc": 0.95, "event": "replan"}], resuming=True, first=2)
+    replan = {"event": "replan", "measured_resolution": 16, "factors": [1.5, 1.0],
+              "new": {"16": {"shares": [400, 600], "batches": [24, 64]}}}
+    _log_run(cfg, run_dir, [{"test_acc": 0.9}, replan], resuming=True, first=2)
 
-    def scalars():
-        events = EventAccumulator(str(run_dir.path / "tensorboard"))
-        events.Reload()
-        return events, {tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-
-    events, tags = scalars()
+    events = EventAccumulator(str(run_dir.path / "tensorboard"))
+    events.Reload()
+    tags = {tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     assert len(list((run_dir.path / "tensorboard").glob("events.out.tfevents.*"))) == 2  # one folder, appended
-    assert set(tags) == {"train_loss", "test_acc", "resolution", "replan/test_acc"}  # numeric keys only
-    # the resumed run's epoch 2 replaces the interrupted run's (purge_step)
-    assert tags["test_acc"] == [(0, 0.25), (1, 0.5), (2, pytest.approx(0.9))]
-    assert tags["train_loss"] == [(0, 2.0), (1, 1.5)]
+    assert set(tags) == set(epoch_metrics(RECORDS[0])) | set(epoch_metrics(replan))  # W&B's names
+    assert {"train/worker0/loss", "replan/worker0/factor", "replan/worker1/share"} <= set(tags)
+    # epochs 1-based; the resumed run's epoch 3 replaces the interrupted run's (purge_step)
+    assert tags["test/acc"] == [(1, 0.25), (2, 0.5), (3, pytest.approx(0.9))]
+    assert tags["train/worker0/loss"] == [(1, 2.0), (2, 1.5)]
+
+
+def test_several_trackers_at_once_in_a_real_run_log_the_same_per_worker_values(tmp_path):
+    """W&B (offline), TensorBoard and CSV together on one run: each has every worker's curve,
+    at the same 1-based epochs, with the values metrics.jsonl holds."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dbl_ps.commands.train import train_run
+    from dbl_ps.integrations.wandb import read_offline_run
+    from dbl_ps.metrics import read_metrics
+
+    run = tmp_path / "run"
+    cfg = load_config(None, ["dbl.workers=2", "schedule.epochs=2", "schedule.milestones=[1]", "data.train_limit=300",
+                             "schedule.warmup_epochs=0", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]",
+                             "tracking.trackers=[tensorboard, csv]", "tracking.wandb.enabled=true",
+                             "tracking.wandb.mode=offline"])
+    assert train_run(cfg, run_dir=str(run), progress=False) == 0
+    records = read_metrics(run)
+    want = {(e + 1, w): r["workers"][w]["loss"] for e, r in enumerate(records) for w in (0, 1)}
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tensorboard = {(s.step, w): s.value for w in (0, 1) for s in events.Scalars(f"train/worker{w}/loss")}
+    rows = list(csv.DictReader((run / CSV_FILE).open()))
+    from_csv = {(int(r["epoch"]), w): float(r[f"train/worker{w}/loss"]) for r in rows for w in (0, 1)}
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    history = [h for h in read_offline_run(offline)["history"] if "train/worker0/loss" in h]
+    from_wandb = {(int(h["epoch"]), w): h[f"train/worker{w}/loss"] for h in history for w in (0, 1)}
+    for got in (tensorboard, from_csv, from_wandb):
+        assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
 
 
 # --- end to end -------------------------------------------------------------------------

@@ -510,7 +510,76 @@ def test_ctrl_c_under_torchrun_is_one_line_from_rank_0_and_the_checkpoint_is_int
             os.killpg(proc.pid, signal.SIGKILL)
     ours = [line for line in err.splitlines() if line.startswith("dbl-ps train:")]
     assert len(ours) == 1 and "SIGINT: stopped; the checkpoint of epoch" in ours[0], err[-3000:]
+    assert ours[0].endswith(f"continue with: torchrun --nproc_per_node 2 -m dbl_ps train --resume {run_dir}")
     assert "KeyboardInterrupt" not in err, err[-3000:]
     meta = json.loads((run_dir / "checkpoint.json").read_text())
     assert meta["status"] == "interrupted"
     assert not (run_dir / LOCK_FILE).exists()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_the_ranks_end_when_torchrun_is_killed_with_sigkill(tmp_path):
+    """torchrun starts each rank in a session of its own, so `kill -9` of torchrun used to leave
+    the ranks training (they finished the run and wrote its checkpoints while a relaunch raced
+    them). Each rank now asks for SIGTERM when its launcher dies and stops as on Ctrl-C; the
+    run directory's lock is no longer held by a live process, so the run resumes."""
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "torchrun.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                 "--master_port", str(free_port()), "-m", "dbl_ps", "train", "--run-dir",
+                                 str(run_dir), *FAST, "schedule.epochs=200", "schedule.milestones=[150]"],
+                                stdout=log, stderr=subprocess.STDOUT, env=launch_env())
+    ranks: list[int] = []
+    try:
+        wait_for_epochs(run_dir, proc, 1)
+        ranks = _children(proc.pid)
+        assert len(ranks) == 2 and all(_alive(pid) for pid in ranks), ranks
+        proc.kill()  # SIGKILL to torchrun alone, as `kill -9 PID` does
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in ranks), (tmp_path / "torchrun.log").read_text()[-3000:]
+    finally:
+        for pid in [proc.pid, *ranks]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert lock_owner(run_dir) is None  # removed, or left by a dead process: a resume takes it over
+    assert json.loads((run_dir / "checkpoint.json").read_text())["epoch"] >= 0
+
+
+def test_the_resume_hint_names_the_launcher_the_run_was_started_with(monkeypatch):
+    from dbl_ps.training.topology import resume_command
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert resume_command("runs/r") == "dbl-ps train --resume runs/r"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_SIZE", "4")  # the deepspeed launcher's
+    assert resume_command("runs/r") == "deepspeed --num_gpus 4 --module dbl_ps train --resume runs/r"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command("runs/r") == "torchrun --nproc_per_node 4 -m dbl_ps train --resume runs/r"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two nodes
+    assert resume_command("runs/r") == "the same launch on every node, with `-m dbl_ps train --resume runs/r`"

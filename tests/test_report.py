@@ -15,12 +15,14 @@ from dbl_ps.metrics import ConsoleSink, Logger, MetricsFileError, MetricsWriter,
 from dbl_ps.report import (
     PLOTS,
     ReportError,
+    comparison_notes,
     format_table,
     load_run,
     mean_curve,
     mean_std,
     plot_runs,
     replan_marks,
+    shared_cores_note,
     summarize,
     worker_times,
     write_csv,
@@ -190,6 +192,8 @@ def test_load_run_reads_config_and_evaluations(runs):
     assert (run.final_acc, run.best_acc, run.epochs) == (0.8, 0.8, 3)
     assert run.total_time == 30.5  # the last record of any kind
     assert run.time_to_accuracy(0.7) == 20.0 and run.time_to_accuracy(0.9) is None
+    assert run.time_to_accuracy(0.75) == pytest.approx(25.0)  # between 0.7 at 20 s and 0.8 at 30 s
+    assert run.time_to_accuracy(0.4) == 10.0  # reached at the first evaluation: its time
     assert load_run(runs[0], label="other").label == "other"
 
 
@@ -219,14 +223,15 @@ def test_summary_groups_seeds_and_compares_to_baseline(runs):
     assert hybrid["total_time_std"] == pytest.approx(1.5 * 2 ** 0.5)
     assert hybrid["time_ratio"] == pytest.approx(26.0 / 30.5)
     assert hybrid["acc_delta"] == pytest.approx(0.05)
-    # Target: 90 % of the baseline's final 0.8 = 0.72. The baseline gets there at epoch 2
-    # (30 s); hybrid at epoch 1 in both seeds (16 s and 18 s).
+    # Target: 90 % of the baseline's final 0.8 = 0.72, interpolated between the evaluations
+    # around it: the baseline between 0.7 (20 s) and 0.8 (30 s): 22 s; hybrid seed 0 between
+    # 0.6 (8 s) and 0.85 (16 s): 11.84 s, seed 1 between 0.6 (9 s) and 0.75 (18 s): 16.2 s.
     assert hybrid["target_acc"] == base["target_acc"] == pytest.approx(0.72)
-    assert base["time_to_target"] == 30.0 and base["time_to_target_ratio"] == 1.0
-    assert hybrid["time_to_target"] == pytest.approx(17.0)
-    assert hybrid["time_to_target_std"] == pytest.approx(2 ** 0.5)
+    assert base["time_to_target"] == pytest.approx(22.0) and base["time_to_target_ratio"] == 1.0
+    assert hybrid["time_to_target"] == pytest.approx((11.84 + 16.2) / 2)
+    assert hybrid["time_to_target_std"] == pytest.approx(abs(16.2 - 11.84) / 2 ** 0.5)
     assert hybrid["target_reached"] == 2
-    assert hybrid["time_to_target_ratio"] == pytest.approx(17.0 / 30.0)
+    assert hybrid["time_to_target_ratio"] == pytest.approx(14.02 / 22.0)
     with pytest.raises(ReportError, match="baseline 'conventional' is not one of the runs' labels: 'baseline', 'hybrid'"):
         summarize([load_run(r) for r in runs], baseline="conventional")
 
@@ -249,6 +254,53 @@ def test_a_seed_that_misses_the_target_is_counted(tmp_path):
     assert "(1/2 reached)" in format_table(rows, "markdown")
 
 
+def make_evals(root: Path, name: str, evals: dict[int, tuple[float, float, float, float]], seconds: float,
+               epochs: int, seed: int = 0) -> Path:
+    """A run evaluated at some epochs only: {epoch: (test acc, test loss, train acc, train loss)}."""
+    run_dir = root / f"{name}-s{seed}"
+    run_dir.mkdir(parents=True)
+    RunConfig(name=name, seed=seed).save(run_dir / "config.yaml")
+    with MetricsWriter(run_dir) as writer:
+        for epoch in range(epochs):
+            record: dict = {"wall_time": (epoch + 1) * seconds, "lr": 0.1}
+            if epoch in evals:
+                acc, loss, train_acc, train_loss = evals[epoch]
+                record.update(test_acc=acc, test_loss=loss, train_acc=train_acc, train_loss=train_loss)
+            writer.log(epoch, record)
+    return run_dir
+
+
+def test_time_to_target_uses_only_the_epochs_every_method_evaluated(tmp_path):
+    """DBSL evaluated every epoch, the baseline every third (eval.every): DBSL's denser
+    evaluations used to give it the target 2 epochs early (a ratio of 0.4 from sampling alone).
+    Both curves are the same here, so the honest ratio is the time ratio."""
+    curve = {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.75, 4: 0.78, 5: 0.8}
+    base = make_evals(tmp_path, "baseline", {e: (curve[e], 0.6, curve[e] - 0.02, 0.7) for e in (2, 5)}, 10.0, 6)
+    dbsl = make_evals(tmp_path, "dbsl", {e: (a, 0.6, a - 0.02, 0.7) for e, a in curve.items()}, 10.0, 6)
+    loaded = [load_run(base), load_run(dbsl)]
+    rows = summarize(loaded, baseline="baseline")
+    assert rows[0]["target_acc"] == pytest.approx(0.72)
+    # read at epochs 3 and 6 only (0-based 2 and 5) for both: 0.7 at 30 s, 0.8 at 60 s -> 36 s
+    assert rows[0]["time_to_target"] == pytest.approx(36.0) and rows[1]["time_to_target"] == pytest.approx(36.0)
+    assert rows[1]["time_to_target_ratio"] == pytest.approx(1.0)
+    assert loaded[1].time_to_accuracy(0.72) == pytest.approx(34.0)  # its own denser evaluations would say 34 s
+    notes = comparison_notes(loaded, rows, "baseline", "rerun with `--seeds 0,1,2`")
+    assert any(n.startswith("One seed per row:") and "rerun with `--seeds 0,1,2`" in n for n in notes)
+    assert any(n.startswith("Time to target: the runs evaluated at different epochs, so it is read only from the "
+                            "epochs every run evaluated (3, 6)") for n in notes)
+    # ... and the baseline does not overfit (train loss 0.7 >= test loss 0.6, train acc below test)
+    assert any(n.startswith("The baseline does not overfit here") and "nothing to regularise" in n for n in notes)
+
+
+def test_no_notes_for_seeds_and_a_baseline_that_overfits(tmp_path):
+    runs = [make_evals(tmp_path, "baseline", {0: (0.7, 0.9, 0.8, 0.5), 1: (0.8, 0.9, 0.95, 0.2)}, 10.0, 2, seed=s)
+            for s in (0, 1)]
+    runs += [make_evals(tmp_path, "dbsl", {0: (0.7, 0.9, 0.8, 0.5), 1: (0.8, 0.9, 0.9, 0.3)}, 10.0, 2, seed=s)
+             for s in (0, 1)]
+    loaded = [load_run(r) for r in runs]
+    assert comparison_notes(loaded, summarize(loaded, baseline="baseline"), "baseline") == []
+
+
 def test_startup_and_time_model_seconds_come_from_the_summary(runs):
     (runs[1] / "summary.json").write_text(json.dumps({"startup_seconds": 3.0, "time_model_seconds": 4.0}))
     (runs[2] / "summary.json").write_text(json.dumps({"startup_seconds": 5.0, "time_model_seconds": 0.0}))
@@ -262,7 +314,7 @@ def test_tables(runs):
     md = format_table(rows, "markdown").splitlines()
     assert md[0].startswith("| run | seeds |") and "time / baseline" in md[0] and "time to 72.00 %" in md[0]
     assert md[3].startswith("| hybrid | 2 | 3 | 85.00 ± 1.41 | 85.50 ± 0.71 |"), md[3]
-    assert "| 26.0 ± 2.1 s |" in md[3] and "| 17.0 ± 1.4 s |" in md[3] and "| 0.852 |" in md[3] and "+5.00" in md[3]
+    assert "| 26.0 ± 2.1 s |" in md[3] and "| 14.0 ± 3.1 s |" in md[3] and "| 0.852 |" in md[3] and "+5.00" in md[3]
     plain = format_table(summarize([load_run(runs[0])]), "plain").splitlines()
     assert plain[0].split()[:2] == ["run", "seeds"] and "time / baseline" not in plain[0]
     assert plain[1].split()[0] == "baseline" and "30.5 s" in plain[1]
@@ -277,7 +329,7 @@ def test_csv_has_raw_numbers(runs, tmp_path):
     path = write_csv(rows, tmp_path / "summary.csv")
     table = list(csv.DictReader(path.open()))
     assert [r["label"] for r in table] == ["baseline", "hybrid"]
-    assert float(table[1]["final_acc"]) == pytest.approx(0.85) and float(table[1]["time_to_target"]) == pytest.approx(17.0)
+    assert float(table[1]["final_acc"]) == pytest.approx(0.85) and float(table[1]["time_to_target"]) == pytest.approx(14.02)
     assert table[0]["final_acc_std"] == "" and table[1]["target_reached"] == "2"
 
 
@@ -368,7 +420,14 @@ def test_worker_times_take_the_waiting_at_syncs_out_of_training_and_mark_replans
             {"worker": 1, "seconds": 2.0, "wait_seconds": 0.8, "sync_seconds": 0.2, "resolution": 12}]})
     times = worker_times(load_run(run_dir))
     assert times[0]["training"] == [pytest.approx(1.8)] and times[1]["training"] == [pytest.approx(1.0)]
-    assert times[1]["waiting"] == [0.8] and times[1]["merging"] == [0.2] and times[1]["epoch"] == [0]
-    assert replan_marks(plan) == [(0.5, "re-plan"), (1.5, "resumed on 3 workers")]
+    assert times[1]["waiting"] == [0.8] and times[1]["merging"] == [0.2] and times[1]["epoch"] == [1]  # 1-based
+    # a re-plan after the first epoch falls between epochs 1 and 2; a resume at the third before it
+    assert replan_marks(plan) == [(1.5, "re-plan"), (2.5, "resumed on 3 workers")]
     path = write_report([run_dir], tmp_path / "report")
     assert (path.parent / "workers_bsp.png").read_bytes()[:4] == b"\x89PNG"
+    # 4 workers on 2 CPU cores: the plot says why the measured times sit above the plan
+    (run_dir / "summary.json").write_text(json.dumps({"cpu_cores": 2, "device": "cpu"}))
+    assert shared_cores_note(load_run(run_dir), {**plan, "workers": 4}).startswith("4 workers share 2 cores")
+    assert shared_cores_note(load_run(run_dir), plan) is None  # 2 workers, 2 cores
+    (run_dir / "summary.json").write_text(json.dumps({"cpu_cores": 2, "device": "cuda"}))
+    assert shared_cores_note(load_run(run_dir), {**plan, "workers": 4}) is None

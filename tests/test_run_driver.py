@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from dbl_ps.metrics import read_metrics
 from launch_helpers import RUN, free_port, launch_env as env, torchrun_train as torchrun
@@ -97,3 +98,32 @@ def test_a_resume_onto_another_number_of_workers_is_replanned_recorded_and_train
     assert plan["workers"] == 2 and [(r["at_resume"], r["workers_before"], r["workers"]) for r in plan["replans"]] \
         == [(1, 2, 3), (2, 3, 2)]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_an_unchanged_model_evaluated_again_is_said_so_on_its_epoch_line(tmp_path):
+    """Two epoch lines with the identical test loss (one model evaluated twice, nothing merged
+    in between) read as two measurements; the second line now names the epoch it repeats."""
+    from dbl_ps.metrics import Logger
+    from dbl_ps.schedule import ScheduleSpec
+    from dbl_ps.training.finisher import EpochFinisher, TestScores
+    from dbl_ps.training.messages import EpochReport
+    from dbl_ps.training.rundir import RunDirectory
+
+    class Evaluate:
+        recalibrates = False
+
+        def __call__(self, state):
+            return TestScores(float(state["w"].sum()), 0.5, None)
+
+    run_dir = RunDirectory(tmp_path / "run")
+    run_dir.path.mkdir()
+    finisher = EpochFinisher(run_dir, ScheduleSpec(epochs=3, base_lr=0.1), Evaluate(), Logger([]), engine="torch",
+                             workers=1)
+    report = EpochReport(worker=0, epoch=0, loss=1.0, acc=0.5, batch=8, resolution=32, samples=8, steps=1, syncs=1,
+                         seconds=1.0, wait_seconds=0.0, sync_seconds=0.0, weight=1.0, version=1)
+    lines = []
+    for epoch, w in enumerate((1.0, 1.0, 2.0)):
+        record = finisher.finish(epoch, [report], {"w": torch.full((3,), w)}, version=epoch + 1)
+        lines.append(finisher.console_line(record))
+    assert "again" not in lines[0] and "again" not in lines[2]
+    assert lines[1].startswith("epoch 2/3") and "(the model of epoch 1 again: nothing was merged since)" in lines[1]

@@ -148,6 +148,17 @@ def test_tracker_reports_changes():
     assert metrics["schedule/batch_small"] == 102
 
 
+def test_spec_defaults_fit_any_number_of_resolutions_and_one_value_means_all():
+    # what a user writes from docs/API.md: no per-resolution value given
+    spec = ScheduleSpec(epochs=6, base_lr=0.05, resolutions=(20, 28))
+    assert (spec.batch_large, spec.dropouts, spec.batch_small) == ((128, 128), (0.0, 0.0), None)
+    assert schedule_at(5.5, spec).resolution == 28
+    spec = ScheduleSpec(epochs=6, base_lr=0.05, resolutions=(16, 24, 32), dropouts=0.1, batch_large=(64,),
+                        batch_small=16)
+    assert (spec.dropouts, spec.batch_large, spec.batch_small) == ((0.1,) * 3, (64,) * 3, (16,) * 3)
+    assert spec.method == "hybrid"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "pattern"),
     [
@@ -156,10 +167,10 @@ def test_tracker_reports_changes():
         ({"milestones": (150,)}, r"must increase strictly inside \(0, epochs=140\)"),
         ({"gamma": 0}, r"gamma=0 must be in \(0, 1\]"),
         ({"resolutions": (32, 24)}, r"low to high"),
-        ({"dropouts": (0.1,)}, r"dropouts has 1 entries for 2 resolutions"),
+        ({"dropouts": (0.1, 0.2, 0.3)}, r"dropouts has 3 entries for 2 resolutions .* one value for all"),
         ({"dropouts": (0.1, 1.0)}, r"dropout 1.0 must be in \[0, 1\)"),
         ({"batch_small": (700, 100)}, r"batch_small=\[700, 100\] must not exceed"),
-        ({"batch_large": (600,)}, r"batch_large has 1 entries"),
+        ({"batch_large": (600, 500, 400)}, r"batch_large has 3 entries"),
         ({"warmup_epochs": 90}, r"warmup_epochs=90"),
     ],
 )

@@ -89,10 +89,14 @@ def test_compare_and_report_end_to_end(tmp_path, capsys):
     assert json.loads((out / "plain-s0" / "plan.json").read_text())["workers"] == 1
     report = (out / "report" / "report.md").read_text()
     assert "time / baseline" in report and "| hybrid | 2 | 2 |" in report and "±" in report
+    assert "One seed per row" not in report and "note: One seed" not in text  # two seeds: their spread is shown
     csv_rows = (out / "report" / "summary.csv").read_text().splitlines()
     assert len(csv_rows) == 5 and csv_rows[0].startswith("label,runs,epochs,final_acc,final_acc_std")
     summary = json.loads((out / "hybrid-s0" / "summary.json").read_text())
     assert summary["startup_seconds"] > 0 and summary["time_model_seconds"] == 0.0  # time model given
+    # the whole launch: start-up (data, plan, workers) + training + the end, what `time` would show
+    assert summary["total_seconds"] >= summary["wall_time"] + summary["startup_seconds"]
+    assert summary["cpu_cores"] >= 1 and summary["device"] == "cpu"
     for png in ("accuracy_vs_time.png", "loss_vs_time.png", "accuracy_vs_epoch.png", "loss_vs_epoch.png"):
         assert (out / "report" / png).stat().st_size > 0
     # the same report from the run directories
@@ -144,6 +148,10 @@ def test_compare_measures_the_time_model_once_and_a_resumed_compare_keeps_it(tmp
     text = capsys.readouterr().out
     assert "measuring the time model" not in text and "time model: the comparison's own" in text
     assert "already done (finished), skipped" in text
+    # one seed: a line and the report say differences below the seeds' spread are noise, and what to add
+    assert "note: One seed per row: a difference smaller than the spread between seeds is noise" in text
+    assert f"rerun with `--seeds 0,1,2 --out {out}` (the finished runs are kept)" in text
+    assert "One seed per row" in (out / "report" / "report.md").read_text()
     for method in ("baseline", "dbsl"):
         dbl = yaml.safe_load((out / f"{method}-s0" / "config.yaml").read_text())["dbl"]
         assert {str(r): a for r, a in dbl["alpha"].items()} == saved["alpha"]

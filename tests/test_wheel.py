@@ -29,7 +29,8 @@ def test_wheel_is_abi3_manylinux_and_ships_the_whole_package(dist):
     assert "-cp310-abi3-" in wheel.name and "manylinux" in wheel.name, wheel.name
     names = set(zipfile.ZipFile(wheel).namelist())
     for member in ["dbl_ps/_rust_ps.abi3.so", "dbl_ps/_rust_ps.pyi", "dbl_ps/py.typed",
-                   "dbl_ps/parameter_store.py", "dbl_ps/integrations/__init__.py", "dbl_ps/cli.py", *SHIPPED_CONFIGS]:
+                   "dbl_ps/parameter_store.py", "dbl_ps/integrations/__init__.py", "dbl_ps/cli.py", "dbl_ps/smoke.py",
+                   *SHIPPED_CONFIGS]:
         assert member in names, member
     show = subprocess.run([sys.executable, "-m", "auditwheel", "show", str(wheel)], capture_output=True, text=True, check=True)
     assert "manylinux_2_17_x86_64" in show.stdout

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dbl_ps.commands.train import train_run
     from dbl_ps.config import ConfigError, load_config
-    from dbl_ps.report import format_table, load_run, summarize, write_report
+    from dbl_ps.report import comparison_notes, format_table, load_run, summarize, write_report
     from dbl_ps.run_ownership import create_unique_dir, never_trained
 
     try:
@@ -243,9 +243,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     runs = [load_run(d) for d in run_dirs]
     baseline = "baseline" if "baseline" in methods else None
+    more = [*seeds, *(s for s in range(max(seeds) + 1, max(seeds) + 3))]  # two seeds more; finished runs are kept
+    hint = f"rerun with `--seeds {','.join(map(str, more))} --out {out}` (the finished runs are kept)"
     path = write_report(runs, out / "report", baseline=baseline, title=f"dbl-ps compare: {cfg.name}",
-                        notes=[time_model_note(time_model)] if time_model is not None else [])
-    print(format_table(summarize(runs, baseline), "plain"), end="")
+                        notes=[time_model_note(time_model)] if time_model is not None else [], seeds_hint=hint)
+    rows = summarize(runs, baseline)
+    print(format_table(rows, "plain"), end="")
+    for note in comparison_notes(runs, rows, baseline, hint):
+        print(f"note: {note}")
     print(f"report: {path}")
     return 1 if unfinished else 0
 

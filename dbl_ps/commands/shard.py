@@ -19,12 +19,13 @@ from functools import partial
 from dbl_ps.commands._arguments import command_error, int_list
 
 NAMED_SOURCES = ("digits", "synthetic")
-
+# dbl_ps.shards.writer's (a test checks they agree): importing it here would import torch for
+# every `dbl-ps` command, since every command's arguments are built at start (4 s on 2 busy cores)
+SOURCE_TYPES = ("digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic")
+DEFAULT_SAMPLES_PER_SHARD = 10000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dbl_ps.shards.writer import DEFAULT_SAMPLES_PER_SHARD, SOURCE_TYPES
-
     parser.add_argument("source", nargs="?", metavar="SOURCE",
                         help="source directory, or 'digits' / 'synthetic' (the built-in sources)")
     parser.add_argument("--resolutions", type=int_list, help="pixels, comma list, e.g. 16,24,32 (one shard set each)")

@@ -13,7 +13,6 @@ from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config, resolve_sync
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
-from dbl_ps.training.topology import launched_by_a_launcher
 
 
 
@@ -40,10 +39,8 @@ RESUME_OVERRIDES = ("fsdp.ranks_per_worker", "launch.timeout")
 
 
 def run(args: argparse.Namespace) -> int:
-    # torch-heavy modules are imported when the command runs: `dbl-ps --help` stays fast
-    from dbl_ps.runtime.collective import run_collective
-
-    launched = launched_by_a_launcher()
+    # launched_by_a_launcher's test, without importing dbl_ps.training (torch) before the config is checked
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     if args.resume and (args.config or args.run_dir or args.deepspeed_config):
         return error("--resume RUN_DIR takes the config from the run directory; give no --config, --run-dir "
                      "or --deepspeed-config")
@@ -77,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     # worker under torchrun / the deepspeed launcher, or worker processes spawned here on one
     # machine (also a store-mode resume, whose config the trainer reads from the run directory).
     if cfg is not None and SYNCHRONIZERS.traits(cfg.sync)["launched"]:
+        # torch-heavy modules only now: a config error above takes no torch import (0.3 s, not 5)
+        from dbl_ps.runtime.collective import run_collective
+
         end_rank_process(run_collective(cfg, run_dir=args.run_dir, resume=args.resume))
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
 

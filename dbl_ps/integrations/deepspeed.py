@@ -52,6 +52,7 @@ from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["DeepSpeedEngine", "DeepSpeedConfigError", "SingleRankMPU", "check_rank_config", "single_rank_groups",
+           "optimizer_lr", "scheduler_in_epochs",
            "worker_engine", "build_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
            "DS_CONFIG_FILE", "CONFIG_DIR"]
 
@@ -170,19 +171,89 @@ def rank_batch_fields(batch_size: int, accumulation: int) -> dict[str, int]:
             "gradient_accumulation_steps": accumulation}
 
 
+def optimizer_lr(ds_config: Mapping[str, Any]) -> float | None:
+    """The LR of the config's `optimizer` block (`optimizer.params.lr`), None without one."""
+    optimizer = ds_config.get("optimizer")
+    params = optimizer.get("params") if isinstance(optimizer, Mapping) else None
+    lr = params.get("lr") if isinstance(params, Mapping) else None
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+def scheduler_in_epochs(scheduler: Any, steps_per_epoch: float | None, *, run: bool,
+                        steps_how: str = "") -> str:
+    """Why a DeepSpeed `scheduler` block is refused, and what it is in epochs with the numbers:
+    DeepSpeed steps it once per optimizer step, and DBSL workers take different numbers of
+    steps per epoch (a small-batch worker would warm up in a fraction of the others' epochs).
+    `steps_per_epoch`: a large worker's (None: not known, the formula is given); `run`:
+    phrased as `dbl-ps train` keys (else as a ScheduleSpec for `ScheduleLR`); `steps_how`:
+    where the steps per epoch come from, said after the number."""
+    block = scheduler if isinstance(scheduler, Mapping) else {}
+    kind = block.get("type", "?") if block else scheduler
+    params = block.get("params") if isinstance(block.get("params"), Mapping) else {}
+    head = (f"scheduler {kind!r} counts optimizer steps, and DBSL workers take different numbers of steps per "
+            f"epoch, so each would follow it at its own pace (a small-batch worker warms up in a fraction of the "
+            f"epochs the others do)")
+    how = (f"at {steps_per_epoch:g} optimizer steps per epoch{f' ({steps_how})' if steps_how else ''}"
+           if steps_per_epoch else "")
+
+    def epochs(steps: float) -> str:
+        if not steps_per_epoch:
+            return f"{steps:g} / (your steps per epoch) epochs"
+        return f"{steps / steps_per_epoch:.3g} epochs"
+
+    instead = ("remove the block; the run's schedule sets the LR in epochs, the same on every worker"
+               if run else "remove the block and pass lr_scheduler=lambda opt: dbl.ScheduleLR(opt, spec, "
+               "mine.steps) to deepspeed.initialize (epoch units: every rank at the same LR at the same fraction "
+               "of its epoch)")
+    if kind not in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR"):
+        return f"{head}: {instead}, as schedule.lr, schedule.warmup_epochs and schedule.milestones" + \
+            (f" ({how})" if how else "")
+    steps = float(params.get("warmup_num_steps", 1000))  # DeepSpeed's defaults where the block leaves them out
+    if kind == "WarmupCosineLR":
+        peak, start = None, float(params.get("warmup_min_ratio", 0.0))
+    else:
+        peak = float(params.get("warmup_max_lr", 0.001))
+        start = float(params.get("warmup_min_lr", 0.0)) / peak if peak > 0 else 0.0
+    parts = [f"its warm-up of {steps:g} steps is {epochs(steps)}{' ' + how if how else ''}"]
+    if steps_per_epoch:
+        warm = steps / steps_per_epoch
+        if run:
+            keys = [f"schedule.warmup_epochs={max(1, int(warm + 0.5)) if steps > 0 else 0}",
+                    f"schedule.warmup_start_factor={start:.3g}"] + ([f"schedule.lr={peak:g}"] if peak else [])
+            parts.append("in epochs: " + " ".join(keys))
+        else:
+            keys = [f"warmup_epochs={warm:.3g}", f"warmup_start_factor={start:.3g}"] + \
+                ([f"base_lr={peak:g}"] if peak else [])
+            parts.append(f"in epochs: ScheduleSpec({', '.join(keys)}, ...)")
+    if params.get("warmup_type", "log") == "log":
+        parts.append("dbl-ps warms up linearly (warmup_type 'log' has no epoch form)")
+    if kind in ("WarmupDecayLR", "WarmupCosineLR") and "total_num_steps" in params:
+        total = float(params["total_num_steps"])
+        decay = "a linear decay to 0" if kind == "WarmupDecayLR" else "a cosine decay"
+        parts.append(f"then {decay} by step {total:g} ({epochs(total)}): dbl-ps decays by gamma at milestones "
+                     f"(schedule.epochs, schedule.milestones, schedule.gamma)")
+    return f"{head}: {instead}; " + "; ".join(parts)
+
+
 def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
-                      schedule_lr: float | None = None, mixed: bool = False) -> tuple[dict[str, Any], list[str]]:
+                      schedule_lr: float | None = None, steps_per_epoch: float | None = None,
+                      steps_how: str = "", mixed: bool = False) -> tuple[dict[str, Any], list[str]]:
     """`(config, notes)`: the config DeepSpeed accepts for one DBSL rank whose planned batch is
     `batch_size` (data-parallel size 1; the user's `gradient_accumulation_steps` kept: the
     batch runs as that many micro-batches of ceil(batch / steps)), and one note per value
-    dbl-ps changed. `batch_size` None: not known yet (a run's check before it is planned):
-    the per-rank batch fields are left out.
+    dbl-ps changed or kept that a user may wonder about. `batch_size` None: not known yet (a
+    run's check before it is planned): the per-rank batch fields are left out.
 
-    `schedule_lr` (dbl-ps train): the run's schedule sets the LR in epochs, so the JSON's
-    `scheduler` block is dropped and its `optimizer` block (DeepSpeed builds it) starts at this
-    LR, each said in a note with the values. Without it (your own loop) a `scheduler` block is
-    refused: DeepSpeed steps it per optimizer step, and DBSL ranks take different numbers of
-    steps per epoch. Raises `DeepSpeedConfigError` listing every conflict at once.
+    A `scheduler` block is refused, in `dbl-ps train` and a user's loop alike: DeepSpeed steps
+    it per optimizer step, and DBSL ranks take different numbers of steps per epoch; the error
+    says what it is in epochs (`scheduler_in_epochs`, with the numbers when `steps_per_epoch`,
+    a large rank's, is given).
+
+    `schedule_lr` (dbl-ps train): the run's schedule sets the LR in epochs, and the `optimizer`
+    block (DeepSpeed builds it) starts at this LR. `dbl-ps train` takes the block's own LR as
+    `schedule.lr` unless the run config sets one (`dbl_ps.config`), so the two differ only
+    when the user set both; that is said in a note with both values. Raises
+    `DeepSpeedConfigError` listing every conflict at once.
 
     `mixed`: a rank of mixed-batch data parallelism instead (`dbl_ps.mixed_api`): one
     data-parallel group over every rank, so ZeRO stage 3 partitions over it and a scheduler
@@ -208,20 +279,19 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
         conflicts.append(f"gradient_accumulation_steps={accumulation} splits each planned batch into "
                          f"{accumulation} micro-batches, but this rank's planned batch is {batch_size}: use "
                          f"gradient_accumulation_steps <= {batch_size}")
-    scheduler = conf.get("scheduler")
-    if scheduler is not None and schedule_lr is None and not mixed:
-        kind = scheduler.get("type", "?") if isinstance(scheduler, Mapping) else scheduler
-        conflicts.append(f"scheduler {kind!r} counts optimizer steps, and DBSL ranks take different numbers of "
-                         f"steps per epoch, so each rank would follow it at its own pace (a small-batch rank "
-                         f"warms up in a fraction of the epochs): remove the block and pass "
-                         f"lr_scheduler=lambda opt: dbl.ScheduleLR(opt, spec, mine.steps) to deepspeed.initialize "
-                         f"(epoch units: every rank at the same LR at the same fraction of its epoch)")
+    if conf.get("scheduler") is not None and (schedule_lr is not None or not mixed):  # the mixed API steps it alike
+        conflicts.append(scheduler_in_epochs(conf["scheduler"], steps_per_epoch, run=schedule_lr is not None,
+                                             steps_how=steps_how))
     if conflicts:
         raise DeepSpeedConfigError("the DeepSpeed config cannot train a DBSL rank:\n  - " + "\n  - ".join(conflicts))
     if accumulation > 1:
         notes.append(f"gradient_accumulation_steps {accumulation} kept: each rank's planned batch runs as "
                      f"{accumulation} micro-batches of about batch/{accumulation}, one optimizer step per planned "
                      f"batch (losses weighted by micro-batch size: the whole batch's gradient)")
+    clipping = conf.get("gradient_clipping", 0.0)
+    if isinstance(clipping, (int, float)) and clipping > 0:
+        notes.append(f"gradient_clipping {clipping:g} kept: DeepSpeed clips each rank's gradient norm at "
+                     f"{clipping:g} before every optimizer step")
     fields = rank_batch_fields(batch_size if batch_size is not None else accumulation, accumulation)
     for key in PER_RANK_FIELDS:
         what = ("the rank's planned batch" if accumulation == 1 else
@@ -234,21 +304,18 @@ def check_rank_config(ds_config: Mapping[str, Any], batch_size: int | None, *,
         else:
             conf[key] = fields[key]
     conf["gradient_accumulation_steps"] = accumulation
-    if schedule_lr is not None:
-        if scheduler is not None:
-            kind = scheduler.get("type", "?") if isinstance(scheduler, Mapping) else scheduler
-            notes.append(f"scheduler {kind!r} removed: it counts optimizer steps, which differ per worker; the "
-                         f"run's schedule (schedule.lr, schedule.warmup_epochs, schedule.milestones) sets the LR "
-                         f"in epochs, the same on every worker")
-            del conf["scheduler"]
-        optimizer = conf.get("optimizer")
-        if isinstance(optimizer, Mapping):
-            params = dict(optimizer.get("params", {}))
-            was = f"lr {params['lr']:g}" if "lr" in params else "no lr"
-            notes.append(f"optimizer {optimizer.get('type', '?')} {was} in the DeepSpeed config replaced by "
-                         f"schedule.lr {schedule_lr:g} (the run's schedule sets the LR; DeepSpeed builds this "
-                         f"optimizer, optim.* is not used)")
-            conf["optimizer"] = {**optimizer, "params": {**params, "lr": float(schedule_lr)}}
+    optimizer = conf.get("optimizer")
+    if schedule_lr is not None and isinstance(optimizer, Mapping):
+        params = dict(optimizer.get("params", {}))
+        own = optimizer_lr(conf)
+        if own is None:
+            notes.append(f"optimizer {optimizer.get('type', '?')} has no lr in the DeepSpeed config: it starts at "
+                         f"schedule.lr {schedule_lr:g} (DeepSpeed builds this optimizer, optim.* is not used)")
+        elif own != float(schedule_lr):
+            notes.append(f"optimizer {optimizer.get('type', '?')} lr {own:g} in the DeepSpeed config replaced by "
+                         f"schedule.lr {schedule_lr:g}, which the run config sets (leave schedule.lr out to train at "
+                         f"the JSON's lr; DeepSpeed builds this optimizer, optim.* is not used)")
+        conf["optimizer"] = {**optimizer, "params": {**params, "lr": float(schedule_lr)}}
     if stage > 0 and "optimizer" not in conf:
         conf.setdefault("zero_allow_untested_optimizer", True)  # torch SGD/AdamW as a client optimizer
         conf.setdefault("zero_force_ds_cpu_optimizer", False)

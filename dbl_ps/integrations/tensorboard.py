@@ -1,5 +1,7 @@
-"""TensorBoard tracking (`tracking.trackers: [tensorboard]`): every numeric key of each
-metrics record as a scalar, in `RUN_DIR/tensorboard/` (`tensorboard --logdir RUN_DIR`).
+"""TensorBoard tracking (`tracking.trackers: [tensorboard]`): the scalars W&B logs
+(`dbl_ps.metrics.epoch_metrics`: `test/`, `train/`, each worker's `train/worker{i}/`,
+`schedule/`, `store/`, `time/`; a re-plan's `replan/worker{i}/`), at the epoch as users
+count it (1-based), in `RUN_DIR/tensorboard/` (`tensorboard --logdir RUN_DIR`).
 
 Written through `torch.utils.tensorboard.SummaryWriter`, which needs the `tensorboard`
 package (`pip install "dbl-ps[tensorboard]"`), imported only when the tracker opens.
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dbl_ps._optional import require
+from dbl_ps.metrics import epoch_metrics, shown_epoch
 
 __all__ = ["TensorBoardTracker", "TENSORBOARD_DIR"]
 
@@ -23,9 +26,8 @@ FEATURE = "TensorBoard tracking (tracking.trackers: [tensorboard])"
 
 
 class TensorBoardTracker:
-    """A metrics sink (`log(step, record)`, `close()`) writing TensorBoard scalars. Tags are
-    the record's keys; a record with an `event` (a re-plan) gets `<event>/<key>`, so its
-    keys never mix with the epoch's."""
+    """A metrics sink (`log(step, record)`, `close()`) writing TensorBoard scalars, tagged as
+    W&B names them (`epoch_metrics`), at step `shown_epoch(step)`."""
 
     def __init__(self, log_dir: str | os.PathLike, *, resuming: bool = False):
         require("tensorboard", feature=FEATURE)  # the error names the extra to install
@@ -37,12 +39,11 @@ class TensorBoardTracker:
         self.writer: Any = None
 
     def log(self, step: int, record: Mapping[str, Any]) -> None:
+        shown = shown_epoch(step)
         if self.writer is None:
-            self.writer = self._writer_class(str(self.log_dir), purge_step=step if self.resuming else None)
-        prefix = f"{record['event']}/" if "event" in record else ""
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(prefix + key, value, global_step=step)
+            self.writer = self._writer_class(str(self.log_dir), purge_step=shown if self.resuming else None)
+        for tag, value in epoch_metrics(record).items():
+            self.writer.add_scalar(tag, value, global_step=shown)
         self.writer.flush()  # one record per epoch: visible to a running TensorBoard at once
 
     def close(self) -> None:

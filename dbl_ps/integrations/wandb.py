@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from dbl_ps._optional import require
+from dbl_ps.metrics import epoch_metrics, replan_metrics, shown_epoch  # noqa: F401  (every tracker's names)
 
 MODES = ("auto", "online", "offline", "disabled")
 
@@ -47,54 +48,6 @@ def resolve_mode(mode: str) -> str:
     except OSError:
         pass
     return "offline"
-
-
-def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """Namespaced W&B metrics of one global-epoch record of ``metrics.jsonl`` (pure); a
-    re-plan record (``"event": "replan"``) gives ``replan/worker{i}/...`` instead."""
-    if record.get("event") == "replan":
-        return replan_metrics(record)
-    out: dict[str, float] = {}
-    scalar = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    names = {
-        "test_loss": "test/loss", "test_acc": "test/acc", "test_acc5": "test/acc5",
-        "train_loss": "train/loss", "train_acc": "train/acc", "samples_per_s": "train/samples_per_s",
-        "lr": "schedule/lr", "resolution": "schedule/resolution", "dropout": "schedule/dropout",
-        "store_version": "store/version", "wall_time": "time/wall_seconds",
-    }
-    for key, name in names.items():
-        if scalar(record.get(key)):
-            out[name] = record[key]
-    workers = record.get("workers") or []
-    batches = [w["batch"] for w in workers if scalar(w.get("batch"))]
-    if batches:
-        out["schedule/batch_large"] = max(batches)
-        out["schedule/batch_small"] = min(batches)
-    staleness = []
-    for w in workers:
-        prefix = f"train/worker{w.get('worker', workers.index(w))}/"
-        for key in ("loss", "acc", "samples_per_s", "batch", "resolution", "seconds", "wait_seconds", "weight"):
-            if scalar(w.get(key)):
-                out[prefix + key] = w[key]
-        if scalar(w.get("version")) and scalar(record.get("store_version")):
-            # updates the store applied after this worker's last pull
-            staleness.append(record["store_version"] - w["version"])
-    if staleness:
-        out["store/staleness_max"] = max(staleness)
-        out["store/staleness_mean"] = sum(staleness) / len(staleness)
-    return out
-
-
-def replan_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """Each worker's speed factor (measured / planned seconds) and its new share and batch at
-    the measured resolution, of a re-plan record (``dbl_ps.training.replanning``)."""
-    new = record["new"][str(record["measured_resolution"])]
-    out: dict[str, float] = {}
-    for w, factor in enumerate(record["factors"]):
-        out[f"replan/worker{w}/factor"] = factor
-        out[f"replan/worker{w}/share"] = new["shares"][w]
-        out[f"replan/worker{w}/batch"] = new["batches"][w]
-    return out
 
 
 def plan_rows(plan: Mapping[str, Any]) -> list[list[Any]]:
@@ -194,7 +147,8 @@ class WandbTracker:
         if "test/acc" in metrics:
             self.last = metrics["test/acc"]
             self.best = self.last if self.best is None else max(self.best, self.last)
-        self._call(lambda: self.run.log({"epoch": step, **metrics}, step=step) if self.run else None)
+        shown = shown_epoch(step)  # 1-based, as the console and the plots count
+        self._call(lambda: self.run.log({"epoch": shown, **metrics}, step=shown) if self.run else None)
 
     def close(self) -> None:
         def summarize():

@@ -32,8 +32,10 @@ from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.synchronizers.collective import CollectiveCoordinator, RankLost, init_distributed
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
+from dbl_ps.training.orphans import exit_with_launcher
 from dbl_ps.training.setup import needs_time_model, threads_per_worker
-from dbl_ps.training.topology import LaunchError, Topology, launch_world_size, local_world_size, read_topology
+from dbl_ps.training.topology import (LaunchError, Topology, launch_world_size, local_world_size, read_topology,
+                                     resume_command)
 
 __all__ = ["run_collective", "pick_device", "set_up_rank"]
 
@@ -124,7 +126,7 @@ def _interrupted(driver: RunDriver | None, coordinator: CollectiveCoordinator | 
         meta = RunDirectory(where).checkpoint_meta() if where is not None and where.is_dir() else None
         if meta is not None and meta.get("status") != "finished":
             RunDirectory(where).set_checkpoint_status("interrupted")
-        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: dbl-ps train --resume {where}"
+        kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: {resume_command(where)}"
                 if meta is not None else "no epoch had completed: nothing to resume")
         print(f"dbl-ps train: {_StopSignal.received or 'SIGINT'}: stopped; {kept}", file=sys.stderr, flush=True)
     return 130
@@ -135,6 +137,7 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
     driver: RunDriver | None = None
     coordinator: CollectiveCoordinator | None = None
     _stop_on_signals()
+    exit_with_launcher()  # a launcher killed with SIGKILL leaves no rank training on (SIGTERM: stopped as above)
     try:
         checkpoint = RunDirectory(resume).load_checkpoint() if resume else None
         cfg, coordinator = set_up_rank(cfg, checkpoint)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -41,7 +40,8 @@ from dbl_ps.mixed_plan import plan_lines
 from dbl_ps.planner import Plan
 from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
-from dbl_ps.runtime.engine_setup import check_engine_config, engine_options
+from dbl_ps._process import is_command, process_seconds
+from dbl_ps.runtime.engine_setup import check_engine_config, check_engine_schedule, engine_options
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.user_callbacks import UserCallbacks, load_callbacks
 from dbl_ps.runtime.tracking import open_trackers
@@ -60,6 +60,7 @@ from dbl_ps.training.setup import (
     build_run_model,
     build_spec,
     check_run_model,
+    cpu_cores,
     plan_from_dict,
     poor_fit_lines,
     resolve_time_models,
@@ -136,7 +137,13 @@ class RunDriver:
         self.user = UserCallbacks([], timeout=1.0, warn=self.log)
         self._user_callbacks = False
         self.time_model_seconds = 0.0  # measuring the time model on the spot (not in the wall time)
-        self.startup_seconds: float | None = None  # bringing the workers up (not in the wall time)
+        self.startup_seconds: float | None = None  # the launch until training starts, less the time model
+        # Where this launch's start-up counts from: the process's start for the first run of a
+        # `dbl-ps` command (imports and config included), else now (a run made from Python, or
+        # the next run of `dbl-ps compare`): see dbl_ps._process
+        global _FIRST_RUN
+        self.launched_at = 0.0 if _FIRST_RUN and is_command() else process_seconds()
+        _FIRST_RUN = False
         self.replans: list[dict[str, Any]] = []
         self.replanned_at_resume = False  # plan.json of the resumed run is rewritten for this launch
         self.last_complete = -1
@@ -180,6 +187,7 @@ class RunDriver:
                                     if coordinator.is_main else None)
         data = load_dataset(cfg.data, image_size=max(cfg.schedule.resolutions), log=self.log)
         check_workers_fit(cfg, len(data.train))  # before any time is measured
+        check_engine_schedule(cfg, len(data.train))
         transform = build_transform(cfg.data, data)
         torch.manual_seed(cfg.seed)  # the same initial model in every process
         model = build_run_model(cfg, data.num_classes, data.in_channels, dropout=cfg.dropouts()[0],
@@ -336,7 +344,7 @@ class RunDriver:
         start = int(self.checkpoint["next_epoch"]) if self.checkpoint else 0
         self.last_complete = start - 1
         if self.checkpoint:
-            self.log(f"resuming {self.run_dir} at epoch {start} of {epochs}")
+            self.log(f"resuming {self.run_dir} at epoch {start + 1} of {epochs}")  # 1-based, as the epoch lines
         elif self.resuming:
             self.log(f"{self.run_dir} has no checkpoint yet: starting again from epoch 1 of {epochs}")
         try:
@@ -361,8 +369,7 @@ class RunDriver:
         if coordinator.is_main:
             self.finisher = self._open_finisher(start)
         try:
-            started = time.perf_counter()
-            coordinator.start(self.prepared, start, on_ready=lambda: self._ready(started))
+            coordinator.start(self.prepared, start, on_ready=self._ready)
             if self.display is not None:
                 self.display.open(epochs, start)
             self._user_event("on_run_start", {"run_dir": str(self.run_dir), "config": self.cfg.to_dict(),
@@ -402,9 +409,10 @@ class RunDriver:
         except (OSError, ValueError):
             pass
 
-    def _ready(self, started: float) -> None:
-        """Every worker can train: the wall clock starts now (start-up is reported apart)."""
-        self.startup_seconds = time.perf_counter() - started
+    def _ready(self) -> None:
+        """Every worker can train: the wall clock starts now (start-up is reported apart: from the
+        launch, imports, data and plan included, less the time model, which has its own field)."""
+        self.startup_seconds = max(0.0, process_seconds() - self.launched_at - self.time_model_seconds)
         if self.finisher is not None:
             self.finisher.start_clock()
 
@@ -517,7 +525,9 @@ class RunDriver:
                                      sync=sync_record(self.cfg),
                                      server=self.coordinator.server_stats(), plan_source=self.plan_source,
                                      startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds,
-                                     threads_per_worker=self.coordinator.threads)
+                                     total_seconds=process_seconds() - self.launched_at,
+                                     threads_per_worker=self.coordinator.threads, cpu_cores=cpu_cores(),
+                                     device=self.coordinator.eval_device.type)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         def fmt(v: Any, spec: str) -> str:
@@ -531,6 +541,9 @@ class RunDriver:
             f"store version {s['store_version']}  (time model: {s['plan_source']})",
         ]
         self._log("\n".join(lines))
+
+
+_FIRST_RUN = True  # no RunDriver made in this process yet
 
 
 def engine_module(model: nn.Module) -> nn.Module:

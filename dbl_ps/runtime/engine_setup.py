@@ -15,6 +15,7 @@ depends on a file outside its directory.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +29,8 @@ from dbl_ps.training.engine import Engine, merges_gradients
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
-__all__ = ["engine_options", "check_engine_config", "check_store_mode_engine", "build_engine"]
+__all__ = ["engine_options", "check_engine_config", "check_engine_schedule", "check_store_mode_engine",
+           "build_engine"]
 
 
 def _entry(cfg: Any) -> Entry:
@@ -60,8 +62,9 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
             f"same gradient; BatchNorm statistics see each micro-batch)")
     if not entry.traits["ds_config"]:
         return
-    used, notes = check_rank_config(load_ds_config(cfg.deepspeed_config), None, schedule_lr=cfg.schedule.lr,
-                                    mixed=merges_gradients(cfg))
+    ds_config = load_ds_config(cfg.deepspeed_config)
+    ds_config.pop("scheduler", None)  # refused with its epochs once the data's size is known (check_engine_schedule)
+    used, notes = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, mixed=merges_gradients(cfg))
     stage = int(used.get("zero_optimization", {}).get("stage", 0))
     if merges_gradients(cfg) and stage >= 3:  # the API's deepspeed_mixed_config runs it in your own loop
         raise DeepSpeedConfigError(f"zero_optimization.stage={stage} partitions the parameters, and dbl-ps train reads "
@@ -69,6 +72,22 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
                                    f"sync mixed_batch, or ZeRO-3 in your own loop (dbl.deepspeed_mixed_config)")
     for note in notes:
         log(f"DeepSpeed config: {note}")
+
+
+def check_engine_schedule(cfg: Any, train_samples: int) -> None:
+    """Once the training set's size is known, before anything is measured: a DeepSpeed
+    `scheduler` block is one error saying what it is in epochs, at a large worker's steps per
+    epoch (its share of `train_samples` over B_L at the first resolution), the same refusal
+    as `dbl_ps.api.deepspeed_rank_config` (the run's schedule sets the LR in epochs)."""
+    if not ENGINES.traits(cfg.engine)["ds_config"] or cfg.deepspeed_config is None:
+        return
+    ds_config = load_ds_config(cfg.deepspeed_config)
+    if ds_config.get("scheduler") is None:
+        return
+    batch = (cfg.batch_large() or [None])[0]
+    steps = math.ceil(train_samples / cfg.dbl.workers / batch) if batch else None
+    how = f"a large worker: {train_samples} samples / {cfg.dbl.workers} workers / batch {batch}" if batch else ""
+    check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, steps_per_epoch=steps, steps_how=how)
 
 
 def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dbl_ps.data import DataError
 from dbl_ps.run_ownership import RunWriteError
 from dbl_ps.shards import ShardError
 from dbl_ps.training.loop import DivergedError
+from dbl_ps.training.topology import resume_command
 
 __all__ = ["failure_message", "stopped_line", "diverged_between_syncs"]
 
@@ -51,7 +52,7 @@ def stopped_line(message: str, *, diverged: bool, last_epoch: int | None, run_di
                 "or set divergence=skip to leave non-finite updates out")
     if has:
         return (f"{message}; the checkpoint of epoch {last_epoch + 1} is kept: once that is fixed, "
-                f"`dbl-ps train --resume {run_dir}` continues from it")
+                f"`{resume_command(run_dir)}` continues from it")
     return f"{message}; no epoch had finished, so there is no checkpoint"
 
 

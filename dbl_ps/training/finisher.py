@@ -168,6 +168,8 @@ class EpochFinisher:
         self.first_epoch = first_epoch  # where this launch started: the epochs before it are trained
         self.t0 = time.perf_counter()
         self.last: dict[str, Any] | None = None  # the last checkpoint's metadata
+        self.evaluated: tuple[int, tuple[float, ...]] | None = None  # (epoch, fingerprint) of the last evaluation
+        self.same_as: int | None = None  # this epoch's evaluated model is the one evaluated at that epoch
 
     def start_clock(self) -> None:
         """Training starts now: the wall time excludes what came before (process start-up)."""
@@ -185,6 +187,12 @@ class EpochFinisher:
         last_epoch = epoch == int(self.spec.epochs) - 1
         scores = self.evaluate(model_state) if last_epoch or (epoch + 1) % self.evaluate_every == 0 else None
         test_acc = scores.acc if scores is not None else None
+        self.same_as = None
+        if scores is not None:  # an unchanged model evaluated again (nothing merged since) is said so
+            mark = tuple(float(t.double().sum()) for t in model_state.values() if t.is_floating_point())
+            if self.evaluated is not None and self.evaluated[1] == mark:
+                self.same_as = self.evaluated[0]
+            self.evaluated = (epoch, mark)
         record = epoch_record(epoch, self.spec, reports, wall_time=wall, store_version=self.version_offset + version,
                               scores=scores, eval_seconds=time.perf_counter() - started)
         self.logger.log(epoch, record)
@@ -206,6 +214,8 @@ class EpochFinisher:
         skipped = sum(w["skipped_syncs"] for w in record["workers"])
         tested = (f"test loss {record['test_loss']:.4f}  test acc {record['test_acc']:.4f}" if "test_acc" in record
                   else "not evaluated (eval.every)")
+        if self.same_as is not None and self.same_as != record["epoch"]:
+            tested += f" (the model of epoch {self.same_as + 1} again: nothing was merged since)"
         return (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  "
                 f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  {tested}  "
                 f"{record['samples_per_s']:,.0f} samples/s  "

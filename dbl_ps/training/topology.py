@@ -56,6 +56,21 @@ def launched_by_a_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resume_command(run_dir: object) -> str:
+    """What continues the run in `run_dir`, launched as this process was: plain `dbl-ps train
+    --resume DIR`, or under torchrun / the deepspeed launcher the launcher's own command (one
+    node; several: the same launch on every node)."""
+    if not launched_by_a_launcher():
+        return f"dbl-ps train --resume {run_dir}"
+    world = os.environ["WORLD_SIZE"]
+    local = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world
+    if local != world:
+        return f"the same launch on every node, with `-m dbl_ps train --resume {run_dir}`"
+    if "LOCAL_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ:  # the deepspeed launcher's
+        return f"deepspeed --num_gpus {local} --module dbl_ps train --resume {run_dir}"
+    return f"torchrun --nproc_per_node {local} -m dbl_ps train --resume {run_dir}"
+
+
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     if value is None:
