@@ -393,7 +393,7 @@ def test_an_unset_mode_or_rule_is_the_sync_kinds_first_that_fits_the_other():
     (["store.mode=asp"], True, "store.mode", "'bsp' with sync 'collective'"),
     (["store.rule=sgd"], True, "store.rule", "train with sync 'store' (on one machine)"),
     (["store.staleness=1"], True, "store.staleness", "0 with sync 'collective'"),
-    (["sync=store"], True, "sync", "'collective' or 'auto' for a run under a launcher"),
+    (["sync=store"], True, "sync", "'collective' or 'mixed_batch' or 'auto' for a run under a launcher"),
     (["sync=collective"], False, "sync", "'store' or 'auto' for a run on one machine"),
 ])
 def test_a_sync_setting_the_launch_cannot_honour_is_refused_in_one_line(overrides, launched, key, expected):
