@@ -57,10 +57,11 @@ from dbl_ps.planner import (
     drifted,
     fit_nonnegative_time_model,
     make_plan,
+    plan_lines,
+    replan_any,
     speed_factors,
 )
 from dbl_ps.mixed_api import MixedBatch, deepspeed_mixed_config, mixed_batch, plan_mixed_ranks, plan_mixed_together
-from dbl_ps.mixed_plan import plan_lines, replan_any
 from dbl_ps.rank_plan import APIError, RankPlan, rank_plan
 from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer

@@ -325,7 +325,7 @@ class DBSLConfig:
 class MixedBatchConfig:
     """`sync: mixed_batch`: every step trains one global batch, split over the ranks so each
     rank's step takes the same time; gradients are merged in every step, weighted by each
-    rank's share of the batch (`dbl_ps.mixed_plan`)."""
+    rank's share of the batch (`dbl_ps.planner.mixed`)."""
 
     global_batch: list[int] | dict[int, int] | None = _f(
         None, ge=1, help="the global batch B per resolution ({px: batch}, a list, or one value); null = "

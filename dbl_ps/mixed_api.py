@@ -32,8 +32,7 @@ import torch
 import torch.distributed as dist
 
 from dbl_ps.integrations.deepspeed import check_rank_config, rank_batch_fields
-from dbl_ps.mixed_plan import plan_mixed
-from dbl_ps.planner import Plan, TimeModel
+from dbl_ps.planner import Plan, TimeModel, plan_mixed
 from dbl_ps.rank_plan import APIError, RankPlan, rank_plan
 from dbl_ps.training.gradient_weighting import GradientWeight, loss_scale_for, weighted_sum_hook
 from dbl_ps.training.setup import plan_from_dict
@@ -48,7 +47,7 @@ def plan_mixed_ranks(time_models: TimeModel | Sequence[TimeModel], *, global_bat
     ranks so that their steps take the same time (`time_models`: one for all ranks or one per
     rank), every rank `dataset_size // global_batch` steps per epoch. `memory_caps`: each rank's
     largest batch per forward/backward (a larger share of the batch runs as micro-batches,
-    priced into the split). `dbl_ps.mixed_plan` has the maths."""
+    priced into the split). `dbl_ps.planner.mixed` has the maths."""
     models = time_models if isinstance(time_models, TimeModel) else list(time_models)
     if ranks is None:
         ranks = len(models) if not isinstance(models, TimeModel) else \

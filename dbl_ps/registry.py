@@ -225,7 +225,7 @@ SYNCHRONIZERS = Registry("sync kind", key="sync", interface="a Synchronizer (dbl
     # One line on what it does, for the run's first lines and for errors.
     "what": "",
     # The plan it trains: "dbsl" (the paper's small and large workers, `dbl_ps.planner`) or
-    # "mixed" (one global batch split by the ranks' speed, `dbl_ps.mixed_plan`).
+    # "mixed" (one global batch split by the ranks' speed, `dbl_ps.planner.mixed`).
     "plan": "dbsl",
     # Merges gradients inside every step (the engine all-reduces them, weighted), rather than
     # models at sync points; the engine is then built for it (`Engine.gradient_sync`).

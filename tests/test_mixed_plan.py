@@ -1,4 +1,4 @@
-"""The mixed-batch plan (`dbl_ps.mixed_plan`): one global batch split over the ranks so every
+"""The mixed-batch plan (`dbl_ps.planner.mixed`): one global batch split over the ranks so every
 rank's step takes the same time, checked against the closed form and by brute force."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from dbl_ps.mixed_plan import (
+from dbl_ps.planner import (
     balanced_batches,
     plan_lines,
     plan_mixed,

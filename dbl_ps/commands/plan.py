@@ -305,7 +305,7 @@ def format_plan_table(rows: list[tuple[int, Any]], chosen: int) -> str:
 def format_mixed_table(plan: Any) -> str:
     """One line per (resolution, rank): its batch, micro-batches, share, steps and predicted step
     time, against the equal split stock DDP takes."""
-    from dbl_ps.mixed_plan import step_seconds
+    from dbl_ps.planner import step_seconds
 
     header = ("res", "rank", "b_i", "micro", "share", "steps", "step s", "equal-split step s")
     lines = [header]
@@ -323,8 +323,7 @@ def format_mixed_table(plan: Any) -> str:
 
 def run_mixed(args: argparse.Namespace) -> int:
     """`dbl-ps plan` of sync mixed_batch: the split of the global batch, per rank."""
-    from dbl_ps.mixed_plan import plan_lines, plan_mixed
-    from dbl_ps.planner import InfeasiblePlanError
+    from dbl_ps.planner import InfeasiblePlanError, plan_lines, plan_mixed
 
     try:
         inputs = gather_inputs(args)

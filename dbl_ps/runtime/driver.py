@@ -36,8 +36,7 @@ from torch import nn
 from dbl_ps.config import check_workers_fit, config_differences, sync_line, sync_record
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter, read_metrics
-from dbl_ps.mixed_plan import plan_lines
-from dbl_ps.planner import Plan
+from dbl_ps.planner import Plan, plan_lines
 from dbl_ps.registry import DATA_SOURCES
 from dbl_ps.run_ownership import RunLock, RunWriteError, remove_if_empty, write_failure
 from dbl_ps._process import is_command, process_seconds

@@ -6,7 +6,7 @@ gradients over the world in every step (`Engine.gradient_sync`; the torch engine
 module in DDP with a communication hook that weights each bucket by ``b_i / B``,
 `dbl_ps.training.gradient_weighting`), and `begin_epoch` hands it the epoch's weight (the batch
 changes with the resolution and with a re-plan). Every rank therefore holds the same model
-after every step, and the plan (`dbl_ps.mixed_plan`) gives every rank the same number of
+after every step, and the plan (`dbl_ps.planner.mixed`) gives every rank the same number of
 steps, so the collectives inside backward pair up.
 
 The one sync per epoch, at its end, is the divergence check: the same all-reduced flag vector
@@ -45,7 +45,7 @@ class MixedBatchSynchronizer(Synchronizer):
     def boundaries(self, steps: int, all_steps: Sequence[int]) -> list[int]:
         if len(set(all_steps)) != 1:  # a plan that is not a mixed-batch plan would hang in backward
             raise ValueError(f"sync mixed_batch needs the same number of steps on every rank, the plan gives "
-                             f"{list(all_steps)}; plan with dbl_ps.mixed_plan")
+                             f"{list(all_steps)}; plan with dbl_ps.planner.mixed")
         return [steps]
 
     def start(self, engine: Engine, *, fresh: bool) -> int:

@@ -26,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from dbl_ps.mixed_plan import replan_any
-from dbl_ps.planner import InfeasiblePlanError, Plan, drifted, speed_factors
+from dbl_ps.planner import InfeasiblePlanError, Plan, drifted, replan_any, speed_factors
 from dbl_ps.training.messages import EpochReport
 
 __all__ = ["Replanned", "replan_after_epoch", "plan_shapes"]

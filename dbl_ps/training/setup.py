@@ -33,8 +33,7 @@ from torch import nn
 from dbl_ps.calibrate import ResolvedTimeModels, batch_grid, calibrate, configured_time_models
 from dbl_ps.imports import import_modules
 from dbl_ps.models import build_model, check_model_output
-from dbl_ps.mixed_plan import plan_mixed, plan_mixed_resolution
-from dbl_ps.planner import Plan, TimeModel, make_plan, plan_resolution
+from dbl_ps.planner import Plan, TimeModel, make_plan, plan_mixed, plan_mixed_resolution, plan_resolution
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.training.engine import engine_step_factory

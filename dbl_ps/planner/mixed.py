@@ -1,5 +1,5 @@
 """The plan for mixed-batch data parallelism: one global batch split so every rank's step
-takes the same time (`sync: mixed_batch`; `dbl_ps.api.plan_mixed`).
+takes the same time (`sync: mixed_batch`; `dbl_ps.api.plan_mixed_ranks`).
 
 Pure functions, no torch. Ranks ``i = 1..W`` with ``t_i(b) = alpha_i + beta_i b`` share a
 global batch ``B`` in every step; each rank's gradient is weighted by its share of it,
@@ -35,10 +35,11 @@ import math
 from collections.abc import Mapping
 from typing import Sequence
 
-from dbl_ps.planner import InfeasiblePlanError, Plan, ResolutionPlan, TimeModel, apportion, replan, scaled_models
+from dbl_ps.planner.dbsl import Plan, ResolutionPlan
+from dbl_ps.planner.time_model import InfeasiblePlanError, TimeModel, apportion
 
-__all__ = ["step_seconds", "micro_batches", "balanced_batches", "plan_mixed_resolution", "plan_mixed",
-           "replan_any", "plan_lines", "split_line"]
+__all__ = ["step_seconds", "micro_batches", "balanced_batches", "plan_mixed_resolution", "plan_mixed", "plan_lines",
+           "split_line"]
 
 _BISECTIONS = 200  # halvings of the step-time interval: far below float64's resolution of T
 
@@ -190,20 +191,6 @@ def plan_mixed(time_models: Mapping[int, TimeModel | Sequence[TimeModel]], globa
                              f"({workers})")
         plans[r] = plan_mixed_resolution(models, int(global_batch[r]), dataset_size, caps=caps, resolution=r)
     return Plan(workers=workers, small=0, tau=1.0, dataset_size=dataset_size, resolutions=plans)
-
-
-def replan_any(plan: Plan, factors: Sequence[float]) -> Plan:
-    """`dbl_ps.planner.replan` for every kind of plan: a mixed-batch plan is made again from the
-    scaled time models with the same global batch and caps (samples and batch move between
-    ranks; B, and with it the LR, stay), a DBSL plan as `replan` does."""
-    if not any(rp.global_batch for rp in plan.resolutions.values()):
-        return replan(plan, factors)
-    if len(factors) != plan.workers:
-        raise ValueError(f"{len(factors)} speed factors for a plan of {plan.workers} ranks")
-    plans = {r: plan_mixed_resolution(scaled_models(rp.time_models, factors), rp.global_batch, rp.dataset_size,
-                                      caps=rp.memory_caps, resolution=r)
-             for r, rp in plan.resolutions.items()}
-    return Plan(workers=plan.workers, small=0, tau=1.0, dataset_size=plan.dataset_size, resolutions=plans)
 
 
 def plan_lines(plan: Plan) -> list[str]:

@@ -1,65 +1,6 @@
-"""Time model and dual-batch plan: who trains with which batch size on how much data.
-
-Pure functions, no torch. Notation (arXiv 2509.26092, ``docs``/DESIGN):
-
-* time per training step at batch ``b``:     ``t(b) = alpha + beta * b``
-* epoch time of a worker with share ``d``:   ``T(d, b) = d * (beta + alpha / b)``
-* ``W`` workers, the first ``n_S`` of them (ids ``0 .. n_S-1``) small, ``n_L = W - n_S``
-  large; dataset size ``N``; largest batch ``B_L``; time budget ``tau >= 1``.
-
-The paper's plan (one device type)::
-
-    n_S = 0:  d_i = N / W, b_i = B_L
-    n_S > 0:  d_L = tau * N / W
-              d_S = (N - n_L * d_L) / n_S
-              T0  = (N / W) * (beta + alpha / B_L)          # all-large epoch time
-              b_S = alpha / (tau * T0 / d_S - beta)
-    merge weight f_i = d_i / d_L  (1 for large workers)
-
-Beyond the paper (mixed hardware): worker ``i`` has its own ``(alpha_i, beta_i)`` and
-``B_L,i``. With ``c_i = beta_i + alpha_i / B_L,i`` (seconds per sample at the
-largest batch)::
-
-    T0  = N / sum_i (1 / c_i)        # load-balanced all-large epoch time
-    T   = T0            if n_S = 0   # then d_i = T0 / c_i: every worker finishes together
-    T   = tau * T0      if n_S > 0
-    d_i = T / c_i                    for every large worker
-    D_S = N - sum_large d_i          # data left for the small workers
-    b_S : sum_small T / (beta_j + alpha_j / b_S) = D_S     # one batch size for all
-    d_j = T / (beta_j + alpha_j / b_S)                     # small workers
-
-so every worker's predicted epoch time is exactly ``T``. With one device type this
-is the paper's plan (same ``d_L``, ``d_S``, ``b_S``). Small workers share one batch
-size so they all train with the same gradient noise; the equation in ``b_S`` is
-increasing in ``b_S`` and is solved in closed form when the small workers share a
-time model, by bisection otherwise. Merge weights generalise to
-``f_i = d_i / mean(large shares)`` (mean of all shares when ``n_S = W``).
-
-A small batch chosen by the user (``batch_small``: a size, or a fraction of ``B_L`` below
-1) replaces the formula for ``b_S``; the shares are then planned so that every worker
-finishes together, ``T = N / (S_L + s(b_S))`` with ``s(b) = sum_small 1/(beta_j + alpha_j/b)``,
-which must stay within ``tau * T0``. The formula's ``b_S`` is the smallest batch that fits
-``tau``, so a chosen one must be at least that large (or ``tau`` raised).
-
-Where the time model cannot choose ``b_S`` (``dual_batch_regime``): with ``alpha`` about 0
-(below one sample's cost, ``alpha < beta``) a smaller batch costs no time and the formula
-drives ``b_S`` to 1 or below; the plan then takes the
-fraction of ``B_L`` that the authors' GTX 1080 time model gives for the same ``n_S``, ``W``
-and ``tau`` (``reference_small_fraction``). With ``alpha/beta`` far below ``B_L`` (a CPU)
-the formula gives a batch of a few samples (``b_S ~ 1.75 alpha/beta``); with ``alpha/beta``
-far above ``B_L`` (a launch-bound GPU step) it is set by the data split,
-``b_S ~ (d_S/d_L) B_L / tau``, close to ``B_L``. Both are planned as the paper does and
-said in one line.
-
-Rounding (the plan every runtime uses): shares are apportioned by the largest
-remainder method, so they are integers summing to exactly ``N`` (ties go to the lower
-worker id); ``b_S`` is rounded to the nearest integer with Python's ``round``, which
-is what the authors' code does and the only rule that reproduces all their check
-values (``b_S`` = 101.51 -> 102, 185.40 -> 185, 243.33 -> 243, 46.79 -> 47; floor
-gives 101 and 46, ceil gives 186 and 244). The rounded plan predicts
-``ceil(d/b) * alpha + d * beta`` per worker: every sample of the share is trained,
-the last batch partial.
-"""
+"""The dual-batch plan (DBSL) of every resolution, the paper's formulas and their mixed-hardware
+form (see `dbl_ps.planner`), with the plan's types (`ResolutionPlan`, `Plan`) and what its small
+batch means on a device (`Regime`, `dual_batch_regime`)."""
 
 from __future__ import annotations
 
@@ -68,141 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class InfeasiblePlanError(ValueError):
-    """A plan request that no data split satisfies; the message says which input to change."""
-
-
-# --------------------------------------------------------------------------- time model
-
-
-@dataclass(frozen=True)
-class TimeModel:
-    """``t(b) = alpha + beta * b`` seconds per training step at batch size ``b``.
-
-    ``r2`` is the coefficient of determination of the fit that produced it (None
-    when the values were typed in).
-    """
-
-    alpha: float
-    beta: float
-    r2: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r} is not a finite number")
-        if self.beta < 0:
-            raise ValueError(f"beta={self.beta} must be >= 0 (seconds per sample)")
-
-    def step_seconds(self, batch_size: float) -> float:
-        """``t(b) = alpha + beta * b``."""
-        return self.alpha + self.beta * batch_size
-
-    def sample_seconds(self, batch_size: float) -> float:
-        """Seconds per sample at batch ``b``: ``beta + alpha / b``."""
-        return self.beta + self.alpha / batch_size
-
-    def epoch_seconds(self, share: float, batch_size: float) -> float:
-        """Paper's epoch time of a share ``d``: ``d * (beta + alpha / b)`` (fractional steps)."""
-        return share * self.sample_seconds(batch_size)
-
-    def epoch_seconds_whole_steps(self, share: int, batch_size: int) -> float:
-        """Epoch time when every sample is trained, last batch partial:
-        ``ceil(d / b) * alpha + d * beta``."""
-        return math.ceil(share / batch_size) * self.alpha + share * self.beta
-
-
-def fit_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
-    """Least-squares fit of ``t(b) = alpha + beta * b`` to ``(batch_size, seconds)`` samples.
-
-    ``beta = cov(b, t) / var(b)``, ``alpha = mean(t) - beta * mean(b)``,
-    ``R^2 = 1 - SS_res / SS_tot`` (1.0 when every time is equal and fitted exactly).
-    Needs at least two distinct batch sizes. A fitted negative ``beta`` (noise on a
-    too-narrow grid) is an error: widen the batch-size grid, or see
-    ``fit_nonnegative_time_model``.
-    """
-    points = _checked_points(samples)
-    alpha, beta = _least_squares(points)
-    if beta < 0:
-        raise ValueError(
-            f"fitted beta={beta:.3g} < 0: step time falls with batch size, so the samples are "
-            f"noise; use a wider batch-size grid or more steps per point"
-        )
-    return TimeModel(alpha=alpha, beta=beta, r2=_r2(points, alpha, beta))
-
-
-def fit_nonnegative_time_model(samples: Sequence[tuple[float, float]]) -> TimeModel:
-    """The least-squares line with ``alpha, beta >= 0``. A small model on a GPU is
-    launch-bound (the same step time at every batch), where noise tips the free fit's
-    slope below zero; the best line with a slope of zero is then the mean time, and the
-    best one through the origin where the intercept would be negative."""
-    points = _checked_points(samples)
-    alpha, beta = _least_squares(points)
-    if alpha < 0 or beta < 0:
-        flat = (sum(t for _, t in points) / len(points), 0.0)
-        through_origin = (0.0, sum(b * t for b, t in points) / sum(b * b for b, _ in points))
-        alpha, beta = min((flat, through_origin), key=lambda line: _squared_error(points, *line))
-    return TimeModel(alpha=alpha, beta=beta, r2=_r2(points, alpha, beta))
-
-
-def _checked_points(samples: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    points = [(float(b), float(t)) for b, t in samples]
-    if len(points) < 2:
-        raise ValueError(f"need at least 2 (batch_size, seconds) samples to fit, got {len(points)}")
-    for b, t in points:
-        if not (math.isfinite(b) and b > 0):
-            raise ValueError(f"batch size {b} must be a positive number")
-        if not (math.isfinite(t) and t > 0):
-            raise ValueError(f"step time {t} must be a positive number of seconds")
-    if len({b for b, _ in points}) < 2:
-        raise ValueError(f"need at least 2 distinct batch sizes to fit, got only b={points[0][0]:g}")
-    return points
-
-
-def _least_squares(points: list[tuple[float, float]]) -> tuple[float, float]:
-    n = len(points)
-    mean_b = sum(b for b, _ in points) / n
-    mean_t = sum(t for _, t in points) / n
-    var_b = sum((b - mean_b) ** 2 for b, _ in points)
-    beta = sum((b - mean_b) * (t - mean_t) for b, t in points) / var_b
-    return mean_t - beta * mean_b, beta
-
-
-def _squared_error(points: list[tuple[float, float]], alpha: float, beta: float) -> float:
-    return sum((t - (alpha + beta * b)) ** 2 for b, t in points)
-
-
-def _r2(points: list[tuple[float, float]], alpha: float, beta: float) -> float:
-    mean_t = sum(t for _, t in points) / len(points)
-    ss_tot = sum((t - mean_t) ** 2 for _, t in points)
-    return 1.0 - _squared_error(points, alpha, beta) / ss_tot if ss_tot > 0 else 1.0
-
-
-# --------------------------------------------------------------------------- rounding
-
-
-def apportion(values: Sequence[float], total: int) -> list[int]:
-    """Integers close to ``values`` summing to exactly ``total`` (largest remainder method).
-
-    Each value is floored; the ``total - sum(floors)`` leftover units go to the largest
-    fractional parts, ties to the lower index. ``values`` must be >= 0 and sum to
-    ``total`` within rounding error.
-    """
-    if any(v < 0 or not math.isfinite(v) for v in values):
-        raise ValueError(f"cannot apportion negative or non-finite values {list(values)}")
-    if abs(sum(values) - total) > 1e-6 * max(1.0, total):
-        raise ValueError(f"values sum to {sum(values)}, not to total={total}")
-    floors = [math.floor(v) for v in values]
-    leftover = total - sum(floors)
-    order = sorted(range(len(values)), key=lambda i: (-(values[i] - floors[i]), i))
-    for k in range(leftover):
-        floors[order[k % len(order)]] += 1
-    return floors
-
-
-# --------------------------------------------------------------------------- the plan
+from dbl_ps.planner.time_model import (InfeasiblePlanError, TimeModel, _check_int, _down, _up, _where,
+                                       apportion)
 
 
 @dataclass(frozen=True)
@@ -233,7 +41,7 @@ class ResolutionPlan:
     min_small_batch: int = 1  # the floor the small batch was planned with
     batch_small_request: int | float | None = None  # the user's choice (dbl.batch_small), None = planned
     small_batch_source: str = "formula"  # the paper's formula | chosen (batch_small) | reference (no fixed cost)
-    # A mixed-batch plan (`dbl_ps.mixed_plan`: one global batch split so every rank's step takes
+    # A mixed-batch plan (`dbl_ps.planner.mixed`: one global batch split so every rank's step takes
     # the same time; merge weights are gradient weights b_i / B); None: a DBSL plan.
     global_batch: int | None = None
     micro_batches: tuple[int, ...] | None = None  # mixed batch: forward/backward passes per step under a memory cap
@@ -303,29 +111,6 @@ class ResolutionPlan:
                 "epoch_seconds": self.epoch_seconds_exact,
             },
         }
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name}={value!r} must be an integer")
-    if value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"{name}={value} must be {allowed}")
-    return value
-
-
-def _down(x: float) -> str:
-    """``x`` rounded down to 4 decimals, so a bound quoted in an error message is itself feasible."""
-    return f"{math.floor(x * 1e4 + 1e-9) / 1e4:g}"
-
-
-def _up(x: float) -> str:
-    """``x`` rounded up to 4 decimals (lower bounds)."""
-    return f"{math.ceil(x * 1e4 - 1e-9) / 1e4:g}"
-
-
-def _where(resolution: int | None) -> str:
-    return f" at {resolution} px" if resolution else ""  # None or 0: a plan without CPL
 
 
 def feasible_tau_range(
@@ -871,70 +656,3 @@ PAPER_BATCH_LARGE: dict[str, dict[int, int]] = {
     "cifar": {24: 600, 32: 560},
     "imagenet": {160: 2330, 224: 1110, 288: 740},
 }
-
-
-# --------------------------------------------------------------------------- re-planning
-#
-# Re-planning when the workers' measured speed drifts from the plan (mixed hardware).
-#
-# The plan gives every worker the batch and share with which all finish an epoch
-# together, from a time model per worker. On mixed or shared hardware the models drift:
-# a noisy neighbour, thermal throttling, a slower GPU than the one calibrated. After an
-# epoch each worker's measured training seconds are compared with the plan's prediction
-# for it; when any worker is off by more than `threshold` (relative), every worker's
-# time model is scaled by its own measured/predicted ratio (the slowdown of a device
-# scales its fixed and per-sample costs alike) and the plan is made again from the
-# scaled models with the same `small`, `tau` and largest batches.
-#
-# Pure functions of their inputs: every rank (or the launcher) given the same
-# measurements computes the same new plan, so ranks agree without a second collective.
-#
-#     speeds = speed_factors(plan[r], measured_seconds)          # measured / predicted, per worker
-#     if drifted(speeds, threshold=0.15):
-#         plan = replan(plan, speeds)
-
-# 15 %: above the epoch-to-epoch spread of a quiet machine (a few %), below the 1.5-2x of a
-# slower device or a busy neighbour.
-DEFAULT_THRESHOLD = 0.15
-
-
-def speed_factors(rp: ResolutionPlan, measured_seconds: Sequence[float]) -> list[float]:
-    """Each worker's measured training seconds over what the plan predicts for its share
-    and batch at this resolution (> 1: slower than planned)."""
-    if len(measured_seconds) != rp.workers:
-        raise ValueError(f"{len(measured_seconds)} measured times for a plan of {rp.workers} workers")
-    factors = []
-    for i, seconds in enumerate(measured_seconds):
-        if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
-            raise ValueError(f"measured seconds of worker {i} must be a positive number, got {seconds!r}")
-        factors.append(float(seconds) / rp.predicted_epoch_seconds[i])  # its whole steps (and micro-batches)
-    return factors
-
-
-def drifted(factors: Sequence[float], threshold: float = DEFAULT_THRESHOLD) -> bool:
-    """Whether the workers' speeds relative to each other moved by more than `threshold`:
-    factors all scaled alike (the whole machine slower) keep the plan balanced, so the
-    factors are compared with their median, not with 1."""
-    if not threshold > 0:
-        raise ValueError(f"threshold={threshold!r} must be > 0 (0.15 = re-plan at 15 % drift)")
-    middle = sorted(factors)[len(factors) // 2]
-    return any(abs(f / middle - 1.0) > threshold for f in factors)
-
-
-def scaled_models(models: Sequence[TimeModel], factors: Sequence[float]) -> list[TimeModel]:
-    """Worker i's time model with its fixed and per-sample costs both times `factors[i]`."""
-    return [TimeModel(alpha=m.alpha * f, beta=m.beta * f) for m, f in zip(models, factors)]
-
-
-def replan(plan: Plan, factors: Sequence[float]) -> Plan:
-    """The plan made again from every resolution's time models scaled by the workers'
-    speed factors (measured at one resolution; a device's slowdown applies to all)."""
-    if len(factors) != plan.workers:
-        raise ValueError(f"{len(factors)} speed factors for a plan of {plan.workers} workers")
-    plans = {}
-    for r, rp in plan.resolutions.items():
-        plans[r] = plan_resolution(scaled_models(rp.time_models, factors), rp.batch_large, small=rp.small,
-                                   tau=rp.tau, dataset_size=rp.dataset_size, resolution=r,
-                                   min_small_batch=rp.min_small_batch, batch_small=rp.batch_small_request)
-    return Plan(workers=plan.workers, small=plan.small, tau=plan.tau, dataset_size=plan.dataset_size,
-                resolutions=plans)
