@@ -43,8 +43,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
+from dbl_ps.calibrate import calibration_time_models
 from dbl_ps.data.shares import ShareBatchSampler
 from dbl_ps.deepspeed_shm import unlink_own_buffer
 from dbl_ps.integrations.deepspeed import DeepSpeedConfigError, SingleRankMPU, check_rank_config, single_rank_groups
@@ -179,7 +179,6 @@ def plan_from_calibration(path: str, *, ranks: int, dataset_size: int, small: in
                           resolutions: Sequence[int] | None = None, batch_small: int | float | None = None) -> Plan:
     """`plan_ranks` from a `dbl-ps calibrate` file (one device kind for every rank): its time
     model and largest batch at each resolution (default: all the file has)."""
-    from dbl_ps.calibrate import calibration_time_models
 
     try:
         models, batches, _, _ = calibration_time_models(path, resolutions)

@@ -39,8 +39,10 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
-from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS, TRACKERS, Registry, UnknownPluginError
+from dbl_ps.configs import find_deepspeed_config, find_run_config, run_configs
 from dbl_ps.planner import DEFAULT_THRESHOLD
+from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS, TRACKERS, Registry, UnknownPluginError
+from dbl_ps.schedule import ScheduleSpec, epochs_at_each_resolution
 
 __all__ = [
     "ConfigError",
@@ -74,8 +76,6 @@ __all__ = [
 SOURCES = tuple(DATA_SOURCES.names())
 # The built-in models; `model.name` may also be an import path (dbl_ps.models.build_model).
 MODELS = ("small_resnet", "resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet")
-# Sources read from files: `data.path` must be set for them (their `path` trait says what it names).
-FILE_SOURCES = tuple(n for n in SOURCES if DATA_SOURCES.traits(n)["path"])
 # Sources read sample by sample from a torch Dataset (per-sample transforms apply there).
 STREAMED_SOURCES = tuple(DATA_SOURCES.with_trait("per_sample"))
 
@@ -1361,7 +1361,6 @@ def _deepspeed_optimizer(value: Any) -> tuple[str, float] | None:
     """(type, lr) of the `optimizer` block in the DeepSpeed JSON `deepspeed_config` names (a
     path, or a config shipped in the package), None when it has no LR or cannot be read (the
     engine's check reports a file that is missing or broken, with the rest of its problems)."""
-    from dbl_ps.configs import find_deepspeed_config
 
     if not isinstance(value, str) or not value:
         return None
@@ -1474,7 +1473,6 @@ def resolve_config_path(path: str | Path) -> Path:
     """The file `--config PATH` means: PATH itself when it exists, else a config shipped
     in the package when PATH is a bare name (`cifar100_resnet18`, with or without .yaml).
     A name that is neither is one ConfigError listing the shipped ones."""
-    from dbl_ps.configs import find_run_config, run_configs
 
     given = Path(path)
     if given.is_file():
@@ -1531,7 +1529,6 @@ def schedule_notes(cfg: RunConfig) -> list[str]:
     """One line for CPL resolutions that the schedule never reaches: every LR stage splits its
     epochs among the resolutions, lowest first, so a stage shorter than the ladder skips the
     low ones (legal, but the run then trains, measures and plans a resolution for nothing)."""
-    from dbl_ps.schedule import ScheduleSpec, epochs_at_each_resolution
 
     s = cfg.schedule
     spec = ScheduleSpec(epochs=s.epochs, base_lr=s.lr, milestones=tuple(s.milestones), gamma=s.gamma,

@@ -32,7 +32,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, TextIO
 
-from dbl_ps.run_ownership import write_failure
+from dbl_ps.run_ownership import atomic_write, write_failure
 
 __all__ = [
     "METRICS_FILE",
@@ -179,9 +179,7 @@ class MetricsWriter:
         if len(kept) == len(records) and torn is None and text.endswith("\n"):
             return  # nothing to fix
         body = "".join(strict_dumps(r) + "\n" for r in kept)
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text(body, encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
     def write(self, record: Mapping[str, Any]) -> None:
         if self._fh is None:
@@ -254,15 +252,13 @@ class CsvWriter:
         row: dict[str, Any] = {self.step_key: shown, **epoch_metrics(metrics)}
         self.columns += [k for k in row if k not in self.columns]
         self.rows.append(row)
-        tmp = self.path.with_suffix(".csv.tmp")
-        try:
+        def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=self.columns)
                 writer.writeheader()
                 writer.writerows(self.rows)
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            raise write_failure(self.path, exc) from None
+
+        atomic_write(self.path, write)
 
     def close(self) -> None:
         pass

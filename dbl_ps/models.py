@@ -37,6 +37,9 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
+from torchvision import models as tv
+from torchvision.models.resnet import BasicBlock as TvBasicBlock
+from torchvision.models.resnet import Bottleneck as TvBottleneck
 
 from dbl_ps.imports import import_callable, is_import_path
 
@@ -127,7 +130,6 @@ def _small_resnet(num_classes: int, in_channels: int, dropout: float) -> nn.Modu
 
 
 def _torchvision_resnet(name: str, num_classes: int, in_channels: int) -> nn.Module:
-    from torchvision import models as tv
 
     depth, stem = name.split("_")
     model = getattr(tv, depth)(num_classes=num_classes)
@@ -276,8 +278,6 @@ def check_model_output(model: nn.Module, name: str, num_classes: int, in_channel
 
 def residual_block_classes(model: nn.Module) -> tuple[type, ...]:
     """The residual block classes (ours and torchvision's) present in `model`: FSDP's default wrap units."""
-    from torchvision.models.resnet import BasicBlock as TvBasicBlock
-    from torchvision.models.resnet import Bottleneck as TvBottleneck
 
     known = (BasicBlock, TvBasicBlock, TvBottleneck)
     return tuple(cls for cls in known if any(type(m) is cls for m in model.modules()))

@@ -167,7 +167,7 @@ ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=Fal
                  precision_from="fsdp.param_dtype")
 
 # Data sources. The object is a loader `(data_cfg, image_size) -> dbl_ps.data.Dataset`
-# (`register_source`'s; image_size is the largest resolution of the schedule).
+# (image_size is the largest resolution of the schedule).
 DATA_SOURCES = Registry("data source", key="data.source", interface=(
     "a loader (data_cfg, image_size) -> dbl_ps.data.Dataset"), traits={
     # What `data.path` must name (a directory); None: the source reads no files.

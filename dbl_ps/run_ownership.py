@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 try:
     import fcntl
@@ -37,7 +38,7 @@ except ImportError:  # Windows: the lock is linked into place instead
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["create_unique_dir", "run_dir_problem", "never_trained", "remove_if_empty", "RunLock", "RunDirectoryBusy", "LOCK_FILE",
-           "lock_owner", "RunWriteError", "write_failure"]
+           "lock_owner", "RunWriteError", "write_failure", "atomic_write"]
 
 LOCK_FILE = "run.lock"
 FULL_BELOW = 1 << 20  # bytes: a device with less free space than this is full for a checkpoint
@@ -317,6 +318,27 @@ class RunLock:
 
 class RunWriteError(OSError):
     """A run's file could not be written (typically a full disk); what was written before is intact."""
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any], *, make_parent: bool = False) -> None:
+    """The one way files of a run (and its set-up) are written: `write(tmp)` writes the whole
+    file under a temporary name beside `path` (`<name>.tmp`), then it is renamed into place, so
+    a reader never sees half a file and a failed write (a full disk) leaves the previous file as
+    it was and no temporary behind. An OSError (or torch.save's RuntimeError, how its stream
+    writer reports a full disk) is `write_failure`'s one line; anything else `write` raises
+    (a check of what it wrote) is raised as it is, the temporary removed."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        if make_parent:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_failure(path: Path, exc: BaseException) -> RunWriteError:

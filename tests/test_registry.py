@@ -17,7 +17,6 @@ import torch
 
 from dbl_ps.config import ConfigError, DataConfig, RunConfig, load_config
 from dbl_ps.data import DataError, load_dataset
-from dbl_ps.data.sources import plugin_source, register_source
 from dbl_ps.imports import ImportPathError
 from dbl_ps.metrics import CSV_FILE, CsvWriter
 from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS, TRACKERS, Registry, UnknownPluginError
@@ -287,15 +286,15 @@ def test_a_users_data_source_by_import_path(user_plugins):
         load_dataset(DataConfig(source="svhn"))
 
 
-def test_register_source_adds_a_name_with_its_traits(tmp_path):
+def test_registering_a_source_adds_a_name_with_its_traits(tmp_path):
     from dbl_ps.data import make_synthetic
 
     def loader(data_cfg, image_size):
         return make_synthetic(num_train=20, num_test=10, num_classes=2, size=8)
 
-    register_source("test_reg_source", loader, path="a folder of test files")
+    DATA_SOURCES.register("test_reg_source", loader, path="a folder of test files")
     try:
-        assert plugin_source("test_reg_source") is loader and plugin_source("nope") is None
+        assert DATA_SOURCES.get("test_reg_source").obj is loader and "nope" not in DATA_SOURCES
         assert len(load_dataset(DataConfig(source="test_reg_source")).train) == 20
         file = tmp_path / "a_file"
         file.write_text("x")

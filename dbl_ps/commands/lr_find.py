@@ -26,6 +26,7 @@ from typing import Any
 from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config
 from dbl_ps.metrics import strict_dumps
+from dbl_ps.run_ownership import atomic_write
 
 error = partial(command_error, "lr-find")
 
@@ -252,15 +253,13 @@ def write_schedule_lr(path: Path, lr: float) -> None:
                            if lines[i].strip() and not lines[i].lstrip().startswith("#")), "  ")
             lines.insert(start + 1, f"{indent}lr: {value}")
     new = "\n".join(lines) + "\n"
-    tmp = path.with_name(f".{path.name}.lr-find.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    try:
-        if load_config(tmp).schedule.lr != float(value):
-            raise ValueError("the edited file does not read back with that schedule.lr; set it by hand")
-    except ConfigError as exc:
-        tmp.unlink()
-        raise ValueError(f"the edited file is not a valid config ({exc}); set schedule.lr by hand") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+
+    def write_checked(tmp: Path) -> None:  # the file is replaced only by one that reads back with that LR
+        tmp.write_text(new, encoding="utf-8")
+        try:
+            if load_config(tmp).schedule.lr != float(value):
+                raise ValueError("the edited file does not read back with that schedule.lr; set it by hand")
+        except ConfigError as exc:
+            raise ValueError(f"the edited file is not a valid config ({exc}); set schedule.lr by hand") from None
+
+    atomic_write(path, write_checked)

@@ -4,7 +4,7 @@
 
 `data.source` is looked up in `dbl_ps.registry.DATA_SOURCES`: a built-in (registered
 there by name, its loader one of the `*_source` functions below, or `shards`'), one a
-plugin added with `register_source`, or a user's loader by import path
+plugin registered in `dbl_ps.registry.DATA_SOURCES`, or a user's loader by import path
 (`data.source: my_pkg.data:load`). Every loader is `(data_cfg, image_size) -> Dataset`.
 In-memory sources (`dbl_ps.data.sources`) give `Split`s of uint8 tensors; ImageFolder
 and `data.factory` (`dbl_ps.data.streamed`) give `DatasetSplit`s read sample by
@@ -25,12 +25,7 @@ from dbl_ps.registry import DATA_SOURCES, UnknownPluginError
 if TYPE_CHECKING:
     from dbl_ps.config import DataConfig
 
-__all__ = ["load_dataset", "DIRECTORY_EXPECTED"]
-
-# What `data.path` names for each built-in source that reads files (all of them directories):
-# the sources' `path` trait (dbl_ps.registry), kept under its old name.
-DIRECTORY_EXPECTED = {name: DATA_SOURCES.traits(name)["path"] for name in DATA_SOURCES.names()
-                      if DATA_SOURCES.traits(name)["path"]}
+__all__ = ["load_dataset"]
 
 
 # --------------------------------------------------------------------------- built-in loaders

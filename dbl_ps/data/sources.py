@@ -14,20 +14,22 @@ what was expected.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import os
+import shutil
+import tempfile
 import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision import datasets
+from torchvision.datasets.utils import extract_archive
 
-from dbl_ps.registry import DATA_SOURCES
-
-if TYPE_CHECKING:
-    from dbl_ps.config import DataConfig
 
 __all__ = [
     "DataError",
@@ -41,8 +43,6 @@ __all__ = [
     "channel_stats",
     "FLIP_DEFAULT",
     "IMAGE_EXTENSIONS",
-    "register_source",
-    "plugin_source",
     "KNOWN_STATS",
     "cache_dir",
     "extract_once",
@@ -152,7 +152,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 def load_digits(test_size: int = 360, split_seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 digits (values 0..16 scaled to 0..255), with a
     fixed stratified train/test split (1437/360 by default)."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.datasets import load_digits as sk_load_digits  # scikit-learn is heavy: imported where used
     from sklearn.model_selection import train_test_split
 
     bunch = sk_load_digits()
@@ -259,7 +259,6 @@ def _torchvision_raw(root: Path, source: str) -> Path | None:
 
 
 def _load_torchvision_idx(root: Path, source: str) -> Dataset:
-    from torchvision import datasets
 
     cls = getattr(datasets, TORCHVISION_IDX[source])
     raw = root / cls.__name__ / "raw"
@@ -321,7 +320,6 @@ def _cifar_class(source: str) -> type:
     """torchvision's CIFAR class without its MD5 checks: they pin the official files
     (a re-packed or test copy fails with "not found or corrupted"), and hashing
     170 MB at every load buys nothing that the shape and label checks here miss."""
-    from torchvision import datasets
 
     base = getattr(datasets, CIFAR_LAYOUT[source][0])
     return type(f"_{base.__name__}NoMD5", (base,), {
@@ -333,7 +331,6 @@ def _cifar_class(source: str) -> type:
 
 def cache_dir() -> Path:
     """Where dbl-ps extracts archives it may not write next to: $DBL_PS_CACHE, else ~/.cache/dbl-ps."""
-    import os
 
     return Path(os.environ.get("DBL_PS_CACHE") or Path.home() / ".cache" / "dbl-ps")
 
@@ -342,12 +339,7 @@ def extract_once(archive: Path, folder: str) -> Path:
     """The directory holding `folder` extracted from `archive`: next to the archive, or
     (read-only there) in `cache_dir()`. Extracted into a temporary directory and renamed,
     so an interrupted extraction is never taken for a finished one."""
-    import hashlib
-    import os
-    import shutil
-    import tempfile
 
-    from torchvision.datasets.utils import extract_archive
 
     key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:16]
     for parent in (archive.parent, cache_dir() / f"{archive.name}-{key}"):
@@ -484,22 +476,3 @@ def make_synthetic(num_train: int = 1024, num_test: int = 256, num_classes: int 
     mean, std = channel_stats(train.images)
     return Dataset("synthetic", train, test, num_classes, mean, std, FLIP_DEFAULT["synthetic"],
                    [f"class{i}" for i in range(num_classes)])
-
-
-# --------------------------------------------------------------------------- dispatch
-
-# Every source, built-in or added, is an entry of `dbl_ps.registry.DATA_SOURCES` (name ->
-# loader(data_cfg, image_size) -> Dataset, plus traits the config reads without importing
-# the loader). These two functions are the older, documented face of that registry.
-
-
-def register_source(name: str, loader: Callable[[Any, int | None], Dataset], **traits: Any) -> None:
-    """Make `data.source: <name>` load through `loader(data_cfg, image_size)`. `traits` are
-    those of `dbl_ps.registry.DATA_SOURCES` (e.g. `path="the folder holding ..."` for a
-    source that reads files). Registering a name again replaces it."""
-    DATA_SOURCES.register(name, loader, **traits)
-
-
-def plugin_source(name: str) -> Callable[[Any, int | None], Dataset] | None:
-    """The loader registered for `data.source: <name>` (imported if it is a built-in), if any."""
-    return DATA_SOURCES.get(name).obj if name in DATA_SOURCES else None

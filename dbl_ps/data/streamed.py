@@ -17,11 +17,14 @@ batch's `batch_seed`), so a resumed run draws the same crops.
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import v2
 
 from dbl_ps.config import DataConfig
 from dbl_ps.data.sources import FLIP_DEFAULT, KNOWN_STATS, DataError, Dataset
@@ -96,7 +99,6 @@ class SamplePrep:
         return self.random_resized_crop or self.randaugment
 
     def __call__(self, item: Any, index: int, seed: int | None = None) -> tuple[torch.Tensor, int]:
-        from torchvision.transforms import v2
         from torchvision.transforms.v2 import functional as TF
 
         where = f"{self.name} item {index}"
@@ -189,9 +191,9 @@ class DatasetSplit(torch.utils.data.Dataset):
 
     def data_loader(self, batch_sampler: Any, *, persistent: bool = False) -> torch.utils.data.DataLoader:
         """A DataLoader yielding `(uint8/float (N, C, S, S), int64 labels)` for each batch of keys.
-        DataLoader worker processes cannot start inside a daemonic process (store-mode
-        training workers are daemonic): there samples are read in this process."""
-        import multiprocessing
+        DataLoader worker processes cannot start inside a daemonic process (store-mode workers
+        are not daemonic, so they can; a caller's own daemonic process cannot): there samples
+        are read in this process."""
 
         workers = 0 if multiprocessing.current_process().daemon else self.num_workers
         return torch.utils.data.DataLoader(self, batch_sampler=batch_sampler, num_workers=workers, collate_fn=_identity,
@@ -358,7 +360,6 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def _image_folder(root: Path, classes: list[str] | None, loader: Callable[[str], Any]) -> ImageFiles:
-    from torchvision.datasets.folder import find_classes, make_dataset
 
     try:
         found, _ = find_classes(str(root))
@@ -381,7 +382,6 @@ def _image_folder(root: Path, classes: list[str] | None, loader: Callable[[str],
 
 
 def _extensions() -> tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     return tuple(IMG_EXTENSIONS)
 

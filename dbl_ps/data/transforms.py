@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 if TYPE_CHECKING:
     from dbl_ps.config import DataConfig
@@ -147,7 +148,6 @@ class BatchTransform:
         labels become (N, num_classes) float32 soft targets. Unchanged when both are off."""
         if not self.soft_labels:
             return images, labels
-        from torchvision.transforms import v2
 
         mixers = [m for m in (v2.MixUp(alpha=self.mixup_alpha, num_classes=self.num_classes) if self.mixup_alpha else None,
                               v2.CutMix(alpha=self.cutmix_alpha, num_classes=self.num_classes) if self.cutmix_alpha else None)
@@ -169,7 +169,6 @@ def randaugment_batch(images: torch.Tensor, generator: torch.Generator | None = 
     """torchvision's v2.RandAugment on each uint8 image of a batch separately (on the
     whole batch it would apply the same operations to every image), seeded from
     `generator` through a forked global RNG."""
-    from torchvision.transforms import v2
 
     if images.dtype != torch.uint8:
         raise ValueError(f"randaugment_batch expects uint8 images, got {images.dtype}")

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from dbl_ps._optional import require
 from dbl_ps.metrics import epoch_metrics, replan_metrics, shown_epoch  # noqa: F401  (every tracker's names)
 
@@ -62,8 +64,6 @@ def plan_rows(plan: Mapping[str, Any]) -> list[list[Any]]:
 
 
 def system_info() -> dict[str, Any]:
-    import torch
-
     info: dict[str, Any] = {
         "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
         "torch": torch.__version__, "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,

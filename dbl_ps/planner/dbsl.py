@@ -48,10 +48,6 @@ class ResolutionPlan:
     memory_caps: tuple[int | None, ...] | None = None  # mixed batch: each rank's cap (None: none)
 
     @property
-    def large_workers(self) -> range:
-        return range(self.small, self.workers)
-
-    @property
     def d_large(self) -> int:
         """Share of the first large worker (all large workers when hardware is uniform)."""
         return self.shares[self.small] if self.small < self.workers else 0

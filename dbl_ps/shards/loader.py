@@ -35,7 +35,6 @@ pool (PIL releases the GIL while decoding) and is said once in the log.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import tarfile
@@ -45,8 +44,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count, epoch_shares
+from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count
 from dbl_ps.data.sources import Dataset, Split
+from dbl_ps._optional import require
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
 from dbl_ps.shards.codec import EXTENSIONS, decode_image, read_at
 from dbl_ps.shards.errors import ShardError
@@ -60,8 +60,6 @@ DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded images a loader keeps in memo
 
 
 def _wds():
-    from dbl_ps._optional import require
-
     return require("webdataset", feature="reading webdataset shards (data.source: shards)")
 
 

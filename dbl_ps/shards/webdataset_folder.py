@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dbl_ps.data.sources import Dataset, cache_dir
 from dbl_ps.data.streamed import build_dataset
@@ -156,7 +157,6 @@ def _scan_tar(path: Path, tar_no: int, columns: dict[str, list[Any]]) -> None:
 
 
 def _scan(root: Path, tars: dict[str, list[str]], files: dict[str, list[int]], progress: bool | None) -> dict[str, Any]:
-    from tqdm import tqdm
 
     splits = {}
     # progress None: a bar only where stderr is a terminal (tqdm's disable=None).

@@ -23,20 +23,23 @@ a training image at resolution r is stored at ``r + 2*round(r*margin/2)`` px.
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dbl_ps import __version__
 from dbl_ps.data import sources as S
 from dbl_ps.data.transforms import resize_batch, to_float
+from dbl_ps.run_ownership import atomic_write
 from dbl_ps.shards.codec import EXTENSIONS, FORMATS, encode_image
 from dbl_ps.shards.errors import ShardError
 from dbl_ps.shards.index import FORMAT, INDEX_FILE, PROGRESS_FILE, VERSION, ShardIndex, sample_key, sha256_file
@@ -291,7 +294,6 @@ def write_shards(source: str, path: str | None, resolutions: Sequence[int], out:
         log(f"resuming: {len(results)} of {len(jobs)} shards (x{len(resolutions)} resolutions) are already written")
     bar = None
     if progress:
-        from tqdm import tqdm
 
         bar = tqdm(total=len(jobs), initial=len(results), desc="dbl-ps shard", unit="shard")
     started = time.perf_counter()
@@ -302,12 +304,10 @@ def write_shards(source: str, path: str | None, resolutions: Sequence[int], out:
                 if bar is not None:
                     bar.update(1)
         else:
-            import multiprocessing as mp
 
             # spawn: a forked child inheriting torch's OpenMP pool can hang in interpolate.
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = {pool.submit(run_job, job): job for job in todo}
-                from concurrent.futures import as_completed
 
                 for fut in as_completed(futures):
                     job = futures[fut]
@@ -336,8 +336,6 @@ def write_shards(source: str, path: str | None, resolutions: Sequence[int], out:
              "limit": limit, "resolutions": resolutions, "splits": splits, "command": command,
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "encode_seconds": round(time.perf_counter() - started, 3),
              "dbl_ps_version": __version__}
-    tmp = out / (INDEX_FILE + ".tmp")
-    tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(tmp, out / INDEX_FILE)
+    atomic_write(out / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n"))
     (out / PROGRESS_FILE).unlink(missing_ok=True)
     return ShardIndex.load(out)

@@ -208,7 +208,7 @@ class StoreSynchronizer(Synchronizer):
 
     `zero_copy` (default): the model is gathered straight into a reserved queue slot and
     scattered straight from a pinned snapshot of the state, both in shared memory; False
-    takes the sync as it was before issue 26 (`push`/`pull` through a private vector, the
+    takes the copying path (`push`/`pull` through a private vector, the
     check and rule sgd's subtraction as passes of their own), kept as the baseline
     `benchmarks/worker_sync.py` measures against. Both give bitwise the same states."""
 
@@ -295,7 +295,7 @@ class StoreSynchronizer(Synchronizer):
         reference = self.reference if self.rule == "sgd" else None
         if self.zero_copy:  # one pass: copy, check and subtract together (FlatState.gather_checked)
             return self.flat.gather_checked(payload, reference=reference)
-        # The sync as before issue 26, the benchmark's baseline: gather, check, subtract.
+        # The copying path, the benchmark's baseline: gather, check, subtract as passes of their own.
         self.flat.gather(payload)
         finite = bool(all_finite([payload]))
         if finite and reference is not None:
@@ -341,7 +341,7 @@ class StoreSynchronizer(Synchronizer):
                 return version, True, pull_wait
             if snapshot is not None:  # one pass into the model and `reference`
                 self.flat.scatter_keeping(state, self.reference, non_blocking=self.flat.pin_host(state))
-            else:  # as before issue 26
+            else:  # the copying path
                 self.flat.scatter(state)
                 if self.reference is not None:
                     self.reference.copy_(state)

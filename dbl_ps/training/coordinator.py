@@ -59,8 +59,6 @@ class Coordinator:
     threads: int  # torch threads of each worker process (threads_per_worker, else cores // local workers)
     eval_device: "torch.device"  # where the main process evaluates the global model (and measures time models)
     loop: Any = None  # the worker loop this process trains, if any (passed to run-level events)
-    # Seconds from the coordinator's start until every worker was ready (not training time).
-    startup_seconds: float | None = None
 
     def share(self, make: Callable[[], T]) -> T:
         """`make()` on the main process; every process returns its result (bit for bit)."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
 from dbl_ps.registry import SYNCHRONIZERS
-from dbl_ps.run_ownership import write_failure
+from dbl_ps.run_ownership import atomic_write
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.gradient_weighting import GradientWeight, weighted_sum_hook
 from dbl_ps.training.topology import Topology
@@ -68,14 +67,7 @@ def int_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary name, then rename: a reader never sees half a file, and a
     failed write (a full disk) leaves the previous file as it was and no temporary behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as exc:  # torch.save's stream writer raises RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise write_failure(path, exc) from None
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), make_parent=True)
 
 
 def worker_state_file(folder: Path, worker: int) -> Path:

@@ -32,6 +32,7 @@ one pass over the state.
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from typing import Any
 
@@ -196,8 +197,6 @@ def _clear_cuda_error() -> None:
     error at an unrelated later kernel. torch has no binding for it, so it is looked up in
     the process's global symbols, where torch loads the CUDA runtime (best effort)."""
     try:
-        import ctypes
-
         ctypes.CDLL(None).cudaGetLastError()
     except (OSError, AttributeError):
         pass

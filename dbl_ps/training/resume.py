@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dbl_ps.run_ownership import RunDirectoryBusy, RunLock
+from dbl_ps.run_ownership import RunDirectoryBusy, RunLock, atomic_write
 
 __all__ = ["rng_state", "set_rng_state", "rank_state", "load_rank_state", "save_rank_state", "read_rank_state",
            "own_folder", "PARTS"]
@@ -90,10 +90,7 @@ def save_rank_state(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """`torch.save` under a temporary name, then renamed: a job killed while writing keeps the
     previous file. One path per rank (the ranks' models and optimizers differ)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp), make_parent=True)
     return path
 
 

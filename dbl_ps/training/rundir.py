@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from dbl_ps.metrics import strict_dumps
-from dbl_ps.run_ownership import create_unique_dir, never_trained, write_failure
+from dbl_ps.run_ownership import atomic_write, create_unique_dir, never_trained, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
 
@@ -104,13 +104,7 @@ def new_run_dir(cfg: Any) -> Path:
 
 def atomic_json(path: Path, data: Any) -> None:
     """Strict JSON (a non-finite number as null), written under a temporary name, then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(strict_dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_failure(path, exc) from None
+    atomic_write(path, lambda tmp: tmp.write_text(strict_dumps(data, indent=2) + "\n"))
 
 
 class RunDirectory:
