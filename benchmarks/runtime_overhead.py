@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -96,7 +95,7 @@ def main() -> int:
     cores = cpu_cores()
     res = 28 if args.data == "fashion" else 16
     rule = "blend" if args.mode == "asp" else "average"
-    common = [*data_overrides(args.data, args.limit), f"schedule.resolutions=[{res}]", f"dbl.batch_large=[128]",
+    common = [*data_overrides(args.data, args.limit), f"schedule.resolutions=[{res}]", "dbl.batch_large=[128]",
               "dbl.small=0", f"schedule.epochs={args.epochs}", "schedule.milestones=[]", "schedule.warmup_epochs=0",
               "model.dropout=[0.0]", f"store.mode={args.mode}", f"store.rule={rule}"]
     base_cfg = load_config(None, [*common, "dbl.workers=1"])

@@ -19,7 +19,7 @@ import pytest
 
 from dbl_ps.metrics import read_metrics
 from dbl_ps.training.messages import WORKER_KEYS
-from launch_helpers import RUN, free_port, launch_env as env, torchrun_train as torchrun
+from launch_helpers import RUN, launch_env as env, torchrun_train as torchrun
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 # Files whose presence depends on the engine, not on the mode.

@@ -19,7 +19,6 @@ from dbl_ps.planner import (
     fit_nonnegative_time_model,
     fit_time_model,
     make_plan,
-    dual_batch_regime,
     epoch_time_ratio,
     plan_all_small_counts,
     plan_resolution,

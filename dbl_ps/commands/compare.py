@@ -196,7 +196,9 @@ def run(args: argparse.Namespace) -> int:
         notes: list[str] = []
         cfg = load_config(args.config, [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else [])],
                           notes=notes)
-        configs = {(m, s): variant(cfg, m, s) for m in methods for s in seeds}  # all checked before any run
+        for method in methods:  # every variant checked before any run
+            for seed in seeds:
+                variant(cfg, method, seed)
     except ConfigError as exc:
         return _error(str(exc))
     for note in notes:  # values that followed an override (e.g. milestones scaled to schedule.epochs)
