@@ -395,10 +395,12 @@ def test_runs_of_one_name_with_other_configs_are_rows_of_their_own(tmp_path):
 
 def test_worker_plots_of_labels_alike_once_made_safe_do_not_overwrite_each_other(tmp_path):
     made = []
-    for name in ("a/b", "a_b"):
+    for name in ("a/b", "a_b"):  # "a/b": a config no longer accepted (name is one file name), but older runs have it
         run_dir = tmp_path / name.replace("/", "-")
         run_dir.mkdir()
-        RunConfig(name=name).save(run_dir / "config.yaml")
+        RunConfig(name="placeholder").save(run_dir / "config.yaml")
+        text = (run_dir / "config.yaml").read_text()
+        (run_dir / "config.yaml").write_text(text.replace("name: placeholder", f"name: {name}", 1))
         with MetricsWriter(run_dir) as writer:
             writer.log(0, {"wall_time": 1.0, "test_acc": 0.5, "workers": [{"worker": 0, "seconds": 0.6}]})
         made.append(run_dir)

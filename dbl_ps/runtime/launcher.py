@@ -191,6 +191,11 @@ class WorkerPool(WorkerProcesses):
                     self._epoch_done = False
                     self.watch.start()
 
+    def plan_changed(self) -> None:
+        # each worker warms its engine up for the new shapes before its next step (compile: true
+        # can take minutes): that silence is not a stuck worker
+        self.watch.after_replan()
+
     def completed(self, epoch: int) -> None:
         self.last_complete = epoch
         self._epoch_done = True

@@ -11,7 +11,9 @@ epoch, then step fraction) is the one the others wait for: it is named, killed, 
 run stops with its checkpoint kept. One worker still sending is enough to wait on: a
 slow run is never taken for a stuck one. The watch runs only while the launcher waits for
 messages, from the moment every worker is ready, and starts again after each epoch the
-launcher completes (its evaluation is not the workers' silence).
+launcher completes (its evaluation is not the workers' silence); after a re-plan it waits
+until every worker has trained again (each warms up for the new plan's shapes first), up to
+`REPLAN_WARMUP_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from typing import Any
 from dbl_ps.planner import Plan
 from dbl_ps.training.messages import EpochReport, Progress
 
-__all__ = ["ProgressWatch", "worker_timeout", "MIN_WORKER_TIMEOUT"]
+__all__ = ["ProgressWatch", "worker_timeout", "MIN_WORKER_TIMEOUT", "REPLAN_WARMUP_TIMEOUT"]
 
 MIN_WORKER_TIMEOUT = 60.0  # seconds: as launch.sync_timeout's floor (a slow first step, a busy machine)
+# seconds of silence allowed after a re-plan while a worker warms up (torch.compile of new shapes
+# can take minutes); a worker hung there is still named, only later
+REPLAN_WARMUP_TIMEOUT = 1800.0
 
 
 def worker_timeout(plan: Plan, configured: float | None) -> float:
@@ -43,13 +48,21 @@ class ProgressWatch:
         self.steps: list[str] = ["not started"] * workers
         self.last = time.monotonic()
         self.armed = False
+        self.unheard: set[int] = set()  # after a re-plan: workers not heard from since (compiling new shapes)
 
     def start(self) -> None:
         """Every worker is ready (or the launcher completed an epoch): the silence counts from now."""
         self.armed = True
         self.last = time.monotonic()
 
+    def after_replan(self) -> None:
+        """A new plan: every worker warms its engine up for the new shapes before its next step
+        (`compile: true` can take minutes), so the watch waits until each has trained again."""
+        self.unheard = set(range(len(self.where)))
+
     def heard(self, msg: Any) -> None:
+        if isinstance(msg, (Progress, EpochReport)):
+            self.unheard.discard(msg.worker)
         if isinstance(msg, Progress):
             self.last = time.monotonic()
             self.where[msg.worker] = (msg.epoch, msg.step / max(msg.steps, 1))
@@ -62,7 +75,8 @@ class ProgressWatch:
     def stuck(self, done: set[int]) -> int | None:
         """The worker the others wait for, once none (of those not `done`) was heard from for
         `timeout` seconds; None while one still sends."""
-        if not self.armed or time.monotonic() - self.last <= self.timeout:
+        limit = max(self.timeout, REPLAN_WARMUP_TIMEOUT) if self.unheard else self.timeout
+        if not self.armed or time.monotonic() - self.last <= limit:
             return None
         waiting = [w for w in range(len(self.where)) if w not in done]
         return min(waiting, key=lambda w: self.where[w]) if waiting else None

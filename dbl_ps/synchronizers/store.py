@@ -176,6 +176,7 @@ class StoreCoordinator(Coordinator):
 
     def adopt_plan(self, plan: Any) -> None:
         self.server.publish_plan()  # the workers re-read plan.json at their next epoch start
+        self.processes.plan_changed()
 
     def release(self, epoch: int) -> None:
         self.server.open_gate(epoch + 1)  # bsp (and any mode with dbl.replan): the next epoch may start

@@ -141,6 +141,10 @@ class WorkerProcesses:
         """Every worker reported `epoch` (what a stop then keeps)."""
         raise NotImplementedError
 
+    def plan_changed(self) -> None:
+        """A re-plan was published: the workers warm up for its shapes before they train."""
+        raise NotImplementedError
+
     def finish(self) -> None:
         """Every worker trained its last epoch: wait for them to exit."""
         raise NotImplementedError
