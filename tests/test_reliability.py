@@ -552,6 +552,9 @@ def test_the_ranks_end_when_torchrun_is_killed_with_sigkill(tmp_path):
     ranks: list[int] = []
     try:
         wait_for_epochs(run_dir, proc, 1)
+        deadline = time.monotonic() + 60
+        while not (run_dir / "checkpoint.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first epoch committed (it is written after its metrics line)
         ranks = _children(proc.pid)
         assert len(ranks) == 2 and all(_alive(pid) for pid in ranks), ranks
         proc.kill()  # SIGKILL to torchrun alone, as `kill -9 PID` does
