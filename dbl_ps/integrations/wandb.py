@@ -61,6 +61,8 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
         "train_loss": "train/loss", "train_acc": "train/acc", "samples_per_s": "train/samples_per_s",
         "lr": "schedule/lr", "resolution": "schedule/resolution", "dropout": "schedule/dropout",
         "store_version": "store/version", "wall_time": "time/wall_seconds",
+        "b_noise": "noise/b_noise", "b_noise_std": "noise/b_noise_std", "noise_grad_sq": "noise/grad_sq",
+        "noise_trace": "noise/trace", "swa_models": "swa/models",
     }
     for key, name in names.items():
         if scalar(record.get(key)):
@@ -73,7 +75,8 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     staleness = []
     for w in workers:
         prefix = f"train/worker{w.get('worker', workers.index(w))}/"
-        for key in ("loss", "acc", "samples_per_s", "batch", "resolution", "seconds", "wait_seconds", "weight"):
+        for key in ("loss", "acc", "samples_per_s", "batch", "resolution", "seconds", "wait_seconds", "weight",
+                    "grad_sq"):
             if scalar(w.get(key)):
                 out[prefix + key] = w[key]
         if scalar(w.get("version")) and scalar(record.get("store_version")):

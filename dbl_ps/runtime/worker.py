@@ -29,6 +29,7 @@ from dbl_ps.runtime.failures import failure_message
 from dbl_ps.runtime.hooks import callbacks_from_env, start_delay
 from dbl_ps.shards import share_loader_for
 from dbl_ps.synchronizers import StoreSynchronizer
+from dbl_ps.training.algorithms import worker_callbacks
 from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
@@ -200,7 +201,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
                                   batch_size=first.batches[args.worker], resolution=spec.resolutions[0],
                                   seed=cfg.seed, epoch=args.start_epoch, device=device)
         loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
-                          callbacks=[link, *callbacks_from_env(args.worker)],
+                          callbacks=[link, *worker_callbacks(cfg), *callbacks_from_env(args.worker)],
                           restart_momentum=cfg.optim.restart_momentum)
         loop.start(fresh=args.start_epoch == 0)
         queue.put(WorkerReady(args.worker))  # the launcher opens the gate (and starts the clock) once all are

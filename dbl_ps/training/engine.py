@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.nn.utils import get_total_norm
 
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
@@ -113,6 +115,9 @@ class Engine:
     # The largest batch one forward/backward takes (config `micro_batch`); a larger planned
     # batch runs as micro-batches with one optimizer step (gradient accumulation). None: whole.
     micro_batch: int | None = None
+    # Each step's (batch, |g|^2 on the device) while gradient norms are measured (the noise
+    # scale, `measure_gradients`); None: off, and `train_step` does no extra work.
+    grad_sq: list[tuple[int, torch.Tensor]] | None = None
 
     # -- training
 
@@ -138,6 +143,10 @@ class Engine:
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             losses.append(loss.detach())
             outs.append(out.detach())
+        if self.grad_sq is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # the norm of the true gradient; step() knows
+            self.grad_sq.append((int(images.shape[0]), self.gradient_sq_norm()))
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -146,6 +155,29 @@ class Engine:
         if len(parts) == 1:
             return losses[0], outs[0]
         return torch.stack(losses).sum(), torch.cat(outs)  # the scaled losses add up to the batch's mean
+
+    def gradient_sq_norm(self) -> torch.Tensor:
+        """`|g|^2` of the gradients in the module now (after backward: the whole batch's mean-loss
+        gradient, before weight decay and momentum), one fused norm on the device, no host sync.
+        A sharded engine's local shards give this rank's part of the sum."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return get_total_norm(grads).float().square()
+
+    def measure_gradients(self, on: bool) -> None:
+        """Start (with an empty record) or stop recording each step's `(batch, |g|^2)`."""
+        self.grad_sq = [] if on else None
+
+    def take_grad_sq(self) -> list[tuple[int, float]]:
+        """The steps' `(batch, |g|^2)` recorded since the last call (one host sync), emptied."""
+        if not self.grad_sq:
+            return []
+        batches = [b for b, _ in self.grad_sq]
+        values = torch.stack([v for _, v in self.grad_sq]).tolist()
+        self.grad_sq = []
+        return list(zip(batches, values))
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
