@@ -35,7 +35,7 @@ from dbl_ps.synchronizers.collective import (
     init_distributed,
     sync_timeout,
 )
-from dbl_ps.training.algorithms import worker_callbacks
+from dbl_ps.training.algorithms import sync_periods, worker_callbacks
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
 from dbl_ps.training.setup import cpu_cores, warm_up_shapes
@@ -99,7 +99,8 @@ def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: 
                               worker=topo.worker, shares=first.shares, batch_size=first.batches[topo.worker],
                               resolution=spec.resolutions[0], seed=cfg.seed, epoch=start_epoch, device=device)
     sync = CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
-                                  timeout_s=sync_timeout(plan, cfg.store.sync_every, cfg.launch.sync_timeout))
+                                  timeout_s=max(sync_timeout(plan, every, cfg.launch.sync_timeout)
+                                                for every in sync_periods(cfg)))
     loop = WorkerLoop(engine=engine, synchronizer=sync, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
                       callbacks=[*worker_callbacks(cfg), *callbacks_from_env(topo.rank)],
                       restart_momentum=cfg.optim.restart_momentum)

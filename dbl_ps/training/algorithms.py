@@ -23,7 +23,7 @@ from dbl_ps.training.noise import GradientNormMeter
 if TYPE_CHECKING:
     from dbl_ps.training.loop import WorkerLoop
 
-__all__ = ["post_local_period", "post_local_start", "PostLocalSGD", "worker_callbacks"]
+__all__ = ["post_local_period", "post_local_start", "PostLocalSGD", "sync_periods", "worker_callbacks"]
 
 
 def post_local_period(epoch: int, *, start: int, every: int, before: int | str) -> int | str:
@@ -45,6 +45,11 @@ class PostLocalSGD(Callback):
     def on_epoch_start(self, loop: "WorkerLoop", epoch: int) -> None:
         loop.synchronizer.sync_every = post_local_period(epoch, start=self.start, every=self.every,
                                                          before=self.before)
+
+
+def sync_periods(cfg: Any) -> list[int | str]:
+    """Every sync period a run of `cfg` uses (`store.sync_every`, and post-local SGD's after the switch)."""
+    return [cfg.store.sync_every] + ([cfg.store.post_local_every] if cfg.store.post_local_every is not None else [])
 
 
 def worker_callbacks(cfg: Any) -> list[Callback]:
