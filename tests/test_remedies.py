@@ -13,6 +13,7 @@ import torch
 from dbl_ps.commands.compare import LOCAL_SGD_EVERY, method_label, parse_method, variant
 from dbl_ps.config import ConfigError, load_config
 from dbl_ps.metrics import read_metrics
+from dbl_ps.models import build_model
 from dbl_ps.runtime import Trainer
 from dbl_ps.schedule import ScheduleSpec, lr_at
 from dbl_ps.training.algorithms import PostLocalSGD, post_local_period, worker_callbacks
@@ -111,8 +112,6 @@ def _params(state: dict, model: torch.nn.Module) -> dict:
 
 
 def test_a_short_swa_run_evaluates_the_average_of_the_last_epochs_and_a_resume_averages_on(swa_run):
-    from dbl_ps.models import build_model
-
     model = build_model("small_resnet", 10, in_channels=1)
     last = swa_run["run"] / "checkpoints" / "epoch00002"
     records = read_metrics(swa_run["run"])
