@@ -5,7 +5,8 @@
 #   large-batch  configs/fashion_mnist_large_batch.yaml: B_L 1024 on 12,000 images at 11/14 px,
 #                10 epochs: the baseline far below plain training, B_L above the noise scale
 #   overfit      configs/fashion_mnist_overfit.yaml: issue 22's regime (B_L 32, 1,000 images),
-#                with issue 22's time model
+#                with issue 22's time model and one torch thread per process (as large-batch: on a
+#                shared machine two threads of one process wait for each other)
 # Methods: baseline, dbsl:3, hybrid:3, swa (the baseline with SWA over the last part),
 # local-sgd (post-local SGD: every step until the first milestone, then every k steps),
 # dbsl:3+swa, plain (one process, batch 128), ddp-like (the baseline's workers averaged
@@ -28,6 +29,6 @@ $DBLPS compare --config fashion_mnist_large_batch --seeds 0,1 --no-progress --ou
     --methods "$METHODS" "$@"
 $DBLPS compare --config fashion_mnist_overfit --seeds 0,1 --no-progress --out "$OUT/overfit" --methods "$METHODS" \
     "dbl.alpha={21: 0.006371696110010604, 28: 0.006190008113655474}" \
-    "dbl.beta={21: 0.0009604328716597913, 28: 0.0016323448047997884}" "$@"
+    "dbl.beta={21: 0.0009604328716597913, 28: 0.0016323448047997884}" threads_per_worker=1 "$@"
 python benchmarks/issue33_table.py "$OUT/large-batch" "$OUT/overfit" > "$OUT/both.md"
 cat "$OUT/both.md"
