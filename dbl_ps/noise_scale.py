@@ -75,8 +75,11 @@ def fit_line(means: Sequence[tuple[float, float, float]]) -> tuple[float, float]
 class NoiseScale:
     """One estimate: unbiased `|G|^2` and `tr(Sigma)`, their ratio and its spread.
 
-    `b_noise` is None when the `|G|^2` estimate is not positive (the gradient is all noise
-    at these batches: B_noise is beyond what they can measure). `spread`: half the width of
+    `b_noise` is None when an estimate is not positive: `|G|^2` (the gradient is all noise
+    at these batches: B_noise is beyond what they resolve), or `tr(Sigma)` (the small batch's
+    norms came out no larger than the large one's: below what they resolve, or, for workers
+    at different weights, the larger batch's worker further from a minimum than the smaller
+    one's, as early in a DBSL run). `spread`: half the width of
     the central 68 % of `b_noise` over bootstrap resamples of the observations within each
     batch size (a standard deviation where the spread is normal, robust where it is not: a
     ratio whose denominator nears zero has no finite variance); a resample whose `|G|^2` is
@@ -106,7 +109,16 @@ def _group(observations: Iterable[tuple[float, float]]) -> dict[int, list[float]
 
 
 def _ratio(grad_sq: float, trace: float) -> float | None:
-    return trace / grad_sq if grad_sq > 0 else None
+    """trace / grad_sq where both estimates are positive, else None (not resolved)."""
+    return trace / grad_sq if grad_sq > 0 and trace > 0 else None
+
+
+def _resampled(grad_sq: float, trace: float) -> float:
+    """A bootstrap resample's B_noise: an unresolved `|G|^2` is the unbounded end (inf), an
+    unresolved `tr(Sigma)` (the small batch's norms no larger than the large one's) the zero end."""
+    if grad_sq <= 0:
+        return math.inf
+    return max(trace, 0.0) / grad_sq
 
 
 def estimate(observations: Iterable[tuple[float, float]], *, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -126,8 +138,7 @@ def estimate(observations: Iterable[tuple[float, float]], *, resamples: int = BO
         ratios = []
         for _ in range(resamples):
             drawn = [(b, statistics.fmean(rng.choices(v, k=len(v))), len(v)) for b, v in sorted(groups.items())]
-            ratio = _ratio(*fit_line(drawn))
-            ratios.append(math.inf if ratio is None else ratio)
+            ratios.append(_resampled(*fit_line(drawn)))
         spread = central_half_width(ratios)
     return NoiseScale(grad_sq=grad_sq, trace=trace, b_noise=_ratio(grad_sq, trace), spread=spread,
                       batches=tuple(sorted(groups)), observations=sum(len(v) for v in groups.values()))
@@ -175,17 +186,22 @@ class NoiseScaleEMA:
 
 
 def regime_line(b_noise: float | None, spread: float | None, *, batch_large: int, batch_small: int | None = None,
-                epoch: int | None = None, merged_every_step: int | None = None) -> str:
+                epoch: int | None = None, merged_every_step: int | None = None,
+                grad_sq: float | None = None) -> str:
     """One line: where the plan's batches stand against the measured noise scale.
 
     `epoch` counts from 1 (as on the console). `merged_every_step`: the number of workers
     whose models are averaged after every step (their steps then act as one of that many
-    times the batch)."""
+    times the batch). `grad_sq`: the `|G|^2` estimate, which says why an unresolved
+    `b_noise` (None) was not resolved."""
     when = f" (epoch {epoch})" if epoch is not None else ""
     if b_noise is None:
-        return (f"gradient noise scale{when}: not measurable (the |G|^2 estimate was not positive: at these batches "
-                f"the gradient is mostly noise, B_noise is above what they resolve); B_L {batch_large} is then "
-                f"below it: the small-batch regime, with no large-batch gap for DBSL to close")
+        if grad_sq is not None and grad_sq <= 0:
+            return (f"gradient noise scale{when}: above what the batches resolve (the |G|^2 estimate was not "
+                    f"positive: at these batches the gradient is mostly noise); B_L {batch_large} is below it: the "
+                    f"small-batch regime, no large-batch gap for DBSL to close")
+        return (f"gradient noise scale{when}: not resolved this time (the tr(Sigma) estimate was not positive: the "
+                f"small batch's gradients came out no larger than the large one's); B_L {batch_large}")
     pm = f" +- {spread:.3g}" if spread is not None else ""
     large = batch_large * (merged_every_step or 1)
     what = f"B_L {batch_large}" + (f" (x{merged_every_step} workers merged every step: {large})"

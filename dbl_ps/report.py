@@ -91,8 +91,8 @@ class RunData:
 
     @property
     def final_b_noise(self) -> float | None:
-        """The gradient noise scale of the last epoch that measured one (None: never measured)."""
-        measured = [r for r in self.records if isinstance(r.get("b_noise"), (int, float))]
+        """The gradient noise scale of the last epoch that resolved one (None: none did)."""
+        measured = [r for r in self.records if isinstance(r.get("b_noise"), (int, float)) and r["b_noise"] > 0]
         return float(measured[-1]["b_noise"]) if measured else None
 
     @property

@@ -101,6 +101,15 @@ def test_two_batch_and_the_line_are_exact_on_expected_values():
         two_batch(64, 1.0, 64, 1.0)
 
 
+def test_a_small_batch_no_noisier_than_the_large_one_resolves_no_noise_scale():
+    # DBSL early on: the large worker, further from a minimum, has the larger gradient
+    est = estimate([(24, 1.0), (24, 1.1), (256, 1.4), (256, 1.5)])
+    assert est.trace < 0 < est.grad_sq and est.b_noise is None
+    assert est.spread == pytest.approx(0.0)  # every resample sits at the zero end
+    assert "not resolved this time (the tr(Sigma) estimate" in regime_line(est.b_noise, est.spread, batch_large=256,
+                                                                           grad_sq=est.grad_sq)
+
+
 def test_one_batch_size_gives_no_estimate_and_non_finite_steps_are_left_out():
     assert estimate([(64, 1.0), (64, 1.2)]) is None
     est = estimate([(8, 5.0), (8, math.inf), (64, 1.2), (64, math.nan), (64, 1.3)], resamples=0)
@@ -136,7 +145,8 @@ def test_the_regime_line_places_the_batches_against_the_noise_scale():
     assert "near the critical batch" in regime_line(40.0, None, batch_large=50)
     merged = regime_line(100.0, None, batch_large=64, merged_every_step=4)
     assert "x4 workers merged every step: 256" in merged and "2.6x it" in merged
-    assert "not measurable" in regime_line(None, None, batch_large=64)
+    beyond = regime_line(None, None, batch_large=64, grad_sq=-0.01)
+    assert "above what the batches resolve" in beyond and "the small-batch regime" in beyond
 
 
 # ------------------------------------------------------------ the engine's measurement

@@ -228,7 +228,7 @@ class EpochFinisher:
         batches = [w["batch"] for w in record["workers"]]
         small = min(batches) if min(batches) < max(batches) else None
         line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=max(batches),
-                           batch_small=small, epoch=record["epoch"] + 1)
+                           batch_small=small, epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
         return f"{line} (the last measured before this resume)" if resumed else line
 
     def say_noise_scale_so_far(self) -> None:
@@ -287,9 +287,11 @@ class EpochFinisher:
         return summary
 
     def _noise_summary(self, epochs: list[dict[str, Any]]) -> dict[str, Any]:
-        """The last measured B_noise (null when none) and its regime line; the SWA average's size."""
+        """The last B_noise measured (null when none resolved one) and its regime line; the SWA
+        average's size."""
         measured = [r for r in epochs if "noise_source" in r]
-        last = measured[-1] if measured else {}
+        resolved = [r for r in measured if isinstance(r.get("b_noise"), (int, float))]
+        last = (resolved or measured or [{}])[-1]
         out = {"b_noise": last.get("b_noise"), "b_noise_std": last.get("b_noise_std"),
                "noise_regime": self.noise_line(last) if last else None}
         if self.swa is not None:
