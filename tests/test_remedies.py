@@ -78,15 +78,21 @@ def test_compare_methods_of_the_remedies():
         with pytest.raises(ValueError, match="with \\+swa after dbsl or hybrid"):
             parse_method(bad)
     swa = variant(cfg, "swa", 0)
-    assert swa.swa.enabled and swa.dbl.small == 0 and swa.schedule.resolutions == [28] and swa.store.mode == "asp"
+    assert swa.swa.enabled and swa.dbl.small == 0 and swa.schedule.resolutions == [14] and swa.store.mode == "asp"
     both = variant(cfg, "dbsl:3+swa", 1)
     assert both.swa.enabled and both.dbl.small == 3 and both.name == "dbsl-n3-swa" and both.seed == 1
     local = variant(cfg, "local-sgd", 0)
     assert (local.store.mode, local.store.rule, local.store.sync_every) == ("bsp", "average", 1)
-    assert local.store.post_local_every == cfg.store.post_local_every == 4 and not local.swa.enabled
+    assert local.store.post_local_every == cfg.store.post_local_every == 2 and not local.swa.enabled
     own = load_config(None, ["store.post_local_every=null"])
     assert variant(own, "local-sgd", 0).store.post_local_every == LOCAL_SGD_EVERY
-    assert not variant(cfg, "baseline", 0).swa.enabled
+    # the remedies are what their methods add: a config that sets them (the large-batch config
+    # gives local-sgd its period) does not pass them to the other methods
+    with_both = load_config("fashion_mnist_large_batch", ["data.path=/nonexistent", "swa.enabled=true"])
+    for method in ("baseline", "dbsl:3", "hybrid:3", "plain", "ddp-like"):
+        other = variant(with_both, method, 0)
+        assert not other.swa.enabled and other.store.post_local_every is None, method
+    assert variant(with_both, "dbsl:3+swa", 0).store.post_local_every is None
 
 
 # ------------------------------------------------------------ short runs

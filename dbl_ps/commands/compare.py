@@ -22,6 +22,9 @@ the paper's methods and the default set:
 * local-sgd:   post-local SGD: ddp-like until the first LR milestone, then the workers
                merged every `store.post_local_every` steps (the config's, else 4)
 
+SWA and post-local SGD are what those methods add: every other method runs without them,
+whatever the config's `swa.enabled` and `store.post_local_every` say.
+
 `dbsl:N` and `hybrid:N` set the number of small workers to N (labelled `dbsl-nN`,
 `hybrid-nN`), so one comparison can hold several (`--methods baseline,dbsl:1,dbsl:3`).
 `+swa` after dbsl or hybrid adds SWA to it (`dbsl:3+swa`, labelled `dbsl-n3-swa`).
@@ -122,10 +125,13 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
             data["dbl"]["batch_large"] = {max(res): cfg.dbl.workers * large[res.index(max(res))]}
     if method in ("ddp-like", "local-sgd"):
         data["store"]["sync_every"] = 1
+    # The remedies are what their methods add: the config's swa.* and store.post_local_* are
+    # the settings of `swa`/`+swa` and `local-sgd`, and every other method runs without them.
     if method == "local-sgd":
         data["store"]["post_local_every"] = data["store"]["post_local_every"] or LOCAL_SGD_EVERY
-    if method == "swa" or swa:
-        data["swa"]["enabled"] = True
+    else:
+        data["store"].update(post_local_every=None, post_local_start=None)
+    data["swa"]["enabled"] = method == "swa" or swa
     data["name"] = label
     data["seed"] = seed
     wandb = data["tracking"]["wandb"]
