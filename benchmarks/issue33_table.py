@@ -5,20 +5,22 @@
 Each argument is a `dbl-ps compare --out` folder; every finished run in it (summary.json
 status "finished") is one seed of its method (the config's `name`). Per method: mean +-
 sample standard deviation over the seeds of the final and best test top-1, the training
-time, the final training and test loss and the last measured gradient noise scale, and the
+time, the final training and test loss and the gradient noise scale (the first epoch's that
+resolved one, and the median over the epochs that did), and the
 final accuracy and time against the regime's baseline.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
 from dbl_ps.report import load_run, mean_std
 
 COLUMNS = ("final acc %", "best acc %", "vs baseline (points)", "training time (s)", "time / baseline",
-           "train loss", "test loss", "B_noise", "B_L")
+           "train loss", "test loss", "B_noise first", "B_noise median", "B_L")
 
 
 def _cell(values: list, scale: float = 1.0, digits: int = 2) -> str:
@@ -27,6 +29,21 @@ def _cell(values: list, scale: float = 1.0, digits: int = 2) -> str:
         return "-"
     text = f"{mean * scale:.{digits}f}"
     return text + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+
+def resolved_b_noise(run) -> list[float]:
+    """The gradient noise scale of every epoch that resolved one, in order."""
+    return [float(r["b_noise"]) for r in run.records if isinstance(r.get("b_noise"), (int, float)) and r["b_noise"] > 0]
+
+
+def first_b_noise(run) -> float | None:
+    values = resolved_b_noise(run)
+    return values[0] if values else None
+
+
+def median_b_noise(run) -> float | None:
+    values = resolved_b_noise(run)
+    return statistics.median(values) if values else None
 
 
 def rows(folder: Path) -> list[list[str]]:
@@ -50,7 +67,8 @@ def rows(folder: Path) -> list[list[str]]:
                     f"{time / base_time:.2f}" if time is not None and base_time else "-",
                     _cell([r.final_train_loss for r in members], digits=3),
                     _cell([r.final_loss for r in members], digits=3),
-                    _cell([r.final_b_noise for r in members], digits=0),
+                    _cell([first_b_noise(r) for r in members], digits=0),
+                    _cell([median_b_noise(r) for r in members], digits=0),
                     str(max(batches)) if batches else "-"])
     return out
 
