@@ -48,8 +48,9 @@ def median_b_noise(run) -> float | None:
 
 def rows(folder: Path) -> list[list[str]]:
     runs = {}
-    for run_dir in sorted(p for p in folder.iterdir() if (p / "summary.json").is_file()):
-        if json.loads((run_dir / "summary.json").read_text()).get("status") == "finished":
+    for run_dir in sorted(p for p in folder.iterdir() if (p / "config.yaml").is_file()):
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+        if summary.get("status") == "finished":
             run = load_run(run_dir)
             runs.setdefault(run.label, []).append(run)
     base = runs.get("baseline", [])

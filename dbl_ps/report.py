@@ -463,8 +463,8 @@ def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path |
 
 
 def plot_noise_scale(runs: Sequence[RunData], path: str | Path) -> Path | None:
-    """The measured gradient noise scale against the epoch, the mean over each label's runs
-    (log scale), with each label's largest batch dashed in its colour: where the dashed line
+    """The measured gradient noise scale against the epoch, the geometric mean over each label's
+    runs that resolved it (log scale), with each label's largest batch dashed in its colour: where the dashed line
     runs above the solid one, the run trains in the large-batch regime. None (nothing drawn)
     when no run measured one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -485,9 +485,9 @@ def plot_noise_scale(runs: Sequence[RunData], path: str | Path) -> Path | None:
             for r in run.records:
                 if isinstance(r.get("b_noise"), (int, float)) and r["b_noise"] > 0:
                     per_epoch.setdefault(float(r[EPOCH]) + 1, []).append(float(r["b_noise"]))
-        xs = sorted(per_epoch)
-        ax.plot(xs, [sum(per_epoch[x]) / len(per_epoch[x]) for x in xs], color=colours(g % 10), marker=".",
-                label=label)
+        xs = sorted(per_epoch)  # the geometric mean of the runs that resolved it (a ratio spans decades)
+        ax.plot(xs, [math.exp(sum(map(math.log, per_epoch[x])) / len(per_epoch[x])) for x in xs],
+                color=colours(g % 10), marker=".", label=label)
         batches = [w["batch"] for r in members[0].records for w in r.get("workers") or [] if "batch" in w]
         if batches:
             ax.axhline(max(batches), color=colours(g % 10), linestyle="--", linewidth=0.8)
