@@ -573,7 +573,7 @@ class RunConfig:
         self._check_remedies()
 
     def _check_remedies(self) -> None:
-        """SWA and post-local SGD against the schedule."""
+        """SWA, the noise-scale probe and post-local SGD against the schedule and the batches."""
         epochs, milestones = self.schedule.epochs, self.schedule.milestones
         if self.swa.enabled:
             if self.swa.start >= 1 and (self.swa.start != int(self.swa.start) or self.swa.start >= epochs):
@@ -582,6 +582,10 @@ class RunConfig:
             if not self.eval.recalibrate_bn:
                 raise _bad("eval.recalibrate_bn", False, "true with swa.enabled (an average of weights needs its "
                            "BatchNorm statistics recomputed)")
+        small, large = self.noise_scale.probe_batch_small, self.batch_large()
+        if small is not None and large is not None and small >= min(large):
+            raise _bad("noise_scale.probe_batch_small", small, f"below the smallest dbl.batch_large, {min(large)} "
+                       f"(the probe's large batch), or null")
         if self.store.post_local_every is not None:
             start = self.store.post_local_start
             if start is None and not milestones:

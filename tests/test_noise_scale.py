@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dbl_ps.config import load_config
+from dbl_ps.config import ConfigError, load_config
 from dbl_ps.integrations.wandb import epoch_metrics
 from dbl_ps.noise_scale import NoiseScaleEMA, central_half_width, estimate, fit_line, regime_line, two_batch
 from dbl_ps.training.engine import TorchEngine
@@ -221,8 +221,9 @@ def test_the_workers_give_the_estimate_where_the_plan_has_two_batch_sizes_else_t
 
 def test_probe_batches_and_fsdp_members_add_up():
     assert probe_batches(256, None) == (32, 256) and probe_batches(8, None) == (2, 8)
-    assert probe_batches(256, 64) == (64, 256)
-    with pytest.raises(ValueError, match="probe_batch_small=256"):
-        probe_batches(256, 256)
+    assert probe_batches(256, 64) == (64, 256) and probe_batches(2, None) == (1, 2)
+    assert probe_batches(128, 256) == (16, 128)  # a configured one that does not fit this batch: an eighth
+    with pytest.raises(ConfigError, match="noise_scale.probe_batch_small.*below the smallest dbl.batch_large, 64"):
+        load_config(None, ["noise_scale.probe_batch_small=64"])
     merged = merge_members([_report(0, 64, [(32, 1.0), (32, 2.0)]), _report(0, 64, [(32, 0.5), (32, 0.25)], member=1)])
     assert merged.grad_sq == [(64, 1.5), (64, 2.25)]  # each member: a slice of the batch, a shard of the gradient

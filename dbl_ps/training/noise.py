@@ -54,12 +54,11 @@ def worker_observations(reports: list[EpochReport]) -> list[tuple[int, float]]:
 
 
 def probe_batches(batch_large: int, batch_small: int | None) -> tuple[int, int]:
-    """The probe's (small, large) batch: the epoch's batch and an eighth of it (at least 2), or
-    the configured small batch."""
-    small = batch_small if batch_small is not None else max(2, batch_large // 8)
-    if not 1 <= small < batch_large:
-        raise ValueError(f"noise_scale.probe_batch_small={small}: expected 1 <= it < the run's batch {batch_large}")
-    return small, batch_large
+    """The probe's (small, large) batch: the epoch's batch and the configured small batch where
+    it is below it, else an eighth of it (at least 1; the config checks the configured one
+    against B_L where B_L is known)."""
+    small = batch_small if batch_small is not None and batch_small < batch_large else max(2, batch_large // 8)
+    return min(small, batch_large - 1), batch_large
 
 
 class NoiseProbe:
@@ -108,9 +107,8 @@ class NoiseMeter:
     """The epoch's noise scale for the finisher: from the workers' steps where the plan has two
     batch sizes, else from the probe on evaluated epochs (None: neither)."""
 
-    def __init__(self, probe: NoiseProbe | None, *, probe_batch_small: int | None,
-                 log: Callable[[str], None] = print):
-        self.probe, self.probe_batch_small, self.log = probe, probe_batch_small, log
+    def __init__(self, probe: NoiseProbe | None, *, probe_batch_small: int | None):
+        self.probe, self.probe_batch_small = probe, probe_batch_small
 
     def __call__(self, epoch: int, reports: list[EpochReport], state: dict[str, torch.Tensor], *,
                  resolution: int, dropout: float, evaluated: bool) -> tuple[NoiseScale | None, str]:
@@ -140,4 +138,4 @@ def build_noise_meter(cfg: Any, model: nn.Module, train: Any, transform: Any, *,
         else:
             log("noise_scale: the main process holds no training images in memory to probe; B_noise is measured "
                 "only in epochs whose plan has two batch sizes (DBSL)")
-    return NoiseMeter(probe, probe_batch_small=ns.probe_batch_small, log=log)
+    return NoiseMeter(probe, probe_batch_small=ns.probe_batch_small)
