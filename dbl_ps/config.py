@@ -353,6 +353,11 @@ class StoreConfig:
                                                        "(one frozen or hung: the others soon wait for it) before the "
                                                        "run stops naming it, its checkpoint kept; null = 10 x the "
                                                        "plan's epoch time, at least 60 s")
+    post_local_every: int | None = _f(None, ge=1, help="post-local SGD: from store.post_local_start on, merge every "
+                                                       "this many steps (store.sync_every before it; e.g. 1 before, "
+                                                       "4 after); null = off")
+    post_local_start: int | None = _f(None, ge=1, help="post-local SGD: the global epoch the period switches at; "
+                                                       "null = the first LR milestone")
 
     def check(self, prefix: str) -> None:
         # The same pairings the parameter store enforces, caught before any process starts.
@@ -364,6 +369,35 @@ class StoreConfig:
                        f"'{self.mode}' ({why})")
         if self.staleness > 0 and self.mode not in ("ssp", None):
             raise _bad(f"{prefix}staleness", self.staleness, f"0 with {prefix}mode='{self.mode}' (the bound applies to mode 'ssp' only)")
+        if self.post_local_start is not None and self.post_local_every is None:
+            raise _bad(f"{prefix}post_local_start", self.post_local_start,
+                       f"null unless {prefix}post_local_every is set (the period after the switch)")
+
+
+@dataclass(kw_only=True)
+class SWAConfig:
+    """Stochastic weight averaging of the global model over the last part of the schedule."""
+
+    enabled: bool = _f(False, help="average the global model of every epoch from swa.start on and evaluate the "
+                                   "average (BatchNorm statistics recomputed: needs eval.recalibrate_bn)")
+    start: float = _f(0.75, gt=0.0, help="the first averaged epoch: a fraction of schedule.epochs below 1 (0.75: "
+                                         "the last quarter) or an epoch number from 1")
+    lr: float | None = _f(None, gt=0.0, help="the LR of the SWA epochs, reached over swa.anneal_epochs (cosine, as "
+                                             "torch's SWALR); null = the schedule's LR at swa.start, held")
+    anneal_epochs: int = _f(0, ge=0, help="epochs over which the LR moves from the schedule's to swa.lr (0 = at once)")
+
+
+@dataclass(kw_only=True)
+class NoiseScaleConfig:
+    """The gradient noise scale B_noise = tr(Sigma)/|G|^2 per epoch (McCandlish et al. 2018)."""
+
+    measure: bool = _f(True, help="measure B_noise every epoch: from the workers' gradient norms where the plan "
+                                  "has two batch sizes (DBSL; one fused norm per step, no host sync), else from "
+                                  "a probe of the global model after each evaluated epoch")
+    probe_repeats: int = _f(4, ge=0, help="probe: gradients at the small and the large batch, this many of each "
+                                          "(0 = no probe)")
+    probe_batch_small: int | None = _f(None, ge=1, help="probe: the small batch; null = the run's batch / 8 (at "
+                                                        "least 2); the large one is the run's batch")
 
 
 def rule_fits(mode: str, rule: str, staleness: int = 0) -> bool:
@@ -528,6 +562,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    swa: SWAConfig = field(default_factory=SWAConfig)
+    noise_scale: NoiseScaleConfig = field(default_factory=NoiseScaleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
@@ -597,6 +633,29 @@ class RunConfig:
             check_workers_fit(self, self.data.train_limit, "data.train_limit")
         if self.data.source == "synthetic":
             check_workers_fit(self, self.data.synthetic.num_train, "data.synthetic.num_train")
+        self._check_remedies()
+
+    def _check_remedies(self) -> None:
+        """SWA, the noise-scale probe and post-local SGD against the schedule and the batches."""
+        epochs, milestones = self.schedule.epochs, self.schedule.milestones
+        if self.swa.enabled:
+            if self.swa.start >= 1 and (self.swa.start != int(self.swa.start) or self.swa.start >= epochs):
+                raise _bad("swa.start", self.swa.start, f"a fraction below 1 or an epoch 1..{epochs - 1} "
+                           f"(schedule.epochs={epochs})")
+            if not self.eval.recalibrate_bn:
+                raise _bad("eval.recalibrate_bn", False, "true with swa.enabled (an average of weights needs its "
+                           "BatchNorm statistics recomputed)")
+        small, large = self.noise_scale.probe_batch_small, self.batch_large()
+        if small is not None and large is not None and small >= min(large):
+            raise _bad("noise_scale.probe_batch_small", small, f"below the smallest dbl.batch_large, {min(large)} "
+                       f"(the probe's large batch), or null")
+        if self.store.post_local_every is not None:
+            start = self.store.post_local_start
+            if start is None and not milestones:
+                raise _bad("store.post_local_start", None, "an epoch 1..schedule.epochs - 1 (the schedule has no "
+                           "milestone to switch at)")
+            if start is not None and start >= epochs:
+                raise _bad("store.post_local_start", start, f"an epoch 1..{epochs - 1} (schedule.epochs={epochs})")
 
     # -- conversion
 
@@ -703,6 +762,9 @@ def resolve_sync(cfg: RunConfig, *, launched: bool) -> RunConfig:
                    f"{others('rules', store.rule)}")
     if not traits["sync_every"] and store.sync_every != StoreConfig.sync_every:
         raise _bad("store.sync_every", store.sync_every, f"{StoreConfig.sync_every!r} (unset) with {what}")
+    if not traits["sync_every"] and store.post_local_every is not None:
+        raise _bad("store.post_local_every", store.post_local_every, f"null with {what} (it merges every step; "
+                   f"post-local SGD changes a sync period)")
     if traits["per_step"] and cfg.divergence == "skip":
         raise _bad("divergence", cfg.divergence, f"'stop' with {what} (a rank's gradients are in every rank's "
                    f"step before any check, so its update cannot be left out)")

@@ -407,9 +407,11 @@ RECORD_NAMES = {
     "samples_per_s": "train/samples_per_s", "sync_seconds": "train/sync_seconds", "wait_seconds": "train/wait_seconds",
     "lr": "schedule/lr", "resolution": "schedule/resolution", "dropout": "schedule/dropout",
     "store_version": "store/version", "wall_time": "time/wall_seconds",
+    "b_noise": "noise/b_noise", "b_noise_std": "noise/b_noise_std", "noise_grad_sq": "noise/grad_sq",
+    "noise_trace": "noise/trace", "swa_models": "swa/models",
 }
 WORKER_NAMES = ("loss", "acc", "samples_per_s", "batch", "resolution", "samples", "steps", "syncs", "skipped_syncs",
-                "seconds", "wait_seconds", "sync_seconds", "weight")
+                "seconds", "wait_seconds", "sync_seconds", "weight", "grad_sq")
 
 
 def shown_epoch(epoch: int) -> int:
@@ -423,7 +425,8 @@ def shown_epoch(epoch: int) -> int:
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """The namespaced scalars every tracker logs for one global-epoch record of metrics.jsonl
     (pure): `test/`, `train/`, `train/worker{i}/` (each worker's own), `schedule/`, `store/`
-    (staleness: updates the store applied after a worker's last pull), `time/`. A re-plan
+    (staleness: updates the store applied after a worker's last pull), `time/`, `noise/`
+    (the gradient noise scale), `swa/`. A re-plan
     record (`"event": "replan"`) gives `replan/worker{i}/...` instead."""
     if "event" in record:  # not an epoch
         return replan_metrics(record) if record["event"] == "replan" else {}

@@ -34,7 +34,7 @@ import yaml
 from dbl_ps.metrics import EPOCH, METRICS_FILE, TEST_ACC, TEST_LOSS, WALL_TIME, read_metrics, strict_dumps
 
 __all__ = ["ReportError", "RunData", "load_run", "unfinished", "summarize", "format_table", "write_csv", "plot_runs",
-           "plot_worker_times", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve",
+           "plot_worker_times", "plot_noise_scale", "worker_times", "replan_marks", "write_report", "PLOTS", "TARGET_FRACTION", "mean_std", "mean_curve",
            "comparison_notes", "shared_cores_note"]
 
 # The target accuracy of "time to target": this fraction of the baseline's mean final accuracy.
@@ -89,6 +89,12 @@ class RunData:
     def final_train_acc(self) -> float | None:
         value = self.evals[-1].get("train_acc") if self.evals else None
         return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def final_b_noise(self) -> float | None:
+        """The gradient noise scale of the last epoch that resolved one (None: none did)."""
+        measured = [r for r in self.records if isinstance(r.get("b_noise"), (int, float)) and r["b_noise"] > 0]
+        return float(measured[-1]["b_noise"]) if measured else None
 
     @property
     def total_time(self) -> float | None:
@@ -290,6 +296,7 @@ def summarize(runs: Sequence[RunData], baseline: str | None = None,
         row["final_loss"] = _mean([m.final_loss for m in members])
         row["final_train_loss"] = _mean([m.final_train_loss for m in members])
         row["final_train_acc"] = _mean([m.final_train_acc for m in members])
+        row["b_noise"], row["b_noise_std"] = mean_std([m.final_b_noise for m in members])
         row["startup_seconds"] = _mean([m.startup_seconds for m in members])
         row["time_model_seconds"] = _mean([m.time_model_seconds for m in members])
         rows.append(row)
@@ -370,6 +377,8 @@ def _cell(value: Any, kind: str) -> str:
         return f"{value / scale:.1f} {unit}"
     if kind == "loss":
         return f"{value:.4f}"
+    if kind == "count":
+        return f"{value:.0f}"
     return str(value)
 
 
@@ -402,6 +411,7 @@ def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str
         ("final loss", lambda r: _cell(r.get("final_loss"), "loss")),
         ("train loss", lambda r: _cell(r.get("final_train_loss"), "loss")),
         ("train acc %", lambda r: _cell(r.get("final_train_acc"), "pct")),
+        ("B_noise", lambda r: _cell_std(r, "b_noise", "count")),
         ("training time", lambda r: _time_std_cell(r, "total_time")),
         ("start-up", lambda r: _cell(r.get("startup_seconds"), "time")),
         ("time model", lambda r: _cell(r.get("time_model_seconds"), "time"))]
@@ -426,7 +436,7 @@ def format_table(rows: Sequence[dict[str, Any]], style: str = "markdown") -> str
 
 
 CSV_COLUMNS = ("label", "runs", "epochs", "final_acc", "final_acc_std", "best_acc", "best_acc_std", "final_loss",
-               "final_train_loss", "final_train_acc",
+               "final_train_loss", "final_train_acc", "b_noise", "b_noise_std",
                "total_time", "total_time_std", "startup_seconds", "time_model_seconds", "target_acc", "time_to_target",
                "time_to_target_std", "target_reached", "time_ratio", "acc_delta", "time_to_target_ratio")
 
@@ -525,6 +535,47 @@ def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path |
     ax.set_ylabel("accuracy (top-1)")
     ax.set_title("training (dashed) vs test accuracy")
     ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def plot_noise_scale(runs: Sequence[RunData], path: str | Path) -> Path | None:
+    """The measured gradient noise scale against the epoch, the geometric mean over each label's
+    runs that resolved it (log scale), with each label's largest batch dashed in its colour: where the dashed line
+    runs above the solid one, the run trains in the large-batch regime. None (nothing drawn)
+    when no run measured one."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import matplotlib
+
+    groups = {label: members for label, members in _group(runs).items()
+              if all(any(isinstance(r.get("b_noise"), (int, float)) for r in m.records) for m in members)}
+    if not groups:
+        return None
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["tab10"]
+    for g, (label, members) in enumerate(groups.items()):
+        per_epoch: dict[float, list[float]] = {}
+        for run in members:
+            for r in run.records:
+                if isinstance(r.get("b_noise"), (int, float)) and r["b_noise"] > 0:
+                    per_epoch.setdefault(float(r[EPOCH]) + 1, []).append(float(r["b_noise"]))
+        xs = sorted(per_epoch)  # the geometric mean of the runs that resolved it (a ratio spans decades)
+        ax.plot(xs, [math.exp(sum(map(math.log, per_epoch[x])) / len(per_epoch[x])) for x in xs],
+                color=colours(g % 10), marker=".", label=label)
+        batches = [w["batch"] for r in members[0].records for w in r.get("workers") or [] if "batch" in w]
+        if batches:
+            ax.axhline(max(batches), color=colours(g % 10), linestyle="--", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("B_noise (samples)")
+    ax.set_title("gradient noise scale (dashed: each run's largest batch)")
+    ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     path = Path(path)
@@ -675,6 +726,9 @@ def write_report(runs: Sequence[str | Path | RunData], out_dir: str | Path, *, b
     gap = plot_generalisation_gap(loaded, out_dir / "train_vs_test_accuracy.png")
     if gap is not None:
         plots.append(gap)
+    noise = plot_noise_scale(loaded, out_dir / "noise_scale_vs_epoch.png")
+    if noise is not None:
+        plots.append(noise)
     groups = _group(loaded)
     names = _file_names(list(groups), "workers_")
     for label, members in groups.items():  # one worker-time plot per group (its first run)

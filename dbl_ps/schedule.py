@@ -49,6 +49,11 @@ class ScheduleSpec:
     batch_large: tuple[int, ...] | int = (128,)  # B_L, read by the schedule's table and plots only
     batch_small: tuple[int, ...] | int | None = None  # None: no small workers (no DBSL)
     cyclic: bool = True
+    # SWA (`swa.*`): from epoch swa_start on the LR is held at the schedule's value there
+    # (swa_lr None), or annealed from it to swa_lr over swa_anneal_epochs (cosine, as SWALR).
+    swa_start: float | None = None
+    swa_lr: float | None = None
+    swa_anneal_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         def number(name: str, value: Any) -> float:
@@ -76,6 +81,12 @@ class ScheduleSpec:
             )
         if not 0 <= number("warmup_start_factor", self.warmup_start_factor) <= 1:
             raise ValueError(f"warmup_start_factor={self.warmup_start_factor} must be in [0, 1]")
+        if self.swa_start is not None and not 0 <= number("swa_start", self.swa_start) < self.epochs:
+            raise ValueError(f"swa_start={self.swa_start} must be in [0, epochs={self.epochs:g})")
+        if self.swa_lr is not None and number("swa_lr", self.swa_lr) <= 0:
+            raise ValueError(f"swa_lr={self.swa_lr} must be > 0")
+        if number("swa_anneal_epochs", self.swa_anneal_epochs) < 0:
+            raise ValueError(f"swa_anneal_epochs={self.swa_anneal_epochs} must be >= 0")
 
         object.__setattr__(self, "resolutions", tuple(self.resolutions))
         if not self.resolutions:
@@ -165,7 +176,7 @@ class Phase:
     lr_stage: int
     resolution_index: int
     resolution: int
-    lr: float  # base_lr * gamma**lr_stage (warm-up not applied)
+    lr: float  # base_lr * gamma**lr_stage (warm-up not applied), or SWA's LR at the phase's start
     dropout: float
     batch_large: int
     batch_small: int | None
@@ -222,7 +233,8 @@ def phases(spec: ScheduleSpec) -> list[Phase]:
                 lr_stage=stage,
                 resolution_index=k,
                 resolution=spec.resolutions[k],
-                lr=spec.base_lr * spec.gamma**stage,
+                lr=lr_at(start, spec) if spec.swa_start is not None and start >= spec.swa_start
+                else spec.base_lr * spec.gamma**stage,
                 dropout=spec.dropouts[k],
                 batch_large=spec.batch_large[k],
                 batch_small=None if spec.batch_small is None else spec.batch_small[k],
@@ -232,7 +244,19 @@ def phases(spec: ScheduleSpec) -> list[Phase]:
 
 
 def lr_at(epoch: float, spec: ScheduleSpec) -> float:
-    """``base_lr * gamma**(milestones <= epoch)``, times the linear warm-up factor."""
+    """``base_lr * gamma**(milestones <= epoch)``, times the linear warm-up factor; from
+    ``swa_start`` on, SWA's: held at that epoch's value, or annealed from it to ``swa_lr``
+    over ``swa_anneal_epochs`` (cosine, the formula of ``torch.optim.swa_utils.SWALR``)."""
+    if spec.swa_start is not None and epoch >= spec.swa_start:
+        held = _stage_lr(spec.swa_start, spec)
+        if spec.swa_lr is None:
+            return held
+        t = 1.0 if spec.swa_anneal_epochs <= 0 else min(1.0, (epoch - spec.swa_start) / spec.swa_anneal_epochs)
+        return held + (spec.swa_lr - held) * (1 - math.cos(math.pi * t)) / 2
+    return _stage_lr(epoch, spec)
+
+
+def _stage_lr(epoch: float, spec: ScheduleSpec) -> float:
     stage = bisect.bisect_right(spec.milestones, epoch)
     lr = spec.base_lr * spec.gamma**stage
     if epoch < spec.warmup_epochs:

@@ -118,6 +118,7 @@ def test_keys_of_one_section_and_an_unknown_text(capsys):
     assert main(["configs", "--keys", "store."]) == 0
     keys = [line.split(" = ")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
     assert keys == ["store.mode", "store.rule", "store.staleness", "store.sync_every", "store.apply_threads",
-                    "store.reject_non_finite", "store.worker_timeout"]
+                    "store.reject_non_finite", "store.worker_timeout", "store.post_local_every",
+                    "store.post_local_start"]
     assert main(["configs", "--keys", "nosuchkey"]) == 2
     assert "no config key contains 'nosuchkey'" in capsys.readouterr().err

@@ -433,3 +433,27 @@ def test_worker_times_take_the_waiting_at_syncs_out_of_training_and_mark_replans
     assert shared_cores_note(load_run(run_dir), plan) is None  # 2 workers, 2 cores
     (run_dir / "summary.json").write_text(json.dumps({"cpu_cores": 2, "device": "cuda"}))
     assert shared_cores_note(load_run(run_dir), {**plan, "workers": 4}) is None
+
+
+def test_the_noise_scale_column_and_plot_show_the_last_measured_b_noise(tmp_path):
+    measured = []
+    for seed, last in ((0, 40.0), (1, 60.0)):
+        run_dir = make_run(tmp_path, "dbsl", [0.5, 0.7, 0.8], 10.0, seed=seed)
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for record, b_noise in zip([r for r in lines if "test_acc" in r], [20.0, last, None]):
+            record["workers"] = [{"worker": 0, "batch": 256}, {"worker": 1, "batch": 24}]
+            if b_noise is not None:  # the last epoch measured none: the one before counts
+                record.update(b_noise=b_noise, noise_source="workers")
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        measured.append(run_dir)
+    plain = make_run(tmp_path, "baseline", [0.5, 0.7, 0.8], 10.0)
+    rows = summarize([load_run(r) for r in [plain, *measured]])
+    assert (rows[0]["b_noise"], rows[1]["b_noise"]) == (None, 50.0)
+    assert rows[1]["b_noise_std"] == pytest.approx(14.142, rel=1e-3)
+    table = format_table(rows)
+    assert "| B_noise |" in table and "| 50 ± 14 |" in table
+    path = write_report([plain, *measured], tmp_path / "report")
+    assert "(noise_scale_vs_epoch.png)" in path.read_text()
+    assert (path.parent / "noise_scale_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert "b_noise,b_noise_std" in (path.parent / "summary.csv").read_text().splitlines()[0]
+    assert not (write_report([plain], tmp_path / "none").parent / "noise_scale_vs_epoch.png").exists()

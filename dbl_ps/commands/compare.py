@@ -17,9 +17,17 @@ the paper's methods and the default set:
 * ddp-like:    the baseline's workers merged by a weighted average after every step
                (`store.mode=bsp store.rule=average store.sync_every=1`), where
                synchronous data-parallel training stands
+* swa:         the baseline with stochastic weight averaging of the global model over the
+               last part of the schedule (`swa.enabled=true`; the config's `swa.*`)
+* local-sgd:   post-local SGD: ddp-like until the first LR milestone, then the workers
+               merged every `store.post_local_every` steps (the config's, else 4)
+
+SWA and post-local SGD are what those methods add: every other method runs without them,
+whatever the config's `swa.enabled` and `store.post_local_every` say.
 
 `dbsl:N` and `hybrid:N` set the number of small workers to N (labelled `dbsl-nN`,
 `hybrid-nN`), so one comparison can hold several (`--methods baseline,dbsl:1,dbsl:3`).
+`+swa` after dbsl or hybrid adds SWA to it (`dbsl:3+swa`, labelled `dbsl-n3-swa`).
 
 Every variant keeps the config's LR, momentum, weight decay and epochs (nothing is tuned
 per method).
@@ -43,8 +51,9 @@ from typing import Any
 from dbl_ps.commands._arguments import command_error
 
 PAPER_METHODS = ("baseline", "dbsl", "cpl", "hybrid")
-METHODS = (*PAPER_METHODS, "plain", "plain-large", "ddp-like")
+METHODS = (*PAPER_METHODS, "plain", "plain-large", "ddp-like", "swa", "local-sgd")
 PLAIN_BATCH = 128  # the batch of the `plain` reference: a common single-process choice
+LOCAL_SGD_EVERY = 4  # local-sgd's period after the switch where the config sets none (Lin et al.: a few steps)
 PER_RESOLUTION = (("model", "dropout"), ("dbl", "batch_large"), ("dbl", "alpha"), ("dbl", "beta"))
 
 
@@ -54,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1 (default: %(default)s)")
     parser.add_argument("--methods", default=",".join(PAPER_METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)}; dbsl:N and hybrid:N with N small "
-                             f"workers (default: %(default)s)")
+                             f"workers, +swa after dbsl or hybrid adds SWA (dbsl:3+swa) (default: %(default)s)")
     parser.add_argument("--out", metavar="DIR", help="folder for the runs and the report (default: OUT_DIR/compare-NAME-TIMESTAMP)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--wandb", action="store_true",
@@ -65,20 +74,22 @@ _error = partial(command_error, "compare")
 WITH_SMALL = ("dbsl", "hybrid")  # the methods `:N` may follow
 
 
-def parse_method(text: str) -> tuple[str, int | None]:
-    """`"dbsl:3"` -> `("dbsl", 3)`, `"baseline"` -> `("baseline", None)`; ValueError for anything
-    else, naming what is allowed."""
-    base, colon, small = text.partition(":")
-    if base not in METHODS or (colon and (base not in WITH_SMALL or not small.isdigit())):
+def parse_method(text: str) -> tuple[str, int | None, bool]:
+    """`"dbsl:3"` -> `("dbsl", 3, False)`, `"dbsl:3+swa"` -> `("dbsl", 3, True)`, `"baseline"` ->
+    `("baseline", None, False)`; ValueError for anything else, naming what is allowed."""
+    method, plus, extra = text.partition("+")
+    base, colon, small = method.partition(":")
+    if (base not in METHODS or (colon and (base not in WITH_SMALL or not small.isdigit()))
+            or (plus and (extra != "swa" or base not in WITH_SMALL))):
         raise ValueError(f"method {text!r}: expected one of {','.join(METHODS)}, or dbsl:N / hybrid:N with N small "
-                         f"workers (e.g. dbsl:3)")
-    return base, int(small) if colon else None
+                         f"workers (e.g. dbsl:3), with +swa after dbsl or hybrid (e.g. dbsl:3+swa)")
+    return base, int(small) if colon else None, bool(plus)
 
 
 def method_label(text: str) -> str:
-    """The run name and folder of a method: `dbsl:3` -> `dbsl-n3`."""
-    base, small = parse_method(text)
-    return base if small is None else f"{base}-n{small}"
+    """The run name and folder of a method: `dbsl:3` -> `dbsl-n3`, `dbsl:3+swa` -> `dbsl-n3-swa`."""
+    base, small, swa = parse_method(text)
+    return (base if small is None else f"{base}-n{small}") + ("-swa" if swa else "")
 
 
 def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
@@ -87,7 +98,7 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
     from dbl_ps.config import ConfigError, RunConfig, resolve_sync
 
     label = method_label(method)
-    method, small = parse_method(method)
+    method, small, swa = parse_method(method)
     data = cfg.to_dict()
     res = list(cfg.schedule.resolutions)
     for section, key in PER_RESOLUTION:  # lists -> {px: value} so a single resolution still finds its value
@@ -100,7 +111,7 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
         data["dbl"]["small"] = 0
     elif small is not None:
         data["dbl"]["small"] = small
-    if method in ("plain", "plain-large", "ddp-like"):
+    if method in ("plain", "plain-large", "ddp-like", "local-sgd"):
         data["store"].update(mode="bsp", rule="average", staleness=0)
     if method in ("plain", "plain-large"):
         data["dbl"]["workers"] = 1
@@ -112,8 +123,15 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
                 raise ConfigError("compare --methods plain-large needs dbl.batch_large (the largest batch per "
                                   "resolution); the config takes it from a calibration file", key="dbl.batch_large")
             data["dbl"]["batch_large"] = {max(res): cfg.dbl.workers * large[res.index(max(res))]}
-    if method == "ddp-like":
+    if method in ("ddp-like", "local-sgd"):
         data["store"]["sync_every"] = 1
+    # The remedies are what their methods add: the config's swa.* and store.post_local_* are
+    # the settings of `swa`/`+swa` and `local-sgd`, and every other method runs without them.
+    if method == "local-sgd":
+        data["store"]["post_local_every"] = data["store"]["post_local_every"] or LOCAL_SGD_EVERY
+    else:
+        data["store"].update(post_local_every=None, post_local_start=None)
+    data["swa"]["enabled"] = method == "swa" or swa
     data["name"] = label
     data["seed"] = seed
     wandb = data["tracking"]["wandb"]

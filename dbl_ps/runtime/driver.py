@@ -50,8 +50,10 @@ from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
 from dbl_ps.training.events import Callbacks, StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.loop import DivergedError
+from dbl_ps.training.noise import build_noise_meter
 from dbl_ps.training.replanning import Replanned, replan_after_epoch
 from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory, RunDirectoryGone
+from dbl_ps.training.swa import StochasticWeightAverage
 from dbl_ps.training.topology import LaunchError
 from dbl_ps.training.setup import (
     ResolvedTimeModels,
@@ -424,11 +426,17 @@ class RunDriver:
                              resolution=max(run.spec.resolutions), device=self.coordinator.eval_device,
                              bn_images=self._bn_images())
         ckpt = self.checkpoint or {}
-        return EpochFinisher(self.dir, run.spec, evaluate, logger, engine=cfg.engine, workers=self.plan.workers,
-                             ranks_per_worker=self.coordinator.ranks_per_worker,
-                             wall_offset=float(ckpt.get("wall_time", 0.0)),
-                             version_offset=int(ckpt.get("store_version", 0)),
-                             evaluate_every=cfg.eval.every, log=self.log, first_epoch=start)
+        finisher = EpochFinisher(
+            self.dir, run.spec, evaluate, logger, engine=cfg.engine, workers=self.plan.workers,
+            ranks_per_worker=self.coordinator.ranks_per_worker, wall_offset=float(ckpt.get("wall_time", 0.0)),
+            version_offset=int(ckpt.get("store_version", 0)), evaluate_every=cfg.eval.every, log=self.log,
+            first_epoch=start,
+            swa=StochasticWeightAverage.for_run(cfg, run.model, self.dir.checkpoint_folder(ckpt) if ckpt else None),
+            noise=build_noise_meter(cfg, run.model, run.data.train, run.transform,
+                                    device=self.coordinator.eval_device, log=self.log))
+        if self.resuming:
+            finisher.say_noise_scale_so_far()  # the regime line of the latest B_noise before the stop
+        return finisher
 
     def _bn_images(self) -> Any:
         """The training images the evaluation recomputes BatchNorm statistics on (eval.recalibrate_bn)."""

@@ -24,6 +24,7 @@ from dbl_ps.planner import Plan
 from dbl_ps.runtime.engine_setup import build_engine
 from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.shards import share_loader_for
+from dbl_ps.training.algorithms import worker_callbacks
 from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import WorkerLoop
 from dbl_ps.training.sync import Synchronizer
@@ -76,7 +77,8 @@ def build_worker_loop(cfg: Any, part: WorkerPart, *, synchronizer: Synchronizer,
                               shares=first.shares, batch_size=first.batches[worker], resolution=spec.resolutions[0],
                               seed=cfg.seed, epoch=part.start_epoch, device=part.device)
     loop = WorkerLoop(engine=engine, synchronizer=synchronizer, loader=loader, plan=plan, spec=spec, seed=cfg.seed,
-                      callbacks=callbacks, restart_momentum=cfg.optim.restart_momentum, in_channels=part.in_channels)
+                      callbacks=[*worker_callbacks(cfg), *callbacks], restart_momentum=cfg.optim.restart_momentum,
+                      in_channels=part.in_channels)
     compile_seconds = loop.warm_up()
     if compile_seconds and log is not None:
         log(f"worker {worker}: torch.compile warmed up in {compile_seconds:.1f} s")

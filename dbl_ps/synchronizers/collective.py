@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from dbl_ps.planner import Plan
+from dbl_ps.training.algorithms import sync_periods
 from dbl_ps.training.averaging import all_finite, averaged_tensors, weighted_average_
 from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
 from dbl_ps.training.engine import Engine
@@ -197,8 +198,10 @@ class CollectiveSynchronizer(Synchronizer):
 
 def rank_synchronizer(cfg: Any, plan: Plan, topology: Topology) -> CollectiveSynchronizer:
     """A rank's synchronizer for `sync: collective` (the process group is initialised)."""
+    # post-local SGD merges less often after its start: the longest period bounds the wait
     return CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,
-                                  timeout_s=sync_timeout(plan, cfg.store.sync_every, cfg.launch.sync_timeout))
+                                  timeout_s=max(sync_timeout(plan, every, cfg.launch.sync_timeout)
+                                                for every in sync_periods(cfg)))
 
 
 class CollectiveCoordinator(Coordinator):

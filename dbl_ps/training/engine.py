@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.distributed.tensor import DTensor
+from torch.nn.utils import get_total_norm
 
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
@@ -119,6 +121,9 @@ class Engine:
     # sync mixed_batch on an engine that averages gradients over the ranks itself (FSDP2,
     # DeepSpeed): the factor W b_i / B on this rank's loss before backward (1.0: none).
     gradient_loss_scale: float = 1.0
+    # Each step's (batch, |g|^2 on the device) while gradient norms are measured (the noise
+    # scale, `measure_gradients`); None: off, and `train_step` does no extra work.
+    grad_sq: list[tuple[int, torch.Tensor]] | None = None
 
     # -- training
 
@@ -147,6 +152,10 @@ class Engine:
                 (backward if self.scaler is None else self.scaler.scale(backward)).backward()
             losses.append(loss.detach())
             outs.append(out.detach())
+        if self.grad_sq is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # the norm of the true gradient; step() knows
+            self.grad_sq.append((int(images.shape[0]), self.gradient_sq_norm()))
         if self.scaler is None:
             self.optimizer.step()
         else:
@@ -155,6 +164,29 @@ class Engine:
         if len(parts) == 1:
             return losses[0], outs[0]
         return torch.stack(losses).sum(), torch.cat(outs)  # the scaled losses add up to the batch's mean
+
+    def gradient_sq_norm(self) -> torch.Tensor:
+        """`|g|^2` of the gradients in the module now (after backward: the whole batch's mean-loss
+        gradient, before weight decay and momentum), one fused norm on the device, no host sync.
+        A sharded engine's local shards give this rank's part of the sum."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        grads = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return get_total_norm(grads).float().square()
+
+    def measure_gradients(self, on: bool) -> None:
+        """Start (with an empty record) or stop recording each step's `(batch, |g|^2)`."""
+        self.grad_sq = [] if on else None
+
+    def take_grad_sq(self) -> list[tuple[int, float]]:
+        """The steps' `(batch, |g|^2)` recorded since the last call (one host sync), emptied."""
+        if not self.grad_sq:
+            return []
+        batches = [b for b, _ in self.grad_sq]
+        values = torch.stack([v for _, v in self.grad_sq]).tolist()
+        self.grad_sq = []
+        return list(zip(batches, values))
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -26,9 +26,12 @@ from torch.optim.swa_utils import update_bn
 from dbl_ps.data import DataError, Split, eval_batches
 from dbl_ps.data.transforms import BatchTransform
 from dbl_ps.metrics import Logger, read_metrics
+from dbl_ps.noise_scale import regime_line
 from dbl_ps.schedule import ScheduleSpec, schedule_at
 from dbl_ps.training.messages import EpochReport
+from dbl_ps.training.noise import NoiseMeter
 from dbl_ps.training.rundir import EVAL_MODEL_FILE, RunDirectory
+from dbl_ps.training.swa import StochasticWeightAverage
 
 __all__ = ["Evaluator", "EpochFinisher", "TestScores", "epoch_record", "bn_calibration_split"]
 
@@ -129,9 +132,11 @@ class Evaluator:
 
 
 def epoch_record(epoch: int, spec: ScheduleSpec, workers: list[EpochReport], *, wall_time: float,
-                 store_version: int, scores: TestScores | None, eval_seconds: float) -> dict[str, Any]:
+                 store_version: int, scores: TestScores | None, eval_seconds: float,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The metrics record of one global epoch (without the `epoch` key, which the logger adds);
-    without the test_* and eval_seconds keys when the epoch was not evaluated (`eval.every`)."""
+    without the test_* and eval_seconds keys when the epoch was not evaluated (`eval.every`).
+    `extra`: the noise scale's keys where it was measured, `swa_models` in SWA epochs."""
     point = schedule_at(epoch, spec)
     samples = sum(r.samples for r in workers)
     tested = {} if scores is None else {"test_loss": scores.loss, "test_acc": scores.acc, "test_acc5": scores.acc5,
@@ -149,6 +154,7 @@ def epoch_record(epoch: int, spec: ScheduleSpec, workers: list[EpochReport], *, 
         "samples_per_s": sum(r.samples_per_s for r in workers),
         "sync_seconds": max(r.sync_seconds for r in workers),
         "wait_seconds": max(r.wait_seconds for r in workers),
+        **(extra or {}),
         "workers": [r.to_record() for r in workers],
     }
 
@@ -159,8 +165,11 @@ class EpochFinisher:
     def __init__(self, run_dir: RunDirectory, spec: ScheduleSpec, evaluate: Evaluator, logger: Logger, *,
                  engine: str, workers: int, ranks_per_worker: int = 1, wall_offset: float = 0.0,
                  version_offset: int = 0, evaluate_every: int = 1, log: Callable[[str], None] = print,
-                 first_epoch: int = 0):
+                 first_epoch: int = 0, swa: StochasticWeightAverage | None = None,
+                 noise: NoiseMeter | None = None):
         self.run_dir, self.spec, self.evaluate, self.logger = run_dir, spec, evaluate, logger
+        self.swa, self.noise = swa, noise
+        self.noise_said = False  # the regime line against B_noise: once, at the first measurement
         self.evaluate_every = evaluate_every
         self.engine, self.workers, self.ranks_per_worker = engine, workers, ranks_per_worker
         self.wall_offset, self.version_offset = wall_offset, version_offset
@@ -185,18 +194,27 @@ class EpochFinisher:
         wall = self.wall_time()
         started = time.perf_counter()
         last_epoch = epoch == int(self.spec.epochs) - 1
-        scores = self.evaluate(model_state) if last_epoch or (epoch + 1) % self.evaluate_every == 0 else None
+        evaluated = last_epoch or (epoch + 1) % self.evaluate_every == 0
+        averaging = self.swa is not None and self.swa.active(epoch)
+        evaluated_state = self.swa.update(model_state) if averaging else model_state  # SWA: the average's
+        scores = self.evaluate(evaluated_state) if evaluated else None
+        eval_seconds = time.perf_counter() - started
         test_acc = scores.acc if scores is not None else None
         self.same_as = None
         if scores is not None:  # an unchanged model evaluated again (nothing merged since) is said so
-            mark = tuple(float(t.double().sum()) for t in model_state.values() if t.is_floating_point())
+            mark = tuple(float(t.double().sum()) for t in evaluated_state.values() if t.is_floating_point())
             if self.evaluated is not None and self.evaluated[1] == mark:
                 self.same_as = self.evaluated[0]
             self.evaluated = (epoch, mark)
+        extra = self._noise(epoch, reports, model_state, evaluated)
+        if averaging:
+            extra["swa_models"] = self.swa.count
         record = epoch_record(epoch, self.spec, reports, wall_time=wall, store_version=self.version_offset + version,
-                              scores=scores, eval_seconds=time.perf_counter() - started)
+                              scores=scores, eval_seconds=eval_seconds, extra=extra)
         self.logger.log(epoch, record)
         self.run_dir.save_model(epoch, model_state)  # the global state as merged: what a resume continues from
+        if averaging:
+            self.swa.save(self.run_dir.epoch_folder(epoch))  # the average so far: a resume averages on
         if self.evaluate.recalibrates and last_epoch:
             self.run_dir.save_model(epoch, self.evaluate.last_state(), EVAL_MODEL_FILE)  # the model to use
         self.last = {"epoch": epoch, "next_epoch": epoch + 1, "wall_time": wall,
@@ -204,6 +222,31 @@ class EpochFinisher:
                      "ranks_per_worker": self.ranks_per_worker, "engine": self.engine, "test_acc": test_acc,
                      "status": "finished" if last_epoch else "running"}
         return {"epoch": epoch, **record}
+
+    def _noise(self, epoch: int, reports: list[EpochReport], state: dict[str, torch.Tensor],
+               evaluated: bool) -> dict[str, Any]:
+        """The record's noise-scale keys (`dbl_ps.noise_scale.NoiseScale.to_record`), {} when unmeasured."""
+        if self.noise is None:
+            return {}
+        point = schedule_at(epoch, self.spec)
+        est, source = self.noise(epoch, reports, state, resolution=point.resolution, dropout=point.dropout,
+                                 evaluated=evaluated)
+        return est.to_record(source) if est is not None else {}
+
+    def noise_line(self, record: dict[str, Any], *, resumed: bool = False) -> str:
+        """Where the record's batches stand against its B_noise, in one line."""
+        batches = [w["batch"] for w in record["workers"]]
+        small = min(batches) if min(batches) < max(batches) else None
+        line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=max(batches),
+                           batch_small=small, epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
+        return f"{line} (the last measured before this resume)" if resumed else line
+
+    def say_noise_scale_so_far(self) -> None:
+        """A resumed run: the regime line of the latest B_noise in its metrics, if it has one."""
+        measured = [r for r in read_metrics(self.run_dir.path) if "noise_source" in r and "workers" in r]
+        if measured:
+            self.log(self.noise_line(measured[-1], resumed=True))
+            self.noise_said = True
 
     def commit(self) -> None:
         """checkpoint.json := the last finished epoch (every file of its folder is written)."""
@@ -216,10 +259,15 @@ class EpochFinisher:
                   else "not evaluated (eval.every)")
         if self.same_as is not None and self.same_as != record["epoch"]:
             tested += f" (the model of epoch {self.same_as + 1} again: nothing was merged since)"
-        return (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  "
-                f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  {tested}  "
+        noise = f"  B_noise {record['b_noise']:.3g}" if isinstance(record.get("b_noise"), (int, float)) else ""
+        line = (f"epoch {record['epoch'] + 1}/{int(self.spec.epochs)}  res {record['resolution']}px  "
+                f"lr {record['lr']:.4g}  train loss {record['train_loss']:.4f}  {tested}{noise}  "
                 f"{record['samples_per_s']:,.0f} samples/s  "
                 f"t {record['wall_time']:.1f}s" + (f"  skipped {skipped} non-finite syncs" if skipped else ""))
+        if "noise_source" in record and not self.noise_said:  # the first B_noise of this process: say the regime
+            self.noise_said = True
+            line += "\n" + self.noise_line(record)
+        return line
 
     def summary(self, status: str, **extra: Any) -> dict[str, Any]:
         """summary.json from metrics.jsonl (every epoch of the run, resumed parts included)."""
@@ -252,7 +300,20 @@ class EpochFinisher:
             "store_version": last.get("store_version"),
             # divergence: skip (records written before the key existed count 0)
             "skipped_syncs": sum(w.get("skipped_syncs", 0) for r in evals for w in r.get("workers", [])),
+            **self._noise_summary(epochs),
             **extra,
         }
         self.run_dir.write_summary(summary)
         return summary
+
+    def _noise_summary(self, epochs: list[dict[str, Any]]) -> dict[str, Any]:
+        """The last B_noise measured (null when none resolved one) and its regime line; the SWA
+        average's size."""
+        measured = [r for r in epochs if "noise_source" in r]
+        resolved = [r for r in measured if isinstance(r.get("b_noise"), (int, float))]
+        last = (resolved or measured or [{}])[-1]
+        out = {"b_noise": last.get("b_noise"), "b_noise_std": last.get("b_noise_std"),
+               "noise_regime": self.noise_line(last) if last else None}
+        if self.swa is not None:
+            out["swa_models"] = self.swa.count
+        return out

@@ -7,7 +7,9 @@ finisher receives the same objects and writes the same metric keys.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = ["EpochReport", "Progress", "WorkerReady", "WorkerFinished", "WorkerStopped", "WorkerFailed", "WORKER_KEYS",
@@ -15,7 +17,7 @@ __all__ = ["EpochReport", "Progress", "WorkerReady", "WorkerFinished", "WorkerSt
 
 # The per-worker keys of every epoch record in metrics.jsonl, in every mode and engine.
 WORKER_KEYS = ("worker", "loss", "acc", "batch", "resolution", "samples", "steps", "syncs", "skipped_syncs",
-               "samples_per_s", "seconds", "wait_seconds", "sync_seconds", "weight", "version")
+               "samples_per_s", "seconds", "wait_seconds", "sync_seconds", "weight", "version", "grad_sq")
 
 
 @dataclass
@@ -38,14 +40,24 @@ class EpochReport:
     version: int  # the global state's version after the last sync (store rounds/updates, or merges)
     skipped_syncs: int = 0  # syncs whose update was non-finite and left out (`divergence: skip`)
     member: int = 0  # rank inside a worker group (FSDP); 0 otherwise
+    # (batch, |g|^2) of each step's whole-batch gradient (noise_scale.measure; [] when not
+    # measured): the gradient noise scale's input (`dbl_ps.noise_scale`)
+    grad_sq: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / max(self.seconds, 1e-9)
 
+    @property
+    def planned_grad_sq(self) -> list[float]:
+        """`|g|^2` of the steps at the planned batch (a share's last, smaller batch left out)."""
+        return [sq for b, sq in self.grad_sq if b == self.batch and math.isfinite(sq)]
+
     def to_record(self) -> dict[str, Any]:
         data = asdict(self)
         data["samples_per_s"] = self.samples_per_s
+        at_batch = self.planned_grad_sq
+        data["grad_sq"] = statistics.fmean(at_batch) if at_batch else None  # mean |g|^2 at its batch
         return {k: data[k] for k in WORKER_KEYS}
 
 
@@ -60,7 +72,9 @@ def merge_members(members: list[EpochReport]) -> EpochReport:
         batch=first.batch, resolution=first.resolution, samples=samples, steps=first.steps, syncs=first.syncs,
         seconds=max(m.seconds for m in members), wait_seconds=max(m.wait_seconds for m in members),
         sync_seconds=max(m.sync_seconds for m in members), weight=first.weight, version=first.version,
-        skipped_syncs=max(m.skipped_syncs for m in members))
+        skipped_syncs=max(m.skipped_syncs for m in members),
+        # each member holds a shard of the worker's gradient and a slice of its batch: both add up
+        grad_sq=[(sum(b for b, _ in step), sum(sq for _, sq in step)) for step in zip(*(m.grad_sq for m in members))])
 
 
 @dataclass

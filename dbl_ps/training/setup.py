@@ -37,6 +37,7 @@ from dbl_ps.planner import Plan, TimeModel, make_plan, plan_mixed, plan_mixed_re
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.training.engine import engine_step_factory
+from dbl_ps.training.swa import swa_start_epoch
 
 __all__ = [
     "DEFAULT_TIME_MODEL",
@@ -213,6 +214,8 @@ def build_spec(cfg: Any, plan: Plan) -> ScheduleSpec:
         batch_large=tuple(max(p.batch_large) for p in rplans),
         batch_small=tuple(p.batch_small for p in rplans) if plan.small else None,
         cyclic=s.cyclic,
+        swa_start=swa_start_epoch(cfg.swa.start, s.epochs) if cfg.swa.enabled else None,
+        swa_lr=cfg.swa.lr, swa_anneal_epochs=cfg.swa.anneal_epochs,
     )
 
 

@@ -42,6 +42,10 @@ class SyncResult:
 class Synchronizer:
     """What the loop needs from a synchronizer."""
 
+    # Steps between syncs, or "mini_epoch" (store.sync_every); `boundaries` reads it, and a
+    # callback may change it between epochs (post-local SGD, `dbl_ps.training.algorithms`).
+    sync_every: int | str = "mini_epoch"
+
     def boundaries(self, steps: int, all_steps: Sequence[int]) -> list[int]:
         """Local step counts after which a worker with `steps` steps this epoch syncs
         (`all_steps`: every worker's step count, for modes that need equal sync counts)."""
