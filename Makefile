@@ -9,7 +9,7 @@ RUST_SOURCES := $(shell find rust_ps -name '*.rs' -o -name Cargo.toml) Cargo.tom
 # right after the README's `pip install -e ".[dev]"` (no stamp yet) an extension newer than
 # every Rust source, with the test tools importable, is taken as built: only the stamp is made.
 .installed: $(RUST_SOURCES)
-	@if $(PYTHON) -c "import dbl_ps._rust_ps, pytest, hypothesis" 2>/dev/null && [ -f dbl_ps/_rust_ps.abi3.so ] \
+	@if $(PYTHON) -c "import dbl_ps._rust_ps, pytest, pytest_timeout, hypothesis" 2>/dev/null && [ -f dbl_ps/_rust_ps.abi3.so ] \
 	    && [ -z "$$(find $(RUST_SOURCES) -newer dbl_ps/_rust_ps.abi3.so)" ]; then \
 	  echo "dbl_ps/_rust_ps.abi3.so is newer than every Rust source: installed, nothing to build"; \
 	else \

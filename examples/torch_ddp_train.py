@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -159,7 +160,10 @@ def main() -> None:
             break
         if epoch + 1 == args.hold_after:
             dist.barrier()  # every rank's checkpoint of this epoch is written
-            print(f"rank {rank}: holding after epoch {epoch + 1} (pid {os.getpid()})", flush=True)
+            # one write of the whole line: print() under python -u writes the text and the newline
+            # apart, and the two ranks' lines would interleave on the launcher's shared stdout
+            sys.stdout.write(f"rank {rank}: holding after epoch {epoch + 1} (pid {os.getpid()})\n")
+            sys.stdout.flush()
             while True:
                 time.sleep(1)
     record.save()

@@ -8,9 +8,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import queue
+import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,20 +80,36 @@ def alive(pid: int) -> bool:
         return False
 
 
-def held_launch(script: Path, *args: str) -> tuple[subprocess.Popen, list[int]]:
+def held_launch(script: Path, *args: str, timeout: float = 240.0) -> tuple[subprocess.Popen, list[int]]:
     """A torchrun launch whose ranks train until `--hold-after N`, then wait there; returns it
-    and the ranks' pids once every rank holds (its checkpoint of epoch N written)."""
+    and the ranks' pids once every rank holds (its checkpoint of epoch N written). The output is
+    read with a deadline, and every "(pid N)" of a holding line counts (two ranks' lines written
+    at once can share a line)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT)
-    pids, lines = [], []
+    lines: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:  # also keeps the pipe from filling while the ranks hold
+        for text in proc.stdout:
+            lines.put(text)
+        lines.put("")  # the launch ended
+
+    threading.Thread(target=drain, daemon=True).start()
+    pids: list[int] = []
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
     while len(pids) < 2:
-        line = proc.stdout.readline()
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
         if not line:
-            pytest.fail("the launch ended before its ranks held:\n" + "".join(lines[-40:]))
-        lines.append(line)
-        if ": holding after epoch" in line:
-            pids.append(int(line.rsplit("pid ", 1)[1].rstrip(")\n")))
+            proc.kill()
+            pytest.fail(("the launch ended" if line == "" else f"no rank held within {timeout:.0f} s") +
+                        " before its ranks held:\n" + "".join(seen[-40:]))
+        seen.append(line)
+        pids += [int(pid) for pid in re.findall(r"holding after epoch \d+ \(pid (\d+)\)", line)]
     return proc, pids
 
 
@@ -102,7 +122,6 @@ def test_torch_example_killed_with_its_launcher_resumes_to_the_same_weights_with
     uninterrupted run, dropout included (`dbl.rank_state` keeps every RNG; mini-epoch syncs,
     fixed seeds; no --replan: it follows measured times)."""
     import signal
-    import time
 
     import torch
 
