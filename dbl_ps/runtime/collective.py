@@ -96,23 +96,28 @@ def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: 
 
 
 class _StopSignal:
-    """The first SIGINT / SIGTERM / SIGHUP this rank received (None: none yet)."""
+    """The first SIGINT / SIGTERM / SIGHUP this rank received (None: none yet), and whether the
+    rank is already ending (reporting a failure, cleaning up): a signal then is noted, not raised."""
 
     received: str | None = None
+    ending: bool = False
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
     # Ctrl-C reaches every rank (one process group) and torchrun then forwards it as SIGTERM:
     # the first one stops this rank, the later ones are the same stop and must not interrupt
     # the clean-up (a second KeyboardInterrupt there was a traceback per rank).
+    # Once the rank is ending (e.g. writing the line about a lost rank, when torchrun sends SIGTERM
+    # because that rank failed) the signal must not cut the line or the clean-up short either.
     if _StopSignal.received is None:
         _StopSignal.received = signal.Signals(signum).name
-        raise KeyboardInterrupt
+        if not _StopSignal.ending:
+            raise KeyboardInterrupt
 
 
 def _stop_on_signals() -> None:
     if threading.current_thread() is threading.main_thread():
-        _StopSignal.received = None
+        _StopSignal.received, _StopSignal.ending = None, False
         for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
             if sig is not None:
                 signal.signal(sig, _on_stop_signal)
@@ -151,15 +156,19 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
             return 1
         return 0
     except KeyboardInterrupt:
+        _StopSignal.ending = True
         return _interrupted(driver, coordinator)
     except (ConfigMismatch, RunDirectoryGone) as err:  # every rank learnt it: rank 0 says it
+        _StopSignal.ending = True
         if coordinator is not None and coordinator.is_main:
             print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2 if isinstance(err, ConfigMismatch) else 1  # a bad launch, or a run that failed (as in store mode)
     except (LaunchError, CheckpointError, FileExistsError, RunDirectoryBusy) as err:
+        _StopSignal.ending = True
         print(f"dbl-ps train: error: {err}", file=sys.stderr, flush=True)
         return 2
     except DivergedError as err:  # every rank raised it at the same sync; rank 0 says it
+        _StopSignal.ending = True
         if coordinator is not None and coordinator.is_main:
             meta = RunDirectory(driver.run_dir).checkpoint_meta()
             line = stopped_line(str(err), diverged=True, run_dir=driver.run_dir,
@@ -167,6 +176,7 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
             print(f"dbl-ps train: error: {line}", file=sys.stderr, flush=True)
         return 1
     except (DataError, RunWriteError, RankLost, dist.DistError) as err:
+        _StopSignal.ending = True
         if _StopSignal.received is not None:  # a rank that stopped first broke this one's collective
             return _interrupted(driver, coordinator)
         # corrupt data, a full disk, a frozen or killed rank: one line from each rank still running
@@ -181,6 +191,7 @@ def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
         print(f"dbl-ps train: error: {line}", file=sys.stderr, flush=True)
         return 1
     finally:
+        _StopSignal.ending = True
         if driver is not None:
             driver.release()
         if dist.is_initialized():
