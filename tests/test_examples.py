@@ -113,6 +113,7 @@ def held_launch(script: Path, *args: str, timeout: float = 240.0) -> tuple[subpr
     return proc, pids
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
 def test_torch_example_killed_with_its_launcher_resumes_to_the_same_weights_with_dropout(tmp_path: Path) -> None:
     """torchrun killed with SIGKILL after epoch 2 of 3 (its ranks in sessions of their own):
@@ -374,6 +375,7 @@ def test_ranks_holding_different_plans_stop_at_the_first_sync_naming_the_field(t
         assert r["syncs"] == [] and r["seconds"] < 30
 
 
+@pytest.mark.slow
 def test_a_lost_rank_is_named_with_the_averagers_own_timeout(tmp_path: Path) -> None:
     ranks = run_api_steps(tmp_path, "lost")
     error = ranks[0]["error"]

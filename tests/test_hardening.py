@@ -310,6 +310,7 @@ def test_sigterm_or_sighup_while_a_run_starts_is_one_line_and_leaves_a_directory
     assert run_dir_problem(run_dir) is None
 
 
+@pytest.mark.slow
 def test_a_compare_stopped_while_its_first_sub_run_starts_continues_when_run_again(tmp_path):
     """Ctrl-C while the first sub-run started: every later `dbl-ps compare` stopped with `run
     directory .../baseline-s0 is not empty; resume it with --resume` (config.yaml and plan.json,
@@ -374,6 +375,7 @@ def test_ctrl_c_while_workers_or_ranks_import_torch_is_one_line_without_tracebac
         assert proc.returncode == 130 and err.strip() == ours[0], err[-3000:]
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_while_stopping_marks_the_checkpoint_interrupted(tmp_path):
     """A frozen worker keeps the launcher waiting while it stops; a second Ctrl-C then ends the
     wait. checkpoint.json still said `running` afterwards."""
@@ -495,6 +497,7 @@ def test_a_resume_refuses_missing_swapped_or_disagreeing_checkpoint_files_in_one
     assert {f: f.read_bytes() for f in run_dir.rglob("*") if f.is_file()} == before  # nothing changed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["cut", "deleted"])
 def test_a_resume_with_a_cut_or_missing_metrics_file_says_so_and_counts_the_epochs_trained(stopped_run, tmp_path,
                                                                                            case):
@@ -586,6 +589,7 @@ def test_report_leaves_diverged_and_interrupted_runs_out_of_its_table(stopped_ru
         "interrupted (interrupted)" in kept.stdout, kept.stdout
 
 
+@pytest.mark.slow
 def test_a_diverged_store_mode_worker_stops_within_a_quarter_second_not_at_its_sync(tmp_path):
     """A diverged run took about a minute to exit: the loss was looked at only at the sync, so a
     worker trained its whole mini-epoch on NaN first."""
@@ -603,6 +607,7 @@ def test_a_diverged_store_mode_worker_stops_within_a_quarter_second_not_at_its_s
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.slow
 def test_a_model_or_data_factory_calling_sys_exit_is_one_error_not_a_clean_exit(tmp_path):
     """A model factory calling sys.exit(0) ended `dbl-ps train` with status 0, nothing trained."""
     (tmp_path / "exiting_factories.py").write_text(
@@ -635,6 +640,7 @@ def _bomb_png(path: Path, side: int = 20000) -> None:
                      + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_png_in_an_image_folder_is_one_line_naming_the_file(tmp_path):
     """A 51-line traceback that never named the file."""
     from PIL import Image
@@ -667,6 +673,7 @@ def _can_chattr(tmp_path: Path) -> bool:
     return ok
 
 
+@pytest.mark.slow
 def test_a_checkpoint_folder_made_immutable_mid_run_is_one_line_and_the_checkpoint_interrupted(tmp_path):
     """`chattr +i` on the checkpoint folder gave two tracebacks and left status `running`.
     Without chattr (no CAP_LINUX_IMMUTABLE) the folder is made read-only by a bind mount in a

@@ -104,6 +104,7 @@ def test_deepspeed_launcher_two_ranks_sync_is_weighted_mean_and_learns(tmp_path:
     assert plan["engine"] == "deepspeed" and plan["small"] == 1
 
 
+@pytest.mark.slow
 def test_launch_contradicting_the_plan_fails_fast(tmp_path: Path) -> None:
     # 2 processes for a plan of 3 workers: every rank refuses before any collective
     proc = launch(torchrun_cmd(2, "--run-dir", str(tmp_path / "run"), *RUN, "dbl.workers=3"), timeout=120)

@@ -98,6 +98,7 @@ def test_two_groups_of_two_sync_is_weighted_mean_and_learns(tmp_path: Path) -> N
     assert (run_dir / "checkpoints" / "epoch00003" / "optim_group1" / ".metadata").is_file()
 
 
+@pytest.mark.slow
 def test_bad_mesh_fails_fast_under_torchrun(tmp_path: Path) -> None:
     # 3 ranks cannot be groups of 2: every rank refuses before any collective
     proc = torchrun(3, "--ranks-per-worker", "2", "--run-dir", str(tmp_path / "a"), *RUN, timeout=120)

@@ -96,6 +96,7 @@ ENGINES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nproc,engine", ENGINES)
 def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, store_run: Path, nproc: int,
                                                                engine: list[str]) -> None:

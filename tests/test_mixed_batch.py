@@ -94,6 +94,7 @@ def test_dbl_ps_train_runs_mixed_batch_under_torchrun_and_resumes_to_the_same_we
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0]), "the resumed run's weights differ"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the [deepspeed] extra")
 def test_the_torch_deepspeed_and_fsdp_engines_train_the_same_mixed_batch_run(tmp_path):
     """engine torch (DDP with the hook), deepspeed (one data-parallel group, the loss scaled by

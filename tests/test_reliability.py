@@ -221,6 +221,7 @@ def test_a_frozen_or_killed_rank_is_named_within_the_sync_timeout_and_the_checkp
 # --------------------------------------------------------------------------- disk full
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not can_mount_tmpfs("/mnt"), reason="needs unshare and mount (root, Linux)")
 def test_a_full_disk_is_one_line_keeps_the_last_checkpoint_and_the_run_resumes(tmp_path):
     """A real full disk: the run directory on a 1.8 MB tmpfs in a private mount namespace holds
@@ -341,6 +342,7 @@ def test_sighup_stops_the_run_like_sigterm_and_keeps_the_checkpoint(tmp_path):
 # --------------------------------------------------------------------------- issue 25: vanished run directory, damaged resume
 
 
+@pytest.mark.slow
 def test_a_run_directory_deleted_mid_run_stops_at_the_next_epoch_and_is_not_re_created(tmp_path):
     """It trained on into unlinked files, then wrote a checkpoint.json "finished" into a folder
     the workers' state files re-created, then a traceback."""

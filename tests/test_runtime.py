@@ -189,6 +189,7 @@ def uninterrupted_bsp_run(tmp_path_factory):
 
 @pytest.mark.parametrize("sig", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGKILL],
                          ids=["sigint", "sigkill"])  # a clean SIGINT stop: also tests/test_reliability.py
+@pytest.mark.slow
 def test_bsp_resume_after_kill_matches_uninterrupted_run(tmp_path, uninterrupted_bsp_run, sig):
     # kill the launcher once epoch 1 is in the metrics, then resume
     proc = _train_cli(tmp_path / "cut", *RESUME_OVERRIDES)

@@ -135,6 +135,7 @@ def test_a_tracked_digits_run_writes_an_offline_run_with_metrics_plan_and_summar
     assert run["config"]["system"]["torch"] and run["config"]["system"]["cpus"] >= 1  # ...and system info
 
 
+@pytest.mark.slow
 def test_a_tracker_that_breaks_mid_run_does_not_stop_training(tmp_path, monkeypatch, capsys):
     import wandb
 
