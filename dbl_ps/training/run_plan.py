@@ -5,7 +5,8 @@
     plan = load_plan(run_dir)                                # a store-mode worker: the plan as saved
     saved = read_plan_file(run_dir)                          # plan.json's dict (replans, time-model source)
 
-This module alone writes and reads plan.json. The plan is solved once per run (and once per
+This module alone writes plan.json and reads it back (`dbl_ps.report` reads its time models
+as plain JSON for its plots: the core layer cannot import this one). The plan is solved once per run (and once per
 re-plan, `dbl_ps.training.replanning`) by the process that holds the time models; the others
 take it as it was saved (`saved_plan`, no solve): the store mode's workers read plan.json at
 start and again when the launcher's plan version says it was rewritten, the ranks of a
