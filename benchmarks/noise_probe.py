@@ -24,7 +24,7 @@ from dbl_ps.data import build_transform, load_dataset
 from dbl_ps.noise_scale import estimate
 from dbl_ps.training.engine import loss_for
 from dbl_ps.training.noise import NoiseProbe
-from dbl_ps.training.setup import build_run_model
+from dbl_ps.training.run_model import build_run_model
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def main() -> int:
     args = p.parse_args()
 
     from dbl_ps.config import load_config
-    from dbl_ps.training.setup import cpu_cores
+    from dbl_ps.training.cores import cpu_cores
 
     cores = cpu_cores()
     res = 28 if args.data == "fashion" else 16

@@ -67,8 +67,8 @@ from dbl_ps.schedule import ScheduleSpec, SchedulePoint, lr_at, schedule_at
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.engine import Engine, split_batch
-from dbl_ps.training.setup import plan_difference
-from dbl_ps.training.setup import plan_from_dict as _plan_from_saved_dict
+from dbl_ps.training.run_plan import plan_difference
+from dbl_ps.training.run_plan import plan_from_dict as _plan_from_saved_dict
 from dbl_ps.run_ownership import RunDirectoryBusy, RunLock
 from dbl_ps.training.orphans import exit_with_launcher
 from dbl_ps.training.resume import load_rank_state, own_folder, rank_state, read_rank_state, save_rank_state
@@ -344,7 +344,7 @@ class ModelAverager:
 
     `sync_every`: "mini_epoch" (once per epoch, the paper's) or every k steps: the plan's
     largest step count over k syncs per epoch on every rank, spread evenly over each rank's
-    own steps (`dbl_ps.training.setup.sync_boundaries`, as `dbl-ps train` does), so a rank
+    own steps (`dbl_ps.training.steps.sync_boundaries`, as `dbl-ps train` does), so a rank
     with few steps may merge several times in one `step()`. `divergence`: "stop" raises when
     a rank's loss or model is non-finite at a sync (every rank raises), "skip" leaves that
     rank's update out. `timeout_s`: a rank that does not reach a sync in time is named.

@@ -35,7 +35,7 @@ from dbl_ps.integrations.deepspeed import check_rank_config, rank_batch_fields
 from dbl_ps.planner import Plan, TimeModel, plan_mixed
 from dbl_ps.rank_plan import APIError, RankPlan, rank_plan
 from dbl_ps.training.gradient_weighting import GradientWeight, loss_scale_for, weighted_sum_hook
-from dbl_ps.training.setup import plan_from_dict
+from dbl_ps.training.run_plan import plan_from_dict
 
 __all__ = ["MixedBatch", "mixed_batch", "plan_mixed_ranks", "plan_mixed_together", "deepspeed_mixed_config"]
 

@@ -203,7 +203,7 @@ def test_the_step_check_names_the_rank_and_its_planned_and_taken_steps():
 
 
 def test_plan_difference_names_an_input_before_what_follows_from_it():
-    from dbl_ps.training.setup import plan_difference
+    from dbl_ps.training.run_plan import plan_difference
 
     base = dbl.plan_ranks(dbl.TimeModel(alpha=0.01, beta=0.001), batch_large=64, dataset_size=200, ranks=2)
     same = dbl.plan_ranks(dbl.TimeModel(alpha=0.01, beta=0.001), batch_large=64, dataset_size=200, ranks=2)

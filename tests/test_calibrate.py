@@ -195,7 +195,7 @@ def test_a_runs_measured_time_model_times_the_runs_own_engine_step(monkeypatch):
     its precision, memory format, compile, optimizer and loss (it timed a step of its own,
     SGD and no compile, before)."""
     torch = pytest.importorskip("torch")
-    from dbl_ps.training.setup import MEASURED, resolve_time_models
+    from dbl_ps.training.time_models import MEASURED, resolve_time_models
 
     timed = []
     step = TorchEngine.train_step
@@ -223,7 +223,7 @@ def test_every_reader_of_a_calibration_file_gives_the_same_time_models(tmp_path)
     """`dbl-ps train` (resolve_time_models), `dbl-ps plan --config`, `dbl-ps plan
     --calibration` and `api.plan_from_calibration` read a file through one function."""
     import dbl_ps.api as dbl
-    from dbl_ps.training.setup import resolve_time_models
+    from dbl_ps.training.time_models import resolve_time_models
 
     path = tmp_path / "cal.json"
     fits = {r: {"alpha": 0.002 * r, "beta": 0.0001 * r, "r2": 0.99, "batch_large": 8 * r, "samples": []}
@@ -441,7 +441,7 @@ def test_a_run_reports_the_seconds_it_spent_measuring_its_time_model_and_none_wh
     """`resolve_time_models` is where the measuring happens, so it says how long it took;
     the launchers and `compare` report that apart from the training time."""
     from dbl_ps.config import load_config
-    from dbl_ps.training.setup import MEASURED, resolve_time_models
+    from dbl_ps.training.time_models import MEASURED, resolve_time_models
 
     measured = resolve_time_models(load_config(None, ["data.train_limit=200"]), num_classes=10, in_channels=1,
                                    log=lambda m: None)

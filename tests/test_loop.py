@@ -18,7 +18,8 @@ from dbl_ps.planner import TimeModel, make_plan
 from dbl_ps.schedule import schedule_at
 from dbl_ps.training import (WORKER_KEYS, Callback, EpochReport, StopTraining, Synchronizer, SyncResult,
                              TorchEngine, Topology, WorkerLoop)
-from dbl_ps.training.setup import build_spec, sync_boundaries
+from dbl_ps.training.run_plan import build_spec
+from dbl_ps.training.steps import sync_boundaries
 
 
 class RecordingSync(Synchronizer):

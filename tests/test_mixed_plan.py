@@ -18,7 +18,7 @@ from dbl_ps.planner import (
     step_seconds,
 )
 from dbl_ps.planner import InfeasiblePlanError, TimeModel, speed_factors
-from dbl_ps.training.setup import plan_from_dict
+from dbl_ps.training.run_plan import plan_from_dict
 
 
 def closed_form(models: list[TimeModel], global_batch: int) -> list[float]:

@@ -25,7 +25,7 @@ from dbl_ps.planner import (
     reference_small_fraction,
 )
 from dbl_ps.planner import replan
-from dbl_ps.training.setup import plan_from_dict
+from dbl_ps.training.run_plan import plan_from_dict
 
 CIFAR32 = TimeModel(alpha=0.015562114074817612, beta=0.0005056358858583448)
 
@@ -165,7 +165,7 @@ def test_small_batch_floor_above_largest_batch_is_an_error():
 
 
 def test_saved_plan_keeps_its_small_batch_floor():
-    from dbl_ps.training.setup import plan_from_dict
+    from dbl_ps.training.run_plan import plan_from_dict
 
     plan = make_plan({32: CIFAR32}, {32: 560}, 4, 1, 1.19, 50000, min_small_batch=16)
     assert plan_from_dict(plan.to_dict())[32].min_small_batch == 16
@@ -536,7 +536,7 @@ def test_a_batch_above_a_workers_share_is_said_with_the_numbers():
 
 
 def test_measured_time_models_that_should_not_be_trusted_are_said():
-    from dbl_ps.training.setup import poor_fit_lines
+    from dbl_ps.training.time_models import poor_fit_lines
 
     good, noisy = TimeModel(0.01, 0.001, r2=0.99), TimeModel(0.01, 0.001, r2=0.1)
     flat = TimeModel(0.02, 0.0, r2=0.0)

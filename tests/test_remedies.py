@@ -19,7 +19,7 @@ from dbl_ps.schedule import ScheduleSpec, lr_at
 from dbl_ps.training.algorithms import PostLocalSGD, post_local_period, worker_callbacks
 from dbl_ps.training.noise import GradientNormMeter
 from dbl_ps.training.rundir import EVAL_MODEL_FILE, MODEL_FILE
-from dbl_ps.training.setup import sync_boundaries
+from dbl_ps.training.steps import sync_boundaries
 from dbl_ps.training.swa import SWA_FILE, swa_start_epoch
 from launch_helpers import RUN, torchrun_train
 

@@ -16,7 +16,7 @@ from dbl_ps.runtime import Trainer, WorkerError
 from dbl_ps.runtime.hooks import SLOW_ENV, SlowWorker
 from dbl_ps.training.messages import EpochReport
 from dbl_ps.training.replanning import replan_after_epoch
-from dbl_ps.training.setup import plan_from_dict
+from dbl_ps.training.run_plan import plan_from_dict
 
 MODEL = TimeModel(alpha=0.01, beta=0.001)
 

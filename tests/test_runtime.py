@@ -20,7 +20,8 @@ from dbl_ps.models import build_model
 from dbl_ps.runtime import Trainer, WorkerError
 from dbl_ps.training.flat import FlatState
 from dbl_ps.training.rundir import RunDirectory
-from dbl_ps.training.setup import plan_from_dict, sync_boundaries
+from dbl_ps.training.run_plan import plan_from_dict
+from dbl_ps.training.steps import sync_boundaries
 
 # Small, fast runs: 2 workers (1 small), time model given (no measuring), digits.
 BASE = ["dbl.workers=2", "dbl.small=1", "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "schedule.warmup_epochs=0",

@@ -151,7 +151,7 @@ def with_time_model(cfg: Any, saved: Path | None = None, log=print) -> tuple[Any
     model its first runs were planned with), or measured once here (with its seconds)."""
     from dbl_ps.config import ConfigError, RunConfig
     from dbl_ps.data import load_dataset
-    from dbl_ps.training.setup import resolve_time_models
+    from dbl_ps.training.time_models import resolve_time_models
 
     if cfg.time_model() is not None or cfg.dbl.calibration:
         return cfg, None

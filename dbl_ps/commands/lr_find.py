@@ -118,7 +118,8 @@ def _find(args: argparse.Namespace, cfg: Any, target: Path | None) -> int:
     from dbl_ps.runtime.engine_setup import build_engine, check_engine_config, check_store_mode_engine, engine_options
     from dbl_ps.shards import share_loader_for
     from dbl_ps.training.lr_find import lr_range_test, plot_lr_find
-    from dbl_ps.training.setup import build_run_model, check_run_model, cpu_cores
+    from dbl_ps.training.cores import cpu_cores
+    from dbl_ps.training.run_model import build_run_model, check_run_model
     from dbl_ps.training.topology import LaunchError, Topology
 
     say = (lambda m: None) if args.quiet else (lambda m: print(f"dbl-ps lr-find: {m}", flush=True))

@@ -33,7 +33,8 @@ from dbl_ps.synchronizers.collective import CollectiveCoordinator, RankLost, ini
 from dbl_ps.training.loop import DivergedError, WorkerLoop
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, RunDirectoryGone, new_run_dir
 from dbl_ps.training.orphans import exit_with_launcher
-from dbl_ps.training.setup import needs_time_model, threads_per_worker
+from dbl_ps.training.cores import threads_per_worker
+from dbl_ps.training.time_models import needs_time_model
 from dbl_ps.training.topology import (LaunchError, Topology, launch_world_size, local_world_size, read_topology,
                                      resume_command)
 

@@ -55,17 +55,10 @@ from dbl_ps.training.replanning import Replanned, replan_after_epoch
 from dbl_ps.training.rundir import MODEL_FILE, CheckpointError, RunDirectory, RunDirectoryGone
 from dbl_ps.training.swa import StochasticWeightAverage
 from dbl_ps.training.topology import LaunchError
-from dbl_ps.training.setup import (
-    ResolvedTimeModels,
-    build_plan,
-    build_run_model,
-    build_spec,
-    check_run_model,
-    cpu_cores,
-    plan_from_dict,
-    poor_fit_lines,
-    resolve_time_models,
-)
+from dbl_ps.training.cores import cpu_cores
+from dbl_ps.training.run_model import build_run_model, check_run_model
+from dbl_ps.training.run_plan import build_plan, build_spec, plan_from_dict, read_plan_file, save_plan, saved_plan
+from dbl_ps.training.time_models import ResolvedTimeModels, poor_fit_lines, resolve_time_models
 
 __all__ = ["RunDriver", "PreparedRun", "TrainingInterrupted", "TrainingDiverged", "WorkerError", "ConfigMismatch"]
 
@@ -294,9 +287,11 @@ class RunDriver:
 
     def _plan(self, data: Dataset) -> tuple[Plan, str]:
         """The run's plan: plan.json of a resumed run (its re-plans included) when it has as many
-        workers as this launch, else a new one from the time models; the same in every process."""
+        workers as this launch (made again from its inputs and checked against them), else a new
+        one from the time models, solved once, on the main process, and taken as it is by the
+        others; the same in every process."""
         cfg, workers = self.cfg, self.coordinator.workers
-        saved = self.dir.read_json("plan.json") if self.resuming else None
+        saved = read_plan_file(self.run_dir) if self.resuming else None
         if saved is not None and saved["workers"] == workers:
             self.replans = list(saved.get("replans", []))
             return plan_from_dict(saved), saved.get("time_model_source", "plan.json of the run")
@@ -314,7 +309,7 @@ class RunDriver:
         self.time_model_seconds = resolved.seconds  # one-off, reported apart from the training time
         for line in poor_fit_lines(resolved.models):
             self.log(line)
-        plan = plan_from_dict(self.coordinator.share(
+        plan = saved_plan(self.coordinator.share(
             lambda: build_plan(cfg, len(data.train), resolved.models, resolved.batches).to_dict()))
         return plan, resolved.source
 
@@ -520,7 +515,7 @@ class RunDriver:
         self.plan = replanned.plan
         self.replans = [*self.replans, {"after_epoch": done.epoch, "factors": replanned.record["factors"]}]
         self.coordinator.all_written(
-            (lambda: self.dir.write_plan(self.plan_dict())) if self.coordinator.is_main else None)
+            (lambda: save_plan(self.run_dir, self.plan_dict())) if self.coordinator.is_main else None)
         self.coordinator.adopt_plan(self.plan)
         self.callbacks.on_replan(self.coordinator.loop, done.epoch)
         return replanned

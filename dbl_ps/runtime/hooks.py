@@ -13,7 +13,11 @@ into callbacks on the loop's events (the loop itself never reads the environment
   tests of a stop during start-up);
 * `DBL_PS_EVENT_LOG=FILE`: every process appends one JSON line per event it fires to FILE
   (the worker loops' epoch events with the worker's torch threads, the run driver's
-  `on_replan` / `on_checkpoint`), so tests can compare the event sequence of two modes.
+  `on_replan` / `on_checkpoint`), so tests can compare the event sequence of two modes;
+* `DBL_PS_PLAN_LOG=FILE`: every process appends one JSON line per resolution it plans to FILE
+  (`{"pid", "resolution"}`: a call of the planner's `plan_resolution` or
+  `plan_mixed_resolution`, which every plan goes through, solved, re-planned or checked),
+  so tests can count where and how often a run solves its plan.
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import dbl_ps.planner.dbsl
+import dbl_ps.planner.mixed
 from dbl_ps.training.events import Callback, StopTraining
 from dbl_ps.training.loop import EpochState, WorkerLoop
 
 __all__ = ["FAULT_ENV", "DUMP_ENV", "STOP_ENV", "SLOW_ENV", "callbacks_from_env", "FailWorker", "DumpFirstSync",
-           "StopAfterEpoch", "SlowWorker", "SLOW_START_ENV", "start_delay", "EVENT_LOG_ENV", "EventLog"]
+           "StopAfterEpoch", "SlowWorker", "SLOW_START_ENV", "start_delay", "EVENT_LOG_ENV", "EventLog",
+           "PLAN_LOG_ENV", "log_plan_solves"]
 
 FAULT_ENV = "DBL_PS_FAIL_WORKER"
 DUMP_ENV = "DBL_PS_DUMP_SYNC"
@@ -39,6 +47,7 @@ STOP_ENV = "DBL_PS_STOP_AFTER_EPOCH"
 SLOW_ENV = "DBL_PS_SLOW_WORKER"
 SLOW_START_ENV = "DBL_PS_SLOW_START"
 EVENT_LOG_ENV = "DBL_PS_EVENT_LOG"
+PLAN_LOG_ENV = "DBL_PS_PLAN_LOG"
 
 
 class FailWorker(Callback):
@@ -122,13 +131,8 @@ class EventLog(Callback):
         self.path, self.rank = path, rank
 
     def _write(self, event: str, loop: WorkerLoop | None, epoch: int, **extra: object) -> None:
-        line = json.dumps({"event": event, "rank": self.rank, "worker": None if loop is None else loop.worker,
-                           "member": None if loop is None else loop.member, "epoch": epoch, **extra}) + "\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        _append_line(self.path, {"event": event, "rank": self.rank, "worker": None if loop is None else loop.worker,
+                                 "member": None if loop is None else loop.member, "epoch": epoch, **extra})
 
     def on_epoch_start(self, loop: WorkerLoop, epoch: int) -> None:
         self._write("on_epoch_start", loop, epoch, threads=torch.get_num_threads())
@@ -143,6 +147,37 @@ class EventLog(Callback):
         self._write("on_checkpoint", None, epoch, run=True)
 
 
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line appended with one write (O_APPEND: processes sharing the file never tear lines)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def log_plan_solves() -> None:
+    """From now on, every resolution this process plans appends `{"pid", "resolution"}` to the
+    file `DBL_PS_PLAN_LOG` names at that moment (nothing while it is unset). The planner's two
+    solvers are wrapped wherever a module of this package holds them (modules imported later
+    take the wrapped ones from the planner), so a solve is counted whoever calls it. Idempotent."""
+    for module, name in ((dbl_ps.planner.dbsl, "plan_resolution"), (dbl_ps.planner.mixed, "plan_mixed_resolution")):
+        solver = getattr(module, name)
+        if getattr(solver, "_plan_log", False):
+            continue
+
+        def logged(*args: Any, _solver: Any = solver, **kwargs: Any) -> Any:
+            path = os.environ.get(PLAN_LOG_ENV)
+            if path:
+                _append_line(Path(path), {"pid": os.getpid(), "resolution": kwargs.get("resolution")})
+            return _solver(*args, **kwargs)
+
+        logged._plan_log = True  # type: ignore[attr-defined]
+        for held in [m for n, m in list(sys.modules.items()) if n == "dbl_ps" or n.startswith("dbl_ps.")]:
+            if getattr(held, name, None) is solver:
+                setattr(held, name, logged)
+
+
 def start_delay() -> float:
     """Seconds a worker's start-up is drawn out (`DBL_PS_SLOW_START`; 0 when unset)."""
     return float(os.environ.get(SLOW_START_ENV) or 0.0)
@@ -150,6 +185,8 @@ def start_delay() -> float:
 
 def callbacks_from_env(rank: int) -> list[Callback]:
     callbacks: list[Callback] = []
+    if os.environ.get(PLAN_LOG_ENV):  # not a callback: counts the plans this process solves from now on
+        log_plan_solves()
     if os.environ.get(EVENT_LOG_ENV):  # first: it logs an event before another hook may raise in it
         callbacks.append(EventLog(Path(os.environ[EVENT_LOG_ENV]), rank))
     fault = os.environ.get(FAULT_ENV)

@@ -50,7 +50,7 @@ from dbl_ps.synchronizers.store import StoreSetupError
 from dbl_ps.training.coordinator import Coordinator, WorkerProcesses
 from dbl_ps.training.messages import EpochReport, Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import CheckpointError, RunDirectory, new_run_dir
-from dbl_ps.training.setup import threads_per_worker
+from dbl_ps.training.cores import threads_per_worker
 
 __all__ = ["Trainer", "WorkerPool", "one_machine_coordinator", "WorkerError", "TrainingDiverged", "StoreSetupError", "TrainingInterrupted",
            "new_run_dir"]
@@ -163,7 +163,7 @@ class WorkerPool(WorkerProcesses):
         self.data_queue.cancel_join_thread()
         ckpt = run.checkpoint or {}
         for w in range(self.workers):
-            args = WorkerArgs(worker=w, config=config, plan=run.plan.to_dict(), sync_links=links,
+            args = WorkerArgs(worker=w, config=config, sync_links=links,
                               run_dir=str(self.run_dir), start_epoch=start_epoch, resume_folder=ckpt.get("path"),
                               resume_workers=int(ckpt.get("workers", self.workers)), threads=self.threads,
                               device=self.devices[w], launcher_pid=os.getpid(), engine_options=run.engine_options,

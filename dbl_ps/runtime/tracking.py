@@ -22,6 +22,7 @@ from dbl_ps.integrations.wandb import WandbTracker
 from dbl_ps.metrics import CsvWriter, Isolated, IsolatedSink, Sink
 from dbl_ps.registry import TRACKERS
 from dbl_ps.training.rundir import RunDirectory
+from dbl_ps.training.run_plan import read_plan_file
 from dbl_ps.training.topology import LaunchError
 
 __all__ = ["open_trackers", "open_wandb", "open_tensorboard", "open_csv", "tracker_names"]
@@ -85,7 +86,7 @@ def open_wandb(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequenc
                            resume_id=resume_id, warn=warn)
     if tracker.run_id:
         id_file.write_text(tracker.run_id + "\n")
-    tracker.log_tables(plan=run_dir.read_json("plan.json"), phases=run_dir.read_json("schedule.json")["phases"])
+    tracker.log_tables(plan=read_plan_file(run_dir.path), phases=run_dir.read_json("schedule.json")["phases"])
     return tracker
 
 

@@ -31,7 +31,8 @@ from dbl_ps.training.events import Callback
 from dbl_ps.training.loop import DivergedError, EpochState, WorkerLoop
 from dbl_ps.training.messages import Progress, WorkerFailed, WorkerFinished, WorkerReady, WorkerStopped
 from dbl_ps.training.rundir import RunDirectory
-from dbl_ps.training.setup import build_run_model, build_spec, plan_from_dict
+from dbl_ps.training.run_model import build_run_model
+from dbl_ps.training.run_plan import build_spec, load_plan
 from dbl_ps.training.topology import Topology
 
 __all__ = ["WorkerArgs", "worker_main", "pack_train_data", "unpack_train_data"]
@@ -43,7 +44,6 @@ PROGRESS_INTERVAL = 0.25  # seconds between progress messages
 class WorkerArgs:
     worker: int
     config: dict[str, Any]
-    plan: dict[str, Any]
     sync_links: dict[str, Any]  # what this worker's synchronizer is built from (the store's name)
     run_dir: str
     start_epoch: int
@@ -140,7 +140,7 @@ class LauncherLink(Callback):
         # merge weight, steps: all read from loop.plan in prepare_epoch).
         version = self.plan_version.value
         if version != self.seen_plan_version:
-            loop.set_plan(plan_from_dict(RunDirectory(self.args.run_dir).read_json("plan.json")))
+            loop.set_plan(load_plan(self.args.run_dir))  # as the launcher solved it: not solved again
             self.seen_plan_version = version
 
     def on_step(self, loop: WorkerLoop, state: EpochState) -> None:
@@ -165,9 +165,10 @@ def _queued_train_data(args: WorkerArgs, data_queue: Any, stop: Any) -> Dataset:
 
 
 def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version: Any, data_queue: Any) -> None:
+    hooks = callbacks_from_env(args.worker)  # first: a test hook may count what follows (DBL_PS_PLAN_LOG)
     torch.set_num_threads(args.threads)
     cfg = RunConfig.from_dict(args.config)
-    plan = plan_from_dict(args.plan)
+    plan = load_plan(args.run_dir)  # the plan the launcher solved and saved before spawning this worker
     spec = build_spec(cfg, plan)
     device = torch.device(args.device)
     data = _queued_train_data(args, data_queue, stop) if args.train_data_queued else \
@@ -187,7 +188,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
                           resume=Resume(run_dir.path / args.resume_folder, args.resume_workers)
                           if args.resume_folder else None,
                           batch_size=plan[spec.resolutions[0]].batches[args.worker])
-        loop = build_worker_loop(cfg, part, synchronizer=sync, callbacks=[link, *callbacks_from_env(args.worker)],
+        loop = build_worker_loop(cfg, part, synchronizer=sync, callbacks=[link, *hooks],
                                  log=lambda line: print(line, flush=True))
         queue.put(WorkerReady(args.worker))  # the launcher opens the gate (and starts the clock) once all are
         for report in loop.run(args.start_epoch):

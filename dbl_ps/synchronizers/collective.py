@@ -37,7 +37,7 @@ from dbl_ps.training.averaging import all_finite, averaged_tensors, weighted_ave
 from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.messages import merge_members
-from dbl_ps.training.setup import sync_boundaries
+from dbl_ps.training.steps import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 from dbl_ps.training.topology import Topology
 

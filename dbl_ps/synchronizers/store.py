@@ -48,7 +48,7 @@ from dbl_ps.training.coordinator import Coordinator, GlobalEpoch, WorkerProcesse
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.messages import EpochReport, WorkerReady
 from dbl_ps.training.flat import FlatState
-from dbl_ps.training.setup import sync_boundaries
+from dbl_ps.training.steps import sync_boundaries
 from dbl_ps.training.sync import Synchronizer, SyncResult
 
 __all__ = ["StoreSynchronizer", "StoreServer", "StoreCoordinator", "StoreSetupError", "worker_synchronizer"]

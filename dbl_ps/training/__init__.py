@@ -2,7 +2,9 @@
 an `engine.Engine` (plain torch here; DeepSpeed and FSDP2 in `dbl_ps.integrations`) and a
 `sync.Synchronizer` (`dbl_ps.synchronizers`: the parameter store, torch.distributed);
 the epoch finisher (`finisher`), the run directory and checkpoint format (`rundir`),
-the plan/schedule set-up of a run (`setup`), and the messages and events between them."""
+a run's plan, solved once and saved in plan.json (`run_plan`), its time models
+(`time_models`), its model (`run_model`), a worker's steps, syncs and seeds (`steps`), the
+threads of each worker (`cores`), and the messages and events between them."""
 
 from dbl_ps.training.engine import Engine, TorchEngine
 from dbl_ps.training.events import Callback, Callbacks, StopTraining

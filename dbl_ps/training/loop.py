@@ -37,7 +37,7 @@ from dbl_ps.schedule import SchedulePoint, ScheduleSpec, ScheduleTracker, starts
 from dbl_ps.training.engine import Engine, hard_labels
 from dbl_ps.training.events import Callback, Callbacks
 from dbl_ps.training.messages import EpochReport
-from dbl_ps.training.setup import epoch_seed, warm_up_shapes
+from dbl_ps.training.steps import epoch_seed, warm_up_shapes
 from dbl_ps.training.sync import Synchronizer
 
 __all__ = ["WorkerLoop", "EpochState", "DivergedError"]

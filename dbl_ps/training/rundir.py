@@ -2,7 +2,8 @@
 
     config.yaml                   the run config (what a resume reads)
     plan.json                     the DBSL plan (+ engine, ranks_per_worker, time-model source,
-                                  replans); rewritten after each re-plan (dbl.replan)
+                                  replans); rewritten after each re-plan (dbl.replan); written
+                                  and read by dbl_ps.training.run_plan
     schedule.json/.txt/.png       the schedule's phases, as data, a table and a plot
     metrics.jsonl                 one record per global epoch (dbl_ps.metrics), and one per
                                   re-plan ("event": "replan", dbl_ps.training.replanning)
@@ -37,6 +38,7 @@ from dbl_ps.metrics import strict_dumps
 from dbl_ps.run_ownership import atomic_write, create_unique_dir, never_trained, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
 from dbl_ps.training.engine import atomic_save
+from dbl_ps.training.run_plan import PLAN_FILE, save_plan
 
 __all__ = ["RunDirectory", "CheckpointError", "RunDirectoryGone", "new_run_dir", "CHECKPOINT_FILE", "MODEL_FILE", "EVAL_MODEL_FILE"]
 
@@ -193,7 +195,7 @@ class RunDirectory:
         """config.yaml (new runs), plan.json and the schedule files."""
         if fresh:
             cfg.save(self.path / "config.yaml")
-        self.write_plan(plan)
+        save_plan(self.path, plan)
         atomic_json(self.path / "schedule.json",
                     {"method": spec.method, "epochs": spec.epochs, "phases": [p.to_dict() for p in phases(spec)]})
         for name, write in (("schedule.txt", lambda path: path.write_text(format_phases(spec) + "\n")),
@@ -202,11 +204,6 @@ class RunDirectory:
                 write(self.path / name)
             except (OSError, RuntimeError, ValueError) as exc:  # matplotlib may wrap the OSError
                 raise write_failure(self.path / name, exc) from None
-
-    def write_plan(self, plan: dict[str, Any]) -> None:
-        """plan.json: at set-up, and again after each re-plan (`dbl.replan`), so that a resume
-        and the workers' next epoch read the latest plan."""
-        atomic_json(self.path / "plan.json", plan)
 
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
@@ -244,7 +241,7 @@ class RunDirectory:
         the run stopped before its first checkpoint (a crash, a full disk): resuming it starts
         again from epoch 0 in the same directory, with the plan it made."""
         path = self.path / CHECKPOINT_FILE
-        if not (self.path / "plan.json").is_file():
+        if not (self.path / PLAN_FILE).is_file():
             if never_trained(self.path):  # a stop while the run started, before it wrote its plan
                 raise CheckpointError(f"{self.path} holds no plan.json: its run stopped while starting, before any "
                                       f"epoch; start it again with --run-dir {self.path} (and its config)")
