@@ -13,7 +13,7 @@ the value and what is allowed.
 Values the user did not set follow the ones they did, so one override is enough:
 `schedule.epochs=4` alone scales the milestones, `schedule.resolutions=[24,32]`
 alone derives the dropout rates and largest batches of the new resolutions (the
-rules are in `_follow`; `load_config(..., notes=[])` collects one line per derived
+rules are in `follow._follow`; `load_config(..., notes=[])` collects one line per derived
 value). A config name without a path (`cifar100_resnet18`) is a config shipped in
 the package (`dbl_ps/configs`, listed by `dbl-ps configs`).
 

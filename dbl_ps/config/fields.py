@@ -15,9 +15,12 @@ import re
 import types
 import typing
 from dataclasses import field
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, TypeVar, overload
 
 from dbl_ps.registry import Registry, UnknownPluginError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class ConfigError(ValueError):
@@ -47,7 +50,8 @@ def _names(names: list[str]) -> str:
     return " or ".join(repr(n) for n in names) or "none registered"
 
 
-def _f(default: Any, *, ge=None, gt=None, le=None, lt=None, help: str = "") -> Any:
+def _f(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+       lt: float | None = None, help: str = "") -> Any:
     """A dataclass field with range limits (checked per element for lists)."""
     meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "help": help}
     if isinstance(default, (list, dict)):
@@ -56,9 +60,17 @@ def _f(default: Any, *, ge=None, gt=None, le=None, lt=None, help: str = "") -> A
 
 
 PerResolution = Any  # list[T] (1 value = all, else one per resolution) or dict[int, T] keyed by resolution
+T = TypeVar("T")
+Section = TypeVar("Section", bound="DataclassInstance")  # a config section's class
 
 
-def per_resolution(values: PerResolution | None, resolutions: Sequence[int]) -> list[Any] | None:
+@overload
+def per_resolution(values: None, resolutions: Sequence[int]) -> None: ...
+@overload
+def per_resolution(values: Sequence[T] | Mapping[int, T], resolutions: Sequence[int]) -> list[T]: ...
+@overload
+def per_resolution(values: Sequence[T] | Mapping[int, T] | None, resolutions: Sequence[int]) -> list[T] | None: ...
+def per_resolution(values: Sequence[Any] | Mapping[int, Any] | None, resolutions: Sequence[int]) -> list[Any] | None:
     """One value per entry of `resolutions`, from either form of a per-resolution
     setting: a list (one value = the same everywhere, else one per resolution, in
     order) or a mapping {resolution: value} that covers every resolution (extra
@@ -302,7 +314,7 @@ def _suggest(name: str, cls: type, prefix: str, root: type) -> str | None:
     return by_leaf[close[0]] if close else None
 
 
-def _build(cls: type, raw: Any, prefix: str, root: type | None = None) -> Any:
+def _build(cls: type[Section], raw: Any, prefix: str, root: type | None = None) -> Section:
     """Section `cls` (at `prefix` in `root`, default `cls` itself) from plain data: an unknown
     key is an error suggesting the nearest known one; values are coerced to their types."""
     root = root or cls

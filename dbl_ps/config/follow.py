@@ -31,7 +31,7 @@ def _get(data: Any, key: str) -> Any:
     return data
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -65,7 +65,7 @@ def _merge(base: Any, layer: Any) -> Any:
     return out
 
 
-def _is_section(value: Mapping) -> bool:
+def _is_section(value: Mapping[Any, Any]) -> bool:
     # Sections have string keys; per-resolution mappings ({24: 0.1}) are values.
     return all(isinstance(k, str) for k in value)
 
@@ -144,7 +144,7 @@ def _batch_by_area(table: dict[int, int], resolutions: list[int]) -> dict[int, i
     return out
 
 
-def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: list[str]) -> None:
+def _follow(before: Mapping[str, Any], after: dict[str, Any], set_keys: set[str], notes: list[str]) -> None:
     """Make the values one layer (a config file over the defaults, or the command-line
     overrides over the file) did not set follow the ones it did, in place in `after`:
 
@@ -206,10 +206,10 @@ def _follow(before: Mapping[str, Any], after: dict, set_keys: set[str], notes: l
     alpha, beta = _get(after, "dbl.alpha"), _get(after, "dbl.beta")
     if {"dbl.alpha", "dbl.beta"} & set_keys or not (_needs_follow(alpha, r1) or _needs_follow(beta, r1)):
         return
-    tables = [_by_resolution(v, old) if _needs_follow(v, r1) else None for v in (alpha, beta)]
-    if all(t is not None and all(r in t for r in r1) for t in tables):
-        _set_dotted(after, "dbl.alpha", {r: tables[0][r] for r in r1})
-        _set_dotted(after, "dbl.beta", {r: tables[1][r] for r in r1})
+    alphas, betas = (_by_resolution(v, old) if _needs_follow(v, r1) else None for v in (alpha, beta))
+    if alphas is not None and betas is not None and all(r in alphas and r in betas for r in r1):
+        _set_dotted(after, "dbl.alpha", {r: alphas[r] for r in r1})
+        _set_dotted(after, "dbl.beta", {r: betas[r] for r in r1})
         return
     _set_dotted(after, "dbl.alpha", None)
     _set_dotted(after, "dbl.beta", None)
@@ -226,9 +226,10 @@ def _deepspeed_optimizer(value: Any) -> tuple[str, float] | None:
         return None
     path = Path(value)
     if not path.is_file():
-        path = find_deepspeed_config(value) if not path.suffix or path.name == value else None
-        if path is None:
+        shipped = find_deepspeed_config(value) if not path.suffix or path.name == value else None
+        if shipped is None:
             return None
+        path = shipped
     try:
         optimizer = json.loads(path.read_text()).get("optimizer")
         lr = optimizer["params"]["lr"]
@@ -239,7 +240,7 @@ def _deepspeed_optimizer(value: Any) -> tuple[str, float] | None:
     return str(optimizer.get("type", "?")), float(lr)
 
 
-def _lr_from_deepspeed(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
+def _lr_from_deepspeed(data: dict[str, Any], set_anywhere: set[str], notes: list[str]) -> None:
     """The LR in the user's DeepSpeed JSON is the run's `schedule.lr` unless the user set
     `schedule.lr` (then the engine's check says which won): a value the user chose is never
     replaced by the embedded job's default."""
@@ -284,7 +285,7 @@ def _inherited_recipe(data: Mapping[str, Any], set_anywhere: set[str]) -> str:
             f"arguments measures one for yours (--write FILE puts it into your config)")
 
 
-def _own_model_and_data(data: dict, set_anywhere: set[str], notes: list[str]) -> None:
+def _own_model_and_data(data: dict[str, Any], set_anywhere: set[str], notes: list[str]) -> None:
     """A user's own model or data does not inherit what only the embedded digits job means
     (in place in `data`, one note each), where the user set none of it:
 

@@ -264,7 +264,7 @@ def config_keys(cls: type | None = None, prefix: str = "", defaults: Any = None)
             keys.extend(config_keys(tp, f"{prefix}{f.name}.", value))
             continue
         limits = _limits(f.metadata)
+        section = dataclasses.is_dataclass(value) and not isinstance(value, type)  # a section's value, not its class
         keys.append(ConfigKey(prefix + f.name, _describe(tp) + (f" ({limits})" if limits else ""),
-                              dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value,
-                              f.metadata.get("help", "")))
+                              dataclasses.asdict(value) if section else value, f.metadata.get("help", "")))
     return keys
