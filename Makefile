@@ -2,14 +2,14 @@
 PYTHON ?= python3
 RUST_SOURCES := $(shell find rust_ps -name '*.rs' -o -name Cargo.toml) Cargo.toml pyproject.toml
 
-.PHONY: install test test-quick test-rust check-windows test-python test-slow bench clean
+.PHONY: install test test-quick test-rust check-windows typecheck test-python test-slow bench clean
 
 # Installs the package in editable mode (builds the Rust extension with maturin).
 # The stamp file makes repeated `make test` runs skip the rebuild when nothing changed; and
 # right after the README's `pip install -e ".[dev]"` (no stamp yet) an extension newer than
 # every Rust source, with the test tools importable, is taken as built: only the stamp is made.
 .installed: $(RUST_SOURCES)
-	@if $(PYTHON) -c "import dbl_ps._rust_ps, pytest, pytest_timeout, hypothesis" 2>/dev/null && [ -f dbl_ps/_rust_ps.abi3.so ] \
+	@if $(PYTHON) -c "import dbl_ps._rust_ps, pytest, pytest_timeout, hypothesis, mypy" 2>/dev/null && [ -f dbl_ps/_rust_ps.abi3.so ] \
 	    && [ -z "$$(find $(RUST_SOURCES) -newer dbl_ps/_rust_ps.abi3.so)" ]; then \
 	  echo "dbl_ps/_rust_ps.abi3.so is newer than every Rust source: installed, nothing to build"; \
 	else \
@@ -32,7 +32,12 @@ test-rust: check-windows
 check-windows:
 	RUSTFLAGS="--cfg dblps_check_windows -D warnings" CARGO_TARGET_DIR=target/wincheck cargo check -p rust_ps --features python
 
-test-python: .installed
+# Strict type check of the modules [tool.mypy] lists in pyproject.toml (the config, the planner,
+# the schedule, the noise scale, the registries).
+typecheck: .installed
+	$(PYTHON) -m mypy
+
+test-python: .installed typecheck
 	# the layers of docs/ARCHITECTURE.md: imports point one way (contracts in pyproject.toml)
 	lint-imports
 	$(PYTHON) -m pytest -q
@@ -45,9 +50,9 @@ test-slow: .installed
 # multi-process runs: about 2 minutes on a busy 2-core machine (README, "Set up").
 QUICK_TESTS := tests/test_config.py tests/test_configs_command.py tests/test_schedule.py tests/test_planner.py \
 	tests/test_report.py tests/test_imports.py tests/test_api.py tests/test_store.py tests/test_lr_find.py
-test-quick:
+test-quick: typecheck
 	lint-imports
 	$(PYTHON) -m pytest -q $(QUICK_TESTS)
 
 clean:
-	rm -rf target .installed
+	rm -rf target .installed .mypy_cache

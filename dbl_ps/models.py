@@ -1,6 +1,7 @@
 """The classifiers a run trains: built-in names or any model by import path.
 
-Built-in names (``MODEL_NAMES``):
+Built-in names (``MODEL_NAMES``, sorted from ``dbl_ps.config.MODELS``, the one list that the config
+checks ``model.name`` against):
 
 * ``resnet18_cifar``    torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)
 * ``resnet18_imagenet`` torchvision's ResNet-18 (7x7 stride-2 stem + max-pool)
@@ -41,12 +42,15 @@ from torchvision import models as tv
 from torchvision.models.resnet import BasicBlock as TvBasicBlock
 from torchvision.models.resnet import Bottleneck as TvBottleneck
 
+from dbl_ps.config import MODELS
 from dbl_ps.imports import import_callable, is_import_path
 
 __all__ = ["MODEL_NAMES", "AUTOCAST_DTYPES", "ModelError", "build_model", "check_model_output", "set_dropout",
            "residual_block_classes", "first_conv"]
 
-MODEL_NAMES = ("resnet18_cifar", "resnet18_imagenet", "resnet50_imagenet", "small_resnet")
+# The built-in names, sorted; the list itself is the config's (torch-free, so a config is checked
+# before torch is imported).
+MODEL_NAMES = tuple(sorted(MODELS))
 # The autocast dtype of each `precision` option (None: plain fp32). One table for the
 # engine's steps and the calibration's timed steps, so a plan is made from the step the
 # workers take.

@@ -98,7 +98,7 @@ class ScheduleSpec:
             raise ValueError(f"resolutions={list(self.resolutions)} must be listed once each, low to high")
         n = len(self.resolutions)
 
-        def per_resolution(name: str, value: Any) -> tuple:
+        def per_resolution(name: str, value: Any) -> tuple[Any, ...]:
             values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
             if len(values) == 1:
                 return values * n
@@ -123,10 +123,16 @@ class ScheduleSpec:
                 if isinstance(b, bool) or not isinstance(b, int) or b < 1:
                     raise ValueError(f"{name} entry {b!r} must be a positive integer")
             object.__setattr__(self, name, values)
-        if self.batch_small is not None and any(s > l for s, l in zip(self.batch_small, self.batch_large)):
-            raise ValueError(
-                f"batch_small={list(self.batch_small)} must not exceed batch_large={list(self.batch_large)}"
-            )
+        small, large = self.batch_small, self.batch_large  # one entry per resolution from here on
+        if isinstance(small, tuple) and isinstance(large, tuple) and any(s > l for s, l in zip(small, large)):
+            raise ValueError(f"batch_small={list(small)} must not exceed batch_large={list(large)}")
+
+    def _values_at(self, k: int) -> tuple[float, int, int | None]:
+        """(dropout, B_L, b_S or None) at resolution index `k` (``__post_init__`` made every
+        per-resolution value one entry per resolution)."""
+        dropouts, large, small = self.dropouts, self.batch_large, self.batch_small
+        assert isinstance(dropouts, tuple) and isinstance(large, tuple) and not isinstance(small, int)
+        return dropouts[k], large[k], None if small is None else small[k]
 
     @property
     def method(self) -> str:
@@ -226,6 +232,7 @@ def phases(spec: ScheduleSpec) -> list[Phase]:
     ends = [s for s, _, _ in starts[1:]] + [float(spec.epochs)]
     out = []
     for (start, stage, k), end in zip(starts, ends):
+        dropout, batch_large, batch_small = spec._values_at(k)
         out.append(
             Phase(
                 start=start,
@@ -235,9 +242,9 @@ def phases(spec: ScheduleSpec) -> list[Phase]:
                 resolution=spec.resolutions[k],
                 lr=lr_at(start, spec) if spec.swa_start is not None and start >= spec.swa_start
                 else spec.base_lr * spec.gamma**stage,
-                dropout=spec.dropouts[k],
-                batch_large=spec.batch_large[k],
-                batch_small=None if spec.batch_small is None else spec.batch_small[k],
+                dropout=dropout,
+                batch_large=batch_large,
+                batch_small=batch_small,
             )
         )
     return out
@@ -272,6 +279,7 @@ def schedule_at(epoch: float, spec: ScheduleSpec) -> SchedulePoint:
     starts = _phase_starts(spec)
     i = bisect.bisect_right([s for s, _, _ in starts], epoch) - 1
     _, stage, k = starts[i]
+    dropout, batch_large, batch_small = spec._values_at(k)
     return SchedulePoint(
         epoch=float(epoch),
         lr=lr_at(epoch, spec),
@@ -279,9 +287,9 @@ def schedule_at(epoch: float, spec: ScheduleSpec) -> SchedulePoint:
         resolution=spec.resolutions[k],
         resolution_index=k,
         phase=i,
-        dropout=spec.dropouts[k],
-        batch_large=spec.batch_large[k],
-        batch_small=None if spec.batch_small is None else spec.batch_small[k],
+        dropout=dropout,
+        batch_large=batch_large,
+        batch_small=batch_small,
     )
 
 
@@ -327,7 +335,7 @@ def _preset(
         k = resolutions.index(full_resolution)
         resolutions, dropouts = (full_resolution,), (dropouts[k],)
     batch_large = tuple(PAPER_BATCH_LARGE[dataset][r] for r in resolutions)
-    batch_small = None
+    batch_small: tuple[int, ...] | None = None
     if method in ("dbsl", "hybrid"):
         plan = make_plan(
             {r: PAPER_TIME_MODELS[dataset][r] for r in resolutions},
@@ -337,7 +345,8 @@ def _preset(
             tau,
             dataset_size,
         )
-        batch_small = tuple(plan[r].batch_small for r in resolutions)
+        # n_S = 0 plans no small batch: the schedule then has none
+        batch_small = tuple(b for b in (plan[r].batch_small for r in resolutions) if b is not None) or None
     return ScheduleSpec(
         epochs=epochs,
         base_lr=0.2,

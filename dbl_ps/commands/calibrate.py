@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from dbl_ps.commands._arguments import int_list, json_object
+from dbl_ps.config import MODELS
 
 R2_WARNING = 0.95
 
@@ -17,8 +18,8 @@ R2_WARNING = 0.95
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="small_resnet",
-                        help="small_resnet, resnet18_cifar, resnet18_imagenet, resnet50_imagenet or an import path "
-                             "'package.module:callable' as in model.name (default %(default)s)")
+                        help=f"{', '.join(MODELS)} or an import path 'package.module:callable' as in model.name "
+                             "(default %(default)s)")
     parser.add_argument("--model-kwargs", type=json_object, default={}, metavar="JSON",
                         help="keyword arguments for a model by import path, e.g. '{\"model_name\": \"resnet50\"}'")
     parser.add_argument("--cifar-stem", action="store_true", help="the 3x3 stem without max-pool (model.cifar_stem)")

@@ -76,6 +76,7 @@ class ResolutionPlan:
         return dual_batch_regime(self)
 
     def to_dict(self) -> dict[str, Any]:
+        regime = self.regime()  # None without small workers
         return {
             "resolution": self.resolution,
             "workers": self.workers,
@@ -96,7 +97,7 @@ class ResolutionPlan:
             "batch_small_request": self.batch_small_request,
             "small_batch_source": self.small_batch_source if self.small else None,
             "small_fraction": self.small_fraction,
-            "regime": self.regime().to_dict() if self.small else None,
+            "regime": regime.to_dict() if regime is not None else None,
             "global_batch": self.global_batch,
             "micro_batches": list(self.micro_batches) if self.micro_batches else None,
             "memory_caps": list(self.memory_caps) if self.memory_caps else None,
@@ -308,7 +309,8 @@ def plan_resolution(
         b_small = chosen
     else:
         b_small = min(max(round(b_small_exact), min_small_batch), min(batch_large[:small]))
-    batches = [b_small] * small + list(batch_large[small:])
+    # b_small is None only without small workers (n_S = 0)
+    batches = ([] if b_small is None else [b_small] * small) + list(batch_large[small:])
 
     def weights(values: Sequence[float]) -> list[float]:
         ref_values = values[small:] if small < workers else values

@@ -85,7 +85,10 @@ def replan_any(plan: Plan, factors: Sequence[float]) -> Plan:
         return replan(plan, factors)
     if len(factors) != plan.workers:
         raise ValueError(f"{len(factors)} speed factors for a plan of {plan.workers} ranks")
-    plans = {r: plan_mixed_resolution(scaled_models(rp.time_models, factors), rp.global_batch, rp.dataset_size,
-                                      caps=rp.memory_caps, resolution=r)
-             for r, rp in plan.resolutions.items()}
+    plans = {}
+    for r, rp in plan.resolutions.items():
+        if rp.global_batch is None:  # a mixed-batch plan has one at every resolution
+            raise ValueError(f"resolution {r} of a mixed-batch plan has no global batch")
+        plans[r] = plan_mixed_resolution(scaled_models(rp.time_models, factors), rp.global_batch, rp.dataset_size,
+                                         caps=rp.memory_caps, resolution=r)
     return Plan(workers=plan.workers, small=0, tau=1.0, dataset_size=plan.dataset_size, resolutions=plans)
