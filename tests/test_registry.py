@@ -162,7 +162,7 @@ def test_every_built_in_resolves():
     assert set(DATA_SOURCES.names()) == {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder",
                                          "synthetic", "shards", "factory"}
     assert TRACKERS.names() == ["wandb", "tensorboard", "csv"]
-    assert SYNCHRONIZERS.names() == ["store", "collective"]
+    assert SYNCHRONIZERS.names() == ["store", "collective", "mixed_batch"]
     for name in SYNCHRONIZERS.names():  # each with the coordinator the run driver holds in its mode
         from dbl_ps.imports import import_callable
         assert callable(import_callable(SYNCHRONIZERS.traits(name)["coordinator"]))
