@@ -14,6 +14,13 @@ torch or an optional extra. A plugin may also register an object directly:
     @DATA_SOURCES.register("my_source", path="the folder holding my files")
     def load_my_source(data_cfg, image_size): ...
 
+A user's module that registers plugins by name is named in the environment variable
+`DBL_PS_PLUGINS` (module names, separated by commas): a lookup of a name no registry
+holds imports those modules, then looks again. The variable reaches every process of a
+run (spawned workers, torchrun's ranks), each registering the same names before its
+config is checked, so `DBL_PS_PLUGINS=my_pkg.sync dbl-ps train sync=my_kind` works in
+every mode. A registered name is found without importing anything.
+
 Traits are plain data a launcher or the config reads without importing the plugin
 (e.g. whether an engine runs in a store-mode worker process). Each registry declares
 its traits and their defaults; an import path gets the defaults, a registration may
@@ -24,12 +31,34 @@ This module is the core layer: standard library and `dbl_ps.imports` only.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from dbl_ps.imports import ImportPathError, import_callable, is_import_path, split_import_path
+from dbl_ps.imports import ImportPathError, import_callable, import_modules, is_import_path, split_import_path
 
-__all__ = ["Registry", "Entry", "UnknownPluginError", "ENGINES", "DATA_SOURCES", "TRACKERS", "SYNCHRONIZERS"]
+__all__ = ["Registry", "Entry", "UnknownPluginError", "ENGINES", "DATA_SOURCES", "TRACKERS", "SYNCHRONIZERS",
+           "PLUGINS_ENV", "import_plugin_modules"]
+
+# The environment variable naming users' modules that register plugins (see the module docstring).
+PLUGINS_ENV = "DBL_PS_PLUGINS"
+
+
+def import_plugin_modules() -> list[str]:
+    """Import the modules `DBL_PS_PLUGINS` names (already imported ones cost nothing; the current
+    directory is searched too, as for `imports`); returns one line per module that did not
+    import, which the lookup's error then shows."""
+    failed = []
+    for module in (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",")):
+        if not module:
+            continue
+        try:
+            import_modules([module], PLUGINS_ENV)
+        except ImportPathError as exc:
+            failed.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 (a user's module raised while importing: its error, named)
+            failed.append(f"{PLUGINS_ENV} module {module!r} raised {type(exc).__name__}: {exc}")
+    return failed
 
 
 class UnknownPluginError(ValueError):
@@ -60,6 +89,7 @@ class Registry:
         # name -> [target, traits]; target is the object or a "module:attr" string not yet
         # imported (replaced by the object on first `get`).
         self._entries: dict[str, list[Any]] = {}
+        self._plugin_errors: list[str] = []  # DBL_PS_PLUGINS modules that did not import at the last miss
 
     # -- registering
 
@@ -103,16 +133,23 @@ class Registry:
     def allowed(self) -> str:
         """What a value may be, for error messages."""
         names = ", ".join(repr(n) for n in self._entries)
-        return f"one of {names} or an import path 'package.module:callable' naming {self.interface}"
+        failed = "".join(f"; {line}" for line in self._plugin_errors)
+        return (f"one of {names} (or a name registered by a module in {PLUGINS_ENV}) or an import path "
+                f"'package.module:callable' naming {self.interface}{failed}")
 
     def _unknown(self, value: Any) -> UnknownPluginError:
         return UnknownPluginError(f"{self.key}={value!r} is not a registered {self.kind}: expected {self.allowed()}")
 
     def traits(self, value: str) -> dict[str, Any]:
         """The traits of a registered name, or the defaults for a well-formed import path;
-        `UnknownPluginError` otherwise. Imports nothing."""
+        `UnknownPluginError` otherwise. Imports nothing, but the `DBL_PS_PLUGINS` modules for a
+        name no registry holds."""
         if isinstance(value, str) and value in self._entries:
             return dict(self._entries[value][1])
+        if isinstance(value, str) and value and not is_import_path(value):
+            self._plugin_errors = import_plugin_modules()  # a user's module may register it
+            if value in self._entries:
+                return dict(self._entries[value][1])
         if isinstance(value, str) and is_import_path(value):
             try:
                 split_import_path(value, self.key)

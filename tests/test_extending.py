@@ -1,0 +1,99 @@
+"""Extending dbl-ps from a user's own module (docs/ARCHITECTURE.md, "Extending dbl-ps"): each
+test is one recipe. The plugins live outside dbl_ps, in `tests/user_plugins/counting.py` (a
+package on sys.path, as a user's project on PYTHONPATH), registered by name and found through
+`DBL_PS_PLUGINS` in every process that looks the name up.
+
+The third recipe, a callback, is done exactly by
+`tests/test_callbacks.py::test_a_callback_by_import_path_runs_on_the_main_process_in_every_mode`
+(by import path, in `dbl-ps train` on one machine and under torchrun) and the in-process tests
+beside it (objects handed to the driver, as `Trainer(callbacks=)` does); not repeated here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dbl_ps.commands.train import train_run
+from dbl_ps.config import load_config
+from dbl_ps.metrics import read_metrics
+from dbl_ps.registry import ENGINES, PLUGINS_ENV, SYNCHRONIZERS
+from test_driver_inprocess import drive
+
+# A short run: 1 epoch, 2 workers (1 small, 1 large), a given time model (nothing measured), a
+# few hundred digits at one resolution, a tiny model (tests/tiny_net.py).
+SHORT = ["schedule.epochs=1", "schedule.milestones=[]", "schedule.warmup_epochs=0", "dbl.workers=2", "dbl.small=1",
+         "dbl.alpha=[0.003]", "dbl.beta=[0.0002]", "threads_per_worker=1", "data.train_limit=400",
+         "data.test_limit=100", "data.eval_batch_size=1024", "schedule.resolutions=[12]", "dbl.batch_large=[32]",
+         "model.dropout=[0.0]", "eval.bn_samples=64", "model.name=tiny_net:build"]
+
+
+@pytest.fixture
+def user_plugins(tmp_path, monkeypatch):
+    """`DBL_PS_PLUGINS=user_plugins.counting` and the folder its counts go to; afterwards the
+    names it registered are taken out again (the registries are global)."""
+    monkeypatch.setenv(PLUGINS_ENV, "user_plugins.counting")
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    monkeypatch.setenv("COUNTING_DIR", str(counts))
+    yield counts
+    for registry, name in ((SYNCHRONIZERS, "counting_store"), (ENGINES, "counting_torch")):
+        registry._entries.pop(name, None)
+    sys.modules.pop("user_plugins.counting", None)
+
+
+def _counts(folder: Path, what: str) -> dict[int, int]:
+    return {int(p.name.rpartition("worker")[2]): int(p.read_text()) for p in folder.glob(f"{what}-worker*")}
+
+
+def test_a_users_sync_kind_registered_by_name_runs_and_is_recorded(user_plugins, tmp_path):
+    """Recipe "add a sync kind": `sync=counting_store`, a synchronizer factory wrapping the store's
+    client and registered with its traits and the store's coordinator from the user's module.
+    A real store-mode `dbl-ps train` (train_run: the launcher in this process, two spawned
+    worker processes, each registering the name from DBL_PS_PLUGINS when its config is checked).
+    Every worker's merges are counted, one per sync the run reports; plan.json and summary.json
+    name the kind, with the mode and rule its traits made the defaults."""
+    assert "counting_store" not in SYNCHRONIZERS  # nothing registered until a lookup misses
+    cfg = load_config(None, [*SHORT, "sync=counting_store"])  # the miss imports DBL_PS_PLUGINS here
+    assert "user_plugins.counting" in sys.modules and SYNCHRONIZERS.traits("counting_store")["coordinator"]
+    run = tmp_path / "run"
+    assert train_run(cfg, run_dir=str(run), progress=False) == 0
+    (record,) = [r for r in read_metrics(run) if "workers" in r]
+    syncs = {w["worker"]: w["syncs"] for w in record["workers"]}
+    assert _counts(user_plugins, "merges") == syncs and all(n > 0 for n in syncs.values())
+    want = {"kind": "counting_store", "mode": "asp", "rule": "blend", "period": "mini_epoch", "staleness": 0}
+    assert json.loads((run / "plan.json").read_text())["sync"] == want
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sync"] == want and summary["status"] == "finished"
+
+
+def test_a_users_engine_registered_by_name_trains_every_step(user_plugins, tmp_path):
+    """Recipe "add an engine": `engine=counting_torch`, a TorchEngine subclass registered in
+    ENGINES from the user's module, is the engine every worker's loop trains with, for every step
+    the run reports. In one process (tests/test_driver_inprocess.py: the run driver, the workers'
+    real loops in turn), so it takes seconds; the engine is built by the same `build_worker_loop`
+    as in a spawned worker or a torchrun rank. (By import path, `engine=pkg.mod:MyEngine`, in a
+    store-mode run: tests/test_registry.py::test_dbl_ps_train_runs_a_users_engine_source_and_tracker.)"""
+    _, coordinator, summary = drive(tmp_path / "run", "schedule.epochs=2", "schedule.milestones=[]", "engine=counting_torch")
+    assert summary["status"] == "finished" and summary["epochs"] == 2
+    engines = [loop.engine for loop in coordinator.loops]
+    assert [type(e).__name__ for e in engines] == ["CountingEngine", "CountingEngine"]
+    records = [r for r in read_metrics(tmp_path / "run") if "workers" in r]
+    steps = {w: sum(r["workers"][w]["steps"] for r in records) for w in (0, 1)}
+    assert {w: e.steps for w, e in enumerate(engines)} == steps and all(n > 0 for n in steps.values())
+    assert _counts(user_plugins, "steps") == steps  # save_worker_state after each epoch wrote them
+
+
+def test_a_plugin_module_that_does_not_import_is_named_in_the_config_error(monkeypatch):
+    """`DBL_PS_PLUGINS` naming a module that is not there: the name it was to register is one
+    config error saying so, not a traceback; a registered name never tries it."""
+    from dbl_ps.config import ConfigError
+
+    monkeypatch.setenv(PLUGINS_ENV, "no_such_plugin_module_xyz")
+    with pytest.raises(ConfigError, match=r"config key 'sync': got 'counting_store'.*DBL_PS_PLUGINS\[0\]="
+                                          r"'no_such_plugin_module_xyz': module 'no_such_plugin_module_xyz' does not "
+                                          r"import"):
+        load_config(None, ["sync=counting_store"])
+    assert load_config(None, ["sync=store"]).sync == "store"
