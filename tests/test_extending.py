@@ -97,3 +97,14 @@ def test_a_plugin_module_that_does_not_import_is_named_in_the_config_error(monke
                                           r"import"):
         load_config(None, ["sync=counting_store"])
     assert load_config(None, ["sync=store"]).sync == "store"
+
+
+def test_a_sync_kind_by_import_path_is_refused_naming_the_registration_it_needs() -> None:
+    """A sync kind needs its coordinator, which only a registration carries: an import path is
+    one config error pointing at the recipe, before any work."""
+    from dbl_ps.config import ConfigError, resolve_sync
+
+    cfg = load_config(None, ["sync=user_plugins.counting:counting_store"])
+    with pytest.raises(ConfigError, match=r"config key 'sync': got 'user_plugins.counting:counting_store', expected "
+                                          r"a registered name .*DBL_PS_PLUGINS"):
+        resolve_sync(cfg, launched=False)

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from dbl_ps.config.fields import _bad, _names, _plugin_traits
 from dbl_ps.config.run_config import RunConfig
 from dbl_ps.config.sections import MixedBatchConfig, StoreConfig, rule_fits
+from dbl_ps.imports import is_import_path
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.schedule import ScheduleSpec, epochs_at_each_resolution
 
@@ -37,6 +38,10 @@ def resolve_sync(cfg: RunConfig, *, launched: bool) -> RunConfig:
     kind = cfg.sync
     if kind == "auto":
         kind = next(n for n in SYNCHRONIZERS.names() if SYNCHRONIZERS.traits(n)["launched"] == launched)
+    if is_import_path(kind):  # a sync kind comes with its coordinator: only a registration names both
+        raise _bad("sync", kind, f"a registered name ({_names(['auto', *SYNCHRONIZERS.names()])}), or a name your "
+                   f"module registers with SYNCHRONIZERS.register(..., coordinator=...) and names in "
+                   f"DBL_PS_PLUGINS (docs/ARCHITECTURE.md, 'Extending dbl-ps')")
     traits = _plugin_traits(SYNCHRONIZERS, "sync", kind)
     what = f"sync {kind!r}: {traits['what']}" if traits["what"] else f"sync {kind!r}"
     if traits["launched"] != launched:
