@@ -347,6 +347,7 @@ def test_imagefolder_is_streamed_from_disk_not_decoded_into_memory(tmp_path):
         list(eval_batches(ds.train, build_transform(cfg, ds), 12, 16))
 
 
+@pytest.mark.slow
 def test_random_resized_crop_and_randaugment_per_sample_are_seeded(tmp_path):
     write_tree(tmp_path / "tree")
     cfg = DataConfig(source="imagefolder", path=str(tmp_path / "tree"), random_resized_crop=True, randaugment=True)

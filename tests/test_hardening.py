@@ -280,7 +280,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 MEASURED = ["dbl.workers=2", "schedule.epochs=2", "schedule.milestones=[1]", "data.train_limit=300"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
 def test_sigterm_or_sighup_while_a_run_starts_is_one_line_and_leaves_a_directory_that_starts_again(tmp_path, sig):
     """`timeout`, `docker stop`, a pre-emption or a closed SSH session during the data loading
     or the time-model measurement killed the launcher without a word and left only run.lock;
@@ -402,7 +402,7 @@ def test_a_second_ctrl_c_while_stopping_marks_the_checkpoint_interrupted(tmp_pat
 # --------------------------------------------------------------------------- a frozen store-mode worker
 
 
-@pytest.mark.parametrize("mode", ["bsp", "asp"])
+@pytest.mark.parametrize("mode", ["bsp", pytest.param("asp", marks=pytest.mark.slow)])
 def test_a_frozen_store_mode_worker_is_named_within_the_worker_timeout_and_the_checkpoint_is_kept(tmp_path, mode):
     """`kill -STOP` of one worker after two epochs: 150 s later nothing had been said (under a
     launcher `launch.sync_timeout` names the rank; the store mode had no equivalent)."""

@@ -153,7 +153,7 @@ REGISTRY_LAZY = textwrap.dedent("""
     for overrides in (["engine=deepspeed", "data.source=synthetic", "tracking.trackers=[tensorboard, csv]"],
                       ["engine=fsdp", "sync=collective"], ["sync=mixed_batch", "dbl.small=0"],
                       ["sync=store", "store.mode=bsp", "data.source=shards", "data.path=/nonexistent"],
-                      ["engine=my_pkg.engines:Mine", "sync=my_pkg.sync:kind", "callbacks=[my_pkg.cb:Log]"]):
+                      ["engine=my_pkg.engines:Mine", "callbacks=[my_pkg.cb:Log]"]):
         cfg = load_config(None, overrides)
         sync_record(resolve_sync(cfg, launched=SYNCHRONIZERS.traits(cfg.sync if cfg.sync != "auto" else "store")["launched"]))
     print(json.dumps({"targets": sorted(targets), "imported": sorted(t for t in targets if t in sys.modules),

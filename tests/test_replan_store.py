@@ -137,6 +137,7 @@ def test_without_replan_the_plan_stays(tmp_path, monkeypatch):
     assert all([w["samples"] for w in r["workers"]] == [200, 200] for r in epochs)
 
 
+@pytest.mark.slow
 def test_ranks_under_torchrun_replan_together(tmp_path):
     """The collective mode (every rank a worker, torchrun): every rank decides from the same
     gathered reports, so both switch to the same new plan after epoch 1 (no hang, the shares
