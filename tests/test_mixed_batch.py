@@ -66,7 +66,6 @@ RUN = ["sync=mixed_batch", "dbl.small=0", "dbl.workers=2", "schedule.epochs=3", 
        "mixed.global_batch={12: 160, 16: 96}"]
 
 
-@pytest.mark.slow
 def test_dbl_ps_train_runs_mixed_batch_under_torchrun_and_resumes_to_the_same_weights(tmp_path):
     """The CLI's mixed-batch run: the plan names the split (equal time models here: equal
     halves of the global batch), every rank takes the same steps, plan.json and summary.json
