@@ -4,7 +4,7 @@ Every run is `examples/mixed_batch_ddp.py` under torchrun (a user's DDP script; 
 dbl-ps adds are marked there), with the same global batch, LR, epochs and seed:
 
 * rank 1 at half speed (`--slow-rank 1`: it times its own bare steps first, then sleeps that
-  long again after each step, so its time model sees it): stock DDP with equal batches (`--mode ddp`) against the planned
+  long again in each step before its backward, so its time model sees it): stock DDP with equal batches (`--mode ddp`) against the planned
   batches (`--mode mixed`), 2 seeds each, alternating: the mean epoch time (epochs after the
   first) and the final test accuracy;
 * equal ranks (no slowdown; the mixed mode given one time model for both, so the batches are

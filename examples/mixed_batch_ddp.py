@@ -13,7 +13,7 @@ as if one process had trained it. The lines dbl-ps adds are marked `# dbl-ps`.
 
 `--slow-rank R` makes rank R a slower device: it first times its own steps (the bare model,
 no communication), then sleeps `--slow-factor` x that step time (alpha + beta x its batch)
-after each step (1.0: half speed), from its first step on, so its own time model measures it. `--mode average` trains the same equal batches with every rank's
+in each step before its backward pass (1.0: half speed), from its first step on, so its own time model measures it. `--mode average` trains the same equal batches with every rank's
 model averaged after every step instead (dbl-ps's ModelAverager, `sync_every=1`: the
 `ddp-like` model averaging of DBSL), for the benchmark's comparison. benchmarks/mixed_batch.py
 runs the three against each other.
@@ -63,15 +63,17 @@ def main() -> None:
     record = Record(args.out, rank)
     x, y = train_set.tensors
     sizes = [16, 32, 64, args.global_batch // world]
-    slowdown = None  # the slow rank's own step time model: it sleeps slow_factor x that after each step
+    slowdown = None  # the slow rank's own step time model: it sleeps slow_factor x that in each step
 
     def train_step(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(net(images.to(device)), labels.to(device))
         optimizer.zero_grad(set_to_none=True)
+        if slowdown is not None:  # a slower device: its own work takes (1 + slow_factor) x as long,
+            # before its gradients are ready for the all-reduce, as a slow GPU's compute is (a delay
+            # after the step would overlap the other rank's compute and hide what the split buys)
+            time.sleep(args.slow_factor * slowdown.step_seconds(len(labels)))
         loss.backward()
         optimizer.step()
-        if slowdown is not None:  # a slower device: its own work takes (1 + slow_factor) x as long
-            time.sleep(args.slow_factor * slowdown.step_seconds(len(labels)))
         return loss.detach()
 
     # Timing steps moves the weights: the model and optimizer are put back afterwards.
