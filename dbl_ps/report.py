@@ -279,26 +279,30 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
-    """Write the four PNGs of `PLOTS` into `out_dir`; one colour per label, each run a
-    faint line and, for labels with several runs (seeds), their mean a bold one."""
-    # Figure + FigureCanvasAgg draw with the Agg backend without touching pyplot's
-    # global backend, so this works headless and inside notebooks alike.
+def _figure(height: float = 4.4) -> tuple[Any, Any, Any]:
+    """A figure drawn with the Agg backend (Figure + FigureCanvasAgg, without touching pyplot's
+    global backend, so it works headless and inside notebooks alike), its one axes, and the
+    label colours."""
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(6.4, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(), matplotlib.colormaps["tab10"]
+
+
+def plot_runs(runs: Sequence[RunData], out_dir: str | Path) -> list[Path]:
+    """Write the four PNGs of `PLOTS` into `out_dir`; one colour per label, each run a
+    faint line and, for labels with several runs (seeds), their mean a bold one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = _group(runs)
-    colours = matplotlib.colormaps["tab10"]
     max_time = max((r.total_time or 0.0 for r in runs), default=0.0)
     scale, unit = _time_unit(max_time)
     written = []
     for filename, (y_key, x_key) in PLOTS.items():
-        fig = Figure(figsize=(6.4, 4.4), dpi=100)
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+        fig, ax, colours = _figure()
         x_scale = scale if x_key == WALL_TIME else 1.0
         shift = 1 if x_key == EPOCH else 0  # epochs as users count them: 1 = the end of the first
         for g, (label, members) in enumerate(groups.items()):
@@ -340,18 +344,11 @@ def plot_generalisation_gap(runs: Sequence[RunData], path: str | Path) -> Path |
     accuracy (solid) against the epoch, the mean over each label's runs: where the dashed line
     runs far above the solid one the model overfits, the regime where DBSL can act as a
     regulariser. None (nothing drawn) when no run records a training accuracy."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    import matplotlib
-
     groups = {label: members for label, members in _group(runs).items()
               if all(any(isinstance(r.get("train_acc"), (int, float)) for r in m.evals) for m in members)}
     if not groups:
         return None
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colours = matplotlib.colormaps["tab10"]
+    fig, ax, colours = _figure()
     for g, (label, members) in enumerate(groups.items()):
         for key, style, name in (("train_acc", "--", "train"), (TEST_ACC, "-", "test")):
             xs, ys = mean_curve(members, key, EPOCH)
@@ -373,18 +370,11 @@ def plot_noise_scale(runs: Sequence[RunData], path: str | Path) -> Path | None:
     runs that resolved it (log scale), with each label's largest batch dashed in its colour: where the dashed line
     runs above the solid one, the run trains in the large-batch regime. None (nothing drawn)
     when no run measured one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    import matplotlib
-
     groups = {label: members for label, members in _group(runs).items()
               if all(any(isinstance(r.get("b_noise"), (int, float)) for r in m.records) for m in members)}
     if not groups:
         return None
-    fig = Figure(figsize=(6.4, 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colours = matplotlib.colormaps["tab10"]
+    fig, ax, colours = _figure()
     for g, (label, members) in enumerate(groups.items()):
         per_epoch: dict[float, list[float]] = {}
         for run in members:
