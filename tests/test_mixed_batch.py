@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,16 @@ def test_settings_mixed_batch_cannot_honour_are_refused_at_load(tmp_path):
                      "step trains one global batch split over the ranks by their speed; gradients are merged in every "
                      "step, weighted by each rank's share of the batch (DBSL's small workers do not apply); add "
                      "dbl.small=0"}, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("override, key", [("store.post_local_every=4", "store.post_local_every"),
+                                           ("store.sync_every=2", "store.sync_every"),
+                                           ("divergence=skip", "divergence")])
+def test_sync_periods_and_skips_are_refused_with_mixed_batch_in_one_line(override, key):
+    """Every step merges gradients: a sync period (post-local SGD's included) or leaving a rank's
+    update out cannot be honoured, and the config says so before any work (no launch needed)."""
+    from dbl_ps.config import ConfigError, load_config, resolve_sync
+
+    cfg = load_config(None, ["sync=mixed_batch", "dbl.small=0", "dbl.workers=2", override])
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': .*sync 'mixed_batch'"):
+        resolve_sync(cfg, launched=True)
