@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 __all__ = ["ImportPathError", "import_callable", "import_modules", "is_import_path", "split_import_path"]
 
@@ -70,7 +70,7 @@ def import_callable(path: str, key: str = "import path") -> Callable[..., Any]:
         target = getattr(target, part)
     if not callable(target):
         raise ImportPathError(f"{key}={path!r} is a {type(target).__name__}, not a callable")
-    return target
+    return cast(Callable[..., Any], target)
 
 
 def import_modules(modules: Iterable[str], key: str = "imports") -> None:

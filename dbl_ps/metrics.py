@@ -109,14 +109,14 @@ def strict_dumps(value: Any, **kwargs: Any) -> str:
     return json.dumps(finite_or_null(value), allow_nan=False, default=_to_json, **kwargs)
 
 
-def _metrics_path(path: str | os.PathLike) -> Path:
+def _metrics_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     return path / METRICS_FILE if path.is_dir() else path
 
 
-def _parse_lines(path: Path, text: str) -> tuple[list[dict], str | None]:
+def _parse_lines(path: Path, text: str) -> tuple[list[dict[str, Any]], str | None]:
     """The records of `text`, and its last line if that was torn (not valid JSON), else None."""
-    records = []
+    records: list[dict[str, Any]] = []
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -133,7 +133,7 @@ def _parse_lines(path: Path, text: str) -> tuple[list[dict], str | None]:
     return records, None
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """All records of a metrics file (or of `RUN_DIR/metrics.jsonl`), in order."""
     path = _metrics_path(path)
     if not path.is_file():
@@ -151,7 +151,7 @@ class MetricsWriter:
     so a resumed run never loses a record without saying so.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, resume: bool = False, keep_through: int | None = None,
+    def __init__(self, run_dir: str | os.PathLike[str], *, resume: bool = False, keep_through: int | None = None,
                  step_key: str = EPOCH, fsync: bool = False, warn: Callable[[str], None] | None = None):
         self.path = Path(run_dir) / METRICS_FILE
         self.step_key = step_key
@@ -228,7 +228,7 @@ class CsvWriter:
     the first record, drops its rows of that epoch or later (epochs after the checkpoint the
     run resumes from, trained again)."""
 
-    def __init__(self, run_dir: str | os.PathLike, *, resume: bool = False, step_key: str = EPOCH):
+    def __init__(self, run_dir: str | os.PathLike[str], *, resume: bool = False, step_key: str = EPOCH):
         self.path = Path(run_dir) / CSV_FILE
         self.step_key = step_key
         self.columns: list[str] = [step_key]
@@ -344,11 +344,13 @@ class Isolated:
         # raised again in the caller's thread, the guard stays on.
         self.passthrough = passthrough
         self.off = False
-        self._calls: queue.SimpleQueue | None = None
+        self._calls: queue.SimpleQueue[Any] | None = None
 
     def _serve(self) -> None:
+        calls = self._calls
+        assert calls is not None  # set before the thread starts
         while True:
-            fn, args, kwargs, box, done = self._calls.get()
+            fn, args, kwargs, box, done = calls.get()
             try:
                 box["value"] = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 (user code: whatever it raises stays here)

@@ -171,7 +171,8 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     mean = _mean(values)
     if mean is None:
         return None, None
-    return mean, statistics.stdev(values) if len(values) > 1 else None  # type: ignore[arg-type]
+    known = [v for v in values if v is not None]  # all of them: the mean is not None
+    return mean, statistics.stdev(known) if len(known) > 1 else None
 
 
 def mean_curve(runs: Sequence[RunData], y_key: str, x_key: str) -> tuple[list[float], list[float]]:

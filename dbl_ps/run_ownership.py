@@ -213,7 +213,7 @@ class RunLock:
     temporary name and linked into place (atomic; fails when it exists), and a stale one is
     named for the user to remove."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike[str]):
         self.path = Path(run_dir) / LOCK_FILE
         self.held = False
         self._fd: int | None = None
