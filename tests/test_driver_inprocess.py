@@ -19,7 +19,7 @@ from dbl_ps.runtime.driver import RunDriver
 from dbl_ps.runtime.hooks import SlowWorker
 from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
 from dbl_ps.training.averaging import averaged_tensors
-from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
+from dbl_ps.training.coordinator import GlobalEpoch, OneProcess
 from dbl_ps.training.events import Callback, StopTraining
 from dbl_ps.training.rundir import RunDirectory
 from dbl_ps.training.sync import Synchronizer, SyncResult
@@ -45,7 +45,7 @@ class KeepLocal(Synchronizer):
         return SyncResult(version=0, wait_seconds=0.0, sync_seconds=0.0)
 
 
-class InProcess(Coordinator):
+class InProcess(OneProcess):
     """Every worker's loop in this process, one after the other; after each epoch the global
     model is the share-weighted mean of the workers' (bsp with mini-epoch syncs)."""
 
@@ -54,16 +54,6 @@ class InProcess(Coordinator):
         self.worker_callbacks = list(worker_callbacks)
         self.loops: list[Any] = []
         self.events: list[tuple[str, int]] = []
-
-    def share(self, make: Callable[[], Any]) -> Any:
-        return make()
-
-    def all_written(self, write: Callable[[], None] | None) -> None:
-        if write is not None:
-            write()
-
-    def time_models(self, resolve: Callable[[], Any]) -> Any:
-        return resolve()
 
     def start(self, run: Any, start_epoch: int, on_ready: Callable[[], None]) -> None:
         self.run = run

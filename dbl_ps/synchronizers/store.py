@@ -44,7 +44,7 @@ import torch
 
 from dbl_ps.parameter_store import ParameterStore, StoreClient
 from dbl_ps.training.averaging import all_finite
-from dbl_ps.training.coordinator import Coordinator, GlobalEpoch, WorkerProcesses
+from dbl_ps.training.coordinator import GlobalEpoch, OneProcess, WorkerProcesses
 from dbl_ps.training.engine import Engine
 from dbl_ps.training.messages import EpochReport, WorkerReady
 from dbl_ps.training.flat import FlatState
@@ -110,7 +110,7 @@ class StoreServer:
         self.store.close()
 
 
-class StoreCoordinator(Coordinator):
+class StoreCoordinator(OneProcess):
     """The store mode's coordinator: the parameter store's server half (`StoreServer`) around
     the W worker processes the launcher spawns and watches (`processes`). It gates the epochs,
     assembles a global epoch once every worker reported it, reads the global state back from
@@ -124,18 +124,6 @@ class StoreCoordinator(Coordinator):
         self.eval_device = processes.eval_device
         self.server: StoreServer | None = None
         self.last_complete = -1
-
-    # -- what every process agrees on: one process here
-
-    def share(self, make: Callable[[], Any]) -> Any:
-        return make()
-
-    def all_written(self, write: Callable[[], None] | None) -> None:
-        if write is not None:
-            write()
-
-    def time_models(self, resolve: Callable[[], Any]) -> Any:
-        return resolve()  # once, on the first worker's device
 
     # -- the workers and their epochs
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dbl_ps.planner import Plan
     from dbl_ps.training.messages import EpochReport
 
-__all__ = ["Coordinator", "GlobalEpoch", "WorkerProcesses"]
+__all__ = ["Coordinator", "OneProcess", "GlobalEpoch", "WorkerProcesses"]
 
 T = TypeVar("T")
 
@@ -114,6 +114,21 @@ class Coordinator:
     def close(self) -> None:
         """Release what the coordinator holds (shared memory, processes); idempotent."""
         raise NotImplementedError
+
+
+class OneProcess(Coordinator):
+    """A coordinator whose run has one main process (the store mode's launcher, an in-process
+    run): what every process agrees on is simply what this one computes."""
+
+    def share(self, make: Callable[[], T]) -> T:
+        return make()
+
+    def time_models(self, resolve: Callable[[], Any]) -> Any:
+        return resolve()  # once, on the first worker's device
+
+    def all_written(self, write: Callable[[], None] | None) -> None:
+        if write is not None:
+            write()
 
 
 class WorkerProcesses:
