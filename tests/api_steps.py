@@ -60,8 +60,9 @@ def main(mode: str, out: Path) -> None:
         record["error"] = f"{type(exc).__name__}: {exc}"
     record["seconds"] = time.perf_counter() - started
     (out / f"rank{rank}.json").write_text(json.dumps(record))
-    if record["error"] is None:
-        dist.destroy_process_group()
+    # Also after an error: a gloo group left to the interpreter's exit can abort the process
+    # (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#190489).
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
