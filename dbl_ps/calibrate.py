@@ -13,10 +13,10 @@ JSON file that ``dbl-ps plan`` and ``dbl-ps train`` read (``load_calibration``):
      "torch_version": "2.x", "created": "2026-01-01T00:00:00+00:00", "settings": {...}}
 
 The timed step is not written here: the caller passes ``make_step``, which builds the
-run's own training step around the model built here (``dbl_ps.training.engine.
-engine_step_factory``: ``TorchEngine.train_step``, with the run's optimizer, loss,
-precision, memory format and compile), so the time model is that of the step the run
-trains with. This module is core and may not import the training layer.
+run's own training step around the model built here (``dbl_ps.training.time_models.
+run_engine_steps``: the run's engine's step, e.g. ``TorchEngine.train_step`` with the run's
+optimizer, loss, precision, memory format and compile), so the time model is that of the
+step the run trains with. This module is core and may not import the training layer.
 
 Data loading is not timed: the plan balances compute, and the loader is expected to
 keep up (pre-resized shards).
@@ -366,8 +366,8 @@ TrainStep = Callable[[torch.Tensor, torch.Tensor], Any]
 class StepFactory(Protocol):
     """Builds the training step ``calibrate`` times around the model it built: moves the
     model to ``device`` (in place), applies ``precision`` (autocast), the memory format
-    (``channels_last``) and ``compile``, and returns the step. The run's is
-    ``dbl_ps.training.engine.engine_step_factory`` (``TorchEngine.train_step``)."""
+    (``channels_last``) and ``compile``, and returns the step. The run's comes from
+    ``dbl_ps.training.time_models.run_engine_steps`` (the run's engine)."""
 
     def __call__(self, model: nn.Module, *, device: str, precision: str, channels_last: bool,
                  compile: bool) -> TrainStep: ...
@@ -480,7 +480,7 @@ def calibrate(
 
     The timed step is ``make_step(model, device=, precision=, channels_last=, compile=)``
     on the model of ``model_name`` built here: the run's own step
-    (``dbl_ps.training.engine.engine_step_factory``), so ``precision``, ``channels_last``
+    (``dbl_ps.training.time_models.run_engine_steps``), so ``precision``, ``channels_last``
     and ``compile`` apply as in the run's engine and are recorded in the file's settings.
 
     ``batch_cap`` is ``B_L`` on the CPU (default ``CPU_BATCH_CAP``: above it, CPU step

@@ -196,10 +196,16 @@ ENGINES = Registry("engine", key="engine", interface=(
     # None: the engine applies precision, channels_last and compile (TorchEngine reads them);
     # else where its precision is set instead (those keys must then keep their defaults).
     "precision_from": None,
+    # "module:attr" of `(cfg, device) -> context manager of a dbl_ps.calibrate.StepFactory`: the engine's
+    # own step, timed alone on one rank, for the time model a run measures. None: an Engine
+    # subclass is built and its `train_step` timed; a factory has its step timed as
+    # `engine: torch` (and the run says so).
+    "calibration": None,
 })
 ENGINES.register("torch", "dbl_ps.training.engine:TorchEngine")
 ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine", ds_config=True,
-                 precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)")
+                 precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
+                 calibration="dbl_ps.integrations.deepspeed:calibration_steps")
 ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=False, sharded=True,
                  precision_from="fsdp.param_dtype")
 

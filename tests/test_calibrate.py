@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
@@ -217,6 +218,49 @@ def test_a_runs_measured_time_model_times_the_runs_own_engine_step(monkeypatch):
     assert measured.source in (MEASURED, "default (measurement failed)") and measured.seconds > 0
     assert timed and set(timed) == {(torch.bfloat16, torch.channels_last, "AdamW", 0.1, True)}
     assert len(compiled) == 1  # one engine, compiled once, for the whole measurement
+
+
+def test_a_deepspeed_run_times_its_deepspeed_step_and_leaves_no_process_group(tmp_path, monkeypatch):
+    """`engine: deepspeed`: the time model is measured on a DeepSpeed engine built from the run's
+    DeepSpeed JSON (its optimizer block and gradient_accumulation_steps), not the plain torch
+    step, at learning rate 0; the one-process group the measurement needed is gone afterwards
+    and the launcher's variables DeepSpeed reads are as they were (the store-mode workers the
+    launcher spawns next inherit its environment)."""
+    pytest.importorskip("deepspeed")
+    import torch
+    import torch.distributed as dist
+    from dbl_ps.integrations.deepspeed import DeepSpeedEngine
+    from dbl_ps.training.time_models import MEASURED, resolve_time_models, run_engine_steps
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+                                   "optimizer": {"type": "AdamW", "params": {"lr": 0.002}}}))
+    timed = []
+    step = DeepSpeedEngine.train_step
+
+    def spy(self, images, labels):
+        timed.append((int(images.shape[0]), self.accumulation, type(self.optimizer).__name__,
+                      self.optimizer.param_groups[0]["lr"]))
+        return step(self, images, labels)
+
+    monkeypatch.setattr(DeepSpeedEngine, "train_step", spy)
+    cfg = load_config(None, ["engine=deepspeed", f"deepspeed_config={ds_json}", "dbl.batch_large=[16]",
+                             "schedule.resolutions=[12]", "threads_per_worker=1"])
+    with run_engine_steps(cfg, "cpu") as make_step:
+        train_step = make_step(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10)), device="cpu",
+                               precision="fp32", channels_last=False, compile=False)
+        with pytest.raises(ValueError, match="gradient_accumulation_steps 2"):
+            train_step(torch.randn(1, 1, 12, 12), torch.zeros(1, dtype=torch.long))
+    assert not dist.is_initialized() and not {"RANK", "WORLD_SIZE", "LOCAL_RANK"} & set(os.environ)
+
+    measured = resolve_time_models(cfg, num_classes=10, in_channels=1, log=lambda m: None)
+    assert measured.source in (MEASURED, "default (measurement failed)") and measured.seconds > 0
+    # the JSON's AdamW (DeepSpeed builds it: FusedAdam), not the run's optim.name sgd; the LR held at 0
+    assert timed and {(t[1], "Adam" in t[2], t[3]) for t in timed} == {(2, True, 0.0)}
+    assert max(t[0] for t in timed) == 16 and not dist.is_initialized()
 
 
 def test_every_reader_of_a_calibration_file_gives_the_same_time_models(tmp_path):

@@ -108,3 +108,17 @@ def test_a_sync_kind_by_import_path_is_refused_naming_the_registration_it_needs(
     with pytest.raises(ConfigError, match=r"config key 'sync': got 'user_plugins.counting:counting_store', expected "
                                           r"a registered name .*DBL_PS_PLUGINS"):
         resolve_sync(cfg, launched=False)
+
+
+def test_a_registered_engine_is_timed_as_itself_for_the_time_model(user_plugins):
+    """Recipe "add an engine", calibration: a run measuring its time model builds the user's
+    Engine subclass (`engine=counting_torch`) and times its step, not TorchEngine's, without
+    the "timed as the torch step" line that engines with no step of their own get."""
+    import torch
+    from dbl_ps.training.time_models import run_engine_steps
+
+    cfg = load_config(None, [*SHORT, "engine=counting_torch"])
+    with run_engine_steps(cfg, "cpu", log=pytest.fail) as make_step:
+        step = make_step(torch.nn.Linear(4, 2), device="cpu", precision="fp32", channels_last=False, compile=False)
+    step(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+    assert type(step.__self__).__name__ == "CountingEngine" and step.__self__.steps == 1

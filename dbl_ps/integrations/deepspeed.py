@@ -33,19 +33,21 @@ DeepSpeed is imported lazily (``pip install "dbl-ps[deepspeed]"``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import os
 import socket
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from dbl_ps._optional import require
+from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for, split_batch
 from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.rundir import atomic_json
@@ -53,7 +55,7 @@ from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["DeepSpeedEngine", "DeepSpeedConfigError", "SingleRankMPU", "check_rank_config", "single_rank_groups",
            "optimizer_lr", "scheduler_in_epochs",
-           "worker_engine", "build_engine", "load_ds_config", "DEFAULT_CPU_CONFIG",
+           "worker_engine", "build_engine", "calibration_steps", "load_ds_config", "DEFAULT_CPU_CONFIG",
            "DS_CONFIG_FILE", "CONFIG_DIR"]
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
@@ -479,18 +481,78 @@ def worker_engine(module: nn.Module, cfg: Any, device: torch.device | str, topol
     0.68x of plain torch with gloo, 0.85x with NCCL; benchmarks/RESULTS.md)."""
     device = torch.device(device)
     if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        store = dist.TCPStore("127.0.0.1", port, 1, True)
-        if device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1)
+        _one_process_group(device)
     # DeepSpeed insists on the launcher's variables even for one process.
-    for name, value in (("LOCAL_RANK", "0"), ("RANK", str(dist.get_rank())), ("WORLD_SIZE", str(dist.get_world_size()))):
+    for name, value in _launcher_variables().items():
         os.environ.setdefault(name, value)
     return DeepSpeedEngine(module, cfg, device, topology, ds_config=ds_config, batch_size=batch_size,
                            group=dist.group.WORLD if dist.get_world_size() == 1 else None, run_dir=run_dir)
+
+
+def _one_process_group(device: torch.device) -> None:
+    """A process group of this process alone, on a free local port: NCCL on a GPU, else gloo."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = dist.TCPStore("127.0.0.1", port, 1, True)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1)
+
+
+def _launcher_variables() -> dict[str, str]:
+    return {"LOCAL_RANK": os.environ.get("LOCAL_RANK", "0"), "RANK": str(dist.get_rank()),
+            "WORLD_SIZE": str(dist.get_world_size())}
+
+
+@contextlib.contextmanager
+def calibration_steps(cfg: Any, device: str) -> Iterator[StepFactory]:
+    """The step a run's time model is measured with under `engine: deepspeed` (the registry's
+    `calibration` trait): a DeepSpeed engine built from the run's DeepSpeed config (its
+    precision, ZeRO stage and optimizer, the LR at zero so random batches do not move the
+    weights), in a data-parallel group of this rank alone, so a rank times its own step and
+    not the wait for slower ranks. Outside a process group (the launcher of one-machine
+    `dbl-ps train`, `dbl-ps compare`) a one-process group is made for the measurement and
+    destroyed after it, and the launcher's variables DeepSpeed reads are put back as they
+    were: the workers the launcher spawns next must not inherit them. Under a launcher every
+    rank measures at once (`new_group` is collective)."""
+    ds_config = load_ds_config(cfg.deepspeed_config)
+    ds_config.pop("scheduler", None)  # refused up front with its epochs (check_engine_schedule)
+    created = not dist.is_initialized()
+    saved_env = {k: os.environ.get(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    groups: dict[str, dist.ProcessGroup] = {}
+    try:
+        if created:
+            _one_process_group(torch.device(device))
+        for name, value in _launcher_variables().items():
+            os.environ.setdefault(name, value)
+        groups["own"] = dist.group.WORLD if dist.get_world_size() == 1 else single_rank_groups()
+
+        def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
+                      compile: bool) -> TrainStep:
+            # precision, channels_last and compile: the DeepSpeed JSON's (the config keys keep their defaults)
+            engine = DeepSpeedEngine(model, cfg, torch.device(device), Topology.single(0, 1), ds_config=ds_config,
+                                     group=groups["own"])
+            engine.set_lr(0.0)
+
+            def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                if images.shape[0] < engine.accumulation:
+                    raise ValueError(f"batch {images.shape[0]} is below gradient_accumulation_steps "
+                                     f"{engine.accumulation} of the DeepSpeed config")
+                engine.set_batch_size(int(images.shape[0]))
+                return engine.train_step(images, labels)
+
+            return step
+
+        yield make_step
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def build_engine(module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,

@@ -365,16 +365,18 @@ class TorchEngine(Engine):
         return time.perf_counter() - started
 
 
-def engine_step_factory(cfg: Any) -> StepFactory:
-    """What `dbl_ps.calibrate.calibrate(make_step=...)` times: `TorchEngine.train_step`, the
-    step `engine: torch` workers train with, with the run's optimizer and loss (`cfg`) and
-    the device, precision, memory format and compile that `calibrate` is given (the
-    callers take those from the same config, or from `dbl-ps calibrate`'s options)."""
+def engine_step_factory(cfg: Any, engine_class: type[Engine] | None = None) -> StepFactory:
+    """What `dbl_ps.calibrate.calibrate(make_step=...)` times: `engine_class(...).train_step`
+    (default `TorchEngine`, the step `engine: torch` workers train with; a user's Engine
+    subclass is timed as itself), with the run's optimizer and loss (`cfg`) and the device,
+    precision, memory format and compile that `calibrate` is given (the callers take those
+    from the same config, or from `dbl-ps calibrate`'s options)."""
+    build = engine_class or TorchEngine
 
     def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
                   compile: bool) -> TrainStep:
         run = dataclasses.replace(cfg, precision=precision, channels_last=channels_last, compile=compile)
-        engine = TorchEngine(model, run, torch.device(device), Topology.single(0, 1))
+        engine = build(model, run, torch.device(device), Topology.single(0, 1))  # type: ignore[call-arg]
         # The timed steps train on random data: a zero learning rate keeps the weights where
         # they are (no drift into inf/NaN, whose skipped fp16 steps would time shorter),
         # while the optimizer still does all of its work.

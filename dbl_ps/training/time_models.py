@@ -4,28 +4,31 @@ They come, in order of precedence, from `dbl.alpha`/`dbl.beta`, from the calibra
 `dbl.calibration` (both read by `dbl_ps.calibrate.configured_time_models`, as `dbl-ps plan
 --config` reads them), or are measured on the spot by `measure_time_models` (a few seconds on
 the CPU; not pure: it runs training steps), which times the run's own training step
-(`TorchEngine.train_step` with the config's precision, memory format, compile, optimizer and
-loss). Every measured model (alpha, beta >= 0) plans: where it cannot choose the small batch
-(no fixed cost per step) the planner says so and takes the authors' fraction; only a
-measurement that fails falls back to `DEFAULT_TIME_MODEL`, and says so. A resumed run reads
-its plan back (`dbl_ps.training.run_plan`) instead of measuring again.
+(`run_engine_steps`: the step of the run's engine, with the config's precision, memory
+format, compile, optimizer and loss; DeepSpeed's from the run's DeepSpeed JSON). Every
+measured model (alpha, beta >= 0) plans: where it cannot choose the small batch (no fixed
+cost per step) the planner says so and takes the authors' fraction; only a measurement
+that fails falls back to `DEFAULT_TIME_MODEL`, and says so. A resumed run reads its plan back
+(`dbl_ps.training.run_plan`) instead of measuring again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from dbl_ps.calibrate import ResolvedTimeModels, batch_grid, calibrate, configured_time_models
-from dbl_ps.imports import import_modules
+from dbl_ps.calibrate import ResolvedTimeModels, StepFactory, batch_grid, calibrate, configured_time_models
+from dbl_ps.imports import ImportPathError, import_callable, import_modules
 from dbl_ps.planner import TimeModel
-from dbl_ps.registry import SYNCHRONIZERS
+from dbl_ps.registry import ENGINES, SYNCHRONIZERS
 from dbl_ps.training.cores import threads_per_worker
-from dbl_ps.training.engine import engine_step_factory
+from dbl_ps.training.engine import Engine, engine_step_factory
+from dbl_ps.training.topology import LaunchError
 
 __all__ = ["DEFAULT_TIME_MODEL", "MEASURED", "POOR_FIT_R2", "ResolvedTimeModels", "resolve_time_models",
-           "measure_time_models", "needs_time_model", "poor_fit_lines"]
+           "measure_time_models", "run_engine_steps", "needs_time_model", "poor_fit_lines"]
 
 # Typical of a small ResNet at 8-16 px on one CPU core: 3 ms fixed cost per step,
 # 0.2 ms per sample. Only used when a measurement on the spot is unusable.
@@ -52,8 +55,8 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
 
 def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, in_channels: int,
                         device: str = "cpu", log: Callable[[str], None] = print) -> ResolvedTimeModels:
-    """Time the run's own training step (`engine_step_factory(cfg)`: `TorchEngine.train_step`
-    with the config's precision, memory format, compile, optimizer and loss) at every
+    """Time the run's own training step (`run_engine_steps`: the run's engine with the
+    config's precision, memory format, compile, optimizer and loss) at every
     resolution on a grid of batches up to `batches[r]` (B_L), and fit the time models. A
     measurement that fails gives `DEFAULT_TIME_MODEL`, and says so."""
     resolutions = list(cfg.schedule.resolutions)
@@ -65,13 +68,14 @@ def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, 
         # auto_cap (CPU): fit only up to the batch with the best throughput; beyond it a
         # CPU gets slower per sample (caches), which bends the line to a negative alpha.
         import_modules(cfg.imports)
-        cal = calibrate(cfg.model.name, resolutions, make_step=engine_step_factory(cfg), device=device,
-                        num_classes=num_classes, in_channels=in_channels,
-                        model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
-                        precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
-                        batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
-                        threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
-                        auto_cap=device == "cpu")
+        with run_engine_steps(cfg, device, log) as make_step:
+            cal = calibrate(cfg.model.name, resolutions, make_step=make_step, device=device,
+                            num_classes=num_classes, in_channels=in_channels,
+                            model_kwargs=cfg.model.kwargs, cifar_stem=cfg.model.cifar_stem,
+                            precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                            batch_sizes=grid, batch_cap=max(batches.values()), warmup=1, repeats=3,
+                            threads=threads_per_worker(cfg) if device == "cpu" else None, progress=False,
+                            auto_cap=device == "cpu")
         models = cal.time_models()  # alpha, beta >= 0; the planner says what each regime means
         source = MEASURED
     except ValueError as exc:
@@ -79,6 +83,31 @@ def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, 
         models = {r: DEFAULT_TIME_MODEL for r in resolutions}
         source = "default (measurement failed)"
     return ResolvedTimeModels(models, batches, source, time.perf_counter() - measuring)
+
+
+@contextlib.contextmanager
+def run_engine_steps(cfg: Any, device: str, log: Callable[[str], None] = print) -> Iterator[StepFactory]:
+    """The training step of the engine the run trains with (`engine:`), for its time model:
+    the engine's own calibration (the registry's `calibration` trait: DeepSpeed builds its
+    engine from the run's DeepSpeed JSON), else an Engine subclass built as itself (`torch`,
+    a user's subclass), else (an engine factory with no calibration: fsdp, whose step needs
+    its group of ranks) the `engine: torch` step of the same model, optimizer and loss, and
+    the run says so."""
+    try:
+        entry = ENGINES.get(cfg.engine)
+    except ImportPathError as exc:
+        raise LaunchError(str(exc)) from None
+    timer = entry.traits["calibration"]
+    if timer is not None:
+        with import_callable(timer, f"engine {cfg.engine!r} calibration")(cfg, device) as make_step:
+            yield make_step
+        return
+    if isinstance(entry.obj, type) and issubclass(entry.obj, Engine):
+        yield engine_step_factory(cfg, entry.obj)
+        return
+    log(f"engine {cfg.engine}: its step is not timed alone (no calibration registered); the time model is "
+        f"the plain torch step of the same model, optimizer and loss")
+    yield engine_step_factory(cfg)
 
 
 # Below this R^2 a measured time model with a slope says little about how the step time
