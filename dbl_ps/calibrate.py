@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dbl_ps.config import RunConfig
 from dbl_ps.models import AUTOCAST_DTYPES, build_model
 from dbl_ps.planner import TimeModel, fit_nonnegative_time_model
 
@@ -200,7 +201,7 @@ def calibration_time_models(path: str | Path, resolutions: Sequence[int] | None 
                               source=f"calibration file {path}")
 
 
-def configured_time_models(cfg: Any) -> ResolvedTimeModels:
+def configured_time_models(cfg: RunConfig) -> ResolvedTimeModels:
     """What a run config (`dbl_ps.config.RunConfig`) says without measuring: the time
     models and B_L of `dbl.calibration`, where set; `dbl.alpha`/`dbl.beta` replace its
     models and `dbl.batch_large` its largest batches. Either dict is empty when the config

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from dbl_ps.commands._arguments import command_error
+from dbl_ps.config import RunConfig
 
 PAPER_METHODS = ("baseline", "dbsl", "cpl", "hybrid")
 METHODS = (*PAPER_METHODS, "plain", "plain-large", "ddp-like", "swa", "local-sgd")
@@ -92,7 +93,7 @@ def method_label(text: str) -> str:
     return (base if small is None else f"{base}-n{small}") + ("-swa" if swa else "")
 
 
-def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
+def variant(cfg: RunConfig, method: str, seed: int, group: str | None = None) -> Any:
     """The config of one method and seed (see the module doc); `group` is the W&B group
     shared by all runs of one comparison."""
     from dbl_ps.config import ConfigError, RunConfig, resolve_sync
@@ -145,7 +146,7 @@ def variant(cfg: Any, method: str, seed: int, group: str | None = None) -> Any:
 TIME_MODEL_FILE = "time_model.json"
 
 
-def with_time_model(cfg: Any, saved: Path | None = None, log=print) -> tuple[Any, dict | None]:
+def with_time_model(cfg: RunConfig, saved: Path | None = None, log=print) -> tuple[Any, dict | None]:
     """`cfg` with dbl.alpha/beta set, and the record of where they came from: the config's
     own (record None), the comparison's `saved` file (a resumed comparison keeps the time
     model its first runs were planned with), or measured once here (with its seconds)."""
@@ -283,7 +284,7 @@ def _status(run_dir: Path) -> str | None:
         return None
 
 
-def _reused_with_another_config(run_dir: Path, vcfg: Any) -> str | None:
+def _reused_with_another_config(run_dir: Path, vcfg: RunConfig) -> str | None:
     """One line when `run_dir` holds a run of another config than this comparison's (a
     second `compare` with other overrides into the same --out), else None."""
     from dbl_ps.config import ConfigError, config_differences, load_config

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dbl_ps.commands._arguments import command_error
-from dbl_ps.config import ConfigError, load_config
+from dbl_ps.config import ConfigError, RunConfig, load_config
 from dbl_ps.metrics import strict_dumps
 from dbl_ps.run_ownership import atomic_write
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return _find(args, cfg, target)
 
 
-def _check_arguments(args: argparse.Namespace, cfg: Any) -> str | None:
+def _check_arguments(args: argparse.Namespace, cfg: RunConfig) -> str | None:
     if args.steps < 20:
         return f"--steps {args.steps}: give at least 20 (the suggestion reads the smoothed loss after its first 10)"
     if not 0 < args.min_lr < args.max_lr:
@@ -110,7 +110,7 @@ def _write_target(args: argparse.Namespace) -> Path | None | str:
     return path
 
 
-def _find(args: argparse.Namespace, cfg: Any, target: Path | None) -> int:
+def _find(args: argparse.Namespace, cfg: RunConfig, target: Path | None) -> int:
     # torch-heavy modules are imported when the command runs: `dbl-ps --help` stays fast
     import torch
 

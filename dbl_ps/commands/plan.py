@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from dbl_ps.commands._arguments import float_list, int_list
-from dbl_ps.config import DBSLConfig
+from dbl_ps.config import DBSLConfig, RunConfig
 
 # Training-set sizes of the built-in sources (digits: scikit-learn's 1797 minus the
 # data module's default 360 test images). Others need --dataset-size.
@@ -95,7 +95,7 @@ class PlanInputs:
     memory_caps: list[int | None] | None = None  # sync mixed_batch: each rank's cap (None: none)
 
 
-def inputs_from_config(cfg: Any, dataset_size: int | None = None) -> PlanInputs:
+def inputs_from_config(cfg: RunConfig, dataset_size: int | None = None) -> PlanInputs:
     """Plan inputs from a `dbl_ps.config.RunConfig` (time model from `dbl.alpha/beta` or
     `dbl.calibration`; `dataset_size` defaults to the source's training-set size)."""
     from dbl_ps.calibrate import configured_time_models

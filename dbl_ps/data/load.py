@@ -15,7 +15,7 @@ sample. Either kind has `len`, `channels`, `side`; the share loaders and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from dbl_ps.data.sources import DataError, Dataset, load_cifar, load_digits, load_idx_dataset, make_synthetic
 from dbl_ps.data.streamed import load_factory, load_imagefolder
@@ -31,38 +31,38 @@ __all__ = ["load_dataset"]
 # --------------------------------------------------------------------------- built-in loaders
 # One `(data_cfg, image_size) -> Dataset` per built-in source; dbl_ps.registry names them.
 
-def digits_source(cfg: Any, image_size: int | None) -> Dataset:
+def digits_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     return load_digits()
 
 
-def mnist_source(cfg: Any, image_size: int | None) -> Dataset:
+def mnist_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     return load_idx_dataset(cfg.path, "mnist")
 
 
-def fashion_mnist_source(cfg: Any, image_size: int | None) -> Dataset:
+def fashion_mnist_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     return load_idx_dataset(cfg.path, "fashion_mnist")
 
 
-def cifar10_source(cfg: Any, image_size: int | None) -> Dataset:
+def cifar10_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     return load_cifar(cfg.path, "cifar10")
 
 
-def cifar100_source(cfg: Any, image_size: int | None) -> Dataset:
+def cifar100_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     return load_cifar(cfg.path, "cifar100")
 
 
-def imagefolder_source(cfg: Any, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
+def imagefolder_source(cfg: DataConfig, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
     size = cfg.image_size or image_size
     if size is None:
         raise DataError("imagefolder needs a stored image size: set data.image_size or pass image_size")
     return load_imagefolder(cfg.path, size, cfg=cfg, log=log)
 
 
-def factory_source(cfg: Any, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
+def factory_source(cfg: DataConfig, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
     return load_factory(cfg, image_size, log=log)
 
 
-def synthetic_source(cfg: Any, image_size: int | None) -> Dataset:
+def synthetic_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     s = cfg.synthetic
     return make_synthetic(s.num_train, s.num_test, s.num_classes, s.channels, s.size, s.seed)
 

@@ -273,7 +273,7 @@ def _estimate_stats(split: DatasetSplit, log: Callable[[str], None]) -> tuple[tu
     return m, s
 
 
-def build_dataset(name: str, train: Any, test: Any, *, cfg: Any, image_size: int | None, num_classes: int,
+def build_dataset(name: str, train: Any, test: Any, *, cfg: DataConfig, image_size: int | None, num_classes: int,
                   classes: list[str], stats: tuple[Sequence[float], Sequence[float]] | None, flip: bool,
                   log: Callable[[str], None]) -> Dataset:
     """A `Dataset` of two `DatasetSplit`s over map-style datasets, their first items checked."""
@@ -386,7 +386,7 @@ def _extensions() -> tuple[str, ...]:
     return tuple(IMG_EXTENSIONS)
 
 
-def load_imagefolder(path: str | Path, image_size: int, num_workers: int = 0, *, cfg: Any = None,
+def load_imagefolder(path: str | Path, image_size: int, num_workers: int = 0, *, cfg: DataConfig | None = None,
                      log: Callable[[str], None] = print) -> Dataset:
     """A class-per-subfolder tree with `train/` and `val/` (or `test/`), streamed:
     `torchvision.datasets.ImageFolder` lists the files, and each sample is decoded,
@@ -413,7 +413,7 @@ def load_imagefolder(path: str | Path, image_size: int, num_workers: int = 0, *,
 # --------------------------------------------------------------------------- data.factory
 
 
-def load_factory(cfg: Any, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
+def load_factory(cfg: DataConfig, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
     """`data.factory`: the user's callable, called with no arguments, returns (train, test)
     map-style datasets of `(image, int label)`. Classes: the training dataset's `.classes`,
     else `data.num_classes`. Statistics: `data.mean`/`data.std`, else estimated."""

@@ -48,6 +48,7 @@ from torch import nn
 
 from dbl_ps._optional import require
 from dbl_ps.calibrate import StepFactory, TrainStep
+from dbl_ps.config import RunConfig
 from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for, split_batch
 from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.rundir import atomic_json
@@ -354,7 +355,7 @@ def _too_small(accumulation: int, batches: dict[int, list[int]]) -> str:
 class DeepSpeedEngine(Engine):
     """A DeepSpeed engine training one worker's module with its own batch size."""
 
-    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,
+    def __init__(self, module: nn.Module, cfg: RunConfig, device: torch.device, topology: Topology, *,
                  ds_config: Any = None, batch_size: int | None = None, group: dist.ProcessGroup | None = None,
                  run_dir: str | Path | None = None):
         ds = _deepspeed()
@@ -469,7 +470,7 @@ class DeepSpeedEngine(Engine):
         self.optimizer.load_state_dict([state] if first == "state_dict_list" else state)
 
 
-def worker_engine(module: nn.Module, cfg: Any, device: torch.device | str, topology: Topology, *,
+def worker_engine(module: nn.Module, cfg: RunConfig, device: torch.device | str, topology: Topology, *,
                   batch_size: int, ds_config: Any = None, run_dir: str | Path | None = None) -> DeepSpeedEngine:
     """A DeepSpeed engine for one worker process of ``dbl-ps train`` (``engine: deepspeed``).
 
@@ -506,7 +507,7 @@ def _launcher_variables() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def calibration_steps(cfg: Any, device: str) -> Iterator[StepFactory]:
+def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
     """The step a run's time model is measured with under `engine: deepspeed` (the registry's
     `calibration` trait): a DeepSpeed engine built from the run's DeepSpeed config (its
     precision, ZeRO stage and optimizer, the LR at zero so random batches do not move the
@@ -555,7 +556,7 @@ def calibration_steps(cfg: Any, device: str) -> Iterator[StepFactory]:
                 os.environ[name] = value
 
 
-def build_engine(module: nn.Module, cfg: Any, device: torch.device, topology: Topology, *,
+def build_engine(module: nn.Module, cfg: RunConfig, device: torch.device, topology: Topology, *,
                  batch_size: int | None, options: dict[str, Any]) -> DeepSpeedEngine:
     """`engine: deepspeed` (dbl_ps.registry.ENGINES): in a store-mode worker process
     (`batch_size` is its batch) a one-process group of its own (``worker_engine``); in a rank

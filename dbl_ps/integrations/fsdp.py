@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from dbl_ps.config import RunConfig
 from dbl_ps.models import residual_block_classes
 from dbl_ps.training.averaging import split_params_buffers, weighted_average_
 from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for
@@ -120,7 +121,7 @@ def apply_fsdp(module: nn.Module, shard_mesh: Any, *, param_dtype: torch.dtype |
 class FSDPEngine(Engine):
     """One member of a worker group: an FSDP2-sharded module and SGD on its shards."""
 
-    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topo: Topology, *,
+    def __init__(self, module: nn.Module, cfg: RunConfig, device: torch.device, topo: Topology, *,
                  param_dtype: torch.dtype | None = None, shard_world: bool = False):
         self.topology = topo
         self.device = device
@@ -219,7 +220,7 @@ class FSDPEngine(Engine):
         return True
 
 
-def build_engine(module: nn.Module, cfg: Any, device: torch.device, topo: Topology, *,
+def build_engine(module: nn.Module, cfg: RunConfig, device: torch.device, topo: Topology, *,
                  batch_size: int | None, options: dict[str, Any]) -> FSDPEngine:
     """`engine: fsdp` (dbl_ps.registry.ENGINES; ranks of a multi-rank job only, registered
     with store_mode=False): the compute dtype from fsdp.param_dtype."""

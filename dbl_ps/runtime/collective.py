@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from dbl_ps.config import RunConfig
 from dbl_ps.data import DataError
 from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError
 from dbl_ps.runtime.driver import ConfigMismatch, PreparedRun, RunDriver, engine_module, stderr_log
@@ -41,7 +42,7 @@ from dbl_ps.training.topology import (LaunchError, Topology, launch_world_size, 
 __all__ = ["run_collective", "pick_device", "set_up_rank"]
 
 
-def pick_device(cfg: Any, topo: Topology) -> tuple[torch.device, str]:
+def pick_device(cfg: RunConfig, topo: Topology) -> tuple[torch.device, str]:
     """`(device, backend)`: the rank's GPU with NCCL, else the CPU with gloo."""
     want = cfg.device
     if want == "cuda" and not torch.cuda.is_available():
@@ -51,14 +52,14 @@ def pick_device(cfg: Any, topo: Topology) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def _with_workers(cfg: Any, workers: int) -> Any:
+def _with_workers(cfg: RunConfig, workers: int) -> Any:
     if cfg.dbl.workers == workers:
         return cfg
     data = cfg.to_dict()
     return type(cfg).from_dict({**data, "dbl": {**data["dbl"], "workers": workers}})
 
 
-def set_up_rank(cfg: Any, checkpoint: dict[str, Any] | None) -> tuple[Any, CollectiveCoordinator]:
+def set_up_rank(cfg: RunConfig, checkpoint: dict[str, Any] | None) -> tuple[Any, CollectiveCoordinator]:
     """This rank's config (its worker count follows the launch when resuming onto another one)
     and its coordinator, the process group initialised. Checked before any collective: every
     rank reads the same environment and config."""
@@ -138,7 +139,7 @@ def _interrupted(driver: RunDriver | None, coordinator: CollectiveCoordinator | 
     return 130
 
 
-def run_collective(cfg: Any, *, run_dir: str | None, resume: str | None) -> int:
+def run_collective(cfg: RunConfig, *, run_dir: str | None, resume: str | None) -> int:
     """`dbl-ps train` under a launcher: one line and exit status 2 for a bad launch."""
     driver: RunDriver | None = None
     coordinator: CollectiveCoordinator | None = None

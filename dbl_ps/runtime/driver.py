@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from dbl_ps.config import check_workers_fit, config_differences, sync_line, sync_record
+from dbl_ps.config import RunConfig, check_workers_fit, config_differences, sync_line, sync_record
 from dbl_ps.data import Dataset, build_transform, load_dataset
 from dbl_ps.metrics import METRICS_FILE, Logger, MetricsFileError, MetricsWriter, read_metrics
 from dbl_ps.planner import Plan, plan_lines
@@ -98,7 +98,7 @@ def _short(value: Any) -> str:
 class PreparedRun:
     """What `prepare()` made, handed to the coordinator to bring the workers up."""
 
-    cfg: Any
+    cfg: RunConfig
     run_dir: RunDirectory
     data: Dataset
     transform: Any
@@ -114,7 +114,7 @@ class RunDriver:
     else the run directory's checkpoint.json ({} when it has none yet). `display`: the
     launcher's progress bars (None: one line per epoch)."""
 
-    def __init__(self, cfg: Any, coordinator: Coordinator, run_dir: Path, *, checkpoint: dict[str, Any] | None,
+    def __init__(self, cfg: RunConfig, coordinator: Coordinator, run_dir: Path, *, checkpoint: dict[str, Any] | None,
                  log: Callable[[str], None], display: Any = None, callbacks: Sequence[Any] = ()):
         self.cfg = cfg
         self.coordinator = coordinator

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from dbl_ps.config import RunConfig
 from dbl_ps.imports import ImportPathError
 from dbl_ps.integrations.deepspeed import DS_CONFIG_FILE, DeepSpeedConfigError, check_rank_config, load_ds_config
 from dbl_ps.registry import ENGINES, Entry
@@ -33,7 +34,7 @@ __all__ = ["engine_options", "check_engine_config", "check_engine_schedule", "ch
            "build_engine"]
 
 
-def _entry(cfg: Any) -> Entry:
+def _entry(cfg: RunConfig) -> Entry:
     """The engine `cfg.engine` names, imported; a user's engine that does not import is one
     LaunchError naming the key."""
     try:
@@ -42,7 +43,7 @@ def _entry(cfg: Any) -> Entry:
         raise LaunchError(str(exc)) from None
 
 
-def check_store_mode_engine(cfg: Any) -> None:
+def check_store_mode_engine(cfg: RunConfig) -> None:
     """The engines a worker process of one-machine `dbl-ps train` can run (trait store_mode; not fsdp)."""
     traits = ENGINES.traits(cfg.engine)
     if not traits["store_mode"]:
@@ -51,7 +52,7 @@ def check_store_mode_engine(cfg: Any) -> None:
                           f"`torchrun --nproc_per_node N -m dbl_ps train engine={cfg.engine} ...`")
 
 
-def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
+def check_engine_config(cfg: RunConfig, log: Callable[[str], None]) -> None:
     """Before anything is measured: the engine imports (a user's by import path fails here,
     not in every worker), and a DeepSpeed config that cannot train a DBSL worker is one
     error listing every conflict, and what dbl-ps changes in it is said once."""
@@ -74,7 +75,7 @@ def check_engine_config(cfg: Any, log: Callable[[str], None]) -> None:
         log(f"DeepSpeed config: {note}")
 
 
-def check_engine_schedule(cfg: Any, train_samples: int) -> None:
+def check_engine_schedule(cfg: RunConfig, train_samples: int) -> None:
     """Once the training set's size is known, before anything is measured: a DeepSpeed
     `scheduler` block is one error saying what it is in epochs, at a large worker's steps per
     epoch (its share of `train_samples` over B_L at the first resolution), the same refusal
@@ -90,7 +91,7 @@ def check_engine_schedule(cfg: Any, train_samples: int) -> None:
     check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, steps_per_epoch=steps, steps_how=how)
 
 
-def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
+def engine_options(cfg: RunConfig, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
     """What an engine needs beyond the run config (picklable: it travels to worker processes).
     Saves the DeepSpeed config of a new run into its directory: what every worker's engine
     runs (the LR from schedule.lr, no scheduler block, gradient_accumulation_steps), without
@@ -109,7 +110,7 @@ def engine_options(cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]
     return {"ds_config": ds_config, "run_dir": str(run_dir)}
 
 
-def build_engine(cfg: Any, module: nn.Module, device: torch.device, topology: Topology, *,
+def build_engine(cfg: RunConfig, module: nn.Module, device: torch.device, topology: Topology, *,
                  batch_size: int | None, options: dict[str, Any]) -> Engine:
     """The engine `engine:` names for one worker (or one rank of it), in every mode: `batch_size`
     is the worker's first batch in a store-mode worker process, None in a rank of a multi-rank

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from dbl_ps.config import load_config, resolve_sync
+from dbl_ps.config import RunConfig, load_config, resolve_sync
 from dbl_ps.run_ownership import RunWriteError, never_trained
 from dbl_ps.runtime.driver import PreparedRun, RunDriver, TrainingDiverged, TrainingInterrupted, WorkerError
 from dbl_ps.runtime.engine_setup import check_store_mode_engine
@@ -63,7 +63,7 @@ class Trainer:
     """One store-mode run of `cfg` in `run_dir`. `progress`: True/False, None = when stderr is a terminal.
     `callbacks`: your `dbl_ps.training.events.RunCallback`s (besides the config's `callbacks:`)."""
 
-    def __init__(self, cfg: Any, run_dir: str | Path | None = None, *, progress: bool | None = None,
+    def __init__(self, cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool | None = None,
                  log: Callable[[str], None] | None = None, callbacks: Sequence[Any] = (),
                  _checkpoint: dict[str, Any] | None = None):
         self.cfg = cfg = resolve_sync(cfg, launched=False)
@@ -122,7 +122,7 @@ class WorkerPool(WorkerProcesses):
     stop the run at the next message (`TrainingInterrupted`); a second Ctrl-C stops waiting. The
     sync kind's coordinator (`StoreCoordinator`) drives it."""
 
-    def __init__(self, cfg: Any, run_dir: Path, *, bars: "ProgressBars | None" = None):
+    def __init__(self, cfg: RunConfig, run_dir: Path, *, bars: "ProgressBars | None" = None):
         check_store_mode_engine(cfg)  # before any data is loaded
         self.cfg, self.run_dir, self.bars = cfg, run_dir, bars
         self.workers = cfg.dbl.workers
@@ -323,7 +323,7 @@ class WorkerPool(WorkerProcesses):
                 p.join()
 
 
-def one_machine_coordinator(cfg: Any, run_dir: Path, processes: WorkerPool) -> Coordinator:
+def one_machine_coordinator(cfg: RunConfig, run_dir: Path, processes: WorkerPool) -> Coordinator:
     """The coordinator of the config's sync kind (one that runs on one machine, e.g. `store`)
     around this launcher's worker processes, built by the kind's registered factory."""
     factory = import_callable(SYNCHRONIZERS.traits(cfg.sync)["coordinator"], f"sync {cfg.sync!r} coordinator")
@@ -346,7 +346,7 @@ def stop_stuck_worker(coordinator: WorkerPool) -> None:
                                    run_dir=coordinator.run_dir), actionable=True)
 
 
-def _devices(cfg: Any) -> list[str]:
+def _devices(cfg: RunConfig) -> list[str]:
     """Each worker's device: the GPUs in turn, else the CPU."""
     want = cfg.device
     if want == "cuda" and not torch.cuda.is_available():

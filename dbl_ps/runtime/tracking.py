@@ -14,8 +14,9 @@ and `close()`, `dbl_ps.metrics.Sink`; a factory may return None: nothing to log 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
+from dbl_ps.config import RunConfig
 from dbl_ps.imports import ImportPathError
 from dbl_ps.integrations.tensorboard import TENSORBOARD_DIR, TensorBoardTracker
 from dbl_ps.integrations.wandb import WandbTracker
@@ -30,13 +31,13 @@ __all__ = ["open_trackers", "open_wandb", "open_tensorboard", "open_csv", "track
 WANDB_ID_FILE = "wandb_id.txt"
 
 
-def tracker_names(cfg: Any) -> list[str]:
+def tracker_names(cfg: RunConfig) -> list[str]:
     """The trackers a run opens, in order: wandb when tracking.wandb.enabled, then tracking.trackers."""
     names = ["wandb"] if cfg.tracking.wandb.enabled else []
     return names + [n for n in cfg.tracking.trackers if n not in names]
 
 
-def open_trackers(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
+def open_trackers(cfg: RunConfig, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
                   warn: Callable[[str], None] = print) -> list[Sink]:
     """Open every tracker the config names (`tracker_names`); add each to the run's Logger.
     `tags` label the run where a tracker has labels (W&B tags). A tracker by import path
@@ -73,7 +74,7 @@ def open_trackers(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequ
 # --------------------------------------------------------------------------- built-ins
 
 
-def open_wandb(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
+def open_wandb(cfg: RunConfig, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
                warn: Callable[[str], None] = print) -> WandbTracker | None:
     """`wandb`: the run mirrored into W&B (tracking.wandb.*); None when its mode is disabled."""
     wb = cfg.tracking.wandb
@@ -90,13 +91,13 @@ def open_wandb(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequenc
     return tracker
 
 
-def open_tensorboard(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
+def open_tensorboard(cfg: RunConfig, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
                      warn: Callable[[str], None] = print) -> TensorBoardTracker:
     """`tensorboard`: every numeric record key as a scalar under RUN_DIR/tensorboard/."""
     return TensorBoardTracker(run_dir.path / TENSORBOARD_DIR, resuming=resuming)
 
 
-def open_csv(cfg: Any, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
+def open_csv(cfg: RunConfig, run_dir: RunDirectory, *, resuming: bool, tags: Sequence[str] = (),
              warn: Callable[[str], None] = print) -> CsvWriter:
     """`csv`: RUN_DIR/metrics.csv, one row per epoch record."""
     return CsvWriter(run_dir.path, resume=resuming)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from dbl_ps.config import RunConfig
 from dbl_ps.data import Split
 from dbl_ps.planner import Plan
 from dbl_ps.runtime.engine_setup import build_engine
@@ -65,7 +66,7 @@ class WorkerPart:
     batch_size: int | None = None
 
 
-def build_worker_loop(cfg: Any, part: WorkerPart, *, synchronizer: Synchronizer, callbacks: Iterable[Callback] = (),
+def build_worker_loop(cfg: RunConfig, part: WorkerPart, *, synchronizer: Synchronizer, callbacks: Iterable[Callback] = (),
                       log: Callable[[str], None] | None = None) -> WorkerLoop:
     """The worker loop of `part`, started from the global model (see the module docstring)."""
     plan, spec, worker = part.plan, part.spec, part.topology.worker

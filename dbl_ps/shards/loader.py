@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from dbl_ps.config import DataConfig
 from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count
 from dbl_ps.data.sources import Dataset, Split
 from dbl_ps._optional import require
@@ -496,7 +497,7 @@ def load_shard_dataset(root: str | os.PathLike, resolution: int | None = None, *
                    bool(d["flip"]), list(d["classes"]))
 
 
-def load_source(cfg: Any, image_size: int | None) -> Dataset:
+def load_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     """`data.source: shards` (named in dbl_ps.registry.DATA_SOURCES, imported on first use).
     A directory `dbl-ps shard` wrote: the training split as labels only (no decoding,
     whatever its size); workers read the set of each resolution through `share_loader_for`.
@@ -508,7 +509,7 @@ def load_source(cfg: Any, image_size: int | None) -> Dataset:
                               verify=getattr(cfg, "verify", False))
 
 
-def prepare_shards(data_cfg: Any, resolutions: Sequence[int], *, progress: bool | None = None) -> None:
+def prepare_shards(data_cfg: DataConfig, resolutions: Sequence[int], *, progress: bool | None = None) -> None:
     """What a launcher does for `data.source: shards` before it loads the data: a `dbl-ps shard`
     directory must hold a complete set for every resolution of the schedule; a webdataset folder
     gets its index built (each tar scanned once, with a progress bar unless `progress` is False;
@@ -519,7 +520,7 @@ def prepare_shards(data_cfg: Any, resolutions: Sequence[int], *, progress: bool 
         load_index(data_cfg.path, progress=progress, log=lambda msg: print(msg, flush=True))
 
 
-def share_loader_for(data_cfg: Any, split: Split, transform: BatchTransform, *,
+def share_loader_for(data_cfg: DataConfig, split: Split, transform: BatchTransform, *,
                      resolutions: Sequence[int] | None = None, **kwargs: Any) -> Any:
     """The share loader a worker of a run uses: `ShardShareLoader` on the shard set of
     each resolution when `data.path` is a `dbl-ps shard` directory, else `ShareLoader` over

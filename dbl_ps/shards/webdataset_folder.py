@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dbl_ps.config import DataConfig
 from dbl_ps.data.sources import Dataset, cache_dir
 from dbl_ps.data.streamed import build_dataset
 from dbl_ps.shards.codec import read_at
@@ -333,7 +334,7 @@ def _check_labels(images: TarImages, num_classes: int, why: str) -> None:
                          f"{len(bad)} such labels in the split)")
 
 
-def load_webdataset_folder(cfg: Any, image_size: int | None, *, progress: bool | None = None,
+def load_webdataset_folder(cfg: DataConfig, image_size: int | None, *, progress: bool | None = None,
                            log: Callable[[str], None] | None = None) -> Dataset:
     """The `Dataset` of a webdataset folder (`cfg` is the run's DataConfig; `image_size` the
     stored side when `data.image_size` is unset). Classes: `data.num_classes`, else the largest

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
+from dbl_ps.config import RunConfig
 from dbl_ps.planner import Plan
 from dbl_ps.training.algorithms import sync_periods
 from dbl_ps.training.averaging import all_finite, averaged_tensors, weighted_average_
@@ -196,7 +197,7 @@ class CollectiveSynchronizer(Synchronizer):
         engine.after_sync()
 
 
-def rank_synchronizer(cfg: Any, plan: Plan, topology: Topology) -> CollectiveSynchronizer:
+def rank_synchronizer(cfg: RunConfig, plan: Plan, topology: Topology) -> CollectiveSynchronizer:
     """A rank's synchronizer for `sync: collective` (the process group is initialised)."""
     # post-local SGD merges less often after its start: the longest period bounds the wait
     return CollectiveSynchronizer(cfg.store.sync_every, divergence=cfg.divergence,

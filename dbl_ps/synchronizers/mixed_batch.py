@@ -23,10 +23,11 @@ writing the files, resuming and re-planning are the same.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
+from dbl_ps.config import RunConfig
 from dbl_ps.planner import Plan
 from dbl_ps.synchronizers.collective import CollectiveSynchronizer
 from dbl_ps.training.engine import Engine
@@ -65,6 +66,6 @@ class MixedBatchSynchronizer(Synchronizer):
                           sync_seconds=time.perf_counter() - checking, diverged=diverged, merged=not diverged)
 
 
-def rank_synchronizer(cfg: Any, plan: Plan, topology: Topology) -> MixedBatchSynchronizer:
+def rank_synchronizer(cfg: RunConfig, plan: Plan, topology: Topology) -> MixedBatchSynchronizer:
     """A rank's synchronizer for `sync: mixed_batch` (the process group is initialised)."""
     return MixedBatchSynchronizer()

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from dbl_ps.config import RunConfig
 from dbl_ps.parameter_store import ParameterStore, StoreClient
 from dbl_ps.training.averaging import all_finite
 from dbl_ps.training.coordinator import GlobalEpoch, OneProcess, WorkerProcesses
@@ -67,7 +68,7 @@ class StoreServer:
     a worker may start epoch `e` once `gate >= e` (bsp, or any mode with dbl.replan; asp/ssp
     run at most one epoch ahead), and re-reads plan.json when `plan_version` changed."""
 
-    def __init__(self, cfg: Any, model: torch.nn.Module, *, ctx: Any, start_epoch: int):
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, *, ctx: Any, start_epoch: int):
         self.flat = FlatState(model)
         # The store first: a machine short of shared memory fails here, before anything
         # else is opened or any process started.
@@ -117,7 +118,7 @@ class StoreCoordinator(OneProcess):
     the store, and publishes a re-plan; everything about processes (spawning, messages,
     signals, progress) is the launcher's."""
 
-    def __init__(self, cfg: Any, run_dir: Path, processes: WorkerProcesses):
+    def __init__(self, cfg: RunConfig, run_dir: Path, processes: WorkerProcesses):
         self.cfg, self.run_dir, self.processes = cfg, run_dir, processes
         self.workers = processes.workers
         self.threads = processes.threads
@@ -186,7 +187,7 @@ class StoreCoordinator(OneProcess):
         self.processes.close()
 
 
-def worker_synchronizer(cfg: Any, worker: int, links: dict[str, Any]) -> "StoreSynchronizer":
+def worker_synchronizer(cfg: RunConfig, worker: int, links: dict[str, Any]) -> "StoreSynchronizer":
     """Worker `worker`'s synchronizer in its own process: a client of the store `links` names."""
     return StoreSynchronizer(links["store_name"], worker, mode=cfg.store.mode, rule=cfg.store.rule,
                              sync_every=cfg.store.sync_every, divergence=cfg.divergence)

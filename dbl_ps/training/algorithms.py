@@ -15,8 +15,9 @@ config asks for (`worker_callbacks`), built in every worker process and every ra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from dbl_ps.config import RunConfig
 from dbl_ps.training.engine import merges_gradients
 from dbl_ps.training.events import Callback
 from dbl_ps.training.noise import GradientNormMeter
@@ -32,7 +33,7 @@ def post_local_period(epoch: int, *, start: int, every: int, before: int | str) 
     return before if epoch < start else every
 
 
-def post_local_start(cfg: Any) -> int:
+def post_local_start(cfg: RunConfig) -> int:
     """The epoch post-local SGD switches at: `store.post_local_start`, else the first LR milestone."""
     return cfg.store.post_local_start if cfg.store.post_local_start is not None else cfg.schedule.milestones[0]
 
@@ -48,12 +49,12 @@ class PostLocalSGD(Callback):
                                                          before=self.before)
 
 
-def sync_periods(cfg: Any) -> list[int | str]:
+def sync_periods(cfg: RunConfig) -> list[int | str]:
     """Every sync period a run of `cfg` uses (`store.sync_every`, and post-local SGD's after the switch)."""
     return [cfg.store.sync_every] + ([cfg.store.post_local_every] if cfg.store.post_local_every is not None else [])
 
 
-def worker_callbacks(cfg: Any) -> list[Callback]:
+def worker_callbacks(cfg: RunConfig) -> list[Callback]:
     """The loop callbacks `cfg` asks for, in every worker process and rank (none by default)."""
     callbacks: list[Callback] = []
     if cfg.store.post_local_every is not None:

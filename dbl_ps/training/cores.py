@@ -5,7 +5,8 @@ measurement)."""
 from __future__ import annotations
 
 import os
-from typing import Any
+
+from dbl_ps.config import RunConfig
 
 __all__ = ["cpu_cores", "threads_per_worker"]
 
@@ -18,7 +19,7 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_worker(cfg: Any, local_workers: int | None = None) -> int:
+def threads_per_worker(cfg: RunConfig, local_workers: int | None = None) -> int:
     """Torch threads of each worker process: the config's value, else this machine's cores shared
     by its worker processes (`local_workers`: the store mode's W, a launch's LOCAL_WORLD_SIZE;
     default `dbl.workers`), at least 1. The one place every mode computes it."""

@@ -29,6 +29,7 @@ from torch.distributed.tensor import DTensor
 from torch.nn.utils import get_total_norm
 
 from dbl_ps.calibrate import StepFactory, TrainStep
+from dbl_ps.config import RunConfig
 from dbl_ps.models import AUTOCAST_DTYPES, set_dropout
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.run_ownership import atomic_write
@@ -40,7 +41,7 @@ __all__ = ["Engine", "TorchEngine", "engine_step_factory", "merges_gradients", "
            "atomic_save", "worker_state_file", "split_batch"]
 
 
-def optimizer_for(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+def optimizer_for(module: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """The workers' local optimizer: SGD (the paper's) or AdamW with the run's optim settings."""
     o = cfg.optim
     if o.name == "adamw":
@@ -50,7 +51,7 @@ def optimizer_for(module: nn.Module, cfg: Any) -> torch.optim.Optimizer:
                            weight_decay=o.weight_decay, nesterov=o.nesterov)
 
 
-def loss_for(cfg: Any) -> nn.Module:
+def loss_for(cfg: RunConfig) -> nn.Module:
     """Cross-entropy with the run's label smoothing; takes class indices or soft targets
     (N, classes), which MixUp/CutMix batches carry."""
     return nn.CrossEntropyLoss(label_smoothing=cfg.loss.label_smoothing)
@@ -76,7 +77,7 @@ def worker_state_file(folder: Path, worker: int) -> Path:
     return folder / f"worker{worker}.pt"
 
 
-def merges_gradients(cfg: Any) -> bool:
+def merges_gradients(cfg: RunConfig) -> bool:
     """Whether the run's sync kind merges gradients inside every step (`sync: mixed_batch`): an
     engine that builds its data-parallel layout up front (DeepSpeed's group, FSDP2's mesh) then
     builds it over every rank."""
@@ -296,7 +297,7 @@ class TorchEngine(Engine):
     expect (`precision`, `channels_last`, `compile`). Weights, optimizer state and merges stay
     fp32 whatever the precision: autocast only lowers the forward pass."""
 
-    def __init__(self, module: nn.Module, cfg: Any, device: torch.device, topology: Topology):
+    def __init__(self, module: nn.Module, cfg: RunConfig, device: torch.device, topology: Topology):
         self.device = device
         self.topology = topology
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -365,7 +366,7 @@ class TorchEngine(Engine):
         return time.perf_counter() - started
 
 
-def engine_step_factory(cfg: Any, engine_class: type[Engine] | None = None) -> StepFactory:
+def engine_step_factory(cfg: RunConfig, engine_class: type[Engine] | None = None) -> StepFactory:
     """What `dbl_ps.calibrate.calibrate(make_step=...)` times: `engine_class(...).train_step`
     (default `TorchEngine`, the step `engine: torch` workers train with; a user's Engine
     subclass is timed as itself), with the run's optimizer and loss (`cfg`) and the device,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dbl_ps.config import RunConfig
 from dbl_ps.models import set_dropout
 from dbl_ps.noise_scale import NoiseScale, estimate
 from dbl_ps.training.engine import loss_for
@@ -122,7 +123,7 @@ class NoiseMeter:
                         seed=epoch), "probe"
 
 
-def build_noise_meter(cfg: Any, model: nn.Module, train: Any, transform: Any, *, device: torch.device,
+def build_noise_meter(cfg: RunConfig, model: nn.Module, train: Any, transform: Any, *, device: torch.device,
                       log: Callable[[str], None] = print) -> NoiseMeter | None:
     """The finisher's noise meter of a run (`noise_scale.*`), None when it is off. The probe
     needs the training images in memory in the main process; without them (a `shards`

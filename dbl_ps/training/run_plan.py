@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dbl_ps.config import RunConfig
 from dbl_ps.metrics import strict_dumps
 from dbl_ps.planner import (Plan, ResolutionPlan, TimeModel, make_plan, plan_mixed, plan_mixed_resolution,
                             plan_resolution)
@@ -36,7 +37,7 @@ __all__ = ["PLAN_FILE", "build_plan", "plan_from_dict", "saved_plan", "save_plan
 PLAN_FILE = "plan.json"
 
 
-def build_plan(cfg: Any, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int]) -> Plan:
+def build_plan(cfg: RunConfig, dataset_size: int, models: dict[int, TimeModel], batches: dict[int, int]) -> Plan:
     """The run's plan of every resolution: DBSL's (with the small batch chosen in `dbl.batch_small`
     where set), or the mixed-batch split of the global batch (`sync: mixed_batch`). A time model
     the planner cannot use is one `InfeasiblePlanError` naming what to change."""
@@ -125,7 +126,7 @@ def load_plan(run_dir: str | Path) -> Plan:
     return saved_plan(read_plan_file(run_dir))
 
 
-def build_spec(cfg: Any, plan: Plan) -> ScheduleSpec:
+def build_spec(cfg: RunConfig, plan: Plan) -> ScheduleSpec:
     """The schedule of a run: LR, resolution cycle and dropout from the config, batch
     sizes from the plan (the largest per resolution; each worker reads its own)."""
     resolutions = tuple(cfg.schedule.resolutions)

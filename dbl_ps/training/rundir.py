@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from dbl_ps.config import RunConfig
 from dbl_ps.metrics import strict_dumps
 from dbl_ps.run_ownership import atomic_write, create_unique_dir, never_trained, write_failure
 from dbl_ps.schedule import ScheduleSpec, format_phases, phases, plot_schedule
@@ -98,7 +99,7 @@ def check_fingerprints(folder: Path, recorded: dict[str, dict[str, Any]], checkp
         raise CheckpointError(f"{file} {what}; restore the checkpoint's own file, or start a new run")
 
 
-def new_run_dir(cfg: Any) -> Path:
+def new_run_dir(cfg: RunConfig) -> Path:
     """`out_dir/<name>-<YYYYmmdd-HHMMSS>`, created empty here (`-1`, `-2`, ... when taken)
     so that runs started in the same second never get the same directory."""
     return create_unique_dir(Path(cfg.out_dir), f"{cfg.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
@@ -191,7 +192,7 @@ class RunDirectory:
             raise FileExistsError(f"run directory {self.path} is not empty; resume it with --resume or choose another")
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def write_setup(self, cfg: Any, plan: dict[str, Any], spec: ScheduleSpec, *, fresh: bool) -> None:
+    def write_setup(self, cfg: RunConfig, plan: dict[str, Any], spec: ScheduleSpec, *, fresh: bool) -> None:
         """config.yaml (new runs), plan.json and the schedule files."""
         if fresh:
             cfg.save(self.path / "config.yaml")

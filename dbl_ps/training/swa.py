@@ -17,12 +17,12 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from dbl_ps.config import RunConfig
 from dbl_ps.training.engine import atomic_save
 
 __all__ = ["SWA_FILE", "StochasticWeightAverage", "swa_start_epoch"]
@@ -77,7 +77,7 @@ class StochasticWeightAverage:
         return True
 
     @classmethod
-    def for_run(cls, cfg: Any, model: nn.Module, resume_folder: Path | None = None) -> "StochasticWeightAverage | None":
+    def for_run(cls, cfg: RunConfig, model: nn.Module, resume_folder: Path | None = None) -> "StochasticWeightAverage | None":
         """The average a config asks for (`swa.enabled`), over a CPU copy of `model`, with what
         the checkpoint folder a run resumes from holds; None when SWA is off."""
         if not cfg.swa.enabled:

@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from dbl_ps.calibrate import ResolvedTimeModels, StepFactory, batch_grid, calibrate, configured_time_models
+from dbl_ps.config import RunConfig
 from dbl_ps.imports import ImportPathError, import_callable, import_modules
 from dbl_ps.planner import TimeModel
 from dbl_ps.registry import ENGINES, SYNCHRONIZERS
@@ -38,7 +39,7 @@ DEFAULT_TIME_MODEL = TimeModel(alpha=0.003, beta=0.0002)
 MEASURED = "measured on the spot"  # the source of a time model measured by the run itself
 
 
-def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device: str = "cpu",
+def resolve_time_models(cfg: RunConfig, *, num_classes: int, in_channels: int, device: str = "cpu",
                         log: Callable[[str], None] = print) -> ResolvedTimeModels:
     """The time models from `dbl.alpha/beta`, else `dbl.calibration`, else measured here
     (`measure_time_models`: not pure, it runs training steps)."""
@@ -53,7 +54,7 @@ def resolve_time_models(cfg: Any, *, num_classes: int, in_channels: int, device:
                                log=log)
 
 
-def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, in_channels: int,
+def measure_time_models(cfg: RunConfig, batches: dict[int, int], *, num_classes: int, in_channels: int,
                         device: str = "cpu", log: Callable[[str], None] = print) -> ResolvedTimeModels:
     """Time the run's own training step (`run_engine_steps`: the run's engine with the
     config's precision, memory format, compile, optimizer and loss) at every
@@ -86,7 +87,7 @@ def measure_time_models(cfg: Any, batches: dict[int, int], *, num_classes: int, 
 
 
 @contextlib.contextmanager
-def run_engine_steps(cfg: Any, device: str, log: Callable[[str], None] = print) -> Iterator[StepFactory]:
+def run_engine_steps(cfg: RunConfig, device: str, log: Callable[[str], None] = print) -> Iterator[StepFactory]:
     """The training step of the engine the run trains with (`engine:`), for its time model:
     the engine's own calibration (the registry's `calibration` trait: DeepSpeed builds its
     engine from the run's DeepSpeed JSON), else an Engine subclass built as itself (`torch`,
@@ -143,7 +144,7 @@ def poor_fit_lines(models: dict[int, Any]) -> list[str]:
     return lines
 
 
-def needs_time_model(cfg: Any) -> bool:
+def needs_time_model(cfg: RunConfig) -> bool:
     """Whether the plan depends on the time models: DBSL with small workers, or a mixed-batch
     split (`sync: mixed_batch`); plain PS training gives every worker N/W at B_L."""
     return cfg.dbl.small > 0 or SYNCHRONIZERS.traits(cfg.sync)["plan"] == "mixed"
