@@ -1,7 +1,8 @@
 """One front door, one run format, one run driver: `dbl-ps train` under torchrun with every
 engine available here writes the same run directory (files, metric keys, plan.json and
 summary.json keys) as `dbl-ps train` on one machine and fires the same events in the same
-order, and `dbl-ps report` and `--resume` work on it.
+order, and `dbl-ps report` and `--resume` work on it; one BSP config trains the same values
+in both modes, through a re-plan.
 
 Each run, in both modes, is stopped after epoch 1 (as if killed there,
 `DBL_PS_STOP_AFTER_EPOCH`) and resumed to the end (`--resume RUN_DIR`); every process logs
@@ -139,6 +140,58 @@ def test_torchrun_run_directory_matches_store_mode_and_resumes(tmp_path: Path, s
                           capture_output=True, text=True, timeout=120, env=env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert any(out.glob("*.png")) and any(out.glob("*.md"))
+
+
+# The same algorithm in both modes (bulk-synchronous averaging once per mini-epoch, the plan
+# from given time models) and a re-plan: worker 1 sleeps after every step.
+BSP = [*RUN, "store.mode=bsp", "store.rule=average", "dbl.replan=true", "threads_per_worker=1"]
+
+
+@pytest.mark.slow  # two launches, ~30 s
+def test_the_same_config_trains_the_same_values_in_both_modes_through_a_replan(tmp_path: Path) -> None:
+    """Values, not only keys: one BSP config run by the store on one machine and by collectives
+    under torchrun starts from the same plan (shares, batches, merge weights), trains epoch 0
+    to the same losses and accuracy (the same data order, the same weighted means), re-plans
+    after it with the same semantics (each mode's new plan is the planner's answer to the
+    speed factors it measured; the factors themselves are timings and differ), and every
+    epoch after the re-plan trains the whole training set to the same accuracy, within noise."""
+    from dbl_ps.calibrate import configured_time_models
+    from dbl_ps.config import load_config, resolve_sync
+    from dbl_ps.planner import replan_any
+    from dbl_ps.training.replanning import plan_shapes
+    from dbl_ps.training.run_plan import build_plan
+
+    slow = {"DBL_PS_SLOW_WORKER": "1:0.05"}
+    runs = {"store": tmp_path / "store", "torchrun": tmp_path / "torchrun"}
+    proc = store_mode("--run-dir", str(runs["store"]), *BSP, **slow)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun(2, "--run-dir", str(runs["torchrun"]), *BSP, **slow)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    cfg = resolve_sync(load_config(None, BSP), launched=False)  # the plan is the same in both modes
+    given = configured_time_models(cfg)
+    initial = build_plan(cfg, 1437, given.models, given.batches)
+    evaluated, replans = {}, {}
+    for mode, run_dir in runs.items():
+        records = read_metrics(run_dir)
+        evaluated[mode] = [r for r in records if "test_acc" in r]
+        replans[mode] = [r for r in records if r.get("event") == "replan"]
+        assert [r["epoch"] for r in evaluated[mode]] == [0, 1, 2, 3]
+        first = replans[mode][0]
+        assert first["epoch"] == 0 and first["old"] == plan_shapes(initial), (mode, first)  # the same start
+        # the same re-plan semantics: the planner's answer to the factors this mode measured
+        assert first["new"] == plan_shapes(replan_any(initial, first["factors"])), mode
+        assert json.loads((run_dir / "plan.json").read_text())["replans"][0]["after_epoch"] == 0
+        assert all(sum(w["samples"] for w in r["workers"]) == 1437 for r in evaluated[mode])
+    store, ranks = evaluated["store"], evaluated["torchrun"]
+    # epoch 0: one plan, one data order, one weighted mean: the same numbers to float rounding
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert store[0][key] == pytest.approx(ranks[0][key], rel=1e-5), key
+    for a, b in zip(store[0]["workers"], ranks[0]["workers"]):
+        assert (a["samples"], a["batch"], a["steps"], a["syncs"]) == (b["samples"], b["batch"], b["steps"], b["syncs"])
+    # after the re-plan the shares follow each run's timings: the same accuracy within noise
+    assert min(store[-1]["test_acc"], ranks[-1]["test_acc"]) >= 0.85
+    assert abs(store[-1]["test_acc"] - ranks[-1]["test_acc"]) <= 0.05
 
 
 def test_a_torchrun_launch_with_a_sync_it_cannot_run_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """One run driver in every mode: behaviours that used to differ between the store mode's
 launcher and the multi-rank runner, each checked where it drifted (the store-vs-torchrun
-parity of files, keys and events is tests/test_launchers.py)."""
+parity of files, keys, events and values is tests/test_launchers.py)."""
 
 from __future__ import annotations
 
