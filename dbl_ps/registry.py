@@ -183,7 +183,7 @@ class Registry:
 # (TorchEngine's constructor), or a factory called as
 # `factory(module, cfg, device, topology, *, batch_size, options) -> Engine`, where
 # batch_size is the worker's batch in a store-mode worker process and None in a rank of a
-# multi-rank job, and options is `dbl_ps.runtime.engine_setup.engine_options(...)`.
+# multi-rank job, and options is what its `setup` trait's `EngineSetup.options` returned ({} without one).
 ENGINES = Registry("engine", key="engine", interface=(
     "an Engine subclass (dbl_ps.training.engine) or a factory (module, cfg, device, topology, *, batch_size, "
     "options) -> Engine"), traits={
@@ -193,6 +193,9 @@ ENGINES = Registry("engine", key="engine", interface=(
     "sharded": False,
     # Reads `deepspeed_config` (checked at start, saved in the run directory as deepspeed_config.json).
     "ds_config": False,
+    # "module:attr" of a dbl_ps.training.engine.EngineSetup subclass: the engine's own checks and
+    # set-up once per run (DeepSpeed's JSON); None: nothing to check or hand the workers.
+    "setup": None,
     # None: the engine applies precision, channels_last and compile (TorchEngine reads them);
     # else where its precision is set instead (those keys must then keep their defaults).
     "precision_from": None,
@@ -204,6 +207,7 @@ ENGINES = Registry("engine", key="engine", interface=(
 })
 ENGINES.register("torch", "dbl_ps.training.engine:TorchEngine")
 ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine", ds_config=True,
+                 setup="dbl_ps.integrations.deepspeed:DeepSpeedSetup",
                  precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
                  calibration="dbl_ps.integrations.deepspeed:calibration_steps")
 ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=False, sharded=True,

@@ -39,7 +39,8 @@ def user_plugins(tmp_path, monkeypatch):
     counts.mkdir()
     monkeypatch.setenv("COUNTING_DIR", str(counts))
     yield counts
-    for registry, name in ((SYNCHRONIZERS, "counting_store"), (ENGINES, "counting_torch")):
+    for registry, name in ((SYNCHRONIZERS, "counting_store"), (ENGINES, "counting_torch"),
+                           (ENGINES, "counting_factory")):
         registry._entries.pop(name, None)
     sys.modules.pop("user_plugins.counting", None)
 
@@ -84,6 +85,19 @@ def test_a_users_engine_registered_by_name_trains_every_step(user_plugins, tmp_p
     steps = {w: sum(r["workers"][w]["steps"] for r in records) for w in (0, 1)}
     assert {w: e.steps for w, e in enumerate(engines)} == steps and all(n > 0 for n in steps.values())
     assert _counts(user_plugins, "steps") == steps  # save_worker_state after each epoch wrote them
+
+
+def test_an_engine_owns_its_run_setup_through_its_registration(user_plugins, tmp_path):
+    """Recipe "add an engine", its settings: the `setup` trait names the user's EngineSetup, whose
+    check runs before the time model is measured (its line is in the run's log) and whose
+    options reach every worker's engine factory, as DeepSpeed's JSON does."""
+    lines: list[str] = []
+    _, coordinator, summary = drive(tmp_path / "run", "schedule.epochs=1", "schedule.milestones=[]",
+                                    "engine=counting_factory", log=lines.append)
+    assert summary["status"] == "finished"
+    assert "counting engine: steps are counted from 1000" in lines
+    records = [r for r in read_metrics(tmp_path / "run") if "workers" in r]
+    assert [loop.engine.steps for loop in coordinator.loops] == [1000 + r["steps"] for r in records[0]["workers"]]
 
 
 def test_a_plugin_module_that_does_not_import_is_named_in_the_config_error(monkeypatch):

@@ -37,10 +37,11 @@ import contextlib
 import copy
 import inspect
 import json
+import math
 import os
 import socket
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -49,14 +50,14 @@ from torch import nn
 from dbl_ps._optional import require
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.config import RunConfig
-from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for, split_batch
+from dbl_ps.training.engine import Engine, EngineSetup, loss_for, merges_gradients, optimizer_for, split_batch
 from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.rundir import atomic_json
 from dbl_ps.training.topology import LaunchError, Topology
 
 __all__ = ["DeepSpeedEngine", "DeepSpeedConfigError", "SingleRankMPU", "check_rank_config", "single_rank_groups",
            "optimizer_lr", "scheduler_in_epochs",
-           "worker_engine", "build_engine", "calibration_steps", "load_ds_config", "DEFAULT_CPU_CONFIG",
+           "worker_engine", "build_engine", "calibration_steps", "DeepSpeedSetup", "load_ds_config", "DEFAULT_CPU_CONFIG",
            "DS_CONFIG_FILE", "CONFIG_DIR"]
 
 FEATURE = "the DeepSpeed integration (dbl_ps.integrations.deepspeed)"
@@ -554,6 +555,60 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+class DeepSpeedSetup(EngineSetup):
+    """`engine: deepspeed`'s checks and set-up once per run (the registry's `setup` trait). The
+    DeepSpeed config is resolved once: `deepspeed_config` (a path or a packaged name; none =
+    fp32 without ZeRO) is read when the run starts and saved in the run directory as
+    `deepspeed_config.json`, which a resumed run uses, so a resume never depends on a file
+    outside its directory."""
+
+    def check(self, cfg: RunConfig, log: Callable[[str], None]) -> None:
+        """A DeepSpeed config that cannot train a DBSL worker is one error listing every
+        conflict, and what dbl-ps changes in it is said once."""
+        ds_config = load_ds_config(cfg.deepspeed_config)
+        ds_config.pop("scheduler", None)  # refused with its epochs once the data's size is known (check_schedule)
+        mixed = merges_gradients(cfg)
+        used, notes = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, mixed=mixed)
+        stage = int(used.get("zero_optimization", {}).get("stage", 0))
+        if mixed and stage >= 3:  # the API's deepspeed_mixed_config runs it in your own loop
+            raise DeepSpeedConfigError(f"zero_optimization.stage={stage} partitions the parameters, and dbl-ps train "
+                                       f"reads the whole model from every rank's module after each epoch: use stage "
+                                       f"0-2 with sync mixed_batch, or ZeRO-3 in your own loop "
+                                       f"(dbl.deepspeed_mixed_config)")
+        for note in notes:
+            log(f"DeepSpeed config: {note}")
+
+    def check_schedule(self, cfg: RunConfig, train_samples: int) -> None:
+        """A DeepSpeed `scheduler` block is one error saying what it is in epochs, at a large
+        worker's steps per epoch (its share of `train_samples` over B_L at the first
+        resolution), the same refusal as `dbl_ps.api.deepspeed_rank_config` (the run's
+        schedule sets the LR in epochs)."""
+        if cfg.deepspeed_config is None:
+            return
+        ds_config = load_ds_config(cfg.deepspeed_config)
+        if ds_config.get("scheduler") is None:
+            return
+        batch = (cfg.batch_large() or [None])[0]
+        steps = math.ceil(train_samples / cfg.dbl.workers / batch) if batch else None
+        how = f"a large worker: {train_samples} samples / {cfg.dbl.workers} workers / batch {batch}" if batch else ""
+        check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, steps_per_epoch=steps, steps_how=how)
+
+    def options(self, cfg: RunConfig, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
+        """Saves the DeepSpeed config of a new run into its directory: what every worker's
+        engine runs (the LR from schedule.lr, no scheduler block, gradient_accumulation_steps),
+        without the two batch fields that differ per worker and resolution; each DeepSpeed
+        engine writes its own next to it (`deepspeed_config.worker<i>.json`)."""
+        saved = run_dir / DS_CONFIG_FILE
+        if resuming and saved.is_file():
+            return {"ds_config": load_ds_config(saved), "run_dir": str(run_dir)}
+        ds_config = load_ds_config(cfg.deepspeed_config)
+        if not resuming:
+            used, _ = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, mixed=merges_gradients(cfg))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_json(saved, used)
+        return {"ds_config": ds_config, "run_dir": str(run_dir)}
 
 
 def build_engine(module: nn.Module, cfg: RunConfig, device: torch.device, topology: Topology, *,

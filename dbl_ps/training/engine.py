@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -37,7 +37,7 @@ from dbl_ps.training.averaging import averaged_tensors
 from dbl_ps.training.gradient_weighting import GradientWeight, weighted_sum_hook
 from dbl_ps.training.topology import Topology
 
-__all__ = ["Engine", "TorchEngine", "engine_step_factory", "merges_gradients", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
+__all__ = ["Engine", "EngineSetup", "TorchEngine", "engine_step_factory", "merges_gradients", "optimizer_for", "loss_for", "hard_labels", "int_buffers",
            "atomic_save", "worker_state_file", "split_batch"]
 
 
@@ -364,6 +364,25 @@ class TorchEngine(Engine):
             m.p = p
         self.optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - started
+
+
+class EngineSetup:
+    """What an engine checks and prepares once per run, before anything is measured or any
+    worker starts; the engine registry's `setup` trait names a subclass ("module:attr"), so
+    what is particular to an engine lives with it (DeepSpeed's: its JSON). The default
+    checks nothing and hands the workers nothing."""
+
+    def check(self, cfg: RunConfig, log: Callable[[str], None]) -> None:
+        """Every process, before the data is loaded: one error for a setting the engine cannot
+        train with, a line for what the run changes in the user's settings."""
+
+    def check_schedule(self, cfg: RunConfig, train_samples: int) -> None:
+        """Once the training set's size is known, before the time model is measured."""
+
+    def options(self, cfg: RunConfig, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
+        """What the engine needs beyond the run config (picklable: it travels to worker
+        processes); may save files into the run directory (a new run's) for a resume to read."""
+        return {}
 
 
 def engine_step_factory(cfg: RunConfig, engine_class: type[Engine] | None = None) -> StepFactory:

@@ -4,7 +4,8 @@ imported by dbl-ps in every process (the launcher, each spawned worker, each tor
 the first time a name no registry holds is looked up (`sync: counting_store`,
 `engine: counting_torch`), before that process checks its config.
 
-The counts go to files under the folder `COUNTING_DIR` names, one per worker process."""
+`engine: counting_factory` is the same engine built by a factory, with its own run set-up
+(`CountingSetup`, the registry's `setup` trait). The counts go to files under the folder `COUNTING_DIR` names, one per worker process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any, Sequence
 
 from dbl_ps.registry import ENGINES, SYNCHRONIZERS
 from dbl_ps.synchronizers.store import worker_synchronizer
-from dbl_ps.training.engine import TorchEngine
+from dbl_ps.training.engine import EngineSetup, TorchEngine
 from dbl_ps.training.sync import Synchronizer, SyncResult
 
 
@@ -94,3 +95,28 @@ class CountingEngine(TorchEngine):
 
 
 ENGINES.register("counting_torch", CountingEngine)  # the default traits: runs in store-mode workers
+
+
+# --- an engine with its own run set-up: the checks and options an engine owns -------------
+
+
+class CountingSetup(EngineSetup):
+    """Checked once per run before anything is measured; its options reach every worker's engine
+    (here: where the step count starts), through the same path DeepSpeed's JSON takes."""
+
+    def check(self, cfg: Any, log: Any) -> None:
+        log("counting engine: steps are counted from 1000")
+
+    def options(self, cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
+        return {"first_count": 1000}
+
+
+def counting_factory(module: Any, cfg: Any, device: Any, topology: Any, *, batch_size: Any,
+                     options: dict[str, Any]) -> CountingEngine:
+    """An engine factory (module, cfg, device, topology, *, batch_size, options) -> Engine."""
+    engine = CountingEngine(module, cfg, device, topology)
+    engine.steps = options["first_count"]
+    return engine
+
+
+ENGINES.register("counting_factory", counting_factory, setup="user_plugins.counting:CountingSetup")
