@@ -7,9 +7,18 @@ path to user code (`engine: my_pkg.engines:MyEngine`), the way `model.name` work
     ENGINES.traits(cfg.engine)             # the traits alone: never imports anything
     ENGINES.check("nope")                  # UnknownPluginError: lists the names and the path form
 
-Built-ins are registered below as `"module:attr"` strings and imported only when
-`get` is called, so that `names()`, `traits()` and config validation never import
-torch or an optional extra. A plugin may also register an object directly:
+The registries are declared here, with their traits; what fills them registers itself.
+dbl-ps's built-ins are registered in `dbl_ps.builtin_plugins` (the top layer) as `"module:attr"`
+strings, imported only when `get` is called, so that `names()`, `traits()` and config
+validation never import torch or an optional extra. That module is an entry point of the
+group `dbl_ps.plugins` (pyproject.toml), loaded on the first lookup in a process, so this
+core module names no higher layer; an installed package of the user's registers its own
+plugins the same way:
+
+    [project.entry-points."dbl_ps.plugins"]
+    my_plugins = "my_pkg.dbl_plugins"      # a module whose import registers them
+
+A plugin may also register an object directly:
 
     @DATA_SOURCES.register("my_source", path="the folder holding my files")
     def load_my_source(data_cfg, image_size): ...
@@ -33,15 +42,50 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Mapping
 
 from dbl_ps.imports import ImportPathError, import_callable, import_modules, is_import_path, split_import_path
 
 __all__ = ["Registry", "Entry", "UnknownPluginError", "ENGINES", "DATA_SOURCES", "TRACKERS", "SYNCHRONIZERS",
-           "PLUGINS_ENV", "import_plugin_modules"]
+           "PLUGINS_ENV", "ENTRY_POINT_GROUP", "import_plugin_modules", "load_entry_point_plugins"]
 
 # The environment variable naming users' modules that register plugins (see the module docstring).
 PLUGINS_ENV = "DBL_PS_PLUGINS"
+# The entry-point group of installed packages that register plugins when imported: dbl-ps's
+# own built-ins (declared in pyproject.toml) and any user package that declares one.
+ENTRY_POINT_GROUP = "dbl_ps.plugins"
+_DISTRIBUTION = "dbl-ps"
+_entry_points_loaded = False
+_entry_point_errors: list[str] = []
+
+
+def load_entry_point_plugins() -> list[str]:
+    """Import, once per process, every module registered in the entry-point group
+    `dbl_ps.plugins` (dbl-ps's built-ins first, so they keep their order); returns one line per
+    module that did not import, or on dbl-ps's own entry point missing (metadata of an install
+    older than it), which the lookup's error then shows. Every lookup and registration calls
+    it first, so the registries are never seen without their built-ins."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return _entry_point_errors
+    _entry_points_loaded = True  # before importing: those modules register, which comes back here
+
+    def ours(ep: EntryPoint) -> bool:
+        return ep.dist is not None and ep.dist.name.replace("_", "-").lower() == _DISTRIBUTION
+
+    found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: not ours(ep))
+    if not any(ours(ep) for ep in found):
+        _entry_point_errors.append(
+            f"dbl-ps's built-in plugins are not registered: the installed package's metadata has no "
+            f"{ENTRY_POINT_GROUP!r} entry point (installed before it existed?); reinstall: pip install -e .")
+    for ep in found:
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001 (a package's plugin module raised while importing: named)
+            _entry_point_errors.append(f"entry point {ep.name!r} = {ep.value!r} (group {ENTRY_POINT_GROUP!r}) "
+                                       f"raised {type(exc).__name__}: {exc}")
+    return _entry_point_errors
 
 
 def import_plugin_modules() -> list[str]:
@@ -97,6 +141,7 @@ class Registry:
         """Register `factory` (an object, or a "module:attr" string imported on first use)
         under `name` with `traits`. Without `factory`, a decorator. Registering a name
         again replaces it."""
+        load_entry_point_plugins()  # the built-ins first: they keep their place in names()
         if factory is None:
             def decorate(obj: Any) -> Any:
                 self.register(name, obj, **traits)
@@ -121,19 +166,23 @@ class Registry:
 
     def names(self) -> list[str]:
         """The registered names, in registration order."""
+        load_entry_point_plugins()
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        load_entry_point_plugins()
         return name in self._entries
 
     def with_trait(self, trait: str, value: Any = True) -> list[str]:
         """The registered names whose `trait` equals `value` (e.g. the engines that run in store mode)."""
+        load_entry_point_plugins()
         return [n for n, (_, traits) in self._entries.items() if traits.get(trait) == value]
 
     def allowed(self) -> str:
         """What a value may be, for error messages."""
+        errors = [*load_entry_point_plugins(), *self._plugin_errors]
         names = ", ".join(repr(n) for n in self._entries)
-        failed = "".join(f"; {line}" for line in self._plugin_errors)
+        failed = "".join(f"; {line}" for line in errors)
         return (f"one of {names} (or a name registered by a module in {PLUGINS_ENV}) or an import path "
                 f"'package.module:callable' naming {self.interface}{failed}")
 
@@ -142,8 +191,9 @@ class Registry:
 
     def traits(self, value: str) -> dict[str, Any]:
         """The traits of a registered name, or the defaults for a well-formed import path;
-        `UnknownPluginError` otherwise. Imports nothing, but the `DBL_PS_PLUGINS` modules for a
-        name no registry holds."""
+        `UnknownPluginError` otherwise. Imports nothing but the plugin registrations (the
+        entry points' modules, once; the `DBL_PS_PLUGINS` modules for a name no registry holds)."""
+        load_entry_point_plugins()
         if isinstance(value, str) and value in self._entries:
             return dict(self._entries[value][1])
         if isinstance(value, str) and value and not is_import_path(value):
@@ -205,13 +255,6 @@ ENGINES = Registry("engine", key="engine", interface=(
     # `engine: torch` (and the run says so).
     "calibration": None,
 })
-ENGINES.register("torch", "dbl_ps.training.engine:TorchEngine")
-ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine", ds_config=True,
-                 setup="dbl_ps.integrations.deepspeed:DeepSpeedSetup",
-                 precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
-                 calibration="dbl_ps.integrations.deepspeed:calibration_steps")
-ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=False, sharded=True,
-                 precision_from="fsdp.param_dtype")
 
 # Data sources. The object is a loader `(data_cfg, image_size) -> dbl_ps.data.Dataset`
 # (image_size is the largest resolution of the schedule).
@@ -230,20 +273,6 @@ DATA_SOURCES = Registry("data source", key="data.source", interface=(
     # The loader also takes `log=` (a callable for notes such as estimated statistics).
     "takes_log": False,
 })
-_IDX = "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz), or torchvision's "
-DATA_SOURCES.register("digits", "dbl_ps.data.load:digits_source")
-DATA_SOURCES.register("fashion_mnist", "dbl_ps.data.load:fashion_mnist_source", path=_IDX + "FashionMNIST/raw/")
-DATA_SOURCES.register("mnist", "dbl_ps.data.load:mnist_source", path=_IDX + "MNIST/raw/")
-DATA_SOURCES.register("cifar10", "dbl_ps.data.load:cifar10_source",
-                      path="the folder holding cifar-10-python.tar.gz or cifar-10-batches-py (or that folder itself)")
-DATA_SOURCES.register("cifar100", "dbl_ps.data.load:cifar100_source",
-                      path="the folder holding cifar-100-python.tar.gz or cifar-100-python (or that folder itself)")
-DATA_SOURCES.register("imagefolder", "dbl_ps.data.load:imagefolder_source", per_sample=True, takes_log=True,
-                      path="the folder holding train/ and val/ (or test/), each with one folder per class")
-DATA_SOURCES.register("synthetic", "dbl_ps.data.load:synthetic_source")
-DATA_SOURCES.register("shards", "dbl_ps.shards.loader:load_source", shard_sets=True, path=(
-    "the folder `dbl-ps shard --out` wrote, or a folder of webdataset train-*.tar and test-*.tar/val-*.tar"))
-DATA_SOURCES.register("factory", "dbl_ps.data.load:factory_source", per_sample=True, factory=True, takes_log=True)
 
 # Trackers: sinks of the run's metrics records beside metrics.jsonl. The object is called as
 # `factory(cfg, run_dir, *, resuming, tags, warn)` (run_dir a dbl_ps.training.rundir.RunDirectory,
@@ -251,14 +280,14 @@ DATA_SOURCES.register("factory", "dbl_ps.data.load:factory_source", per_sample=T
 # `log(step, record)` and `close()`, or None when it has nothing to log to.
 TRACKERS = Registry("tracker", key="tracking.trackers", interface=(
     "a tracker factory (cfg, run_dir, *, resuming, tags, warn) -> sink with log(step, record) and close()"))
-TRACKERS.register("wandb", "dbl_ps.runtime.tracking:open_wandb")
-TRACKERS.register("tensorboard", "dbl_ps.runtime.tracking:open_tensorboard")
-TRACKERS.register("csv", "dbl_ps.runtime.tracking:open_csv")
 
 # Sync kinds: how the workers' models meet, each a synchronizer (what a worker's loop holds)
 # with its coordinator (the run-level half the run driver holds). The config's `sync` key
 # names one (`auto`: the first registered kind that fits the launch). Traits say what a kind
-# needs and what it honours, so the config is checked against them at load:
+# needs and what it honours, so the config is checked against them at load. The object is the
+# synchronizer factory: one-machine kinds' called in each worker process as (cfg, worker,
+# links) with the picklable links the coordinator handed the launcher; launched kinds' in
+# each rank as (cfg, plan, topology).
 SYNCHRONIZERS = Registry("sync kind", key="sync", interface="a Synchronizer (dbl_ps.training.sync)", traits={
     # True: runs under torchrun or the deepspeed launcher (every rank a worker, or a group of
     # ranks one worker); False: `dbl-ps train` on one machine spawns its own worker processes.
@@ -282,20 +311,3 @@ SYNCHRONIZERS = Registry("sync kind", key="sync", interface="a Synchronizer (dbl
     # (topology, device, *, threads, measure_per_worker, build_loop) after the rank's set-up.
     "coordinator": None,
 })
-# The object is the synchronizer factory: one-machine kinds' called in each worker process as
-# (cfg, worker, links) with the picklable links the coordinator handed the launcher; launched
-# kinds' in each rank as (cfg, plan, topology).
-SYNCHRONIZERS.register("store", "dbl_ps.synchronizers.store:worker_synchronizer", launched=False,
-                       modes=("asp", "bsp", "ssp"), rules=("blend", "average", "sgd"),
-                       what="the parameter store on one machine merges each worker's push with store.rule",
-                       coordinator="dbl_ps.synchronizers.store:StoreCoordinator")
-SYNCHRONIZERS.register("collective", "dbl_ps.synchronizers.collective:rank_synchronizer", launched=True,
-                       modes=("bsp",), rules=("average",),
-                       what="every rank meets the others at each sync and takes the share-weighted mean of the "
-                            "models (torch.distributed all_reduce): bulk-synchronous averaging",
-                       coordinator="dbl_ps.synchronizers.collective:CollectiveCoordinator")
-SYNCHRONIZERS.register("mixed_batch", "dbl_ps.synchronizers.mixed_batch:rank_synchronizer", launched=True,
-                       modes=("bsp",), rules=("average",), sync_every=False, plan="mixed", per_step=True,
-                       what="every step trains one global batch split over the ranks by their speed; gradients are "
-                            "merged in every step, weighted by each rank's share of the batch",
-                       coordinator="dbl_ps.synchronizers.collective:CollectiveCoordinator")

@@ -11,7 +11,10 @@ beside it (objects handed to the driver, as `Trainer(callbacks=)` does); not rep
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -136,3 +139,44 @@ def test_a_registered_engine_is_timed_as_itself_for_the_time_model(user_plugins)
         step = make_step(torch.nn.Linear(4, 2), device="cpu", precision="fp32", channels_last=False, compile=False)
     step(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
     assert type(step.__self__).__name__ == "CountingEngine" and step.__self__.steps == 1
+
+
+INSTALLED_PLUGIN_CHECK = textwrap.dedent("""
+    import json, sys
+    from dbl_ps.config import load_config
+    from dbl_ps.registry import ENGINES, TRACKERS
+    cfg = load_config(None, ["engine=installed_torch"])  # found with no DBL_PS_PLUGINS: the entry point
+    print(json.dumps({"engines": ENGINES.names(), "traits": ENGINES.traits("installed_torch")["precision_from"],
+                      "loaded": "my_installed_plugin" in sys.modules, "torch": "torch" in sys.modules,
+                      "allowed": TRACKERS.allowed()}))
+""")
+
+
+def test_an_installed_package_registers_its_plugins_through_the_entry_point_group(tmp_path):
+    """Recipe "ship plugins in a package": a distribution whose metadata declares an entry point
+    in the group `dbl_ps.plugins` (here installed into a folder on sys.path: a real dist-info,
+    as pip writes it) has its module imported on the first registry lookup of a process, with
+    no DBL_PS_PLUGINS: its engine is a name a config may use, after the built-ins (which
+    register the same way), with its traits, and no torch is imported to learn that. A
+    package whose plugin module raises is named in the errors' list of allowed values."""
+    site = tmp_path / "site"
+    (site / "my_installed_plugin").mkdir(parents=True)
+    (site / "my_installed_plugin" / "__init__.py").write_text(
+        "from dbl_ps.registry import ENGINES\n"
+        "ENGINES.register('installed_torch', 'dbl_ps.training.engine:TorchEngine', precision_from='mine')\n")
+    (site / "broken_plugin.py").write_text("raise RuntimeError('no GPU here')\n")
+    for name, module in (("my_installed_plugin", "my_installed_plugin"), ("broken_plugin", "broken_plugin")):
+        info = site / f"{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[dbl_ps.plugins]\n{name} = {module}\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    env.pop(PLUGINS_ENV, None)
+    done = subprocess.run([sys.executable, "-c", INSTALLED_PLUGIN_CHECK], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["engines"] == ["torch", "deepspeed", "fsdp", "installed_torch"]
+    assert got["traits"] == "mine" and got["loaded"] and not got["torch"]
+    assert "entry point 'broken_plugin' = 'broken_plugin' (group 'dbl_ps.plugins') raised RuntimeError: no GPU here" \
+        in got["allowed"]

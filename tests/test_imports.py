@@ -125,17 +125,32 @@ def test_no_core_module_imports_a_higher_layer_in_a_fresh_interpreter():
     sys.modules. lint-imports checks the import statements; this checks what actually runs,
     function-level imports and imports by string included.
 
-    What the core reaches only through a registry entry, on use, is the plugin's own business
-    and not counted here: `data.source: shards` imports `dbl_ps.shards.loader` when
+    What the core reaches only through a registry, on use, is the plugin's own business and not
+    counted here: the registrations themselves (`dbl_ps.builtin_plugins`, which the registry's first
+    lookup imports through its entry point, as it would a user package's; the core names it
+    nowhere), and `data.source: shards`, which imports `dbl_ps.shards.loader` when
     `load_dataset` looks the source up (`DATA_SOURCES.get`), as a user's source is imported.
     Issue 31 noted `data/load.py` pulling `shards` at run time: that is this lookup, and a run
     on any other source never imports `dbl_ps.shards`."""
+    from importlib.metadata import entry_points
+
     layers = _layers()
     core, higher = layers[-1], [m for layer in layers[:-1] for m in layer]
     assert "dbl_ps.registry" in core and "dbl_ps.training" in higher and "dbl_ps.shards" in higher
-    done = _run(LAYERING, json.dumps(core), json.dumps(higher))
+    assert "dbl_ps.builtin_plugins" in higher  # the top layer: it names every layer's modules, by string
+    assert "dbl_ps.builtin_plugins" in [ep.value for ep in entry_points(group="dbl_ps.plugins")]
+    done = _run(LAYERING, json.dumps(core), json.dumps([m for m in higher if m != "dbl_ps.builtin_plugins"]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == {}
+    # and no module of the core names it in code (a string or an import; the registry's
+    # docstring says where the built-ins live): it arrives through the entry point alone
+    names_it = re.compile(r"""["']dbl_ps\.builtin_plugins|import builtin_plugins|import dbl_ps\.builtin_plugins""")
+    files = [f for name in core for f in (
+        [ROOT / (name.replace(".", "/") + ".py")] if (ROOT / (name.replace(".", "/") + ".py")).is_file()
+        else sorted((ROOT / name.replace(".", "/")).rglob("*.py")))]
+    assert ROOT / "dbl_ps" / "registry.py" in files and ROOT / "dbl_ps" / "config" / "loading.py" in files
+    named = [f.relative_to(ROOT).as_posix() for f in files if names_it.search(f.read_text())]
+    assert named == [], named
 
 
 REGISTRY_LAZY = textwrap.dedent("""
