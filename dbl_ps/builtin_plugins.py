@@ -22,7 +22,7 @@ ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine", ds_c
                  precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
                  calibration="dbl_ps.integrations.deepspeed:calibration_steps")
 ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=False, sharded=True,
-                 precision_from="fsdp.param_dtype")
+                 precision_from="fsdp.param_dtype", calibration="dbl_ps.integrations.fsdp:calibration_steps")
 
 # Data sources (traits: dbl_ps.registry.DATA_SOURCES)
 _IDX = "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz), or torchvision's "

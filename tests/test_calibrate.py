@@ -263,6 +263,45 @@ def test_a_deepspeed_run_times_its_deepspeed_step_and_leaves_no_process_group(tm
     assert max(t[0] for t in timed) == 16 and not dist.is_initialized()
 
 
+def test_an_fsdp_run_times_its_fsdp_step_on_its_groups_mesh(monkeypatch):
+    """`engine: fsdp` (under a launcher; here a process group of one rank): the time model is
+    measured on the FSDP2 engine of the run's settings (fsdp.param_dtype bf16: the compute in
+    bf16) at learning rate 0, not on the plain fp32 torch step; outside a process group it says
+    where it can run instead of measuring something else."""
+    import socket
+
+    import torch
+    import torch.distributed as dist
+    from dbl_ps.integrations.fsdp import FSDPEngine
+    from dbl_ps.training.time_models import run_engine_steps
+
+    cfg = load_config(None, ["engine=fsdp", "fsdp.param_dtype=bf16", "threads_per_worker=1"])
+    with pytest.raises(RuntimeError, match="under a launcher only"):
+        with run_engine_steps(cfg, "cpu"):
+            pass
+    timed = []
+    step = FSDPEngine.train_step
+
+    def spy(self, images, labels):
+        loss, out = step(self, images, labels)
+        timed.append((out.dtype, self.optimizer.param_groups[0]["lr"], self.topology.group_size))
+        return loss, out
+
+    monkeypatch.setattr(FSDPEngine, "train_step", spy)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", store=dist.TCPStore("127.0.0.1", port, 1, True), rank=0, world_size=1)
+    try:
+        with run_engine_steps(cfg, "cpu", log=pytest.fail) as make_step:  # no "timed as torch" line
+            train_step = make_step(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10)), device="cpu",
+                                   precision="fp32", channels_last=False, compile=False)
+            train_step(torch.randn(8, 1, 12, 12), torch.zeros(8, dtype=torch.long))
+    finally:
+        dist.destroy_process_group()
+    assert timed == [(torch.bfloat16, 0.0, 1)]
+
+
 def test_every_reader_of_a_calibration_file_gives_the_same_time_models(tmp_path):
     """`dbl-ps train` (resolve_time_models), `dbl-ps plan --config`, `dbl-ps plan
     --calibration` and `api.plan_from_calibration` read a file through one function."""

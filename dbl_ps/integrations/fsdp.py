@@ -38,6 +38,7 @@ checkpoint of the whole world, ``optim_world/``.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -51,6 +52,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.config import RunConfig
 from dbl_ps.models import residual_block_classes
 from dbl_ps.training.averaging import split_params_buffers, weighted_average_
@@ -58,7 +60,7 @@ from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer
 from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.topology import Topology
 
-__all__ = ["FSDPEngine", "build_engine", "build_mesh", "apply_fsdp", "wrap_units"]
+__all__ = ["FSDPEngine", "build_engine", "build_mesh", "apply_fsdp", "wrap_units", "calibration_steps"]
 
 
 def build_mesh(topo: Topology, device: torch.device) -> Any:
@@ -224,8 +226,43 @@ def build_engine(module: nn.Module, cfg: RunConfig, device: torch.device, topo: 
                  batch_size: int | None, options: dict[str, Any]) -> FSDPEngine:
     """`engine: fsdp` (dbl_ps.registry.ENGINES; ranks of a multi-rank job only, registered
     with store_mode=False): the compute dtype from fsdp.param_dtype."""
-    dtype = torch.bfloat16 if cfg.fsdp.param_dtype == "bf16" else None
-    return FSDPEngine(module, cfg, device, topo, param_dtype=dtype, shard_world=merges_gradients(cfg))
+    return FSDPEngine(module, cfg, device, topo, param_dtype=_param_dtype(cfg), shard_world=merges_gradients(cfg))
+
+
+def _param_dtype(cfg: RunConfig) -> torch.dtype | None:
+    return torch.bfloat16 if cfg.fsdp.param_dtype == "bf16" else None
+
+
+@contextlib.contextmanager
+def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
+    """The step a run's time model is measured with under `engine: fsdp` (the registry's
+    `calibration` trait): the FSDP2 engine of the run's settings (`fsdp.param_dtype`, the wrap
+    units, its optimizer and loss; the LR at zero) on this rank's group's shard mesh, each
+    member taking its part of the worker's batch, as in training. The merge between workers
+    is not in the step, so a worker times its own speed, not the wait for slower ones (with
+    `sync: mixed_batch`, whose ranks are each a worker, that is the rank's compute alone).
+    Every rank of the job measures at once (a run that measures does so on every rank), so
+    the group's collectives meet; the grid of batches is the same on every rank."""
+    if not dist.is_initialized():
+        raise RuntimeError("engine fsdp measures its step under a launcher only (torchrun), where the process "
+                           "group is initialised")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    topo = Topology(rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+                    group_size=cfg.fsdp.ranks_per_worker)
+
+    def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
+                  compile: bool) -> TrainStep:
+        # precision, channels_last and compile keep their defaults with fsdp (fsdp.param_dtype sets the dtype)
+        # shard_world False: the group's own mesh, also where the run (sync mixed_batch) shards over every rank
+        engine = FSDPEngine(model, cfg, torch.device(device), topo, param_dtype=_param_dtype(cfg), shard_world=False)
+        engine.set_lr(0.0)
+
+        def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return engine.train_step(*engine.local_batch(images, labels))
+
+        return step
+
+    yield make_step
 
 
 @contextlib.contextmanager

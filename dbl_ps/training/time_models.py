@@ -90,10 +90,10 @@ def measure_time_models(cfg: RunConfig, batches: dict[int, int], *, num_classes:
 def run_engine_steps(cfg: RunConfig, device: str, log: Callable[[str], None] = print) -> Iterator[StepFactory]:
     """The training step of the engine the run trains with (`engine:`), for its time model:
     the engine's own calibration (the registry's `calibration` trait: DeepSpeed builds its
-    engine from the run's DeepSpeed JSON), else an Engine subclass built as itself (`torch`,
-    a user's subclass), else (an engine factory with no calibration: fsdp, whose step needs
-    its group of ranks) the `engine: torch` step of the same model, optimizer and loss, and
-    the run says so."""
+    engine from the run's DeepSpeed JSON, FSDP its sharded engine on the worker's mesh), else
+    an Engine subclass built as itself (`torch`, a user's subclass), else (a user's engine
+    factory with no calibration) the `engine: torch` step of the same model, optimizer and
+    loss, and the run says so."""
     try:
         entry = ENGINES.get(cfg.engine)
     except ImportPathError as exc:
