@@ -127,6 +127,12 @@ class ScheduleSpec:
         if isinstance(small, tuple) and isinstance(large, tuple) and any(s > l for s, l in zip(small, large)):
             raise ValueError(f"batch_small={list(small)} must not exceed batch_large={list(large)}")
 
+    @property
+    def dropout_rates(self) -> tuple[float, ...]:
+        """The dropout rate of each resolution (``__post_init__`` made it one entry per resolution)."""
+        assert isinstance(self.dropouts, tuple)
+        return self.dropouts
+
     def _values_at(self, k: int) -> tuple[float, int, int | None]:
         """(dropout, B_L, b_S or None) at resolution index `k` (``__post_init__`` made every
         per-resolution value one entry per resolution)."""

@@ -87,12 +87,12 @@ def build_rank_loop(run: PreparedRun, start_epoch: int, topo: Topology, device: 
     synchronizer, started from the global model (every rank loaded the same model.pt on a resume)."""
     cfg, plan = run.cfg, run.plan
     sync = make_synchronizer(cfg, plan, topo)
-    folder = run.run_dir.checkpoint_folder(run.checkpoint) if run.checkpoint else None
+    checkpoint = run.checkpoint or None  # {}: stopped before its first checkpoint, a fresh start
+    resume = Resume(run.run_dir.checkpoint_folder(checkpoint), int(checkpoint["workers"])) if checkpoint else None
     part = WorkerPart(module=engine_module(run.model), plan=plan, spec=run.spec, train=run.data.train,
                       transform=run.transform, in_channels=run.data.in_channels, topology=topo, device=device,
                       engine_options=run.engine_options, start_epoch=start_epoch,
-                      resume=Resume(folder, int(run.checkpoint["workers"])) if folder is not None else None,
-                      global_state=run.model.state_dict() if folder is not None else None)
+                      resume=resume, global_state=run.model.state_dict() if resume is not None else None)
     return build_worker_loop(cfg, part, synchronizer=sync, callbacks=callbacks_from_env(topo.rank),
                              log=stderr_log if topo.is_main else None)
 
@@ -129,12 +129,12 @@ def _interrupted(driver: RunDriver | None, coordinator: CollectiveCoordinator | 
     """A stop signal: rank 0 marks the checkpoint interrupted and says once what is kept."""
     main = coordinator.is_main if coordinator is not None else os.environ.get("RANK", "0") == "0"
     if main:
-        where = driver.run_dir if driver is not None else None
-        meta = RunDirectory(where).checkpoint_meta() if where is not None and where.is_dir() else None
-        if meta is not None and meta.get("status") != "finished":
+        where = driver.run_dir if driver is not None and driver.run_dir.is_dir() else None
+        meta = RunDirectory(where).checkpoint_meta() if where is not None else None
+        if where is not None and meta is not None and meta.get("status") != "finished":
             RunDirectory(where).set_checkpoint_status("interrupted")
         kept = (f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: {resume_command(where)}"
-                if meta is not None else "no epoch had completed: nothing to resume")
+                if where is not None and meta is not None else "no epoch had completed: nothing to resume")
         print(f"dbl-ps train: {_StopSignal.received or 'SIGINT'}: stopped; {kept}", file=sys.stderr, flush=True)
     return 130
 
@@ -150,7 +150,9 @@ def run_collective(cfg: RunConfig, *, run_dir: str | None, resume: str | None) -
         cfg, coordinator = set_up_rank(cfg, checkpoint)
         if resume is None and run_dir is None:
             run_dir = coordinator.share(lambda: str(new_run_dir(cfg)))
-        driver = RunDriver(cfg, coordinator, Path(resume or run_dir), checkpoint=checkpoint, log=stderr_log)
+        directory = resume or run_dir
+        assert directory is not None  # a resume's directory, the given one, or a new one named just above
+        driver = RunDriver(cfg, coordinator, Path(directory), checkpoint=checkpoint, log=stderr_log)
         driver.prepare()
         summary = driver.run()
         if summary.get("status") == "diverged":  # rank 0's: every update was left out (divergence=skip)
@@ -171,7 +173,7 @@ def run_collective(cfg: RunConfig, *, run_dir: str | None, resume: str | None) -
         return 2
     except DivergedError as err:  # every rank raised it at the same sync; rank 0 says it
         _StopSignal.ending = True
-        if coordinator is not None and coordinator.is_main:
+        if coordinator is not None and coordinator.is_main and driver is not None:
             meta = RunDirectory(driver.run_dir).checkpoint_meta()
             line = stopped_line(str(err), diverged=True, run_dir=driver.run_dir,
                                 last_epoch=meta["epoch"] if meta else None)

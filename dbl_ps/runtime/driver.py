@@ -198,7 +198,7 @@ class RunDriver:
             self.coordinator.all_written((lambda: self.dir.write_setup(cfg, self.plan_dict(), spec, fresh=fresh))
                                          if coordinator.is_main else None)
         if self.checkpoint:  # {}: stopped before its first checkpoint, starts again from epoch 0
-            self._load_checkpoint_model(model)
+            self._load_checkpoint_model(model, self.checkpoint)
         def load_user_callbacks() -> None:  # after the config's imports: a callback's module may need them
             given = [(type(c).__name__, c) for c in self._given_callbacks]
             self.user = UserCallbacks([*load_callbacks(cfg.callbacks), *given], timeout=cfg.tracking.timeout,
@@ -267,10 +267,10 @@ class RunDriver:
             self.log(f"warning: {path} lacks the records of epoch(s) {shown} of the {trained} the checkpoint holds "
                      f"(cut or edited?): their history is gone (restore the file to keep it); the run goes on")
 
-    def _load_checkpoint_model(self, model: nn.Module) -> None:
+    def _load_checkpoint_model(self, model: nn.Module, checkpoint: dict[str, Any]) -> None:
         """The checkpoint's global model into `model`, which config.yaml describes: a config
         edited after the run started (another model.name) is named, not a load_state_dict dump."""
-        state = self.dir.load_model(self.checkpoint)
+        state = self.dir.load_model(checkpoint)
         try:
             model.load_state_dict(state)
         except RuntimeError:
@@ -280,7 +280,7 @@ class RunDriver:
             shapes = [k for k in mine if k in state and mine[k].shape != state[k].shape]
             first = (missing or extra or shapes or ["?"])[0]
             raise CheckpointError(
-                f"{self.dir.checkpoint_folder(self.checkpoint) / MODEL_FILE} does not fit the model config.yaml "
+                f"{self.dir.checkpoint_folder(checkpoint) / MODEL_FILE} does not fit the model config.yaml "
                 f"describes (model.name {self.cfg.model.name!r}: {len(missing)} missing, {len(extra)} unexpected, "
                 f"{len(shapes)} other shapes, e.g. {first!r}); was config.yaml edited after the run started? "
                 f"restore its model section") from None
@@ -445,6 +445,13 @@ class RunDriver:
 
     # ------------------------------------------------------------------ one global epoch
 
+    @property
+    def main_finisher(self) -> EpochFinisher:
+        """The epoch finisher: the main process opens it when the run starts, and only the main
+        process evaluates, logs, commits and summarises."""
+        assert self.finisher is not None, "the main process opens the finisher when the run starts"
+        return self.finisher
+
     def _complete(self, done: GlobalEpoch) -> None:
         coordinator, epoch = self.coordinator, done.epoch
         # Before anything of the epoch is written: a run directory deleted (or replaced) meanwhile
@@ -459,9 +466,9 @@ class RunDriver:
 
         def finish() -> None:
             try:
-                record.update(self.finisher.finish(epoch, done.reports, state, done.version))
+                record.update(self.main_finisher.finish(epoch, done.reports, state, done.version))
                 if replanned is not None:  # after the epoch's record, before its checkpoint
-                    self.finisher.logger.log(epoch, replanned.record)
+                    self.main_finisher.logger.log(epoch, replanned.record)
             except OSError:  # a write that failed because the run directory vanished says so
                 self.dir.check_still_there(epoch)
                 raise
@@ -473,14 +480,14 @@ class RunDriver:
         def commit() -> None:
             self.dir.check_still_there(epoch)  # again: deleted while this epoch was evaluated and saved
             try:
-                self.finisher.commit()
+                self.main_finisher.commit()
             except OSError:
                 self.dir.check_still_there(epoch)
                 raise
 
         coordinator.all_written(commit if coordinator.is_main else None)
         if coordinator.is_main:
-            line = self.finisher.console_line(record)
+            line = self.main_finisher.console_line(record)
             if self.display is not None and self.display.active:
                 self.display.epoch_done(line, record)
             else:
@@ -523,7 +530,7 @@ class RunDriver:
     # ------------------------------------------------------------------ summary
 
     def _summary(self, status: str) -> dict[str, Any]:
-        return self.finisher.summary(status, name=self.cfg.name, small_workers=self.plan.small,
+        return self.main_finisher.summary(status, name=self.cfg.name, small_workers=self.plan.small,
                                      sync=sync_record(self.cfg),
                                      server=self.coordinator.server_stats(), plan_source=self.plan_source,
                                      startup_seconds=self.startup_seconds, time_model_seconds=self.time_model_seconds,

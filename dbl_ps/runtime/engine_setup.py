@@ -87,7 +87,8 @@ def build_engine(cfg: RunConfig, module: nn.Module, device: torch.device, topolo
     job (the process group is initialised there)."""
     entry = _entry(cfg)
     if isinstance(entry.obj, type) and issubclass(entry.obj, Engine):
-        engine = entry.obj(module, cfg, device, topology)  # TorchEngine's constructor
+        engine_class: Callable[..., Engine] = entry.obj  # built as TorchEngine's constructor is
+        engine = engine_class(module, cfg, device, topology)
     else:
         engine = entry.obj(module, cfg, device, topology, batch_size=batch_size, options=options)
     if not isinstance(engine, Engine):

@@ -40,18 +40,19 @@ def failure_message(exc: BaseException, *, worker: int, data_path: str | None) -
     return " ".join(text.split())  # one line, whatever a library put into the message
 
 
-def stopped_line(message: str, *, diverged: bool, last_epoch: int | None, run_dir: str | Path) -> str:
+def stopped_line(message: str, *, diverged: bool, last_epoch: int | None, run_dir: str | Path | None) -> str:
     """`message` plus the checkpoint that is kept (`last_epoch`: the last committed epoch,
-    0-based; None or < 0: none) and what to do next."""
-    has = last_epoch is not None and last_epoch >= 0
+    0-based; None or < 0: none, as without a run directory) and what to do next."""
+    has = last_epoch is not None and last_epoch >= 0 and run_dir is not None
+    shown = last_epoch + 1 if last_epoch is not None else 0  # counted from 1, as on the console
     if diverged:
-        kept = (f"the last finite checkpoint (epoch {last_epoch + 1}) is kept" if has
+        kept = (f"the last finite checkpoint (epoch {shown}) is kept" if has
                 else "no epoch had finished, so there is no checkpoint")
         # A resume repeats the same steps and would diverge again: the advice is a new run.
         return (f"{message}; {kept}; lower schedule.lr (or lengthen schedule.warmup_epochs) and start a new run, "
                 "or set divergence=skip to leave non-finite updates out")
-    if has:
-        return (f"{message}; the checkpoint of epoch {last_epoch + 1} is kept: once that is fixed, "
+    if has and run_dir is not None:
+        return (f"{message}; the checkpoint of epoch {shown} is kept: once that is fixed, "
                 f"`{resume_command(run_dir)}` continues from it")
     return f"{message}; no epoch had finished, so there is no checkpoint"
 

@@ -93,7 +93,7 @@ class StopAfterEpoch(Callback):
     def __init__(self, epoch: int):
         self.epoch = epoch
 
-    def on_checkpoint(self, loop: WorkerLoop, epoch: int) -> None:
+    def on_checkpoint(self, loop: WorkerLoop | None, epoch: int) -> None:
         if epoch == self.epoch:
             raise StopTraining(f"stopping after epoch {epoch} ({STOP_ENV})")
 

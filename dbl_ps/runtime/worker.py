@@ -173,7 +173,7 @@ def run_worker(args: WorkerArgs, queue: Any, stop: Any, gate: Any, plan_version:
     device = torch.device(args.device)
     data = _queued_train_data(args, data_queue, stop) if args.train_data_queued else \
         load_dataset(cfg.data, image_size=max(spec.resolutions))
-    module = build_run_model(cfg, data.num_classes, data.in_channels, dropout=spec.dropouts[0])
+    module = build_run_model(cfg, data.num_classes, data.in_channels, dropout=spec.dropout_rates[0])
     time.sleep(start_delay())  # test hook: a start-up as slow as CUDA's or a compile warm-up
     link = LauncherLink(args, queue, stop, gate, lockstep=cfg.store.mode == "bsp" or cfg.dbl.replan,
                         plan_version=plan_version)

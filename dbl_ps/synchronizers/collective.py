@@ -26,7 +26,7 @@ import math
 import re
 import time
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
 import torch.distributed as dist
@@ -90,7 +90,9 @@ class CollectiveSynchronizer(Synchronizer):
         # the CLI's config key, or the API's parameter (ModelAverager passes its own).
         self.timeout_name = timeout_name
         # monitored_barrier exists for gloo only; NCCL runs wait on a gloo side group (made by every rank)
-        self.monitor_group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        # (every rank is a member, so new_group returns the group, never its non-member marker)
+        self.monitor_group: dist.ProcessGroup | None = (
+            None if dist.get_backend() == "gloo" else cast(dist.ProcessGroup, dist.new_group(backend="gloo")))
         self.merges = 0
         self.skip_nonfinite = divergence == "skip"
         self.synced: list[torch.Tensor] | None = None  # skip: the merged tensors of the last sync

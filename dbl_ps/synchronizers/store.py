@@ -74,8 +74,9 @@ class StoreServer:
         # else is opened or any process started.
         try:
             # rule sgd: payloads are displacements already scaled by the local LR (StoreSynchronizer)
+            mode, rule = store_mode_and_rule(cfg)
             self.store = ParameterStore(
-                self.flat.numel, cfg.dbl.workers, mode=cfg.store.mode, rule=cfg.store.rule,
+                self.flat.numel, cfg.dbl.workers, mode=mode, rule=rule,
                 staleness=cfg.store.staleness, apply_threads=cfg.store.apply_threads or None, lr=1.0, momentum=0.0,
                 initial=self.flat.gather(), reject_non_finite=cfg.store.reject_non_finite,
             )
@@ -145,7 +146,7 @@ class StoreCoordinator(OneProcess):
                 ready.add(event.worker)
                 if len(ready) == self.workers:  # the clock starts, the gate opens
                     self._on_ready()
-                    self.server.open_gate(self._start_epoch)
+                    self.live.open_gate(self._start_epoch)
             elif isinstance(event, EpochReport):
                 reports.setdefault(event.epoch, {})[event.worker] = event
                 done = reports.get(self.last_complete + 1, {})
@@ -157,18 +158,24 @@ class StoreCoordinator(OneProcess):
                                       max(r.version for r in done.values()))
         self.processes.finish()
 
+    @property
+    def live(self) -> StoreServer:
+        """The store server, made in `start` (every other method runs after it)."""
+        assert self.server is not None, "the store is made in start()"
+        return self.server
+
     def global_state(self, epoch: GlobalEpoch) -> dict[str, torch.Tensor]:
         # The launcher's model (the driver's evaluation model) takes the store's state; the
         # record names the version read (at least every report's).
-        epoch.version = self.server.read_global(epoch.version)
-        return self.server.flat.model.state_dict()
+        epoch.version = self.live.read_global(epoch.version)
+        return self.live.flat.model.state_dict()
 
     def adopt_plan(self, plan: Any) -> None:
-        self.server.publish_plan()  # the workers re-read plan.json at their next epoch start
+        self.live.publish_plan()  # the workers re-read plan.json at their next epoch start
         self.processes.plan_changed()
 
     def release(self, epoch: int) -> None:
-        self.server.open_gate(epoch + 1)  # bsp (and any mode with dbl.replan): the next epoch may start
+        self.live.open_gate(epoch + 1)  # bsp (and any mode with dbl.replan): the next epoch may start
 
     def save_worker_state(self, folder: Path) -> None:
         pass  # every worker wrote its own before reporting the epoch
@@ -189,8 +196,16 @@ class StoreCoordinator(OneProcess):
 
 def worker_synchronizer(cfg: RunConfig, worker: int, links: dict[str, Any]) -> "StoreSynchronizer":
     """Worker `worker`'s synchronizer in its own process: a client of the store `links` names."""
-    return StoreSynchronizer(links["store_name"], worker, mode=cfg.store.mode, rule=cfg.store.rule,
+    mode, rule = store_mode_and_rule(cfg)
+    return StoreSynchronizer(links["store_name"], worker, mode=mode, rule=rule,
                              sync_every=cfg.store.sync_every, divergence=cfg.divergence)
+
+
+def store_mode_and_rule(cfg: RunConfig) -> tuple[str, str]:
+    """store.mode and store.rule of a run config whose sync is resolved (`resolve_sync` sets both)."""
+    mode, rule = cfg.store.mode, cfg.store.rule
+    assert mode is not None and rule is not None, "store.mode and store.rule are set by resolve_sync"
+    return mode, rule
 
 
 class StoreSynchronizer(Synchronizer):

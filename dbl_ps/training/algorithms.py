@@ -15,7 +15,7 @@ config asks for (`worker_callbacks`), built in every worker process and every ra
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from dbl_ps.config import RunConfig
 from dbl_ps.training.engine import merges_gradients
@@ -49,7 +49,7 @@ class PostLocalSGD(Callback):
                                                          before=self.before)
 
 
-def sync_periods(cfg: RunConfig) -> list[int | str]:
+def sync_periods(cfg: RunConfig) -> Sequence[int | str]:
     """Every sync period a run of `cfg` uses (`store.sync_every`, and post-local SGD's after the switch)."""
     return [cfg.store.sync_every] + ([cfg.store.post_local_every] if cfg.store.post_local_every is not None else [])
 

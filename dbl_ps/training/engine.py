@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.distributed as dist
@@ -45,7 +45,7 @@ def optimizer_for(module: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """The workers' local optimizer: SGD (the paper's) or AdamW with the run's optim settings."""
     o = cfg.optim
     if o.name == "adamw":
-        return torch.optim.AdamW(module.parameters(), lr=cfg.schedule.lr, betas=tuple(o.betas),
+        return torch.optim.AdamW(module.parameters(), lr=cfg.schedule.lr, betas=(o.betas[0], o.betas[1]),
                                  weight_decay=o.weight_decay)
     return torch.optim.SGD(module.parameters(), lr=cfg.schedule.lr, momentum=o.momentum,
                            weight_decay=o.weight_decay, nesterov=o.nesterov)
@@ -301,7 +301,7 @@ class TorchEngine(Engine):
         self.device = device
         self.topology = topology
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        self.module = module.to(device, memory_format=self.memory_format)
+        self.module = module.to(device, memory_format=self.memory_format)  # type: ignore[call-overload]  # torch's stub lacks memory_format
         self.optimizer = optimizer_for(self.module, cfg)
         self.loss_fn = loss_for(cfg)
         self.autocast_dtype = AUTOCAST_DTYPES[cfg.precision]
@@ -391,12 +391,12 @@ def engine_step_factory(cfg: RunConfig, engine_class: type[Engine] | None = None
     subclass is timed as itself), with the run's optimizer and loss (`cfg`) and the device,
     precision, memory format and compile that `calibrate` is given (the callers take those
     from the same config, or from `dbl-ps calibrate`'s options)."""
-    build = engine_class or TorchEngine
+    build: Callable[..., Engine] = engine_class or TorchEngine  # an Engine class, built as (module, cfg, device, topology)
 
     def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
                   compile: bool) -> TrainStep:
-        run = dataclasses.replace(cfg, precision=precision, channels_last=channels_last, compile=compile)
-        engine = build(model, run, torch.device(device), Topology.single(0, 1))  # type: ignore[call-arg]
+        run = dataclasses.replace(cfg, precision=cast(Any, precision), channels_last=channels_last, compile=compile)
+        engine = build(model, run, torch.device(device), Topology.single(0, 1))
         # The timed steps train on random data: a zero learning rate keeps the weights where
         # they are (no drift into inf/NaN, whose skipped fp16 steps would time shorter),
         # while the optimizer still does all of its work.

@@ -195,8 +195,8 @@ class EpochFinisher:
         started = time.perf_counter()
         last_epoch = epoch == int(self.spec.epochs) - 1
         evaluated = last_epoch or (epoch + 1) % self.evaluate_every == 0
-        averaging = self.swa is not None and self.swa.active(epoch)
-        evaluated_state = self.swa.update(model_state) if averaging else model_state  # SWA: the average's
+        swa = self.swa if self.swa is not None and self.swa.active(epoch) else None  # averaging this epoch
+        evaluated_state = swa.update(model_state) if swa is not None else model_state  # SWA: the average's
         scores = self.evaluate(evaluated_state) if evaluated else None
         eval_seconds = time.perf_counter() - started
         test_acc = scores.acc if scores is not None else None
@@ -207,14 +207,14 @@ class EpochFinisher:
                 self.same_as = self.evaluated[0]
             self.evaluated = (epoch, mark)
         extra = self._noise(epoch, reports, model_state, evaluated)
-        if averaging:
-            extra["swa_models"] = self.swa.count
+        if swa is not None:
+            extra["swa_models"] = swa.count
         record = epoch_record(epoch, self.spec, reports, wall_time=wall, store_version=self.version_offset + version,
                               scores=scores, eval_seconds=eval_seconds, extra=extra)
         self.logger.log(epoch, record)
         self.run_dir.save_model(epoch, model_state)  # the global state as merged: what a resume continues from
-        if averaging:
-            self.swa.save(self.run_dir.epoch_folder(epoch))  # the average so far: a resume averages on
+        if swa is not None:
+            swa.save(self.run_dir.epoch_folder(epoch))  # the average so far: a resume averages on
         if self.evaluate.recalibrates and last_epoch:
             self.run_dir.save_model(epoch, self.evaluate.last_state(), EVAL_MODEL_FILE)  # the model to use
         self.last = {"epoch": epoch, "next_epoch": epoch + 1, "wall_time": wall,

@@ -49,7 +49,7 @@ class GradientWeight:
         return waited
 
 
-def weighted_sum_hook(state, bucket):  # type: ignore[no-untyped-def]
+def weighted_sum_hook(state, bucket):
     """DDP communication hook `(GradientWeight, dist.GradBucket) -> Future[Tensor]`: ``bucket *=
     weight``, then ``all_reduce(SUM)`` (asynchronous, so DDP overlaps it with the rest of
     backward). The step's last bucket cannot finish reducing before the slowest rank has

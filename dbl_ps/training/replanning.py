@@ -24,7 +24,7 @@ The record goes into metrics.jsonl next to the epoch's record (`"event": "replan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from dbl_ps.planner import InfeasiblePlanError, Plan, drifted, replan_any, speed_factors
 from dbl_ps.training.messages import EpochReport
@@ -68,7 +68,7 @@ def replan_after_epoch(epoch: int, plan: Plan, reports: Sequence[EpochReport], t
               "train_seconds": train_seconds, "factors": factors, "old": plan_shapes(plan), "new": plan_shapes(new)}
     old_rp, new_rp = plan[resolution], new[resolution]
 
-    def per_worker(values: Sequence[Any]) -> str:
+    def per_worker(values: Iterable[Any]) -> str:
         return "/".join(str(v) for v in values)
 
     # epochs counted from 1, as on the console

@@ -126,6 +126,15 @@ def load_plan(run_dir: str | Path) -> Plan:
     return saved_plan(read_plan_file(run_dir))
 
 
+def _small_batches(rplans: list[Any]) -> tuple[int, ...]:
+    """b_S of each resolution's plan (a plan with small workers has one at every resolution)."""
+    small = []
+    for p in rplans:
+        assert p.batch_small is not None, "a plan with small workers has b_S at every resolution"
+        small.append(p.batch_small)
+    return tuple(small)
+
+
 def build_spec(cfg: RunConfig, plan: Plan) -> ScheduleSpec:
     """The schedule of a run: LR, resolution cycle and dropout from the config, batch
     sizes from the plan (the largest per resolution; each worker reads its own)."""
@@ -137,7 +146,7 @@ def build_spec(cfg: RunConfig, plan: Plan) -> ScheduleSpec:
         warmup_epochs=s.warmup_epochs, warmup_start_factor=s.warmup_start_factor,
         resolutions=resolutions, dropouts=tuple(cfg.dropouts()),
         batch_large=tuple(max(p.batch_large) for p in rplans),
-        batch_small=tuple(p.batch_small for p in rplans) if plan.small else None,
+        batch_small=_small_batches(rplans) if plan.small else None,
         cyclic=s.cyclic,
         swa_start=swa_start_epoch(cfg.swa.start, s.epochs) if cfg.swa.enabled else None,
         swa_lr=cfg.swa.lr, swa_anneal_epochs=cfg.swa.anneal_epochs,

@@ -50,7 +50,7 @@ def warm_up_shapes(plan: Plan, spec: ScheduleSpec, worker: int) -> list[tuple[in
     last partial batch of its share, at each resolution of the schedule with that resolution's
     dropout rate (a compiled graph is specialised on the rate, so it is part of the shape)."""
     shapes = []
-    for r, p in zip(spec.resolutions, spec.dropouts):
+    for r, p in zip(spec.resolutions, spec.dropout_rates):
         rp = plan[r]
         batch, share = rp.batches[worker], rp.shares[worker]
         shapes.append((min(batch, share), r, p))
