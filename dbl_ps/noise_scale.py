@@ -187,24 +187,25 @@ class NoiseScaleEMA:
 
 def regime_line(b_noise: float | None, spread: float | None, *, batch_large: int, batch_small: int | None = None,
                 epoch: int | None = None, merged_every_step: int | None = None,
-                grad_sq: float | None = None) -> str:
+                grad_sq: float | None = None, batch_name: str = "B_L") -> str:
     """One line: where the plan's batches stand against the measured noise scale.
 
     `epoch` counts from 1 (as on the console). `merged_every_step`: the number of workers
     whose models are averaged after every step (their steps then act as one of that many
     times the batch). `grad_sq`: the `|G|^2` estimate, which says why an unresolved
-    `b_noise` (None) was not resolved."""
+    `b_noise` (None) was not resolved. `batch_name`: what `batch_large` is called (a
+    mixed-batch run's is the global batch of every step, the ranks' batches summed)."""
     when = f" (epoch {epoch})" if epoch is not None else ""
     if b_noise is None:
         if grad_sq is not None and grad_sq <= 0:
             return (f"gradient noise scale{when}: above what the batches resolve (the |G|^2 estimate was not "
-                    f"positive: at these batches the gradient is mostly noise); B_L {batch_large} is below it: the "
+                    f"positive: at these batches the gradient is mostly noise); {batch_name} {batch_large} is below it: the "
                     f"small-batch regime, no large-batch gap for DBSL to close")
         return (f"gradient noise scale{when}: not resolved this time (the tr(Sigma) estimate was not positive: the "
-                f"small batch's gradients came out no larger than the large one's); B_L {batch_large}")
+                f"small batch's gradients came out no larger than the large one's); {batch_name} {batch_large}")
     pm = f" +- {spread:.3g}" if spread is not None else ""
     large = batch_large * (merged_every_step or 1)
-    what = f"B_L {batch_large}" + (f" (x{merged_every_step} workers merged every step: {large})"
+    what = f"{batch_name} {batch_large}" + (f" (x{merged_every_step} workers merged every step: {large})"
                                    if merged_every_step and merged_every_step > 1 else "")
     factor = large / b_noise
     line = f"gradient noise scale{when}: B_noise = {b_noise:.3g}{pm} samples; {what} is {factor:.2g}x it"

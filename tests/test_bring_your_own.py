@@ -107,7 +107,9 @@ def user_folder(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("torchrun", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["store", "torchrun"])
+# ~22 s: a torchvision model through `dbl-ps train` (built, calibrated and stepped in-process by the tests below)
+@pytest.mark.parametrize("torchrun", [pytest.param(0, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)],
+                         ids=["store", "torchrun"])
 def test_torchvision_resnet18_with_cifar_stem(tmp_path: Path, torchrun: int) -> None:
     run_dir = tmp_path / "run"
     # digits' own 8 px and 128 images: ResNet-18 (11 M parameters) is slow on a CPU

@@ -149,6 +149,26 @@ def test_the_regime_line_places_the_batches_against_the_noise_scale():
     assert "above what the batches resolve" in beyond and "the small-batch regime" in beyond
 
 
+def test_a_mixed_batch_run_places_its_global_batch_against_the_noise_scale(tmp_path):
+    """sync mixed_batch: every step trains the union of the ranks' batches, so the regime line
+    compares B_noise with their sum (the finisher is told `global_batch`), not with the largest
+    rank's batch, and names no small batch (unequal rank batches are not DBSL's b_S)."""
+    from dbl_ps.metrics import Logger
+    from dbl_ps.schedule import ScheduleSpec
+    from dbl_ps.training.finisher import EpochFinisher
+    from dbl_ps.training.rundir import RunDirectory
+
+    record = {"epoch": 0, "b_noise": 100.0, "b_noise_std": None, "workers": [{"batch": 96}, {"batch": 160}]}
+    lines = {}
+    for merged in (False, True):
+        finisher = EpochFinisher(RunDirectory(tmp_path / str(merged)), ScheduleSpec(epochs=1, base_lr=0.1),
+                                 evaluate=None, logger=Logger([]), engine="torch", workers=2, global_batch=merged)
+        lines[merged] = finisher.noise_line(record)
+    assert "B_L 160 is 1.6x it, b_S 96 is 0.96x" in lines[False]
+    assert "the global batch 256 is 2.6x it:" in lines[True] and "b_S" not in lines[True]
+    assert lines[True].endswith("the large-batch regime, where DBSL is meant to help")
+
+
 # ------------------------------------------------------------ the engine's measurement
 
 def _engine(cfg_overrides=()):

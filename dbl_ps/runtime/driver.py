@@ -47,6 +47,7 @@ from dbl_ps.runtime.tracking import open_trackers
 from dbl_ps.schedule import ScheduleSpec
 from dbl_ps.shards import prepare_shards
 from dbl_ps.training.coordinator import Coordinator, GlobalEpoch
+from dbl_ps.training.engine import merges_gradients
 from dbl_ps.training.events import Callbacks, StopTraining
 from dbl_ps.training.finisher import EpochFinisher, Evaluator, bn_calibration_split
 from dbl_ps.training.loop import DivergedError
@@ -428,7 +429,8 @@ class RunDriver:
             first_epoch=start,
             swa=StochasticWeightAverage.for_run(cfg, run.model, self.dir.checkpoint_folder(ckpt) if ckpt else None),
             noise=build_noise_meter(cfg, run.model, run.data.train, run.transform,
-                                    device=self.coordinator.eval_device, log=self.log))
+                                    device=self.coordinator.eval_device, log=self.log),
+            global_batch=merges_gradients(cfg))
         if self.resuming:
             finisher.say_noise_scale_so_far()  # the regime line of the latest B_noise before the stop
         return finisher

@@ -166,9 +166,12 @@ class EpochFinisher:
                  engine: str, workers: int, ranks_per_worker: int = 1, wall_offset: float = 0.0,
                  version_offset: int = 0, evaluate_every: int = 1, log: Callable[[str], None] = print,
                  first_epoch: int = 0, swa: StochasticWeightAverage | None = None,
-                 noise: NoiseMeter | None = None):
+                 noise: NoiseMeter | None = None, global_batch: bool = False):
         self.run_dir, self.spec, self.evaluate, self.logger = run_dir, spec, evaluate, logger
         self.swa, self.noise = swa, noise
+        # Gradients merged inside every step (sync mixed_batch): the batch a step trains is the
+        # ranks' batches summed, and that is what the noise scale is compared with.
+        self.global_batch = global_batch
         self.noise_said = False  # the regime line against B_noise: once, at the first measurement
         self.evaluate_every = evaluate_every
         self.engine, self.workers, self.ranks_per_worker = engine, workers, ranks_per_worker
@@ -236,6 +239,11 @@ class EpochFinisher:
     def noise_line(self, record: dict[str, Any], *, resumed: bool = False) -> str:
         """Where the record's batches stand against its B_noise, in one line."""
         batches = [w["batch"] for w in record["workers"]]
+        if self.global_batch:  # one step trains the union of the ranks' batches
+            line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=sum(batches),
+                               batch_name="the global batch",
+                               epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
+            return f"{line} (the last measured before this resume)" if resumed else line
         small = min(batches) if min(batches) < max(batches) else None
         line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=max(batches),
                            batch_small=small, epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
