@@ -79,6 +79,18 @@ class DataConfig:
                                   "run's loader opens it (as `dbl-ps shard --verify`; reads every shard once more)")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
+    def folder(self) -> str:
+        """`path` of a source that reads files (`check` refused it unset at load)."""
+        if not self.path:
+            raise _bad("data.path", self.path, f"the directory holding the {self.source} files")
+        return self.path
+
+    def stats(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) given together, one value per channel, or None (estimated from the data)."""
+        if self.mean is None or self.std is None:
+            return None
+        return tuple(self.mean), tuple(self.std)
+
     def check(self, prefix: str) -> None:
         traits = _plugin_traits(DATA_SOURCES, f"{prefix}source", self.source)
         if traits["path"] and not self.path:

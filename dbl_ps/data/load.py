@@ -36,26 +36,26 @@ def digits_source(cfg: DataConfig, image_size: int | None) -> Dataset:
 
 
 def mnist_source(cfg: DataConfig, image_size: int | None) -> Dataset:
-    return load_idx_dataset(cfg.path, "mnist")
+    return load_idx_dataset(cfg.folder(), "mnist")
 
 
 def fashion_mnist_source(cfg: DataConfig, image_size: int | None) -> Dataset:
-    return load_idx_dataset(cfg.path, "fashion_mnist")
+    return load_idx_dataset(cfg.folder(), "fashion_mnist")
 
 
 def cifar10_source(cfg: DataConfig, image_size: int | None) -> Dataset:
-    return load_cifar(cfg.path, "cifar10")
+    return load_cifar(cfg.folder(), "cifar10")
 
 
 def cifar100_source(cfg: DataConfig, image_size: int | None) -> Dataset:
-    return load_cifar(cfg.path, "cifar100")
+    return load_cifar(cfg.folder(), "cifar100")
 
 
 def imagefolder_source(cfg: DataConfig, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
     size = cfg.image_size or image_size
     if size is None:
         raise DataError("imagefolder needs a stored image size: set data.image_size or pass image_size")
-    return load_imagefolder(cfg.path, size, cfg=cfg, log=log)
+    return load_imagefolder(cfg.folder(), size, cfg=cfg, log=log)
 
 
 def factory_source(cfg: DataConfig, image_size: int | None, *, log: Callable[[str], None] = print) -> Dataset:
@@ -87,10 +87,11 @@ def load_dataset(cfg: "DataConfig", *, image_size: int | None = None,
     ds = entry.obj(cfg, image_size, log=log) if entry.traits["takes_log"] else entry.obj(cfg, image_size)
     if not isinstance(ds, Dataset):
         raise DataError(f"data.source {source!r} returned a {type(ds).__name__}, expected a dbl_ps.data.Dataset")
-    if cfg.mean is not None and ds.train.in_memory:
-        if len(cfg.mean) != ds.in_channels:
-            raise DataError(f"data.mean {cfg.mean} has {len(cfg.mean)} values, the images have {ds.in_channels} channels")
-        ds.mean, ds.std = tuple(cfg.mean), tuple(cfg.std)
+    given = cfg.stats()
+    if given is not None and ds.train.in_memory:
+        if len(given[0]) != ds.in_channels:
+            raise DataError(f"data.mean {cfg.mean} has {len(given[0])} values, the images have {ds.in_channels} channels")
+        ds.mean, ds.std = given
     if cfg.train_limit is not None:
         ds.train = ds.train.subset(cfg.train_limit, seed=0)
     if cfg.test_limit is not None:
