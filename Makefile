@@ -34,7 +34,8 @@ check-windows:
 
 # Type check of the modules [tool.mypy] lists in pyproject.toml: strict on the torch-free core
 # (config, planner, schedule, noise scale, registries, ...), relaxed flags on the training core,
-# synchronizers and runtime (every call checked, unannotated helpers allowed).
+# synchronizers, runtime, commands, API and the rest (every call checked, unannotated helpers
+# allowed); data, shards and the DeepSpeed/FSDP engines are not listed yet.
 typecheck: .installed
 	$(PYTHON) -m mypy
 

@@ -289,7 +289,7 @@ class ScheduleLR(torch.optim.lr_scheduler.LRScheduler):
     def fractional_epoch(self) -> float:
         return min(self.epoch + min(self.step_in_epoch, self.steps_per_epoch) / self.steps_per_epoch, self.spec.epochs)
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         factor = lr_at(self.fractional_epoch(), self.spec) / self.spec.base_lr
         return [base * factor for base in self.base_lrs]
 
@@ -308,7 +308,8 @@ class _UserEngine(Engine):
 
     def __init__(self, target: Any, topology: Topology, group: Any):
         self.module = target.module if _is_deepspeed(target) else target
-        self.optimizer = getattr(target, "optimizer", None)
+        # None for a plain module: only DeepSpeed's is used here (its fp32 masters, after_sync)
+        self.optimizer = getattr(target, "optimizer", None)  # type: ignore[assignment]
         self.topology = topology
         self.group = group
         first = next(self.module.parameters(), None)

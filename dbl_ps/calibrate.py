@@ -216,8 +216,9 @@ def configured_time_models(cfg: RunConfig) -> ResolvedTimeModels:
     if tm is not None:
         models = {r: TimeModel(alpha=a, beta=b) for r, (a, b) in zip(resolutions, tm)}
         source = "config (dbl.alpha, dbl.beta)"
-    if cfg.batch_large() is not None:
-        batches = dict(zip(resolutions, cfg.batch_large()))
+    given = cfg.batch_large()
+    if given is not None:
+        batches = dict(zip(resolutions, given))
     return ResolvedTimeModels(models, batches, source)
 
 
@@ -623,7 +624,7 @@ def _calibrate(
             resolution=r,
             alpha=fit.alpha,
             beta=fit.beta,
-            r2=float(fit.r2),
+            r2=float(fit.r2) if fit.r2 is not None else math.nan,
             batch_large=b_large,
             samples=tuple(samples),
         )

@@ -214,7 +214,8 @@ def _classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
 
 def _dropout_before(layer: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
     # The dropout is a child of the layer it feeds (not a closure): copies and .train()/.eval() follow it.
-    return (layer.dbl_ps_dropout(args[0]), *args[1:])
+    dropout: nn.Module = layer.dbl_ps_dropout  # type: ignore[assignment]  # a child module nn.Module's __getattr__ types as a tensor
+    return (dropout(args[0]), *args[1:])
 
 
 def _ensure_dropout(model: nn.Module, name: str, num_classes: int, dropout: float,

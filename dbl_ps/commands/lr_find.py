@@ -131,7 +131,10 @@ def _find(args: argparse.Namespace, cfg: RunConfig, target: Path | None) -> int:
         return error(str(exc))
     index = cfg.schedule.resolutions.index(args.resolution or max(cfg.schedule.resolutions))
     resolution, dropout = cfg.schedule.resolutions[index], cfg.dropouts()[index]
-    batch = args.batch or cfg.batch_large()[index]
+    large = cfg.batch_large()
+    if not args.batch and large is None:
+        return error("the config takes B_L from its calibration file (dbl.batch_large is null): give --batch")
+    batch = args.batch or (large or [])[index]
     batch = min(batch, len(data.train))
     device = torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     torch.set_num_threads(int(cfg.threads_per_worker) if cfg.threads_per_worker else cpu_cores())
@@ -231,6 +234,7 @@ def write_schedule_lr(path: Path, lr: float) -> None:
     flow = next((i for i, line in enumerate(lines) if _FLOW.match(line)), None)
     if start is None and flow is not None:  # schedule: {epochs: 6, lr: 0.1} on one line
         m = _FLOW.match(lines[flow])
+        assert m is not None  # the line `flow` was found by this pattern
         body = m.group(2)
         if _FLOW_LR.search(body):
             body = _FLOW_LR.sub(lambda k: f"{k.group(1)}lr: {value}", body, count=1)
@@ -248,9 +252,10 @@ def write_schedule_lr(path: Path, lr: float) -> None:
         found = next((i for i in range(start + 1, end) if _LR_LINE.match(lines[i])), None)
         if found is not None:
             m = _LR_LINE.match(lines[found])
+            assert m is not None  # the line `found` was found by this pattern
             lines[found] = f"{m.group(1)}lr:{m.group(2) or ' '}{value}{m.group(4) or ''}"
         else:
-            indent = next((re.match(r"\s+", lines[i]).group(0) for i in range(start + 1, end)
+            indent = next((lines[i][:len(lines[i]) - len(lines[i].lstrip())] for i in range(start + 1, end)
                            if lines[i].strip() and not lines[i].lstrip().startswith("#")), "  ")
             lines.insert(start + 1, f"{indent}lr: {value}")
     new = "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from dbl_ps.config import DBSLConfig, RunConfig
 # Training-set sizes of the built-in sources (digits: scikit-learn's 1797 minus the
 # data module's default 360 test images). Others need --dataset-size.
 TRAIN_SIZES = {"digits": 1437, "fashion_mnist": 60000, "mnist": 60000, "cifar10": 50000, "cifar100": 50000}
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "cifar": {"dataset_size": 50000, "epochs": 140, "milestones": (80, 120), "dropouts": (0.1, 0.2)},
     "imagenet": {"dataset_size": 1281167, "epochs": 105, "milestones": (60, 90), "dropouts": (0.1, 0.2, 0.3)},
 }
@@ -95,6 +95,15 @@ class PlanInputs:
     memory_caps: list[int | None] | None = None  # sync mixed_batch: each rank's cap (None: none)
 
 
+def _global_batches(cfg: RunConfig) -> dict[int, int]:
+    """B per resolution of a mixed-batch config (the config requires mixed.global_batch there)."""
+    given = cfg.global_batch()
+    if given is None:
+        raise ValueError("sync mixed_batch takes the batch of every step (all ranks together) from mixed.global_batch, "
+                         "or dbl.workers x dbl.batch_large: give one of them")
+    return dict(zip(cfg.schedule.resolutions, given))
+
+
 def inputs_from_config(cfg: RunConfig, dataset_size: int | None = None) -> PlanInputs:
     """Plan inputs from a `dbl_ps.config.RunConfig` (time model from `dbl.alpha/beta` or
     `dbl.calibration`; `dataset_size` defaults to the source's training-set size)."""
@@ -136,7 +145,7 @@ def inputs_from_config(cfg: RunConfig, dataset_size: int | None = None) -> PlanI
         warmup_start_factor=getattr(cfg.schedule, "warmup_start_factor", 0.1),
         dropouts=tuple(cfg.dropouts()),
         cyclic=cfg.schedule.cyclic,
-        global_batch=dict(zip(cfg.schedule.resolutions, cfg.global_batch())) if cfg.sync == "mixed_batch" else None,
+        global_batch=_global_batches(cfg) if cfg.sync == "mixed_batch" else None,
         memory_caps=cfg.memory_caps() if cfg.sync == "mixed_batch" else None,
     )
 
@@ -171,6 +180,8 @@ def gather_inputs(args: argparse.Namespace) -> PlanInputs:
         common = sorted(set.intersection(*(set(c.models) for c in cals)))
         if not common:
             raise ValueError(f"the calibration files {args.calibration} share no resolution")
+        models: dict[int, Any]  # one time model per resolution, or one per worker (a file each)
+        batches: dict[int, Any]
         if len(cals) == 1:
             models = {r: cals[0].models[r] for r in common}
             batches = {r: cals[0].batches[r] for r in common}
@@ -336,6 +347,8 @@ def run_mixed(args: argparse.Namespace) -> int:
         if args.memory_caps is not None:
             inputs.memory_caps = [c or None for c in args.memory_caps]  # 0: no cap
         models = {r: inputs.time_models[r] for r in res}
+        if inputs.global_batch is None:
+            raise ValueError("a mixed-batch plan needs the global batch: give --global-batch")
         plan = plan_mixed(models, inputs.global_batch, inputs.workers, inputs.dataset_size, inputs.memory_caps)
     except (InfeasiblePlanError, ValueError) as err:
         print(f"dbl-ps plan: error: {err}", file=sys.stderr)
@@ -442,7 +455,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_phases(spec))
         total = predicted_run_seconds(plan, spec)
         top = max(plan.resolutions)
-        baseline = spec.epochs * rows[0][1][top].epoch_seconds  # n_S = 0, always feasible
+        all_large = rows[0][1]
+        assert not isinstance(all_large, InfeasiblePlanError)  # n_S = 0, always feasible
+        baseline = spec.epochs * all_large[top].epoch_seconds
         print(
             f"predicted training time {total:.4g} s = {total / baseline:.3f} x all-large training at {top} px "
             f"({baseline:.4g} s)"

@@ -150,11 +150,11 @@ def stop_line(trainer, when: str) -> str:
     where = trainer.run_dir if trainer is not None else None
     run = RunDirectory(where) if where is not None and where.is_dir() else None
     meta = run.checkpoint_meta() if run is not None else None
-    if meta is not None and meta.get("status") not in ("finished", "interrupted"):
+    if run is not None and meta is not None and meta.get("status") not in ("finished", "interrupted"):
         run.set_checkpoint_status("interrupted")  # it said "running" after a second Ctrl-C
     if meta is not None:
         kept = f"the checkpoint of epoch {meta['epoch'] + 1} is kept; continue with: dbl-ps train --resume {where}"
-    elif run is not None and (where / "plan.json").is_file():
+    elif run is not None and (run.path / "plan.json").is_file():
         kept = f"no epoch had completed; `dbl-ps train --resume {where}` starts it again"
     else:
         kept = "nothing to resume"

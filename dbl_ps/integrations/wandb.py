@@ -96,8 +96,8 @@ class WandbTracker:
         self.failed = False
         wandb = require("wandb", feature="Weights & Biases tracking")
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.best = None
-        self.last = None
+        self.best: float | None = None
+        self.last: float | None = None
         self._call(lambda: setattr(self, "run", wandb.init(
             project=project, entity=entity, mode=self.mode, dir=str(run_dir), config=dict(config),
             tags=list(tags or []), group=group, name=name, id=resume_id, resume="allow" if resume_id else None,
@@ -219,7 +219,7 @@ def _kinds(log: Path) -> list[str]:
 
     kinds = []
     for raw in _records(log):
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf module, no stub
         record.ParseFromString(raw)
         kinds.append(record.WhichOneof("record_type"))
     return kinds
@@ -255,7 +255,7 @@ def read_offline_run(run_path: str | os.PathLike, wait_seconds: float = 30.0) ->
     history, summary, config = [], {}, {}
     key = lambda item: item.key or "/".join(item.nested_key)  # noqa: E731
     for raw in _records(log):
-        record = pb.Record()
+        record = pb.Record()  # type: ignore[attr-defined]  # generated protobuf module, no stub
         record.ParseFromString(raw)
         kind = record.WhichOneof("record_type")
         if kind == "history":
