@@ -17,7 +17,7 @@ Training batches are `(images, labels)`: labels int64 (N,), or float32
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -197,6 +197,7 @@ class ShareBatchSampler(torch.utils.data.Sampler):
         self.batch_size = check_count("batch_size", batch_size, 1)
         self.seed = check_count("seed", seed, 0)
         self._resume_epoch: int | None = None  # set by load_state_dict: that epoch continues
+        self.position: int = 0  # the next sample of the share (set_epoch sets it)
         self.set_epoch(epoch, start=start)
 
     def set_epoch(self, epoch: int, *, start: int | None = None, shares: Sequence[int] | None = None,
@@ -326,13 +327,14 @@ def eval_batches(split: Split | DatasetSplit, transform: BatchTransform, batch_s
     """The whole split in order, without augmentation, for evaluation (in memory, or
     read sample by sample through a DataLoader)."""
     batch_size = check_count("batch_size", batch_size, 1)
-    if not split.in_memory:
+    if not split.in_memory:  # read sample by sample (a DatasetSplit)
         device = torch.device(device) if device is not None else torch.device("cpu")
-        for images, labels in split.batches(batch_size):
+        for images, labels in cast(DatasetSplit, split).batches(batch_size):
             yield transform(images.to(device, non_blocking=True), resolution, train=False), labels.to(device)
         return
-    device = torch.device(device) if device is not None else split.images.device
-    for start in range(0, len(split), batch_size):
-        images = split.images[start:start + batch_size].to(device, non_blocking=True)
-        labels = split.labels[start:start + batch_size].to(device, non_blocking=True)
+    held = cast(Split, split)  # in memory
+    device = torch.device(device) if device is not None else held.images.device
+    for start in range(0, len(held), batch_size):
+        images = held.images[start:start + batch_size].to(device, non_blocking=True)
+        labels = held.labels[start:start + batch_size].to(device, non_blocking=True)
         yield transform(images, resolution, train=False), labels

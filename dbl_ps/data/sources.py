@@ -167,7 +167,7 @@ def load_digits(test_size: int = 360, split_seed: int = 0) -> Dataset:
 
 # --------------------------------------------------------------------------- IDX (MNIST, Fashion-MNIST)
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -316,7 +316,7 @@ CIFAR_LAYOUT = {
 }
 
 
-def _cifar_class(source: str) -> type:
+def _cifar_class(source: str) -> Any:
     """torchvision's CIFAR class without its MD5 checks: they pin the official files
     (a re-packed or test copy fails with "not found or corrupted"), and hashing
     170 MB at every load buys nothing that the shape and label checks here miss."""
@@ -434,7 +434,7 @@ def _list_tree(root: Path, classes: Sequence[str] | None) -> tuple[list[str], li
         if unknown:
             raise DataError(f"image folder {root} has classes {unknown} that the training split lacks")
     index = {c: i for i, c in enumerate(classes)}
-    items = []
+    items: list[tuple[Path, int]] = []
     for name in found:
         images = [file for file in sorted((root / name).iterdir()) if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS]
         if not images:

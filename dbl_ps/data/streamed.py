@@ -69,7 +69,9 @@ def _channels(image: Any) -> int:
 
 
 def _side(image: Any) -> tuple[int, int]:
-    return (image.height, image.width) if not isinstance(image, torch.Tensor) else tuple(image.shape[-2:])
+    if isinstance(image, torch.Tensor):
+        return int(image.shape[-2]), int(image.shape[-1])
+    return image.height, image.width
 
 
 def check_item(item: Any, where: str, num_classes: int | None = None) -> tuple[Any, int]:
@@ -294,7 +296,7 @@ def build_dataset(name: str, train: Any, test: Any, *, cfg: DataConfig, image_si
         size = h
     floats = [isinstance(x, torch.Tensor) and x.is_floating_point() for x in (first_train, first_test)]
     dtype = torch.float32 if any(floats) else torch.uint8
-    common = dict(size=int(size), channels=channels, dtype=dtype, num_classes=num_classes)
+    common: dict[str, Any] = dict(size=int(size), channels=channels, dtype=dtype, num_classes=num_classes)
     train_prep = SamplePrep(**common, train=True, random_resized_crop=cfg.random_resized_crop,
                             randaugment=cfg.randaugment, name=f"{name} training dataset")
     test_prep = SamplePrep(**common, name=f"{name} test dataset")
@@ -302,10 +304,11 @@ def build_dataset(name: str, train: Any, test: Any, *, cfg: DataConfig, image_si
                                labels=_targets(train, f"{name} training dataset", num_classes))
     test_split = DatasetSplit(test, test_prep, num_workers=cfg.num_workers,
                               labels=_targets(test, f"{name} test dataset", num_classes))
-    if cfg.mean is not None:
-        if len(cfg.mean) != channels:
-            raise DataError(f"data.mean {cfg.mean} has {len(cfg.mean)} values, the images have {channels} channels")
-        stats = (tuple(cfg.mean), tuple(cfg.std))
+    given = cfg.stats()
+    if given is not None:
+        if len(given[0]) != channels:
+            raise DataError(f"data.mean {cfg.mean} has {len(given[0])} values, the images have {channels} channels")
+        stats = given
     elif stats is None or len(stats[0]) != channels:
         # The training images without the random transforms, under the training split's name
         # (a bad label met while estimating was reported as one of the test set's).
@@ -417,8 +420,11 @@ def load_factory(cfg: DataConfig, image_size: int | None, *, log: Callable[[str]
     """`data.factory`: the user's callable, called with no arguments, returns (train, test)
     map-style datasets of `(image, int label)`. Classes: the training dataset's `.classes`,
     else `data.num_classes`. Statistics: `data.mean`/`data.std`, else estimated."""
+    factory = cfg.factory
+    if not factory:  # DataConfig.check refuses source factory without it
+        raise DataError("data.factory is not set: 'package.module:callable' returning (train, test) datasets")
     try:
-        make = import_callable(cfg.factory, "data.factory")
+        make = import_callable(factory, "data.factory")
     except ImportPathError as exc:
         raise DataError(str(exc)) from exc
     try:
@@ -430,7 +436,7 @@ def load_factory(cfg: DataConfig, image_size: int | None, *, log: Callable[[str]
         kind = f"a {len(result)}-item {type(result).__name__}" if isinstance(result, (tuple, list)) else f"a {type(result).__name__}"
         raise DataError(f"data.factory {cfg.factory!r} returned {kind}, expected a pair (train, test) of map-style datasets")
     train, test = result
-    name = cfg.factory.replace(":", ".").rsplit(".", 1)[-1]
+    name = factory.replace(":", ".").rsplit(".", 1)[-1]
     _check_map_style(train, f"{name} training dataset")
     _check_map_style(test, f"{name} test dataset")
     classes = getattr(train, "classes", None)

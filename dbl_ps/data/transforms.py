@@ -156,6 +156,7 @@ class BatchTransform:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
             if images.shape[0] < 2:  # v2.MixUp refuses a batch of one: nothing to mix with
+                assert self.num_classes is not None  # checked in __init__ when mixing is on
                 return images, torch.nn.functional.one_hot(labels, self.num_classes).to(torch.float32)
             return mixer(images, labels)
 

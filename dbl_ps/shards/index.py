@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,7 @@ class ShardIndex:
     # -- loading
 
     @classmethod
-    def load(cls, root: str | Path) -> "ShardIndex":
+    def load(cls, root: str | os.PathLike[str]) -> "ShardIndex":
         root = Path(root)
         path = root / INDEX_FILE
         if not root.is_dir():

@@ -39,7 +39,7 @@ import multiprocessing
 import os
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ import torch
 from dbl_ps.config import DataConfig
 from dbl_ps.data.shares import DatasetShareLoader, ShareCursor, ShareLoader, batch_seed, check_count
 from dbl_ps.data.sources import Dataset, Split
+from dbl_ps.data.streamed import DatasetSplit
 from dbl_ps._optional import require
 from dbl_ps.data.transforms import BatchTransform, normalize, random_flip, to_float
 from dbl_ps.shards.codec import EXTENSIONS, decode_image, read_at
@@ -293,8 +294,8 @@ class StreamSet(torch.utils.data.Dataset):
                 pass
 
 
-def _collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return batch  # `StreamSet.__getitems__` already made the batch tensors
+def _collate(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch  # `StreamSet.__getitems__` already made the batch tensors (images, labels)
 
 
 class _Batches(torch.utils.data.Sampler):
@@ -503,9 +504,9 @@ def load_source(cfg: DataConfig, image_size: int | None) -> Dataset:
     whatever its size); workers read the set of each resolution through `share_loader_for`.
     Any other folder: webdataset tars written by other tools, read sample by sample
     (`webdataset_folder`)."""
-    if not written_by_dbl_ps(cfg.path):
+    if not written_by_dbl_ps(cfg.folder()):
         return load_webdataset_folder(cfg, image_size)
-    return load_shard_dataset(cfg.path, image_size, num_workers=cfg.num_workers, load_train=False,
+    return load_shard_dataset(cfg.folder(), image_size, num_workers=cfg.num_workers, load_train=False,
                               verify=getattr(cfg, "verify", False))
 
 
@@ -514,13 +515,13 @@ def prepare_shards(data_cfg: DataConfig, resolutions: Sequence[int], *, progress
     directory must hold a complete set for every resolution of the schedule; a webdataset folder
     gets its index built (each tar scanned once, with a progress bar unless `progress` is False;
     None: where stderr is a terminal) or found current."""
-    if written_by_dbl_ps(data_cfg.path):
-        ShardIndex.load(data_cfg.path).check_resolutions(list(resolutions))
+    if written_by_dbl_ps(data_cfg.folder()):
+        ShardIndex.load(data_cfg.folder()).check_resolutions(list(resolutions))
     else:
-        load_index(data_cfg.path, progress=progress, log=lambda msg: print(msg, flush=True))
+        load_index(data_cfg.folder(), progress=progress, log=lambda msg: print(msg, flush=True))
 
 
-def share_loader_for(data_cfg: DataConfig, split: Split, transform: BatchTransform, *,
+def share_loader_for(data_cfg: DataConfig, split: Split | DatasetSplit, transform: BatchTransform, *,
                      resolutions: Sequence[int] | None = None, **kwargs: Any) -> Any:
     """The share loader a worker of a run uses: `ShardShareLoader` on the shard set of
     each resolution when `data.path` is a `dbl-ps shard` directory, else `ShareLoader` over
@@ -528,9 +529,11 @@ def share_loader_for(data_cfg: DataConfig, split: Split, transform: BatchTransfo
     (imagefolder, data.factory, a webdataset folder). `resolutions` (the schedule's) are
     checked up front, so a missing set fails before the first step; `kwargs` are
     ShareLoader's (worker, shares, batch_size, resolution, seed, epoch, device)."""
-    if getattr(data_cfg, "source", None) != "shards" or not written_by_dbl_ps(data_cfg.path):
-        return ShareLoader(split, transform, **kwargs) if split.in_memory else DatasetShareLoader(split, transform, **kwargs)
-    index = ShardIndex.load(data_cfg.path)
+    if data_cfg.source != "shards" or not written_by_dbl_ps(data_cfg.folder()):
+        if split.in_memory:
+            return ShareLoader(cast(Split, split), transform, **kwargs)
+        return DatasetShareLoader(cast(DatasetSplit, split), transform, **kwargs)
+    index = ShardIndex.load(data_cfg.folder())
     if resolutions:
         index.check_resolutions(list(resolutions))
     return ShardShareLoader(index, transform, limit=data_cfg.train_limit, num_workers=data_cfg.num_workers,

@@ -131,7 +131,9 @@ def _scan_tar(path: Path, tar_no: int, columns: dict[str, list[Any]]) -> None:
                 key, ext = match.group(1), match.group(2).lower()
                 members.setdefault(key, {})[ext] = member
                 if ext == "cls":
-                    labels[key] = tar.extractfile(member).read()  # a few bytes
+                    extracted = tar.extractfile(member)  # a regular file (isfile above): never None
+                    assert extracted is not None
+                    labels[key] = extracted.read()  # a few bytes
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ShardError(f"webdataset tar {path} cannot be read ({type(exc).__name__}: {exc}); it must be an "
                          "uncompressed tar file") from None
@@ -340,7 +342,7 @@ def load_webdataset_folder(cfg: DataConfig, image_size: int | None, *, progress:
     stored side when `data.image_size` is unset). Classes: `data.num_classes`, else the largest
     training label + 1; statistics: `data.mean`/`data.std`, else estimated."""
     log = log or (lambda msg: print(msg, flush=True))
-    root = Path(cfg.path)
+    root = Path(cfg.folder())
     index = load_index(root, progress=progress, log=log)
     size = cfg.image_size or image_size
     train = TarImages(root, index["splits"]["train"], draft=None if cfg.random_resized_crop else size)

@@ -112,7 +112,7 @@ def _decode_file(path: str, sides: Sequence[int]) -> list[np.ndarray]:
                 w, h = img.size
                 scale = s / min(w, h)
                 new_w, new_h = max(s, round(w * scale)), max(s, round(h * scale))
-                r = img.resize((new_w, new_h), Image.BILINEAR)
+                r = img.resize((new_w, new_h), Image.BILINEAR)  # type: ignore[attr-defined]  # (Resampling: Pillow >= 9.1 only)
                 left, top = (new_w - s) // 2, (new_h - s) // 2
                 out.append(np.asarray(r.crop((left, top, left + s, top + s)), dtype=np.uint8).transpose(2, 0, 1))
             return out
