@@ -32,10 +32,9 @@ test-rust: check-windows
 check-windows:
 	RUSTFLAGS="--cfg dblps_check_windows -D warnings" CARGO_TARGET_DIR=target/wincheck cargo check -p rust_ps --features python
 
-# Type check of the modules [tool.mypy] lists in pyproject.toml: strict on the torch-free core
-# (config, planner, schedule, noise scale, registries, ...), relaxed flags on the training core,
-# synchronizers, runtime, commands, API and the rest (every call checked, unannotated helpers
-# allowed); data, shards and the DeepSpeed/FSDP engines are not listed yet.
+# Type check of the whole package ([tool.mypy] in pyproject.toml): strict on the torch-free core
+# (config, planner, schedule, noise scale, registries, ...), relaxed flags on the torch-using
+# layers, the CLI and the API (every call checked, unannotated helpers allowed).
 typecheck: .installed
 	$(PYTHON) -m mypy
 

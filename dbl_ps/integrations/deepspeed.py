@@ -41,7 +41,7 @@ import math
 import os
 import socket
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, cast
 
 import torch
 import torch.distributed as dist
@@ -128,7 +128,7 @@ def single_rank_groups() -> dist.ProcessGroup:
         g = dist.new_group([r])
         if r == dist.get_rank():
             own = g
-    assert own is not None
+    assert isinstance(own, dist.ProcessGroup)  # a member gets the group (others a non-member marker)
     return own
 
 
@@ -193,7 +193,7 @@ def scheduler_in_epochs(scheduler: Any, steps_per_epoch: float | None, *, run: b
     where the steps per epoch come from, said after the number."""
     block = scheduler if isinstance(scheduler, Mapping) else {}
     kind = block.get("type", "?") if block else scheduler
-    params = block.get("params") if isinstance(block.get("params"), Mapping) else {}
+    params: Mapping[str, Any] = block["params"] if isinstance(block.get("params"), Mapping) else {}
     head = (f"scheduler {kind!r} counts optimizer steps, and DBSL workers take different numbers of steps per "
             f"epoch, so each would follow it at its own pace (a small-batch worker warms up in a fraction of the "
             f"epochs the others do)")
@@ -367,7 +367,7 @@ class DeepSpeedEngine(Engine):
         self.collective = group is None
         self.merging = merging = self.collective and merges_gradients(cfg)
         if group is None:
-            group = dist.group.WORLD if merging else single_rank_groups()
+            group = cast(dist.ProcessGroup, dist.group.WORLD) if merging else single_rank_groups()
         self.device = device
         self.topology = topology
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -468,7 +468,7 @@ class DeepSpeedEngine(Engine):
         """Restore what ``optimizer_state`` returned. ZeRO and bf16 optimizers take one
         state per data-parallel rank (here: one), plain ones a single dict."""
         first = next(iter(inspect.signature(self.optimizer.load_state_dict).parameters), "")
-        self.optimizer.load_state_dict([state] if first == "state_dict_list" else state)
+        self.optimizer.load_state_dict([state] if first == "state_dict_list" else state)  # type: ignore[arg-type]
 
 
 def worker_engine(module: nn.Module, cfg: RunConfig, device: torch.device | str, topology: Topology, *,
@@ -496,7 +496,7 @@ def _one_process_group(device: torch.device) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    store = dist.TCPStore("127.0.0.1", port, 1, True)
+    store = dist.TCPStore("127.0.0.1", port, 1, True)  # type: ignore[attr-defined]  # exported, not in the stub's __all__
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=0, world_size=1)
@@ -521,8 +521,8 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
     ds_config = load_ds_config(cfg.deepspeed_config)
     ds_config.pop("scheduler", None)  # refused up front with its epochs (check_engine_schedule)
     created = not dist.is_initialized()
-    saved_env = {k: os.environ.get(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
-    groups: dict[str, dist.ProcessGroup] = {}
+    saved_env: dict[str, str | None] = {k: os.environ.get(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    groups: dict[str, Any] = {}
     try:
         if created:
             _one_process_group(torch.device(device))
@@ -550,11 +550,11 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
-        for name, value in saved_env.items():
-            if value is None:
+        for name, previous in saved_env.items():
+            if previous is None:
                 os.environ.pop(name, None)
             else:
-                os.environ[name] = value
+                os.environ[name] = previous
 
 
 class DeepSpeedSetup(EngineSetup):
@@ -590,7 +590,8 @@ class DeepSpeedSetup(EngineSetup):
         ds_config = load_ds_config(cfg.deepspeed_config)
         if ds_config.get("scheduler") is None:
             return
-        batch = (cfg.batch_large() or [None])[0]
+        large = cfg.batch_large()
+        batch = large[0] if large else None
         steps = math.ceil(train_samples / cfg.dbl.workers / batch) if batch else None
         how = f"a large worker: {train_samples} samples / {cfg.dbl.workers} workers / batch {batch}" if batch else ""
         check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, steps_per_epoch=steps, steps_how=how)

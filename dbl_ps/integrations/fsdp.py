@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import torch
 import torch.distributed as dist
@@ -173,7 +173,7 @@ class FSDPEngine(Engine):
         params, _ = split_params_buffers(self.module)
         return params
 
-    def sync_group(self) -> dist.ProcessGroup:
+    def sync_group(self) -> dist.ProcessGroup | None:
         return self.replicate_group
 
     def buffer_sync(self, weight: float) -> None:
@@ -185,16 +185,17 @@ class FSDPEngine(Engine):
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Rank 0 gets the whole model on the CPU (all-gathers inside every group)."""
         sd = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return sd if self.topology.is_main else None
+        return cast("dict[str, torch.Tensor]", sd) if self.topology.is_main else None  # a model's: tensors
 
     def full_state_dict_all(self) -> dict[str, torch.Tensor]:
         """Every rank gets its group's whole model (for checks)."""
-        sd = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True))
+        sd = cast("dict[str, torch.Tensor]", get_model_state_dict(self.module, options=StateDictOptions(
+            full_state_dict=True)))  # a model's state dict: tensors
         return {k: v.detach().cpu().clone() for k, v in sd.items()}
 
     def load_full_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         # every rank read the same model.pt: each keeps its own shards of it
-        set_model_state_dict(self.module, state, options=StateDictOptions(full_state_dict=True))
+        set_model_state_dict(self.module, cast(Any, state), options=StateDictOptions(full_state_dict=True))
 
     def _init_momentum(self) -> None:
         # SGD creates momentum lazily; DCP loads only into existing state.
@@ -210,14 +211,16 @@ class FSDPEngine(Engine):
 
     def save_worker_state(self, folder: Path) -> None:
         self._init_momentum()
-        dcp.save({"optim": get_optimizer_state_dict(self.module, self.optimizer)},
+        # dcp.save/load are exported at run time but missing from the stub's __all__
+        dcp.save({"optim": get_optimizer_state_dict(self.module, self.optimizer)},  # type: ignore[attr-defined]
                  checkpoint_id=str(self._optim_folder(folder, self.topology.worker)), process_group=self.shard_group)
 
     def load_worker_state(self, folder: Path, saved_workers: int) -> bool:
         source = min(self.topology.worker, saved_workers - 1)
         self._init_momentum()
         osd = {"optim": get_optimizer_state_dict(self.module, self.optimizer)}
-        dcp.load(osd, checkpoint_id=str(self._optim_folder(folder, source)), process_group=self.shard_group)
+        dcp.load(osd, checkpoint_id=str(self._optim_folder(folder, source)),  # type: ignore[attr-defined]
+                 process_group=self.shard_group)
         set_optimizer_state_dict(self.module, self.optimizer, osd["optim"])
         return True
 
@@ -266,7 +269,7 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
 
 
 @contextlib.contextmanager
-def _no_reduce(module: nn.Module) -> Iterator[None]:
+def _no_reduce(module: Any) -> Iterator[None]:  # an FSDPModule
     """FSDP2 without the gradient reduce-scatter (all but a step's last micro-batch)."""
     module.set_requires_gradient_sync(False)
     try:
