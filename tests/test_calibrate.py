@@ -268,11 +268,10 @@ def test_an_fsdp_run_times_its_fsdp_step_on_its_groups_mesh(monkeypatch):
     measured on the FSDP2 engine of the run's settings (fsdp.param_dtype bf16: the compute in
     bf16) at learning rate 0, not on the plain fp32 torch step; outside a process group it says
     where it can run instead of measuring something else."""
-    import socket
-
     import torch
     import torch.distributed as dist
     from dbl_ps.integrations.fsdp import FSDPEngine
+    from launch_helpers import free_port
     from dbl_ps.training.time_models import run_engine_steps
 
     cfg = load_config(None, ["engine=fsdp", "fsdp.param_dtype=bf16", "threads_per_worker=1"])
@@ -288,10 +287,7 @@ def test_an_fsdp_run_times_its_fsdp_step_on_its_groups_mesh(monkeypatch):
         return loss, out
 
     monkeypatch.setattr(FSDPEngine, "train_step", spy)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", store=dist.TCPStore("127.0.0.1", port, 1, True), rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.TCPStore("127.0.0.1", free_port(), 1, True), rank=0, world_size=1)
     try:
         with run_engine_steps(cfg, "cpu", log=pytest.fail) as make_step:  # no "timed as torch" line
             train_step = make_step(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(144, 10)), device="cpu",

@@ -23,12 +23,13 @@ from dbl_ps.training.messages import WORKER_KEYS
 from launch_helpers import RUN, launch_env as env, torchrun_train as torchrun
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
-# Files whose presence depends on the engine, not on the mode.
-ENGINE_FILES = {"deepspeed_config.json"}
+# Files whose presence depends on the engine, not on the mode: DeepSpeed's run config and each
+# worker's batch fields next to it (deepspeed_config.json, deepspeed_config.worker<i>.json).
+ENGINE_FILES = "deepspeed_config"
 
 
 def files(run_dir: Path) -> set[str]:
-    return {p.name for p in run_dir.iterdir()} - ENGINE_FILES
+    return {p.name for p in run_dir.iterdir() if not p.name.startswith(ENGINE_FILES)}
 
 
 def keys(run_dir: Path) -> tuple[set[str], set[str]]:
