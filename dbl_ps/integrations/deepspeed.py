@@ -522,19 +522,18 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
     ds_config.pop("scheduler", None)  # refused up front with its epochs (check_engine_schedule)
     created = not dist.is_initialized()
     saved_env: dict[str, str | None] = {k: os.environ.get(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
-    groups: dict[str, Any] = {}
     try:
         if created:
             _one_process_group(torch.device(device))
         for name, value in _launcher_variables().items():
             os.environ.setdefault(name, value)
-        groups["own"] = dist.group.WORLD if dist.get_world_size() == 1 else single_rank_groups()
+        own_group = cast(dist.ProcessGroup, dist.group.WORLD) if dist.get_world_size() == 1 else single_rank_groups()
 
         def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
                       compile: bool) -> TrainStep:
             # precision, channels_last and compile: the DeepSpeed JSON's (the config keys keep their defaults)
             engine = DeepSpeedEngine(model, cfg, torch.device(device), Topology.single(0, 1), ds_config=ds_config,
-                                     group=groups["own"])
+                                     group=own_group)
             engine.set_lr(0.0)
 
             def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,8 +42,8 @@ def failure_message(exc: BaseException, *, worker: int, data_path: str | None) -
 
 def stopped_line(message: str, *, diverged: bool, last_epoch: int | None, run_dir: str | Path | None) -> str:
     """`message` plus the checkpoint that is kept (`last_epoch`: the last committed epoch,
-    0-based; None or < 0: none, as without a run directory) and what to do next."""
-    has = last_epoch is not None and last_epoch >= 0 and run_dir is not None
+    0-based; None or < 0: none) and what to do next (a resume command needs `run_dir`)."""
+    has = last_epoch is not None and last_epoch >= 0
     shown = last_epoch + 1 if last_epoch is not None else 0  # counted from 1, as on the console
     if diverged:
         kept = (f"the last finite checkpoint (epoch {shown}) is kept" if has

@@ -240,13 +240,12 @@ class EpochFinisher:
         """Where the record's batches stand against its B_noise, in one line."""
         batches = [w["batch"] for w in record["workers"]]
         if self.global_batch:  # one step trains the union of the ranks' batches
-            line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=sum(batches),
-                               batch_name="the global batch",
-                               epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
-            return f"{line} (the last measured before this resume)" if resumed else line
-        small = min(batches) if min(batches) < max(batches) else None
-        line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=max(batches),
-                           batch_small=small, epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
+            large, small, name = sum(batches), None, "the global batch"
+        else:
+            large, name = max(batches), "B_L"
+            small = min(batches) if min(batches) < large else None
+        line = regime_line(record.get("b_noise"), record.get("b_noise_std"), batch_large=large, batch_small=small,
+                           batch_name=name, epoch=record["epoch"] + 1, grad_sq=record.get("noise_grad_sq"))
         return f"{line} (the last measured before this resume)" if resumed else line
 
     def say_noise_scale_so_far(self) -> None:
