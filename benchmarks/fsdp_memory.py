@@ -115,6 +115,7 @@ def measure(args) -> list[dict]:
         dist.barrier()
     gathered: list = [None] * world
     dist.all_gather_object(gathered, rows)
+    gc.collect()  # the fully_shard modules' reference cycles hold the group (SIGABRT if left to exit)
     dist.destroy_process_group()
     if rank != 0:
         return []

@@ -12,6 +12,7 @@ axis with their share weights once per epoch. The lines dbl-ps adds are marked `
 from __future__ import annotations
 
 import argparse
+import gc
 
 import torch
 import torch.distributed as dist
@@ -98,8 +99,12 @@ def main() -> None:
             print(f"epoch {epoch + 1}/{args.epochs}  batches {list(plan[mine.resolution].batches)}  "
                   f"test acc {acc:.4f}", flush=True)
     record.save()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main()
+    # fully_shard leaves each module and its FSDP state in a reference cycle that holds the
+    # process group: collect it while the interpreter is whole, then destroy the group (freed
+    # at the interpreter's exit instead, gloo can abort the process with SIGABRT).
+    gc.collect()
+    dist.destroy_process_group()

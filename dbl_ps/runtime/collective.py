@@ -11,6 +11,7 @@ over a `dbl_ps.synchronizers.collective.CollectiveCoordinator`, rank 0 writes th
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -198,5 +199,9 @@ def run_collective(cfg: RunConfig, *, run_dir: str | None, resume: str | None) -
         _StopSignal.ending = True
         if driver is not None:
             driver.release()
+        driver = coordinator = None  # nothing of the run is used below: let its engines go
         if dist.is_initialized():
+            # Engines in a reference cycle (FSDP2's module and state) hold the process group;
+            # freed at the interpreter's exit instead, it can abort the process (SIGABRT).
+            gc.collect()
             dist.destroy_process_group()
