@@ -17,12 +17,17 @@ __all__: list[str] = []
 
 # Engines (traits: dbl_ps.registry.ENGINES)
 ENGINES.register("torch", "dbl_ps.training.engine:TorchEngine")
-ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine", ds_config=True,
+ENGINES.register("deepspeed", "dbl_ps.integrations.deepspeed:build_engine",
+                 settings="dbl_ps.integrations.deepspeed_settings:DeepSpeedSettings",
                  setup="dbl_ps.integrations.deepspeed:DeepSpeedSetup",
                  precision_from="the DeepSpeed JSON (deepspeed_config: gpu_bf16)",
+                 micro_batch_from="gradient_accumulation_steps in the DeepSpeed JSON (deepspeed_config)",
                  calibration="dbl_ps.integrations.deepspeed:calibration_steps")
 ENGINES.register("fsdp", "dbl_ps.integrations.fsdp:build_engine", store_mode=False, sharded=True,
-                 precision_from="fsdp.param_dtype", calibration="dbl_ps.integrations.fsdp:calibration_steps")
+                 settings="dbl_ps.integrations.fsdp_settings:FSDPSettings",
+                 precision_from="fsdp.param_dtype",
+                 micro_batch_from="more ranks per worker (fsdp.ranks_per_worker) to split a worker's batch",
+                 calibration="dbl_ps.integrations.fsdp:calibration_steps")
 
 # Data sources (traits: dbl_ps.registry.DATA_SOURCES)
 _IDX = "the folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-* (optionally .gz), or torchvision's "

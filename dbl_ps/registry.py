@@ -239,10 +239,16 @@ ENGINES = Registry("engine", key="engine", interface=(
     "options) -> Engine"), traits={
     # A worker process of one-machine `dbl-ps train` can run it (else: only under a launcher).
     "store_mode": True,
-    # One worker's model is sharded over fsdp.ranks_per_worker ranks (so that key may exceed 1).
+    # One worker's model is sharded over several ranks under a launcher (its settings' group_size()).
     "sharded": False,
-    # Reads `deepspeed_config` (checked at start, saved in the run directory as deepspeed_config.json).
-    "ds_config": False,
+    # "module:Class" of its own config keys: a dataclass deriving from
+    # dbl_ps.config.engine_settings.EngineSettings, in a module that imports no torch. The run
+    # config takes every registered engine's keys and refuses values other than their defaults
+    # unless the run's engine reads them. None: no keys of its own.
+    "settings": None,
+    # None: `micro_batch` splits a worker's batch (TorchEngine); else what splits it instead
+    # (micro_batch must then stay null).
+    "micro_batch_from": None,
     # "module:attr" of a dbl_ps.training.engine.EngineSetup subclass: the engine's own checks and
     # set-up once per run (DeepSpeed's JSON); None: nothing to check or hand the workers.
     "setup": None,

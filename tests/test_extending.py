@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dbl_ps.commands.train import train_run
 from dbl_ps.config import load_config
@@ -101,6 +102,42 @@ def test_an_engine_owns_its_run_setup_through_its_registration(user_plugins, tmp
     assert "counting engine: steps are counted from 1000" in lines
     records = [r for r in read_metrics(tmp_path / "run") if "workers" in r]
     assert [loop.engine.steps for loop in coordinator.loops] == [1000 + r["steps"] for r in records[0]["workers"]]
+
+
+def test_an_engine_owns_its_config_keys_through_its_registration(user_plugins, tmp_path):
+    """Recipe "add an engine", its keys: the `settings` trait names the user's EngineSettings
+    (`counting.first_count`). The section is taken in once the engine's name is looked up: set,
+    checked against its limits, listed by `dbl-ps configs --keys`, saved in config.yaml and read
+    back, refused unless the run's engine reads it, and what the engine's set-up and every
+    worker's engine get. The built-in engines' keys (`fsdp.*`, `deepspeed_config`) are theirs the
+    same way: no engine is named in the central schema."""
+    from dbl_ps.config import ConfigError, RunConfig, config_keys
+    from dbl_ps.config.sections import LaunchConfig
+    from user_plugins.counting_settings import CountingSettings
+
+    cfg = load_config(None, ["engine=counting_factory", "counting.first_count=7"])
+    assert cfg.settings(CountingSettings).first_count == 7 and cfg.to_dict()["counting"] == {"first_count": 7}
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    (key,) = [k for k in config_keys() if k.key == "counting.first_count"]
+    assert (key.default, key.help) == (1000, "where each worker's step count starts") and ">= 0" in key.kind
+    with pytest.raises(ConfigError, match=r"'counting.first_count': got -1, expected an integer >= 0"):
+        load_config(None, ["engine=counting_factory", "counting.first_count=-1"])
+    with pytest.raises(ConfigError, match=r"'counting.first_count': got 7, expected 1000 unless engine is "
+                                          r"'counting_factory' \(set engine: counting_factory\)"):
+        load_config(None, ["counting.first_count=7"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'counting.first'; did you mean 'counting.first_count'"):
+        load_config(None, ["engine=counting_factory", "counting.first=7"])
+    central = {f for cls in (RunConfig, LaunchConfig) for f in cls.__dataclass_fields__}
+    assert not central & {"fsdp", "deepspeed_config", "counting"}
+
+    lines: list[str] = []
+    _, coordinator, summary = drive(tmp_path / "run", "schedule.epochs=1", "schedule.milestones=[]",
+                                    "engine=counting_factory", "counting.first_count=7", log=lines.append)
+    assert summary["status"] == "finished" and "counting engine: steps are counted from 7" in lines
+    records = [r for r in read_metrics(tmp_path / "run") if "workers" in r]
+    assert [loop.engine.steps for loop in coordinator.loops] == [7 + r["steps"] for r in records[0]["workers"]]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["counting"] == {"first_count": 7} and "fsdp" not in saved  # the run's engine's keys only
 
 
 def test_a_plugin_module_that_does_not_import_is_named_in_the_config_error(monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dbl_ps.imports import ImportPathError, import_callable
+from dbl_ps.registry import ENGINES
 
 
 @pytest.fixture
@@ -128,7 +129,8 @@ def test_no_core_module_imports_a_higher_layer_in_a_fresh_interpreter():
     What the core reaches only through a registry, on use, is the plugin's own business and not
     counted here: the registrations themselves (`dbl_ps.builtin_plugins`, which the registry's first
     lookup imports through its entry point, as it would a user package's; the core names it
-    nowhere), and `data.source: shards`, which imports `dbl_ps.shards.loader` when
+    nowhere), the engines' own config keys (`fsdp_settings`, `deepspeed_settings`: a config takes
+    in every registered engine's keys through its `settings` trait), and `data.source: shards`, which imports `dbl_ps.shards.loader` when
     `load_dataset` looks the source up (`DATA_SOURCES.get`), as a user's source is imported.
     Issue 31 noted `data/load.py` pulling `shards` at run time: that is this lookup, and a run
     on any other source never imports `dbl_ps.shards`."""
@@ -141,7 +143,14 @@ def test_no_core_module_imports_a_higher_layer_in_a_fresh_interpreter():
     assert "dbl_ps.builtin_plugins" in [ep.value for ep in entry_points(group="dbl_ps.plugins")]
     done = _run(LAYERING, json.dumps(core), json.dumps([m for m in higher if m != "dbl_ps.builtin_plugins"]))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == {}
+    # The engines' own config keys: a config takes them in through the `settings` trait (torch-free
+    # modules: test_registry_import_paths_resolve_only_on_use checks no torch arrives with them).
+    settings = {ENGINES.traits(n)["settings"].partition(":")[0] for n in ENGINES.names() if ENGINES.traits(n)["settings"]}
+    assert settings == {"dbl_ps.integrations.fsdp_settings", "dbl_ps.integrations.deepspeed_settings"}
+    through_registry = settings | {m.rpartition(".")[0] for m in settings}
+    found = {where: [m for m in modules if m not in through_registry]
+             for where, modules in json.loads(done.stdout.splitlines()[-1]).items()}
+    assert {where: modules for where, modules in found.items() if modules} == {}
     # and no module of the core names it in code (a string or an import; the registry's
     # docstring says where the built-ins live): it arrives through the entry point alone
     names_it = re.compile(r"""["']dbl_ps\.builtin_plugins|import builtin_plugins|import dbl_ps\.builtin_plugins""")

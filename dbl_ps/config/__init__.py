@@ -28,22 +28,26 @@ The package, one job per module (everything public is imported from `dbl_ps.conf
   walk over the annotations (coercion, limits, building sections, describing a key);
 * `sections.py`: the sections (`DataConfig`, `DBSLConfig`, ...) and the built-in names;
 * `run_config.py`: `RunConfig`, the root, with the rules across sections; `config_keys`;
+* `engine_settings.py`: `EngineSettings`, the base of an engine's own keys (`fsdp.*`,
+  `deepspeed_config`), which the engine registers and the root takes in;
 * `follow.py`: the values that follow the ones a user set;
 * `loading.py`: YAML, `key=value` overrides, `load_config`;
 * `resolve.py`: what a config means for one run (`resolve_sync`, `sync_line`, notes).
 """
 
+from dbl_ps.config.engine_settings import EngineSettings
 from dbl_ps.config.fields import ConfigError, PerResolution, per_resolution
 from dbl_ps.config.loading import apply_overrides, load_config, parse_override, resolve_config_path
 from dbl_ps.config.resolve import config_differences, resolve_sync, schedule_notes, sync_line, sync_record
 from dbl_ps.config.run_config import ConfigKey, RunConfig, check_workers_fit, config_keys
-from dbl_ps.config.sections import (MODELS, SOURCES, STREAMED_SOURCES, DataConfig, DBSLConfig, EvalConfig, FSDPConfig,
+from dbl_ps.config.sections import (MODELS, SOURCES, STREAMED_SOURCES, DataConfig, DBSLConfig, EvalConfig,
                                     LaunchConfig, LossConfig, MixedBatchConfig, ModelConfig, NoiseScaleConfig,
                                     OptimConfig, ScheduleConfig, StoreConfig, SWAConfig, SyntheticConfig,
                                     TrackingConfig, WandbConfig, rule_fits)
 
 __all__ = [
     "ConfigError",
+    "EngineSettings",
     "DataConfig",
     "SyntheticConfig",
     "ModelConfig",
@@ -53,7 +57,6 @@ __all__ = [
     "MixedBatchConfig",
     "OptimConfig",
     "EvalConfig",
-    "FSDPConfig",
     "LaunchConfig",
     "LossConfig",
     "SWAConfig",

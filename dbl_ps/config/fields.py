@@ -104,6 +104,44 @@ def _is_config(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def extension_key(cls: type) -> str:
+    """How a config holds an added section of class `cls` (its import path)."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _extensions(cls: type) -> tuple[str, list[Any]] | None:
+    """The field of `cls` holding sections that plugins add (its metadata's `extensions`: a
+    callable returning their classes, each with a `section` name, or None for keys at the
+    top level of `cls`), and those classes; None where `cls` has no such field."""
+    for f in dataclasses.fields(cls):
+        find = f.metadata.get("extensions")
+        if find is not None:
+            return f.name, list(find())
+    return None
+
+
+def _extension_prefix(ext: Any, prefix: str) -> str:
+    """The dotted prefix of an added section's keys (class or instance): `fsdp.` or none."""
+    return f"{prefix}{ext.section}." if ext.section else prefix
+
+
+def _top_names(cls: type) -> list[str]:
+    """The keys a mapping for `cls` may hold: its fields, where the field of added sections
+    stands for their names (or, for keys at the top level, their fields)."""
+    ext = _extensions(cls)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        if ext is not None and f.name == ext[0]:
+            for added in ext[1]:
+                names.extend([added.section] if added.section else [g.name for g in dataclasses.fields(added)])
+        else:
+            names.append(f.name)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TypeError(f"{cls.__name__}: key(s) {', '.join(twice)} defined twice (a plugin's settings reuse them)")
+    return names
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -272,6 +310,10 @@ def _validate(obj: Any, prefix: str) -> None:
         key = prefix + f.name
         value = getattr(obj, f.name)
         tp = hints[f.name]
+        if "extensions" in f.metadata:
+            for added in value.values():
+                _validate(added, _extension_prefix(added, prefix))
+            continue
         if _is_config(tp):
             if not isinstance(value, tp):
                 raise _bad(key, value, _describe(tp))
@@ -295,6 +337,12 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
+        if "extensions" in f.metadata:
+            for added in f.metadata["extensions"]():
+                if added.section:
+                    keys.append(prefix + added.section)
+                keys.extend(_all_keys(added, _extension_prefix(added, prefix)))
+            continue
         keys.append(prefix + f.name)
         if _is_config(hints[f.name]):
             keys.extend(_all_keys(hints[f.name], prefix + f.name + "."))
@@ -304,7 +352,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 def _suggest(name: str, cls: type, prefix: str, root: type) -> str | None:
     """The key nearest to an unknown `name` in section `cls` (at `prefix`), else in any
     section of `root` (the whole config)."""
-    siblings = [f.name for f in dataclasses.fields(cls)]
+    siblings = _top_names(cls)
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     if close:
         return prefix + close[0]
@@ -321,7 +369,7 @@ def _build(cls: type[Section], raw: Any, prefix: str, root: type | None = None) 
     section = prefix[:-1] if prefix else "the top level"
     if not isinstance(raw, Mapping):
         raise _bad(section, raw, _describe(cls))
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(_top_names(cls))
     for name in raw:
         if name not in names:
             key = f"{prefix}{name}"
@@ -332,7 +380,10 @@ def _build(cls: type[Section], raw: Any, prefix: str, root: type | None = None) 
             msg += f" Allowed keys in {section}: {', '.join(sorted(names))}"
             raise ConfigError(msg, key=key, value=raw[name])
     hints = _hints(cls)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
+    ext = _extensions(cls)
+    if ext is not None:  # each added section from its part of `raw`
+        kwargs[ext[0]] = {extension_key(added): _build_added(added, raw, prefix, root) for added in ext[1]}
     for f in dataclasses.fields(cls):
         if f.name not in raw:
             continue
@@ -347,3 +398,12 @@ def _build(cls: type[Section], raw: Any, prefix: str, root: type | None = None) 
             raise _bad(key, raw[f.name], allowed) from None
     # Sub-sections are plain constructors; RunConfig.__post_init__ validates the whole tree.
     return cls(**kwargs)
+
+
+def _build_added(added: type[Section], raw: Mapping[str, Any], prefix: str, root: type) -> Section:
+    """An added section from the mapping of the section holding it: its own sub-mapping, or
+    its keys among the holder's where it adds top-level keys."""
+    if added.section:  # type: ignore[attr-defined]
+        return _build(added, raw.get(added.section, {}), _extension_prefix(added, prefix), root)  # type: ignore[attr-defined]
+    own = {f.name for f in dataclasses.fields(added)}
+    return _build(added, {k: v for k, v in raw.items() if k in own}, prefix, root)

@@ -2,23 +2,20 @@
 plain data of a config (nested mappings, before it is built), a layer (a config file over
 the defaults, or the command-line overrides over the file) changes what it did not set
 to agree with what it did (`_follow`: milestones scale with `schedule.epochs`,
-per-resolution values follow `schedule.resolutions`), the LR of the user's DeepSpeed
-JSON becomes `schedule.lr` (`_lr_from_deepspeed`), and a user's own model or data does
-not inherit what only the embedded digits job means (`_own_model_and_data`). Each
-derived value appends one line to the caller's notes."""
+per-resolution values follow `schedule.resolutions`), and a user's own model or data does
+not inherit what only the embedded digits job means (`_own_model_and_data`); an engine's
+settings add their own (`EngineSettings.follow`: the LR of the user's DeepSpeed JSON
+becomes `schedule.lr`). Each derived value appends one line to the caller's notes."""
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 from dbl_ps.config.fields import ConfigError
 from dbl_ps.config.run_config import RunConfig
-from dbl_ps.configs import find_deepspeed_config
 
 _MISSING = object()
 
@@ -215,44 +212,6 @@ def _follow(before: Mapping[str, Any], after: dict[str, Any], set_keys: set[str]
     _set_dotted(after, "dbl.beta", None)
     notes.append(f"dbl.alpha/dbl.beta dropped: they were measured for {old} px, not schedule.resolutions={r1}; "
                  f"the time model comes from dbl.calibration or is measured when the run starts")
-
-
-def _deepspeed_optimizer(value: Any) -> tuple[str, float] | None:
-    """(type, lr) of the `optimizer` block in the DeepSpeed JSON `deepspeed_config` names (a
-    path, or a config shipped in the package), None when it has no LR or cannot be read (the
-    engine's check reports a file that is missing or broken, with the rest of its problems)."""
-
-    if not isinstance(value, str) or not value:
-        return None
-    path = Path(value)
-    if not path.is_file():
-        shipped = find_deepspeed_config(value) if not path.suffix or path.name == value else None
-        if shipped is None:
-            return None
-        path = shipped
-    try:
-        optimizer = json.loads(path.read_text()).get("optimizer")
-        lr = optimizer["params"]["lr"]
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return None
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        return None
-    return str(optimizer.get("type", "?")), float(lr)
-
-
-def _lr_from_deepspeed(data: dict[str, Any], set_anywhere: set[str], notes: list[str]) -> None:
-    """The LR in the user's DeepSpeed JSON is the run's `schedule.lr` unless the user set
-    `schedule.lr` (then the engine's check says which won): a value the user chose is never
-    replaced by the embedded job's default."""
-    if "schedule.lr" in set_anywhere or "deepspeed_config" not in set_anywhere:
-        return
-    found = _deepspeed_optimizer(_get(data, "deepspeed_config"))
-    if found is None or found[1] == _get(data, "schedule.lr"):
-        return
-    kind, lr = found
-    _set_dotted(data, "schedule.lr", lr)
-    notes.append(f"schedule.lr {lr:g}: the lr of optimizer {kind} in the DeepSpeed config "
-                 f"{_get(data, 'deepspeed_config')} (set schedule.lr to train at another)")
 
 
 def _method_words(data: Mapping[str, Any]) -> str:

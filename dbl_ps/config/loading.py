@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from dbl_ps.config.fields import ConfigError
-from dbl_ps.config.follow import _follow, _lr_from_deepspeed, _merge, _own_model_and_data, _set_dotted, _set_keys
+from dbl_ps.config.engine_settings import settings_classes
+from dbl_ps.config.follow import _follow, _merge, _own_model_and_data, _set_dotted, _set_keys
 from dbl_ps.config.resolve import schedule_notes
 from dbl_ps.config.run_config import RunConfig
 from dbl_ps.configs import find_run_config, run_configs
@@ -127,7 +128,8 @@ def apply_overrides(raw: Mapping[str, Any] | RunConfig, overrides: Sequence[str]
         data = _merge(RunConfig().to_dict(), data)  # an override that replaced a whole section keeps its defaults
         _follow(before, data, dotted, notes)
     if file_keys is not None:
-        _lr_from_deepspeed(data, file_keys | dotted, notes)
+        for settings in settings_classes():  # values that follow from an engine's own files
+            settings.follow(data, file_keys | dotted, notes)
         _own_model_and_data(data, file_keys | dotted, notes)
     try:
         return RunConfig.from_dict(data)

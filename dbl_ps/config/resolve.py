@@ -76,9 +76,10 @@ def resolve_sync(cfg: RunConfig, *, launched: bool) -> RunConfig:
     if traits["per_step"] and cfg.divergence == "skip":
         raise _bad("divergence", cfg.divergence, f"'stop' with {what} (a rank's gradients are in every rank's "
                    f"step before any check, so its update cannot be left out)")
-    if traits["per_step"] and cfg.fsdp.ranks_per_worker > 1:
-        raise _bad("fsdp.ranks_per_worker", cfg.fsdp.ranks_per_worker, f"1 with {what} (every rank is its own "
-                   f"worker there, and engine fsdp shards the model over every rank)")
+    own = cfg.own_settings()
+    if traits["per_step"] and own is not None and own.group_size() > 1:
+        raise _bad(own.group_size_key, own.group_size(), f"1 with {what} (every rank is its own worker there, and "
+                   f"engine {cfg.engine!r} shards the model over every rank)")
     mixed_defaults = MixedBatchConfig()
     if traits["plan"] == "mixed":  # one global batch split by speed: DBSL's small workers do not apply
         if cfg.dbl.small:

@@ -5,21 +5,25 @@ run reads. `config_keys` lists every key as `dbl-ps configs --keys` shows it."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 
-from dbl_ps.config.fields import (_IMPORT_PATH_RE, _bad, _build, _describe, _f, _hints, _is_config, _limits, _names,
-                                  _plugin_traits, _validate, per_resolution)
-from dbl_ps.config.sections import (DataConfig, DBSLConfig, EvalConfig, FSDPConfig, LaunchConfig, LossConfig,
-                                    MixedBatchConfig, ModelConfig, NoiseScaleConfig, OptimConfig, ScheduleConfig,
-                                    StoreConfig, SWAConfig, TrackingConfig)
+from dbl_ps.config.engine_settings import EngineSettings, look_up, owners, settings_classes, settings_of
+from dbl_ps.config.fields import (_IMPORT_PATH_RE, _bad, _build, _describe, _extension_prefix, _f, _hints, _is_config,
+                                  _limits, _names, _plugin_traits, _validate, extension_key, per_resolution)
+from dbl_ps.config.sections import (DataConfig, DBSLConfig, EvalConfig, LaunchConfig, LossConfig, MixedBatchConfig,
+                                    ModelConfig, NoiseScaleConfig, OptimConfig, ScheduleConfig, StoreConfig, SWAConfig,
+                                    TrackingConfig)
 from dbl_ps.registry import DATA_SOURCES, ENGINES, SYNCHRONIZERS
+
+Settings = TypeVar("Settings", bound=EngineSettings)
 
 
 @dataclass(kw_only=True)
@@ -40,11 +44,10 @@ class RunConfig:
         "torch", help="each worker's training engine (dbl_ps.registry.ENGINES): torch (plain torch, optimizer "
                       "optim.name), deepspeed (a DeepSpeed engine; needs the [deepspeed] extra), fsdp (FSDP2 groups of ranks, under torchrun "
                       "only), or an import path 'package.module:callable' to your Engine subclass or engine factory")
-    deepspeed_config: str | None = _f(None, help="DeepSpeed JSON for engine 'deepspeed': a path, or the name of one shipped "
-                                                 "in dbl_ps/configs/deepspeed (cpu_gloo, gpu_bf16, gpu_fp16_zero1; "
-                                                 "`dbl-ps configs` lists them); null = fp32, no ZeRO. Its optimizer "
-                                                 "block, if any, is the one that runs (else optim.name), at "
-                                                 "schedule.lr; a scheduler block gives way to schedule.*")
+    # The registered engines' own keys (dbl_ps.config.engine_settings): `deepspeed_config`,
+    # `fsdp.*`, a user's engine's. In files and to_dict() they sit where their section says.
+    engine_settings: dict[str, Any] = field(default_factory=dict, repr=False,
+                                            metadata={"extensions": settings_classes})
     callbacks: list[str] = _f([], help="your callbacks on the run's events, by import path "
                                        "'package.module:factory' (a class or a function called with no "
                                        "arguments, returning a dbl_ps.training.events.RunCallback or any object "
@@ -86,11 +89,32 @@ class RunConfig:
     swa: SWAConfig = field(default_factory=SWAConfig)
     noise_scale: NoiseScaleConfig = field(default_factory=NoiseScaleConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def __post_init__(self) -> None:
+        look_up(self.engine)
+        for cls in settings_classes():  # every registered engine's keys, at their defaults where not given
+            self.engine_settings.setdefault(extension_key(cls), cls())
         self.validate()
+
+    # -- the engines' own keys
+
+    def settings(self, cls: type[Settings]) -> Settings:
+        """The values of an engine's own keys: `cfg.settings(FSDPSettings).ranks_per_worker`."""
+        found = self.engine_settings.get(extension_key(cls))
+        if found is None:
+            raise KeyError(f"{extension_key(cls)}: no registered engine names these settings (its `settings` trait)")
+        return typing.cast(Settings, found)
+
+    def own_settings(self) -> EngineSettings | None:
+        """The settings of the run's engine (None: it has no keys of its own)."""
+        cls = settings_of(self.engine)
+        return None if cls is None else self.settings(cls)
+
+    def group_size(self) -> int:
+        """Ranks one worker's model is sharded over under a launcher (1 unless the engine shards)."""
+        own = self.own_settings()
+        return 1 if own is None else own.group_size()
 
     # -- validation
 
@@ -104,22 +128,14 @@ class RunConfig:
             raise _bad("name", self.name, "a file name of 1-100 characters without '/', '\\' or '..' (the run "
                        "directory is out_dir/NAME-TIMESTAMP; choose the folder with out_dir)")
         engine = _plugin_traits(ENGINES, "engine", self.engine)
-        if self.deepspeed_config is not None and not engine["ds_config"]:
-            readers = ENGINES.with_trait("ds_config")
-            raise _bad("deepspeed_config", self.deepspeed_config, f"null unless engine is {_names(readers)} "
-                       f"(set engine: {readers[0] if readers else '...'})")
+        self._check_other_engines_keys()
         for key in ("precision", "channels_last", "compile"):
             if getattr(self, key) != getattr(RunConfig, key) and engine["precision_from"] is not None:
                 raise _bad(key, getattr(self, key), f"its default with engine {self.engine!r} (it applies to engine "
                            f"'torch'; engine {self.engine!r} takes its precision from {engine['precision_from']})")
-        if self.micro_batch is not None and (engine["ds_config"] or engine["sharded"]):
-            instead = ("gradient_accumulation_steps in the DeepSpeed JSON (deepspeed_config)" if engine["ds_config"]
-                       else "more ranks per worker (fsdp.ranks_per_worker) to split a worker's batch")
-            raise _bad("micro_batch", self.micro_batch, f"null with engine {self.engine!r} (use {instead})")
-        if self.fsdp.ranks_per_worker > 1 and not engine["sharded"]:
-            sharded = ENGINES.with_trait("sharded")
-            raise _bad("fsdp.ranks_per_worker", self.fsdp.ranks_per_worker, f"1 unless engine is {_names(sharded)} "
-                       f"(set engine: {sharded[0] if sharded else '...'})")
+        if self.micro_batch is not None and engine["micro_batch_from"] is not None:
+            raise _bad("micro_batch", self.micro_batch, f"null with engine {self.engine!r} (use "
+                       f"{engine['micro_batch_from']})")
         if self.sync != "auto":
             _plugin_traits(SYNCHRONIZERS, "sync", self.sync)
         for i, path in enumerate(self.callbacks):
@@ -156,6 +172,21 @@ class RunConfig:
             check_workers_fit(self, self.data.synthetic.num_train, "data.synthetic.num_train")
         self._check_remedies()
 
+    def _check_other_engines_keys(self) -> None:
+        """An engine's own keys keep their defaults unless the run's engine reads them."""
+        own = settings_of(self.engine)
+        for values in self.engine_settings.values():
+            cls = type(values)
+            if cls is own:
+                continue
+            defaults = cls()
+            for f in dataclasses.fields(values):
+                value, default = getattr(values, f.name), getattr(defaults, f.name)
+                if value != default:
+                    readers = owners(cls)
+                    raise _bad(_extension_prefix(cls, "") + f.name, value, f"{'null' if default is None else repr(default)} "
+                               f"unless engine is {_names(readers)} (set engine: {readers[0] if readers else '...'})")
+
     def _check_remedies(self) -> None:
         """SWA, the noise-scale probe and post-local SGD against the schedule and the batches."""
         epochs, milestones = self.schedule.epochs, self.schedule.milestones
@@ -181,11 +212,31 @@ class RunConfig:
     # -- conversion
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data, as config.yaml holds it. Of the engines' own keys, those of the run's engine,
+        where its settings' section says (another engine's keys keep their defaults, and a process
+        without that engine's plugin could not read them back)."""
+        data: dict[str, Any] = {}
+        own = settings_of(self.engine)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "engine_settings":
+                for added in value.values():
+                    if type(added) is not own and added == type(added)():
+                        continue
+                    plain = dataclasses.asdict(added)
+                    if added.section:
+                        data[added.section] = plain
+                    else:
+                        data.update(plain)
+            else:
+                data[f.name] = dataclasses.asdict(value) if _is_config(type(value)) else copy.deepcopy(value)
+        return data
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
         """Build and validate from plain data (e.g. parsed YAML); unknown keys are errors."""
+        if isinstance(raw, Mapping):
+            look_up(raw.get("engine"))  # a plugin's engine brings its keys
         return _build(cls, raw, "")
 
     def to_yaml(self) -> str:
@@ -259,6 +310,10 @@ def config_keys(cls: type | None = None, prefix: str = "", defaults: Any = None)
     hints = _hints(cls)
     keys = []
     for f in dataclasses.fields(cls):
+        if "extensions" in f.metadata:  # the engines' own keys, each set where its section says
+            for added in getattr(defaults, f.name).values():
+                keys.extend(config_keys(type(added), _extension_prefix(added, prefix), added))
+            continue
         tp, value = hints[f.name], getattr(defaults, f.name)
         if _is_config(tp):
             keys.extend(config_keys(tp, f"{prefix}{f.name}.", value))

@@ -373,18 +373,6 @@ class TrackingConfig:
 
 
 @dataclass(kw_only=True)
-class FSDPConfig:
-    ranks_per_worker: int = _f(1, ge=1, help="ranks sharding one worker's model under a launcher (engine fsdp): "
-                                             "WORLD_SIZE = dbl.workers x this")
-    param_dtype: Literal["fp32", "bf16"] = _f("fp32", help="FSDP2 compute dtype of parameters (bf16 on GPUs; "
-                                                           "shards and the merge stay fp32)")
-    wrap_classes: list[str] = _f([], help="class names of the submodules sharded one by one (e.g. [Block]); "
-                                          "empty = residual blocks where the model has them, else by size")
-    wrap_min_params: int = _f(1_000_000, ge=1, help="size policy: shard each submodule holding at least this many "
-                                                    "parameters not already sharded below it")
-
-
-@dataclass(kw_only=True)
 class LaunchConfig:
     timeout: float = _f(600.0, gt=0, help="seconds a collective of a multi-rank run (torchrun, deepspeed "
                                           "launcher) may wait for a missing rank before failing")

@@ -50,6 +50,7 @@ from torch import nn
 from dbl_ps._optional import require
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.config import RunConfig
+from dbl_ps.integrations.deepspeed_settings import DeepSpeedSettings
 from dbl_ps.training.engine import Engine, EngineSetup, loss_for, merges_gradients, optimizer_for, split_batch
 from dbl_ps.training.gradient_weighting import loss_scale_for
 from dbl_ps.training.rundir import atomic_json
@@ -518,7 +519,7 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
     destroyed after it, and the launcher's variables DeepSpeed reads are put back as they
     were: the workers the launcher spawns next must not inherit them. Under a launcher every
     rank measures at once (`new_group` is collective)."""
-    ds_config = load_ds_config(cfg.deepspeed_config)
+    ds_config = load_ds_config(cfg.settings(DeepSpeedSettings).deepspeed_config)
     ds_config.pop("scheduler", None)  # refused up front with its epochs (check_engine_schedule)
     created = not dist.is_initialized()
     saved_env: dict[str, str | None] = {k: os.environ.get(k) for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
@@ -566,7 +567,7 @@ class DeepSpeedSetup(EngineSetup):
     def check(self, cfg: RunConfig, log: Callable[[str], None]) -> None:
         """A DeepSpeed config that cannot train a DBSL worker is one error listing every
         conflict, and what dbl-ps changes in it is said once."""
-        ds_config = load_ds_config(cfg.deepspeed_config)
+        ds_config = load_ds_config(cfg.settings(DeepSpeedSettings).deepspeed_config)
         ds_config.pop("scheduler", None)  # refused with its epochs once the data's size is known (check_schedule)
         mixed = merges_gradients(cfg)
         used, notes = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, mixed=mixed)
@@ -584,9 +585,9 @@ class DeepSpeedSetup(EngineSetup):
         worker's steps per epoch (its share of `train_samples` over B_L at the first
         resolution), the same refusal as `dbl_ps.api.deepspeed_rank_config` (the run's
         schedule sets the LR in epochs)."""
-        if cfg.deepspeed_config is None:
+        if cfg.settings(DeepSpeedSettings).deepspeed_config is None:
             return
-        ds_config = load_ds_config(cfg.deepspeed_config)
+        ds_config = load_ds_config(cfg.settings(DeepSpeedSettings).deepspeed_config)
         if ds_config.get("scheduler") is None:
             return
         large = cfg.batch_large()
@@ -603,7 +604,7 @@ class DeepSpeedSetup(EngineSetup):
         saved = run_dir / DS_CONFIG_FILE
         if resuming and saved.is_file():
             return {"ds_config": load_ds_config(saved), "run_dir": str(run_dir)}
-        ds_config = load_ds_config(cfg.deepspeed_config)
+        ds_config = load_ds_config(cfg.settings(DeepSpeedSettings).deepspeed_config)
         if not resuming:
             used, _ = check_rank_config(ds_config, None, schedule_lr=cfg.schedule.lr, mixed=merges_gradients(cfg))
             run_dir.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from dbl_ps.calibrate import StepFactory, TrainStep
 from dbl_ps.config import RunConfig
+from dbl_ps.integrations.fsdp_settings import FSDPSettings
 from dbl_ps.models import residual_block_classes
 from dbl_ps.training.averaging import split_params_buffers, weighted_average_
 from dbl_ps.training.engine import Engine, loss_for, merges_gradients, optimizer_for
@@ -138,8 +139,9 @@ class FSDPEngine(Engine):
             shard_mesh = self.mesh["shard"]
             self.replicate_group = self.mesh.get_group("replicate")
         self.shard_group = self.mesh.get_group("shard")
+        settings = cfg.settings(FSDPSettings)
         self.module = apply_fsdp(module.to(device), shard_mesh, param_dtype=param_dtype,
-                                 classes=cfg.fsdp.wrap_classes, min_params=cfg.fsdp.wrap_min_params)
+                                 classes=settings.wrap_classes, min_params=settings.wrap_min_params)
         self.optimizer = optimizer_for(self.module, cfg)
         self.loss_fn = loss_for(cfg)
 
@@ -233,7 +235,7 @@ def build_engine(module: nn.Module, cfg: RunConfig, device: torch.device, topo: 
 
 
 def _param_dtype(cfg: RunConfig) -> torch.dtype | None:
-    return torch.bfloat16 if cfg.fsdp.param_dtype == "bf16" else None
+    return torch.bfloat16 if cfg.settings(FSDPSettings).param_dtype == "bf16" else None
 
 
 @contextlib.contextmanager
@@ -251,7 +253,7 @@ def calibration_steps(cfg: RunConfig, device: str) -> Iterator[StepFactory]:
                            "group is initialised")
     rank, world = dist.get_rank(), dist.get_world_size()
     topo = Topology(rank=rank, world=world, local_rank=int(os.environ.get("LOCAL_RANK", rank)),
-                    group_size=cfg.fsdp.ranks_per_worker)
+                    group_size=cfg.settings(FSDPSettings).ranks_per_worker)
 
     def make_step(model: nn.Module, *, device: str, precision: str, channels_last: bool,
                   compile: bool) -> TrainStep:

@@ -64,7 +64,7 @@ def set_up_rank(cfg: RunConfig, checkpoint: dict[str, Any] | None) -> tuple[Any,
     """This rank's config (its worker count follows the launch when resuming onto another one)
     and its coordinator, the process group initialised. Checked before any collective: every
     rank reads the same environment and config."""
-    group_size = cfg.fsdp.ranks_per_worker  # above 1 only with a sharded engine (refused otherwise at load)
+    group_size = cfg.group_size()  # above 1 only with a sharded engine
     workers, world = cfg.dbl.workers, launch_world_size()
     if checkpoint is not None and world is not None and world % group_size == 0 and world // group_size != workers:
         workers = world // group_size  # resuming onto a different number of workers: re-plan for the launch

@@ -5,7 +5,8 @@ the first time a name no registry holds is looked up (`sync: counting_store`,
 `engine: counting_torch`), before that process checks its config.
 
 `engine: counting_factory` is the same engine built by a factory, with its own run set-up
-(`CountingSetup`, the registry's `setup` trait). The counts go to files under the folder `COUNTING_DIR` names, one per worker process."""
+(`CountingSetup`, the registry's `setup` trait) and its own config keys (`counting.*`,
+`CountingSettings` in counting_settings.py, the `settings` trait). The counts go to files under the folder `COUNTING_DIR` names, one per worker process."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dbl_ps.registry import ENGINES, SYNCHRONIZERS
 from dbl_ps.synchronizers.store import worker_synchronizer
 from dbl_ps.training.engine import EngineSetup, TorchEngine
 from dbl_ps.training.sync import Synchronizer, SyncResult
+from user_plugins.counting_settings import CountingSettings
 
 
 def _write_count(what: str, worker: int, count: int) -> None:
@@ -102,13 +104,14 @@ ENGINES.register("counting_torch", CountingEngine)  # the default traits: runs i
 
 class CountingSetup(EngineSetup):
     """Checked once per run before anything is measured; its options reach every worker's engine
-    (here: where the step count starts), through the same path DeepSpeed's JSON takes."""
+    (here: where the step count starts, the engine's own key `counting.first_count`), through
+    the same path DeepSpeed's JSON takes."""
 
     def check(self, cfg: Any, log: Any) -> None:
-        log("counting engine: steps are counted from 1000")
+        log(f"counting engine: steps are counted from {cfg.settings(CountingSettings).first_count}")
 
     def options(self, cfg: Any, run_dir: Path, *, resuming: bool) -> dict[str, Any]:
-        return {"first_count": 1000}
+        return {"first_count": cfg.settings(CountingSettings).first_count}
 
 
 def counting_factory(module: Any, cfg: Any, device: Any, topology: Any, *, batch_size: Any,
@@ -119,4 +122,5 @@ def counting_factory(module: Any, cfg: Any, device: Any, topology: Any, *, batch
     return engine
 
 
-ENGINES.register("counting_factory", counting_factory, setup="user_plugins.counting:CountingSetup")
+ENGINES.register("counting_factory", counting_factory, setup="user_plugins.counting:CountingSetup",
+                 settings="user_plugins.counting_settings:CountingSettings")
