@@ -36,11 +36,6 @@ class EngineSettings:
         where the user did not set them (`set_anywhere`: the dotted keys they did); one line
         each in `notes`. Called at load for every registered engine's settings."""
 
-    @classmethod
-    def prefix(cls) -> str:
-        """What its keys' names start with: "fsdp." or "" for top-level keys."""
-        return f"{cls.section}." if cls.section else ""
-
 
 def settings_of(engine: str) -> type[EngineSettings] | None:
     """The settings class a registered engine names (None: it has no keys of its own, or it is
@@ -81,7 +76,3 @@ def owners(cls: type[EngineSettings]) -> list[str]:
     """The registered engines that read `cls`'s keys."""
     return [name for name in ENGINES.names() if settings_of(name) is cls]
 
-
-def settings_key(cls: type) -> str:
-    """How a run config holds an instance of `cls` (its import path)."""
-    return f"{cls.__module__}:{cls.__qualname__}"
