@@ -208,6 +208,13 @@ class Registry:
             return dict(self.defaults)
         raise self._unknown(value)
 
+    def trait_object(self, value: str, trait: str) -> Any:
+        """The object a trait of `value` names as "module:attr" (an engine's `setup`, a sync
+        kind's `coordinator`), imported now; None where the trait is unset. A module that does
+        not import is one `ImportPathError` naming the entry and the trait."""
+        path = self.traits(value)[trait]
+        return None if path is None else import_callable(path, f"{self.key} {value!r} {trait}")
+
     def check(self, value: str) -> None:
         """Raise `UnknownPluginError` unless `value` is a registered name or an import path."""
         self.traits(value)

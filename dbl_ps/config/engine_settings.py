@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from dbl_ps.imports import import_callable
 from dbl_ps.registry import ENGINES, UnknownPluginError
 
 
@@ -42,13 +41,12 @@ def settings_of(engine: str) -> type[EngineSettings] | None:
     an import path to a user's engine, which cannot bring any)."""
     if engine not in ENGINES:
         return None
-    path = ENGINES.traits(engine)["settings"]
-    if path is None:
+    cls = ENGINES.trait_object(engine, "settings")
+    if cls is None:
         return None
-    cls = import_callable(path, f"engine {engine!r} settings")
     if not (isinstance(cls, type) and issubclass(cls, EngineSettings) and dataclasses.is_dataclass(cls)):
-        raise TypeError(f"engine {engine!r}: settings {path!r} is not a dataclass deriving from "
-                        f"dbl_ps.config.engine_settings.EngineSettings")
+        raise TypeError(f"engine {engine!r}: settings {ENGINES.traits(engine)['settings']!r} is not a dataclass "
+                        f"deriving from dbl_ps.config.engine_settings.EngineSettings")
     return cls
 
 

@@ -125,10 +125,9 @@ def _extension_prefix(ext: Any, prefix: str) -> str:
     return f"{prefix}{ext.section}." if ext.section else prefix
 
 
-def _top_names(cls: type) -> list[str]:
+def _top_names(cls: type, ext: tuple[str, list[Any]] | None) -> list[str]:
     """The keys a mapping for `cls` may hold: its fields, where the field of added sections
-    stands for their names (or, for keys at the top level, their fields)."""
-    ext = _extensions(cls)
+    (`ext`, from `_extensions`) stands for their names (or, for top-level keys, their fields)."""
     names: list[str] = []
     for f in dataclasses.fields(cls):
         if ext is not None and f.name == ext[0]:
@@ -352,7 +351,7 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 def _suggest(name: str, cls: type, prefix: str, root: type) -> str | None:
     """The key nearest to an unknown `name` in section `cls` (at `prefix`), else in any
     section of `root` (the whole config)."""
-    siblings = _top_names(cls)
+    siblings = _top_names(cls, _extensions(cls))
     close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.6)
     if close:
         return prefix + close[0]
@@ -369,7 +368,8 @@ def _build(cls: type[Section], raw: Any, prefix: str, root: type | None = None) 
     section = prefix[:-1] if prefix else "the top level"
     if not isinstance(raw, Mapping):
         raise _bad(section, raw, _describe(cls))
-    names = set(_top_names(cls))
+    ext = _extensions(cls)
+    names = set(_top_names(cls, ext))
     for name in raw:
         if name not in names:
             key = f"{prefix}{name}"
@@ -381,7 +381,6 @@ def _build(cls: type[Section], raw: Any, prefix: str, root: type | None = None) 
             raise ConfigError(msg, key=key, value=raw[name])
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
-    ext = _extensions(cls)
     if ext is not None:  # each added section from its part of `raw`
         kwargs[ext[0]] = {extension_key(added): _build_added(added, raw, prefix, root) for added in ext[1]}
     for f in dataclasses.fields(cls):

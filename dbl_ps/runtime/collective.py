@@ -29,7 +29,6 @@ from dbl_ps.runtime.driver import ConfigMismatch, PreparedRun, RunDriver, engine
 from dbl_ps.runtime.failures import failure_message, stopped_line
 from dbl_ps.runtime.hooks import callbacks_from_env
 from dbl_ps.runtime.worker_loop import Resume, WorkerPart, build_worker_loop
-from dbl_ps.imports import import_callable
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.synchronizers.collective import CollectiveCoordinator, RankLost, init_distributed
 from dbl_ps.training.loop import DivergedError, WorkerLoop
@@ -76,7 +75,7 @@ def set_up_rank(cfg: RunConfig, checkpoint: dict[str, Any] | None) -> tuple[Any,
     init_distributed(topo, backend, cfg.launch.timeout)
     measure = cfg.time_model() is None and not cfg.dbl.calibration and needs_time_model(cfg)
     kind = SYNCHRONIZERS.get(cfg.sync)  # the launched sync kind: its coordinator and synchronizer
-    make_coordinator = import_callable(kind.traits["coordinator"], f"sync {cfg.sync!r} coordinator")
+    make_coordinator = SYNCHRONIZERS.trait_object(cfg.sync, "coordinator")
     coordinator = make_coordinator(topo, device, threads=threads, measure_per_worker=measure,
                                    build_loop=lambda run, start: build_rank_loop(run, start, topo, device, kind.obj))
     return cfg, coordinator

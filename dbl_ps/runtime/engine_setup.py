@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dbl_ps.config import RunConfig
-from dbl_ps.imports import ImportPathError, import_callable
+from dbl_ps.imports import ImportPathError
 from dbl_ps.registry import ENGINES, Entry
 from dbl_ps.training.engine import Engine, EngineSetup
 from dbl_ps.training.topology import LaunchError, Topology
@@ -47,13 +47,11 @@ def check_store_mode_engine(cfg: RunConfig) -> None:
 
 def _setup(cfg: RunConfig) -> EngineSetup:
     """The engine's own run set-up (the registry's `setup` trait), else the default: nothing."""
-    path = ENGINES.traits(cfg.engine)["setup"]
-    if path is None:
-        return EngineSetup()
     try:
-        return import_callable(path, f"engine {cfg.engine!r} setup")()
+        setup = ENGINES.trait_object(cfg.engine, "setup")
     except ImportPathError as exc:
         raise LaunchError(str(exc)) from None
+    return EngineSetup() if setup is None else setup()
 
 
 def check_engine_config(cfg: RunConfig, log: Callable[[str], None]) -> None:

@@ -44,7 +44,6 @@ from dbl_ps.runtime.failures import stopped_line
 from dbl_ps.runtime.signals import blocked_while_spawning, interrupt_on_signals
 from dbl_ps.runtime.watch import ProgressWatch, worker_timeout
 from dbl_ps.runtime.worker import WorkerArgs, pack_train_data, worker_main
-from dbl_ps.imports import import_callable
 from dbl_ps.registry import SYNCHRONIZERS
 from dbl_ps.synchronizers.store import StoreSetupError
 from dbl_ps.training.coordinator import Coordinator, WorkerProcesses
@@ -326,7 +325,7 @@ class WorkerPool(WorkerProcesses):
 def one_machine_coordinator(cfg: RunConfig, run_dir: Path, processes: WorkerPool) -> Coordinator:
     """The coordinator of the config's sync kind (one that runs on one machine, e.g. `store`)
     around this launcher's worker processes, built by the kind's registered factory."""
-    factory = import_callable(SYNCHRONIZERS.traits(cfg.sync)["coordinator"], f"sync {cfg.sync!r} coordinator")
+    factory = SYNCHRONIZERS.trait_object(cfg.sync, "coordinator")
     return factory(cfg, run_dir, processes)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from dbl_ps.calibrate import ResolvedTimeModels, StepFactory, batch_grid, calibrate, configured_time_models
 from dbl_ps.config import RunConfig
-from dbl_ps.imports import ImportPathError, import_callable, import_modules
+from dbl_ps.imports import ImportPathError, import_modules
 from dbl_ps.planner import TimeModel
 from dbl_ps.registry import ENGINES, SYNCHRONIZERS
 from dbl_ps.training.cores import threads_per_worker
@@ -96,11 +96,11 @@ def run_engine_steps(cfg: RunConfig, device: str, log: Callable[[str], None] = p
     loss, and the run says so."""
     try:
         entry = ENGINES.get(cfg.engine)
+        timer = ENGINES.trait_object(cfg.engine, "calibration")
     except ImportPathError as exc:
         raise LaunchError(str(exc)) from None
-    timer = entry.traits["calibration"]
     if timer is not None:
-        with import_callable(timer, f"engine {cfg.engine!r} calibration")(cfg, device) as make_step:
+        with timer(cfg, device) as make_step:
             yield make_step
         return
     if isinstance(entry.obj, type) and issubclass(entry.obj, Engine):
