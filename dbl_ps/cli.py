@@ -9,7 +9,7 @@ import importlib
 import os
 import sys
 
-from dbl_ps._process import mark_command
+from dbl_ps._process import mark_command, write_whole_lines
 
 # name -> (module, one-line help). Modules are imported only when their command runs,
 # so `dbl-ps plan` never pays for importing torch-heavy training code.
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     mark_command()  # a run's start-up counts from this process's start (dbl_ps._process)
+    write_whole_lines()  # ranks printing at once do not merge their lines
     try:
         parser = build_parser()  # imports the commands (torch, for train): seconds
     except KeyboardInterrupt:  # Ctrl-C before anything ran: no traceback (under a launcher: one line, rank 0's)

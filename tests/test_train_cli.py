@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 import subprocess
 import sys
@@ -373,3 +374,27 @@ def test_divergence_skip_leaves_non_finite_updates_out_and_counts_them(tmp_path)
     torch.manual_seed(0)  # the launcher's initial model
     initial = build_model("small_resnet", 10, in_channels=1).state_dict()
     assert all(torch.equal(final[k], initial[k]) for k in initial)
+
+
+RACING_LINES = """
+import os, sys, time
+from dbl_ps._process import write_whole_lines
+write_whole_lines()  # what `dbl-ps` does first
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))  # both start printing at once
+for i in range(2000):
+    print(f"dbl-ps train: error: pid {os.getpid()} line {i} " + "x" * 200, file=sys.stderr, flush=True)
+"""
+
+
+def test_ranks_printing_at_once_under_pythonunbuffered_keep_their_lines_whole():
+    """Two processes with PYTHONUNBUFFERED=1 (as containers, schedulers and torchrun jobs often
+    run) print error lines into one pipe at once, as two ranks do at a config error: no line
+    holds two messages. Without `write_whole_lines` (dbl-ps's CLI calls it first) `print` writes
+    the text and its newline apart and about a sixth of such lines came out merged."""
+    both = (f"import subprocess, sys, time; start = str(time.time() + 2); "
+            f"p = [subprocess.Popen([sys.executable, '-c', {RACING_LINES!r}, start]) for _ in (0, 1)]; "
+            "[x.wait() for x in p]")
+    done = subprocess.run([sys.executable, "-c", both], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = done.stderr.splitlines()
+    assert len(lines) == 4000 and [line for line in lines if line.count("dbl-ps train:") != 1] == []
