@@ -310,6 +310,30 @@ def test_sigterm_or_sighup_while_a_run_starts_is_one_line_and_leaves_a_directory
     assert run_dir_problem(run_dir) is None
 
 
+def test_a_stop_signal_that_code_turned_into_another_error_still_stops_the_start():
+    """CI: SIGTERM arrived while sklearn imported scipy's pybind11 extension, which turned the
+    handler's KeyboardInterrupt into ImportError("initialization failed"): the launcher then
+    failed with that traceback (rc 1) instead of stopping in one line (rc 130)."""
+    from dbl_ps.runtime.signals import interrupt_on_signals, received
+
+    def import_a_c_extension():  # what pybind11 does with any error raised during a module's init
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with interrupt_on_signals():
+            import_a_c_extension()
+    assert isinstance(stopped.value.__cause__, ImportError) and received() == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers before are back
+    with pytest.raises(ImportError):  # no signal: an error stays that error
+        with interrupt_on_signals():
+            raise ImportError("initialization failed")
+
+
 @pytest.mark.slow
 def test_a_compare_stopped_while_its_first_sub_run_starts_continues_when_run_again(tmp_path):
     """Ctrl-C while the first sub-run started: every later `dbl-ps compare` stopped with `run

@@ -37,7 +37,8 @@ def _raise(signum: int, frame: Any) -> None:
 @contextmanager
 def interrupt_on_signals() -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt inside (main thread only; elsewhere
-    nothing changes); the handlers before come back at the end. A coordinator that installs
+    nothing changes), also where code inside turned it into another error; the handlers
+    before come back at the end. A coordinator that installs
     its own handlers inside (once its workers start) puts these back when it closes."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -47,6 +48,13 @@ def interrupt_on_signals() -> Iterator[None]:
     old = {s: signal.signal(s, _raise) for s in sigs}
     try:
         yield
+    except Exception as exc:
+        # A C extension being imported when the signal came (scipy's pybind11 modules under
+        # sklearn, while the data loads) turns the handler's KeyboardInterrupt into its own
+        # error, e.g. ImportError("initialization failed"): the stop stays a stop.
+        if _received:
+            raise KeyboardInterrupt from exc
+        raise
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
