@@ -334,6 +334,40 @@ def test_a_stop_signal_that_code_turned_into_another_error_still_stops_the_start
             raise ImportError("initialization failed")
 
 
+
+SIGNAL_IN_AN_IMPORT = """import os, signal, time
+
+def data():  # what a C extension's import does with the handler's KeyboardInterrupt (pybind11)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    except KeyboardInterrupt:
+        raise ImportError("initialization failed")
+"""
+
+
+@pytest.mark.parametrize("launcher", [pytest.param("dbl-ps", marks=pytest.mark.slow), "torchrun"])
+def test_sigterm_that_an_import_turned_into_an_import_error_stops_the_run_in_one_line(tmp_path, launcher):
+    """The same stop in a real run, while the data loads: one line and status 130, no traceback
+    (the launcher's start, and a rank under torchrun)."""
+    from launch_helpers import launch_env, torchrun_train
+
+    (tmp_path / "signal_in_an_import.py").write_text(SIGNAL_IN_AN_IMPORT)
+    args = ["--no-progress", *FT, "data.factory=signal_in_an_import:data", "data.num_classes=10"]
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if launcher == "torchrun":
+        proc = torchrun_train(2, *args, cwd=tmp_path, **env)
+        line = "dbl-ps train: SIGTERM: stopped; no epoch had completed: nothing to resume"
+        ours = [x for x in proc.stderr.splitlines() if x.startswith("dbl-ps train:")]
+        assert ours == [line] and "Traceback" not in proc.stderr.split("torch.distributed")[0], proc.stderr[-3000:]
+        assert "exitcode  : 130" in proc.stderr, proc.stderr[-3000:]  # torchrun's report of the rank
+    else:
+        proc = subprocess.run([sys.executable, "-m", "dbl_ps", "train", *args], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=launch_env(**env))
+        assert proc.returncode == 130, proc.stderr[-3000:]
+        assert proc.stderr.strip() == "dbl-ps train: SIGTERM before training started; nothing to resume", proc.stderr
+
+
 @pytest.mark.slow
 def test_a_compare_stopped_while_its_first_sub_run_starts_continues_when_run_again(tmp_path):
     """Ctrl-C while the first sub-run started: every later `dbl-ps compare` stopped with `run

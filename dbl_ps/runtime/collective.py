@@ -194,6 +194,14 @@ def run_collective(cfg: RunConfig, *, run_dir: str | None, resume: str | None) -
                             last_epoch=meta["epoch"] if meta else None, run_dir=where)
         print(f"dbl-ps train: error: {line}", file=sys.stderr, flush=True)
         return 1
+    except Exception:
+        if _StopSignal.received is None:
+            raise
+        # The stop signal's KeyboardInterrupt turned into another error by the code it came in:
+        # a C extension being imported (scipy's pybind11 modules under sklearn) makes it
+        # ImportError("initialization failed"). The stop stays a stop.
+        _StopSignal.ending = True
+        return _interrupted(driver, coordinator)
     finally:
         _StopSignal.ending = True
         if driver is not None:
