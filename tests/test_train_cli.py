@@ -225,6 +225,26 @@ def test_a_bad_run_dir_is_refused_before_the_data_or_any_measuring(tmp_path, cap
     assert file.read_text() == "x" and (full / "keep.txt").read_text() == "x"
 
 
+def test_a_resume_by_the_other_kind_of_launch_says_how_the_run_was_trained(tmp_path, capsys):
+    """A store-mode run resumed under torchrun was refused with "config key 'sync': got
+    'store'", a key the user never set, and so was one still in use, instead of naming its
+    owner. Both kinds of directory are what a run writes first (its config.yaml)."""
+    from dbl_ps.config import resolve_sync
+    from launch_helpers import torchrun_train
+
+    store_run, collective_run = tmp_path / "store", tmp_path / "collective"
+    for run_dir, launched in ((store_run, False), (collective_run, True)):
+        run_dir.mkdir()
+        resolve_sync(load_config(None, ["dbl.workers=2"]), launched=launched).save(run_dir / "config.yaml")
+    ranks = torchrun_train(1, "--no-progress", "--resume", str(store_run))
+    assert ranks.returncode != 0
+    assert (f"dbl-ps train: error: {store_run} was trained with sync 'store', on one machine without a launcher; "
+            f"resume it the same way: dbl-ps train --resume {store_run}") in ranks.stderr.splitlines(), ranks.stderr
+    assert _one_line_error(capsys, main(["train", "--no-progress", "--resume", str(collective_run)])).strip() == (
+        f"dbl-ps train: error: {collective_run} was trained with sync 'collective', under a launcher; resume it the "
+        f"same way, e.g. torchrun --nproc_per_node 2 -m dbl_ps train --resume {collective_run}")
+
+
 def test_a_non_utf8_config_and_absurd_sizes_are_one_line_at_config_load(tmp_path, capsys):
     """A Latin-1 config was a UnicodeDecodeError traceback; a padding or resolution of 100000 px
     reached a worker (a 10 TB batch) or the launcher's model check (80 GB)."""

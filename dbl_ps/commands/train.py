@@ -12,7 +12,7 @@ from typing import NoReturn
 from dbl_ps.commands._arguments import command_error
 from dbl_ps.config import ConfigError, load_config, resolve_sync
 from dbl_ps.registry import SYNCHRONIZERS
-from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError, remove_if_empty, run_dir_problem
+from dbl_ps.run_ownership import RunDirectoryBusy, RunWriteError, lock_owner, remove_if_empty, run_dir_problem
 
 
 
@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
         if bad:
             return error(f"--resume RUN_DIR takes the config from the run directory; {bad[0]!r} cannot change "
                          f"(a resume under torchrun may set {', '.join(RESUME_OVERRIDES)})")
+    if args.resume:
+        problem = resume_problem(Path(args.resume), launched=launched)
+        if problem is not None:
+            return error(problem)
     try:
         overrides = [*args.overrides, *(["tracking.wandb.enabled=true"] if args.wandb else []),
                      *([f"deepspeed_config={args.deepspeed_config}"] if args.deepspeed_config else [])]
@@ -79,6 +83,29 @@ def run(args: argparse.Namespace) -> int:
 
         end_rank_process(run_collective(cfg, run_dir=args.run_dir, resume=args.resume))
     return train_run(cfg, run_dir=args.run_dir, resume=args.resume, progress=False if args.no_progress else None)
+
+
+def resume_problem(run_dir: Path, *, launched: bool) -> str | None:
+    """Why this launch cannot resume `run_dir`, checked before its config is resolved: another
+    process trains in it (the first thing to know: nothing else helps until it ends), or it was
+    trained by a sync kind that runs the other way (with or without a launcher). None otherwise;
+    a directory without a readable config is left to the resume's own errors."""
+    owner = lock_owner(run_dir) if run_dir.is_dir() else None
+    if owner is not None:
+        return f"run directory {run_dir} {owner.describe()}"
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+        sync = cfg.sync
+        runs_launched = None if sync == "auto" else SYNCHRONIZERS.traits(sync)["launched"]
+    except (ConfigError, ValueError, OSError):  # UnknownPluginError is a ValueError
+        return None
+    if runs_launched is None or runs_launched == launched:
+        return None
+    if runs_launched:
+        return (f"{run_dir} was trained with sync {sync!r}, under a launcher; resume it the same way, e.g. "
+                f"torchrun --nproc_per_node {cfg.dbl.workers * cfg.group_size()} -m dbl_ps train --resume {run_dir}")
+    return (f"{run_dir} was trained with sync {sync!r}, on one machine without a launcher; resume it the same way: "
+            f"dbl-ps train --resume {run_dir}")
 
 
 def end_rank_process(code: int) -> NoReturn:
