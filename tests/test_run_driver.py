@@ -72,23 +72,26 @@ def test_ranks_launched_with_different_configs_stop_together_in_one_line(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.slow  # ~48 s, three launches (store mode, torchrun, store mode); `make test-slow` runs it
+@pytest.mark.slow  # ~60 s, three torchrun launches and a refused store-mode resume; `make test-slow` runs it
 def test_a_resume_onto_another_number_of_workers_is_replanned_recorded_and_trains_all_the_data(tmp_path: Path) -> None:
-    """2 workers in the store mode, resumed under torchrun with 3 (re-planned, as documented),
-    then resumed in the store mode again, whose config says 2: it re-plans for 2 (it used to
-    run 2 processes on the 3-worker plan.json, leaving worker 2's share untrained, and say
-    finished). Every epoch trains the whole training set; plan.json records both re-plans."""
+    """2 ranks under torchrun, resumed with 3 (re-planned, as documented), then with 2 again:
+    re-planned for 2 (the store mode once ran 2 processes on a 3-worker plan.json, leaving
+    worker 2's share untrained, and said finished). Every epoch trains the whole training set;
+    plan.json records both re-plans. A resume without a launcher is refused in one line (the
+    run's sync kind is in its config.yaml: the store mode would train another algorithm)."""
     run_dir = tmp_path / "run"
     args = [*RUN, "schedule.epochs=3", "schedule.milestones=[2]", "data.train_limit=600"]
-    first = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--run-dir", str(run_dir),
-                            *args], capture_output=True, text=True, timeout=300,
-                           env=env(DBL_PS_STOP_AFTER_EPOCH="0"))
+    first = torchrun(2, "--run-dir", str(run_dir), *args, DBL_PS_STOP_AFTER_EPOCH="0")
     assert first.returncode == 0, first.stderr[-3000:]
+    store = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
+                           capture_output=True, text=True, timeout=300, env=env())
+    assert store.returncode == 2 and store.stderr.strip() == (
+        f"dbl-ps train: error: {run_dir} was trained with sync 'collective', under a launcher; resume it the same "
+        f"way, e.g. torchrun --nproc_per_node 2 -m dbl_ps train --resume {run_dir}"), store.stderr[-3000:]
     wider = torchrun(3, "--resume", str(run_dir), DBL_PS_STOP_AFTER_EPOCH="1")
     assert wider.returncode == 0, wider.stderr[-3000:]
     assert "resuming with 3 workers (the plan has 2): re-planning" in wider.stderr
-    back = subprocess.run([sys.executable, "-m", "dbl_ps", "train", "--no-progress", "--resume", str(run_dir)],
-                          capture_output=True, text=True, timeout=300, env=env())
+    back = torchrun(2, "--resume", str(run_dir))
     assert back.returncode == 0, back.stderr[-3000:]
     assert "resuming with 2 workers (the plan has 3): re-planning" in back.stdout + back.stderr
     epochs = [r for r in read_metrics(run_dir) if "workers" in r]
