@@ -182,15 +182,22 @@ def lock_owner(run_dir: Path) -> _Owner | None:
     ends, SIGKILL included), or the file names another host (which this machine cannot
     check), or, where there is no flock, its pid runs with the start time it wrote."""
     path = Path(run_dir) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        owner = _read_owner(os.read(fd, 1 << 16).decode("utf-8", "replace"))
-        held = _flock(fd)  # a probe: released at once by the close below
-    finally:
-        os.close(fd)
+    deadline = time.monotonic() + LOCK_PATIENCE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            owner = _read_owner(os.read(fd, 1 << 16).decode("utf-8", "replace"))
+            held = _flock(fd)  # a probe: released at once by the close below
+        finally:
+            os.close(fd)
+        # Held, yet naming nobody alive: another probe (ranks of one launch probe at once) or
+        # an owner still writing its name; both pass within milliseconds, a real owner stays.
+        if held is not False or (owner is not None and owner.alive()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     if owner is not None and owner.host != socket.gethostname():
         return owner
     if held is False:

@@ -82,6 +82,31 @@ def test_a_lock_being_written_is_never_stale_and_one_nobody_holds_is(tmp_path):
         assert lock_owner(tmp_path).pid == os.getpid()
 
 
+def _probe(run_dir: str, barrier, rounds: int, owners_seen) -> None:
+    for _ in range(rounds):
+        barrier.wait()
+        if lock_owner(Path(run_dir)) is not None:
+            with owners_seen.get_lock():
+                owners_seen.value += 1
+
+
+def test_ranks_probing_a_stale_lock_at_once_never_see_an_owner(tmp_path):
+    """Every rank of a launch checks the run directory before the rendezvous (`--run-dir`,
+    `--resume`): on a lock left by a killed run, one rank's probe (a brief flock) made another
+    rank's probe report an owner, "in use by pid -1", and the launch failed."""
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 2 ** 22 + 7, "start_time": 1, "host": socket.gethostname(),
+                                                  "command": "dbl-ps train (killed)"}))
+    ctx = mp.get_context("fork")
+    barrier, owners_seen = ctx.Barrier(3), ctx.Value("i", 0)
+    procs = [ctx.Process(target=_probe, args=(str(tmp_path), barrier, 300, owners_seen)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert owners_seen.value == 0, f"{owners_seen.value} probes of 900 saw an owner"
+
+
 def test_a_lock_from_another_host_is_named_as_such_with_the_file_to_remove(tmp_path):
     lock = tmp_path / LOCK_FILE
     lock.write_text(json.dumps({"pid": 4242, "start_time": None, "host": "node-17.cluster",
