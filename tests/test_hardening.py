@@ -45,18 +45,24 @@ def _contend(run_dir: str, barrier, holders, rounds: int, doubles) -> None:
         barrier.wait()
 
 
-def test_three_processes_taking_the_lock_at_a_barrier_never_both_hold_it(tmp_path):
-    """A lock created but not yet written was taken for stale: 6 rounds in 400 had two owners."""
-    ctx = mp.get_context("fork")
-    barrier, holders, doubles = ctx.Barrier(3), ctx.Value("i", 0), ctx.Value("i", 0)
-    rounds = 600
-    procs = [ctx.Process(target=_contend, args=(str(tmp_path), barrier, holders, rounds, doubles))
-             for _ in range(3)]
+_FORK = mp.get_context("fork")
+
+
+def _three_at_a_barrier(target, run_dir: str, *args) -> None:
+    """`target(run_dir, barrier, *args)` in three processes sharing one barrier; each must end cleanly."""
+    barrier = _FORK.Barrier(3)
+    procs = [_FORK.Process(target=target, args=(run_dir, barrier, *args)) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
     assert all(p.exitcode == 0 for p in procs)
+
+
+def test_three_processes_taking_the_lock_at_a_barrier_never_both_hold_it(tmp_path):
+    """A lock created but not yet written was taken for stale: 6 rounds in 400 had two owners."""
+    holders, doubles = _FORK.Value("i", 0), _FORK.Value("i", 0)
+    _three_at_a_barrier(_contend, str(tmp_path), holders, 600, doubles)
     assert doubles.value == 0, f"{doubles.value} holder-rounds saw two owners"
     assert not (tmp_path / LOCK_FILE).exists()
 
@@ -96,14 +102,8 @@ def test_ranks_probing_a_stale_lock_at_once_never_see_an_owner(tmp_path):
     rank's probe report an owner, "in use by pid -1", and the launch failed."""
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 2 ** 22 + 7, "start_time": 1, "host": socket.gethostname(),
                                                   "command": "dbl-ps train (killed)"}))
-    ctx = mp.get_context("fork")
-    barrier, owners_seen = ctx.Barrier(3), ctx.Value("i", 0)
-    procs = [ctx.Process(target=_probe, args=(str(tmp_path), barrier, 300, owners_seen)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
+    owners_seen = _FORK.Value("i", 0)
+    _three_at_a_barrier(_probe, str(tmp_path), 300, owners_seen)
     assert owners_seen.value == 0, f"{owners_seen.value} probes of 900 saw an owner"
 
 
